@@ -1,0 +1,3 @@
+from clap_bench.cli import main
+
+main()

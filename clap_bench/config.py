@@ -1,0 +1,222 @@
+"""Typed configuration: dataclasses with defaults, YAML profiles merged on top.
+
+A profile (``smoke``, ``default``, ``paper`` or a user's YAML file) is data: a nested mapping
+whose keys must match the dataclass fields below, checked on load so a typo names the key and
+the file instead of being silently ignored. A profile may name another one under ``base:``
+and then only states what differs.
+
+Downstream tasks and pre-training methods declare their own defaults (their own dataclasses);
+the profile carries only overrides for them under ``tasks.<name>`` and ``methods.<name>``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import yaml
+from importlib import resources
+
+PROFILES_DIR = Path(str(resources.files("clap_bench.configs") / "profiles"))
+PROFILE_NAMES = ("smoke", "default", "paper")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+# --------------------------------------------------------------------------- sections
+@dataclass
+class ClipConfig:
+    """How clips are cut from videos (TSP protocol: 16 frames at 15 fps, 128x171 -> 112)."""
+
+    frames: int = 16
+    fps: float = 15.0
+    resize: List[int] = field(default_factory=lambda: [128, 171])  # (height, width)
+    crop: int = 112
+    clips_per_segment: int = 5
+
+
+@dataclass
+class DatasetConfig:
+    """One dataset: its annotation files in a real format and the folder holding its videos."""
+
+    format: str = ""  # a reader name (clapbench list formats); empty: auto-detect
+    annotations: List[str] = field(default_factory=list)
+    videos: Optional[str] = None
+    extra: Dict[str, str] = field(default_factory=dict)  # e.g. {"lengths": "Charades_v1_train.csv"}
+
+
+@dataclass
+class DataConfig:
+    """Where the data comes from: the synthetic benchmark (generated on first use) or real paths."""
+
+    synthetic: bool = True
+    synth_profile: str = "default"
+    synth_seed: int = 0
+    cache_dir: str = "~/.cache/clap_bench"
+    datasets: Dict[str, DatasetConfig] = field(default_factory=dict)
+
+
+@dataclass
+class EncoderConfig:
+    arch: str = "r2plus1d_18"  # r2plus1d_18 | r3d_18 | r2plus1d_tiny
+    width: float = 1.0  # channel multiplier of r2plus1d_tiny
+    weights: Optional[str] = None  # "kinetics400" | path to .pth | "source" (synthetic source pre-training)
+    text_model: Optional[str] = None  # Hugging Face path; None: the bundled all-MiniLM-L6-v2
+    embed_dim: int = 512
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 8
+    batch_size: int = 32  # clips per step (segments x clips_per_segment)
+    lr_backbone: float = 1e-4
+    lr_heads: float = 2e-2
+    momentum: float = 0.9
+    weight_decay: float = 5e-3
+    schedule: str = "step"  # "step": x gamma every step_epochs; "tsp": warm-up then x gamma at milestones
+    lr_gamma: float = 0.01
+    lr_step_epochs: int = 2
+    warmup_epochs: int = 2
+    milestones: List[int] = field(default_factory=lambda: [4, 6])
+    temperature: float = 0.07
+    learn_temperature: bool = False
+    caption_prob: float = 0.5
+    num_workers: int = 0
+    amp: bool = True  # used on CUDA only
+    channels_last: bool = False
+    max_segments_per_epoch: Optional[int] = None  # CPU profiles subsample the segment list
+    log_every: int = 20
+
+
+@dataclass
+class ExtractConfig:
+    stride_frames: int = 16  # in frames at ClipConfig.fps; 16 = non-overlapping clips
+    batch_size: int = 32
+    num_workers: int = 0
+
+
+@dataclass
+class Profile:
+    name: str = "default"
+    data: DataConfig = field(default_factory=DataConfig)
+    clips: ClipConfig = field(default_factory=ClipConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    source_pretrain: TrainConfig = field(default_factory=TrainConfig)  # synthetic "Kinetics" stage
+    pretrain: TrainConfig = field(default_factory=TrainConfig)
+    extract: ExtractConfig = field(default_factory=ExtractConfig)
+    methods: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    tasks: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- generic helpers
+def _is_dataclass_type(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def from_dict(cls: type, data: Any, where: str = "config") -> Any:
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys (named with their path)."""
+    if data is None:
+        return cls()
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping for {cls.__name__}, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(names)}")
+    kwargs = {}
+    for key, value in data.items():
+        kwargs[key] = _convert(hints[key], value, f"{where}.{key}")
+    return cls(**kwargs)
+
+
+def _convert(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if _is_dataclass_type(tp):
+        return from_dict(tp, value, where)
+    if origin is typing.Union:  # Optional[X]
+        if value is None:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(inner[0], value, where)
+    if origin in (list, List):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_convert(args[0], v, f"{where}[{i}]") if args else v for i, v in enumerate(value)]
+    if origin in (dict, Dict):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return {k: _convert(args[1], v, f"{where}.{k}") if args else v for k, v in value.items()}
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, str, bool) and not isinstance(value, tp):
+        raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
+    if tp is int and isinstance(value, bool):
+        raise ConfigError(f"{where}: expected int, got {value!r}")
+    return value
+
+
+def to_dict(obj: Any) -> Any:
+    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else copy.deepcopy(obj)
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in (override or {}).items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def config_hash(obj: Any, length: int = 10) -> str:
+    """Stable hash of a (resolved) config, used to key run-store stages."""
+    blob = json.dumps(to_dict(obj), sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+# --------------------------------------------------------------------------- profiles
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def _resolve_raw(name_or_path: str, seen: tuple = ()) -> tuple[dict, str]:
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = PROFILES_DIR / f"{name_or_path}.yaml"
+        if not path.exists():
+            raise ConfigError(f"unknown profile {name_or_path!r}; known: {', '.join(PROFILE_NAMES)} or a YAML file path")
+    elif not path.exists():
+        raise ConfigError(f"{path}: profile file not found")
+    if str(path) in seen:
+        raise ConfigError(f"{path}: 'base' chain loops ({' -> '.join(seen)})")
+    raw = _read_yaml(path)
+    base = raw.pop("base", None)
+    if base:
+        base_raw, _ = _resolve_raw(str(base), seen + (str(path),))
+        raw = deep_merge(base_raw, raw)
+    return raw, str(path)
+
+
+def load_profile(name_or_path: str = "default", overrides: Optional[dict] = None) -> Profile:
+    raw, where = _resolve_raw(name_or_path)
+    if overrides:
+        raw = deep_merge(raw, overrides)
+    raw.setdefault("name", Path(name_or_path).stem)
+    return from_dict(Profile, raw, where)

@@ -1,0 +1,1 @@
+"""Profiles (``profiles/*.yaml``): smoke, default (synthetic) and paper (real data)."""

@@ -1,0 +1,1 @@
+"""Imports the built-in downstream tasks so that they register themselves."""

@@ -1,0 +1,1 @@
+"""The paper's reported tables (``paper/*.yaml``); the run store lives under ``results/runs/``."""
