@@ -220,3 +220,25 @@ def load_profile(name_or_path: str = "default", overrides: Optional[dict] = None
         raw = deep_merge(raw, overrides)
     raw.setdefault("name", Path(name_or_path).stem)
     return from_dict(Profile, raw, where)
+
+
+def resolve_datasets(profile: Profile, progress: bool = False) -> Dict[str, DatasetConfig]:
+    """The profile's datasets: generated synthetic ones (cached by profile and seed) or its real paths.
+
+    Real dataset entries given in ``data.datasets`` override synthetic ones of the same key, so a
+    config can mix (e.g. real Charades-STA with everything else synthetic).
+    """
+    datasets: Dict[str, DatasetConfig] = {}
+    if profile.data.synthetic:
+        from clap_bench.synth import ensure_synthetic
+
+        datasets.update(
+            ensure_synthetic(profile.data.synth_profile, profile.data.synth_seed, profile.data.cache_dir, progress=progress)
+        )
+    datasets.update(profile.data.datasets)
+    if not datasets:
+        raise ConfigError(
+            f"profile {profile.name!r}: no datasets: set data.synthetic: true or list data.datasets "
+            "(see configs/profiles/paper.yaml)"
+        )
+    return datasets
