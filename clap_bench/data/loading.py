@@ -1,0 +1,343 @@
+"""Reading whole datasets (several files of one format), joining captions, and writing ground truth."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence, Union
+
+from clap_bench.config import DatasetConfig
+from clap_bench.data.readers import (
+    DURATION_TOLERANCE,
+    READERS,
+    SUBSETS,
+    FewShotSplit,
+    check_disjoint,
+    detect_format,
+    read_charades_lengths,
+    read_class_split,
+    read_fewshot_split,
+    sniff_format,
+    subset_from_name,
+)
+from clap_bench.data.schema import AnnotationError, AnnotationSet, Video
+from clap_bench.io import atomic_write_text
+
+PathLike = Union[str, Path]
+
+
+def merge_sets(sets: Sequence[AnnotationSet]) -> AnnotationSet:
+    """Merge sets of one format (e.g. the train and valid csvs of TSP).
+
+    A video found in two files must have the same subset and duration; its segments and
+    sentences are then concatenated. Anything else is an error naming both files.
+    """
+    if not sets:
+        raise ValueError("merge_sets needs at least one AnnotationSet")
+    formats = sorted({s.format for s in sets})
+    if len(formats) > 1:
+        raise ValueError(f"cannot merge annotation sets of different formats: {', '.join(formats)}")
+    if len(sets) == 1:
+        return sets[0]
+    videos: Dict[str, Video] = {}
+    origin: Dict[str, str] = {}
+    for s in sets:
+        for vid, video in s.videos.items():
+            if vid not in videos:
+                videos[vid] = copy.copy(video)
+                videos[vid].segments = list(video.segments)
+                videos[vid].sentences = list(video.sentences)
+                origin[vid] = s.source
+                continue
+            seen = videos[vid]
+            if seen.subset != video.subset:
+                raise AnnotationError(
+                    s.source, f"video {vid}",
+                    f"is in subset {video.subset!r} here but {seen.subset!r} in {origin[vid]}; expected each video in one subset "
+                    f"(read one subset at a time: subset=...)",
+                )
+            if abs(seen.duration - video.duration) > DURATION_TOLERANCE:
+                raise AnnotationError(
+                    s.source, f"video {vid}",
+                    f"has duration {video.duration:g} s here but {seen.duration:g} s in {origin[vid]}; expected one duration per video",
+                )
+            seen.segments = sorted(seen.segments + video.segments, key=lambda g: (g.start, g.end))
+            seen.sentences = seen.sentences + video.sentences
+    classes = sorted({c for s in sets for c in s.classes})
+    notes = [n for s in sets for n in s.notes]
+    return AnnotationSet(formats[0], ", ".join(s.source for s in sets), videos, classes, sum(s.dropped for s in sets), notes)
+
+
+def _expand(paths: Iterable[PathLike]) -> List[Path]:
+    """Files named directly, plus the files of named directories (their README and hidden files excepted)."""
+    out: List[Path] = []
+    for p in paths:
+        p = Path(p).expanduser()
+        if p.is_dir():
+            out.extend(
+                f for f in sorted(p.iterdir())
+                if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in {".json", ".csv", ".txt"}
+            )
+        else:
+            out.append(p)
+    return out
+
+
+def read_annotation_files(
+    paths: Union[PathLike, Sequence[PathLike]],
+    format: Optional[str] = None,
+    subset: Optional[str] = None,
+    **options,
+) -> List[AnnotationSet]:
+    """Read annotation files of one format (auto-detected when ``format`` is None), one set per file.
+
+    Directories are expanded to the files in them whose format is recognised (label maps,
+    metadata and the like are ignored). For Charades-STA, ``Charades_v1_*.csv`` files among
+    ``paths`` are the video lengths. ``subset`` selects: files whose name announces another
+    subset are skipped, a file whose name announces none is read as that subset, and formats
+    that store the subset per video keep only its videos.
+    """
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    named = ", ".join(str(p) for p in paths) or "(no paths)"
+    if format is not None and format not in READERS:
+        raise AnnotationError(named, "format", f"unknown annotation format {format!r}; expected one of {', '.join(READERS.list())}")
+    explicit = {Path(p).expanduser() for p in paths if not Path(p).expanduser().is_dir()}
+    files = _expand(paths)
+    if not files:
+        raise AnnotationError(named, "paths", "no annotation files found; expected files or folders holding them")
+    kinds: Dict[Path, Optional[str]] = {}
+    for f in files:
+        if f not in explicit:  # inside a folder: keep what is recognised, ignore the rest
+            kinds[f] = sniff_format(f)
+        elif format is None:
+            kinds[f] = sniff_format(f) or detect_format(f)  # detect_format raises with the explanation
+        elif format == "charades-sta" and f.suffix.lower() == ".csv" and sniff_format(f) == "charades-lengths":
+            kinds[f] = "charades-lengths"
+        else:
+            kinds[f] = format
+    length_files = [f for f, k in kinds.items() if k == "charades-lengths"]
+    annotation_files = [f for f, k in kinds.items() if k not in (None, "charades-lengths") and (format is None or k == format)]
+    if not annotation_files and length_files:
+        raise AnnotationError(
+            length_files[0], "file",
+            "is a Charades_v1 video-length csv, not annotations; expected it beside charades_sta_*.txt files",
+        )
+    if not annotation_files:
+        raise AnnotationError(named, "paths", "no recognised annotation files; expected files of a known format")
+    found = sorted({kinds[f] for f in annotation_files})
+    if len(found) > 1:
+        listing = "; ".join(f"{k}: {', '.join(f.name for f in annotation_files if kinds[f] == k)}" for k in found)
+        raise AnnotationError(named, "paths", f"hold several formats ({listing}); expected files of one format")
+    fmt = found[0]
+    reader = READERS.get(fmt)
+    if fmt == "charades-sta":
+        if "lengths" not in options and length_files:
+            options["lengths"] = length_files
+        if isinstance(options.get("lengths"), (list, tuple, str, Path)):
+            options["lengths"] = read_charades_lengths(options["lengths"])
+    if subset is not None and fmt in SUBSETS and subset not in SUBSETS[fmt] and SUBSETS[fmt]:
+        raise AnnotationError(named, "subset", f"unknown subset {subset!r} for {fmt}; expected one of {', '.join(SUBSETS[fmt])}")
+    sets = []
+    for f in annotation_files:
+        if subset is not None and fmt in _NAMED_SUBSET_FORMATS:
+            announced = subset_from_name(f, fmt)
+            if announced is not None and announced != subset:
+                continue
+        sets.append(reader(f, subset=subset, **options))
+    if not sets:
+        raise AnnotationError(named, "subset", f"no file holds subset {subset!r}; expected a file name with that subset word")
+    if fmt == "class-split" and len(sets) > 1:
+        check_disjoint({Path(s.source): s.classes for s in sets})
+    return sets
+
+
+# Formats whose files hold one subset each, announced by the file name.
+_NAMED_SUBSET_FORMATS = ("tsp-csv", "anet-captions", "charades-sta", "tacos")
+
+
+def read_annotations(
+    paths: Union[PathLike, Sequence[PathLike]],
+    format: Optional[str] = None,
+    subset: Optional[str] = None,
+    **options,
+) -> AnnotationSet:
+    """``read_annotation_files`` merged into one set (see ``merge_sets`` for the rules)."""
+    return merge_sets(read_annotation_files(paths, format, subset, **options))
+
+
+def combined_counts(sets: Sequence[AnnotationSet]) -> dict:
+    """``AnnotationSet.counts()`` over several sets that may share videos across subsets.
+
+    ActivityNet Captions' val and test files annotate the same videos, so they cannot be merged
+    into one set; their counts can: ``videos`` counts distinct ids, each subset its own.
+    Durations of a video found in several files must still agree.
+    """
+    if len(sets) == 1:
+        return sets[0].counts()
+    by_subset: Dict[str, dict] = {}
+    durations: Dict[str, tuple] = {}
+    subsets_of: Dict[str, set] = {}
+    for s in sets:
+        for vid, v in s.videos.items():
+            if vid in durations and abs(durations[vid][0] - v.duration) > DURATION_TOLERANCE:
+                raise AnnotationError(
+                    s.source, f"video {vid}",
+                    f"has duration {v.duration:g} s here but {durations[vid][0]:g} s in {durations[vid][1]}; expected one duration per video",
+                )
+            durations.setdefault(vid, (v.duration, s.source))
+            subsets_of.setdefault(vid, set()).add(v.subset)
+            c = by_subset.setdefault(v.subset, {"videos": set(), "segments": 0, "actions": 0, "sentences": 0})
+            c["videos"].add(vid)
+            c["segments"] += len(v.segments)
+            c["actions"] += len(v.actions)
+            c["sentences"] += len(v.sentences)
+    for c in by_subset.values():
+        c["videos"] = len(c["videos"])
+    notes = [n for s in sets for n in s.notes]
+    shared = sum(1 for subs in subsets_of.values() if len(subs) > 1)
+    if shared:
+        notes.append(f"{shared} videos appear in more than one subset")
+    return {
+        "format": sets[0].format,
+        "source": ", ".join(s.source for s in sets),
+        "videos": len(durations),
+        "segments": sum(c["segments"] for c in by_subset.values()),
+        "actions": sum(c["actions"] for c in by_subset.values()),
+        "queries": sum(c["sentences"] for c in by_subset.values()),
+        "classes": len({c for s in sets for c in s.classes}),
+        "subsets": dict(sorted(by_subset.items())),
+        "dropped": sum(s.dropped for s in sets),
+        "notes": notes,
+    }
+
+
+def _resolve(path: str, root: Optional[PathLike]) -> Path:
+    p = Path(path).expanduser()
+    return p if p.is_absolute() or root is None else Path(root) / p
+
+
+def _known_classes(cfg: DatasetConfig, root: Optional[PathLike]) -> Optional[List[str]]:
+    """Known class names from ``extra["known"]``: a JSON list (e.g. TSP's label mapping) or a class list file."""
+    if "known" not in cfg.extra:
+        return None
+    path = _resolve(cfg.extra["known"], root)
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise AnnotationError(path, "file", "not found; expected a JSON list of known class names") from None
+        except json.JSONDecodeError as e:
+            raise AnnotationError(path, f"line {e.lineno} column {e.colno}", f"not valid JSON ({e.msg}); expected a list of class names") from None
+        if not isinstance(data, list) or not all(isinstance(c, str) for c in data):
+            raise AnnotationError(path, "top level", "expected a JSON list of class names")
+        return data
+    return read_class_split(path)
+
+
+def load_fewshot_split(cfg: DatasetConfig, known_classes: Optional[Iterable[str]] = None, root: Optional[PathLike] = None) -> FewShotSplit:
+    """The few-shot split named by ``cfg.extra`` (``base``, ``val``, ``test``), checked disjoint.
+
+    Known classes come from the argument or from ``cfg.extra["known"]``.
+    """
+    missing = [k for k in ("base", "val", "test") if k not in cfg.extra]
+    if missing:
+        raise AnnotationError("dataset config", "extra", f"lacks {', '.join(missing)}; expected base, val and test class-list files")
+    if known_classes is None:
+        known_classes = _known_classes(cfg, root)
+    return read_fewshot_split(
+        _resolve(cfg.extra["base"], root), _resolve(cfg.extra["val"], root), _resolve(cfg.extra["test"], root), known_classes
+    )
+
+
+def load_dataset(
+    cfg: DatasetConfig, key: str = "", root: Optional[PathLike] = None, subset: Optional[str] = None
+) -> AnnotationSet:
+    """Read one configured dataset: all its annotation files, merged.
+
+    ``cfg.format`` names the reader (empty: detected from the files). ``cfg.extra``:
+    Charades-STA video lengths under ``lengths`` (several csvs joined with commas) or any key
+    starting with ``lengths``; few-shot class lists under ``base``, ``val``, ``test`` (and
+    optionally ``known``: a JSON list or class-list file of the classes they must belong to).
+    Relative paths are taken relative to ``root`` when given. ``subset`` reads one subset only
+    (needed where two subsets share videos, as ActivityNet Captions' val and test do).
+    """
+    label = f"dataset {key!r}" if key else "dataset"
+    fmt = cfg.format or None
+    if fmt is not None and fmt not in READERS:
+        raise AnnotationError(label, "format", f"unknown annotation format {fmt!r}; expected one of {', '.join(READERS.list())}")
+    files = [_resolve(p, root) for p in cfg.annotations]
+    has_split = {"base", "val", "test"} <= set(cfg.extra)
+    if has_split and fmt in (None, "class-split"):
+        split = load_fewshot_split(cfg, root=root)
+        reader = READERS.get("class-split")
+        sets = [reader(p, subset=name) for name, p in split.files.items()]
+        sets += read_annotation_files(files, format="class-split") if files else []
+        if len(sets) > 1:
+            check_disjoint({Path(s.source): s.classes for s in sets})
+        merged = merge_sets(sets)
+        merged.source = f"{label}: {merged.source}"
+        return merged
+    if not files:
+        raise AnnotationError(label, "annotations", "no annotation files; expected at least one path (or extra base/val/test for a class split)")
+    options = {}
+    length_paths = [
+        _resolve(p.strip(), root)
+        for k, v in sorted(cfg.extra.items()) if k.startswith("lengths")
+        for p in v.split(",") if p.strip()
+    ]
+    if length_paths and fmt in (None, "charades-sta"):
+        fmt = "charades-sta"
+        options["lengths"] = read_charades_lengths(length_paths)
+    return read_annotations(files, format=fmt, subset=subset, **options)
+
+
+def attach_captions(videos: AnnotationSet, captions: AnnotationSet) -> AnnotationSet:
+    """A copy of ``videos`` whose videos carry the sentences of the caption video with the same id.
+
+    Caption times are clipped to the action video's duration (the two sources round durations
+    differently); a caption that ends up empty is dropped. Videos without captions keep theirs.
+    """
+    out = AnnotationSet(videos.format, videos.source, {}, list(videos.classes), videos.dropped, list(videos.notes))
+    matched = 0
+    for vid, video in videos.videos.items():
+        copy_video = copy.copy(video)
+        copy_video.segments = list(video.segments)
+        cap = captions.videos.get(vid)
+        if cap is not None and cap.sentences:
+            matched += 1
+            copy_video.sentences = [
+                type(s)(s.start, min(s.end, video.duration), s.text) for s in cap.sentences if s.start < min(s.end, video.duration)
+            ]
+        else:
+            copy_video.sentences = list(video.sentences)
+        out.videos[vid] = copy_video
+    unmatched = sum(1 for vid in captions.videos if vid not in videos.videos)
+    out.notes.append(f"captions from {captions.source}: {matched} of {len(videos.videos)} videos captioned; {unmatched} caption videos not in this set")
+    return out
+
+
+def write_activitynet_json(annotations: AnnotationSet, path: PathLike, subset: Optional[str] = None, version: str = "VERSION 1.3") -> None:
+    """Write the official ActivityNet-1.3 ground-truth JSON (atomically).
+
+    Only actions are written (background is implied by the gaps). Ids are written without the
+    ``v_`` prefix, as the official file and evaluation tool spell them; the reader adds it back.
+    ``subset`` writes only that subset.
+    """
+    database = {}
+    for vid, video in annotations.videos.items():
+        if subset is not None and video.subset != subset:
+            continue
+        bare = vid[2:] if vid.startswith("v_") else vid
+        if bare in database:
+            raise ValueError(f"videos {vid!r} and another share the bare id {bare!r}")
+        database[bare] = {
+            "subset": video.subset,
+            "duration": video.duration,
+            "annotations": [{"segment": [s.start, s.end], "label": s.label} for s in video.actions],
+        }
+    classes = sorted(set(annotations.classes) | {s.label for v in annotations.videos.values() for s in v.actions})
+    taxonomy = [{"nodeId": 0, "nodeName": "Root", "parentId": None, "parentName": None}]
+    taxonomy += [{"nodeId": i + 1, "nodeName": c, "parentId": 0, "parentName": "Root"} for i, c in enumerate(classes)]
+    atomic_write_text(path, json.dumps({"version": version, "taxonomy": taxonomy, "database": database}) + "\n")
