@@ -1,0 +1,147 @@
+"""Distributed data parallel plumbing: start-up (torchrun or submitit), sharding, gathers.
+
+``gather_with_grad`` concatenates a tensor over processes and sends the gradient of every copy
+back to the process that owns the rows, so a contrastive loss computed against the gathered
+batch back-propagates into every process's encoder (negatives come from the global batch).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import List
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def _under_submitit() -> bool:
+    return "SUBMITIT_FOLDER" in os.environ or "SUBMITIT_EXECUTOR" in os.environ
+
+
+def setup_distributed() -> DistInfo:
+    """Join the process group when launched by torchrun or by a submitit job of several tasks.
+
+    A plain single process (no ``WORLD_SIZE`` > 1, no multi-task submitit job) stays local.
+    """
+    if dist.is_available() and dist.is_initialized():
+        return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+    if "WORLD_SIZE" not in os.environ and _under_submitit():
+        try:
+            import submitit
+
+            if submitit.JobEnvironment().num_tasks > 1:
+                # Exports MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK (and one GPU per task).
+                submitit.helpers.TorchDistributedEnvironment().export()
+        except RuntimeError:
+            pass  # not inside a submitit job after all
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank % torch.cuda.device_count())
+    dist.init_process_group(backend=backend)
+    return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank)
+
+
+def _gather_padded(x: torch.Tensor) -> tuple[List[torch.Tensor], List[int]]:
+    world = dist.get_world_size()
+    n = torch.tensor([x.shape[0]], device=x.device, dtype=torch.long)
+    sizes = [torch.zeros_like(n) for _ in range(world)]
+    dist.all_gather(sizes, n)
+    sizes = [int(s) for s in sizes]
+    biggest = max(sizes)
+    padded = x.new_zeros((biggest,) + tuple(x.shape[1:]))
+    padded[: x.shape[0]] = x
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded.contiguous())
+    return [p[:s] for p, s in zip(parts, sizes)], sizes
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        parts, sizes = _gather_padded(x.detach())
+        ctx.sizes = sizes
+        ctx.rank = dist.get_rank()
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        # Every process holds a gradient for every row; the owner of a row needs their sum.
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        start = sum(ctx.sizes[: ctx.rank])
+        return grad[start : start + ctx.sizes[ctx.rank]]
+
+
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Rows of every process, concatenated in rank order; gradients flow back to their owners."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    return _GatherWithGrad.apply(x)
+
+
+def gather_no_grad(x: torch.Tensor) -> torch.Tensor:
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    parts, _ = _gather_padded(x.detach())
+    return torch.cat(parts, dim=0)
+
+
+def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return values
+    values = values.clone()
+    dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values / dist.get_world_size()
+
+
+def any_process(flag: bool, device: torch.device | str = "cpu") -> bool:
+    """True on every process when ``flag`` is true on any (used to stop together on a signal)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def shard_order(num_items: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1, shuffle: bool = True) -> List[int]:
+    """This process's item order for ``epoch``: a function of (seed, epoch) only.
+
+    The permutation is padded (wrapping around) to a multiple of ``world_size`` so every process
+    runs the same number of steps, then dealt round-robin, as ``DistributedSampler`` does.
+    Because it depends on nothing else, skipping its first n batches reproduces a resumed epoch.
+    """
+    if num_items == 0:
+        return []
+    if shuffle:
+        g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
+        order = torch.randperm(num_items, generator=g).tolist()
+    else:
+        order = list(range(num_items))
+    total = -(-num_items // world_size) * world_size
+    order = (order * (total // num_items + 1))[:total]
+    return order[rank::world_size]

@@ -1,0 +1,100 @@
+"""Contrastive losses of the paper (Eq. 3/4 and the masked Eq. 5) and the classification terms (Eq. 6).
+
+Embeddings are L2-normalised before the dot product (cosine similarity, as in CLIP), so the
+temperature alone sets the sharpness of the softmax.
+
+Identical texts in a batch. Many clips share one text: the five clips of a segment get the same
+prompt, and every segment of a class gets "foreground of <class>". Taken literally, Eq. 4 would
+count the other copies of a pair's own text as negatives: identical columns with the positive's
+logit, which cap the positive's probability at 1/k and push apart clips the labels call the same.
+We keep Eq. 3's one term per pair (v_i, t_i) and remove from that term's denominator every
+*other* pair whose text is the same string (``text_ids`` equal): they are neither positives nor
+negatives for it. Every other clip or text, background included, stays in the denominator. When
+all texts differ this is exactly Eq. 3/4. Text embeddings are still computed per pair, so the
+BatchNorm of ``g_t`` sees the batch's text distribution as ``g_v`` sees its clips.
+
+Reductions: the sum over pairs of Eq. 3/5 is divided by the number of terms kept in each
+direction (pairs for Eq. 3; foreground pairs for Eq. 5), so the loss scale does not depend on the
+batch size or the foreground ratio. Both directions are added.
+
+Distributed: ``local`` rows index the pairs of this process inside the gathered (global) batch.
+Each process computes the terms of its own pairs against every global column and normalises by
+the *global* number of terms times ``1/world_size``; data-parallel gradient averaging then yields
+exactly the gradient of the single-process loss on the concatenated batch.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import torch
+import torch.nn.functional as F
+
+
+def contrastive_terms(
+    z_v: torch.Tensor,
+    z_t: torch.Tensor,
+    text_ids: torch.Tensor,
+    logit_scale: torch.Tensor | float,
+    rows: Optional[torch.Tensor] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-pair ``-log NCE`` in both directions.
+
+    z_v, z_t: (N, E) embeddings of the N (clip, text) pairs (pair i = row i of both).
+    text_ids: (N,) int; equal ids mean identical text strings.
+    logit_scale: 1/temperature.
+    rows: indices of the pairs whose terms are wanted (default: all N).
+    Returns (v2t, t2v), each of shape (len(rows),).
+    """
+    n = z_v.shape[0]
+    if rows is None:
+        rows = torch.arange(n, device=z_v.device)
+    z_v = F.normalize(z_v.float(), dim=-1)
+    z_t = F.normalize(z_t.float(), dim=-1)
+    # Same-text pairs other than the pair itself are removed from the denominator.
+    same = text_ids[rows][:, None] == text_ids[None, :]
+    same[torch.arange(len(rows), device=z_v.device), rows] = False
+    neg_inf = torch.finfo(torch.float32).min
+    logits_v2t = (z_v[rows] @ z_t.T) * logit_scale  # clip i against every text
+    logits_t2v = (z_t[rows] @ z_v.T) * logit_scale  # text i against every clip
+    v2t = F.cross_entropy(logits_v2t.masked_fill(same, neg_inf), rows, reduction="none")
+    t2v = F.cross_entropy(logits_t2v.masked_fill(same, neg_inf), rows, reduction="none")
+    return v2t, t2v
+
+
+def contrastive_loss(
+    z_v: torch.Tensor,
+    z_t: torch.Tensor,
+    text_ids: torch.Tensor,
+    logit_scale: torch.Tensor | float,
+    foreground: Optional[torch.Tensor] = None,
+    rows: Optional[torch.Tensor] = None,
+    world_size: int = 1,
+) -> Dict[str, torch.Tensor]:
+    """Eq. 3 (``foreground=None``) or the masked Eq. 5 (``foreground``: (N,) bool of the pairs).
+
+    With ``foreground`` given, only foreground pairs contribute terms (video->text for foreground
+    clips, text->video for foreground texts; a pair's text is foreground iff its clip is), while
+    background clips and texts remain in every denominator.
+    Returns ``{"loss", "v2t", "t2v"}`` (``loss = v2t + t2v``); see the module docstring for the
+    normalisation and ``rows``/``world_size`` (distributed use).
+    """
+    n = z_v.shape[0]
+    if rows is None:
+        rows = torch.arange(n, device=z_v.device)
+    keep = torch.ones(n, dtype=torch.bool, device=z_v.device) if foreground is None else foreground.bool()
+    count = keep.sum().clamp(min=1).float()  # global number of terms per direction
+    local_keep = keep[rows].float()
+    v2t, t2v = contrastive_terms(z_v, z_t, text_ids, logit_scale, rows)
+    scale = float(world_size) / count
+    v2t = (v2t * local_keep).sum() * scale
+    t2v = (t2v * local_keep).sum() * scale
+    return {"loss": v2t + t2v, "v2t": v2t, "t2v": t2v}
+
+
+def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over the rows where ``keep`` is true (0 when none is)."""
+    keep = keep.bool()
+    if not bool(keep.any()):
+        return logits.sum() * 0.0  # keeps the graph (and DDP's gradient hooks) connected
+    return F.cross_entropy(logits[keep].float(), target[keep])
