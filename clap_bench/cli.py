@@ -19,7 +19,7 @@ app = typer.Typer(
 )
 
 # Order is the order of the help text.
-COMMAND_MODULES: list = ["data"]
+COMMAND_MODULES: list = ["data", "evaluate"]
 
 
 def _assemble() -> None:
