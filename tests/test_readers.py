@@ -1,0 +1,498 @@
+"""Annotation readers on small files written by the tests: good files, and every malformed case
+we could think of, each error naming the file, the line or JSON key, and what was expected."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from clap_bench.cli import app
+from clap_bench.config import DatasetConfig
+from clap_bench.data import (
+    READERS,
+    AnnotationError,
+    attach_captions,
+    detect_format,
+    load_dataset,
+    read_activitynet_json,
+    read_anet_captions,
+    read_annotations,
+    read_charades_sta,
+    read_class_split,
+    read_fewshot_split,
+    read_kinetics_csv,
+    read_tacos,
+    read_tsp_csv,
+    write_activitynet_json,
+)
+
+TSP_HEADER = "video-name,t-start,t-end,action-label,video-duration,filename,fps,video-frames,temporal-region-label"
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def write_json(path: Path, obj) -> Path:
+    return write(path, json.dumps(obj))
+
+
+def expect_error(fn, *args, where: str, says: tuple, **kwargs) -> AnnotationError:
+    """Call fn and check the AnnotationError names the file (when given), the place and the expectation."""
+    with pytest.raises(AnnotationError) as info:
+        fn(*args, **kwargs)
+    err = info.value
+    assert where in err.where, f"expected the error to point at {where!r}, got {err.where!r} ({err})"
+    for word in says:
+        assert word in err.problem, f"expected {word!r} in the problem, got {err.problem!r}"
+    return err
+
+
+def anet_database(**videos) -> dict:
+    return {"version": "VERSION 1.3", "taxonomy": [], "database": videos}
+
+
+# --------------------------------------------------------------------------- registry
+def test_every_decided_format_has_a_reader():
+    assert set(READERS.list()) == {
+        "activitynet-json", "tsp-csv", "anet-captions", "charades-sta", "tacos", "class-split", "kinetics-csv",
+    }
+
+
+# --------------------------------------------------------------------------- ActivityNet JSON
+def test_activitynet_json_adds_v_prefix_and_keeps_subsets(tmp_path):
+    path = write_json(tmp_path / "anet.json", anet_database(
+        abc={"subset": "training", "duration": 20.0, "url": "x", "resolution": "640x360",
+             "annotations": [{"segment": [8.0, 12.0], "label": "Run"}, {"segment": [1.0, 3.0], "label": "Jump"}]},
+        v_def={"subset": "validation", "duration": 10.0, "annotations": [{"segment": [2.0, 2.0], "label": "Run"}]},
+        ghi={"subset": "testing", "duration": 5.0, "annotations": []},
+    ))
+    s = read_activitynet_json(path)
+    assert sorted(s.videos) == ["v_abc", "v_def", "v_ghi"]
+    assert [g.start for g in s.videos["v_abc"].segments] == [1.0, 8.0]  # sorted by time
+    assert s.videos["v_def"].segments[0].length == 0.0  # zero-length actions are kept
+    assert s.classes == ["Jump", "Run"]
+    assert s.subsets == ["testing", "training", "validation"]
+    assert s.videos["v_abc"].filename == "v_abc.mp4"
+    assert list(read_activitynet_json(path, subset="validation").videos) == ["v_def"]
+
+
+@pytest.mark.parametrize(
+    "content, where, says",
+    [
+        ('{"database": {', "line 1 column", ("not valid JSON",)),
+        ("[1, 2]", "top level", ("expected an ActivityNet-1.3 JSON object",)),
+        ('{"version": "1.3"}', "key ", ("'database'",)),
+        (json.dumps({"database": []}), 'key ["database"]', ("expected an object",)),
+        (json.dumps(anet_database(a={"subset": "training", "annotations": []})), 'key ["database"]["a"]', ("'duration'",)),
+        (json.dumps(anet_database(a={"subset": "train", "duration": 3, "annotations": []})),
+         'key ["database"]["a"]["subset"]', ("'train'", "training, validation, testing")),
+        (json.dumps(anet_database(a={"subset": "training", "duration": "long", "annotations": []})),
+         'key ["database"]["a"]["duration"]', ("expected a number",)),
+        (json.dumps(anet_database(a={"subset": "training", "duration": 0, "annotations": []})),
+         'key ["database"]["a"]["duration"]', ("expected a number > 0",)),
+        (json.dumps(anet_database(a={"subset": "training", "duration": 9, "annotations": [{"segment": ["x", 2], "label": "R"}]})),
+         'key ["database"]["a"]["annotations"][0]["segment"][0]', ("expected a number",)),
+        (json.dumps(anet_database(a={"subset": "training", "duration": 9, "annotations": [{"segment": [-1, 2], "label": "R"}]})),
+         'key ["database"]["a"]["annotations"][0]["segment"][0]', (">= 0",)),
+        (json.dumps(anet_database(a={"subset": "training", "duration": 9, "annotations": [{"segment": [5, 2], "label": "R"}]})),
+         'key ["database"]["a"]["annotations"][0]["segment"]', ("start <= end",)),
+        (json.dumps(anet_database(a={"subset": "training", "duration": 9, "annotations": [{"segment": [1], "label": "R"}]})),
+         'key ["database"]["a"]["annotations"][0]["segment"]', ("[start, end]",)),
+        (json.dumps(anet_database(a={"subset": "training", "duration": 9, "annotations": [{"segment": [1, 2]}]})),
+         'key ["database"]["a"]["annotations"][0]', ("'label'",)),
+        (json.dumps(anet_database(a={"subset": "training", "duration": 9, "annotations": [{"segment": [1, 2], "label": ""}]})),
+         'key ["database"]["a"]["annotations"][0]["label"]', ("class name",)),
+        ('{"database": {"a": {"subset": "training", "duration": 1, "annotations": []}, '
+         '"a": {"subset": "training", "duration": 2, "annotations": []}}}', 'key ["a"]', ("twice",)),
+        (json.dumps(anet_database(a={"subset": "training", "duration": 1, "annotations": []},
+                                  v_a={"subset": "training", "duration": 1, "annotations": []})),
+         'key ["database"]["v_a"]', ("v_a", "unique")),
+        ("  \n", "file", ("empty",)),
+    ],
+)
+def test_activitynet_json_errors_name_the_key_and_expectation(tmp_path, content, where, says):
+    path = write(tmp_path / "gt.json", content)
+    err = expect_error(read_activitynet_json, path, where=where, says=says)
+    assert err.path == str(path) and str(path) in str(err)
+
+
+def test_missing_file_is_named(tmp_path):
+    expect_error(read_activitynet_json, tmp_path / "nope.json", where="file", says=("not found",))
+
+
+def test_write_activitynet_json_round_trips(tmp_path):
+    src = write_json(tmp_path / "gt.json", anet_database(
+        abc={"subset": "training", "duration": 20.5, "annotations": [{"segment": [1.25, 3.5], "label": "Jump"}]},
+        de={"subset": "validation", "duration": 9.0, "annotations": [{"segment": [0.0, 9.0], "label": "Run"},
+                                                                      {"segment": [2.0, 4.0], "label": "Jump"}]},
+    ))
+    original = read_activitynet_json(src)
+    out = tmp_path / "out" / "gt.json"
+    write_activitynet_json(original, out)
+    raw = json.loads(out.read_text())
+    assert set(raw) == {"version", "taxonomy", "database"}
+    assert set(raw["database"]) == {"abc", "de"}  # the official spelling, without "v_"
+    again = read_activitynet_json(out)
+    assert again.classes == original.classes
+    for vid, video in original.videos.items():
+        other = again.videos[vid]
+        assert (other.subset, other.duration, other.segments) == (video.subset, video.duration, video.segments)
+    write_activitynet_json(original, out, subset="validation")
+    assert list(read_activitynet_json(out).videos) == ["v_de"]
+
+
+def test_write_activitynet_json_keeps_only_actions_of_tsp_rows(tmp_path):
+    csv_path = write(tmp_path / "x_train_gt.csv", "\n".join([
+        TSP_HEADER,
+        "abc,0.0,4.0,,10.0,v_abc.mp4,30.0,300,No action",
+        "abc,4.0,10.0,Jump,10.0,v_abc.mp4,30.0,300,Action",
+    ]))
+    out = tmp_path / "gt.json"
+    write_activitynet_json(read_tsp_csv(csv_path), out)
+    back = read_activitynet_json(out)
+    assert back.videos["v_abc"].segments == [s for s in read_tsp_csv(csv_path).videos["v_abc"].segments if s.label]
+    assert back.videos["v_abc"].subset == "training"
+
+
+# --------------------------------------------------------------------------- TSP csv
+def tsp_rows(*rows: str) -> str:
+    return "\n".join((TSP_HEADER,) + rows) + "\n"
+
+
+def test_tsp_csv_reads_background_rows_and_uses_file_names_as_ids(tmp_path):
+    anet = write(tmp_path / "activitynet_v1-3_valid_tsp_groundtruth.csv", tsp_rows(
+        "abc,5.0,9.0,Jump,12.0,v_abc.mp4,30.0,360,Action",
+        "abc,0.0,5.0,,12.0,v_abc.mp4,30.0,360,No action",
+        "xyz,0.0,3.0,Run,3.0,v_xyz.mp4,25.0,75,Action",
+    ))
+    s = read_tsp_csv(anet)
+    assert sorted(s.videos) == ["v_abc", "v_xyz"]
+    abc = s.videos["v_abc"]
+    assert (abc.subset, abc.duration, abc.fps, abc.num_frames, abc.filename) == ("validation", 12.0, 30.0, 360, "v_abc.mp4")
+    assert [(g.start, g.label) for g in abc.segments] == [(0.0, None), (5.0, "Jump")]
+    assert s.counts()["segments"] == 3 and s.counts()["actions"] == 2
+    assert s.classes == ["Jump", "Run"]
+
+    thumos = write(tmp_path / "thumos14_test_tsp_groundtruth.csv", tsp_rows(
+        "video_test_0000004,0.2,1.1,CricketBowling,33.7,video_test_0000004.mp4,30.0,1012,Action",
+    ))
+    t = read_tsp_csv(thumos)
+    assert list(t.videos) == ["video_test_0000004"]  # no "v_" outside ActivityNet
+    assert t.videos["video_test_0000004"].subset == "testing"
+
+
+def test_tsp_csv_subset_from_argument_or_clear_error(tmp_path):
+    path = write(tmp_path / "groundtruth.csv", tsp_rows("a,0,1,Run,2,v_a.mp4,30,60,Action"))
+    expect_error(read_tsp_csv, path, where="file name", says=("subset", "training, validation, testing"))
+    assert read_tsp_csv(path, subset="validation").videos["v_a"].subset == "validation"
+    expect_error(read_tsp_csv, path, subset="val", where="subset argument", says=("'val'", "training, validation, testing"))
+    both = write(tmp_path / "gt_train_valid.csv", tsp_rows("a,0,1,Run,2,v_a.mp4,30,60,Action"))
+    expect_error(read_tsp_csv, both, where="file name", says=("several subsets",))
+
+
+@pytest.mark.parametrize(
+    "text, where, says",
+    [
+        ("video-name,t-start,t-end,action-label\nabc,0,1,Run\n", "line 1", ("video-duration", "filename", "fps")),
+        (tsp_rows("abc,zero,1,Run,2,v_abc.mp4,30,60,Action"), "line 2", ("t-start", "'zero'", "expected a number")),
+        (tsp_rows("abc,0,1,Run,2,v_abc.mp4,30,60,Action", "abc,1,,Run,2,v_abc.mp4,30,60,Action"), "line 3", ("t-end", "number")),
+        (tsp_rows("abc,-1,1,Run,2,v_abc.mp4,30,60,Action"), "line 2", ("t-start", ">= 0")),
+        (tsp_rows("abc,1.5,1,Run,2,v_abc.mp4,30,60,Action"), "line 2", ("before t-start", "t-start <= t-end")),
+        (tsp_rows("abc,0,1,Run,2,v_abc.mp4,30,60"), "line 2", ("8 fields", "expected 9")),
+        (tsp_rows("abc,0,1,Run,2,v_abc.mp4,30,60,Action", "abc,1,2,,3,v_abc.mp4,30,60,No action"),
+         "line 3", ("line 2", "same values on every row")),
+        (tsp_rows("abc,0,1,,2,v_abc.mp4,30,60,Action"), "line 2", ("'Action' with a label",)),
+        (tsp_rows("abc,0,1,Run,2,v_other.mp4,30,60,Action"), "line 2", ("does not match video-name",)),
+        (tsp_rows("abc,0,1,Run,0,v_abc.mp4,30,60,Action"), "line 2", ("video-duration", "> 0")),
+        (tsp_rows("abc,0,1,Run,2,v_abc.mp4,30,6.5,Action"), "line 2", ("video-frames", "whole number")),
+        (tsp_rows("abc,0,nan,Run,2,v_abc.mp4,30,60,Action"), "line 2", ("finite",)),
+        (TSP_HEADER + "\n", "line 2", ("no rows",)),
+    ],
+)
+def test_tsp_csv_errors_name_the_line_and_expectation(tmp_path, text, where, says):
+    path = write(tmp_path / "activitynet_train_tsp.csv", text)
+    err = expect_error(read_tsp_csv, path, where=where, says=says)
+    assert str(path) in str(err)
+
+
+# --------------------------------------------------------------------------- ActivityNet Captions
+def test_captions_strip_sentences_clip_ends_and_drop_empty_queries(tmp_path):
+    path = write_json(tmp_path / "train.json", {
+        "v_a": {"duration": 10.0, "timestamps": [[0, 4], [3, 10.5], [6, 6], [8, 7]],
+                "sentences": ["A man runs.", " He jumps.  ", " Nothing.", " Backwards."]},
+        "b": {"duration": 5.0, "timestamps": [[1, 2]], "sentences": ["x"]},
+    })
+    s = read_anet_captions(path)
+    a = s.videos["v_a"]
+    assert [(q.start, q.end, q.text) for q in a.sentences] == [(0, 4, "A man runs."), (3, 10.0, "He jumps.")]
+    assert "v_b" in s.videos and a.subset == "train"
+    assert s.dropped == 2
+    assert any("1 query end times" in n for n in s.notes)
+    assert any("2 queries dropped because start >= end" in n for n in s.notes)
+
+
+def test_captions_subset_from_original_file_names(tmp_path):
+    content = {"v_a": {"duration": 3.0, "timestamps": [[0, 1]], "sentences": ["x"]}}
+    assert read_anet_captions(write_json(tmp_path / "val_1.json", content)).subsets == ["val"]
+    assert read_anet_captions(write_json(tmp_path / "val_2.json", content)).subsets == ["test"]
+    assert read_anet_captions(write_json(tmp_path / "train.json", content)).subsets == ["train"]
+
+
+@pytest.mark.parametrize(
+    "obj, where, says",
+    [
+        ([1], "top level", ("ActivityNet Captions",)),
+        ({"v_a": {"duration": 3, "timestamps": [[0, 1]]}}, 'key ["v_a"]', ("'sentences'",)),
+        ({"v_a": {"duration": 3, "timestamps": [[0, 1], [1, 2]], "sentences": ["x"]}}, 'key ["v_a"]', ("2 timestamps but 1 sentences",)),
+        ({"v_a": {"duration": 3, "timestamps": [[0, 1, 2]], "sentences": ["x"]}}, 'key ["v_a"]["timestamps"][0]', ("[start, end]",)),
+        ({"v_a": {"duration": 3, "timestamps": [[0, "b"]], "sentences": ["x"]}}, 'key ["v_a"]["timestamps"][0][1]', ("number",)),
+        ({"v_a": {"duration": 3, "timestamps": [[-2, 1]], "sentences": ["x"]}}, 'key ["v_a"]["timestamps"][0][0]', (">= 0",)),
+        ({"v_a": {"duration": 3, "timestamps": [[0, 1]], "sentences": ["  "]}}, 'key ["v_a"]["sentences"][0]', ("non-empty sentence",)),
+        ({"v_a": {"duration": 3, "timestamps": "0-1", "sentences": ["x"]}}, 'key ["v_a"]["timestamps"]', ("list",)),
+        ({"v_a": 7}, 'key ["v_a"]', ("an object",)),
+    ],
+)
+def test_captions_errors_name_the_key(tmp_path, obj, where, says):
+    path = write_json(tmp_path / "val.json", obj)
+    expect_error(read_anet_captions, path, where=where, says=says)
+
+
+# --------------------------------------------------------------------------- TACoS
+def test_tacos_converts_frames_to_seconds(tmp_path):
+    path = write_json(tmp_path / "test.json", {
+        "s13-d21.avi": {"timestamps": [[0, 30], [60, 400]], "sentences": ["cut", "wash"], "fps": 30.0, "num_frames": 300},
+    })
+    s = read_tacos(path)
+    v = s.videos["s13-d21"]
+    assert (v.filename, v.duration, v.fps, v.num_frames, v.subset) == ("s13-d21.avi", 10.0, 30.0, 300, "test")
+    assert [(q.start, q.end) for q in v.sentences] == [(0.0, 1.0), (2.0, 10.0)]  # 400 frames clipped to 300
+
+
+@pytest.mark.parametrize(
+    "entry, where, says",
+    [
+        ({"timestamps": [[0, 3]], "sentences": ["x"], "fps": 30}, 'key ["s1.avi"]', ("'num_frames'",)),
+        ({"timestamps": [[0, 3]], "sentences": ["x"], "fps": 0, "num_frames": 9}, 'key ["s1.avi"]["fps"]', ("> 0",)),
+        ({"timestamps": [[0, 3]], "sentences": ["x"], "fps": 30, "num_frames": 9.5}, 'key ["s1.avi"]["num_frames"]', ("whole number",)),
+        ({"timestamps": [[0, 3]], "sentences": ["x"], "fps": 30, "num_frames": 0}, 'key ["s1.avi"]["num_frames"]', ("> 0",)),
+        ({"timestamps": [["a", 3]], "sentences": ["x"], "fps": 30, "num_frames": 9}, 'key ["s1.avi"]["timestamps"][0][0]', ("number",)),
+    ],
+)
+def test_tacos_errors_name_the_key(tmp_path, entry, where, says):
+    path = write_json(tmp_path / "train.json", {"s1.avi": entry})
+    expect_error(read_tacos, path, where=where, says=says)
+
+
+# --------------------------------------------------------------------------- Charades-STA
+def charades_files(tmp_path: Path, lines: str, lengths: str = "id,subject,length\nAAA,x,10.0\nBBB,y,8.5\n"):
+    txt = write(tmp_path / "charades_sta_train.txt", lines)
+    write(tmp_path / "Charades_v1_train.csv", lengths)
+    return txt
+
+
+def test_charades_clips_to_length_and_drops_reversed_pairs(tmp_path):
+    txt = charades_files(tmp_path, "AAA 0.0 4.5##a person opens a door.\nAAA 9.0 12.0##person sits down.\n"
+                                   "BBB 8.6 9.9##after the end.\nBBB 3.0 2.0##reversed.\n\n")
+    s = read_charades_sta(txt)  # lengths found beside the txt
+    assert s.videos["AAA"].duration == 10.0 and s.videos["AAA"].filename == "AAA.mp4"
+    assert [(q.start, q.end, q.text) for q in s.videos["AAA"].sentences] == [
+        (0.0, 4.5, "a person opens a door."), (9.0, 10.0, "person sits down.")]
+    assert s.videos["BBB"].sentences == []
+    assert s.dropped == 2 and s.counts()["queries"] == 2
+    assert any("2 query end times" in n for n in s.notes) and any("2 queries dropped" in n for n in s.notes)
+
+
+@pytest.mark.parametrize(
+    "lines, where, says",
+    [
+        ("AAA 0.0 4.5 a person opens a door.\n", "line 1", ("'VIDEO start end##sentence'",)),
+        ("AAA 0.0 4.5##ok.\nAAA x 4.5##bad start.\n", "line 2", ("start", "'x'", "number")),
+        ("AAA 0.0 4.5##ok.\n\nZZZ 0.0 1.0##unknown video.\n", "line 3", ("ZZZ", "no length")),
+        ("AAA 0.0 4.5##   \n", "line 1", ("no sentence",)),
+        ("AAA -1.0 4.5##negative.\n", "line 1", (">= 0",)),
+    ],
+)
+def test_charades_errors_name_the_line(tmp_path, lines, where, says):
+    txt = charades_files(tmp_path, lines)
+    expect_error(read_charades_sta, txt, where=where, says=says)
+
+
+def test_charades_length_file_errors(tmp_path):
+    txt = charades_files(tmp_path, "AAA 0.0 4.5##ok.\n", lengths="id,subject\nAAA,x\n")
+    err = expect_error(read_charades_sta, txt, where="line 1", says=("length",))
+    assert err.path.endswith("Charades_v1_train.csv")
+    txt = charades_files(tmp_path, "AAA 0.0 4.5##ok.\n", lengths="id,length\nAAA,long\n")
+    expect_error(read_charades_sta, txt, where="line 2", says=("length", "number"))
+    (tmp_path / "Charades_v1_train.csv").unlink()
+    expect_error(read_charades_sta, txt, where="file", says=("Charades_v1_train.csv",))
+
+
+# --------------------------------------------------------------------------- Kinetics-style csv
+def test_kinetics_csv_names_clips_like_kinetics_tools(tmp_path):
+    path = write(tmp_path / "trimmed.csv", "label,youtube_id,time_start,time_end,split,is_cc\n"
+                                           "spinning square,abc123,4,14,train,0\nbouncing disc,q_x,0,6,val,0\n")
+    s = read_kinetics_csv(path)
+    v = s.videos["abc123_000004_000014"]
+    assert (v.filename, v.duration, v.subset) == ("abc123_000004_000014.mp4", 10.0, "train")
+    assert [(g.start, g.end, g.label) for g in v.segments] == [(0.0, 10.0, "spinning square")]
+    assert s.classes == ["bouncing disc", "spinning square"]
+    assert list(read_kinetics_csv(path, subset="val").videos) == ["q_x_000000_000006"]
+
+
+@pytest.mark.parametrize(
+    "rows, where, says",
+    [
+        ("a,b,1,3,train\n,b,1,3,train\n", "line 3", ("label is empty",)),
+        ("a,b,1.5,3,train\n", "line 2", ("time_start", "whole number")),
+        ("a,b,3,3,train\n", "line 2", ("positive length",)),
+        ("a,b,1,3,holdout\n", "line 2", ("'holdout'", "train, val, test")),
+        ("a,b,1,3,train\nc,b,1,3,train\n", "line 3", ("line 2", "once")),
+    ],
+)
+def test_kinetics_csv_errors_name_the_line(tmp_path, rows, where, says):
+    path = write(tmp_path / "k.csv", "label,youtube_id,time_start,time_end,split\n" + rows)
+    expect_error(read_kinetics_csv, path, where=where, says=says)
+
+
+# --------------------------------------------------------------------------- class splits
+def test_class_split_reads_names_without_trailing_newline(tmp_path):
+    path = write(tmp_path / "base.txt", "Beer pong, Kneeling,Tumbling")
+    assert read_class_split(path) == ["Beer pong", "Kneeling", "Tumbling"]
+    assert read_class_split(path, known_classes=["Beer pong", "Kneeling", "Tumbling", "Other"]) == ["Beer pong", "Kneeling", "Tumbling"]
+
+
+def test_class_split_unknown_name_suggests_the_closest_known_class(tmp_path):
+    path = write(tmp_path / "fs_val.txt", "Beer pong, Kneelling")
+    err = expect_error(read_class_split, path, known_classes=["Beer pong", "Kneeling"], where="line 1",
+                       says=("'Kneelling'", "not a known class", "'Kneeling'"))
+    assert str(path) in str(err)
+
+
+@pytest.mark.parametrize("text, says", [("A, , B", ("empty name",)), ("A, B, A", ("twice",))])
+def test_class_split_malformed(tmp_path, text, says):
+    expect_error(read_class_split, write(tmp_path / "c.txt", text), where="line 1", says=says)
+
+
+def test_fewshot_split_must_be_disjoint(tmp_path):
+    base = write(tmp_path / "base.txt", "A, B, C")
+    val = write(tmp_path / "fs_val.txt", "D")
+    test = write(tmp_path / "fs_test.txt", "E, B")
+    err = expect_error(read_fewshot_split, base, val, test, where="class 'B'", says=("base.txt", "disjoint"))
+    assert err.path == str(test)
+    ok = read_fewshot_split(base, val, write(tmp_path / "fs_test.txt", "E"), known_classes="ABCDE")
+    assert (ok.base, ok.val, ok.test) == (["A", "B", "C"], ["D"], ["E"])
+
+
+# --------------------------------------------------------------------------- detection
+def test_format_detection_from_content(tmp_path):
+    cases = {
+        "activitynet-json": write_json(tmp_path / "a.json", anet_database()),
+        "anet-captions": write_json(tmp_path / "b.json", {"v_a": {"duration": 2, "timestamps": [], "sentences": []}}),
+        "tacos": write_json(tmp_path / "c.json", {"s.avi": {"timestamps": [], "sentences": [], "fps": 1, "num_frames": 1}}),
+        "tsp-csv": write(tmp_path / "d.csv", tsp_rows()),
+        "kinetics-csv": write(tmp_path / "e.csv", "label,youtube_id,time_start,time_end,split\n"),
+        "charades-sta": write(tmp_path / "f.txt", "AAA 0.0 1.0##x\n"),
+        "class-split": write(tmp_path / "g.txt", "A, B"),
+    }
+    for fmt, path in cases.items():
+        assert detect_format(path) == fmt, path
+
+
+def test_format_detection_fails_clearly(tmp_path):
+    expect_error(detect_format, write(tmp_path / "m.csv", "filename,fps\nx,1\n"), where="file",
+                 says=("'filename,fps'", "matches no known annotation format", "TSP csv"))
+    expect_error(detect_format, write_json(tmp_path / "m.json", {"a": 1}), where="file", says=("no known annotation format",))
+    expect_error(detect_format, write(tmp_path / "Charades_v1_test.csv", "id,length\nA,1\n"), where="file", says=("video-length",))
+
+
+# --------------------------------------------------------------------------- datasets
+def test_load_dataset_merges_files_of_one_format(tmp_path):
+    write(tmp_path / "anet_train_tsp.csv", tsp_rows("a,0,1,Run,2,v_a.mp4,30,60,Action"))
+    write(tmp_path / "anet_valid_tsp.csv", tsp_rows("b,0,1,Jump,3,v_b.mp4,30,90,Action"))
+    cfg = DatasetConfig(format="tsp-csv", annotations=["anet_train_tsp.csv", "anet_valid_tsp.csv"])
+    s = load_dataset(cfg, "activitynet", root=tmp_path)
+    assert {v: s.videos[v].subset for v in s.videos} == {"v_a": "training", "v_b": "validation"}
+    assert s.classes == ["Jump", "Run"]
+    auto = load_dataset(DatasetConfig(annotations=cfg.annotations), root=tmp_path)  # format detected
+    assert auto.format == "tsp-csv" and len(auto.videos) == 2
+    assert list(load_dataset(cfg, root=tmp_path, subset="validation").videos) == ["v_b"]
+
+
+def test_merging_conflicting_durations_names_both_files(tmp_path):
+    write(tmp_path / "part1_train_tsp.csv", tsp_rows("a,0,1,Run,2,v_a.mp4,30,60,Action"))
+    write(tmp_path / "part2_train_tsp.csv", tsp_rows("a,1,2,Run,2.5,v_a.mp4,30,75,Action"))
+    err = expect_error(read_annotations, [tmp_path / "part1_train_tsp.csv", tmp_path / "part2_train_tsp.csv"],
+                       where="video v_a", says=("2.5", "part1_train_tsp.csv", "one duration"))
+    assert err.path.endswith("part2_train_tsp.csv")
+
+
+def test_merging_a_video_in_two_subsets_asks_for_one_subset(tmp_path):
+    content = {"v_a": {"duration": 3.0, "timestamps": [[0, 1]], "sentences": ["x"]}}
+    write_json(tmp_path / "val.json", content)
+    write_json(tmp_path / "test.json", content)
+    expect_error(read_annotations, tmp_path, where="video v_a", says=("subset=",))
+    assert read_annotations(tmp_path, subset="test").subsets == ["test"]
+
+
+def test_load_dataset_charades_lengths_and_fewshot_split_from_extra(tmp_path):
+    write(tmp_path / "sta" / "charades_sta_train.txt", "AAA 0.0 12.0##x.\n")
+    write(tmp_path / "sta" / "charades_sta_test.txt", "BBB 1.0 2.0##y.\n")
+    write(tmp_path / "len" / "Charades_v1_train.csv", "id,length\nAAA,10\n")
+    write(tmp_path / "len" / "Charades_v1_test.csv", "id,length\nBBB,5\n")
+    cfg = DatasetConfig(format="charades-sta", annotations=["sta/charades_sta_train.txt", "sta/charades_sta_test.txt"],
+                        extra={"lengths_train": "len/Charades_v1_train.csv", "lengths_test": "len/Charades_v1_test.csv"})
+    s = load_dataset(cfg, "charades-sta", root=tmp_path)
+    assert s.videos["AAA"].sentences[0].end == 10.0 and s.videos["BBB"].subset == "test"
+
+    write(tmp_path / "fs" / "base.txt", "A, B")
+    write(tmp_path / "fs" / "fs_val.txt", "C")
+    write(tmp_path / "fs" / "fs_test.txt", "D")
+    write_json(tmp_path / "fs" / "known.json", ["A", "B", "C", "D", "E"])
+    cfg = DatasetConfig(format="class-split", extra={"base": "fs/base.txt", "val": "fs/fs_val.txt", "test": "fs/fs_test.txt",
+                                                     "known": "fs/known.json"})
+    split = load_dataset(cfg, "fewshot-split", root=tmp_path)
+    assert split.classes == ["A", "B", "C", "D"]
+    write_json(tmp_path / "fs" / "known.json", ["A", "B", "C"])
+    expect_error(load_dataset, cfg, root=tmp_path, where="line 1", says=("'D'", "not a known class"))
+
+
+def test_attach_captions_copies_sentences_by_id(tmp_path):
+    videos = read_tsp_csv(write(tmp_path / "anet_train.csv", tsp_rows(
+        "a,0,4,Run,4,v_a.mp4,30,120,Action", "b,0,2,Jump,2,v_b.mp4,30,60,Action")))
+    captions = read_anet_captions(write_json(tmp_path / "train.json", {
+        "v_a": {"duration": 4.02, "timestamps": [[0, 1], [2, 4.02]], "sentences": ["one", "two"]},
+        "v_zzz": {"duration": 3, "timestamps": [[0, 1]], "sentences": ["other"]},
+    }))
+    joined = attach_captions(videos, captions)
+    assert [(q.start, q.end, q.text) for q in joined.videos["v_a"].sentences] == [(0, 1, "one"), (2, 4.0, "two")]
+    assert joined.videos["v_b"].sentences == [] and videos.videos["v_a"].sentences == []  # input untouched
+    assert any("1 of 2 videos captioned" in n for n in joined.notes)
+
+
+# --------------------------------------------------------------------------- CLI
+def test_inspect_cli_prints_counts_and_reports_broken_files(tmp_path):
+    good = write(tmp_path / "thumos14_valid_tsp.csv", tsp_rows(
+        "video_validation_1,0,2,,9,video_validation_1.mp4,30,270,No action",
+        "video_validation_1,2,5,Billiards,9,video_validation_1.mp4,30,270,Action"))
+    runner = CliRunner()
+    result = runner.invoke(app, ["data", "inspect", str(good), "--json"])
+    assert result.exit_code == 0, result.output
+    counts = json.loads(result.stdout)
+    assert (counts["format"], counts["videos"], counts["segments"], counts["actions"], counts["classes"]) == ("tsp-csv", 1, 2, 1, 1)
+    table = runner.invoke(app, ["data", "inspect", str(good)])
+    assert table.exit_code == 0 and "validation" in table.stdout and "tsp-csv" in table.stdout
+
+    broken = write(tmp_path / "thumos14_test_tsp.csv", tsp_rows("video_test_1,0,x,Run,9,video_test_1.mp4,30,270,Action"))
+    result = runner.invoke(app, ["data", "inspect", str(broken), "--json"])
+    assert result.exit_code == 1
+    error = json.loads(result.stdout)["error"]
+    assert (error["path"], error["where"]) == (str(broken), "line 2") and "t-end" in error["problem"]
+    assert "line 2" in result.stderr
+    bad_format = runner.invoke(app, ["data", "inspect", str(good), "--format", "nope"])
+    assert bad_format.exit_code != 0

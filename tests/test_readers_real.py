@@ -1,0 +1,155 @@
+"""The readers on the published annotation files: counts must match what the datasets publish.
+
+Needs $CLAPBENCH_REAL_ANNOTATIONS (skipped cleanly otherwise).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from typer.testing import CliRunner
+
+from clap_bench.cli import app
+from clap_bench.config import DatasetConfig
+from clap_bench.data import (
+    attach_captions,
+    combined_counts,
+    detect_format,
+    load_dataset,
+    read_activitynet_json,
+    read_annotation_files,
+    read_anet_captions,
+    read_charades_sta,
+    read_fewshot_split,
+    read_tacos,
+    read_tsp_csv,
+    write_activitynet_json,
+)
+
+pytestmark = pytest.mark.real_annotations
+
+
+def note_count(notes, pattern: str) -> int:
+    for note in notes:
+        m = re.search(pattern, note)
+        if m:
+            return int(m.group(1))
+    return 0
+
+
+@pytest.fixture(scope="module")
+def anet_train(real_annotations):
+    return read_tsp_csv(real_annotations / "activitynet" / "activitynet_v1-3_train_tsp_groundtruth.csv")
+
+
+def test_tsp_activitynet_train_counts(anet_train):
+    c = anet_train.counts()
+    assert c["segments"] == 31_366  # csv rows
+    assert c["actions"] == 15_410
+    assert c["classes"] == 200
+    assert c["videos"] == 10_024 and anet_train.subsets == ["training"]
+    assert all(v.startswith("v_") and anet_train.videos[v].filename == v + ".mp4" for v in anet_train.videos)
+    assert all(v.fps == 30.0 for v in anet_train.videos.values())
+
+
+def test_tsp_activitynet_train_and_valid_merge(real_annotations):
+    cfg = DatasetConfig(format="tsp-csv", annotations=[
+        str(real_annotations / "activitynet" / f"activitynet_v1-3_{s}_tsp_groundtruth.csv") for s in ("train", "valid")])
+    s = load_dataset(cfg, "activitynet")
+    c = s.counts()
+    assert c["subsets"]["training"]["segments"] == 31_366
+    assert c["subsets"]["validation"] == {"videos": 4_926, "segments": 15_401, "actions": 7_654, "sentences": 0}
+    assert c["classes"] == 200
+    mapping = json.loads((real_annotations / "activitynet" / "activitynet_v1-3_action_label_mapping.json").read_text())
+    assert s.classes == sorted(mapping)
+
+
+def test_thumos14_tsp_counts(real_annotations):
+    folder = real_annotations / "thumos14"
+    valid = read_tsp_csv(folder / "thumos14_valid_tsp_groundtruth.csv")
+    test = read_tsp_csv(folder / "thumos14_test_tsp_groundtruth.csv")
+    assert (len(valid.videos), valid.counts()["segments"], valid.counts()["actions"]) == (200, 5_185, 3_007)
+    assert (len(test.videos), test.counts()["segments"], test.counts()["actions"]) == (212, 5_931, 3_358)
+    assert valid.subsets == ["validation"] and test.subsets == ["testing"]
+    mapping = json.loads((folder / "thumos14_action_label_mapping.json").read_text())
+    assert valid.classes == test.classes == sorted(mapping) and len(mapping) == 20
+    assert all(v.startswith(("video_validation_", "video_test_")) for v in list(valid.videos) + list(test.videos))
+
+
+def test_charades_sta_counts(real_annotations):
+    folder = real_annotations / "charades-sta"
+    train = read_charades_sta(folder / "charades_sta_train.txt")
+    test = read_charades_sta(folder / "charades_sta_test.txt")
+    assert train.counts()["queries"] + train.dropped == 12_408
+    assert train.dropped == 4 and train.counts()["queries"] == 12_404
+    assert test.counts()["queries"] == 3_720 and test.dropped == 0
+    assert note_count(train.notes, r"(\d+) query end times") == 1_805
+    assert note_count(test.notes, r"(\d+) query end times") == 562
+    assert note_count(train.notes, r"(\d+) queries dropped") == 4
+    for s in (train, test):
+        assert all(0 <= q.start < q.end <= v.duration for v in s.videos.values() for q in v.sentences)
+
+
+def test_tacos_counts(real_annotations):
+    expected = {"train": (75, 9_790), "val": (27, 4_436), "test": (25, 4_001)}
+    for name, (videos, queries) in expected.items():
+        s = read_tacos(real_annotations / "tacos" / f"{name}.json")
+        assert (len(s.videos), s.counts()["queries"], s.dropped) == (videos, queries, 0)
+        assert s.subsets == [name]
+        assert all(v.fps == 29.4 and v.filename.endswith(".avi") for v in s.videos.values())
+        assert all(0 <= q.start < q.end <= v.duration for v in s.videos.values() for q in v.sentences)
+
+
+def test_activitynet_captions_counts(real_annotations):
+    folder = real_annotations / "activitynet-captions"
+    # Published sizes: train 10,009 videos / 37,421 captions; val_1 4,917 / 17,505; val_2 4,885 / 17,031.
+    expected = {"train": (10_009, 37_421, 4), "val": (4_917, 17_505, 0), "test": (4_885, 17_031, 0)}
+    for name, (videos, captions, dropped) in expected.items():
+        s = read_anet_captions(folder / f"{name}.json")
+        assert (len(s.videos), s.counts()["queries"] + s.dropped, s.dropped) == (videos, captions, dropped)
+        assert all(v.startswith("v_") for v in s.videos)
+        assert not any(q.text != q.text.strip() for v in s.videos.values() for q in v.sentences)
+    # val and test annotate the same videos: they are counted, never merged.
+    counts = combined_counts(read_annotation_files(folder))
+    assert counts["videos"] == 14_926 and any("4885 videos appear in more than one subset" in n for n in counts["notes"])
+
+
+def test_captions_attach_to_activitynet_training_videos(real_annotations, anet_train):
+    captions = read_anet_captions(real_annotations / "activitynet-captions" / "train.json")
+    joined = attach_captions(anet_train, captions)
+    captioned = [v for v in joined.videos.values() if v.sentences]
+    assert len(captioned) == 10_009  # every Captions train video is an ActivityNet training video
+
+
+def test_fewshot_split_is_disjoint_and_known(real_annotations, anet_train):
+    folder = real_annotations / "fewshot-anet-splits"
+    split = read_fewshot_split(folder / "base.txt", folder / "fs_val.txt", folder / "fs_test.txt", anet_train.classes)
+    assert (len(split.base), len(split.val), len(split.test)) == (160, 20, 20)
+    assert split.classes == anet_train.classes  # 160 + 20 + 20 disjoint names cover the 200 classes
+    assert detect_format(folder / "base.txt") == "class-split"
+
+
+def test_official_json_round_trip_of_real_actions(tmp_path, anet_train):
+    out = tmp_path / "gt.json"
+    write_activitynet_json(anet_train, out)
+    back = read_activitynet_json(out)
+    assert back.counts()["actions"] == 15_410 and back.classes == anet_train.classes
+    assert back.videos["v_sJFgo9H6zNo"].segments == anet_train.videos["v_sJFgo9H6zNo"].actions
+
+
+def test_inspect_cli_on_a_real_file_and_a_broken_one(real_annotations, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["data", "inspect", str(real_annotations / "charades-sta" / "charades_sta_test.txt"), "--json"])
+    assert result.exit_code == 0, result.output
+    counts = json.loads(result.stdout)
+    assert (counts["format"], counts["queries"], counts["videos"], counts["dropped"]) == ("charades-sta", 3_720, 1_334, 0)
+
+    broken = tmp_path / "train.json"
+    text = (real_annotations / "tacos" / "train.json").read_text()
+    broken.write_text(text.replace('"fps": 29.4', '"fps": "fast"', 1))
+    result = runner.invoke(app, ["data", "inspect", str(broken), "--json"])
+    assert result.exit_code == 1
+    error = json.loads(result.stdout)["error"]
+    assert error["path"] == str(broken) and error["where"].endswith('["fps"]') and "expected a number" in error["problem"]
