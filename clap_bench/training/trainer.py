@@ -1,0 +1,448 @@
+"""The one trainer every pre-training method shares (and the synthetic source pre-training).
+
+What it does, in order, for each step: take the next batch of segments (a permutation that is a
+function of (seed, epoch) only, sharded over processes), fetch the frozen text features of the
+batch's texts, run the model under autocast on CUDA, add the method's loss terms, stop on a
+non-finite loss, step SGD and the per-step learning-rate schedule.
+
+Schedules (``TrainConfig``): ``step``: lr x ``lr_gamma`` every ``lr_step_epochs`` epochs (paper
+§4.1: x0.01 every 2 epochs); ``tsp``: linear warm-up over ``warmup_epochs``, then x ``lr_gamma``
+at each of ``milestones`` (TSP's own schedule). Backbone and heads have their own learning rates.
+
+Checkpoints (``<out>/checkpoint.pt``, written atomically) after every epoch and when SIGTERM or
+SIGUSR2 arrives (then mid-epoch, with the number of batches done; the previous handler, e.g.
+submitit's requeue, runs afterwards). A checkpoint holds the model, optimiser, schedule, AMP
+scaler, the RNG states (python, numpy, torch, CUDA), the position in the epoch and the running
+sums of the epoch's metrics. Resuming skips the batches already done, which reproduces the
+epoch exactly because the order depends only on (seed, epoch) and clip sampling only on
+(seed, epoch, item). When all epochs are done ``<out>/final.pt`` (weights and metadata, no
+optimiser) is written and returned; a finished run is not trained again.
+
+Per-epoch metrics go to ``<out>/metrics.jsonl``: every loss term, head accuracies, clips/s.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import random
+import signal
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from clap_bench.config import TrainConfig
+from clap_bench.io import atomic_write_bytes
+from clap_bench.methods.model import PretrainModel, compute_losses
+from clap_bench.training.distributed import (
+    DistInfo,
+    all_reduce_mean,
+    any_process,
+    barrier,
+    gather_no_grad,
+    gather_with_grad,
+    shard_order,
+)
+
+CHECKPOINT_FORMAT = "clap_bench.pretrain/1"
+CHECKPOINT_NAME = "checkpoint.pt"
+FINAL_NAME = "final.pt"
+METRICS_NAME = "metrics.jsonl"
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or inf; the run stopped and its last good checkpoint was kept."""
+
+
+class TrainingInterrupted(SystemExit):
+    """A stop signal arrived; a checkpoint with the position in the epoch was written."""
+
+
+# --------------------------------------------------------------------------- helpers
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    if deterministic:
+        # Same seed, same result: bit-for-bit on CPU; on CUDA cuDNN is made deterministic too.
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def rng_state() -> Dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def lr_factor(cfg: TrainConfig, epoch_float: float) -> float:
+    """Multiplier of the base learning rates at a (fractional) epoch."""
+    if cfg.schedule == "step":
+        return cfg.lr_gamma ** int(epoch_float // max(1, cfg.lr_step_epochs))
+    if cfg.schedule == "tsp":
+        if epoch_float < cfg.warmup_epochs:
+            return max(1e-3, epoch_float / cfg.warmup_epochs)
+        return cfg.lr_gamma ** sum(1 for m in cfg.milestones if epoch_float >= m)
+    raise ValueError(f"train.schedule: expected 'step' or 'tsp', got {cfg.schedule!r}")
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path: Path) -> Dict[str, Any]:
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise ValueError(f"{path}: unreadable checkpoint ({e})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not a pre-training checkpoint of this package (format {CHECKPOINT_FORMAT})")
+    return ckpt
+
+
+def _unwrap(model: nn.Module) -> PretrainModel:
+    return model.module if hasattr(model, "module") else model
+
+
+class _SignalFlag:
+    """Records SIGTERM / SIGUSR2; the loop checkpoints at the next step boundary, then chains."""
+
+    SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGUSR2", None)) if s is not None)
+
+    def __init__(self) -> None:
+        self.received: Optional[int] = None
+        self.previous: Dict[int, Any] = {}
+
+    def __enter__(self) -> "_SignalFlag":
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for s in self.SIGNALS:
+                self.previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.received = signum
+
+    def __exit__(self, *exc) -> None:
+        for s, h in self.previous.items():
+            signal.signal(s, h)
+
+    def chain(self) -> None:
+        """After the checkpoint: hand the signal to whoever handled it before (e.g. submitit)."""
+        signum = self.received
+        prev = self.previous.get(signum)
+        self.__exit__()
+        if callable(prev):
+            prev(signum, None)
+        raise TrainingInterrupted(128 + signum)
+
+
+# --------------------------------------------------------------------------- the trainer
+class Trainer:
+    """Train ``model`` on ``dataset`` (items: one segment of K clips each) with ``cfg``.
+
+    ``text_features(texts) -> (N, D) tensor`` supplies the frozen text features (contrastive
+    methods); ``gvf`` maps a video id to its global video feature (TSP's region head).
+    ``meta`` is stored in every checkpoint (method, profile, classes, ...).
+    """
+
+    def __init__(
+        self,
+        model: PretrainModel,
+        dataset: torch.utils.data.Dataset,
+        cfg: TrainConfig,
+        out_dir: Path,
+        seed: int,
+        collate: Callable[[List[dict]], dict],
+        clips_per_segment: int,
+        text_features: Optional[Callable[[List[str]], torch.Tensor]] = None,
+        on_epoch_end: Optional[Callable[[], None]] = None,
+        gvf: Optional[Dict[str, torch.Tensor]] = None,
+        meta: Optional[Dict[str, Any]] = None,
+        progress: bool = True,
+        device: Optional[str] = None,
+        dist_info: Optional[DistInfo] = None,
+    ):
+        self.cfg = cfg
+        self.out_dir = Path(out_dir)
+        self.seed = seed
+        self.dataset = dataset
+        self.collate = collate
+        self.text_features = text_features
+        self.on_epoch_end = on_epoch_end
+        self.gvf = gvf
+        self.meta = dict(meta or {})
+        self.progress = progress
+        self.dist = dist_info or DistInfo()
+        if device is None:
+            device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        self.segments_per_batch = max(1, cfg.batch_size // max(1, clips_per_segment) // self.dist.world_size)
+        self.model = model.to(self.device)
+        if cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last_3d)
+        method = model.method
+        if method.uses_text and text_features is None:
+            raise ValueError(f"method {method.name} needs text features (text_features=...)")
+        if method.region_gvf and gvf is None:
+            raise ValueError(f"method {method.name} needs global video features (gvf=...)")
+        heads = [p for m in model.head_modules() for p in m.parameters()]
+        if hasattr(model, "log_logit_scale") and isinstance(model.log_logit_scale, nn.Parameter):
+            heads.append(model.log_logit_scale)
+        self.optimizer = torch.optim.SGD(
+            [
+                {"params": list(model.backbone.parameters()), "lr": cfg.lr_backbone, "name": "backbone"},
+                {"params": heads, "lr": cfg.lr_heads, "name": "heads"},
+            ],
+            momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay,
+        )
+        self.steps_per_epoch = max(1, math.ceil(len(shard_order(len(dataset), 0, 0, 0, self.dist.world_size)) / self.segments_per_batch))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: lr_factor(cfg, step / self.steps_per_epoch)
+        )
+        self.use_amp = bool(cfg.amp and self.device.type == "cuda")
+        self.amp_dtype = torch.bfloat16 if (self.use_amp and torch.cuda.is_bf16_supported()) else torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
+        self.ddp_model: nn.Module = self.model
+        if self.dist.distributed:
+            self.ddp_model = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.running: Dict[str, float] = {}
+
+    # ------------------------------------------------------------------ paths
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out_dir / CHECKPOINT_NAME
+
+    @property
+    def final_path(self) -> Path:
+        return self.out_dir / FINAL_NAME
+
+    # ------------------------------------------------------------------ state
+    def _state(self) -> Dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "meta": self.meta,
+            "train": asdict(self.cfg),
+            "seed": self.seed,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "running": dict(self.running),
+            "rng": rng_state(),
+            "world_size": self.dist.world_size,
+        }
+
+    def save_checkpoint(self) -> None:
+        if self.dist.is_main:
+            save_atomic(self._state(), self.checkpoint_path)
+        barrier()
+
+    def _resume(self) -> bool:
+        if not self.checkpoint_path.exists():
+            return False
+        ckpt = load_checkpoint(self.checkpoint_path)
+        if ckpt.get("seed") != self.seed:
+            raise ValueError(f"{self.checkpoint_path}: made with seed {ckpt.get('seed')}, not {self.seed}; use another --out")
+        if ckpt.get("world_size", 1) != self.dist.world_size and ckpt["batch_in_epoch"]:
+            raise ValueError(
+                f"{self.checkpoint_path}: saved mid-epoch with {ckpt.get('world_size')} processes; "
+                f"resume with the same number (now {self.dist.world_size})"
+            )
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.epoch = int(ckpt["epoch"])
+        self.batch_in_epoch = int(ckpt["batch_in_epoch"])
+        self.running = dict(ckpt.get("running") or {})
+        set_rng_state(ckpt["rng"])
+        self._trim_metrics()
+        return True
+
+    def _trim_metrics(self) -> None:
+        """Drop epoch records the checkpoint does not cover (written just before a crash)."""
+        path = self.out_dir / METRICS_NAME
+        if not self.dist.is_main or not path.exists():
+            return
+        lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+        keep = [ln for ln in lines if json.loads(ln).get("epoch", 0) <= self.epoch]
+        if len(keep) != len(lines):
+            atomic_write_bytes(path, ("\n".join(keep) + "\n" if keep else "").encode())
+
+    def _write_final(self) -> Path:
+        if self.dist.is_main:
+            state = {
+                "format": CHECKPOINT_FORMAT,
+                "meta": self.meta,
+                "train": asdict(self.cfg),
+                "seed": self.seed,
+                "model": self.model.state_dict(),
+                "epoch": self.epoch,
+                "finished": True,
+            }
+            save_atomic(state, self.final_path)
+        barrier()
+        return self.final_path
+
+    # ------------------------------------------------------------------ steps
+    def _batches(self, epoch: int) -> List[List[int]]:
+        order = shard_order(len(self.dataset), self.seed, epoch, self.dist.rank, self.dist.world_size)
+        return [order[i : i + self.segments_per_batch] for i in range(0, len(order), self.segments_per_batch)]
+
+    def _loader(self, epoch: int, skip: int):
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+        batches = self._batches(epoch)[skip:]
+        return torch.utils.data.DataLoader(
+            self.dataset,
+            batch_sampler=batches,
+            collate_fn=self.collate,
+            num_workers=self.cfg.num_workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+        ), len(batches)
+
+    def _step(self, batch: dict) -> Dict[str, float]:
+        model = self._unwrapped
+        clips = batch["clips"].to(self.device, non_blocking=True)
+        if self.cfg.channels_last:
+            clips = clips.contiguous(memory_format=torch.channels_last_3d)
+        label = batch["label"].to(self.device)
+        region = batch["region"].to(self.device)
+        text_feats = None
+        if model.method.uses_text:
+            text_feats = self.text_features(list(batch["texts"])).to(self.device)
+        gvf = None
+        if model.method.region_gvf:
+            try:
+                gvf = torch.stack([self.gvf[v] for v in batch["video_id"]]).to(self.device)
+            except KeyError as e:
+                raise KeyError(f"no global video feature for video {e.args[0]!r}") from None
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
+            out = self.ddp_model(clips, text_feats, gvf)
+        out = {k: v.float() for k, v in out.items()}
+        losses = compute_losses(
+            model,
+            out,
+            {"label": label, "region": region, "texts": list(batch["texts"])},
+            gather=gather_with_grad if self.dist.distributed else None,
+            gather_no_grad=gather_no_grad,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+        )
+        loss = losses["loss"]
+        bad = not bool(torch.isfinite(loss.detach()).all())
+        if any_process(bad, self.device):
+            terms = {k: float(v.detach()) for k, v in losses.items() if v.dim() == 0}
+            raise NonFiniteLossError(
+                f"non-finite loss at epoch {self.epoch + 1}, batch {self.batch_in_epoch + 1} "
+                f"(terms: {terms}); training stopped. The last good checkpoint is kept: "
+                f"{self.checkpoint_path if self.checkpoint_path.exists() else 'none yet'}. "
+                "Lower the learning rates, disable AMP, or check the input clips."
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return {k: float(v.detach()) for k, v in losses.items() if v.dim() == 0}
+
+    @property
+    def _unwrapped(self) -> PretrainModel:
+        return _unwrap(self.ddp_model)
+
+    def _accumulate(self, values: Dict[str, float], clips: int, seconds: float) -> None:
+        r = self.running
+        r["steps"] = r.get("steps", 0.0) + 1
+        r["clips"] = r.get("clips", 0.0) + clips
+        r["seconds"] = r.get("seconds", 0.0) + seconds
+        for k, v in values.items():
+            r[f"sum_{k}"] = r.get(f"sum_{k}", 0.0) + v
+            r[f"n_{k}"] = r.get(f"n_{k}", 0.0) + 1
+
+    def _epoch_record(self) -> Dict[str, Any]:
+        r = self.running
+        keys = sorted(k[4:] for k in r if k.startswith("sum_"))
+        vals = torch.tensor([r[f"sum_{k}"] / max(1.0, r[f"n_{k}"]) for k in keys] + [r.get("clips", 0.0), r.get("seconds", 0.0)], dtype=torch.float64)
+        vals = all_reduce_mean(vals.to(self.device)).cpu()
+        rec: Dict[str, Any] = {"epoch": self.epoch + 1}
+        rec.update({k: float(v) for k, v in zip(keys, vals[: len(keys)])})
+        clips = float(vals[len(keys)]) * self.dist.world_size
+        secs = float(vals[len(keys) + 1])
+        rec["clips"] = int(round(clips))
+        rec["clips_per_s"] = clips / secs if secs > 0 else None
+        rec["lr_backbone"] = self.optimizer.param_groups[0]["lr"]
+        rec["lr_heads"] = self.optimizer.param_groups[1]["lr"]
+        return rec
+
+    # ------------------------------------------------------------------ loop
+    def fit(self) -> Path:
+        if self.final_path.exists():
+            return self.final_path
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._resume()
+        with _SignalFlag() as flag:
+            while self.epoch < self.cfg.epochs:
+                self.ddp_model.train()
+                loader, total = self._loader(self.epoch, self.batch_in_epoch)
+                bar = None
+                if self.progress and self.dist.is_main:
+                    from tqdm import tqdm
+
+                    bar = tqdm(total=total + self.batch_in_epoch, initial=self.batch_in_epoch, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}", leave=False)
+                t_prev = time.perf_counter()
+                for batch in loader:
+                    values = self._step(batch)
+                    now = time.perf_counter()
+                    self._accumulate(values, int(batch["clips"].shape[0]), now - t_prev)
+                    t_prev = now
+                    self.batch_in_epoch += 1
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix(loss=f"{values['loss']:.3f}")
+                    if any_process(flag.received is not None, self.device):
+                        if bar is not None:
+                            bar.close()
+                        self.save_checkpoint()
+                        flag.received = flag.received or signal.SIGTERM
+                        flag.chain()
+                if bar is not None:
+                    bar.close()
+                record = self._epoch_record()
+                if self.dist.is_main:
+                    with open(self.out_dir / METRICS_NAME, "a") as f:
+                        f.write(json.dumps(record) + "\n")
+                if self.on_epoch_end is not None:
+                    self.on_epoch_end()
+                self.epoch += 1
+                self.batch_in_epoch = 0
+                self.running = {}
+                self.save_checkpoint()
+        return self._write_final()

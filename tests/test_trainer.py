@@ -1,0 +1,207 @@
+"""The shared trainer: resume after kill -9 or SIGTERM, determinism, stop on a non-finite loss."""
+
+import hashlib
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+# A self-contained training script: the test runs it in a subprocess (to SIGKILL it) and
+# imports it in-process for the other runs.
+SCRIPT = r'''
+import hashlib, os, signal, sys, time
+from pathlib import Path
+import torch
+from clap_bench.config import EncoderConfig, TrainConfig
+from clap_bench.encoders import build_video_encoder
+from clap_bench.methods import PretrainModel, create_method
+from clap_bench.training.trainer import Trainer, seed_everything
+
+K = 2  # clips per segment
+CLASSES = ["a", "b", "c"]
+
+
+class TinySegments(torch.utils.data.Dataset):
+    """Six segments of K random clips; clip content is a function of (seed, epoch, index)."""
+
+    def __init__(self, seed, nan_at=None, hook=None):
+        self.seed, self.epoch, self.nan_at, self.hook = seed, 0, nan_at, hook
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __len__(self):
+        return 6
+
+    def __getitem__(self, i):
+        if self.hook is not None:
+            self.hook(self.epoch, i)
+        g = torch.Generator().manual_seed(self.seed * 1000 + self.epoch * 100 + i)
+        clips = torch.randn(K, 3, 4, 28, 28, generator=g)
+        if self.nan_at is not None and (self.epoch, i) == self.nan_at:
+            clips[:] = float("nan")
+        fg = i % 3 != 2
+        cls = i % 3
+        label = torch.full((K,), cls if fg else -1)
+        region = torch.full((K,), int(fg))
+        text = ("foreground of " if fg else "background of ") + CLASSES[cls]
+        return {"clips": clips, "label": label, "region": region, "texts": [text] * K,
+                "video_id": f"v{i // 2}", "segment": (0.0, 1.0)}
+
+
+def collate(items):
+    return {
+        "clips": torch.cat([it["clips"] for it in items]),
+        "label": torch.cat([it["label"] for it in items]),
+        "region": torch.cat([it["region"] for it in items]),
+        "texts": [t for it in items for t in it["texts"]],
+        "video_id": [it["video_id"] for it in items for _ in range(K)],
+    }
+
+
+def text_features(texts):
+    # Stands in for the frozen language model: a fixed vector per string.
+    rows = []
+    for t in texts:
+        s = int.from_bytes(hashlib.sha256(t.encode()).digest()[:4], "little")
+        rows.append(torch.randn(16, generator=torch.Generator().manual_seed(s)))
+    return torch.stack(rows)
+
+
+def train(out_dir, epochs=2, seed=0, nan_at=None, hook=None):
+    seed_everything(seed)
+    torch.set_num_threads(1)
+    method = create_method("clap-mask")
+    encoder = build_video_encoder(EncoderConfig(arch="r2plus1d_tiny", width=0.125))
+    model = PretrainModel(encoder, method, num_classes=3, text_dim=16, embed_dim=8)
+    cfg = TrainConfig(epochs=epochs, batch_size=4, lr_backbone=1e-2, lr_heads=2e-2, lr_step_epochs=1, lr_gamma=0.5)
+    trainer = Trainer(model, TinySegments(seed, nan_at, hook), cfg, Path(out_dir), seed, collate, K,
+                      text_features=text_features, meta={"method": method.name}, progress=False, device="cpu")
+    return trainer.fit()
+
+
+if __name__ == "__main__":
+    out, marker = sys.argv[1], sys.argv[2]
+
+    def stall_in_epoch_2(epoch, i):
+        # Announce that epoch 2 is running and hang, so the parent can kill -9 mid-epoch.
+        if epoch == 1 and os.path.exists(os.path.join(out, "checkpoint.pt")):
+            Path(marker).write_text(str(i))
+            time.sleep(120)
+
+    train(out, hook=stall_in_epoch_2)
+'''
+
+
+@pytest.fixture(scope="module")
+def script(tmp_path_factory):
+    path = tmp_path_factory.mktemp("script") / "tiny_training.py"
+    path.write_text(SCRIPT)
+    spec = importlib.util.spec_from_file_location("tiny_training", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.PATH = path
+    return module
+
+
+def _weights(path):
+    return torch.load(path, map_location="cpu", weights_only=False)["model"]
+
+
+def _assert_same(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs"
+
+
+@pytest.fixture(scope="module")
+def straight(script, tmp_path_factory):
+    out = tmp_path_factory.mktemp("straight")
+    return script.train(out)
+
+
+def test_same_seed_gives_identical_weights_and_metrics(script, straight, tmp_path):
+    again = script.train(tmp_path / "again")
+    _assert_same(_weights(straight), _weights(again))
+    m1 = [json.loads(x) for x in (straight.parent / "metrics.jsonl").read_text().splitlines()]
+    m2 = [json.loads(x) for x in (again.parent / "metrics.jsonl").read_text().splitlines()]
+    assert len(m1) == 2 and [r["loss"] for r in m1] == [r["loss"] for r in m2]
+    for key in ("class_ce", "region_ce", "contrastive", "class_acc", "region_acc", "clips_per_s"):
+        assert key in m1[0]
+    assert m1[0]["clips"] == 12
+    # A different seed trains differently.
+    other = script.train(tmp_path / "other", seed=1)
+    assert not torch.equal(_weights(other)["class_head.weight"], _weights(straight)["class_head.weight"])
+
+
+def test_kill_9_in_epoch_2_then_resume_gives_identical_weights(script, straight, tmp_path):
+    out, marker = tmp_path / "killed", tmp_path / "in-epoch-2"
+    proc = subprocess.Popen([sys.executable, str(script.PATH), str(out), str(marker)])
+    try:
+        deadline = time.time() + 60
+        while not marker.exists():
+            assert proc.poll() is None, "training script exited early"
+            assert time.time() < deadline, "epoch 2 never started"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not (out / "final.pt").exists()
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["epoch"] == 1
+    resumed = script.train(out)
+    _assert_same(_weights(straight), _weights(resumed))
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+
+
+def test_sigterm_mid_epoch_checkpoints_position_and_resume_is_exact(script, straight, tmp_path):
+    out = tmp_path / "term"
+
+    def term_at_second_batch_of_epoch_2(epoch, i):
+        if epoch == 1 and not hasattr(term_at_second_batch_of_epoch_2, "sent"):
+            term_at_second_batch_of_epoch_2.calls = getattr(term_at_second_batch_of_epoch_2, "calls", 0) + 1
+            if term_at_second_batch_of_epoch_2.calls == 3:  # first item of the second batch
+                term_at_second_batch_of_epoch_2.sent = True
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(SystemExit) as stop:
+        script.train(out, hook=term_at_second_batch_of_epoch_2)
+    assert stop.value.code == 128 + signal.SIGTERM
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert (ckpt["epoch"], ckpt["batch_in_epoch"]) == (1, 2)
+    resumed = script.train(out)
+    _assert_same(_weights(straight), _weights(resumed))
+
+
+def test_nan_loss_stops_with_clear_message_and_keeps_last_good_checkpoint(script, tmp_path):
+    out = tmp_path / "nan"
+    with pytest.raises(Exception) as err:
+        script.train(out, nan_at=_first_item_of_epoch_2(script))
+    assert "non-finite loss at epoch 2" in str(err.value)
+    assert "last good checkpoint" in str(err.value)
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert ckpt["epoch"] == 1 and ckpt["batch_in_epoch"] == 0
+    for v in ckpt["model"].values():
+        assert torch.isfinite(v.float()).all()
+    assert not (out / "final.pt").exists()
+
+
+def _first_item_of_epoch_2(script):
+    from clap_bench.training.distributed import shard_order
+
+    return (1, shard_order(6, 0, 1)[0])
+
+
+def test_finished_run_is_not_trained_again(script, straight):
+    stamp = straight.stat().st_mtime_ns
+    assert script.train(straight.parent) == straight
+    assert straight.stat().st_mtime_ns == stamp
