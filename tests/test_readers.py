@@ -137,7 +137,10 @@ def test_write_activitynet_json_round_trips(tmp_path):
     write_activitynet_json(original, out)
     raw = json.loads(out.read_text())
     assert set(raw) == {"version", "taxonomy", "database"}
-    assert set(raw["database"]) == {"abc", "de"}  # the official spelling, without "v_"
+    assert set(raw["database"]) == {"v_abc", "v_de"}  # the project's ids, as predictions carry them
+    write_activitynet_json(original, tmp_path / "bare.json", strip_v_prefix=True)
+    assert set(json.loads((tmp_path / "bare.json").read_text())["database"]) == {"abc", "de"}  # ActivityNet's spelling
+    assert read_activitynet_json(tmp_path / "bare.json").videos.keys() == original.videos.keys()
     again = read_activitynet_json(out)
     assert again.classes == original.classes
     for vid, video in original.videos.items():
@@ -496,3 +499,12 @@ def test_inspect_cli_prints_counts_and_reports_broken_files(tmp_path):
     assert "line 2" in result.stderr
     bad_format = runner.invoke(app, ["data", "inspect", str(good), "--format", "nope"])
     assert bad_format.exit_code != 0
+
+
+def test_write_activitynet_json_spells_subsets_as_activitynet(tmp_path):
+    trimmed = read_kinetics_csv(write(tmp_path / "k.csv", "label,youtube_id,time_start,time_end,split\nRun,a,0,5,val\n"))
+    out = tmp_path / "gt.json"
+    write_activitynet_json(trimmed, out)
+    back = read_activitynet_json(out)
+    assert back.videos["v_a_000000_000005"].subset == "validation"
+    assert back.videos["v_a_000000_000005"].segments == trimmed.videos["a_000000_000005"].segments

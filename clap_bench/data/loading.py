@@ -318,22 +318,35 @@ def attach_captions(videos: AnnotationSet, captions: AnnotationSet) -> Annotatio
     return out
 
 
-def write_activitynet_json(annotations: AnnotationSet, path: PathLike, subset: Optional[str] = None, version: str = "VERSION 1.3") -> None:
+# Subset names of the other formats in ActivityNet's spelling, so the file reads back.
+_ACTIVITYNET_SUBSET_NAMES = {"train": "training", "val": "validation", "test": "testing"}
+
+
+def write_activitynet_json(
+    annotations: AnnotationSet,
+    path: PathLike,
+    subset: Optional[str] = None,
+    version: str = "VERSION 1.3",
+    strip_v_prefix: bool = False,
+) -> None:
     """Write the official ActivityNet-1.3 ground-truth JSON (atomically).
 
-    Only actions are written (background is implied by the gaps). Ids are written without the
-    ``v_`` prefix, as the official file and evaluation tool spell them; the reader adds it back.
-    ``subset`` writes only that subset.
+    Only actions are written (background is implied by the gaps). Ids are written as the
+    project spells them (``v_`` prefixed), so predictions keyed by the same ids score against
+    the file; ``strip_v_prefix=True`` writes the bare ids of ActivityNet's own file instead
+    (the reader adds the prefix back either way). ``subset`` writes only that subset (named as
+    in ``annotations``); subset names are written in ActivityNet's spelling (train -> training,
+    val -> validation, test -> testing).
     """
     database = {}
     for vid, video in annotations.videos.items():
         if subset is not None and video.subset != subset:
             continue
-        bare = vid[2:] if vid.startswith("v_") else vid
-        if bare in database:
-            raise ValueError(f"videos {vid!r} and another share the bare id {bare!r}")
-        database[bare] = {
-            "subset": video.subset,
+        key = vid[2:] if strip_v_prefix and vid.startswith("v_") else vid
+        if key in database:
+            raise ValueError(f"videos {vid!r} and another share the bare id {key!r}")
+        database[key] = {
+            "subset": _ACTIVITYNET_SUBSET_NAMES.get(video.subset, video.subset),
             "duration": video.duration,
             "annotations": [{"segment": [s.start, s.end], "label": s.label} for s in video.actions],
         }
