@@ -1,0 +1,83 @@
+"""Where clips start: 5 per segment for pre-training, every clip at a stride for extraction.
+
+TSP protocol (paper §4.1): a segment gives ``n`` clips (5), at random positions when training
+and evenly spaced when evaluating. Every clip lies inside the video: a segment shorter than a
+clip gets clips centred on it (then pushed inside ``[0, video_duration]``), and a clip that
+would run past the end of the video starts early enough to end with it. When even the video is
+shorter than one clip, clips start at 0 and the decoder repeats the last frame.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+
+def clip_seconds(frames: int, fps: float) -> float:
+    """Time a clip of ``frames`` frames at ``fps`` spans (16 at 15 fps: 1.0667 s)."""
+    if frames < 1 or fps <= 0:
+        raise ValueError(f"need frames >= 1 and fps > 0, got frames={frames}, fps={fps}")
+    return frames / float(fps)
+
+
+def start_range(
+    seg_start: float, seg_end: float, clip_seconds: float, video_duration: Optional[float] = None
+) -> tuple[float, float]:
+    """The interval ``[lo, hi]`` of allowed clip starts for a segment, clamped as described above."""
+    if clip_seconds <= 0:
+        raise ValueError(f"clip_seconds must be positive, got {clip_seconds}")
+    seg_start, seg_end = float(seg_start), float(seg_end)
+    if seg_end < seg_start:
+        raise ValueError(f"segment ends before it starts: ({seg_start}, {seg_end})")
+    if seg_end - seg_start >= clip_seconds:
+        lo, hi = seg_start, seg_end - clip_seconds
+    else:  # shorter than a clip: the one clip centred on the segment
+        lo = hi = 0.5 * (seg_start + seg_end) - 0.5 * clip_seconds
+    last_start = np.inf if video_duration is None else max(0.0, float(video_duration) - clip_seconds)
+    lo = min(max(lo, 0.0), last_start)
+    hi = min(max(hi, 0.0), last_start)
+    return lo, max(lo, hi)
+
+
+def sample_clip_starts(
+    seg_start: float,
+    seg_end: float,
+    clip_seconds: float,
+    n: int = 5,
+    train: bool = False,
+    rng: Optional[np.random.Generator] = None,
+    video_duration: Optional[float] = None,
+) -> np.ndarray:
+    """``n`` clip start times (s) inside a segment: uniform random (train) or evenly spaced (eval).
+
+    Random starts are returned sorted (the clips of a segment are an unordered set; sorted
+    starts let the decoder go through them in one forward pass). ``rng`` is required when
+    training, so that every draw comes from a stream the caller seeded.
+    """
+    if n < 1:
+        raise ValueError(f"need at least one clip per segment, got n={n}")
+    lo, hi = start_range(seg_start, seg_end, clip_seconds, video_duration)
+    if train:
+        if rng is None:
+            raise ValueError("sample_clip_starts(train=True) needs an rng (numpy.random.Generator)")
+        return np.sort(rng.uniform(lo, hi, size=n)) if hi > lo else np.full(n, lo)
+    return np.linspace(lo, hi, n)
+
+
+def extraction_clip_starts(duration: float, clip_seconds: float, stride_seconds: float) -> np.ndarray:
+    """Starts of every clip of a video at a fixed stride: 0, stride, 2*stride, ...
+
+    The last clip is the last one that fits inside the video (a tail shorter than the stride
+    is not covered by a clip of its own); a video shorter than one clip still gets one clip at 0.
+    One feature per start, so a video yields ``floor((duration - clip) / stride) + 1`` features.
+    """
+    if stride_seconds <= 0:
+        raise ValueError(f"stride must be positive, got {stride_seconds}")
+    if clip_seconds <= 0:
+        raise ValueError(f"clip_seconds must be positive, got {clip_seconds}")
+    if duration < 0:
+        raise ValueError(f"duration must be >= 0, got {duration}")
+    last_start = max(0.0, float(duration) - clip_seconds)
+    count = int(np.floor(last_start / stride_seconds + 1e-9)) + 1
+    return np.arange(count, dtype=np.float64) * float(stride_seconds)
