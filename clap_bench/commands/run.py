@@ -1,0 +1,191 @@
+"""``clapbench run``, ``clapbench sweep`` and ``clapbench status``: the main job and its bookkeeping."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from clap_bench.config import ConfigError, Profile, load_profile
+
+
+def _profile(profile: Optional[str], config: Optional[Path], echo=typer.echo) -> Profile:
+    if profile and config:
+        raise typer.BadParameter("give --profile or --config, not both")
+    if config:
+        loaded = load_profile(str(config))
+    elif profile:
+        loaded = load_profile(profile)
+    else:
+        loaded = load_profile("default")
+        echo("No dataset configured (no --profile / --config): running the synthetic 'default' profile, "
+             f"generated on first use under {loaded.data.cache_dir}.", err=True)
+        return loaded
+    if loaded.data.synthetic:
+        echo(f"Profile {loaded.name!r}: synthetic data ({loaded.data.synth_profile}, seed {loaded.data.synth_seed}).", err=True)
+    return loaded
+
+
+def _backbone(profile: Profile) -> str:
+    return "r3d_18" if profile.encoder.arch == "r3d_18" else "r2plus1d_18"
+
+
+def _execute(methods: List[str], seeds: str, tasks: Optional[str], profile: Optional[str], config: Optional[Path],
+             executor: str, cluster: Optional[Path], runs_dir: Optional[Path], dry_run: bool, wait: bool,
+             quiet: bool, table_methods: Optional[List[str]], baseline: Optional[str]) -> None:
+    from clap_bench.runs import RunStore, build_plan, load_cluster, make_tables, parse_seeds, parse_tasks, render, run_plan, runs_root
+    from clap_bench.runs.tables import tables_for_tasks
+
+    try:
+        prof = _profile(profile, config)
+        seed_list = parse_seeds(seeds)
+        task_list = parse_tasks(tasks)
+        plan = build_plan(prof, methods, seed_list, task_list)
+        cluster_profile = load_cluster(cluster) if cluster else None
+        if executor == "slurm" and cluster_profile is None:
+            raise ConfigError("--executor slurm needs --cluster slurm/<profile>.yaml (e.g. slurm/local.yaml)")
+    except (ConfigError, KeyError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2)
+    store = RunStore(runs_root(runs_dir))
+    if dry_run:
+        typer.echo(f"Plan ({len(plan)} stages, executor {executor}, runs under {store.root}):")
+        for line in plan.describe(store):
+            done = "done " if store.is_done(plan.stage_dir(store, plan.stages[line.split()[0]]), plan.hashes[line.split()[0]]) else "todo "
+            typer.echo(f"  {done}{line}")
+        return
+    if prof.data.synthetic and any(not m.startswith("features:") for m in methods):
+        from clap_bench.config import resolve_datasets
+
+        typer.echo("Preparing the synthetic datasets (cached after the first run) ...", err=True)
+        resolve_datasets(prof, progress=not quiet)
+    report = run_plan(plan, store, executor=executor, cluster=cluster_profile, wait=wait, progress=not quiet,
+                      echo=lambda s: typer.echo(s, err=True))
+    if executor == "slurm" and not wait:
+        typer.echo(f"Submitted {len(report.submitted)} job(s), {len(report.kept)} already queued, {len(report.reused)} stage(s) done. "
+                   f"Follow with: clapbench status --profile {prof.name}" + (f" --runs-dir {runs_dir}" if runs_dir else ""))
+        return
+    tables = make_tables(store, prof.name, tables_for_tasks(task_list), baseline=baseline, methods=table_methods,
+                         backbone=_backbone(prof))
+    typer.echo(render(tables, "markdown"))
+    if not report.ok:
+        typer.echo(f"{len(report.failed)} stage(s) failed, {len(report.blocked)} not run because of them: "
+                   + ", ".join(report.failed) + ". See clapbench status.", err=True)
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("run")
+    def run_cmd(
+        method: str = typer.Option("clap", "--method", "-m", help="pre-training method (clapbench list methods) or features:PATH.h5 / features:DIR"),
+        seeds: str = typer.Option("5", "--seeds", help="number of seeds (5 -> seeds 0..4) or a list (0,3,4); finished seeds are reused"),
+        tasks: Optional[str] = typer.Option(None, "--tasks", help="downstream tasks, comma-separated: tal,fstal,vlg (default: all)"),
+        profile: Optional[str] = typer.Option(None, "--profile", "-p", help="smoke | default | paper (default: the synthetic default)"),
+        config: Optional[Path] = typer.Option(None, "--config", help="a profile YAML file instead of --profile"),
+        executor: str = typer.Option("local", "--executor", help="local | debug | slurm"),
+        cluster: Optional[Path] = typer.Option(None, "--cluster", help="SLURM cluster profile (slurm/*.yaml)"),
+        runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="run store root (default $CLAPBENCH_RUNS or ./results/runs)"),
+        dry_run: bool = typer.Option(False, "--dry-run", help="print the plan and exit"),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
+    ):
+        """Pre-train, extract and run the downstream tasks for one method over several seeds, then print its table."""
+        _execute([method], seeds, tasks, profile, config, executor, cluster, runs_dir, dry_run, wait=True, quiet=quiet,
+                 table_methods=[method], baseline=None)
+
+    @app.command("sweep")
+    def sweep_cmd(
+        methods: str = typer.Option(..., "--methods", help="comma-separated methods, e.g. tac,tsp,clap-clip,clap-mask,clap,clap-no-cls"),
+        seeds: str = typer.Option("5", "--seeds"),
+        tasks: Optional[str] = typer.Option(None, "--tasks"),
+        profile: Optional[str] = typer.Option(None, "--profile", "-p"),
+        config: Optional[Path] = typer.Option(None, "--config"),
+        executor: str = typer.Option("slurm", "--executor", help="slurm | local | debug"),
+        cluster: Optional[Path] = typer.Option(None, "--cluster", help="SLURM cluster profile (slurm/*.yaml)"),
+        runs_dir: Optional[Path] = typer.Option(None, "--runs-dir"),
+        dry_run: bool = typer.Option(False, "--dry-run"),
+        wait: bool = typer.Option(False, "--wait/--no-wait", help="slurm: wait for the jobs and print the tables"),
+        baseline: str = typer.Option("tsp", "--baseline", help="method the p-values compare against"),
+        quiet: bool = typer.Option(True, "--quiet/--progress"),
+    ):
+        """Run several methods x seeds (as SLURM jobs chained by afterok dependencies, or locally)."""
+        method_list = [m.strip() for m in methods.split(",") if m.strip()]
+        _execute(method_list, seeds, tasks, profile, config, executor, cluster, runs_dir, dry_run, wait=wait or executor != "slurm",
+                 quiet=quiet, table_methods=method_list, baseline=baseline)
+
+    @app.command("status")
+    def status_cmd(
+        profile: Optional[str] = typer.Option(None, "--profile", "-p", help="profile name (default: every profile in the store)"),
+        config: Optional[Path] = typer.Option(None, "--config"),
+        methods: Optional[str] = typer.Option(None, "--methods", help="comma-separated (default: those in the store)"),
+        seeds: Optional[str] = typer.Option(None, "--seeds", help="count or list (default: those in the store)"),
+        tasks: Optional[str] = typer.Option(None, "--tasks"),
+        runs_dir: Optional[Path] = typer.Option(None, "--runs-dir"),
+        lines: int = typer.Option(5, "--lines", help="error lines shown per failed stage"),
+    ):
+        """Every (method, seed, stage): done, running (SLURM job and state), failed (log and error), missing."""
+        from clap_bench.runs import RunStore, runs_root
+
+        store = RunStore(runs_root(runs_dir))
+        try:
+            profiles = _status_profiles(store, profile, config)
+        except ConfigError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2)
+        if not profiles:
+            typer.echo(f"No runs under {store.root}.")
+            return
+        for prof in profiles:
+            _print_status(store, prof, methods, seeds, tasks, lines)
+
+
+def _status_profiles(store, profile: Optional[str], config: Optional[Path]) -> List[Profile]:
+    import json
+
+    from clap_bench.config import from_dict
+
+    if config or profile:
+        prof = load_profile(str(config) if config else profile)
+        recorded = store.profile_file(prof.name)
+        if not config and recorded.is_file():  # the config the runs were made with
+            return [from_dict(Profile, json.loads(recorded.read_text()), str(recorded))]
+        return [prof]
+    out = []
+    for name in store.profiles():
+        recorded = store.profile_file(name)
+        if recorded.is_file():
+            out.append(from_dict(Profile, json.loads(recorded.read_text()), str(recorded)))
+    return out
+
+
+def _print_status(store, prof: Profile, methods: Optional[str], seeds: Optional[str], tasks: Optional[str], lines: int) -> None:
+    from tabulate import tabulate
+
+    from clap_bench.runs import build_plan, parse_seeds, parse_tasks, plan_status
+    from clap_bench.runs.status import summarize
+
+    method_list = [m for m in (methods or "").split(",") if m] or [store.method_label(prof.name, m) for m in store.methods(prof.name)]
+    if not method_list:
+        typer.echo(f"profile {prof.name}: no runs under {store.profile_dir(prof.name)}")
+        return
+    statuses = []
+    for method in method_list:
+        seed_list = parse_seeds(seeds) if seeds else store.seeds(prof.name, method)
+        if not seed_list:
+            continue
+        try:
+            plan = build_plan(prof, [method], seed_list, parse_tasks(tasks))
+        except ConfigError as e:
+            typer.echo(f"{method}: {e}", err=True)
+            continue
+        statuses.extend(s for s in plan_status(plan, store) if s.key not in {x.key for x in statuses})
+    rows = [[s.method or "(shared)", "" if s.seed is None else s.seed, s.stage, s.state, s.detail] for s in statuses]
+    typer.echo(f"profile {prof.name} ({store.profile_dir(prof.name)}):")
+    typer.echo(tabulate(rows, headers=["method", "seed", "stage", "state", "job / log"], tablefmt="simple"))
+    counts = summarize(statuses)
+    typer.echo("  " + ", ".join(f"{n} {k}" for k, n in counts.items() if n))
+    for s in statuses:
+        if s.state == "failed" and s.error_tail:
+            typer.echo(f"\n{s.key} failed ({s.log_path}):")
+            for line in s.error_tail[-lines:]:
+                typer.echo(f"    {line}")

@@ -1,0 +1,106 @@
+"""``clapbench table`` (the paper's tables from the run store) and ``clapbench analyze feature-quality`` (Fig. 2a)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from clap_bench.config import ConfigError
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("table")
+    def table_cmd(
+        fmt: str = typer.Option("markdown", "--format", "-f", help="markdown | latex | csv"),
+        tables: str = typer.Option("1,2a,2b,3", "--tables", help="comma-separated: 1 (TAL), 2a (few-shot TAL), 2b (Charades-STA), 3 (TACoS)"),
+        profile: Optional[str] = typer.Option(None, "--profile", "-p", help="profile name (default: every profile in the store)"),
+        baseline: str = typer.Option("tsp", "--baseline", help="method the Welch t-test compares each method against"),
+        methods: Optional[str] = typer.Option(None, "--methods", help="comma-separated subset of methods"),
+        no_paper: bool = typer.Option(False, "--no-paper", help="leave out the paper's reported numbers"),
+        runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="run store root (default $CLAPBENCH_RUNS or ./results/runs)"),
+    ):
+        """Print Tables 1, 2a, 2b, 3 as mean ± std over finished seeds, beside the paper's numbers."""
+        from clap_bench.runs import RunStore, make_tables, render, runs_root
+
+        store = RunStore(runs_root(runs_dir))
+        profiles = [profile] if profile else store.profiles()
+        if not profiles:
+            typer.echo(f"No runs under {store.root}; start one with: clapbench run --method clap --seeds 5", err=True)
+            raise typer.Exit(1)
+        try:
+            ids = [t.strip() for t in tables.split(",") if t.strip()]
+            out = []
+            for name in profiles:
+                out.extend(make_tables(store, name, ids, baseline=baseline or None,
+                                       methods=[m for m in methods.split(",") if m] if methods else None,
+                                       include_paper=not no_paper, backbone=_recorded_backbone(store, name)))
+            typer.echo(render(out, fmt), nl=False)
+        except ConfigError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2)
+
+    analyze = typer.Typer(help="Analyses of extracted features.", no_args_is_help=True)
+    app.add_typer(analyze, name="analyze")
+
+    @analyze.command("feature-quality")
+    def feature_quality_cmd(
+        method: List[str] = typer.Option(..., "--method", "-m", help="a method in the run store, or features:PATH.h5; repeat to compare"),
+        profile: str = typer.Option("default", "--profile", "-p"),
+        seed: int = typer.Option(0, "--seed"),
+        out: Path = typer.Option(Path("feature_quality.png"), "--out", "-o", help="PNG to write"),
+        clip_s: float = typer.Option(1.0, "--clip-seconds", help="length of each sampled clip (s)"),
+        sample_seed: int = typer.Option(0, "--sample-seed", help="seed of the clip draws (the same for every method)"),
+        normalize: bool = typer.Option(True, "--normalize/--raw", help="L2-normalise feature rows first"),
+        runs_dir: Optional[Path] = typer.Option(None, "--runs-dir"),
+    ):
+        """The paper's Fig. 2a: histogram of fg2bg − fg2fg feature distances over ActivityNet validation videos."""
+        from clap_bench.config import load_profile, resolve_datasets
+        from clap_bench.data import load_dataset
+        from clap_bench.runs import RunStore, runs_root
+        from clap_bench.runs.feature_quality import feature_quality, plot_histogram, summary
+        from clap_bench.runs.store import METRICS_FILE, read_json
+
+        store = RunStore(runs_root(runs_dir))
+        files = {}
+        try:
+            for m in method:
+                if m.startswith("features:"):
+                    path = Path(m.split(":", 1)[1]).expanduser()
+                    if path.is_dir():
+                        path = path / "activitynet.h5"
+                else:
+                    stage = store.stage_dir(profile, m, seed, "extract-activitynet")
+                    metrics = read_json(stage / METRICS_FILE)
+                    if metrics is None:
+                        raise ConfigError(f"{stage}: no finished feature extraction for {m} seed {seed} "
+                                          f"(run: clapbench run --method {m} --tasks tal --profile {profile})")
+                    path = stage / metrics["features"]
+                if not path.is_file():
+                    raise ConfigError(f"{path}: feature file not found")
+                files[m] = path
+            prof = load_profile(profile)
+            datasets = resolve_datasets(prof)
+            ann = load_dataset(datasets["activitynet"], "activitynet")
+            val = ann.subset(*[s for s in ("validation", "val") if s in {v.subset for v in ann.videos.values()}])
+            if not val.videos:
+                raise ConfigError("activitynet: no validation videos")
+            diffs = feature_quality(files, val, clip_s=clip_s, seed=sample_seed, normalize=normalize)
+        except (ConfigError, ValueError, KeyError) as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2)
+        plot_histogram(diffs, out, title=f"fg2bg − fg2fg, ActivityNet validation ({profile}, seed {seed})")
+        for label, d in diffs.items():
+            typer.echo(f"{label}: " + json.dumps(summary(d)))
+        typer.echo(f"wrote {out}")
+
+
+def _recorded_backbone(store, profile: str) -> str:
+    path = store.profile_file(profile)
+    if path.is_file():
+        arch = json.loads(path.read_text()).get("encoder", {}).get("arch")
+        if arch == "r3d_18":
+            return "r3d_18"
+    return "r2plus1d_18"

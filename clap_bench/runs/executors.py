@@ -1,0 +1,267 @@
+"""Running a plan: in this process (``local``), through submitit's debug executor (``debug``), or as
+SLURM jobs through submitit (``slurm``).
+
+Every executor skips a stage whose ``metrics.json`` exists under the same config hash (reuse)
+and reruns any other: the stage functions resume from what their folder holds (checkpoints,
+extracted videos), so an interrupted stage continues instead of restarting.
+
+On SLURM each stage is one job; a stage waits for its upstream jobs with ``afterok``
+dependencies (``kill-on-invalid-dep``: a job whose upstream failed is removed, not left pending).
+Jobs are ``Checkpointable``: on timeout or preemption submitit requeues the same call, and the
+stage resumes from its last checkpoint; a job requeued by the scheduler (``scontrol requeue``)
+restarts the same call and resumes the same way. A job with several tasks (``tasks_per_node``
+> 1 in the cluster profile, used for pre-training) exports the ``torch.distributed`` environment
+of the job (``TorchDistributedEnvironment``) before the stage runs, so the trainer runs DDP.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import submitit
+from submitit.helpers import Checkpointable
+
+from clap_bench.config import ConfigError, Profile
+from clap_bench.io import atomic_write_json
+from clap_bench.runs.plan import Plan, StageContext, StageSpec
+from clap_bench.runs.slurm import ACTIVE_STATES, ClusterProfile, cancel, job_states, slurm_available
+from clap_bench.runs.store import LOG_FILE, SLURM_FILE, RunStore, read_json
+
+EXECUTORS = ("local", "debug", "slurm")
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunReport:
+    reused: List[str] = field(default_factory=list)
+    ran: List[str] = field(default_factory=list)
+    submitted: Dict[str, str] = field(default_factory=dict)  # stage key -> SLURM job id
+    kept: Dict[str, str] = field(default_factory=dict)  # stage key -> job id of a job already queued
+    failed: Dict[str, str] = field(default_factory=dict)  # stage key -> reason
+    blocked: List[str] = field(default_factory=list)  # not run because an upstream stage failed
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and not self.blocked
+
+
+# --------------------------------------------------------------------------- one stage
+def run_stage(store_root: str, profile: Profile, spec: StageSpec, config_hash: str, inputs: Dict[str, str],
+              progress: bool = True, record: bool = True) -> Dict[str, Any]:
+    """Run one stage in this process and record it in the store (``record=False`` on non-zero DDP ranks)."""
+    store = RunStore(store_root)
+    stage_dir = store.stage_dir(profile.name, spec.method, spec.seed, spec.name)
+    if store.is_done(stage_dir, config_hash):  # e.g. a requeued job whose stage had already finished
+        return store.read_metrics(stage_dir) or {}
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    if record:
+        store.mark_running(stage_dir, {"slurm_job_id": os.environ.get("SLURM_JOB_ID")})
+    handler = logging.FileHandler(stage_dir / LOG_FILE)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    root_logger = logging.getLogger()
+    root_logger.addHandler(handler)
+    if root_logger.level > logging.INFO:
+        root_logger.setLevel(logging.INFO)
+    try:
+        ctx = StageContext(profile=profile, stage=spec.name, method=spec.method, seed=spec.seed, out_dir=stage_dir,
+                           inputs={k: Path(v) for k, v in inputs.items()}, config=spec.config, progress=progress)
+        metrics = spec.fn(ctx)
+        if not isinstance(metrics, dict):
+            raise TypeError(f"stage {spec.key}: {spec.fn.__module__}.{spec.fn.__name__} returned {type(metrics).__name__}, expected a dict")
+    except BaseException as e:
+        if record:
+            store.mark_failed(stage_dir, traceback.format_exc())
+        raise
+    finally:
+        root_logger.removeHandler(handler)
+        handler.close()
+    if record:
+        store.finish(stage_dir, metrics)
+    return metrics
+
+
+class StageJob(Checkpointable):
+    """One stage as a submitit job; requeued with the same arguments on timeout or preemption."""
+
+    def __init__(self, store_root: str, profile: Profile, spec: StageSpec, config_hash: str, inputs: Dict[str, str],
+                 progress: bool = False):
+        self.store_root = store_root
+        self.profile = profile
+        self.spec = spec
+        self.config_hash = config_hash
+        self.inputs = inputs
+        self.progress = progress
+
+    def __call__(self) -> Dict[str, Any]:
+        rank = 0
+        try:
+            env = submitit.JobEnvironment()
+            if env.num_tasks > 1:
+                submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=True)
+                rank = env.global_rank
+        except RuntimeError:  # not inside a submitit job (called directly)
+            pass
+        return run_stage(self.store_root, self.profile, self.spec, self.config_hash, self.inputs,
+                         progress=self.progress, record=rank == 0)
+
+
+# --------------------------------------------------------------------------- whole plans
+def run_plan(plan: Plan, store: RunStore, executor: str = "local", cluster: Optional[ClusterProfile] = None,
+             wait: bool = True, progress: bool = True, echo: Callable[[str], None] = print,
+             poll_s: float = 2.0) -> RunReport:
+    """Run (or submit) every stage of ``plan`` that is not done yet."""
+    if executor not in EXECUTORS:
+        raise ConfigError(f"--executor: unknown {executor!r}; expected one of {', '.join(EXECUTORS)}")
+    _record_profile(plan, store)
+    if executor == "slurm":
+        if cluster is None:
+            raise ConfigError("--executor slurm needs --cluster slurm/<profile>.yaml")
+        return _run_slurm(plan, store, cluster, wait, echo, poll_s)
+    return _run_in_process(plan, store, executor, progress, echo)
+
+
+def _record_profile(plan: Plan, store: RunStore) -> None:
+    from clap_bench.config import to_dict
+
+    atomic_write_json(store.profile_file(plan.profile.name), to_dict(plan.profile))
+
+
+def _inputs(plan: Plan, store: RunStore, spec: StageSpec) -> Dict[str, str]:
+    return {plan.stages[d].name: str(plan.stage_dir(store, plan.stages[d])) for d in spec.deps}
+
+
+def _prepare(plan: Plan, store: RunStore, spec: StageSpec) -> Path:
+    stage_dir = plan.stage_dir(store, spec)
+    store.prepare(stage_dir, plan.hashes[spec.key],
+                  {"stage": spec.name, "method": spec.method, "seed": spec.seed, "profile": plan.profile.name},
+                  plan.resolved_config(spec))
+    return stage_dir
+
+
+def _run_in_process(plan: Plan, store: RunStore, executor: str, progress: bool, echo) -> RunReport:
+    report = RunReport()
+    bad: set = set()
+    debug_executor = None
+    if executor == "debug":
+        debug_executor = submitit.AutoExecutor(folder=str(store.submitit_dir(plan.profile.name) / "debug" / "%j"), cluster="debug")
+    total = len(plan)
+    for i, spec in enumerate(plan, start=1):
+        h = plan.hashes[spec.key]
+        stage_dir = plan.stage_dir(store, spec)
+        where = f"[{i}/{total}] {spec.method or 'shared'}" + (f" seed {spec.seed}" if spec.seed is not None else "") + f": {spec.name}"
+        if store.is_done(stage_dir, h):
+            report.reused.append(spec.key)
+            echo(f"{where} (done, reused)")
+            continue
+        if any(d in bad for d in spec.deps):
+            bad.add(spec.key)
+            report.blocked.append(spec.key)
+            echo(f"{where} (skipped: an upstream stage failed)")
+            continue
+        _prepare(plan, store, spec)
+        echo(f"{where} -> {stage_dir}")
+        start = time.time()
+        try:
+            if debug_executor is None:
+                run_stage(str(store.root), plan.profile, spec, h, _inputs(plan, store, spec), progress=progress)
+            else:
+                job = debug_executor.submit(StageJob(str(store.root), plan.profile, spec, h, _inputs(plan, store, spec), progress))
+                job.result()
+        except KeyboardInterrupt:
+            echo(f"{where} interrupted; rerun the same command to resume")
+            raise
+        except Exception as e:  # recorded in the stage folder; independent stages go on
+            bad.add(spec.key)
+            report.failed[spec.key] = f"{type(e).__name__}: {e}"
+            echo(f"{where} FAILED after {time.time() - start:.1f}s: {type(e).__name__}: {e} (see {stage_dir / 'error.log'})")
+            continue
+        report.ran.append(spec.key)
+        echo(f"{where} done in {time.time() - start:.1f}s")
+    return report
+
+
+def _run_slurm(plan: Plan, store: RunStore, cluster: ClusterProfile, wait: bool, echo, poll_s: float) -> RunReport:
+    if not slurm_available():
+        raise ConfigError("--executor slurm: sbatch/squeue not found (start a local cluster with slurm/start_cluster.sh)")
+    report = RunReport()
+    folder = store.submitit_dir(plan.profile.name) / "%j"
+    executor = submitit.AutoExecutor(folder=str(folder), cluster="slurm")
+    previous = {key: read_json(plan.stage_dir(store, spec) / SLURM_FILE) for key, spec in plan.stages.items()}
+    live = job_states([p["job_id"] for p in previous.values() if p])
+    job_of: Dict[str, str] = {}  # stage key -> id of the job that will produce it
+    fresh: set = set()  # stages (re)submitted now
+    for spec in plan:
+        h = plan.hashes[spec.key]
+        stage_dir = plan.stage_dir(store, spec)
+        if store.is_done(stage_dir, h):
+            report.reused.append(spec.key)
+            continue
+        prev = previous.get(spec.key)
+        if prev and prev.get("hash") == h and live.get(prev["job_id"]) in ACTIVE_STATES:
+            if not any(d in fresh for d in spec.deps):
+                job_of[spec.key] = prev["job_id"]
+                report.kept[spec.key] = prev["job_id"]
+                echo(f"{spec.key}: job {prev['job_id']} already {live[prev['job_id']].lower()}")
+                continue
+            cancel([prev["job_id"]])  # its upstream is being rerun: it would wait on a dead job
+        _prepare(plan, store, spec)
+        deps = [job_of[d] for d in spec.deps if d in job_of]
+        params = cluster.for_stage(spec.resources).submitit_parameters(
+            name=f"{(spec.method or 'shared').replace('/', '_')}-s{spec.seed if spec.seed is not None else 'x'}-{spec.name}",
+            dependency="afterok:" + ":".join(deps) if deps else None,
+        )
+        executor.update_parameters(**params)
+        job = executor.submit(StageJob(str(store.root), plan.profile, spec, h, _inputs(plan, store, spec)))
+        history = ((prev or {}).get("history") or []) + ([prev["job_id"]] if prev else [])
+        atomic_write_json(stage_dir / SLURM_FILE, {
+            "job_id": str(job.job_id), "hash": h, "submitted": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr), "after": deps, "history": history,
+        })
+        store.update_record(stage_dir, {"status": "submitted", "slurm_job_id": str(job.job_id)})
+        job_of[spec.key] = str(job.job_id)
+        fresh.add(spec.key)
+        report.submitted[spec.key] = str(job.job_id)
+        echo(f"{spec.key}: submitted job {job.job_id}" + (f" (after {', '.join(deps)})" if deps else ""))
+    if wait and job_of:
+        _wait_for_jobs(plan, store, job_of, report, echo, poll_s)
+    return report
+
+
+def _wait_for_jobs(plan: Plan, store: RunStore, job_of: Dict[str, str], report: RunReport, echo, poll_s: float) -> None:
+    pending = dict(job_of)
+    last: Dict[str, str] = {}
+    while pending:
+        states = job_states(pending.values())
+        for key, job_id in list(pending.items()):
+            state = states.get(job_id, "UNKNOWN")
+            spec = plan.stages[key]
+            if state != last.get(key):
+                last[key] = state
+            if state in ACTIVE_STATES or state == "UNKNOWN" and not _grace_over(store, plan, spec):
+                continue
+            del pending[key]
+            if store.is_done(plan.stage_dir(store, spec), plan.hashes[key]):
+                report.ran.append(key)
+                echo(f"{key}: done (job {job_id})")
+            else:
+                report.failed[key] = f"job {job_id} ended {state}"
+                echo(f"{key}: job {job_id} ended {state} without metrics")
+        if pending:
+            time.sleep(poll_s)
+
+
+def _grace_over(store: RunStore, plan: Plan, spec: StageSpec, grace_s: float = 60.0) -> bool:
+    """A job neither squeue nor sacct knows yet: wait a while (accounting lags) before calling it lost."""
+    info = read_json(plan.stage_dir(store, spec) / SLURM_FILE) or {}
+    try:
+        submitted = time.mktime(time.strptime(info.get("submitted", ""), "%Y-%m-%dT%H:%M:%S"))
+    except ValueError:
+        return True
+    return time.time() - submitted > grace_s

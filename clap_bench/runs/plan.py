@@ -1,0 +1,356 @@
+"""The stage plan: which stages a (method, seed) needs, in which order, keyed by config hashes.
+
+For each (method, seed)::
+
+    source (once per profile, shared; synthetic profiles only: plays Kinetics' role)
+      └─ pretrain (all classes) ─┬─ extract-activitynet ──────────── tal   (G-TAD)
+                                 ├─ extract-charades-sta ─┐
+                                 └─ extract-tacos ────────┴─────────── vlg   (2D-TAN)
+      └─ pretrain-base (few-shot base classes) ─ extract-base-activitynet ─ fstal (QAT)
+
+``--tasks`` keeps only the listed downstream tasks and the stages they need. A method
+``features:PATH.h5`` (one HDF5 holding the videos of every dataset; ids never collide across
+datasets) or ``features:DIR`` (``DIR/<dataset key>.h5`` per dataset) skips pre-training and
+extraction: its task stages read those files.
+
+A stage's hash covers the profile sections it depends on, the method, the seed and the hashes
+of its upstream stages; a change anywhere upstream therefore changes every stage below it.
+
+Stage functions are module-level (SLURM jobs unpickle them by reference) and take one
+``StageContext``; they return the JSON-serialisable dict that becomes ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
+
+from clap_bench.config import ConfigError, Profile, config_hash, to_dict
+from clap_bench.runs.store import METRICS_FILE, RunStore, read_json
+
+log = logging.getLogger(__name__)
+
+TASK_NAMES = ("tal", "fstal", "vlg")
+# Which extracted features each downstream task reads, and from which encoder:
+# "all" = pre-trained on all classes, "base" = on the few-shot base classes only (paper §4.3).
+TASK_FEATURES: Dict[str, tuple] = {
+    "tal": ("all", ("activitynet",)),
+    "fstal": ("base", ("activitynet",)),
+    "vlg": ("all", ("charades-sta", "tacos")),
+}
+EXTERNAL_PREFIX = "features:"
+SOURCE_SEED = 0  # the source ("Kinetics") stage is run once per profile, shared by every method and seed
+
+
+# --------------------------------------------------------------------------- data structures
+@dataclass
+class StageContext:
+    """What a stage function gets: where to write, what its upstream stages produced, the profile."""
+
+    profile: Profile
+    stage: str
+    method: Optional[str]
+    seed: Optional[int]
+    out_dir: Path
+    inputs: Dict[str, Path]  # upstream stage name -> its folder (holding its metrics.json)
+    config: Dict[str, Any]
+    progress: bool = True
+    _datasets: Optional[dict] = None
+
+    @property
+    def datasets(self) -> dict:
+        if self._datasets is None:
+            from clap_bench.config import resolve_datasets
+
+            self._datasets = resolve_datasets(self.profile)
+        return self._datasets
+
+    def input_output(self, stage: str, key: str) -> Path:
+        """A file an upstream stage recorded in its metrics.json under ``key`` (relative to its folder)."""
+        folder = self.inputs[stage]
+        metrics = read_json(folder / METRICS_FILE)
+        if not metrics or key not in metrics:
+            raise RuntimeError(f"{folder / METRICS_FILE}: upstream stage {stage!r} has no {key!r}; rerun it")
+        path = Path(metrics[key])
+        return path if path.is_absolute() else folder / path
+
+
+@dataclass
+class StageSpec:
+    name: str
+    method: Optional[str]  # None: shared by every method of the profile
+    seed: Optional[int]
+    fn: Callable[[StageContext], Dict[str, Any]]
+    config: Dict[str, Any]
+    deps: tuple = ()  # keys of upstream stages
+    resources: str = "task"  # which cluster-profile section sizes its job: source|pretrain|extract|task
+
+    @property
+    def key(self) -> str:
+        return stage_key(self.method, self.seed, self.name)
+
+
+def stage_key(method: Optional[str], seed: Optional[int], name: str) -> str:
+    return f"_shared/{name}" if method is None else f"{method}/seed{seed}/{name}"
+
+
+@dataclass
+class Plan:
+    """Stages in a runnable (topological) order, with their config hashes."""
+
+    profile: Profile
+    stages: Dict[str, StageSpec] = field(default_factory=dict)
+    hashes: Dict[str, str] = field(default_factory=dict)
+
+    def add(self, spec: StageSpec) -> StageSpec:
+        if spec.key in self.stages:
+            return self.stages[spec.key]
+        for dep in spec.deps:
+            if dep not in self.stages:
+                raise ValueError(f"stage {spec.key}: upstream {dep} must be added first")
+        payload = {
+            "stage": spec.name,
+            "method": spec.method,
+            "seed": spec.seed,
+            "config": spec.config,
+            "upstream": {self.stages[d].name: self.hashes[d] for d in spec.deps},
+        }
+        self.stages[spec.key] = spec
+        self.hashes[spec.key] = config_hash(payload)
+        return spec
+
+    def __iter__(self):
+        return iter(self.stages.values())
+
+    def __len__(self) -> int:
+        return len(self.stages)
+
+    def stage_dir(self, store: RunStore, spec: StageSpec) -> Path:
+        return store.stage_dir(self.profile.name, spec.method, spec.seed, spec.name)
+
+    def resolved_config(self, spec: StageSpec) -> Dict[str, Any]:
+        return {
+            "profile": self.profile.name,
+            "stage": spec.name,
+            "method": spec.method,
+            "seed": spec.seed,
+            "hash": self.hashes[spec.key],
+            "upstream": {self.stages[d].name: self.hashes[d] for d in spec.deps},
+            "config": spec.config,
+        }
+
+    def describe(self, store: RunStore) -> List[str]:
+        lines = []
+        for spec in self:
+            deps = ", ".join(self.stages[d].name for d in spec.deps) or "-"
+            lines.append(f"{spec.key:<44} hash {self.hashes[spec.key]}  after: {deps}  -> {self.stage_dir(store, spec)}")
+        return lines
+
+
+# --------------------------------------------------------------------------- plan building
+def parse_tasks(tasks: Optional[Iterable[str] | str]) -> List[str]:
+    if tasks is None or tasks == "" or tasks == "all":
+        return list(TASK_NAMES)
+    if isinstance(tasks, str):
+        tasks = [t for t in tasks.split(",") if t.strip()]
+    out = []
+    for t in tasks:
+        t = t.strip()
+        if t not in TASK_NAMES:
+            raise ConfigError(f"--tasks: unknown task {t!r}; expected some of {', '.join(TASK_NAMES)}")
+        if t not in out:
+            out.append(t)
+    return out
+
+
+def parse_seeds(seeds: int | str | Sequence[int]) -> List[int]:
+    """``5`` -> seeds 0..4; ``"0,3,4"`` -> exactly those; a list passes through."""
+    if isinstance(seeds, int):
+        if seeds < 1:
+            raise ConfigError(f"--seeds: expected a positive count, got {seeds}")
+        return list(range(seeds))
+    if isinstance(seeds, str):
+        text = seeds.strip()
+        try:
+            if "," in text:
+                return sorted({int(s) for s in text.split(",") if s.strip()})
+            return parse_seeds(int(text))
+        except ValueError:
+            raise ConfigError(f"--seeds: expected a count (5) or a list (0,3,4), got {seeds!r}") from None
+    return sorted({int(s) for s in seeds})
+
+
+def external_feature_files(method: str, datasets: Iterable[str]) -> Dict[str, Path]:
+    """Feature files of a ``features:PATH.h5`` / ``features:DIR`` method, checked to exist."""
+    target = Path(os.path.expanduser(method[len(EXTERNAL_PREFIX):]))
+    if target.suffix == ".h5":
+        if not target.is_file():
+            raise ConfigError(f"--method {method}: feature file {target} not found")
+        return {d: target.resolve() for d in datasets}
+    if not target.is_dir():
+        raise ConfigError(f"--method {method}: expected an .h5 file or a folder of <dataset>.h5 files; {target} is neither")
+    files = {}
+    for d in datasets:
+        path = target / f"{d}.h5"
+        if not path.is_file():
+            raise ConfigError(f"--method {method}: {path} not found (a features folder holds one <dataset key>.h5 per dataset)")
+        files[d] = path.resolve()
+    return files
+
+
+def _data_key(profile: Profile, dataset: Optional[str] = None) -> Dict[str, Any]:
+    """The part of the data section a stage depends on (the cache folder does not matter)."""
+    data = to_dict(profile.data)
+    data.pop("cache_dir", None)
+    if dataset is not None:
+        data["datasets"] = {dataset: data["datasets"][dataset]} if dataset in data["datasets"] else {}
+    return data
+
+
+def needs_source_stage(profile: Profile) -> bool:
+    """``encoder.weights: source`` (the synthetic profiles): every method starts from one shared
+    source pre-training, the role Kinetics-400 weights play in the paper."""
+    return profile.encoder.weights == "source"
+
+
+def build_plan(profile: Profile, methods: Sequence[str], seeds: Sequence[int], tasks: Optional[Sequence[str]] = None) -> Plan:
+    """The product plan: real pre-training, extraction and downstream stages."""
+    tasks = parse_tasks(tasks)
+    plan = Plan(profile)
+    p = profile
+    source_key = None
+    if needs_source_stage(p) and any(not m.startswith(EXTERNAL_PREFIX) for m in methods):
+        source_key = plan.add(StageSpec(
+            "source", None, None, run_source_stage,
+            {"data": _data_key(p), "clips": to_dict(p.clips), "encoder": to_dict(p.encoder),
+             "train": to_dict(p.source_pretrain), "seed": SOURCE_SEED},
+            resources="source",
+        )).key
+    for method in methods:
+        external = method.startswith(EXTERNAL_PREFIX)
+        if external:
+            needed = sorted({d for t in tasks for d in TASK_FEATURES[t][1]})
+            files = external_feature_files(method, needed)
+        for seed in seeds:
+            if external:
+                for task in tasks:
+                    feats = {d: files[d] for d in TASK_FEATURES[task][1]}
+                    plan.add(StageSpec(
+                        task, method, seed, run_task_stage,
+                        {"task": task, "overrides": p.tasks.get(task, {}), "data": _data_key(p),
+                         "features": {d: _file_identity(f) for d, f in feats.items()}},
+                    ))
+                continue
+            encoders = {}
+            for variant in sorted({TASK_FEATURES[t][0] for t in tasks}):
+                name = "pretrain" if variant == "all" else "pretrain-base"
+                encoders[variant] = plan.add(StageSpec(
+                    name, method, seed, run_pretrain_stage,
+                    {"data": _data_key(p), "clips": to_dict(p.clips), "encoder": to_dict(p.encoder),
+                     "train": to_dict(p.pretrain), "method_overrides": p.methods.get(method, {}),
+                     "classes": variant},
+                    deps=(source_key,) if source_key else (),
+                    resources="pretrain",
+                )).key
+            for task in tasks:
+                variant, datasets = TASK_FEATURES[task]
+                extracts = []
+                for d in datasets:
+                    name = f"extract-{d}" if variant == "all" else f"extract-base-{d}"
+                    extracts.append(plan.add(StageSpec(
+                        name, method, seed, run_extract_stage,
+                        {"dataset": d, "data": _data_key(p, d), "clips": to_dict(p.clips),
+                         "extract": to_dict(p.extract)},
+                        deps=(encoders[variant],),
+                        resources="extract",
+                    )).key)
+                plan.add(StageSpec(
+                    task, method, seed, run_task_stage,
+                    {"task": task, "overrides": p.tasks.get(task, {}), "data": _data_key(p)},
+                    deps=tuple(extracts),
+                ))
+    return plan
+
+
+def _file_identity(path: Path) -> Dict[str, Any]:
+    st = path.stat()
+    return {"path": str(path), "size": st.st_size, "mtime": int(st.st_mtime)}
+
+
+# --------------------------------------------------------------------------- product stage functions
+def run_source_stage(ctx: StageContext) -> Dict[str, Any]:
+    """Source pre-training on the synthetic trimmed set: the initial weights of every method."""
+    from clap_bench.training import source_pretrain
+
+    ctx.datasets  # generate the synthetic data first (cached), so the trainer finds it
+    checkpoint = source_pretrain(ctx.profile, SOURCE_SEED, ctx.out_dir)
+    return {"checkpoint": _relative(checkpoint, ctx.out_dir)}
+
+
+def run_pretrain_stage(ctx: StageContext) -> Dict[str, Any]:
+    from clap_bench.training import pretrain
+
+    classes = None
+    if ctx.config["classes"] == "base":
+        from clap_bench.data import load_fewshot_split
+
+        if "fewshot-split" not in ctx.datasets:
+            raise ConfigError(f"profile {ctx.profile.name!r}: few-shot TAL needs a 'fewshot-split' dataset (base/val/test class lists)")
+        classes = list(load_fewshot_split(ctx.datasets["fewshot-split"]).base)
+    init = ctx.input_output("source", "checkpoint") if "source" in ctx.inputs else None
+    checkpoint = pretrain(ctx.profile, ctx.method, ctx.seed, ctx.out_dir, classes=classes, init=init, progress=ctx.progress)
+    out: Dict[str, Any] = {"checkpoint": _relative(checkpoint, ctx.out_dir)}
+    if classes is not None:
+        out["classes"] = len(classes)
+    return out
+
+
+def run_extract_stage(ctx: StageContext) -> Dict[str, Any]:
+    from clap_bench.features import extract_features
+
+    dataset = ctx.config["dataset"]
+    encoder_stage = next(iter(ctx.inputs))
+    checkpoint = ctx.input_output(encoder_stage, "checkpoint")
+    ctx.datasets  # the synthetic data must exist before extraction
+    path = extract_features(ctx.profile, checkpoint, dataset, ctx.out_dir / f"{dataset}.h5", progress=ctx.progress)
+    return {"features": _relative(path, ctx.out_dir), "dataset": dataset}
+
+
+def run_task_stage(ctx: StageContext) -> Dict[str, Any]:
+    from clap_bench.downstream.base import TaskContext, get_task
+
+    task = ctx.config["task"]
+    if "features" in ctx.config:  # external features
+        features = {d: Path(f["path"]) for d, f in ctx.config["features"].items()}
+    else:
+        features = {}
+        for stage in ctx.inputs:
+            metrics = read_json(ctx.inputs[stage] / METRICS_FILE) or {}
+            features[metrics.get("dataset", stage.split("-", 1)[-1])] = ctx.input_output(stage, "features")
+    spec = get_task(task)
+    metrics = spec.run(TaskContext(
+        features=features, datasets=ctx.datasets, out_dir=ctx.out_dir, seed=ctx.seed,
+        overrides=dict(ctx.config.get("overrides") or {}), device=_device(), progress=ctx.progress,
+    ))
+    return {k: float(v) for k, v in metrics.items()}
+
+
+def _device() -> str:
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:  # pragma: no cover
+        return "cpu"
+
+
+def _relative(path: Path, base: Path) -> str:
+    path = Path(path)
+    try:
+        return str(path.resolve().relative_to(Path(base).resolve()))
+    except ValueError:
+        return str(path)

@@ -1,0 +1,157 @@
+"""SLURM side of the run store: cluster profiles (``slurm/*.yaml``) and job-state queries.
+
+A cluster profile is a small YAML file; its keys map onto submitit's ``AutoExecutor``
+parameters. ``stages`` overrides them per kind of stage (``source``, ``pretrain``, ``extract``,
+``task``), e.g. several GPUs and tasks for pre-training (run as DDP), one for the heads::
+
+    partition: gpu
+    gpus_per_node: 1
+    cpus_per_task: 8
+    mem_gb: 32
+    timeout_min: 240
+    account: null
+    qos: null
+    setup: ["module load cuda/12.1", "source ~/venvs/clap/bin/activate"]
+    stages:
+      pretrain: {gpus_per_node: 4, tasks_per_node: 4, timeout_min: 1440}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional
+
+import yaml
+
+from clap_bench.config import ConfigError, deep_merge, from_dict
+
+STAGE_KINDS = ("source", "pretrain", "extract", "task")
+# States in which a job still holds its stage (it may yet finish).
+ACTIVE_STATES = {
+    "PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING",
+    "RESIZING", "SUSPENDED", "SIGNALING", "STAGE_OUT", "STOPPED", "RESV_DEL_HOLD",
+}
+FAILED_STATES = {
+    "CANCELLED", "FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL",
+    "DEADLINE", "REVOKED",
+}
+
+
+@dataclass
+class ClusterProfile:
+    partition: Optional[str] = None
+    nodes: int = 1
+    gpus_per_node: int = 0
+    tasks_per_node: int = 1
+    cpus_per_task: int = 1
+    mem_gb: Optional[float] = None
+    timeout_min: int = 60
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    setup: List[str] = field(default_factory=list)  # shell lines run before the job (modules, venv)
+    additional: Dict[str, str] = field(default_factory=dict)  # further sbatch options, e.g. {constraint: a100}
+    stages: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # per stage kind overrides
+    source: str = ""  # the file it was read from
+
+    def for_stage(self, kind: str) -> "ClusterProfile":
+        """This profile with the ``stages.<kind>`` overrides applied."""
+        over = self.stages.get(kind) or {}
+        if not over:
+            return self
+        base = dataclasses.asdict(self)
+        base.pop("stages")
+        merged = deep_merge(base, over)
+        merged["stages"] = {}
+        return from_dict(ClusterProfile, merged, f"{self.source}: stages.{kind}")
+
+    def submitit_parameters(self, name: str, dependency: Optional[str] = None) -> Dict[str, Any]:
+        params: Dict[str, Any] = {
+            "name": name,
+            "nodes": self.nodes,
+            "tasks_per_node": self.tasks_per_node,
+            "cpus_per_task": self.cpus_per_task,
+            "timeout_min": self.timeout_min,
+            "slurm_setup": list(self.setup),
+        }
+        if self.gpus_per_node:
+            params["gpus_per_node"] = self.gpus_per_node
+        if self.mem_gb:
+            params["mem_gb"] = self.mem_gb
+        if self.partition:
+            params["slurm_partition"] = self.partition
+        if self.account:
+            params["slurm_account"] = self.account
+        if self.qos:
+            params["slurm_qos"] = self.qos
+        extra = dict(self.additional)
+        if dependency:
+            # a job whose upstream failed or was cancelled is removed instead of pending forever
+            extra.update({"dependency": dependency, "kill-on-invalid-dep": "yes"})
+        params["slurm_additional_parameters"] = extra
+        return params
+
+
+def load_cluster(path: str | Path) -> ClusterProfile:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: cluster profile not found (see slurm/local.yaml and slurm/example-gpu.yaml)")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of cluster settings")
+    raw["source"] = str(path)
+    profile = from_dict(ClusterProfile, raw, str(path))
+    unknown = sorted(set(profile.stages) - set(STAGE_KINDS))
+    if unknown:
+        raise ConfigError(f"{path}: stages: unknown stage kind(s) {unknown}; expected some of {list(STAGE_KINDS)}")
+    for kind in profile.stages:
+        profile.for_stage(kind)  # validate the override keys now, not at submission time
+    return profile
+
+
+# --------------------------------------------------------------------------- job states
+def slurm_available() -> bool:
+    return shutil.which("sbatch") is not None and shutil.which("squeue") is not None
+
+
+def job_states(job_ids: Iterable[str]) -> Dict[str, str]:
+    """Current state of each job id: ``squeue`` for live jobs, ``sacct`` for finished ones.
+
+    A job the controller and the accounting database both ignore is ``UNKNOWN``.
+    """
+    ids = [str(j) for j in job_ids if j]
+    if not ids:
+        return {}
+    states: Dict[str, str] = {}
+    out = _run(["squeue", "-h", "-o", "%A %T"])
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] in ids:
+            states[parts[0]] = parts[1]
+    rest = [j for j in ids if j not in states]
+    if rest:
+        out = _run(["sacct", "-X", "-n", "-P", "-o", "JobIDRaw,State", "-j", ",".join(rest)])
+        for line in out.splitlines():
+            parts = line.split("|")
+            if len(parts) >= 2 and parts[0] in rest:
+                states[parts[0]] = parts[1].split()[0]  # "CANCELLED by 0" -> CANCELLED
+    return {j: states.get(j, "UNKNOWN") for j in ids}
+
+
+def cancel(job_ids: Iterable[str]) -> None:
+    ids = [str(j) for j in job_ids if j]
+    if ids:
+        _run(["scancel", *ids])
+
+
+def _run(cmd: List[str]) -> str:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return ""

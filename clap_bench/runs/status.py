@@ -1,0 +1,104 @@
+"""``clapbench status``: the state of every (method, seed, stage) of a plan.
+
+done     metrics.json present under the plan's config hash
+stale    metrics.json present, but for another config (the next run redoes it)
+running  a SLURM job holds it (job id and state from squeue/sacct), or a local process still runs it
+failed   the stage raised (error.log), or its SLURM job ended without metrics (cancelled, timed out, ...)
+missing  nothing yet (or an interrupted local run: the next run resumes it)
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional
+
+from clap_bench.runs.plan import Plan
+from clap_bench.runs.slurm import ACTIVE_STATES, job_states
+from clap_bench.runs.store import ERROR_FILE, METRICS_FILE, SLURM_FILE, STAGE_FILE, RunStore, read_json, tail_lines
+
+STATES = ("done", "stale", "running", "failed", "missing")
+
+
+@dataclass
+class StageStatus:
+    key: str
+    method: Optional[str]
+    seed: Optional[int]
+    stage: str
+    state: str
+    stage_dir: Path
+    job_id: Optional[str] = None
+    job_state: Optional[str] = None
+    log_path: Optional[Path] = None
+    error_tail: List[str] = field(default_factory=list)
+
+    @property
+    def detail(self) -> str:
+        parts = []
+        if self.job_id:
+            parts.append(f"job {self.job_id} {self.job_state or ''}".strip())
+        if self.log_path:
+            parts.append(str(self.log_path))
+        return "; ".join(parts)
+
+
+def plan_status(plan: Plan, store: RunStore) -> List[StageStatus]:
+    slurm = {key: read_json(plan.stage_dir(store, spec) / SLURM_FILE) for key, spec in plan.stages.items()}
+    states = job_states([s["job_id"] for s in slurm.values() if s and s.get("job_id")])
+    out = []
+    for key, spec in plan.stages.items():
+        h = plan.hashes[key]
+        stage_dir = plan.stage_dir(store, spec)
+        record = read_json(stage_dir / STAGE_FILE) or {}
+        status = StageStatus(key, spec.method, spec.seed, spec.name, "missing", stage_dir)
+        info = slurm.get(key)
+        if info and info.get("hash") == h:
+            status.job_id = info.get("job_id")
+            status.job_state = states.get(status.job_id)
+        if (stage_dir / METRICS_FILE).is_file():
+            status.state = "done" if record.get("hash") == h else "stale"
+        elif record.get("hash") != h:
+            status.state = "missing" if not record else "stale"
+        elif status.job_id and status.job_state in ACTIVE_STATES:
+            status.state = "running"
+        elif status.job_id and status.job_state not in (None, "UNKNOWN"):
+            # the job ended (cancelled, failed, timed out, or completed without writing metrics)
+            status.state = "failed"
+            status.log_path = Path(info["stderr"]) if info.get("stderr") else None
+            error_file = stage_dir / ERROR_FILE
+            status.error_tail = tail_lines(error_file) if error_file.is_file() else tail_lines(status.log_path) if status.log_path else []
+            if (stage_dir / ERROR_FILE).is_file():
+                status.log_path = stage_dir / ERROR_FILE
+        elif record.get("status") == "failed":
+            status.state = "failed"
+            status.log_path = stage_dir / ERROR_FILE
+            status.error_tail = tail_lines(status.log_path) or list(record.get("error_tail") or [])
+        elif record.get("status") == "running" and _local_process_alive(record):
+            status.state = "running"
+        elif status.job_id and status.job_state == "UNKNOWN" and record.get("status") == "submitted":
+            status.state = "running"  # just submitted: not yet visible to squeue/sacct
+        out.append(status)
+    return out
+
+
+def _local_process_alive(record: dict) -> bool:
+    if record.get("slurm_job_id") or record.get("host") != socket.gethostname():
+        return False
+    pid = record.get("pid")
+    if not pid:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except (OSError, ValueError):
+        return False
+    return int(pid) != os.getpid()
+
+
+def summarize(statuses: List[StageStatus]) -> dict:
+    counts = {s: 0 for s in STATES}
+    for st in statuses:
+        counts[st.state] += 1
+    return counts

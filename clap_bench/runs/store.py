@@ -1,0 +1,212 @@
+"""The run store: where every stage of every (profile, method, seed) keeps its files.
+
+Layout (the one place these paths are built)::
+
+    <root>/<profile>/profile.json                      resolved profile of the last run
+    <root>/<profile>/_shared/<stage>/                  stages run once per profile (source pre-training)
+    <root>/<profile>/<method>/seed<k>/<stage>/         everything else
+        config.yaml   the stage's resolved config (what its hash covers)
+        stage.json    {"hash", "status", "stage", "method", "seed", times, host/pid, error tail}
+        slurm.json    job id(s) when submitted to SLURM
+        stage.log     the stage's own log lines; error.log on failure
+        metrics.json  written atomically and LAST: its presence (with a matching hash) means done
+    <root>/<profile>/_submitit/                        submitit's job folders (stdout/stderr per job)
+
+A stage is keyed by the hash of its resolved config (see ``plan.py``). When a stage is prepared
+with a hash that differs from the one recorded in its folder, the old folder is kept but renamed
+to ``<stage>@<old hash>`` (never read again, never aggregated) and the stage starts afresh in
+``<stage>/``: so ``<stage>/`` always holds the latest config's run, and nothing is silently mixed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import time
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional
+
+import json
+import yaml
+
+from clap_bench.io import atomic_write_json, atomic_write_text
+
+RUNS_ENV = "CLAPBENCH_RUNS"
+DEFAULT_RUNS_DIR = Path("results") / "runs"
+SHARED = "_shared"
+SUBMITIT = "_submitit"
+
+METRICS_FILE = "metrics.json"
+STAGE_FILE = "stage.json"
+CONFIG_FILE = "config.yaml"
+SLURM_FILE = "slurm.json"
+LOG_FILE = "stage.log"
+ERROR_FILE = "error.log"
+
+_SAFE = re.compile(r"[^A-Za-z0-9._+-]+")
+
+
+def runs_root(runs_dir: Optional[os.PathLike | str] = None) -> Path:
+    """``--runs-dir`` if given, else ``$CLAPBENCH_RUNS``, else ``./results/runs``."""
+    if runs_dir:
+        return Path(runs_dir).expanduser()
+    env = os.environ.get(RUNS_ENV)
+    return Path(env).expanduser() if env else DEFAULT_RUNS_DIR
+
+
+def method_dir_name(method: str) -> str:
+    """Folder name of a method. External features ``features:/x/videoclip.h5`` -> ``features-videoclip``."""
+    if method.startswith("features:"):
+        target = Path(method.split(":", 1)[1])
+        stem = target.stem if target.suffix == ".h5" else target.name
+        return "features-" + (_SAFE.sub("_", stem) or "external")
+    return _SAFE.sub("_", method)
+
+
+class RunStore:
+    def __init__(self, root: os.PathLike | str):
+        self.root = Path(root)
+
+    # ------------------------------------------------------------------ paths
+    def profile_dir(self, profile: str) -> Path:
+        return self.root / profile
+
+    def seed_dir(self, profile: str, method: str, seed: int) -> Path:
+        return self.profile_dir(profile) / method_dir_name(method) / f"seed{seed}"
+
+    def stage_dir(self, profile: str, method: Optional[str], seed: Optional[int], stage: str) -> Path:
+        if method is None:
+            return self.profile_dir(profile) / SHARED / stage
+        return self.seed_dir(profile, method, seed) / stage
+
+    def submitit_dir(self, profile: str) -> Path:
+        return self.profile_dir(profile) / SUBMITIT
+
+    def profile_file(self, profile: str) -> Path:
+        return self.profile_dir(profile) / "profile.json"
+
+    # ------------------------------------------------------------------ listing
+    def profiles(self) -> List[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("_"))
+
+    def methods(self, profile: str) -> List[str]:
+        """Method folder names of a profile (shared stages and submitit folders excluded)."""
+        base = self.profile_dir(profile)
+        if not base.is_dir():
+            return []
+        return sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith("_"))
+
+    def seeds(self, profile: str, method: str) -> List[int]:
+        base = self.profile_dir(profile) / method_dir_name(method)
+        if not base.is_dir():
+            return []
+        out = []
+        for p in base.iterdir():
+            m = re.fullmatch(r"seed(\d+)", p.name)
+            if m and p.is_dir():
+                out.append(int(m.group(1)))
+        return sorted(out)
+
+    def method_label(self, profile: str, method_dir: str) -> str:
+        """The method as the user named it (``features:PATH`` keeps its path), read from a stage record."""
+        for seed in self.seeds(profile, method_dir):
+            for stage in sorted(self.seed_dir(profile, method_dir, seed).iterdir()):
+                record = read_json(stage / STAGE_FILE)
+                if record and record.get("method"):
+                    return record["method"]
+        return method_dir
+
+    # ------------------------------------------------------------------ stage records
+    def prepare(self, stage_dir: Path, config_hash: str, record: Dict[str, Any], config: Dict[str, Any]) -> None:
+        """Make ``stage_dir`` hold the stage of ``config_hash``: archive a folder of another hash,
+        then write the resolved config and a ``stage.json`` with status ``pending`` if none is there."""
+        current = read_json(stage_dir / STAGE_FILE)
+        if current is not None and current.get("hash") != config_hash:
+            archive_stage(stage_dir, current.get("hash") or "unknown")
+            current = None
+        elif current is None and stage_dir.is_dir() and any(stage_dir.iterdir()):
+            # files without a record (e.g. a crash before the record was written): keep them aside
+            archive_stage(stage_dir, "unrecorded")
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(stage_dir / CONFIG_FILE, yaml.safe_dump(config, sort_keys=True))
+        if current is None:
+            self.update_record(stage_dir, {**record, "hash": config_hash, "status": "pending", "created": _now()})
+
+    def update_record(self, stage_dir: Path, changes: Dict[str, Any]) -> Dict[str, Any]:
+        record = read_json(stage_dir / STAGE_FILE) or {}
+        record.update(changes)
+        record["updated"] = _now()
+        atomic_write_json(stage_dir / STAGE_FILE, record)
+        return record
+
+    def mark_running(self, stage_dir: Path, extra: Optional[Dict[str, Any]] = None) -> None:
+        (stage_dir / ERROR_FILE).unlink(missing_ok=True)  # from an earlier failed attempt
+        self.update_record(stage_dir, {"status": "running", "started": _now(), "host": socket.gethostname(),
+                                       "pid": os.getpid(), **(extra or {})})
+
+    def mark_failed(self, stage_dir: Path, error_text: str) -> None:
+        atomic_write_text(stage_dir / ERROR_FILE, error_text)
+        tail = error_text.strip().splitlines()[-8:]
+        self.update_record(stage_dir, {"status": "failed", "finished": _now(), "error_tail": tail})
+
+    def finish(self, stage_dir: Path, metrics: Dict[str, Any]) -> None:
+        """Record success: ``stage.json`` first, ``metrics.json`` last (its presence = done)."""
+        self.update_record(stage_dir, {"status": "done", "finished": _now()})
+        atomic_write_json(stage_dir / METRICS_FILE, metrics)
+
+    def is_done(self, stage_dir: Path, config_hash: Optional[str] = None) -> bool:
+        if not (stage_dir / METRICS_FILE).is_file():
+            return False
+        if config_hash is None:
+            return True
+        record = read_json(stage_dir / STAGE_FILE) or {}
+        return record.get("hash") == config_hash
+
+    def read_metrics(self, stage_dir: Path) -> Optional[Dict[str, Any]]:
+        return read_json(stage_dir / METRICS_FILE)
+
+    def iter_stage_dirs(self, profile: str) -> Iterator[Path]:
+        """Every current stage folder of a profile (archived ``<stage>@<hash>`` folders excluded)."""
+        for method in self.methods(profile):
+            for seed in self.seeds(profile, method):
+                for stage in sorted(self.seed_dir(profile, method, seed).iterdir()):
+                    if stage.is_dir() and "@" not in stage.name:
+                        yield stage
+
+
+def archive_stage(stage_dir: Path, old_hash: str) -> Path:
+    target = stage_dir.with_name(f"{stage_dir.name}@{old_hash}")
+    n = 1
+    while target.exists():
+        n += 1
+        target = stage_dir.with_name(f"{stage_dir.name}@{old_hash}.{n}")
+    stage_dir.rename(target)
+    return target
+
+
+def read_json(path: Path) -> Optional[Dict[str, Any]]:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        return None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e}); delete it to rerun the stage") from None
+
+
+def tail_lines(path: Path, n: int = 10) -> List[str]:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 16384))
+            text = f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return []
+    return [line for line in text.splitlines() if line.strip()][-n:]
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S")

@@ -1,0 +1,353 @@
+"""The paper's tables from the run store: mean ± std over finished seeds, best per column marked,
+the paper's reported numbers beside ours, and a Welch t-test against a baseline method.
+
+The paper's numbers and each table's columns are data (``results/paper/table*.yaml``); a
+column's ``metric`` is the key the downstream task writes in its ``metrics.json`` (fractions;
+tables show percent). A seed counts for a table only when its task stage finished (its
+``metrics.json`` exists); others are listed under the table as incomplete, never averaged.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import yaml
+
+from clap_bench.config import ConfigError
+from clap_bench.runs.store import METRICS_FILE, STAGE_FILE, RunStore, read_json
+
+TABLE_IDS = ("1", "2a", "2b", "3")
+FORMATS = ("markdown", "latex", "csv")
+PAPER_DIR = Path(str(resources.files("clap_bench.results") / "paper"))
+
+
+# --------------------------------------------------------------------------- the paper's tables
+@dataclass
+class PaperTable:
+    table: str
+    title: str
+    task: str
+    columns: List[Dict[str, str]]  # [{"metric": key in metrics.json, "label": header}]
+    key_metric: str
+    rows: List[Dict[str, Any]]
+
+    @property
+    def metrics(self) -> List[str]:
+        return [c["metric"] for c in self.columns]
+
+
+def load_paper_tables(paper_dir: Path = PAPER_DIR) -> Dict[str, PaperTable]:
+    tables = {}
+    for table_id in TABLE_IDS:
+        path = paper_dir / f"table{table_id}.yaml"
+        raw = yaml.safe_load(path.read_text())
+        try:
+            t = PaperTable(str(raw["table"]), raw["title"], raw["task"], raw["columns"], raw["key_metric"], raw["rows"])
+        except KeyError as e:
+            raise ConfigError(f"{path}: missing key {e}; expected table, title, task, columns, key_metric, rows") from None
+        for i, row in enumerate(t.rows):
+            unknown = set(row.get("values", {})) - set(t.metrics)
+            if unknown or "name" not in row:
+                raise ConfigError(f"{path}: rows[{i}]: needs a name and values for {t.metrics}; unknown {sorted(unknown)}")
+        tables[table_id] = t
+    return tables
+
+
+def paper_method_names(paper_dir: Path = PAPER_DIR) -> Dict[str, str]:
+    return yaml.safe_load((paper_dir / "methods.yaml").read_text())
+
+
+# --------------------------------------------------------------------------- our results
+@dataclass
+class MethodResults:
+    method: str  # as the user named it (registry name or features:PATH)
+    method_dir: str
+    seeds: Dict[int, Dict[str, float]] = field(default_factory=dict)  # finished seeds -> metrics
+    incomplete: Dict[int, str] = field(default_factory=dict)  # seed -> why (status of its stage)
+
+
+def collect_task_results(store: RunStore, profile: str, task: str, methods: Optional[Sequence[str]] = None) -> Dict[str, MethodResults]:
+    """Per method folder: metrics of each seed whose ``task`` stage finished, and the unfinished seeds."""
+    from clap_bench.runs.store import method_dir_name
+
+    wanted = {method_dir_name(m) for m in methods} if methods else None
+    out: Dict[str, MethodResults] = {}
+    for method_dir in store.methods(profile):
+        if wanted is not None and method_dir not in wanted:
+            continue
+        res = MethodResults(store.method_label(profile, method_dir), method_dir)
+        for seed in store.seeds(profile, method_dir):
+            seed_dir = store.seed_dir(profile, method_dir, seed)
+            stage_dir = seed_dir / task
+            metrics = read_json(stage_dir / METRICS_FILE)
+            if metrics is not None:
+                res.seeds[seed] = metrics
+            elif stage_dir.is_dir():
+                res.incomplete[seed] = (read_json(stage_dir / STAGE_FILE) or {}).get("status", "incomplete")
+            elif any(p.is_dir() for p in seed_dir.iterdir()):
+                res.incomplete[seed] = "not started"
+        if res.seeds or res.incomplete:
+            out[method_dir] = res
+    return out
+
+
+# --------------------------------------------------------------------------- table model
+@dataclass
+class Row:
+    label: str
+    source: str  # "ours" | "paper"
+    method: Optional[str] = None
+    n: Optional[int] = None
+    seeds: List[int] = field(default_factory=list)
+    mean: Dict[str, Optional[float]] = field(default_factory=dict)  # percent
+    std: Dict[str, Optional[float]] = field(default_factory=dict)
+    paper: Dict[str, Optional[float]] = field(default_factory=dict)  # the paper's number for this method
+    best: Dict[str, bool] = field(default_factory=dict)
+    p_value: Optional[float] = None
+    note: str = ""
+
+
+@dataclass
+class Table:
+    spec: PaperTable
+    profile: str
+    baseline: Optional[str]
+    rows: List[Row]
+    incomplete: List[str]
+    notes: List[str] = field(default_factory=list)
+
+
+def _method_order(method_dir: str, names: Dict[str, str]) -> tuple:
+    order = list(names)
+    return (order.index(method_dir), "") if method_dir in order else (len(order), method_dir)
+
+
+def build_table(spec: PaperTable, results: Dict[str, MethodResults], profile: str, baseline: Optional[str] = "tsp",
+                backbone: str = "r2plus1d_18", include_paper: bool = True, names: Optional[Dict[str, str]] = None) -> Table:
+    from scipy import stats
+
+    names = names if names is not None else paper_method_names()
+    paper_for = {}
+    for row in spec.rows:
+        if row.get("method") and row.get("backbone") == backbone:
+            paper_for[row["method"]] = row
+    rows: List[Row] = []
+    incomplete: List[str] = []
+    key_values: Dict[str, np.ndarray] = {}
+    for method_dir in sorted(results, key=lambda m: _method_order(m, names)):
+        res = results[method_dir]
+        if res.incomplete:
+            incomplete.append(f"{res.method}: " + ", ".join(f"seed {s} ({why})" for s, why in sorted(res.incomplete.items())))
+        if not res.seeds:
+            continue
+        row = Row(names.get(method_dir, res.method), "ours", method_dir, len(res.seeds), sorted(res.seeds))
+        for metric in spec.metrics:
+            values = [100.0 * float(m[metric]) for m in res.seeds.values() if m.get(metric) is not None]
+            row.mean[metric] = float(np.mean(values)) if values else None
+            row.std[metric] = float(np.std(values, ddof=1)) if len(values) > 1 else None
+            if metric == spec.key_metric:
+                key_values[method_dir] = np.asarray(values)
+        match = paper_for.get(method_dir)
+        if match:
+            row.paper = dict(match["values"])
+        rows.append(row)
+    # best mean per column among our rows (every metric here: higher is better)
+    for metric in spec.metrics:
+        means = [r.mean[metric] for r in rows if r.mean.get(metric) is not None]
+        if means:
+            top = max(means)
+            for r in rows:
+                r.best[metric] = r.mean.get(metric) is not None and math.isclose(r.mean[metric], top, rel_tol=0, abs_tol=1e-9)
+    notes = []
+    if baseline:
+        base = key_values.get(baseline)
+        if base is None:
+            notes.append(f"p-values: baseline {baseline!r} has no finished seeds in this table")
+        for r in rows:
+            if r.method == baseline or base is None:
+                continue
+            ours = key_values.get(r.method)
+            if ours is not None and len(ours) >= 2 and len(base) >= 2:
+                with np.errstate(all="ignore"):
+                    p = stats.ttest_ind(ours, base, equal_var=False).pvalue
+                r.p_value = None if p is None or np.isnan(p) else float(p)
+    if include_paper:
+        for row in spec.rows:
+            method = row.get("method")
+            if method in {r.method for r in rows} and row is paper_for.get(method):
+                continue  # shown beside our row
+            variant = ", ".join(x for x in (row.get("pretrain"), _backbone_label(row.get("backbone"))) if x and x != "-")
+            rows.append(Row(f"{row['name']} ({variant})" if variant else row["name"], "paper", method,
+                            row.get("seeds"), mean=dict(row["values"]), std=dict(row.get("std") or {})))
+    return Table(spec, profile, baseline, rows, incomplete, notes)
+
+
+def _backbone_label(backbone: Optional[str]) -> Optional[str]:
+    return {"r2plus1d_18": "R(2+1)D-18", "r3d_18": "Res3D-18"}.get(backbone, backbone)
+
+
+def make_tables(store: RunStore, profile: str, table_ids: Sequence[str] = TABLE_IDS, baseline: Optional[str] = "tsp",
+                methods: Optional[Sequence[str]] = None, include_paper: bool = True, backbone: str = "r2plus1d_18") -> List[Table]:
+    specs = load_paper_tables()
+    out = []
+    for table_id in table_ids:
+        if table_id not in specs:
+            raise ConfigError(f"--tables: unknown table {table_id!r}; expected some of {', '.join(TABLE_IDS)}")
+        spec = specs[table_id]
+        results = collect_task_results(store, profile, spec.task, methods)
+        out.append(build_table(spec, results, profile, baseline, backbone, include_paper))
+    return out
+
+
+# --------------------------------------------------------------------------- rendering
+def _fmt(mean: Optional[float], std: Optional[float]) -> str:
+    if mean is None:
+        return "N.A."
+    return f"{mean:.2f} ± {std:.2f}" if std is not None else f"{mean:.2f}"
+
+
+def _fmt_p(p: Optional[float]) -> str:
+    return "–" if p is None else (f"{p:.3f}" if p >= 0.001 else f"{p:.1e}")
+
+
+def _header(table: Table) -> List[str]:
+    base = f"p vs {table.baseline}" if table.baseline else "p"
+    key_label = next(c["label"] for c in table.spec.columns if c["metric"] == table.spec.key_metric)
+    return ["Method", "n"] + [c["label"] for c in table.spec.columns] + [f"{base} ({key_label})"]
+
+
+def _cells(table: Table, row: Row, bold) -> List[str]:
+    cells = [row.label if row.source == "ours" else f"{row.label} [paper]", "" if row.n is None else str(row.n)]
+    for metric in table.spec.metrics:
+        text = _fmt(row.mean.get(metric), row.std.get(metric))
+        if row.source == "ours" and row.best.get(metric):
+            text = bold(text)
+        if row.source == "ours" and metric in row.paper:
+            value = row.paper[metric]
+            text += f" [{value:.2f}]" if value is not None else " [N.A.]"
+        cells.append(text)
+    cells.append("" if row.source == "paper" or row.method == table.baseline else _fmt_p(row.p_value))
+    return cells
+
+
+def _caption(table: Table) -> str:
+    return (f"Table {table.spec.table}: {table.spec.title}; profile {table.profile}. Ours: mean ± std over n seeds "
+            f"(percent), best per column in bold, the paper's number for the same method in [brackets]; "
+            f"rows marked [paper] are reported by the paper only; p: Welch's t-test on "
+            f"{table.spec.key_metric} against {table.baseline or '-'}.")
+
+
+def render_markdown(tables: Sequence[Table]) -> str:
+    from tabulate import tabulate
+
+    parts = []
+    for t in tables:
+        body = [_cells(t, r, lambda s: f"**{s}**") for r in t.rows]
+        parts.append(_caption(t))
+        parts.append(tabulate(body, headers=_header(t), tablefmt="github", disable_numparse=True) if body else "(no results yet)")
+        parts.extend(_footer(t))
+        parts.append("")
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def _footer(t: Table) -> List[str]:
+    lines = [f"Note: {n}" for n in t.notes]
+    if t.incomplete:
+        lines.append("Incomplete (not aggregated): " + "; ".join(t.incomplete))
+    return lines
+
+
+_LATEX_ESCAPES = {"&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#", "$": r"\$", "{": r"\{", "}": r"\}", "†": r"$^\dagger$",
+                  "±": r"$\pm$", "–": "--", "~": r"\textasciitilde{}", "^": r"\^{}"}
+
+
+def _latex_escape(text: str) -> str:
+    return "".join(_LATEX_ESCAPES.get(ch, ch) for ch in text)
+
+
+def render_latex(tables: Sequence[Table]) -> str:
+    parts = []
+    for t in tables:
+        header = _header(t)
+        parts.append(r"\begin{table}[t]")
+        parts.append(r"\centering")
+        parts.append(r"\caption{" + _latex_escape(_caption(t).replace("in bold", "in bold")) + "}")
+        parts.append(r"\begin{tabular}{l" + "r" * (len(header) - 1) + "}")
+        parts.append(r"\toprule")
+        parts.append(" & ".join(_latex_escape(h) for h in header) + r" \\")
+        parts.append(r"\midrule")
+        for r in t.rows:
+            marker = "\x00"  # bold marker survives escaping, then becomes \textbf
+            cells = [_latex_escape(c) for c in _cells(t, r, lambda s: f"{marker}{s}{marker}")]
+            cells = [_bold_latex(c, marker) for c in cells]
+            parts.append(" & ".join(cells) + r" \\")
+        parts.append(r"\bottomrule")
+        parts.append(r"\end{tabular}")
+        parts.append(r"\end{table}")
+        parts.extend("% " + line for line in _footer(t))
+        parts.append("")
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def _bold_latex(cell: str, marker: str) -> str:
+    while cell.count(marker) >= 2:
+        a = cell.index(marker)
+        b = cell.index(marker, a + 1)
+        cell = cell[:a] + r"\textbf{" + cell[a + 1:b] + "}" + cell[b + 1:]
+    return cell
+
+
+def render_csv(tables: Sequence[Table]) -> str:
+    """One row per (table, method) of ours: n, seeds, then mean / std / paper per metric (percent)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    all_metrics: List[str] = []
+    for t in tables:
+        for m in t.spec.metrics:
+            if m not in all_metrics:
+                all_metrics.append(m)
+    header = ["table", "profile", "method", "n", "seeds"]
+    for m in all_metrics:
+        header += [f"{m} mean", f"{m} std", f"{m} paper", f"{m} best"]
+    header += ["key_metric", "baseline", "p_value"]
+    writer.writerow(header)
+    for t in tables:
+        for r in t.rows:
+            if r.source != "ours":
+                continue
+            line = [t.spec.table, t.profile, r.method, r.n, " ".join(map(str, r.seeds))]
+            for m in all_metrics:
+                if m in t.spec.metrics:
+                    line += [_num(r.mean.get(m)), _num(r.std.get(m)), _num(r.paper.get(m)), int(bool(r.best.get(m)))]
+                else:
+                    line += ["", "", "", ""]
+            line += [t.spec.key_metric, t.baseline or "", "" if r.p_value is None else f"{r.p_value:.6g}"]
+            writer.writerow(line)
+    return buf.getvalue()
+
+
+def _num(x: Optional[float]) -> str:
+    return "" if x is None else f"{x:.4f}"
+
+
+def render(tables: Sequence[Table], fmt: str = "markdown") -> str:
+    if fmt == "markdown":
+        return render_markdown(tables)
+    if fmt == "latex":
+        return render_latex(tables)
+    if fmt == "csv":
+        return render_csv(tables)
+    raise ConfigError(f"--format: unknown {fmt!r}; expected one of {', '.join(FORMATS)}")
+
+
+def tables_for_tasks(tasks: Sequence[str]) -> List[str]:
+    """The tables a set of downstream tasks fills (tal -> 1, fstal -> 2a, vlg -> 2b and 3)."""
+    specs = load_paper_tables()
+    return [tid for tid in TABLE_IDS if specs[tid].task in tasks]
