@@ -19,7 +19,7 @@ app = typer.Typer(
 )
 
 # Order is the order of the help text.
-COMMAND_MODULES: list = ["data", "evaluate"]
+COMMAND_MODULES: list = ["data", "synth", "evaluate", "run", "tables"]
 
 
 def _assemble() -> None:
