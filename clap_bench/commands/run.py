@@ -34,14 +34,15 @@ def _backbone(profile: Profile) -> str:
 def _execute(methods: List[str], seeds: str, tasks: Optional[str], profile: Optional[str], config: Optional[Path],
              executor: str, cluster: Optional[Path], runs_dir: Optional[Path], dry_run: bool, wait: bool,
              quiet: bool, table_methods: Optional[List[str]], baseline: Optional[str]) -> None:
-    from clap_bench.runs import RunStore, build_plan, load_cluster, make_tables, parse_seeds, parse_tasks, render, run_plan, runs_root
+    from clap_bench.runs import RunStore, load_cluster, make_tables, parse_seeds, parse_tasks, render, run_plan, runs_root
+    from clap_bench.runs.plan import plan_factory
     from clap_bench.runs.tables import tables_for_tasks
 
     try:
         prof = _profile(profile, config)
         seed_list = parse_seeds(seeds)
         task_list = parse_tasks(tasks)
-        plan = build_plan(prof, methods, seed_list, task_list)
+        plan = plan_factory()(prof, methods, seed_list, task_list)
         cluster_profile = load_cluster(cluster) if cluster else None
         if executor == "slurm" and cluster_profile is None:
             raise ConfigError("--executor slurm needs --cluster slurm/<profile>.yaml (e.g. slurm/local.yaml)")
@@ -55,7 +56,9 @@ def _execute(methods: List[str], seeds: str, tasks: Optional[str], profile: Opti
             done = "done " if store.is_done(plan.stage_dir(store, plan.stages[line.split()[0]]), plan.hashes[line.split()[0]]) else "todo "
             typer.echo(f"  {done}{line}")
         return
-    if prof.data.synthetic and any(not m.startswith("features:") for m in methods):
+    if prof.data.synthetic and any(not m.startswith("features:") for m in methods) and any(
+        s.fn.__module__ == "clap_bench.runs.plan" for s in plan
+    ):
         from clap_bench.config import resolve_datasets
 
         typer.echo("Preparing the synthetic datasets (cached after the first run) ...", err=True)
@@ -161,7 +164,8 @@ def _status_profiles(store, profile: Optional[str], config: Optional[Path]) -> L
 def _print_status(store, prof: Profile, methods: Optional[str], seeds: Optional[str], tasks: Optional[str], lines: int) -> None:
     from tabulate import tabulate
 
-    from clap_bench.runs import build_plan, parse_seeds, parse_tasks, plan_status
+    from clap_bench.runs import parse_seeds, parse_tasks, plan_status
+    from clap_bench.runs.plan import plan_factory
     from clap_bench.runs.status import summarize
 
     method_list = [m for m in (methods or "").split(",") if m] or [store.method_label(prof.name, m) for m in store.methods(prof.name)]
@@ -174,7 +178,7 @@ def _print_status(store, prof: Profile, methods: Optional[str], seeds: Optional[
         if not seed_list:
             continue
         try:
-            plan = build_plan(prof, [method], seed_list, parse_tasks(tasks))
+            plan = plan_factory()(prof, [method], seed_list, parse_tasks(tasks))
         except ConfigError as e:
             typer.echo(f"{method}: {e}", err=True)
             continue

@@ -18,6 +18,12 @@ of its upstream stages; a change anywhere upstream therefore changes every stage
 
 Stage functions are module-level (SLURM jobs unpickle them by reference) and take one
 ``StageContext``; they return the JSON-serialisable dict that becomes ``metrics.json``.
+
+Hook: any ``Plan`` of ``StageSpec``s runs through the same executors, store and status
+(``run_plan(plan, store, ...)``). The CLI builds its plan with the function named by the
+environment variable ``CLAPBENCH_PLAN_FACTORY`` (``module:function`` with ``build_plan``'s
+signature) when it is set, else with ``build_plan``; the tests use it to drive the CLI and
+SLURM with a plan of small stage functions.
 """
 
 from __future__ import annotations
@@ -274,6 +280,23 @@ def build_plan(profile: Profile, methods: Sequence[str], seeds: Sequence[int], t
                     deps=tuple(extracts),
                 ))
     return plan
+
+
+PLAN_FACTORY_ENV = "CLAPBENCH_PLAN_FACTORY"
+
+
+def plan_factory() -> Callable[..., Plan]:
+    """``build_plan``, or the function named by ``$CLAPBENCH_PLAN_FACTORY`` (``module:function``)."""
+    name = os.environ.get(PLAN_FACTORY_ENV)
+    if not name:
+        return build_plan
+    import importlib
+
+    module, _, attr = name.partition(":")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"${PLAN_FACTORY_ENV}={name!r}: cannot load it ({e}); expected module:function") from None
 
 
 def _file_identity(path: Path) -> Dict[str, Any]:

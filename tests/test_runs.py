@@ -1,0 +1,232 @@
+"""The run store, plan hashing, resume, executors (local, debug), status and tables, on the toy plan."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from scipy import stats
+from typer.testing import CliRunner
+
+from clap_bench.cli import app
+from clap_bench.config import ConfigError, load_profile
+from clap_bench.io import atomic_write_json
+from clap_bench.runs import RunStore, build_plan, make_tables, parse_seeds, plan_status, render, run_plan
+from clap_bench.runs.store import method_dir_name
+from clap_bench.runs.tables import load_paper_tables
+from test_runs_toy_plan import build_toy_plan, toy_profile, toy_score
+
+
+def _run(plan, store, **kw):
+    return run_plan(plan, store, executor=kw.pop("executor", "local"), progress=False, echo=lambda s: None, **kw)
+
+
+# --------------------------------------------------------------------------- store
+def test_store_builds_every_path_from_profile_method_seed_stage(tmp_path):
+    store = RunStore(tmp_path)
+    assert store.stage_dir("smoke", "clap", 3, "tal") == tmp_path / "smoke" / "clap" / "seed3" / "tal"
+    assert store.stage_dir("smoke", None, None, "source") == tmp_path / "smoke" / "_shared" / "source"
+    assert method_dir_name("features:/x/y/videoclip.h5") == "features-videoclip"
+    assert method_dir_name("features:/x/feats") == "features-feats"
+
+
+def test_metrics_written_last_and_only_on_success(tmp_path):
+    store, profile = RunStore(tmp_path), toy_profile()
+    control = tmp_path / "control.json"
+    control.write_text(json.dumps({"fail_at": 2}))
+    plan = build_toy_plan(profile, ["a"], [0], steps=4, control=str(control))
+    report = _run(plan, store)
+    train_dir = plan.stage_dir(store, plan.stages["a/seed0/pretrain"])
+    assert list(report.failed) == ["a/seed0/pretrain"] and report.blocked == ["a/seed0/tal"]
+    assert not (train_dir / "metrics.json").exists()
+    record = json.loads((train_dir / "stage.json").read_text())
+    assert record["status"] == "failed" and "toy failure at step 2" in (train_dir / "error.log").read_text()
+    assert not list(train_dir.glob(".*.tmp"))  # no half-written files left behind
+    # the failed stage resumes from its checkpoint (step 2), not from scratch
+    control.write_text("{}")
+    report = _run(plan, store)
+    assert report.ok and report.ran == ["a/seed0/pretrain", "a/seed0/tal"]
+    metrics = json.loads((train_dir / "metrics.json").read_text())
+    assert metrics == {"steps": 4, "starts": 2, "resumed_from": 2, "checkpoint": "toy_checkpoint.json"}
+    assert json.loads((train_dir / "stage.json").read_text())["status"] == "done"
+
+
+def test_more_seeds_run_only_the_missing_seeds(tmp_path):
+    store, profile = RunStore(tmp_path), toy_profile()
+    first = _run(build_toy_plan(profile, ["a"], parse_seeds(2)), store)
+    assert len(first.ran) == 4
+    second = _run(build_toy_plan(profile, ["a"], parse_seeds(3)), store)
+    assert second.ran == ["a/seed2/pretrain", "a/seed2/tal"]
+    assert len(second.reused) == 4
+
+
+def test_changed_config_makes_a_new_stage_and_archives_the_old(tmp_path):
+    store, profile = RunStore(tmp_path), toy_profile()
+    plan3 = build_toy_plan(profile, ["a"], [0], steps=3)
+    _run(plan3, store)
+    plan5 = build_toy_plan(profile, ["a"], [0], steps=5)
+    assert plan5.hashes["a/seed0/pretrain"] != plan3.hashes["a/seed0/pretrain"]
+    report = _run(plan5, store)
+    assert report.ran == ["a/seed0/pretrain", "a/seed0/tal"]  # tal too: its upstream changed
+    seed_dir = store.seed_dir("toy", "a", 0)
+    archived = seed_dir / f"pretrain@{plan3.hashes['a/seed0/pretrain']}"
+    assert json.loads((archived / "metrics.json").read_text())["steps"] == 3
+    assert json.loads((seed_dir / "pretrain" / "metrics.json").read_text())["steps"] == 5
+    # the archived folder is never read by the tables
+    assert [t.rows[0].n for t in make_tables(store, "toy", ["1"], baseline=None, include_paper=False)] == [1]
+
+
+def test_debug_executor_runs_the_same_plan_through_submitit(tmp_path):
+    store = RunStore(tmp_path)
+    report = _run(build_toy_plan(toy_profile(), ["a"], [0, 1]), store, executor="debug")
+    assert report.ok and len(report.ran) == 4
+    assert store.is_done(store.stage_dir("toy", "a", 1, "tal"))
+
+
+# --------------------------------------------------------------------------- status
+def test_status_reports_done_failed_stale_and_missing(tmp_path):
+    store, profile = RunStore(tmp_path), toy_profile()
+    control = tmp_path / "control.json"
+    control.write_text(json.dumps({"fail_at": 1}))
+    _run(build_toy_plan(profile, ["a"], [0], control=str(control)), store)  # fails
+    _run(build_toy_plan(profile, ["b"], [0]), store)  # done
+    plan = build_toy_plan(profile, ["a", "b"], [0, 1], control=str(control))
+    states = {s.key: s for s in plan_status(plan, store)}
+    assert states["a/seed0/pretrain"].state == "failed"
+    assert "toy failure at step 1" in "\n".join(states["a/seed0/pretrain"].error_tail)
+    assert states["a/seed0/tal"].state == "missing"
+    assert states["b/seed0/pretrain"].state == "stale"  # b ran without the control file: another config
+    plan_b = build_toy_plan(profile, ["b"], [0, 1])
+    states = {s.key: s.state for s in plan_status(plan_b, store)}
+    assert states == {"b/seed0/pretrain": "done", "b/seed0/tal": "done", "b/seed1/pretrain": "missing", "b/seed1/tal": "missing"}
+
+
+def test_status_command_lists_every_stage(tmp_path, monkeypatch):
+    store = RunStore(tmp_path)
+    _run(build_toy_plan(toy_profile(), ["a"], [0]), store)
+    monkeypatch.setenv("CLAPBENCH_PLAN_FACTORY", "test_runs_toy_plan:build_toy_plan")
+    result = CliRunner().invoke(app, ["status", "--runs-dir", str(tmp_path), "--seeds", "2"])
+    assert result.exit_code == 0, result.output
+    assert "2 done, 2 missing" in result.output
+    rows = [line.split() for line in result.output.splitlines()]
+    assert ["a", "1", "tal", "missing"] in rows and ["a", "0", "pretrain", "done"] in rows
+
+
+# --------------------------------------------------------------------------- tables
+def _fake_results(store: RunStore, profile: str, values: dict, task: str = "tal", incomplete: dict = None):
+    """Hand-made finished task stages: {method: [average_mAP per seed]}."""
+    for method, per_seed in values.items():
+        for seed, v in enumerate(per_seed):
+            d = store.stage_dir(profile, method, seed, task)
+            d.mkdir(parents=True)
+            atomic_write_json(d / "stage.json", {"status": "done", "method": method, "hash": "x"})
+            atomic_write_json(d / "metrics.json", {"mAP@0.5": v + 0.1, "mAP@0.75": v, "mAP@0.95": v / 4, "average_mAP": v})
+    for method, seeds in (incomplete or {}).items():
+        for seed in seeds:
+            d = store.stage_dir(profile, method, seed, task)
+            d.mkdir(parents=True)
+            atomic_write_json(d / "stage.json", {"status": "running", "method": method, "hash": "x"})
+
+
+def test_table_mean_std_best_and_welch_p_value(tmp_path):
+    store = RunStore(tmp_path)
+    clap, tsp = [0.352, 0.350, 0.355], [0.347, 0.346, 0.349]
+    _fake_results(store, "p", {"clap": clap, "tsp": tsp}, incomplete={"clap": [3]})
+    [table] = make_tables(store, "p", ["1"], baseline="tsp")
+    ours = {r.method: r for r in table.rows if r.source == "ours"}
+    assert ours["clap"].n == 3 and ours["clap"].seeds == [0, 1, 2]  # seed 3 is running: not aggregated
+    assert ours["clap"].mean["average_mAP"] == pytest.approx(100 * np.mean(clap))
+    assert ours["clap"].std["average_mAP"] == pytest.approx(100 * np.std(clap, ddof=1))
+    expected_p = stats.ttest_ind(np.array(clap) * 100, np.array(tsp) * 100, equal_var=False).pvalue
+    assert ours["clap"].p_value == pytest.approx(expected_p)
+    assert ours["tsp"].p_value is None
+    assert ours["clap"].best["average_mAP"] and not ours["tsp"].best["average_mAP"]
+    assert ours["clap"].paper["average_mAP"] == 35.23  # the R(2+1)D-18 row of the paper, not Res3D-18
+    assert any(r.source == "paper" and r.label.startswith("VideoCLIP") for r in table.rows)
+    assert table.incomplete == ["clap: seed 3 (running)"]
+
+    md = render([table], "markdown")
+    assert f"**{100 * np.mean(clap):.2f} ± {100 * np.std(clap, ddof=1):.2f}** [35.23]" in md
+    assert f"{expected_p:.3f}" in md and "Incomplete (not aggregated): clap: seed 3 (running)" in md
+    tex = render([table], "latex")
+    assert r"\textbf{" in tex and r"$\pm$" in tex and r"\begin{tabular}" in tex and "±" not in tex.split("%")[0]
+    rows = list(csv.DictReader(io.StringIO(render([table], "csv"))))
+    assert [r["method"] for r in rows] == ["tsp", "clap"]  # ours only, in the paper's method order
+    clap_row = next(r for r in rows if r["method"] == "clap")
+    assert float(clap_row["average_mAP mean"]) == pytest.approx(100 * np.mean(clap), abs=1e-4)
+    assert float(clap_row["average_mAP std"]) == pytest.approx(100 * np.std(clap, ddof=1), abs=1e-4)
+    assert clap_row["average_mAP best"] == "1" and clap_row["n"] == "3"
+    assert float(clap_row["p_value"]) == pytest.approx(expected_p, rel=1e-5)
+
+
+def test_table_command_csv(tmp_path):
+    _fake_results(RunStore(tmp_path), "smoke", {"clap": [0.30, 0.32], "tac": [0.25, 0.26]})
+    result = CliRunner().invoke(app, ["table", "--format", "csv", "--tables", "1", "--runs-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(result.output)))
+    assert {r["method"] for r in rows} == {"clap", "tac"}
+    assert all(r["mAP@0.5 mean"] and r["mAP@0.5 std"] for r in rows)
+    bad = CliRunner().invoke(app, ["table", "--tables", "4", "--runs-dir", str(tmp_path)])
+    assert bad.exit_code == 2 and "unknown table '4'" in bad.output
+
+
+def test_paper_tables_transcribed():
+    t = load_paper_tables()
+    clap = next(r for r in t["1"].rows if r.get("method") == "clap" and r["backbone"] == "r2plus1d_18")
+    assert clap["values"]["average_mAP"] == 35.23 and clap["std"]["average_mAP"] == 0.07
+    assert next(r for r in t["2a"].rows if r["name"] == "QAT")["values"]["mAP@0.5"] == 65.25
+    assert next(r for r in t["2b"].rows if r.get("method") == "clap-dagger")["values"]["charades-sta/mIoU"] == 43.94
+    assert next(r for r in t["3"].rows if r["name"] == "2D-TAN")["values"]["tacos/R@1@0.7"] is None
+    assert [c["metric"] for c in t["3"].columns][-1] == "tacos/mIoU"
+
+
+# --------------------------------------------------------------------------- product plan
+def test_product_plan_keeps_only_the_stages_the_tasks_need():
+    profile = load_profile("smoke")
+    plan = build_plan(profile, ["clap"], [0], ["tal"])
+    names = [s.name for s in plan if s.method == "clap"]
+    assert names == ["pretrain", "extract-activitynet", "tal"]
+    full = build_plan(profile, ["clap"], [0, 1], None)
+    assert {s.name for s in full if s.seed == 1} == {
+        "pretrain", "pretrain-base", "extract-activitynet", "extract-base-activitynet", "extract-charades-sta",
+        "extract-tacos", "tal", "fstal", "vlg"}
+    assert full.stages["clap/seed0/fstal"].deps == ("clap/seed0/extract-base-activitynet",)
+    assert full.hashes["clap/seed0/tal"] == plan.hashes["clap/seed0/tal"]  # --tasks does not change hashes
+
+
+def test_external_features_skip_pretraining(tmp_path):
+    folder = tmp_path / "videoclip"
+    folder.mkdir()
+    for d in ("activitynet", "charades-sta", "tacos"):
+        with h5py.File(folder / f"{d}.h5", "w") as f:
+            f["v_x"] = np.zeros((3, 4), np.float32)
+    plan = build_plan(load_profile("smoke"), [f"features:{folder}"], [0, 1], ["tal", "vlg"])
+    assert [s.name for s in plan] == ["tal", "vlg", "tal", "vlg"] and all(not s.deps for s in plan)
+    assert plan.stages[f"features:{folder}/seed0/vlg"].config["features"]["tacos"]["path"] == str(folder / "tacos.h5")
+    with pytest.raises(ConfigError, match="fstal|activitynet.h5|not found"):
+        (folder / "activitynet.h5").unlink()
+        build_plan(load_profile("smoke"), [f"features:{folder}"], [0], ["tal"])
+
+
+def test_run_dry_run_prints_the_plan(tmp_path):
+    result = CliRunner().invoke(app, ["run", "--method", "clap", "--seeds", "2", "--profile", "smoke", "--tasks", "tal",
+                                      "--runs-dir", str(tmp_path), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "clap/seed1/extract-activitynet" in result.output and "fstal" not in result.output
+    assert not (tmp_path / "smoke").exists()
+
+
+def test_run_command_on_the_toy_plan_prints_its_table(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLAPBENCH_PLAN_FACTORY", "test_runs_toy_plan:build_toy_plan")
+    args = ["run", "--method", "a", "--seeds", "2", "--profile", "smoke", "--runs-dir", str(tmp_path), "-q"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    mean = np.mean([100 * (toy_score("a", s) - 0.02) for s in (0, 1)])
+    assert f"{mean:.2f} ±" in result.output and "| a " in result.output
+    again = CliRunner().invoke(app, args[:4] + ["3"] + args[5:])
+    assert again.exit_code == 0 and again.output.count("(done, reused)") == 4
