@@ -248,34 +248,29 @@ def read_predictions(source: Source) -> Predictions:
         raise DetectionFileError(
             name, "results", f"expected an object mapping video ids to lists of detections, got {_kind(results)}"
         )
-    video_ids: List[str] = []
-    counts: List[int] = []
-    labels: List[Any] = []
-    scores: List[Any] = []
-    segments: List[Any] = []
+    video_ids = list(results)
+    per_video = list(results.values())
     try:
-        for video_id, detections in results.items():
-            if not isinstance(detections, list):
-                raise TypeError
-            for detection in detections:
-                labels.append(detection["label"])
-                scores.append(detection["score"])
-                segments.append(detection["segment"])
-            video_ids.append(video_id)
-            counts.append(len(detections))
+        if not set(map(type, per_video)) <= {list}:
+            raise TypeError
+        labels = [detection["label"] for detections in per_video for detection in detections]
+        scores = [detection["score"] for detections in per_video for detection in detections]
+        segments = [detection["segment"] for detections in per_video for detection in detections]
+        distinct_labels = set(labels)
     except (KeyError, TypeError, IndexError):
         _locate_prediction_error(results, name)
-        raise  # _locate_prediction_error always raises; kept for the reader
+        raise  # not reached: _locate_prediction_error raises
 
     well_formed = (
-        set(map(type, labels)) <= {str}
+        all(isinstance(label, str) for label in distinct_labels)
         and set(map(type, scores)) <= {int, float}
         and set(map(type, segments)) <= {list}
         and set(map(len, segments)) <= {2}
         and set(map(type, itertools.chain.from_iterable(segments))) <= {int, float}
     )
     if well_formed:
-        seg = np.asarray(segments, dtype=np.float64).reshape(-1, 2)
+        seg = np.fromiter(itertools.chain.from_iterable(segments), dtype=np.float64, count=2 * len(segments))
+        seg = seg.reshape(-1, 2)
         score = np.asarray(scores, dtype=np.float64)
         well_formed = bool(np.isfinite(seg).all() and np.isfinite(score).all() and (seg[:, 0] <= seg[:, 1]).all())
     if not well_formed:
@@ -283,7 +278,7 @@ def read_predictions(source: Source) -> Predictions:
     return Predictions(
         source=name,
         video_ids=video_ids,
-        detection_video=np.repeat(np.arange(len(video_ids), dtype=np.int64), counts),
+        detection_video=np.repeat(np.arange(len(video_ids), dtype=np.int64), list(map(len, per_video))),
         labels=labels,
         scores=score,
         segments=seg,
@@ -354,20 +349,10 @@ def _segment_tiou(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
         return intersection / union
 
 
-def _interpolated_average_precision(precision: np.ndarray, recall: np.ndarray) -> float:
-    """VOC (2011+) all-point interpolated AP, the same array operations as the official scorer."""
-    precision = np.hstack([[0.0], precision, [0.0]])
-    recall = np.hstack([[0.0], recall, [1.0]])
-    # Running maximum from the right: the precision envelope.
-    precision = np.maximum.accumulate(precision[::-1])[::-1]
-    steps = np.where(recall[1:] != recall[:-1])[0] + 1
-    return float(np.sum((recall[steps] - recall[steps - 1]) * precision[steps]))
-
-
 def _match(
     pred_segments: np.ndarray,
     pred_group: np.ndarray,
-    pred_step: np.ndarray,
+    grouped: np.ndarray,
     group_gt_start: np.ndarray,
     group_gt_count: np.ndarray,
     gt_segments: np.ndarray,
@@ -375,53 +360,117 @@ def _match(
 ) -> np.ndarray:
     """Greedy matching for all (class, video) groups and all thresholds at once.
 
-    ``pred_group[i]`` is the (class, video) group of detection ``i`` (all have ground truth),
-    ``pred_step[i]`` its rank among the detections of its group in score order. Groups share no
-    ground truth, so they are independent; within a group the official loop is sequential in
-    score order. We therefore advance all groups together, one detection per group per step:
-    step ``r`` handles the ``r``-th detection of every group, for every threshold, vectorised.
+    ``pred_group[i]`` is the (class, video) group of detection ``i`` (every one has ground
+    truth); ``grouped`` lists the detections group by group, each group in score order. Groups
+    share no ground truth, so they are independent; within a group the official loop is
+    sequential in score order.
 
     Returns a (T, N) bool array: true positive at threshold t.
     """
-    n = len(pred_group)
     n_thresholds = len(thresholds)
-    true_positive = np.zeros((n_thresholds, n), dtype=bool)
-    if n == 0:
-        return true_positive
-    width = int(group_gt_count.max())
-    # Each detection's candidate ground truth, in the official order (argsort(tiou)[::-1] over
-    # the group's segments). Computed per group size so that argsort sees exactly the official
-    # array (ties among equal tIoUs then break the same way), then padded to a common width
-    # with -inf, which is below every threshold, i.e. "end of the list: false positive".
-    sorted_tiou = np.full((n, width), -np.inf)
-    sorted_gt = np.zeros((n, width), dtype=np.int64)
+    true_positive = np.zeros((n_thresholds, len(pred_group)), dtype=bool)
     counts = group_gt_count[pred_group]
-    for m in np.unique(counts):
-        rows = np.flatnonzero(counts == m)
-        gt_index = group_gt_start[pred_group[rows]][:, None] + np.arange(m)[None, :]
-        tiou = _segment_tiou(pred_segments[rows][:, None, :], gt_segments[gt_index])
-        order = np.argsort(tiou, axis=1)[:, ::-1]
-        sorted_tiou[rows, :m] = np.take_along_axis(tiou, order, axis=1)
-        sorted_gt[rows, :m] = np.take_along_axis(gt_index, order, axis=1)
 
-    locked = np.zeros((n_thresholds, len(gt_segments)), dtype=bool)
-    by_step = np.argsort(pred_step, kind="stable")
-    step_bounds = np.searchsorted(pred_step[by_step], np.arange(int(pred_step.max()) + 2))
-    for r in range(len(step_bounds) - 1):
-        rows = by_step[step_bounds[r] : step_bounds[r + 1]]
-        candidates = sorted_gt[rows]  # (k, W)
-        # The official loop stops at the first candidate below the threshold. Candidates are in
-        # non-increasing tIoU order (a NaN, which is never "below", sorts first), so "below" is
-        # already false up to that point and true from there on: no cumulative test needed.
-        below = sorted_tiou[rows][None, :, :] < thresholds[:, None, None]  # (T, k, W)
-        eligible = ~below & ~locked[:, candidates]
-        hit = eligible.any(axis=2)  # (T, k)
-        first = eligible.argmax(axis=2)
-        true_positive[:, rows] = hit
-        chosen = candidates[np.arange(len(rows))[None, :], first]  # (T, k)
-        t_hit, k_hit = np.nonzero(hit)
-        locked[t_hit, chosen[t_hit, k_hit]] = True
+    # One ground-truth segment in the group (the common case): the first detection, in score
+    # order, whose tIoU is not below the threshold takes it; every other one is a false positive.
+    single = grouped[counts[grouped] == 1]
+    if len(single):
+        group = pred_group[single]
+        tiou = _segment_tiou(pred_segments[single], gt_segments[group_gt_start[group]])
+        passes = ~(tiou[None, :] < thresholds[:, None])  # NaN passes, as in the official test
+        passed = np.cumsum(passes, axis=1)
+        group_first = _first_of_run(group)
+        passed_before_group = passed[:, group_first] - passes[:, group_first]
+        true_positive[:, single] = passes & (passed - passed_before_group == 1)
+
+    # Several segments: advance all groups together, one detection per group per step (step r
+    # handles the r-th detection of every group), all thresholds at once.
+    multi = grouped[counts[grouped] >= 2]
+    if len(multi):
+        group = pred_group[multi]
+        width = int(counts[multi].max())
+        # Each detection's candidates in the official order, argsort(tiou)[::-1] over the group's
+        # segments. Computed per group size so that argsort sees exactly the official array (ties
+        # among equal tIoUs then break the same way), then padded to a common width with -inf,
+        # which is below every threshold: "end of the list, false positive".
+        sorted_tiou = np.full((len(multi), width), -np.inf)
+        sorted_gt = np.zeros((len(multi), width), dtype=np.int64)
+        sizes = counts[multi]
+        for m in np.unique(sizes):
+            rows = np.flatnonzero(sizes == m)
+            gt_index = group_gt_start[group[rows]][:, None] + np.arange(m)[None, :]
+            tiou = _segment_tiou(pred_segments[multi[rows]][:, None, :], gt_segments[gt_index])
+            order = np.argsort(tiou, axis=1)[:, ::-1]
+            sorted_tiou[rows, :m] = np.take_along_axis(tiou, order, axis=1)
+            sorted_gt[rows, :m] = np.take_along_axis(gt_index, order, axis=1)
+
+        # A detection below the lowest threshold with its best candidate is a false positive
+        # everywhere and locks nothing: only the others need the sequential pass.
+        contender = ~(sorted_tiou[:, 0] < thresholds.min())
+        multi, group = multi[contender], group[contender]
+        sorted_tiou, sorted_gt = sorted_tiou[contender], sorted_gt[contender]
+        step = np.arange(len(multi)) - _first_of_run(group)
+
+        locked = np.zeros((n_thresholds, len(gt_segments)), dtype=bool)
+        by_step = np.argsort(step, kind="stable")
+        step_bounds = np.searchsorted(step[by_step], np.arange(int(step.max()) + 2))
+        for r in range(len(step_bounds) - 1 if len(multi) else 0):
+            rows = by_step[step_bounds[r] : step_bounds[r + 1]]
+            candidates = sorted_gt[rows]  # (k, W)
+            # The official loop stops at the first candidate below the threshold. Candidates are
+            # in non-increasing tIoU order (a NaN, never "below", sorts first), so "below" is
+            # false up to that point and true from there on: no cumulative test needed.
+            below = sorted_tiou[rows][None, :, :] < thresholds[:, None, None]  # (T, k, W)
+            eligible = ~below & ~locked[:, candidates]
+            hit = eligible.any(axis=2)  # (T, k)
+            first = eligible.argmax(axis=2)
+            true_positive[:, multi[rows]] = hit
+            t_hit, k_hit = np.nonzero(hit)
+            locked[t_hit, candidates[k_hit, first[t_hit, k_hit]]] = True
     return true_positive
+
+
+def _first_of_run(keys: np.ndarray) -> np.ndarray:
+    """For each position of a grouped array, the position where its run of equal keys starts."""
+    starts = np.flatnonzero(np.concatenate([[True], keys[1:] != keys[:-1]]))
+    return np.repeat(starts, np.diff(np.concatenate([starts, [len(keys)]])))
+
+
+def _average_precision(
+    true_positive: np.ndarray, ranked_bounds: np.ndarray, positives: np.ndarray
+) -> np.ndarray:
+    """VOC all-point interpolated AP per threshold and class, as the official ``interpolated_prec_rec``.
+
+    ``true_positive`` is (T, N) over the detections of all classes, class after class, each in
+    score order. The official code builds the whole precision/recall curve; only the true
+    positives matter, though: recall steps exactly there (from (k-1)/npos to k/npos at the k-th),
+    and the envelope max(precision from here on) at a true positive is attained at a true
+    positive, since precision only falls between two of them. The sum is taken over the same
+    terms in the same order (a trailing 0 when recall never reaches 1) with ``np.sum`` as the
+    official code does, so the floats are identical.
+    """
+    n_thresholds, n_classes = true_positive.shape[0], len(positives)
+    ap = np.zeros((n_thresholds, n_classes))
+    class_of_position = np.repeat(np.arange(n_classes), np.diff(ranked_bounds))
+    hit_threshold, position = np.nonzero(true_positive)  # by threshold, then rank: classes contiguous
+    if len(position) == 0:
+        return ap
+    hit_class = class_of_position[position]
+    segment = hit_threshold * n_classes + hit_class
+    k = (np.arange(len(segment)) - _first_of_run(segment) + 1).astype(np.float64)
+    npos = positives[hit_class].astype(np.float64)
+    recall = k / npos
+    recall_step = recall - (k - 1.0) / npos
+    precision = k / (position - ranked_bounds[hit_class] + 1).astype(np.float64)
+    starts = np.flatnonzero(np.concatenate([[True], segment[1:] != segment[:-1]]))
+    ends = np.concatenate([starts[1:], [len(segment)]])
+    for a, b in zip(starts.tolist(), ends.tolist()):
+        envelope = np.maximum.accumulate(precision[a:b][::-1])[::-1]
+        terms = recall_step[a:b] * envelope
+        if recall[b - 1] != 1.0:
+            terms = np.append(terms, 0.0)  # the official last step, to recall 1 at precision 0
+        ap[hit_threshold[a], hit_class[a]] = np.sum(terms)
+    return ap
 
 
 def average_precision_per_class(
@@ -430,14 +479,13 @@ def average_precision_per_class(
     """(T, C) AP per threshold and class, columns in ``gt.classes`` order."""
     thresholds = np.asarray(tiou_thresholds, dtype=np.float64)
     n_classes = len(gt.classes)
-    ap = np.zeros((len(thresholds), n_classes))
 
     # Class of each detection; labels annotated only in other subsets are dropped (see module doc).
     class_index = {label: c for c, label in enumerate(gt.classes)}
     distinct = set(pred.labels)
     unknown = sorted(distinct - gt.all_labels)
     if unknown:
-        first = next(i for i, label in enumerate(pred.labels) if label == unknown[0])
+        first = pred.labels.index(unknown[0])
         video = pred.video_ids[pred.detection_video[first]]
         position = first - int(np.searchsorted(pred.detection_video, pred.detection_video[first]))
         shown = ", ".join(repr(u) for u in unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
@@ -454,7 +502,9 @@ def average_precision_per_class(
             + (" ..." if len(elsewhere) > 5 else ""),
             stacklevel=3,
         )
-    detection_class = np.fromiter((class_index.get(label, -1) for label in pred.labels), dtype=np.int64, count=len(pred.labels))
+    detection_class = np.fromiter(
+        map(class_index.get, pred.labels, itertools.repeat(-1)), dtype=np.int64, count=len(pred.labels)
+    )
 
     # Detections of each class in file order (stable sort), then in the official score order.
     by_class = np.argsort(detection_class, kind="stable")
@@ -463,14 +513,14 @@ def average_precision_per_class(
     for c in range(n_classes):
         members = by_class[class_bounds[c + 1] : class_bounds[c + 2]]
         ranked_parts.append(members[np.argsort(pred.scores[members])[::-1]])
-    ranked = np.concatenate(ranked_parts) if ranked_parts else np.zeros(0, dtype=np.int64)
+    ranked = np.concatenate(ranked_parts)
     ranked_bounds = np.concatenate([[0], np.cumsum([len(p) for p in ranked_parts])])
 
     # (class, video) groups of ground truth, segments of a group contiguous and in file order.
     # Video ids of both files share one numbering so that a group key is one integer.
     video_number = {v: i for i, v in enumerate(gt.video_ids)}
     pred_video_number = np.fromiter(
-        (video_number.get(v, -1) for v in pred.video_ids), dtype=np.int64, count=len(pred.video_ids)
+        map(video_number.get, pred.video_ids, itertools.repeat(-1)), dtype=np.int64, count=len(pred.video_ids)
     )
     n_videos = len(gt.video_ids)
     gt_key = gt.segment_class * n_videos + gt.segment_video
@@ -478,39 +528,20 @@ def average_precision_per_class(
     group_keys, group_gt_start, group_gt_count = np.unique(gt_key[gt_order], return_index=True, return_counts=True)
     gt_segments = gt.segments[gt_order]
 
-    ranked_class = detection_class[ranked]
     ranked_video = pred_video_number[pred.detection_video[ranked]]
-    ranked_key = ranked_class * n_videos + ranked_video
+    ranked_key = detection_class[ranked] * n_videos + ranked_video
     slot = np.searchsorted(group_keys, ranked_key).clip(max=len(group_keys) - 1)
-    has_ground_truth = (ranked_video >= 0) & (group_keys[slot] == ranked_key)
-
-    # Rank of each matchable detection within its group, in score order (stable: keeps ``ranked`` order).
-    matchable = np.flatnonzero(has_ground_truth)
+    # Detections elsewhere (no ground truth of their class in their video) stay false positives.
+    matchable = np.flatnonzero((ranked_video >= 0) & (group_keys[slot] == ranked_key))
     group = slot[matchable]
-    within = np.argsort(group, kind="stable")
-    group_sorted = group[within]
-    first_of_group = np.searchsorted(group_sorted, group_sorted)  # index of the group's first entry
-    step = np.empty(len(matchable), dtype=np.int64)
-    step[within] = np.arange(len(matchable)) - first_of_group
+    grouped = np.argsort(group, kind="stable")  # group by group, score order kept within a group
 
-    matched = _match(
-        pred.segments[ranked[matchable]], group, step, group_gt_start, group_gt_count, gt_segments, thresholds
+    true_positive = np.zeros((len(thresholds), len(ranked)), dtype=bool)
+    true_positive[:, matchable] = _match(
+        pred.segments[ranked[matchable]], group, grouped, group_gt_start, group_gt_count, gt_segments, thresholds
     )
-    true_positive = np.zeros((len(thresholds), len(ranked)), dtype=np.int64)
-    true_positive[:, matchable] = matched
-
     positives = np.bincount(gt.segment_class, minlength=n_classes)
-    for c in range(n_classes):
-        lo, hi = ranked_bounds[c], ranked_bounds[c + 1]
-        if hi == lo:
-            continue  # no prediction of this class: AP 0 (official: "No predictions of label ...")
-        tp_cumsum = np.cumsum(true_positive[:, lo:hi], axis=1).astype(np.float64)
-        seen = np.arange(1, hi - lo + 1, dtype=np.float64)  # tp + fp so far: every detection is one of the two
-        recall = tp_cumsum / float(positives[c])
-        precision = tp_cumsum / seen
-        for t in range(len(thresholds)):
-            ap[t, c] = _interpolated_average_precision(precision[t], recall[t])
-    return ap
+    return _average_precision(true_positive, ranked_bounds, positives)
 
 
 def evaluate_detection(
