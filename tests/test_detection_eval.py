@@ -423,6 +423,31 @@ def test_matches_the_literal_reference_on_random_cases(seed, grid):
     np.testing.assert_allclose(training["mAP"], reference_detection_map(gt, pred, "training")[0], rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize(
+    "seed, size, thresholds",
+    [
+        (1175, dict(n_videos=10, n_classes=3, max_detections=5, grid=None), DEFAULT_TIOU_THRESHOLDS),
+        (1001, dict(n_videos=40, n_classes=2, max_detections=60, grid=4), (0.0, 0.1, 0.3)),
+        (1002, dict(n_videos=25, n_classes=7, max_detections=30, grid=8), (0.7, 0.2, 0.5)),
+        (1003, dict(n_videos=50, n_classes=1, max_detections=20, grid=20), (0.5,)),
+    ],
+)
+def test_matches_the_reference_on_other_sizes_and_threshold_grids(seed, size, thresholds):
+    gt, pred = random_case(seed, **size)
+    result = evaluate_detection(gt, pred, tiou_thresholds=thresholds)
+    ref_map, ref_average = reference_detection_map(gt, pred, thresholds=thresholds)
+    assert result["tiou_thresholds"] == list(thresholds)
+    np.testing.assert_allclose(result["mAP"], ref_map, rtol=0, atol=1e-12)
+    assert math.isclose(result["average_mAP"], ref_average, rel_tol=0, abs_tol=1e-12)
+
+
+def test_detections_far_from_every_segment_of_a_video_with_several():
+    gt = ground_truth({"a": ("validation", [(0, 10, "run"), (20, 30, "run")]), "b": ("validation", [(0, 5, "run")])})
+    pred = predictions({"a": [(50, 60, "run", 0.9), (70, 80, "run", 0.8)], "b": [(0, 5, "run", 0.1)]})
+    # run: FP, FP, TP with 3 GT -> recall 1/3 at precision 1/3 -> AP 1/9.
+    assert evaluate_detection(gt, pred)["mAP"] == pytest.approx([1 / 9] * 10, abs=1e-12)
+
+
 def test_matches_the_reference_with_many_detections_per_video_and_class():
     # Long per-group sequences exercise the step-by-step matching (100 detections, one class).
     gt, pred = random_case(99, n_videos=8, n_classes=2, max_detections=150, grid=30)

@@ -413,8 +413,9 @@ def _match(
 
         locked = np.zeros((n_thresholds, len(gt_segments)), dtype=bool)
         by_step = np.argsort(step, kind="stable")
-        step_bounds = np.searchsorted(step[by_step], np.arange(int(step.max()) + 2))
-        for r in range(len(step_bounds) - 1 if len(multi) else 0):
+        n_steps = int(step.max()) + 1 if len(step) else 0
+        step_bounds = np.searchsorted(step[by_step], np.arange(n_steps + 1))
+        for r in range(n_steps):
             rows = by_step[step_bounds[r] : step_bounds[r + 1]]
             candidates = sorted_gt[rows]  # (k, W)
             # The official loop stops at the first candidate below the threshold. Candidates are
