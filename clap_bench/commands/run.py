@@ -147,12 +147,12 @@ def _status_profiles(store, profile: Optional[str], config: Optional[Path]) -> L
 
     from clap_bench.config import from_dict
 
-    if config or profile:
-        prof = load_profile(str(config) if config else profile)
-        recorded = store.profile_file(prof.name)
-        if not config and recorded.is_file():  # the config the runs were made with
+    if profile and not config:
+        recorded = store.profile_file(profile)
+        if recorded.is_file():  # the config the runs were made with
             return [from_dict(Profile, json.loads(recorded.read_text()), str(recorded))]
-        return [prof]
+    if config or profile:
+        return [load_profile(str(config) if config else profile)]
     out = []
     for name in store.profiles():
         recorded = store.profile_file(name)

@@ -1,0 +1,124 @@
+"""The executors against a real single-node SLURM cluster (started by the ``slurm_cluster`` fixture).
+
+The plan is the toy plan of ``test_runs_toy_plan`` (stage functions that count checkpointed steps),
+so these tests pin down the machinery: submission through submitit with afterok chains, status
+from squeue/sacct, resubmission after scancel, and resume after ``scontrol requeue``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from clap_bench.cli import app
+from clap_bench.runs import RunStore, load_cluster, make_tables, plan_status, render, run_plan
+from clap_bench.runs.store import read_json
+from test_runs_toy_plan import TOY_CONTROL_ENV, TOY_STEPS_ENV, build_toy_plan, toy_profile
+
+pytestmark = [pytest.mark.slurm, pytest.mark.timeout(300)]
+TESTS_DIR = Path(__file__).resolve().parent
+REPO = TESTS_DIR.parent
+
+
+@pytest.fixture
+def cluster(slurm_cluster):
+    """slurm/local.yaml, with this folder on the jobs' PYTHONPATH so they can unpickle the toy stages."""
+    profile = load_cluster(REPO / "slurm" / "local.yaml")
+    return dataclasses.replace(profile, setup=profile.setup + [f"export PYTHONPATH={TESTS_DIR}:${{PYTHONPATH:-}}"])
+
+
+def _wait_until(condition, timeout_s: float, what: str, poll_s: float = 0.5):
+    end = time.time() + timeout_s
+    while time.time() < end:
+        value = condition()
+        if value:
+            return value
+        time.sleep(poll_s)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+def _step(stage_dir: Path) -> int:
+    state = read_json(stage_dir / "toy_checkpoint.json") if (stage_dir / "toy_checkpoint.json").exists() else None
+    return state["step"] if state else -1
+
+
+def _squeue_state(job_id: str) -> str:
+    return subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True).stdout.strip()
+
+
+def test_sweep_of_two_methods_and_two_seeds_ends_with_a_table(tmp_path, cluster):
+    store, profile = RunStore(tmp_path / "runs"), toy_profile()
+    plan = build_toy_plan(profile, ["tsp", "clap"], [0, 1], steps=2)
+    report = run_plan(plan, store, executor="slurm", cluster=cluster, wait=True, echo=lambda s: None, poll_s=1.0)
+    assert report.ok, report.failed
+    assert len(report.submitted) == 8 and sorted(report.ran) == sorted(plan.stages)
+    tal = read_json(plan.stage_dir(store, plan.stages["clap/seed1/tal"]) / "slurm.json")
+    pre = read_json(plan.stage_dir(store, plan.stages["clap/seed1/pretrain"]) / "slurm.json")
+    assert tal["after"] == [pre["job_id"]]  # chained with an afterok dependency
+    [table] = make_tables(store, "toy", ["1"], baseline="tsp")
+    ours = {r.method: r for r in table.rows if r.source == "ours"}
+    assert ours["clap"].n == 2 and ours["tsp"].n == 2 and ours["clap"].p_value is not None
+    text = render([table], "markdown")
+    assert "| CLAP " in text and "| TSP " in text
+    # a second sweep finds everything done and submits nothing
+    again = run_plan(plan, store, executor="slurm", cluster=cluster, wait=True, echo=lambda s: None)
+    assert not again.submitted and len(again.reused) == 8
+
+
+def test_cancelled_job_shows_failed_and_a_rerun_resubmits_it(tmp_path, cluster, monkeypatch):
+    control = tmp_path / "control.json"
+    control.write_text(json.dumps({"sleep": 0.5}))
+    monkeypatch.setenv(TOY_STEPS_ENV, "40")
+    monkeypatch.setenv(TOY_CONTROL_ENV, str(control))
+    monkeypatch.setenv("CLAPBENCH_PLAN_FACTORY", "test_runs_toy_plan:build_toy_plan")
+    store, profile = RunStore(tmp_path / "runs"), toy_profile()
+    plan = build_toy_plan(profile, ["clap"], [0])
+    run_plan(plan, store, executor="slurm", cluster=cluster, wait=False, echo=lambda s: None)
+    stage_dir = plan.stage_dir(store, plan.stages["clap/seed0/pretrain"])
+    first = read_json(stage_dir / "slurm.json")["job_id"]
+    _wait_until(lambda: _step(stage_dir) >= 2, 60, "the job to checkpoint two steps")
+    subprocess.run(["scancel", first], check=True)
+    _wait_until(lambda: {s.key: s.state for s in plan_status(plan, store)}["clap/seed0/pretrain"] == "failed", 90,
+                "status to show the cancelled job as failed")
+    result = CliRunner().invoke(app, ["status", "--runs-dir", str(store.root), "--profile", "toy"])
+    assert result.exit_code == 0, result.output
+    line = next(line for line in result.output.splitlines() if " pretrain " in f" {line} ")
+    assert "failed" in line and f"job {first} CANCELLED" in line and "_log.err" in line
+
+    control.write_text(json.dumps({"sleep": 0.0}))
+    report = run_plan(plan, store, executor="slurm", cluster=cluster, wait=True, echo=lambda s: None, poll_s=1.0)
+    assert report.ok, report.failed
+    info = read_json(stage_dir / "slurm.json")
+    assert info["job_id"] != first and first in info["history"]
+    metrics = read_json(stage_dir / "metrics.json")
+    assert metrics["starts"] == 2 and metrics["resumed_from"] >= 2 and metrics["steps"] == 40
+
+
+def test_requeued_job_resumes_from_its_checkpoint(tmp_path, cluster):
+    control = tmp_path / "control.json"
+    control.write_text(json.dumps({"sleep": 0.4}))
+    store, profile = RunStore(tmp_path / "runs"), toy_profile()
+    plan = build_toy_plan(profile, ["clap"], [0], tasks=["tal"], steps=40, control=str(control))
+    run_plan(plan, store, executor="slurm", cluster=cluster, wait=False, echo=lambda s: None)
+    stage_dir = plan.stage_dir(store, plan.stages["clap/seed0/pretrain"])
+    job_id = read_json(stage_dir / "slurm.json")["job_id"]
+    _wait_until(lambda: _step(stage_dir) >= 3, 60, "the job to checkpoint three steps")
+    subprocess.run(["scontrol", "requeue", job_id], check=True)
+    # the scheduler holds a requeued job back for a while before it may start again; let it start now
+    _wait_until(lambda: _squeue_state(job_id) == "PENDING", 60, "the requeued job to be pending")
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
+    _wait_until(lambda: (read_json(stage_dir / "toy_checkpoint.json") or {}).get("starts") == 2, 60,
+                "the requeued job to start the stage again")
+    control.write_text(json.dumps({"sleep": 0.0}))
+    _wait_until(lambda: all(s.state == "done" for s in plan_status(plan, store)), 120, "the requeued job and its task to finish",
+                poll_s=1.0)
+    metrics = read_json(stage_dir / "metrics.json")
+    assert metrics["starts"] == 2, metrics  # ran twice: before and after the requeue
+    assert metrics["resumed_from"] >= 3  # ... and the second run continued from the checkpoint
+    assert read_json(stage_dir / "slurm.json")["job_id"] == job_id  # the same job, requeued
