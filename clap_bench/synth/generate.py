@@ -25,6 +25,7 @@ import io
 import json
 import os
 import shutil
+from fractions import Fraction
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -59,7 +60,7 @@ from clap_bench.synth.world import (
 )
 
 # Bump when the output for a given (profile, seed) changes; older caches are then regenerated.
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
 
 PathLike = Union[str, Path]
 
@@ -143,6 +144,44 @@ def synth_root(profile: str, seed: int, cache_dir: PathLike) -> Path:
 
 
 # --------------------------------------------------------------------------- video files
+def _yuv_frame(av, yuv: np.ndarray):
+    """A yuv420p VideoFrame whose row padding is zero.
+
+    x264 reads a little past the picture width; left uninitialised, the padding made the
+    encoded bytes differ from run to run.
+    """
+    h = yuv.shape[0] * 2 // 3
+    w = yuv.shape[1]
+    frame = av.VideoFrame(w, h, "yuv420p")
+    planes = (yuv[:h], yuv[h:h + h // 4].reshape(h // 2, w // 2), yuv[h + h // 4:].reshape(h // 2, w // 2))
+    for plane, data in zip(frame.planes, planes):
+        padded = np.zeros((plane.height, plane.line_size), np.uint8)
+        padded[:, : data.shape[1]] = data
+        plane.update(padded)
+    return frame
+
+
+def rgb_to_yuv420p(rgb: np.ndarray) -> np.ndarray:
+    """RGB (H, W, 3) uint8 -> planar yuv420p (H * 3 / 2, W) uint8, BT.601 limited range.
+
+    Done here rather than by swscale: its SIMD paths round differently depending on buffer
+    alignment, which made the encoded bytes differ from run to run.
+    """
+    h, w, _ = rgb.shape
+    x = rgb.astype(np.float32)
+    r, g, b = x[..., 0], x[..., 1], x[..., 2]
+    y = 16.0 + (65.738 * r + 129.057 * g + 25.064 * b) / 256.0
+    cb = 128.0 + (-37.945 * r - 74.494 * g + 112.439 * b) / 256.0
+    cr = 128.0 + (112.439 * r - 94.154 * g - 18.285 * b) / 256.0
+    cb = cb.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
+    cr = cr.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
+    out = np.empty((h * 3 // 2, w), np.uint8)
+    out[:h] = np.clip(np.floor(y + 0.5), 0, 255)
+    out[h:h + h // 4] = np.clip(np.floor(cb + 0.5), 0, 255).reshape(h // 4, w)
+    out[h + h // 4:] = np.clip(np.floor(cr + 0.5), 0, 255).reshape(h // 4, w)
+    return out
+
+
 def write_video(scene: Scene, path: Path) -> None:
     """Encode ``scene`` as H.264 (libx264, yuv420p) mp4 at FPS; deterministic (one thread)."""
     import av
@@ -154,11 +193,21 @@ def write_video(scene: Scene, path: Path) -> None:
         stream.width = WIDTH
         stream.height = HEIGHT
         stream.pix_fmt = "yuv420p"
-        stream.codec_context.options = {"preset": "veryfast", "crf": "23"}
+        # cpu-independent: x264's switch for bit-exact output regardless of CPU and memory state.
+        stream.codec_context.options = {"preset": "veryfast", "crf": "23", "x264-params": "cpu-independent=1"}
         stream.codec_context.thread_count = 1
+        time_base = Fraction(1, FPS)
+        stream.codec_context.time_base = time_base
+        index = 0
         for chunk in iter_video(scene):
             for frame in chunk:
-                for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                video_frame = _yuv_frame(av, rgb_to_yuv420p(frame))
+                # Explicit timestamps: x264's rate control reads them, and unset ones make
+                # the bitstream differ from run to run.
+                video_frame.pts = index
+                video_frame.time_base = time_base
+                index += 1
+                for packet in stream.encode(video_frame):
                     container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
@@ -216,6 +265,12 @@ def _captions(scene: Scene, instances: List[Instance], rng: np.random.Generator)
     # The published file starts every sentence but the first of a video with a space.
     texts = [t if i == 0 else " " + t for i, (_, _, t) in enumerate(items)]
     return stamps, texts
+
+
+def _repeats(events: List[Instance], event: Instance) -> bool:
+    """Whether another event of the video shows the same object doing the same motion."""
+    key = (event.track.shape, event.track.colour, event.track.motion)
+    return sum((e.track.shape, e.track.colour, e.track.motion) == key for e in events) > 1
 
 
 class _Writer:
@@ -295,7 +350,11 @@ class _Writer:
         taxonomy = [{"parentName": None, "nodeName": "Root", "nodeId": 0, "parentId": None}]
         for n, cls in enumerate(sorted(classes, key=lambda c: c.name)):
             taxonomy.append({"parentName": "Root", "nodeName": cls.name, "nodeId": n + 1, "parentId": 0})
-        atomic_write_json(out / "activity_net.v1-3.min.json", {"version": "VERSION 1.3", "taxonomy": taxonomy, "database": database})
+        # ".min.json": the official file is minified.
+        atomic_write_text(
+            out / "activity_net.v1-3.min.json",
+            json.dumps({"version": "VERSION 1.3", "taxonomy": taxonomy, "database": database}, separators=(",", ":")),
+        )
         header = ["video-name", "t-start", "t-end", "action-label", "video-duration", "filename", "fps", "video-frames", "temporal-region-label"]
         for subset, name in (("training", "train"), ("validation", "valid")):
             background = sorted(rows_background[subset], key=lambda r: (r[0], r[1]))
@@ -342,8 +401,9 @@ class _Writer:
                     # past the video's length (readers clip it).
                     if scene.duration - ev.end < 1.0 and vrng.random() < 0.5:
                         end = round(length + vrng.uniform(0.1, 1.5), 1)
+                    repeated = _repeats(events, ev)
                     for _ in range(1 if vrng.random() < 0.6 else 2):
-                        text = language.charades_sentence(ev.track, vrng)
+                        text = language.charades_sentence(ev.track, vrng, need_position=repeated)
                         lines.append(f"{vid} {start} {end}##{text}")
                         sentences.append(text)
                 codes = ";".join(f"{_CHARADES_CODES[(e.track.shape, e.track.colour, e.track.motion)]} {e.start:.2f} {e.end:.2f}" for e in events)
@@ -391,7 +451,7 @@ class _Writer:
                 for ev in events:
                     for _ in range(int(vrng.integers(2, 4))):
                         stamps.append([frames(ev.start), frames(ev.end)])
-                        texts.append(language.tacos_sentence(ev.track, vrng))
+                        texts.append(language.tacos_sentence(ev.track, vrng, need_position=_repeats(events, ev)))
                 for a, b in zip(events, events[1:]):
                     if vrng.random() < 0.5:
                         stamps.append([frames(a.start), frames(b.end)])
@@ -528,7 +588,7 @@ def read_manifest(root: Path) -> Optional[dict]:
 
 def generate(profile: SynthProfile, seed: int, root: Path, progress: bool = False) -> dict:
     """Write a whole generation into ``root`` (which should be empty); returns the manifest."""
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     writer = _Writer(root, profile, seed, progress)
     writer.activitynet()
     writer.charades()
@@ -546,6 +606,7 @@ def generate(profile: SynthProfile, seed: int, root: Path, progress: bool = Fals
         "counts": writer.counts,
         "datasets": _dataset_layout(),
         "generation_seconds": round(time.perf_counter() - t0, 2),
+        "generation_cpu_seconds": round(time.process_time() - cpu0, 2),
         "files": [{"path": p.relative_to(root).as_posix(), "bytes": p.stat().st_size} for p in files],
     }
     atomic_write_json(root / "manifest.json", manifest)  # last: marks the folder complete

@@ -202,12 +202,16 @@ def caption_cut(background: Background, rng: np.random.Generator) -> str:
     return _pick(rng, [f"The scene changes to a {tone} background.", f"The view cuts to a {tone} pattern."])
 
 
-def charades_sentence(track: Track, rng: np.random.Generator) -> str:
-    """A short Charades-STA-style query: lower case, about six words, full stop."""
+def charades_sentence(track: Track, rng: np.random.Generator, need_position: bool = False) -> str:
+    """A short Charades-STA-style query: lower case, about six words, full stop.
+
+    ``need_position``: the same object does the same motion elsewhere in the video, so the
+    query must say where (and usually how fast) to single this event out.
+    """
     np_ = _noun_phrase(track, rng, definite=rng.random() < 0.4, with_size=False)
     motion = _pick(rng, MOTION_SHORT[track.motion])
-    adverb = speed_word(track, rng) if rng.random() < 0.5 else None
-    where = position_phrase(track, rng) if rng.random() < 0.35 else None
+    adverb = speed_word(track, rng) if need_position or rng.random() < 0.5 else None
+    where = position_phrase(track, rng) if need_position or rng.random() < 0.35 else None
     parts = [np_, motion]
     if adverb:
         parts.append(adverb)
@@ -216,13 +220,13 @@ def charades_sentence(track: Track, rng: np.random.Generator) -> str:
     return " ".join(parts) + "."
 
 
-def tacos_sentence(track: Track, rng: np.random.Generator) -> str:
-    """A TACoS-style query: capitalised, no full stop."""
+def tacos_sentence(track: Track, rng: np.random.Generator, need_position: bool = False) -> str:
+    """A TACoS-style query: capitalised, no full stop (``need_position`` as for Charades)."""
     np_ = _noun_phrase(track, rng, definite=rng.random() < 0.6)
     motion = _pick(rng, MOTION_PHRASES[track.motion])
     adverb = speed_word(track, rng)
     parts = [np_, _with_adverb(motion, adverb)]
-    if rng.random() < 0.6:
+    if need_position or rng.random() < 0.6:
         parts.append(position_phrase(track, rng))
     return _cap(" ".join(parts))
 

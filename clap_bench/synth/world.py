@@ -384,8 +384,12 @@ def render_frames(scene: Scene, start: int, stop: int, textures: Optional[List[n
         img[idx, y0:y1, x0:x1] = region * (1.0 - a) + colour * a
     if noise and scene.background.noise > 0:
         rng = np.random.default_rng([scene.noise_seed, start])
-        img += rng.normal(0.0, scene.background.noise, img.shape).astype(np.float32)
-    return np.clip(img + 0.5, 0, 255).astype(np.uint8)
+        noise_field = rng.standard_normal(img.shape, dtype=np.float32)
+        noise_field *= scene.background.noise
+        img += noise_field
+    img += 0.5
+    np.clip(img, 0, 255, out=img)
+    return img.astype(np.uint8)
 
 
 def iter_video(scene: Scene, chunk: int = 16) -> Iterator[np.ndarray]:
