@@ -1,1 +1,2 @@
 """Imports the built-in downstream tasks so that they register themselves."""
+from clap_bench.downstream.gtad import task as _gtad_task  # noqa: F401  (registers tal)
