@@ -159,7 +159,8 @@ def reference_detection_map(gt_data, pred_data, subset="validation", thresholds=
     for video, detections in pred_data["results"].items():
         for d in detections:
             cidx = activity_index[d["label"]]
-            pred_by_class.setdefault(cidx, []).append((video, float(d["segment"][0]), float(d["segment"][1]), d["score"]))
+            row = (video, float(d["segment"][0]), float(d["segment"][1]), d["score"])
+            pred_by_class.setdefault(cidx, []).append(row)
     ap = np.zeros((len(thresholds), len(activity_index)))
     for cidx in range(len(activity_index)):
         ap[:, cidx] = _class_ap(gt_by_class[cidx], pred_by_class.get(cidx, []), thresholds)
@@ -249,7 +250,10 @@ def main() -> None:
     ground_truth, predictions = build_case(args.videos, args.classes, args.detections, args.seed)
     n_segments = sum(len(v["annotations"]) for v in ground_truth["database"].values())
     n_detections = sum(len(d) for d in predictions["results"].values())
-    print(f"case: {args.videos} videos, {n_segments} ground-truth segments, {n_detections} detections, {args.classes} classes")
+    print(
+        f"case: {args.videos} videos, {n_segments} ground-truth segments, {n_detections} detections, "
+        f"{args.classes} classes"
+    )
 
     runs = [timed(evaluate_detection, ground_truth, predictions) for _ in range(args.repeats)]
     ours, ours_cpu, ours_wall = min(runs, key=lambda run: run[1])
@@ -283,8 +287,10 @@ def main() -> None:
     agree = agree and pandas_difference <= 1e-12
 
     print(f"mAP@0.5 {100 * ours['mAP'][0]:.2f}%, average mAP {100 * ours['average_mAP']:.2f}%")
-    print(f"max |ours - plain loop| over thresholds: {difference:.3g}; "
-          f"max |ours - pandas loop| over its classes' APs: {pandas_difference:.3g}  ({'agree' if agree else 'DISAGREE'})")
+    print(
+        f"max |ours - plain loop| over thresholds: {difference:.3g}; max |ours - pandas loop| over its "
+        f"classes' APs: {pandas_difference:.3g}  ({'agree' if agree else 'DISAGREE'})"
+    )
     n_pandas = min(args.pandas_classes, len(activity_index))
     rows = [
         (f"ours, parsed objects (best of {args.repeats})", ours_cpu, ours_wall),

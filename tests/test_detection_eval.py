@@ -292,11 +292,15 @@ def test_unknown_predicted_label_is_an_error_naming_it():
 @pytest.mark.parametrize(
     "mutate, message",
     [
-        (lambda p: p["results"]["a"][1].update(segment=[5, 3]), r"results\.a\[1\]\.segment: expected \[start, end\] with start <= end"),
+        (
+            lambda p: p["results"]["a"][1].update(segment=[5, 3]),
+            r"results\.a\[1\]\.segment: expected \[start, end\] with start <= end",
+        ),
         (lambda p: p["results"]["a"][1].update(segment=[5]), r"results\.a\[1\]\.segment: expected \[start, end\]"),
         (lambda p: p["results"]["a"][1].update(segment=["1", 2]), r"results\.a\[1\]\.segment"),
         (lambda p: p["results"]["a"][0].update(score="high"), r"results\.a\[0\]\.score: expected a finite number"),
-        (lambda p: p["results"]["a"][0].update(score=float("nan")), r"results\.a\[0\]\.score: expected a finite number"),
+        (lambda p: p["results"]["a"][0].update(score=float("nan")), r"results\.a\[0\]\.score: expected a finite"),
+        (lambda p: p["results"]["a"][0].update(score=True), r"results\.a\[0\]\.score: expected a finite number"),
         (lambda p: p["results"]["a"][0].pop("label"), r"results\.a\[0\]\.label: missing"),
         (lambda p: p["results"].update(a={"segment": [0, 1]}), r"results\.a: expected a list"),
         (lambda p: p.pop("results"), r"results: expected an object"),
@@ -313,8 +317,14 @@ def test_malformed_predictions_name_the_key(mutate, message):
 @pytest.mark.parametrize(
     "mutate, message",
     [
-        (lambda g: g["database"]["a"]["annotations"][0].update(segment=[9, 1]), r"database\.a\.annotations\[0\]\.segment: expected \[start, end\] with start <= end"),
-        (lambda g: g["database"]["a"]["annotations"][0].update(label=3), r"database\.a\.annotations\[0\]\.label: expected a class name"),
+        (
+            lambda g: g["database"]["a"]["annotations"][0].update(segment=[9, 1]),
+            r"database\.a\.annotations\[0\]\.segment: expected \[start, end\] with start <= end",
+        ),
+        (
+            lambda g: g["database"]["a"]["annotations"][0].update(label=3),
+            r"database\.a\.annotations\[0\]\.label: expected a class name",
+        ),
         (lambda g: g["database"]["a"].pop("subset"), r"database\.a\.subset"),
         (lambda g: g["database"]["a"].pop("annotations"), r"database\.a\.annotations: missing"),
         (lambda g: g.pop("database"), r"database: expected an object"),
@@ -340,7 +350,8 @@ def test_errors_name_the_file(tmp_path):
 
 def test_subset_without_annotations_is_an_error_listing_the_subsets():
     gt = ground_truth({"a": ("training", [(0, 10, "run")]), "b": ("testing", [])})
-    with pytest.raises(DetectionFileError, match=r"no annotated segment in subset 'validation'.*'training' \(1 segments\)"):
+    expected = r"no annotated segment in subset 'validation'.*'training' \(1 segments\)"
+    with pytest.raises(DetectionFileError, match=expected):
         evaluate_detection(gt, predictions({}))
 
 
@@ -355,6 +366,12 @@ def test_video_ids_differing_only_by_the_v_prefix_are_an_error(gt_ids, pred_ids)
 def test_unrelated_video_ids_are_just_false_positives():
     gt = ground_truth({"abc": ("validation", [(0, 10, "run")])})
     assert evaluate_detection(gt, predictions({"xyz": [(0, 10, "run", 0.9)]}))["average_mAP"] == 0.0
+
+
+def test_in_memory_results_may_hold_numpy_numbers_and_tuples():
+    gt = ground_truth({"a": ("validation", [(0, 10, "run")])})
+    pred = {"results": {"a": [{"label": "run", "score": np.float32(0.5), "segment": (np.float64(0), np.int64(10))}]}}
+    assert evaluate_detection(gt, pred)["average_mAP"] == 1.0
 
 
 def test_taxonomy_and_version_are_optional_and_empty_results_score_zero():
@@ -475,7 +492,8 @@ def test_cli_json_output_is_one_object_of_fractions(tmp_path):
 
 def test_cli_table_in_percent_and_clear_error(tmp_path):
     gt_path, pred_path = tmp_path / "gt.json", tmp_path / "pred.json"
-    gt_path.write_text(json.dumps(ground_truth({"a": ("training", [(0, 10, "run")]), "b": ("validation", [(0, 10, "run")])})))
+    gt = ground_truth({"a": ("training", [(0, 10, "run")]), "b": ("validation", [(0, 10, "run")])})
+    gt_path.write_text(json.dumps(gt))
     pred_path.write_text(json.dumps(predictions({"a": [(0, 10, "run", 0.9)]})))
     run = CliRunner().invoke(app, ["eval", "detection", str(gt_path), str(pred_path), "--subset", "training"])
     assert run.exit_code == 0, run.output

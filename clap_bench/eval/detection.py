@@ -2,9 +2,10 @@
 
 The official scorer (``Evaluation/eval_detection.py`` of the ActivityNet challenge) defines the
 numbers every temporal-action-localization paper reports on ActivityNet v1.3. This module gives
-the same numbers (equal up to float rounding, in practice bit for bit) in a fraction of the time:
+the same numbers (the same operations on the same floats: bit for bit on every case we compared
+with a literal re-implementation of the official loop) in a fraction of the time:
 the official code walks every prediction in a Python loop over pandas rows, which takes minutes
-on a validation-sized result file; here the tIoUs of a class are computed in one shot and the
+on a validation-sized result file; here all tIoUs are computed in a few array operations and the
 greedy matching runs for all thresholds and all (class, video) pairs at once.
 
 Semantics, each one a choice of the official code that we keep:
@@ -15,9 +16,10 @@ Semantics, each one a choice of the official code that we keep:
   first appearance in the file; the ``taxonomy`` is not read. mAP is the mean over exactly these
   classes, so a class without any prediction scores 0 and still counts in the mean.
 * **Order of predictions.** Per class, predictions are taken in file order (videos in the order
-  of ``results``, detections in list order) and sorted with ``numpy.argsort(scores)[::-1]``, the
-  official call. NumPy's default sort is not stable, so the order among equal scores is whatever
-  that call gives; we make the same call on the same array, so ties resolve identically.
+  of ``results``, detections in list order: what the official code sees under Python 3, whose
+  dicts keep the file's order) and sorted with ``numpy.argsort(scores)[::-1]``, the official
+  call. NumPy's default sort is not stable, so the order among equal scores is whatever that
+  call gives; we make the same call on the same float64 array, so ties resolve identically.
 * **Matching.** At each tIoU threshold, a prediction looks at the ground-truth segments of its
   class and video sorted by tIoU with it (``argsort(tiou)[::-1]``, same call again), stops at the
   first one below the threshold, skips those already matched at this threshold, and matches the
@@ -52,6 +54,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import numbers
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,8 +144,13 @@ def _kind(value: Any) -> str:
     return type(value).__name__
 
 
+def _is_number_type(kind: type) -> bool:
+    # Real numbers, NumPy scalars included (results built in memory often hold them); not booleans.
+    return issubclass(kind, numbers.Real) and not issubclass(kind, (bool, np.bool_))
+
+
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+    return _is_number_type(type(value)) and bool(np.isfinite(value))
 
 
 def _check_segment(value: Any, source: str, where: str) -> Tuple[float, float]:
@@ -186,10 +194,14 @@ def read_ground_truth(source: Source, subset: str = "validation") -> GroundTruth
     for video_id, video in database.items():
         where = f"database.{video_id}"
         if not isinstance(video, dict):
-            raise DetectionFileError(name, where, f"expected an object with 'subset' and 'annotations', got {_kind(video)}")
+            raise DetectionFileError(
+                name, where, f"expected an object with 'subset' and 'annotations', got {_kind(video)}"
+            )
         video_subset = video.get("subset")
         if not isinstance(video_subset, str):
-            raise DetectionFileError(name, f"{where}.subset", f"expected a subset name (string), got {_kind(video_subset)}")
+            raise DetectionFileError(
+                name, f"{where}.subset", f"expected a subset name (string), got {_kind(video_subset)}"
+            )
         in_subset = video_subset == subset
         if "annotations" not in video:
             if in_subset:
@@ -197,13 +209,17 @@ def read_ground_truth(source: Source, subset: str = "validation") -> GroundTruth
             continue  # other subsets (e.g. ActivityNet's unannotated testing videos) may omit it
         annotations = video["annotations"]
         if not isinstance(annotations, list):
-            raise DetectionFileError(name, f"{where}.annotations", f"expected a list of {{segment, label}}, got {_kind(annotations)}")
+            raise DetectionFileError(
+                name, f"{where}.annotations", f"expected a list of {{segment, label}}, got {_kind(annotations)}"
+            )
         subset_counts[video_subset] = subset_counts.get(video_subset, 0) + len(annotations)
         video_index = None
         for k, annotation in enumerate(annotations):
             a_where = f"{where}.annotations[{k}]"
             if not isinstance(annotation, dict):
-                raise DetectionFileError(name, a_where, f"expected an object with 'segment' and 'label', got {_kind(annotation)}")
+                raise DetectionFileError(
+                    name, a_where, f"expected an object with 'segment' and 'label', got {_kind(annotation)}"
+                )
             label = _check_label(annotation.get("label"), name, f"{a_where}.label")
             start, end = _check_segment(annotation.get("segment"), name, f"{a_where}.segment")
             all_labels.add(label)
@@ -263,10 +279,10 @@ def read_predictions(source: Source) -> Predictions:
 
     well_formed = (
         all(isinstance(label, str) for label in distinct_labels)
-        and set(map(type, scores)) <= {int, float}
-        and set(map(type, segments)) <= {list}
+        and all(map(_is_number_type, set(map(type, scores))))
+        and set(map(type, segments)) <= {list, tuple}
         and set(map(len, segments)) <= {2}
-        and set(map(type, itertools.chain.from_iterable(segments))) <= {int, float}
+        and all(map(_is_number_type, set(map(type, itertools.chain.from_iterable(segments)))))
     )
     if well_formed:
         seg = np.fromiter(itertools.chain.from_iterable(segments), dtype=np.float64, count=2 * len(segments))
@@ -290,19 +306,23 @@ def _locate_prediction_error(results: Mapping[str, Any], name: str) -> None:
     for video_id, detections in results.items():
         where = f"results.{video_id}"
         if not isinstance(detections, list):
-            raise DetectionFileError(name, where, f"expected a list of {{label, score, segment}}, got {_kind(detections)}")
+            raise DetectionFileError(
+                name, where, f"expected a list of {{label, score, segment}}, got {_kind(detections)}"
+            )
         for k, detection in enumerate(detections):
             d_where = f"{where}[{k}]"
             if not isinstance(detection, dict):
-                raise DetectionFileError(name, d_where, f"expected an object with 'label', 'score', 'segment', got {_kind(detection)}")
+                raise DetectionFileError(
+                    name, d_where, f"expected an object with 'label', 'score', 'segment', got {_kind(detection)}"
+                )
             for key in ("label", "score", "segment"):
                 if key not in detection:
                     raise DetectionFileError(name, f"{d_where}.{key}", "missing")
             _check_label(detection["label"], name, f"{d_where}.label")
             if not _is_number(detection["score"]):
-                raise DetectionFileError(name, f"{d_where}.score", f"expected a finite number, got {detection['score']!r}")
-            if not isinstance(detection["segment"], list):
-                raise DetectionFileError(name, f"{d_where}.segment", f"expected [start, end] with start <= end, got {_kind(detection['segment'])}")
+                raise DetectionFileError(
+                    name, f"{d_where}.score", f"expected a finite number, got {detection['score']!r}"
+                )
             _check_segment(detection["segment"], name, f"{d_where}.segment")
     raise AssertionError("bulk check of the predictions failed but no single entry is malformed")
 
