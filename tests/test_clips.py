@@ -45,11 +45,12 @@ from clap_bench.data.schema import AnnotationSet, Segment, Sentence, Video
 HEIGHT, WIDTH = 48, 64
 
 
-def write_indexed_video(path: Path, num_frames: int, fps: int, faststart: bool = False) -> Path:
+def write_indexed_video(path: Path, num_frames: int, fps: int, faststart: bool = False, gop: int = 24) -> Path:
     options = {"movflags": "faststart"} if faststart else {}
     container = av.open(str(path), "w", options=options)
     stream = container.add_stream("libx264", rate=fps)
     stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+    stream.options = {"g": str(gop)}  # several GOPs, with B-frames (x264's default)
     bar = WIDTH // 8
     for i in range(num_frames):
         img = np.zeros((HEIGHT, WIDTH, 3), np.uint8)
@@ -113,6 +114,14 @@ def test_clip_frames_are_the_nearest_source_frames_at_any_frame_rate(videos, nam
     assert frames.shape == (4, 8, HEIGHT, WIDTH, 3) and frames.dtype == np.uint8
     times = clip_frame_times(starts, 8, 7.5)
     np.testing.assert_array_equal(indices(frames), expected_indices(times, fps, count))
+
+
+@pytest.mark.parametrize("name,fps,count", [("v30", 30, 120), ("v12", 12, 72)])
+def test_sparse_times_across_keyframes_take_the_nearest_frames(videos, name, fps, count):
+    rng = np.random.default_rng(5)
+    for _ in range(6):
+        times = rng.uniform(-0.2, count / fps + 0.2, size=int(rng.integers(1, 12)))
+        np.testing.assert_array_equal(indices(decode_frames_at(videos[name], times)), expected_indices(times, fps, count))
 
 
 def test_decode_resizes_while_decoding_and_keeps_timing(videos):

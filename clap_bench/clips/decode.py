@@ -12,9 +12,10 @@ How the cost is kept down (the figures are in ``benchmarks/clip_loading.py``):
   :func:`iter_video_clips` reads a whole video in one sequential pass and hands back every
   clip of it, in chunks, so a long video never sits in memory at once.
 * Packets are read group of pictures (GOP) by GOP; a GOP that holds no wanted frame is
-  dropped before it reaches the decoder (what a seek would save, without the seek). Inside a
-  GOP, frames nobody asked for are decoded only when later frames reference them
-  (``skip_frame = NONREF`` for their packets).
+  dropped before it reaches the decoder, and a GOP is left as soon as its wanted frames are
+  out (what a seek to the next clip would save, without the seek). Inside a GOP, frames
+  nobody asked for are decoded only when later frames reference them (``skip_frame =
+  NONREF`` for their packets).
 * Only the wanted frames are converted to RGB, each once, and they are resized in that same
   conversion (one swscale call at the target size, with one reusable scaler: building a new
   scaler for each frame costs more than decoding the frame).
@@ -141,8 +142,9 @@ def probe_video(path: PathLike) -> VideoInfo:
 class _Converter:
     """Frame -> uint8 RGB array at the target size, with one reusable swscale context."""
 
-    def __init__(self, size: Size):
+    def __init__(self, size: Size, threads: int = 1):
         self.size = size
+        self.threads = int(threads)  # swscale threads; 0 lets it pick (costs CPU time on small frames)
         self.reformatter = VideoReformatter()
 
     def __call__(self, frame: "av.VideoFrame") -> np.ndarray:
@@ -150,7 +152,9 @@ class _Converter:
             width, height = frame.width, frame.height
         else:
             height, width = int(self.size[0]), int(self.size[1])
-        out = self.reformatter.reformat(frame, width=width, height=height, format="rgb24", interpolation="BILINEAR")
+        out = self.reformatter.reformat(
+            frame, width=width, height=height, format="rgb24", interpolation="BILINEAR", threads=self.threads
+        )
         return out.to_ndarray()
 
 
@@ -226,8 +230,13 @@ def _nearest_frames(
         state["prev_t"], state["prev_frame"], state["prev_rgb"] = t, frame, None
         state["last_t"] = t
 
-    def decode_packets(packets: List["av.Packet"]) -> Iterator[Tuple[int, np.ndarray]]:
+    def decode_packets(packets: List["av.Packet"], hi: Optional[float] = None) -> Iterator[Tuple[int, np.ndarray]]:
+        """Decode a GOP's packets; ``hi``: the next keyframe's time, when known."""
         for packet in packets:
+            if hi is not None and not gop_has_wanted(hi):
+                # Every wanted time before the next keyframe has its frame: the rest of this
+                # GOP serves nobody (frames still in the decoder's delay come out later).
+                return
             ctx.skip_frame = "DEFAULT" if (packet.size == 0 or wanted(pts_time(packet.pts))) else "NONREF"
             try:
                 frames = packet.decode()
@@ -255,7 +264,7 @@ def _nearest_frames(
             t = pts_time(packet.pts)
             if packet.is_keyframe and gop:
                 if gop_has_wanted(t):
-                    yield from decode_packets(gop)
+                    yield from decode_packets(gop, hi=t)
                     if state["j"] >= n:
                         return
                 gop = []
@@ -304,7 +313,7 @@ def decode_frames_at(
     container, stream = _open(path, threads)
     try:
         images: List[Optional[np.ndarray]] = [None] * len(unique)
-        for i, rgb in _nearest_frames(path, container, stream, unique, _Converter(size), seek=True):
+        for i, rgb in _nearest_frames(path, container, stream, unique, _Converter(size, threads), seek=True):
             images[i] = rgb
     finally:
         container.close()
@@ -363,7 +372,7 @@ def iter_video_clips(
         held: dict = {}
         c0 = 0
         num = len(starts)
-        for i, rgb in _nearest_frames(path, container, stream, unique, _Converter(size), seek=True):
+        for i, rgb in _nearest_frames(path, container, stream, unique, _Converter(size, threads), seek=True):
             held[i] = rgb
             c1 = min(c0 + chunk, num)
             while c0 < num and last_needed[c1 - 1] <= i:

@@ -3,8 +3,9 @@
 Frames arrive already resized (the decoder scales them to ``ClipConfig.resize``, 128x171 in the
 paper). Training takes a random ``crop`` x ``crop`` window and flips it horizontally with
 probability 0.5, the same window and flip for every frame of a clip; evaluation takes the
-centre window. The work is done on uint8 tensors (crop, flip), then once in float over the
-whole clip (normalise), giving ``(3, T, crop, crop)`` per clip as the video encoders expect.
+centre window. Crop and flip work on the uint8 frames; one strided copy per clip turns the
+window into float in the encoders' layout, then one in-place pass normalises, giving
+``(3, T, crop, crop)`` per clip.
 """
 
 from __future__ import annotations
@@ -41,12 +42,18 @@ def crop_offsets(height: int, width: int, crop: int, train: bool, generator: Opt
     return top, left, flip
 
 
-def normalize(clips_uint8: torch.Tensor, mean: Sequence[float] = KINETICS_MEAN, std: Sequence[float] = KINETICS_STD) -> torch.Tensor:
-    """uint8 ``(..., T, H, W, 3)`` -> float ``(..., 3, T, H, W)``, (x/255 - mean) / std per channel."""
-    x = clips_uint8.movedim(-1, -4).contiguous().float()  # (..., 3, T, H, W), contiguous
+def _affine(mean: Sequence[float], std: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) with (x/255 - mean)/std == x*scale - shift, shaped to broadcast on (3, T, H, W)."""
     shape = (3, 1, 1, 1)
     scale = torch.tensor([1.0 / (255.0 * s) for s in std], dtype=torch.float32).view(shape)
     shift = torch.tensor([m / s for m, s in zip(mean, std)], dtype=torch.float32).view(shape)
+    return scale, shift
+
+
+def normalize(clips_uint8: torch.Tensor, mean: Sequence[float] = KINETICS_MEAN, std: Sequence[float] = KINETICS_STD) -> torch.Tensor:
+    """uint8 ``(..., T, H, W, 3)`` -> float ``(..., 3, T, H, W)``, (x/255 - mean) / std per channel."""
+    x = clips_uint8.movedim(-1, -4).contiguous().float()  # (..., 3, T, H, W), contiguous
+    scale, shift = _affine(mean, std)
     return x.mul_(scale).sub_(shift)
 
 
@@ -68,15 +75,17 @@ def transform_clips(
         tensor = tensor.unsqueeze(0)
     if tensor.dim() != 5:
         raise ValueError(f"expected clips shaped (K, T, H, W, 3), got {tuple(tensor.shape)}")
-    height, width = int(tensor.shape[2]), int(tensor.shape[3])
-    out = []
-    for clip in tensor:
+    k, frames, height, width = (int(d) for d in tensor.shape[:4])
+    # One strided copy per clip does crop, channel move and uint8 -> float together.
+    result = torch.empty((k, 3, frames, crop, crop), dtype=torch.float32)
+    for i, clip in enumerate(tensor):
         top, left, flip = crop_offsets(height, width, crop, train, generator)
         window = clip[:, top : top + crop, left : left + crop, :]
         if flip:
             window = window.flip(2)  # width axis of (T, H, W, 3)
-        out.append(window)
-    result = normalize(torch.stack(out), mean, std)
+        result[i].copy_(window.permute(3, 0, 1, 2))
+    scale, shift = _affine(mean, std)
+    result.mul_(scale).sub_(shift)
     return result[0] if single else result
 
 
