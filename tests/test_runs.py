@@ -230,3 +230,35 @@ def test_run_command_on_the_toy_plan_prints_its_table(tmp_path, monkeypatch):
     assert f"{mean:.2f} ±" in result.output and "| a " in result.output
     again = CliRunner().invoke(app, args[:4] + ["3"] + args[5:])
     assert again.exit_code == 0 and again.output.count("(done, reused)") == 4
+
+
+# --------------------------------------------------------------------------- Fig. 2a
+def test_feature_quality_separates_foreground_from_background_features(tmp_path):
+    from clap_bench.data.schema import AnnotationSet, Segment, Video
+    from clap_bench.runs.feature_quality import feature_quality, plot_histogram, sample_triplets, summary
+
+    videos = {}
+    rng = np.random.default_rng(0)
+    for i in range(30):
+        vid = f"v_{i:03d}"
+        videos[vid] = Video(vid, 20.0, "validation", segments=[Segment(5.0, 12.0, "jump")])
+    ann = AnnotationSet("activitynet-json", "hand-made", videos, ["jump"])
+    good, noise = tmp_path / "good.h5", tmp_path / "noise.h5"
+    # 20 rows of 1 s each (stride 4 frames at 4 fps): foreground rows near one direction, background another
+    with h5py.File(good, "w") as g, h5py.File(noise, "w") as n:
+        for f in (g, n):
+            f.attrs.update({"stride_frames": 4, "fps": 4.0, "frames": 4})
+        for vid in videos:
+            fg = np.zeros(20, bool)
+            fg[5:12] = True
+            rows = np.where(fg[:, None], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]) + 0.05 * rng.standard_normal((20, 3))
+            g[vid] = rows.astype(np.float32)
+            n[vid] = rng.standard_normal((20, 3)).astype(np.float32)
+    triplets = sample_triplets(ann, clip_s=1.0, seed=3)
+    assert len(triplets) == 30 and all(5.0 <= t.fg1[0] and t.fg1[1] <= 12.0 for t in triplets)
+    assert all(t.bg[1] <= 5.0 or t.bg[0] >= 12.0 for t in triplets)
+    diffs = feature_quality({"good": good, "noise": noise}, ann, clip_s=1.0, seed=3)
+    assert summary(diffs["good"])["positive_fraction"] == 1.0 and diffs["good"].mean() > 1.0
+    assert abs(diffs["noise"].mean()) < 0.5
+    png = plot_histogram(diffs, tmp_path / "fig.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -310,7 +310,7 @@ def run_source_stage(ctx: StageContext) -> Dict[str, Any]:
     from clap_bench.training import source_pretrain
 
     ctx.datasets  # generate the synthetic data first (cached), so the trainer finds it
-    checkpoint = source_pretrain(ctx.profile, SOURCE_SEED, ctx.out_dir)
+    checkpoint = source_pretrain(ctx.profile, SOURCE_SEED, ctx.out_dir, progress=ctx.progress)
     return {"checkpoint": _relative(checkpoint, ctx.out_dir)}
 
 
