@@ -309,19 +309,24 @@ def decode_frames_at(
     One seek to the keyframe before the earliest time, then one forward pass.
     """
     times = np.asarray(times, dtype=np.float64)
-    unique, inverse = np.unique(times.reshape(-1), return_inverse=True)
-    container, stream = _open(path, threads)
-    try:
-        images: List[Optional[np.ndarray]] = [None] * len(unique)
-        for i, rgb in _nearest_frames(path, container, stream, unique, _Converter(size, threads), seek=True):
-            images[i] = rgb
-    finally:
-        container.close()
-    if len(unique) == 0:
+    flat = times.reshape(-1)
+    if flat.size == 0:
         h, w = size if size is not None else (0, 0)
         return np.zeros(times.shape + (h, w, 3), np.uint8)
-    stacked = np.stack(images)  # (U, H, W, 3)
-    return stacked[inverse].reshape(times.shape + stacked.shape[1:])
+    unique, inverse = np.unique(flat, return_inverse=True)
+    # positions[bounds[i]:bounds[i + 1]]: the places in the output that take unique time i
+    positions = np.argsort(inverse, kind="stable")
+    bounds = np.searchsorted(inverse[positions], np.arange(len(unique) + 1))
+    out: Optional[np.ndarray] = None
+    container, stream = _open(path, threads)
+    try:
+        for i, rgb in _nearest_frames(path, container, stream, unique, _Converter(size, threads), seek=True):
+            if out is None:
+                out = np.empty((flat.size,) + rgb.shape, np.uint8)
+            out[positions[bounds[i] : bounds[i + 1]]] = rgb
+    finally:
+        container.close()
+    return out.reshape(times.shape + out.shape[1:])
 
 
 def decode_clips(
@@ -376,7 +381,11 @@ def iter_video_clips(
             held[i] = rgb
             c1 = min(c0 + chunk, num)
             while c0 < num and last_needed[c1 - 1] <= i:
-                block = np.stack([np.stack([held[k] for k in row]) for row in inverse[c0:c1]])
+                first_image = held[int(inverse[c0, 0])]
+                block = np.empty((c1 - c0, inverse.shape[1]) + first_image.shape, np.uint8)
+                for r, row in enumerate(inverse[c0:c1]):
+                    for t, k in enumerate(row):
+                        block[r, t] = held[k]
                 yield c0, block
                 c0 = c1
                 if c0 < num:
