@@ -22,7 +22,8 @@ Unreadable videos. A file that cannot be decoded (missing, empty, corrupt, trunc
 logged with its path and the reason, and the item comes back as a skip marker
 ``{"skipped": True, "video_id", "path", "reason"}``; :func:`collate_segments` drops the
 markers and reports ``num_skipped`` and ``skipped`` per batch, so a trainer sums them over the
-epoch (``dataset.skipped`` counts the skips of the process that owns the dataset copy).
+epoch (``dataset.skipped`` counts the skips of the process that owns the dataset copy). A file
+that failed once is not decoded again by the same process: its other segments are skipped at once.
 """
 
 from __future__ import annotations
