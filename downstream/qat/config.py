@@ -1,0 +1,81 @@
+"""Defaults of the ``fstal`` task (few-shot temporal action localization with QAT).
+
+The defaults follow the QAT protocol on ActivityNet v1.3 (Nag et al., 2022): the 160/20/20
+class split, 5-shot episodes of one query and five support videos, temperature 20 on the
+cosine logits, 100 support-adaptation steps of SGD at 0.025, a two-head query-adaptive
+transformer, thresholds 0.1..0.9, 10 runs of 100 test episodes. The G-TAD backbone of stage 1
+has its own section (``gtad``), the ``tal`` task's defaults. The CPU profiles shrink the
+backbone, the number of episodes and the adaptation steps (``tasks.fstal`` in their YAML).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List
+
+from clap_bench.config import ConfigError
+from clap_bench.downstream.gtad.config import GTADConfig
+
+
+def _default_thresholds() -> List[float]:
+    return [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+
+
+@dataclass
+class QATConfig:
+    # protocol
+    base_subsets: List[str] = field(default_factory=lambda: ["training"])  # stage 1 and 2 draw base-class videos from these
+    episode_subsets: List[str] = field(default_factory=lambda: ["validation"])  # test episodes: test-class videos of these
+    shots: int = 5
+    runs: int = 10
+    episodes_per_run: int = 100
+    # stage 1: the G-TAD backbone trained on base-class videos
+    gtad: GTADConfig = field(default_factory=GTADConfig)
+    # prototype classifier and its adaptation on the support set
+    temperature: float = 20.0  # logits = temperature * cos(prototype, snippet) - bias
+    adapt_steps: int = 100
+    adapt_lr: float = 0.025
+    # query-adaptive transformer and stage 2 (meta-training on base-class episodes)
+    heads: int = 2
+    dropout: float = 0.5  # on the attention output, before the residual
+    attention_dropout: float = 0.1
+    meta_episodes: int = 2000
+    meta_batch: int = 8  # episodes per optimiser step
+    meta_lr: float = 1e-3
+    meta_weight_decay: float = 1e-4
+    # localisation from the foreground probability
+    thresholds: List[float] = field(default_factory=_default_thresholds)
+    max_gap: float = 0.05  # background gaps up to this fraction of the video inside a run are filled
+    min_length: float = 0.0  # proposals shorter than this fraction of the video are dropped
+    soft_nms_sigma: float = 0.8
+    proposals_per_video: int = 100
+
+    def validate(self, where: str = "tasks.fstal") -> None:
+        """Reject settings the protocol cannot run with, naming the key."""
+        problems = []
+        for key in ("shots", "runs", "episodes_per_run", "heads", "meta_batch", "proposals_per_video"):
+            if getattr(self, key) < 1:
+                problems.append(f"{key}: expected >= 1, got {getattr(self, key)}")
+        for key in ("adapt_steps", "meta_episodes"):
+            if getattr(self, key) < 0:
+                problems.append(f"{key}: expected >= 0, got {getattr(self, key)}")
+        if self.gtad.hidden_dim_1d % max(self.heads, 1):
+            problems.append(f"heads: the snippet feature size gtad.hidden_dim_1d={self.gtad.hidden_dim_1d} is not divisible by {self.heads} heads")
+        if not self.thresholds or any(not 0.0 < t < 1.0 for t in self.thresholds):
+            problems.append(f"thresholds: expected a non-empty list of values in (0, 1), got {self.thresholds}")
+        if not 0.0 <= self.max_gap < 1.0:
+            problems.append(f"max_gap: expected a fraction of the video in [0, 1), got {self.max_gap}")
+        if not 0.0 <= self.min_length < 1.0:
+            problems.append(f"min_length: expected a fraction of the video in [0, 1), got {self.min_length}")
+        if not self.base_subsets:
+            problems.append("base_subsets: expected at least one subset")
+        if not self.episode_subsets:
+            problems.append("episode_subsets: expected at least one subset")
+        for key in ("temperature", "soft_nms_sigma", "adapt_lr", "meta_lr"):
+            if getattr(self, key) <= 0:
+                problems.append(f"{key}: expected > 0, got {getattr(self, key)}")
+        if not 0.0 <= self.dropout < 1.0 or not 0.0 <= self.attention_dropout < 1.0:
+            problems.append(f"dropout/attention_dropout: expected values in [0, 1), got {self.dropout}/{self.attention_dropout}")
+        if problems:
+            raise ConfigError(f"{where}: " + "; ".join(problems))
+        self.gtad.validate(f"{where}.gtad")

@@ -1,0 +1,230 @@
+"""Few-shot temporal action localization (QAT, the fstal task): protocol, episodes, model, localisation."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from clap_bench.data.readers import FewShotSplit
+from clap_bench.data.schema import AnnotationSet, Segment, Video
+from clap_bench.downstream.gtad.config import GTADConfig
+from clap_bench.downstream.qat import (
+    EpisodeSampler,
+    LeakageError,
+    QATConfig,
+    QueryAdaptiveTransformer,
+    assert_no_leakage,
+    base_class_videos,
+    fill_gaps,
+    foreground_mask,
+    foreground_probability,
+    localise,
+    masked_prototype,
+    runs,
+    support_prototype,
+    threshold_proposals,
+)
+from clap_bench.downstream.qat.model import normalise_snippets, refine_prototype
+
+SPLIT = FewShotSplit(["walk", "jump"], ["swim"], ["dive"], {"base": "base.txt", "val": "val.txt", "test": "test.txt"})
+
+
+def _video(vid: str, label, subset: str = "training", duration: float = 10.0, spans=((2.0, 5.0),)) -> Video:
+    return Video(vid, duration, subset, segments=[Segment(s, e, label) for s, e in spans])
+
+
+# --------------------------------------------------------------------------- protocol
+def test_leakage_assertion_names_the_video_and_its_class():
+    used = [_video("v_a", "walk"), _video("v_b", "jump"), _video("v_c", "dive")]
+    with pytest.raises(LeakageError, match=r"'v_c'.*test class 'dive'"):
+        assert_no_leakage(used, SPLIT, "pre-training")
+    with pytest.raises(LeakageError, match=r"'v_s'.*validation class 'swim'"):
+        assert_no_leakage({"v_s": _video("v_s", "swim")}, SPLIT)
+    assert_no_leakage(used[:2] + [Video("v_bg", 5.0, "training")], SPLIT)  # base and background-only pass
+
+
+def test_base_class_videos_drop_every_video_touching_a_held_out_class():
+    mixed = _video("v_mix", "walk", spans=((1.0, 2.0),))
+    mixed.segments.append(Segment(3.0, 4.0, "dive"))
+    ann = AnnotationSet("activitynet-json", "t", {v.id: v for v in [
+        _video("v_w", "walk"), _video("v_j", "jump"), _video("v_d", "dive"), mixed, _video("v_wv", "walk", "validation"),
+    ]}, ["dive", "jump", "swim", "walk"])
+    base = base_class_videos(ann, SPLIT, ["training"])
+    assert sorted(base.videos) == ["v_j", "v_w"]
+
+
+# --------------------------------------------------------------------------- episodes
+POOL = {"dive": [f"v_d{i}" for i in range(7)], "swim": [f"v_s{i}" for i in range(3)], "rare": ["v_r0", "v_r1"]}
+
+
+def test_episode_support_is_drawn_without_replacement_and_never_holds_the_query():
+    sampler = EpisodeSampler(POOL, shots=2, seed=3)
+    assert sampler.classes == ["dive", "swim"] and sampler.skipped == {"rare": 2}  # 2 videos cannot make a 2-shot episode
+    seen_queries = set()
+    for ep in sampler.episodes(run=0, count=200):
+        assert len(ep.support) == 2 and len(set(ep.support)) == 2
+        assert ep.query not in ep.support
+        assert ep.query in POOL[ep.label] and set(ep.support) <= set(POOL[ep.label])
+        seen_queries.add(ep.query)
+    assert len(seen_queries) == 10  # every video of both classes serves as a query
+    tight = EpisodeSampler({"swim": POOL["swim"]}, shots=2, seed=0)  # 3 videos: support = the other two
+    for ep in tight.episodes(0, 20):
+        assert set(ep.support) == set(POOL["swim"]) - {ep.query}
+
+
+def test_episodes_are_deterministic_per_seed_run_and_index_and_differ_across_seeds():
+    a = EpisodeSampler(POOL, shots=2, seed=0)
+    b = EpisodeSampler(dict(reversed(list(POOL.items()))), shots=2, seed=0)  # order of the mapping does not matter
+    assert a.episodes(1, 30) == b.episodes(1, 30)
+    assert a.episode(1, 17) == a.episodes(1, 30)[17]  # independent of what was drawn before
+    assert a.episodes(0, 30) != a.episodes(1, 30)
+    assert a.episodes(0, 30) != EpisodeSampler(POOL, shots=2, seed=1).episodes(0, 30)
+    assert a.episodes(0, 30) != EpisodeSampler(POOL, shots=2, seed=0, stream=1).episodes(0, 30)
+
+
+def test_sampler_without_any_usable_class_says_so():
+    with pytest.raises(ValueError, match=r"6 videos a 5-shot episode needs.*'swim': 3"):
+        EpisodeSampler({"swim": POOL["swim"]}, shots=5, seed=0)
+
+
+# --------------------------------------------------------------------------- localisation
+def test_gap_filling_and_runs():
+    m = np.array([0, 1, 1, 0, 1, 0, 0, 0, 1, 0], bool)
+    assert runs(m) == [(1, 3), (4, 5), (8, 9)]
+    assert runs(fill_gaps(m, 1)) == [(1, 5), (8, 9)]  # the 1-snippet hole is filled, the 3-snippet gap is not
+    assert runs(fill_gaps(m, 3)) == [(1, 9)]
+    assert runs(fill_gaps(np.array([0, 0, 1, 0], bool), 5)) == [(2, 3)]  # edges are not holes
+
+
+def test_threshold_localisation_on_a_hand_made_probability_curve():
+    #                 0    1    2    3    4    5    6    7    8    9
+    prob = np.array([0.0, 0.6, 0.9, 0.35, 0.8, 0.1, 0.1, 0.1, 0.55, 0.0])
+    props = threshold_proposals(prob, [0.3, 0.5, 0.7], max_gap=1, min_length=1)
+    got = {(round(s * 10), round(e * 10)): score for s, e, score in props}
+    # 0.3: [1, 5) (all above) and [8, 9); 0.5: [1, 5) again after filling the hole at 3, and [8, 9);
+    # 0.7: snippets 2 and 4 with the hole at 3 filled -> [2, 5).
+    assert set(got) == {(1, 5), (8, 9), (2, 5)}
+    assert got[(1, 5)] == pytest.approx((0.6 + 0.9 + 0.35 + 0.8) / 4)
+    assert got[(2, 5)] == pytest.approx((0.9 + 0.35 + 0.8) / 3)
+    assert got[(8, 9)] == pytest.approx(0.55)
+    unfilled = threshold_proposals(prob, [0.5], max_gap=0, min_length=1)
+    assert sorted((round(s * 10), round(e * 10)) for s, e, _ in unfilled) == [(1, 3), (4, 5), (8, 9)]
+    assert len(threshold_proposals(prob, [0.5], max_gap=1, min_length=2)) == 1  # [8, 9) is too short
+    ranked = localise(prob, [0.3, 0.5, 0.7], max_gap=0.1, min_length=0.0, soft_nms_sigma=0.8, top_k=2)
+    assert ranked.shape == (2, 3) and ranked[0, 2] == pytest.approx(got[(2, 5)])  # best first, soft-NMS keeps top 2
+
+
+def test_foreground_mask_marks_snippets_mostly_inside_the_class_actions():
+    v = _video("v_q", "dive", duration=10.0, spans=((2.0, 5.2),))
+    v.segments.append(Segment(7.0, 9.0, "swim"))
+    assert np.flatnonzero(foreground_mask(v, "dive", 10)).tolist() == [2, 3, 4]  # snippet 5 is 20 % covered
+    assert np.flatnonzero(foreground_mask(v, "swim", 10)).tolist() == [7, 8]
+
+
+# --------------------------------------------------------------------------- model
+def _episode_tensors(gen: torch.Generator, dim: int = 8, t: int = 20, shots: int = 3):
+    action = torch.randn(dim, generator=gen) * 3
+    background = torch.randn(dim, generator=gen) * 3
+    masks = torch.zeros(1, shots, t, dtype=torch.bool)
+    support = background[None, None, :, None] + 0.3 * torch.randn(1, shots, dim, t, generator=gen)
+    for s in range(shots):
+        a = 3 + 2 * s
+        masks[0, s, a:a + 6] = True
+        support[0, s, :, a:a + 6] = action[:, None] + 0.3 * torch.randn(dim, 6, generator=gen)
+    query = background[None, :, None] + 0.3 * torch.randn(1, dim, t, generator=gen)
+    query[0, :, 12:18] = action[:, None]  # the query's action snippets equal the prototype direction
+    return support, masks, query, action
+
+
+def test_foreground_is_foreground():
+    support, masks, query, action = _episode_tensors(torch.Generator().manual_seed(0))
+    proto = masked_prototype(support, masks)
+    assert torch.nn.functional.cosine_similarity(proto[0], action, dim=0) > 0.95
+    adapted, bias = support_prototype(support, masks, query, temperature=20.0, steps=20, lr=0.025)
+    prob = foreground_probability(adapted, query, bias, 20.0)[0]
+    assert prob[12:18].min() > 0.9  # the action snippets are foreground ...
+    assert torch.cat([prob[:12], prob[18:]]).max() < 0.1  # ... and the rest is background
+    props = localise(prob.numpy(), [0.1, 0.5, 0.9], 0.05, 0.0, 0.8, 10)
+    assert props[0, 0] == pytest.approx(12 / 20) and props[0, 1] == pytest.approx(18 / 20)
+    # the refined prototype of an untrained transformer scores (on normalised snippets) as the plain one
+    transformer = QueryAdaptiveTransformer(8, heads=2).eval()
+    ns, nq = normalise_snippets(support), normalise_snippets(query)
+    p, b = support_prototype(ns, masks, nq, 20.0, 20, 0.025)
+    with torch.no_grad():
+        refined, refined_bias = refine_prototype(transformer, p, b, ns, masks, nq, 20.0, 20, 0.025)
+    torch.testing.assert_close(
+        foreground_probability(refined, nq, refined_bias, 20.0), foreground_probability(p, nq, b, 20.0), atol=1e-3, rtol=0
+    )
+
+
+def test_support_without_foreground_is_an_error():
+    with pytest.raises(ValueError, match="no foreground snippet"):
+        masked_prototype(torch.ones(2, 1, 4, 5), torch.tensor([[[True, False, False, False, False]], [[False] * 5]]))
+
+
+# --------------------------------------------------------------------------- end to end
+def _handmade(root, seed: int = 0, dim: int = 16, t0: int = 24):
+    """Videos whose action snippets carry their class direction plus a per-video variation of it."""
+    rng = np.random.default_rng(seed)
+    classes = [f"class{k}" for k in range(7)]
+    split = FewShotSplit(classes[:4], classes[4:5], classes[5:], {"base": "b", "val": "v", "test": "t"})
+    directions = rng.normal(size=(len(classes), dim)) * 2.0
+    background = rng.normal(size=dim)
+    videos, feats = {}, {}
+    for subset, per_class in (("training", 6), ("validation", 4)):
+        for k, label in enumerate(classes):
+            for _ in range(per_class):
+                vid = f"v_{len(videos):04d}"
+                duration = float(rng.uniform(20, 40))
+                bounds = np.sort(rng.choice(np.arange(1, t0), size=2 * int(rng.integers(1, 3)), replace=False))
+                x = background + 0.3 * rng.normal(size=dim) + 0.5 * rng.normal(size=(t0, dim))
+                variation = rng.normal(size=dim)
+                segments = []
+                for a, b in zip(bounds[0::2], bounds[1::2]):
+                    x[a:b] += directions[k] + 1.5 * variation
+                    segments.append(Segment(a / t0 * duration, b / t0 * duration, label))
+                videos[vid] = Video(vid, duration, subset, segments=segments)
+                feats[vid] = x.astype(np.float32)
+    path = root / "features.h5"
+    with h5py.File(path, "w") as f:
+        for vid, x in feats.items():
+            f.create_dataset(vid, data=x)
+    return AnnotationSet("activitynet-json", "hand-made", videos, classes), split, path
+
+
+def _small_config(**kw) -> QATConfig:
+    gtad = GTADConfig(temporal_scale=16, hidden_dim_1d=16, hidden_dim_2d=8, hidden_dim_3d=16, input_groups=4,
+                      cardinality=4, group_width=2, align_samples=4, context_samples=2, epochs=3, batch_size=8)
+    return QATConfig(gtad=gtad, **{**dict(shots=2, runs=3, episodes_per_run=40, adapt_steps=20, meta_episodes=1280,
+                                          meta_batch=16, meta_lr=1e-2), **kw})
+
+
+def test_end_to_end_trained_transformer_is_not_below_the_plain_prototype(tmp_path):
+    from clap_bench.downstream.qat.task import run_fewshot_localization
+
+    torch.set_num_threads(1)
+    annotations, split, path = _handmade(tmp_path)
+    out = tmp_path / "out"
+    metrics = run_fewshot_localization(annotations, split, path, _small_config(), out, seed=0)
+    print("QAT average mAP", metrics["average_mAP"], "plain prototype", metrics["prototype/average_mAP"])
+    for key in ("mAP@0.5", "mAP@0.75", "mAP@0.95", "average_mAP"):
+        for name in (key, f"prototype/{key}", f"{key}_std_runs"):
+            assert 0.0 <= metrics[name] <= 1.0
+    assert metrics["prototype/average_mAP"] > 0.02  # the class signal is found at all
+    assert metrics["average_mAP"] >= metrics["prototype/average_mAP"]
+    assert (out / "metrics.json").exists() and (out / "runs" / "run1" / "predictions.json").exists()
+    import json
+
+    episodes = json.loads((out / "episodes.json").read_text())
+    assert len(episodes) == 120 and {e["label"] for e in episodes} <= set(split.test)
+    used = json.loads((out / "train_log.json").read_text())
+    assert set(used["meta_classes"]) <= set(split.base)
+
+
+def test_fstal_is_registered_with_its_datasets():
+    from clap_bench.downstream.base import get_task
+
+    spec = get_task("fstal")
+    assert spec.config_cls is QATConfig and spec.datasets == ("activitynet", "fewshot-split")
