@@ -22,6 +22,7 @@ import torch
 from clap_bench.config import EncoderConfig, TrainConfig
 from clap_bench.encoders import build_video_encoder
 from clap_bench.methods import PretrainModel, create_method
+from clap_bench.clips import collate_segments
 from clap_bench.training.trainer import Trainer, seed_everything
 
 K = 2  # clips per segment
@@ -53,17 +54,7 @@ class TinySegments(torch.utils.data.Dataset):
         region = torch.full((K,), int(fg))
         text = ("foreground of " if fg else "background of ") + CLASSES[cls]
         return {"clips": clips, "label": label, "region": region, "texts": [text] * K,
-                "video_id": f"v{i // 2}", "segment": (0.0, 1.0)}
-
-
-def collate(items):
-    return {
-        "clips": torch.cat([it["clips"] for it in items]),
-        "label": torch.cat([it["label"] for it in items]),
-        "region": torch.cat([it["region"] for it in items]),
-        "texts": [t for it in items for t in it["texts"]],
-        "video_id": [it["video_id"] for it in items for _ in range(K)],
-    }
+                "video_id": f"v{i // 2}", "segment": (0.0, 1.0), "clip_starts": torch.zeros(K)}
 
 
 def text_features(texts):
@@ -82,7 +73,7 @@ def train(out_dir, epochs=2, seed=0, nan_at=None, hook=None):
     encoder = build_video_encoder(EncoderConfig(arch="r2plus1d_tiny", width=0.125))
     model = PretrainModel(encoder, method, num_classes=3, text_dim=16, embed_dim=8)
     cfg = TrainConfig(epochs=epochs, batch_size=4, lr_backbone=1e-2, lr_heads=2e-2, lr_step_epochs=1, lr_gamma=0.5)
-    trainer = Trainer(model, TinySegments(seed, nan_at, hook), cfg, Path(out_dir), seed, collate, K,
+    trainer = Trainer(model, TinySegments(seed, nan_at, hook), cfg, Path(out_dir), seed, collate_segments, K,
                       text_features=text_features, meta={"method": method.name}, progress=False, device="cpu")
     return trainer.fit()
 

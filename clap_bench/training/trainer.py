@@ -181,6 +181,7 @@ class Trainer:
         progress: bool = True,
         device: Optional[str] = None,
         dist_info: Optional[DistInfo] = None,
+        bn_recalibration_batches: int = 20,
     ):
         self.cfg = cfg
         self.out_dir = Path(out_dir)
@@ -193,6 +194,7 @@ class Trainer:
         self.meta = dict(meta or {})
         self.progress = progress
         self.dist = dist_info or DistInfo()
+        self.bn_recalibration_batches = int(bn_recalibration_batches)
         if device is None:
             device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
@@ -342,7 +344,7 @@ class Trainer:
         gvf = None
         if model.method.region_gvf:
             try:
-                gvf = torch.stack([self.gvf[v] for v in batch["video_id"]]).to(self.device)
+                gvf = torch.stack([self.gvf[v] for v in batch["video_ids"]]).to(self.device)
             except KeyError as e:
                 raise KeyError(f"no global video feature for video {e.args[0]!r}") from None
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
@@ -397,10 +399,49 @@ class Trainer:
         clips = float(vals[len(keys)]) * self.dist.world_size
         secs = float(vals[len(keys) + 1])
         rec["clips"] = int(round(clips))
+        rec["skipped_segments"] = int(r.get("skipped_segments", 0.0))
         rec["clips_per_s"] = clips / secs if secs > 0 else None
-        rec["lr_backbone"] = self.optimizer.param_groups[0]["lr"]
-        rec["lr_heads"] = self.optimizer.param_groups[1]["lr"]
+        # The rates in force at the start of the epoch (the schedule moves them per step).
+        start = lr_factor(self.cfg, float(self.epoch))
+        rec["lr_backbone"] = self.cfg.lr_backbone * start
+        rec["lr_heads"] = self.cfg.lr_heads * start
         return rec
+
+    @torch.no_grad()
+    def recalibrate_batch_norm(self) -> None:
+        """Re-estimate the backbone's BatchNorm statistics with the final weights ("precise BN").
+
+        Running statistics are exponential averages taken while the weights moved; after a short
+        run (the CPU profiles train for a few dozen steps) they lag far behind the final weights
+        and eval-mode features, which feature extraction uses, blow up. A forward pass over up to
+        ``bn_recalibration_batches`` training batches with a cumulative average fixes them; the
+        weights are untouched. The batches are those of a further epoch (seeded like the others).
+        """
+        if self.bn_recalibration_batches <= 0:
+            return
+        norms = [m for m in self.model.backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+        if not norms:
+            return
+        saved = [m.momentum for m in norms]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative moving average
+        self.model.train()
+        loader, _ = self._loader(self.cfg.epochs, 0)
+        done = 0
+        for batch in loader:
+            if batch.get("clips") is None:
+                continue
+            clips = batch["clips"].to(self.device)
+            if self.cfg.channels_last:
+                clips = clips.contiguous(memory_format=torch.channels_last_3d)
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
+                self.model.backbone(clips)
+            done += 1
+            if done >= self.bn_recalibration_batches:
+                break
+        for m, mom in zip(norms, saved):
+            m.momentum = mom
 
     # ------------------------------------------------------------------ loop
     def fit(self) -> Path:
@@ -419,10 +460,15 @@ class Trainer:
                     bar = tqdm(total=total + self.batch_in_epoch, initial=self.batch_in_epoch, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}", leave=False)
                 t_prev = time.perf_counter()
                 for batch in loader:
-                    values = self._step(batch)
-                    now = time.perf_counter()
-                    self._accumulate(values, int(batch["clips"].shape[0]), now - t_prev)
-                    t_prev = now
+                    self.running["skipped_segments"] = self.running.get("skipped_segments", 0.0) + float(batch.get("num_skipped", 0))
+                    # A batch whose every segment was unreadable is skipped by all processes together.
+                    if not any_process(batch.get("clips") is None, self.device):
+                        values = self._step(batch)
+                        now = time.perf_counter()
+                        self._accumulate(values, int(batch["clips"].shape[0]), now - t_prev)
+                        t_prev = now
+                    else:
+                        values = {"loss": float("nan")}
                     self.batch_in_epoch += 1
                     if bar is not None:
                         bar.update(1)
@@ -445,4 +491,5 @@ class Trainer:
                 self.batch_in_epoch = 0
                 self.running = {}
                 self.save_checkpoint()
+        self.recalibrate_batch_norm()
         return self._write_final()

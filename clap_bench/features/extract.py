@@ -1,0 +1,377 @@
+"""Feature extraction: the backbone output h_v of every clip of every video, into one HDF5 file.
+
+Layout (the one of TSP's released feature files, read as-is by the G-TAD / 2D-TAN loaders): a
+flat HDF5 file, one float32 dataset of shape ``(T, D)`` per video, named by the video id; clip
+``t`` starts at ``t * stride_frames / fps`` seconds and covers ``frames / fps`` seconds. File
+attributes say how the features were made (method, seed, checkpoint hash, stride, fps, frames,
+crop size, ...) and ``complete=True`` is set only once every video is in.
+
+Crash safety and resuming: each video is written under a temporary name, flushed, then renamed to
+its id, so a dataset named by a video id is always whole; temporary entries left by a crash are
+deleted on the next start and videos already present are skipped.
+
+Sharding (``shard=(i, n)``): shard ``i`` of ``n`` writes the videos ``i, i+n, i+2n, ...`` of the
+sorted id list into ``<out>.shard-i-of-n.h5``. The shard that finishes last (all shard files
+complete) merges them into ``<out>`` (under a file lock) and removes the shard files.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import h5py
+import numpy as np
+import torch
+
+from clap_bench.config import ClipConfig, EncoderConfig, Profile, from_dict, resolve_datasets
+
+FEATURES_FORMAT = "clap_bench.features/1"
+_TMP_PREFIX = "__partial__"
+
+
+@dataclass(frozen=True)
+class VideoSource:
+    id: str
+    path: Path
+    duration: float
+
+
+# --------------------------------------------------------------------------- encoding
+class _VideoClipChunks(torch.utils.data.IterableDataset):
+    """Decodes videos (split over DataLoader workers) into chunks of centre-cropped clips."""
+
+    def __init__(self, videos: Sequence[VideoSource], clips: ClipConfig, stride_frames: int, chunk: int):
+        self.videos, self.clips, self.stride_frames, self.chunk = list(videos), clips, stride_frames, chunk
+
+    def __iter__(self):
+        from clap_bench.clips.decode import VideoDecodeError, iter_video_clips
+        from clap_bench.clips.sampling import extraction_clip_starts
+        from clap_bench.clips.transforms import transform_clips
+
+        info = torch.utils.data.get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        c = self.clips
+        for video in self.videos[wid::nw]:
+            starts = extraction_clip_starts(video.duration, c.frames / c.fps, self.stride_frames / c.fps)
+            try:
+                for first, block in iter_video_clips(
+                    video.path, starts, c.frames, c.fps, size=tuple(c.resize), chunk=self.chunk
+                ):
+                    yield video.id, first, len(starts), transform_clips(block, c.crop, train=False), None
+            except VideoDecodeError as e:
+                yield video.id, 0, len(starts), None, str(e)
+
+
+@torch.no_grad()
+def encode_videos(
+    encoder: torch.nn.Module,
+    videos: Sequence[VideoSource],
+    clips: ClipConfig,
+    stride_frames: int,
+    batch_size: int = 32,
+    num_workers: int = 0,
+    device: Optional[str] = None,
+    progress: bool = False,
+    desc: str = "extract",
+) -> Iterator[Tuple[str, Optional[np.ndarray], Optional[str]]]:
+    """Yield ``(video_id, (T, D) float32 features, None)`` per video, or ``(id, None, error)``.
+
+    Videos come back in the order they complete (workers decode different videos at once).
+    """
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    encoder = encoder.to(device).eval()
+    data = _VideoClipChunks(videos, clips, stride_frames, batch_size)
+    loader = torch.utils.data.DataLoader(data, batch_size=None, num_workers=num_workers, pin_memory=device.type == "cuda")
+    pending: Dict[str, Tuple[int, Dict[int, np.ndarray]]] = {}
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(videos), desc=desc, unit="video")
+    try:
+        for vid, first, total, block, error in loader:
+            if error is not None:
+                pending.pop(vid, None)
+                if bar is not None:
+                    bar.update(1)
+                yield vid, None, error
+                continue
+            feats = encoder(block.to(device, non_blocking=True)).float().cpu().numpy()
+            n, parts = pending.setdefault(vid, (total, {}))
+            parts[first] = feats
+            if sum(len(p) for p in parts.values()) >= n:
+                del pending[vid]
+                out = np.concatenate([parts[k] for k in sorted(parts)], axis=0).astype(np.float32)
+                if bar is not None:
+                    bar.update(1)
+                yield vid, out, None
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+# --------------------------------------------------------------------------- files
+def shard_path(out_path: Path, shard: Tuple[int, int]) -> Path:
+    i, n = shard
+    return out_path.with_name(f"{out_path.name}.shard-{i}-of-{n}.h5")
+
+
+@contextmanager
+def _file_lock(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _open_for_append(path: Path, attrs: Dict[str, object]) -> h5py.File:
+    if path.exists():
+        try:
+            f = h5py.File(path, "a")
+        except OSError as e:
+            broken = path.with_name(path.name + ".unreadable")
+            os.replace(path, broken)
+            print(f"{path}: unreadable ({e}); moved to {broken}, starting the file again")
+            f = h5py.File(path, "w")
+        else:
+            old = f.attrs.get("checkpoint_hash")
+            if old is not None and old != attrs["checkpoint_hash"]:
+                f.close()
+                raise ValueError(
+                    f"{path}: holds features of checkpoint {old}, not {attrs['checkpoint_hash']}; "
+                    "remove it or choose another --out"
+                )
+            for name in [k for k in f.keys() if k.startswith(_TMP_PREFIX)]:
+                del f[name]  # a video whose write a crash interrupted
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        f = h5py.File(path, "w")
+    for k, v in attrs.items():
+        f.attrs[k] = v
+    f.attrs["complete"] = False
+    f.flush()
+    return f
+
+
+def write_features(
+    path: Path,
+    attrs: Dict[str, object],
+    videos: Sequence[VideoSource],
+    encode,
+) -> Tuple[int, List[str]]:
+    """Append the features of ``videos`` missing from ``path``; ``encode(todo)`` yields (id, feats, err).
+
+    Returns (number of videos written now, errors). Marks the file complete when nothing failed.
+    """
+    f = _open_for_append(path, attrs)
+    errors: List[str] = []
+    written = 0
+    try:
+        todo = [v for v in videos if v.id not in f]
+        for vid, feats, error in encode(todo):
+            if error is not None:
+                errors.append(f"{vid}: {error}")
+                continue
+            tmp = _TMP_PREFIX + vid
+            f.create_dataset(tmp, data=feats, dtype="float32")
+            f.flush()
+            f.move(tmp, vid)
+            f.flush()
+            written += 1
+        f.attrs["skipped_videos"] = json.dumps(sorted(e.split(":", 1)[0] for e in errors))
+        f.attrs["complete"] = True
+        f.flush()
+    finally:
+        f.close()
+    return written, errors
+
+
+def merge_feature_shards(out_path: Path, num_shards: int) -> Optional[Path]:
+    """Merge complete shard files into ``out_path`` (atomically); None while a shard is unfinished."""
+    out_path = Path(out_path)
+    shards = [shard_path(out_path, (i, num_shards)) for i in range(num_shards)]
+    with _file_lock(out_path.with_name(out_path.name + ".lock")):
+        if out_path.exists() and _is_complete(out_path):
+            return out_path
+        for s in shards:
+            if not s.exists() or not _is_complete(s):
+                return None
+        tmp = out_path.with_name(f".{out_path.name}.merging")
+        skipped: List[str] = []
+        with h5py.File(tmp, "w") as dst:
+            for s in shards:
+                with h5py.File(s, "r") as src:
+                    if not dst.attrs.keys():
+                        for k, v in src.attrs.items():
+                            dst.attrs[k] = v
+                    skipped += json.loads(src.attrs.get("skipped_videos", "[]"))
+                    for vid in src.keys():
+                        src.copy(src[vid], dst, name=vid)
+            dst.attrs["skipped_videos"] = json.dumps(sorted(skipped))
+            dst.attrs["shards"] = num_shards
+            dst.attrs["complete"] = True
+        os.replace(tmp, out_path)
+        for s in shards:
+            s.unlink()
+        return out_path
+
+
+def _is_complete(path: Path) -> bool:
+    try:
+        with h5py.File(path, "r") as f:
+            return bool(f.attrs.get("complete", False))
+    except OSError:
+        return False
+
+
+class FeatureFile:
+    """Read-only, dict-like view of a feature file: ``ff[video_id] -> (T, D) float32 array``."""
+
+    def __init__(self, path: Path | str, allow_partial: bool = False):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise FileNotFoundError(f"feature file not found: {self.path}")
+        self._file = h5py.File(self.path, "r")
+        self.attrs = dict(self._file.attrs)
+        if not allow_partial and not bool(self.attrs.get("complete", False)):
+            self._file.close()
+            raise ValueError(f"{self.path}: feature file is incomplete (extraction not finished; run it again to resume)")
+
+    def keys(self) -> List[str]:
+        return [k for k in self._file.keys() if not k.startswith(_TMP_PREFIX)]
+
+    def __iter__(self):
+        return iter(self.keys())
+
+    def __len__(self) -> int:
+        return len(self.keys())
+
+    def __contains__(self, vid: object) -> bool:
+        return isinstance(vid, str) and not vid.startswith(_TMP_PREFIX) and vid in self._file
+
+    def __getitem__(self, vid: str) -> np.ndarray:
+        try:
+            return self._file[vid][()]
+        except KeyError:
+            raise KeyError(f"{self.path}: no features for video {vid!r}") from None
+
+    def items(self):
+        for k in self.keys():
+            yield k, self[k]
+
+    @property
+    def dim(self) -> int:
+        keys = self.keys()
+        return int(self._file[keys[0]].shape[1]) if keys else int(self.attrs.get("feature_dim", 0))
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> "FeatureFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def read_features(path: Path | str, allow_partial: bool = False) -> FeatureFile:
+    """Open a feature file for reading (see ``FeatureFile``); refuses an unfinished one by default."""
+    return FeatureFile(path, allow_partial)
+
+
+# --------------------------------------------------------------------------- the stage
+def dataset_videos(profile: Profile, dataset_key: str, subsets: Optional[Sequence[str]] = None) -> List[VideoSource]:
+    """Every video of a configured dataset (sorted by id) with its file path and duration."""
+    from clap_bench.clips import resolve_video_path
+    from clap_bench.data import load_dataset
+
+    datasets = resolve_datasets(profile)
+    if dataset_key not in datasets:
+        raise KeyError(f"profile {profile.name!r} has no dataset {dataset_key!r}; known: {', '.join(sorted(datasets))}")
+    cfg = datasets[dataset_key]
+    video_dir = cfg.videos
+    if video_dir is None and dataset_key == "activitynet-captions" and "activitynet" in datasets:
+        video_dir = datasets["activitynet"].videos  # Captions annotate the ActivityNet videos
+    if video_dir is None:
+        raise ValueError(f"dataset {dataset_key!r}: no video folder configured (data.datasets.{dataset_key}.videos)")
+    ann = load_dataset(cfg, dataset_key)
+    if subsets:
+        ann = ann.subset(*subsets)
+    out = []
+    for vid in sorted(ann.videos):
+        v = ann.videos[vid]
+        out.append(VideoSource(vid, resolve_video_path(video_dir, v), float(v.duration)))
+    return out
+
+
+def extract_features(
+    profile: Profile,
+    checkpoint: Path,
+    dataset_key: str,
+    out_path: Path,
+    shard: Tuple[int, int] = (0, 1),
+    progress: bool = True,
+) -> Path:
+    """Extract h_v of every clip of every video of ``dataset_key`` with the backbone of ``checkpoint``.
+
+    Returns the merged file (or this shard's file while other shards are unfinished). Resumes a
+    partial file, skips a finished one. Videos that cannot be decoded are skipped and listed in
+    the file's ``skipped_videos`` attribute.
+    """
+    from clap_bench.encoders import build_video_encoder, file_hash
+    from clap_bench.training.trainer import load_checkpoint
+
+    checkpoint, out_path = Path(checkpoint), Path(out_path)
+    i, n = shard
+    if not (0 <= i < n):
+        raise ValueError(f"shard {i}/{n}: expected 0 <= i < n")
+    target = out_path if n == 1 else shard_path(out_path, shard)
+    if out_path.exists() and _is_complete(out_path):
+        return out_path
+    ckpt = load_checkpoint(checkpoint)
+    meta = ckpt.get("meta", {})
+    enc_cfg = from_dict(EncoderConfig, meta.get("encoder"), f"{checkpoint}: meta.encoder")
+    encoder = build_video_encoder(enc_cfg, weights=None)
+    encoder.load_weights(checkpoint)
+    videos = dataset_videos(profile, dataset_key)[i::n]
+    clips, ex = profile.clips, profile.extract
+    attrs = {
+        "format": FEATURES_FORMAT,
+        "dataset": dataset_key,
+        "method": str(meta.get("method", "")),
+        "seed": int(ckpt.get("seed", -1)),
+        "checkpoint": str(checkpoint),
+        "checkpoint_hash": file_hash(checkpoint),
+        "encoder": enc_cfg.arch,
+        "feature_dim": int(encoder.out_dim),
+        "stride": int(ex.stride_frames),
+        "stride_frames": int(ex.stride_frames),
+        "fps": float(clips.fps),
+        "frames": int(clips.frames),
+        "size": int(clips.crop),
+        "resize": list(clips.resize),
+        "profile": profile.name,
+    }
+    _, errors = write_features(
+        target,
+        attrs,
+        videos,
+        lambda todo: encode_videos(
+            encoder, todo, clips, ex.stride_frames, ex.batch_size, ex.num_workers, progress=progress, desc=f"extract {dataset_key}"
+        ),
+    )
+    if errors:
+        print(f"{target}: {len(errors)} video(s) could not be read and were skipped, e.g. {errors[0]}")
+    if n == 1:
+        return target
+    merged = merge_feature_shards(out_path, n)
+    return merged if merged is not None else target

@@ -1,0 +1,299 @@
+"""The pre-training stage: build data, encoder and method from a profile, then run the trainer.
+
+``pretrain`` trains one method on the ActivityNet training videos (segments of foreground and
+background clips). ``source_pretrain`` is TAC on the trimmed set: on synthetic profiles it plays
+the role Kinetics-400 weights play in the paper (run once per profile, cached, and used as the
+initial weights of every method when ``encoder.weights: source``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import hashlib
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import torch
+
+from clap_bench.config import Profile, TrainConfig, config_hash, resolve_datasets, to_dict
+from clap_bench.training.distributed import DistInfo, barrier, setup_distributed
+from clap_bench.training.trainer import CHECKPOINT_FORMAT, FINAL_NAME, Trainer, seed_everything
+
+PRETRAIN_DATASET = "activitynet"
+CAPTIONS_DATASET = "activitynet-captions"
+SOURCE_DATASET = "trimmed"
+SOURCE_SEED = 0  # one source model per profile, like the one set of Kinetics-400 weights
+
+
+def _cache_dir(profile: Profile) -> Path:
+    return Path(profile.data.cache_dir).expanduser()
+
+
+@contextmanager
+def _exclusive(path: Path, enabled: bool = True):
+    """Serialise processes that would build the same cached artefact (e.g. parallel seeds)."""
+    if not enabled:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def resolve_classes(profile: Profile, spec: Optional[str | List[str]]) -> Optional[List[str]]:
+    """A class subset: a list, ``base``/``val``/``test`` of the profile's few-shot split, or a file."""
+    if spec is None or isinstance(spec, list):
+        return spec
+    if spec in ("base", "val", "test"):
+        from clap_bench.data.loading import load_fewshot_split
+
+        datasets = resolve_datasets(profile)
+        if "fewshot-split" not in datasets:
+            raise KeyError(f"--classes {spec}: profile {profile.name!r} has no 'fewshot-split' dataset")
+        return sorted(getattr(load_fewshot_split(datasets["fewshot-split"]), spec))
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"--classes {spec}: expected base, val, test or a file with one class per line")
+    names = [ln.strip() for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    if not names:
+        raise ValueError(f"{path}: no class names")
+    return sorted(names)
+
+
+# --------------------------------------------------------------------------- source pre-training
+def default_source_dir(profile: Profile) -> Path:
+    key = config_hash(
+        {
+            "data": [profile.data.synthetic, profile.data.synth_profile, profile.data.synth_seed, to_dict(profile.data.datasets)],
+            "clips": to_dict(profile.clips),
+            "encoder": [profile.encoder.arch, profile.encoder.width],
+            "train": to_dict(profile.source_pretrain),
+        }
+    )
+    return _cache_dir(profile) / "source_pretrain" / f"{profile.encoder.arch}-{key}"
+
+
+def source_pretrain(profile: Profile, seed: int = SOURCE_SEED, out_dir: Optional[Path] = None, progress: bool = True) -> Path:
+    """TAC on the ``trimmed`` dataset from random weights; returns its final checkpoint (cached)."""
+    from clap_bench.clips import TrimmedClipDataset, collate_segments
+    from clap_bench.data import load_dataset
+    from clap_bench.encoders import build_video_encoder
+    from clap_bench.methods import PretrainModel, create_method
+
+    out_dir = Path(out_dir) if out_dir is not None else default_source_dir(profile)
+    final = out_dir / FINAL_NAME
+    if final.exists():
+        return final
+    info = setup_distributed()
+    with _exclusive(out_dir.parent / f".{out_dir.name}.lock", enabled=not info.distributed):
+        if final.exists():
+            return final
+        datasets = resolve_datasets(profile, progress=progress and info.is_main)
+        if SOURCE_DATASET not in datasets:
+            raise KeyError(
+                f"profile {profile.name!r}: encoder.weights 'source' needs a {SOURCE_DATASET!r} dataset "
+                "(the synthetic benchmark provides it)"
+            )
+        cfg = datasets[SOURCE_DATASET]
+        ann = load_dataset(cfg, SOURCE_DATASET)
+        if "train" in ann.subsets or "training" in ann.subsets:
+            ann = ann.subset(*[s for s in ("train", "training") if s in ann.subsets])
+        method = create_method("tac", **dict(profile.methods.get("tac") or {}))
+        seed_everything(seed)
+        enc_cfg = dataclasses.replace(profile.encoder, weights=None)
+        encoder = build_video_encoder(enc_cfg, weights=None)
+        model = PretrainModel(encoder, method, num_classes=len(ann.classes))
+        tcfg = profile.source_pretrain
+        dataset = TrimmedClipDataset(
+            ann, cfg.videos, profile.clips, train=True, classes=ann.classes, seed=seed,
+            clips_per_video=profile.clips.clips_per_segment, max_videos=tcfg.max_segments_per_epoch,
+        )
+        meta = _meta(profile, method, enc_cfg, ann.classes, init=None, dataset=SOURCE_DATASET)
+        trainer = Trainer(
+            model, dataset, tcfg, out_dir, seed, collate_segments, profile.clips.clips_per_segment,
+            meta=meta, progress=progress, dist_info=info,
+        )
+        return trainer.fit()
+
+
+def resolve_init_weights(profile: Profile, init: Optional[str | Path] = None, progress: bool = True) -> Optional[str]:
+    """The initial backbone weights: ``init`` or ``encoder.weights``; ``source`` is trained if needed."""
+    w = init if init is not None else profile.encoder.weights
+    if w is None:
+        return None
+    if str(w) == "source":
+        return str(source_pretrain(profile, progress=progress))
+    return str(w)
+
+
+# --------------------------------------------------------------------------- global video features
+def _weights_key(weights: Optional[str]) -> str:
+    if weights is None:
+        return "random"
+    if weights == "kinetics400":
+        return "kinetics400"
+    from clap_bench.encoders import file_hash
+
+    return file_hash(weights)
+
+
+def global_video_features(
+    profile: Profile, init_weights: Optional[str], videos, dataset_key: str, progress: bool = True, info: Optional[DistInfo] = None
+) -> Dict[str, torch.Tensor]:
+    """TSP's GVF: max-pool over each video of the initial encoder's clip features (cached on disk).
+
+    Cached under ``<cache>/gvf/`` by (initial weights hash, dataset, clip settings, stride).
+    """
+    from clap_bench.encoders import build_video_encoder
+    from clap_bench.features.extract import encode_videos
+    from clap_bench.training.trainer import save_atomic
+
+    info = info or DistInfo()
+    key = config_hash({"w": _weights_key(init_weights), "arch": [profile.encoder.arch, profile.encoder.width],
+                       "clips": to_dict(profile.clips), "stride": profile.extract.stride_frames,
+                       "videos": hashlib.sha256(",".join(v.id for v in videos).encode()).hexdigest()})
+    path = _cache_dir(profile) / "gvf" / f"{dataset_key}-{key}.pt"
+    if not path.exists() and info.is_main:
+        with _exclusive(path.with_name(path.name + ".lock")):
+            if not path.exists():
+                encoder = build_video_encoder(dataclasses.replace(profile.encoder, weights=None), weights=init_weights)
+                gvf = {}
+                failed = []
+                for vid, feats, error in encode_videos(
+                    encoder, videos, profile.clips, profile.extract.stride_frames, profile.extract.batch_size,
+                    profile.extract.num_workers, progress=progress, desc="global video features",
+                ):
+                    if error is not None:
+                        failed.append(error)
+                        continue
+                    gvf[vid] = torch.from_numpy(feats).max(dim=0).values
+                if failed:
+                    raise RuntimeError(f"global video features: {len(failed)} video(s) unreadable, e.g. {failed[0]}")
+                save_atomic(gvf, path)
+    barrier()
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+# --------------------------------------------------------------------------- pre-training
+def _meta(profile: Profile, method, enc_cfg, classes, init, dataset: str) -> dict:
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "method": method.name,
+        "method_config": method.to_dict(),
+        "profile": profile.name,
+        "encoder": to_dict(enc_cfg),
+        "clips": to_dict(profile.clips),
+        "classes": list(classes),
+        "init": None if init is None else str(init),
+        "dataset": dataset,
+    }
+
+
+def pretrain(
+    profile: Profile,
+    method: str,
+    seed: int,
+    out_dir: Path,
+    classes: Optional[List[str]] = None,
+    init: Optional[str | Path] = None,
+    progress: bool = True,
+) -> Path:
+    """Pre-train ``method`` with ``seed`` into ``out_dir``; returns the final checkpoint path.
+
+    Resumes from ``out_dir/checkpoint.pt`` when present; returns at once when already finished.
+    ``classes`` restricts training to videos whose actions all belong to that subset (few-shot TAL).
+    ``init`` overrides ``encoder.weights``.
+    """
+    from clap_bench.clips import SegmentClipDataset, collate_segments, resolve_video_path
+    from clap_bench.clips.language import TextPolicy
+    from clap_bench.data import load_dataset
+    from clap_bench.data.loading import attach_captions
+    from clap_bench.encoders import TextEncoder, build_video_encoder
+    from clap_bench.features.extract import VideoSource
+    from clap_bench.methods import PretrainModel, method_from_profile
+
+    out_dir = Path(out_dir)
+    if (out_dir / FINAL_NAME).exists():
+        return out_dir / FINAL_NAME
+    method_cfg = method_from_profile(method, profile.methods)
+    info = setup_distributed()
+    cfg: TrainConfig = profile.pretrain
+    if info.is_main:
+        resolve_datasets(profile, progress=progress)  # generate synthetic data once, before the others read it
+    barrier()
+    datasets = resolve_datasets(profile)
+    if PRETRAIN_DATASET not in datasets:
+        raise KeyError(f"profile {profile.name!r} has no {PRETRAIN_DATASET!r} dataset to pre-train on")
+    ds_cfg = datasets[PRETRAIN_DATASET]
+    ann = load_dataset(ds_cfg, PRETRAIN_DATASET)
+    train_subsets = [s for s in ("training", "train") if s in ann.subsets]
+    if not train_subsets:
+        raise ValueError(f"dataset {PRETRAIN_DATASET!r}: no training subset (subsets: {ann.subsets})")
+    ann = ann.subset(*train_subsets)
+    if classes:
+        unknown = sorted(set(classes) - set(ann.classes))
+        if unknown:
+            raise ValueError(f"classes not in {PRETRAIN_DATASET!r}: {unknown[:5]}")
+        ann = ann.restrict_classes(classes)
+        class_list = sorted(classes)
+    else:
+        class_list = list(ann.classes)
+    if method_cfg.use_captions:
+        if CAPTIONS_DATASET not in datasets:
+            raise KeyError(f"method {method}: uses captions but profile {profile.name!r} has no {CAPTIONS_DATASET!r} dataset")
+        ann = attach_captions(ann, load_dataset(datasets[CAPTIONS_DATASET], CAPTIONS_DATASET))
+
+    init_weights = resolve_init_weights(profile, init, progress=progress)
+    seed_everything(seed)
+    enc_cfg = dataclasses.replace(profile.encoder, weights=None)
+    encoder = build_video_encoder(enc_cfg, weights=init_weights)
+    device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
+
+    text = None
+    text_dim = None
+    if method_cfg.uses_text:
+        text = TextEncoder(profile.encoder.text_model, _cache_dir(profile), device=device)
+        text_dim = text.dim
+    gvf = None
+    gvf_dim = None
+    if method_cfg.region_gvf:
+        videos = [
+            VideoSource(v.id, resolve_video_path(ds_cfg.videos, v), float(v.duration))
+            for v in sorted(ann.videos.values(), key=lambda v: v.id)
+        ]
+        gvf = global_video_features(profile, init_weights, videos, PRETRAIN_DATASET, progress=progress, info=info)
+        # One scalar for all videos: GVFs get unit mean L2 norm. Max-pooling keeps the largest
+        # activations of each channel, so raw GVFs can be much larger than clip features, and the
+        # region head's SGD step then diverges; a common rescale keeps their geometry.
+        mean_norm = torch.stack(list(gvf.values())).norm(dim=1).mean().clamp(min=1e-6)
+        gvf = {k: v / mean_norm for k, v in gvf.items()}
+        gvf_dim = encoder.out_dim
+    seed_everything(seed)  # the heads' initialisation does not depend on what ran above
+    model = PretrainModel(
+        encoder, method_cfg, len(class_list), text_dim, gvf_dim,
+        embed_dim=profile.encoder.embed_dim, temperature=cfg.temperature, learn_temperature=cfg.learn_temperature,
+    )
+    policy = None
+    if method_cfg.uses_text:
+        policy = TextPolicy(
+            use_captions=method_cfg.use_captions, caption_prob=cfg.caption_prob,
+            background_prompts_only=method_cfg.background_prompts_only,
+        )
+    dataset = SegmentClipDataset(
+        ann, ds_cfg.videos, profile.clips, train=True, regions=method_cfg.regions, text_policy=policy,
+        classes=class_list, seed=seed, max_segments=cfg.max_segments_per_epoch,
+    )
+    meta = _meta(profile, method_cfg, enc_cfg, class_list, init_weights, PRETRAIN_DATASET)
+    trainer = Trainer(
+        model, dataset, cfg, out_dir, seed, collate_segments, profile.clips.clips_per_segment,
+        text_features=text.encode if text is not None else None,
+        on_epoch_end=text.flush if text is not None else None,
+        gvf=gvf, meta=meta, progress=progress, device=device, dist_info=info,
+    )
+    return trainer.fit()
