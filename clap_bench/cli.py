@@ -19,7 +19,7 @@ app = typer.Typer(
 )
 
 # Order is the order of the help text.
-COMMAND_MODULES: list = ["data", "synth", "evaluate", "run", "tables"]
+COMMAND_MODULES: list = ["data", "synth", "evaluate", "run", "tables", "pretrain", "listing"]
 
 
 def _assemble() -> None:
