@@ -1,0 +1,238 @@
+"""2D-TAN pieces against hand-worked cases, and the head end to end on tiny synthetic features."""
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from clap_bench.data.schema import AnnotationSet, Sentence, Video
+from clap_bench.downstream.tan2d.features import average_to_fixed_length, fixed_length_bins, load_video_features
+from clap_bench.downstream.tan2d.model import MapConv, TAN2D, sparse_map_mask, sparse_max_pool_map
+from clap_bench.downstream.tan2d.proposals import iou_map, masked_bce_loss, nms, rank_moments, scaled_iou_targets
+from clap_bench.downstream.tan2d.task import GroundingDatasetConfig, TACoSGroundingConfig, VLGConfig, train_and_evaluate
+from clap_bench.downstream.tan2d.text import GloveWordVectors, glove_tokens
+
+
+# --------------------------------------------------------------------------- the 2D map
+def test_sparse_mask_hand_case_n8_scales_4_2():
+    # scale 0: lengths 0..3 from every start; scale 1 (start stride 2) continues at length
+    # 4 + 1 = 5: lengths 5 and 7 from even starts, only where the end fits in 8 clips.
+    expected = {(s, s + d) for d in range(4) for s in range(8 - d)} | {(0, 5), (2, 7), (0, 7)}
+    mask = sparse_map_mask(8, [4, 2])
+    got = {tuple(c) for c in torch.nonzero(mask).tolist()}
+    assert got == expected and len(got) == 29
+
+
+def test_dense_layout_is_the_upper_triangle():
+    assert torch.equal(sparse_map_mask(16, [16]), torch.ones(16, 16).triu().bool())
+
+
+def test_tacos_layout_cell_count_and_longest_moment():
+    mask = sparse_map_mask(128, [16, 8, 8, 8])
+    # 1928 cells of lengths 0..15, 420 of 17..31 (even starts), 164 of 35..63 (starts % 4 == 0),
+    # 36 of 71..127 (starts % 8 == 0), counted by hand.
+    assert int(mask.sum()) == 1928 + 420 + 164 + 36
+    assert bool(mask[0, 127]) and not bool(mask[1, 127]) and not bool(mask[0, 16])
+    assert not bool(torch.tril(mask, diagonal=-1).any())
+
+
+def test_layout_that_does_not_fit_is_an_error():
+    with pytest.raises(ValueError, match="does not fit 32 clips"):
+        sparse_map_mask(32, [16, 8, 8, 8])
+
+
+def test_sparse_max_pool_hand_case():
+    x = torch.tensor([5.0, 1, 4, 1, 3, 2, 8, 6])[None, None]
+    mask = sparse_map_mask(8, [4, 2])
+    m = sparse_max_pool_map(x, mask)[0, 0]
+    assert m[0, 0] == 5 and m[1, 3] == 4 and m[4, 6] == 8 and m[3, 3] == 1
+    assert m[0, 5] == 5  # max of clips 0..5
+    assert m[2, 7] == 8 and m[0, 7] == 8
+    assert m[0, 4] == 0 and m[1, 0] == 0  # off the map
+
+
+def test_sparse_max_pool_matches_brute_force_on_tacos_layout():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 128)
+    mask = sparse_map_mask(128, [16, 8, 8, 8])
+    m = sparse_max_pool_map(x, mask)
+    for s, e in torch.nonzero(mask).tolist()[::37]:
+        assert torch.equal(m[:, :, s, e], x[:, :, s:e + 1].amax(-1))
+    assert torch.count_nonzero(m * (~mask)) == 0
+
+
+def test_map_conv_rescales_by_valid_cells_under_the_kernel():
+    conv = MapConv(1, [1], [3], [1], [1])
+    with torch.no_grad():
+        conv.convs[0].weight.fill_(1.0)
+        conv.convs[0].bias.zero_()
+    mask = sparse_map_mask(3, [3]).float()[None, None]
+    out = conv(mask.clone(), mask)[0, 0]
+    # with input = mask, output = (#valid cells under the kernel) / (#valid cells) = 1 where any valid
+    assert torch.allclose(out, torch.ones(3, 3))
+
+
+def test_model_output_shape_and_mask():
+    model = TAN2D(feature_dim=6, word_dim=4, num_sample_clips=16, num_clips=8, num_scale_layers=[4, 2],
+                  hidden_size=8, text_hidden_size=8, lstm_layers=3)
+    logits = model(torch.randn(2, 16, 6), torch.randn(2, 5, 4), torch.tensor([5, 2]))
+    assert logits.shape == (2, 8, 8)
+    assert torch.count_nonzero(logits * (1 - model.map_mask[0])) == 0
+    with pytest.raises(ValueError, match="must keep 8"):
+        TAN2D(6, 4, 16, 8, [8], map_kernel_sizes=[5], map_paddings=[1], map_dilations=[1])
+
+
+# --------------------------------------------------------------------------- features
+def test_average_to_fixed_length_bins_hand_cases():
+    # T=5 -> 4: edges round(0, 1.25, 2.5, 3.75, 5) = (0, 1, 2, 4, 5) (half to even), clipped to 4
+    assert fixed_length_bins(5, 4).tolist() == [0, 1, 2, 4, 4]
+    x = torch.arange(5.0)[:, None] * torch.tensor([[1.0, 10.0]])
+    out = average_to_fixed_length(x, 4)
+    assert out[:, 0].tolist() == [0.0, 1.0, 2.5, 4.0]  # last bin empty: its single row
+    # T=8 -> 4: edges (0, 2, 4, 6, 7): the last full bin holds row 6 only
+    assert average_to_fixed_length(torch.arange(8.0)[:, None], 4)[:, 0].tolist() == [0.5, 2.5, 4.5, 6.0]
+    # T=2 -> 4: empty bins repeat a row
+    assert fixed_length_bins(2, 4).tolist() == [0, 0, 1, 1, 1]
+    assert average_to_fixed_length(torch.tensor([[1.0], [3.0]]), 4)[:, 0].tolist() == [1.0, 1.0, 3.0, 3.0]
+
+
+def test_load_video_features_normalises_and_names_missing_videos(tmp_path):
+    path = tmp_path / "f.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("a", data=np.array([[3.0, 4.0], [0.0, 2.0]], dtype=np.float32))
+    feats = load_video_features(path, ["a"], 2)
+    assert torch.allclose(feats["a"], torch.tensor([[0.6, 0.8], [0.0, 1.0]]))
+    with pytest.raises(KeyError, match="no features for 1 of 2 videos: b"):
+        load_video_features(path, ["a", "b"], 2)
+
+
+# --------------------------------------------------------------------------- targets, NMS, ranking
+def test_scaled_iou_targets_hand_case():
+    iou = iou_map(4, 8.0, (2.0, 6.0))  # cells are 2 s clips
+    assert iou[1, 2] == pytest.approx(1.0) and iou[1, 1] == pytest.approx(0.5)
+    assert iou[0, 2] == pytest.approx(4 / 6) and iou[0, 3] == pytest.approx(0.5) and iou[2, 1] == 0
+    charades = scaled_iou_targets(iou, 0.5, 1.0)
+    assert charades[1, 2] == 1 and charades[1, 1] == 0 and charades[0, 2] == pytest.approx(1 / 3)
+    tacos = scaled_iou_targets(iou, 0.3, 0.7)
+    assert tacos[1, 1] == pytest.approx(0.5) and tacos[0, 2] == pytest.approx((4 / 6 - 0.3) / 0.4)
+    assert tacos[0, 0] == 0 and tacos[1, 2] == 1
+
+
+def test_masked_bce_ignores_cells_off_the_map():
+    mask = torch.tensor([[1.0, 1.0], [0.0, 1.0]])
+    targets = torch.tensor([[[1.0, 0.0], [1.0, 0.5]]])
+    a = masked_bce_loss(torch.tensor([[[2.0, -2.0], [-50.0, 0.0]]]), targets, mask)
+    b = masked_bce_loss(torch.tensor([[[2.0, -2.0], [50.0, 0.0]]]), targets, mask)
+    assert a == pytest.approx(float(b))
+
+
+def test_nms_hand_case():
+    segs = [[0, 10], [1, 10], [5, 15], [20, 30], [0, 4]]
+    # [1,10] has IoU 0.9 with [0,10]: dropped; [5,15] 1/3: kept; [0,4] exactly 0.4: kept (not greater)
+    assert nms(np.array(segs), 0.4) == [0, 2, 3, 4]
+    assert nms(np.array(segs), 0.4, top_k=2) == [0, 2]
+    assert nms(np.array(segs), 0.3) == [0, 3]
+
+
+def test_rank_moments_converts_cells_to_seconds():
+    scores = torch.zeros(4, 4)
+    scores[1, 2], scores[1, 1], scores[3, 3] = 0.9, 0.8, 0.7
+    mask = sparse_map_mask(4, [4])
+    segs, s = rank_moments(scores, mask, duration=8.0, nms_threshold=0.45, top_k=3)
+    # [2,4] has IoU 0.5 with [2,6] > 0.45: suppressed
+    assert segs == [[2.0, 6.0], [6.0, 8.0], [0.0, 2.0]]
+    assert s[:2] == pytest.approx([0.9, 0.7])
+
+
+# --------------------------------------------------------------------------- configuration and text
+def test_dataset_defaults_and_overrides():
+    from clap_bench.config import from_dict
+
+    cfg = from_dict(VLGConfig, {"epochs": 2, "tacos": {"num_clips": 32, "num_sample_clips": 64}})
+    assert cfg.charades_sta.num_clips == 16 and cfg.charades_sta.nms_threshold == 0.45
+    assert (cfg.charades_sta.min_iou, cfg.charades_sta.max_iou) == (0.5, 1.0)
+    assert cfg.tacos.num_clips == 32 and cfg.tacos.num_scale_layers == [16, 8, 8, 8]
+    assert (cfg.tacos.min_iou, cfg.tacos.max_iou, cfg.tacos.nms_threshold) == (0.3, 0.7, 0.4)
+    assert isinstance(cfg.for_dataset("tacos"), TACoSGroundingConfig)
+
+
+def test_vlg_task_is_registered():
+    from clap_bench.downstream.base import get_task
+
+    spec = get_task("vlg")
+    assert spec.datasets == ("charades-sta", "tacos") and spec.config_cls is VLGConfig
+
+
+def test_glove_file_reading(tmp_path):
+    path = tmp_path / "g.txt"
+    path.write_text("the 0.1 0.2 0.3\ndoor 1 2 3\nopens 4 5 6\nunused 7 8 9\n")
+    vectors = GloveWordVectors(path, {"the", "door", "opens", "person"})
+    assert glove_tokens("The person opens the door.") == ["the", "person", "opens", "the", "door", "."]
+    rows = vectors("The person opens the door.")
+    assert rows.shape == (6, 3) and rows[1].abs().sum() == 0 and rows[4].tolist() == [1.0, 2.0, 3.0]
+    assert "unused" not in vectors.vectors
+    path.write_text("the 0.1 0.2 0.3\ndoor 1 2\n")
+    with pytest.raises(ValueError, match="g.txt:2: 2 values, earlier lines have 3"):
+        GloveWordVectors(path, {"door"})
+
+
+# --------------------------------------------------------------------------- end to end
+VERBS = ["jumps", "sits", "waves", "runs"]
+
+
+def _grounding_set(tmp_path, informative: bool, seed: int = 0, rows: int = 32, dim: int = 16):
+    """Videos with two actions each, one query per action; features carry the action or only noise."""
+    rng = np.random.default_rng(seed)
+    patterns = rng.normal(size=(len(VERBS), dim))
+    ann = AnnotationSet("charades-sta", "synthetic grounding test set")
+    path = tmp_path / ("informative.h5" if informative else "random.h5")
+    with h5py.File(path, "w") as f:
+        for i in range(80):
+            vid = f"v{i:03d}"
+            x = rng.normal(size=(rows, dim))
+            first, second = rng.choice(len(VERBS), 2, replace=False)
+            len1, len2 = rng.integers(5, 12, size=2)
+            start1 = rng.integers(0, rows - len1 - len2 + 1)
+            start2 = rng.integers(start1 + len1, rows - len2 + 1)
+            sentences = []
+            for act, start, length in ((first, start1, len1), (second, start2, len2)):
+                if informative:
+                    x[start:start + length] += 3 * patterns[act]
+                sentences.append(Sentence(float(start), float(start + length), f"the person {VERBS[act]} ."))
+            ann.videos[vid] = Video(vid, float(rows), "train" if i < 60 else "test", sentences=sentences)
+            f.create_dataset(vid, data=x.astype(np.float32))
+    glove = tmp_path / "glove.txt"
+    glove.write_text("".join(
+        w + " " + " ".join(f"{v:.4f}" for v in rng.normal(size=8)) + "\n" for w in VERBS + ["the", "person", "."]
+    ))
+    return ann, path, GloveWordVectors(glove, set(VERBS) | {"the", "person", "."})
+
+
+@pytest.fixture
+def one_thread():
+    # One thread: the same float summation order on every machine, and no thread contention.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_informative_features_ground_far_better_than_random_features(tmp_path, one_thread):
+    cfg = VLGConfig(hidden_size=32, text_hidden_size=32, lstm_layers=3, epochs=40, batch_size=16, lr=3e-3)
+    dataset_cfg = GroundingDatasetConfig(num_sample_clips=32, num_clips=8, num_scale_layers=[8],
+                                         map_kernel_sizes=[3, 3], map_paddings=[2, 0], map_dilations=[1, 1])
+    results = {}
+    for informative in (True, False):
+        ann, features, words = _grounding_set(tmp_path, informative)
+        out = tmp_path / ("inf" if informative else "rand")
+        results[informative] = train_and_evaluate(ann, features, dataset_cfg, cfg, out, seed=0, word_vectors=words)
+        preds = json.loads((out / "predictions.json").read_text())
+        gt = json.loads((out / "ground_truth.json").read_text())
+        assert len(preds) == len(gt) == 40 and all(1 <= len(p["segments"]) <= 5 for p in preds)
+        assert json.loads((out / "metrics.json").read_text())["mIoU"] == pytest.approx(results[informative]["mIoU"])
+    good, bad = results[True], results[False]
+    assert good["R@1"]["0.5"] >= 0.6, good
+    assert good["R@1"]["0.5"] >= bad["R@1"]["0.5"] + 0.3, (good, bad)
+    assert good["mIoU"] > bad["mIoU"] + 0.2
