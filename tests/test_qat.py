@@ -228,3 +228,32 @@ def test_fstal_is_registered_with_its_datasets():
 
     spec = get_task("fstal")
     assert spec.config_cls is QATConfig and spec.datasets == ("activitynet", "fewshot-split")
+
+
+def test_smoke_profile_end_to_end_on_features_of_an_encoder_pre_trained_on_base_classes(tmp_path):
+    """Pre-train (TAC) on the base classes of the smoke benchmark, extract features, run fstal."""
+    from clap_bench.config import load_profile, resolve_datasets
+    from clap_bench.data import load_dataset, load_fewshot_split
+    from clap_bench.downstream.base import TaskContext, get_task
+    from clap_bench.features.extract import extract_features
+    from clap_bench.training import load_checkpoint, pretrain, resolve_classes
+
+    profile = load_profile("smoke")
+    datasets = resolve_datasets(profile)
+    annotations = load_dataset(datasets["activitynet"], key="activitynet")
+    split = load_fewshot_split(datasets["fewshot-split"], known_classes=annotations.classes)
+    base = resolve_classes(profile, "base")
+    assert sorted(base) == sorted(split.base)
+    checkpoint = pretrain(profile, "tac", 0, tmp_path / "pretrain", classes=base, progress=False)
+    trained_on = load_checkpoint(checkpoint)["meta"]["classes"]
+    assert set(trained_on) <= set(split.base)
+    # every video the pre-training could have read passes the leakage check
+    assert_no_leakage(annotations.subset("training").restrict_classes(trained_on), split, "pre-training")
+    features = extract_features(profile, checkpoint, "activitynet", tmp_path / "activitynet.h5", progress=False)
+    ctx = TaskContext(features={"activitynet": features}, datasets=datasets, out_dir=tmp_path / "fstal", seed=0,
+                      overrides=profile.tasks.get("fstal", {}), progress=False)
+    metrics = get_task("fstal").run(ctx)
+    print("smoke fstal", metrics)
+    assert {"mAP@0.5", "mAP@0.75", "mAP@0.95", "average_mAP", "prototype/average_mAP", "average_mAP_std_runs"} <= set(metrics)
+    assert all(0.0 <= v <= 1.0 for v in metrics.values())
+    assert (tmp_path / "fstal" / "metrics.json").exists()
