@@ -259,3 +259,29 @@ def test_informative_features_localize_far_better_than_random_ones(tmp_path, one
     assert set(results[True]) == {"mAP@0.5", "mAP@0.75", "mAP@0.95", "average_mAP"}
     assert results[True]["mAP@0.5"] > 0.4
     assert results[True]["average_mAP"] > 3 * results[False]["average_mAP"] + 0.1
+
+
+def test_cli_trains_and_writes_predictions_and_metrics(tmp_path, one_thread):
+    from typer.testing import CliRunner
+
+    from clap_bench.cli import app
+    from clap_bench.data import write_activitynet_json
+
+    annotations, feats = _hand_made(True, n_train=6, n_val=3)
+    write_activitynet_json(annotations, tmp_path / "gt.json")
+    (tmp_path / "anet.yaml").write_text(f"format: activitynet-json\nannotations: [{tmp_path / 'gt.json'}]\n")
+    with h5py.File(tmp_path / "features.h5", "w") as f:
+        for vid, x in feats.items():
+            f[vid] = x
+    out = tmp_path / "out"
+    args = ["downstream", "tal", "--features", str(tmp_path / "features.h5"), "--profile", "smoke",
+            "--dataset-config", str(tmp_path / "anet.yaml"), "--out", str(out), "--set", "epochs=1", "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.output.strip().splitlines()[-1])
+    assert metrics == json.loads((out / "metrics.json").read_text())
+    assert set(json.loads((out / "predictions.json").read_text())["results"]) == {"v_006", "v_007", "v_008"}
+    assert len(json.loads((out / "train_log.json").read_text())["epochs"]) == 1
+
+    bad = CliRunner().invoke(app, args[:-3] + ["--set", "temporal_scal=8"])
+    assert bad.exit_code == 2 and "temporal_scal" in bad.output

@@ -1,0 +1,116 @@
+"""``clapbench downstream ...``: train and score a downstream head on pre-extracted features.
+
+``downstream_app`` is created here; the modules of other heads attach their commands to it
+(``from clap_bench.commands.downstream import downstream_app``) and must come after this
+module in ``COMMAND_MODULES``. This module itself adds ``tal`` (G-TAD on ActivityNet).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import typer
+import yaml
+
+from clap_bench.config import ConfigError, DatasetConfig, from_dict
+
+downstream_app = typer.Typer(
+    name="downstream",
+    help="Train a downstream head (tal: G-TAD, fstal: QAT, vlg: 2D-TAN) on extracted features and score it.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(downstream_app, name="downstream")
+
+
+def read_dataset_config(path: Path, key: str) -> Dict[str, DatasetConfig]:
+    """A YAML file with one ``DatasetConfig`` (format, annotations, videos, extra) for ``key``,
+    or a mapping of dataset keys to them (the shape of a profile's ``data.datasets``)."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read dataset config: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError(f"{path}: expected a mapping (a dataset config, or dataset keys to dataset configs)")
+    fields = set(DatasetConfig.__dataclass_fields__)
+    if set(raw) <= fields:
+        return {key: from_dict(DatasetConfig, raw, str(path))}
+    return {k: from_dict(DatasetConfig, v, f"{path}: {k}") for k, v in raw.items()}
+
+
+def parse_overrides(values: List[str], option: str = "--set") -> dict:
+    """``KEY=VALUE`` pairs (values parsed as YAML, dotted keys nest) -> a mapping."""
+    out: dict = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint=option)
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml.safe_load(value)
+    return out
+
+
+def _echo_metrics(metrics: Dict[str, float], out: Path, as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(metrics))
+        return
+    for k, v in metrics.items():
+        typer.echo(f"{k:16s} {100 * v:6.2f}")
+    typer.echo(f"written to {out}")
+
+
+@downstream_app.command("tal")
+def tal(
+    features: Path = typer.Option(..., "--features", help="HDF5 file of (T, D) features keyed by ActivityNet video id."),
+    profile: str = typer.Option("default", "--profile", help="Profile name (smoke, default, paper) or a YAML file."),
+    dataset_config: Optional[Path] = typer.Option(
+        None, "--dataset-config",
+        help="YAML with the activitynet dataset config (format, annotations, ...), replacing the profile's.",
+    ),
+    out: Path = typer.Option(..., "--out", help="Output folder for predictions.json, train_log.json and metrics.json."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the head's initialisation, batch order and anchor sampling."),
+    device: str = typer.Option("cpu", "--device", help="Torch device, e.g. cpu or cuda."),
+    overrides: List[str] = typer.Option([], "--set", help="Override a tasks.tal setting, e.g. --set epochs=3 (repeatable)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the metrics as one JSON object."),
+) -> None:
+    """Temporal action localization: train G-TAD on the training videos, detect on validation, report mAP."""
+    from clap_bench.config import deep_merge, load_profile, resolve_datasets
+    from clap_bench.downstream.base import TaskContext, get_task
+
+    if not features.exists():
+        raise typer.BadParameter(f"{features}: feature file not found", param_hint="--features")
+    spec = get_task("tal")
+    try:
+        prof = load_profile(profile)
+        task_overrides = deep_merge(dict(prof.tasks.get("tal", {}) or {}), parse_overrides(overrides))
+        from_dict(spec.config_cls, task_overrides, "tasks.tal").validate()  # fail before any data work
+        if dataset_config is not None:
+            datasets = read_dataset_config(dataset_config, "activitynet")
+        else:
+            datasets = resolve_datasets(prof, progress=not as_json)
+    except ConfigError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2)
+    if not as_json and not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+    ctx = TaskContext(
+        features={"activitynet": features},
+        datasets=datasets,
+        out_dir=out,
+        seed=seed,
+        overrides=task_overrides,
+        device=device,
+        progress=not as_json,
+    )
+    _echo_metrics(spec.run(ctx), out, as_json)
