@@ -9,6 +9,10 @@ ActivityNet detection mAP. Writes into the output folder:
 - ``predictions.json``: the detections in the ActivityNet result format (times in seconds);
 - ``train_log.json``: the mean losses of each epoch;
 - ``metrics.json`` (last): ``mAP@0.5``, ``mAP@0.75``, ``mAP@0.95``, ``average_mAP`` (fractions).
+
+Times are normalised by the annotated duration of each video. (The released ActivityNet code
+of G-TAD/BMN shortens the duration to the part covered by whole 16-frame clips of its
+features; our snippet features are rescaled over the whole video instead.)
 """
 
 from __future__ import annotations
@@ -130,7 +134,10 @@ def run_gtad_detection(
 
 @register_task(
     "tal", config_cls=GTADConfig, datasets=("activitynet",),
-    description="temporal action localization on ActivityNet: G-TAD head, mAP at tIoU 0.5:0.05:0.95",
+    description=(
+        "temporal action localization on ActivityNet: G-TAD proposals, labels from a video classifier "
+        "trained on the same features (not the paper's external classifier), mAP at tIoU 0.5:0.05:0.95"
+    ),
 )
 def run_tal(ctx: TaskContext) -> Dict[str, float]:
     from clap_bench.data import load_dataset
