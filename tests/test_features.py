@@ -1,0 +1,141 @@
+"""Feature files: TSP layout, crash-safe resume, shards and merge, real decoding + encoding of a tiny video."""
+
+import json
+
+import av
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from clap_bench.config import ClipConfig, EncoderConfig
+from clap_bench.encoders import build_video_encoder
+from clap_bench.features.extract import (
+    VideoSource,
+    encode_videos,
+    merge_feature_shards,
+    read_features,
+    shard_path,
+    write_features,
+)
+
+ATTRS = {"checkpoint_hash": "abc", "method": "clap", "seed": 0, "stride": 4, "fps": 4.0, "frames": 4, "size": 28}
+
+
+def _fake_encode(dim=5):
+    def encode(todo):
+        for v in todo:
+            t = int(v.duration)
+            yield v.id, np.full((t, dim), float(t), np.float32), None
+
+    return encode
+
+
+def _videos(n):
+    return [VideoSource(f"v_{i:02d}", None, 2.0 + i) for i in range(n)]
+
+
+def test_layout_is_flat_video_id_to_T_by_D_float32(tmp_path):
+    out = tmp_path / "f.h5"
+    written, errors = write_features(out, ATTRS, _videos(3), _fake_encode())
+    assert (written, errors) == (3, [])
+    with h5py.File(out, "r") as f:  # what the G-TAD / 2D-TAN loaders do
+        assert sorted(f.keys()) == ["v_00", "v_01", "v_02"]
+        assert f["v_01"].shape == (3, 5) and f["v_01"].dtype == np.float32
+        assert f.attrs["complete"] and f.attrs["method"] == "clap" and f.attrs["fps"] == 4.0
+    with read_features(out) as ff:
+        assert len(ff) == 3 and ff.dim == 5 and "v_02" in ff
+        np.testing.assert_array_equal(ff["v_02"], np.full((4, 5), 4.0, np.float32))
+        with pytest.raises(KeyError, match="v_99"):
+            ff["v_99"]
+
+
+def test_resume_skips_done_videos_and_drops_a_half_written_one(tmp_path):
+    out = tmp_path / "f.h5"
+    # The state a crash leaves: two videos in, one under its temporary name, not complete.
+    with h5py.File(out, "w") as f:
+        f.attrs["checkpoint_hash"] = "abc"
+        f.attrs["complete"] = False
+        f.create_dataset("v_00", data=np.zeros((2, 5), np.float32))
+        f.create_dataset("v_01", data=np.zeros((3, 5), np.float32))
+        f.create_dataset("__partial__v_02", data=np.zeros((1, 5), np.float32))
+    with pytest.raises(ValueError, match="incomplete"):
+        read_features(out)
+    with read_features(out, allow_partial=True) as ff:  # a partial file stays readable
+        assert sorted(ff.keys()) == ["v_00", "v_01"]
+    asked = []
+
+    def encode(todo):
+        asked.extend(v.id for v in todo)
+        yield from _fake_encode()(todo)
+
+    written, _ = write_features(out, ATTRS, _videos(3), encode)
+    assert asked == ["v_02"] and written == 1
+    with read_features(out) as ff:
+        assert sorted(ff.keys()) == ["v_00", "v_01", "v_02"]
+        assert ff["v_00"].sum() == 0  # kept, not recomputed
+
+
+def test_other_checkpoint_refuses_to_mix(tmp_path):
+    out = tmp_path / "f.h5"
+    write_features(out, ATTRS, _videos(1), _fake_encode())
+    with pytest.raises(ValueError, match="checkpoint abc"):
+        write_features(out, {**ATTRS, "checkpoint_hash": "def"}, _videos(2), _fake_encode())
+
+
+def test_shards_merge_into_one_file_when_all_are_complete(tmp_path):
+    out = tmp_path / "f.h5"
+    videos = _videos(5)
+    write_features(shard_path(out, (0, 2)), ATTRS, videos[0::2], _fake_encode())
+    assert merge_feature_shards(out, 2) is None  # shard 1 not done yet
+    write_features(shard_path(out, (1, 2)), ATTRS, videos[1::2], _fake_encode())
+    assert merge_feature_shards(out, 2) == out
+    assert not shard_path(out, (0, 2)).exists()
+    with read_features(out) as ff:
+        assert sorted(ff.keys()) == [v.id for v in videos]
+        assert ff.attrs["shards"] == 2 and json.loads(ff.attrs["skipped_videos"]) == []
+
+
+def test_unreadable_video_is_skipped_and_listed(tmp_path):
+    out = tmp_path / "f.h5"
+
+    def encode(todo):
+        for v in todo:
+            yield (v.id, None, "file not found") if v.id == "v_01" else next(_fake_encode()([v]))
+
+    _, errors = write_features(out, ATTRS, _videos(3), encode)
+    assert errors == ["v_01: file not found"]
+    with read_features(out) as ff:
+        assert sorted(ff.keys()) == ["v_00", "v_02"]
+        assert json.loads(ff.attrs["skipped_videos"]) == ["v_01"]
+
+
+def _write_mp4(path, seconds=3.0, fps=8, size=(32, 44)):
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=fps)
+        s.height, s.width = size
+        s.pix_fmt = "yuv420p"
+        rng = np.random.default_rng(0)
+        for _ in range(int(seconds * fps)):
+            img = rng.integers(0, 255, (size[0], size[1], 3), dtype=np.uint8)
+            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+
+
+def test_encode_videos_gives_one_feature_per_clip_at_the_stride(tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "v_a.mp4"
+    _write_mp4(path)
+    clips = ClipConfig(frames=4, fps=4.0, resize=[32, 43], crop=28)
+    encoder = build_video_encoder(EncoderConfig(arch="r2plus1d_tiny", width=0.125))
+    videos = [VideoSource("v_a", path, 3.0), VideoSource("v_missing", tmp_path / "nope.mp4", 2.0)]
+    results = {vid: (feats, err) for vid, feats, err in encode_videos(encoder, videos, clips, stride_frames=2, batch_size=2, device="cpu")}
+    feats, err = results["v_a"]
+    # clip 1 s, stride 0.5 s over 3 s: starts 0, 0.5, ..., 2.0 -> 5 clips
+    assert err is None and feats.shape == (5, encoder.out_dim) and feats.dtype == np.float32
+    assert results["v_missing"][0] is None and results["v_missing"][1]
+    # Chunking does not change the features.
+    again = dict((v, f) for v, f, _ in encode_videos(encoder, videos[:1], clips, stride_frames=2, batch_size=5, device="cpu"))
+    np.testing.assert_allclose(again["v_a"], feats, rtol=1e-4, atol=1e-5)
