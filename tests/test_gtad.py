@@ -261,6 +261,18 @@ def test_informative_features_localize_far_better_than_random_ones(tmp_path, one
     assert results[True]["average_mAP"] > 3 * results[False]["average_mAP"] + 0.1
 
 
+def test_same_seed_gives_identical_predictions(tmp_path, one_thread):
+    from clap_bench.downstream.gtad.task import run_gtad_detection
+
+    annotations, feats = _hand_made(True, n_train=6, n_val=2)
+    with h5py.File(tmp_path / "features.h5", "w") as f:
+        for vid, x in feats.items():
+            f[vid] = x
+    cfg = GTADConfig(**TINY, epochs=2, batch_size=4, classifier=VideoClassifierConfig(hidden_dim=8, epochs=3))
+    runs = [run_gtad_detection(annotations, tmp_path / "features.h5", cfg, tmp_path / name, seed=3) for name in "ab"]
+    assert runs[0] == runs[1]
+    assert (tmp_path / "a" / "predictions.json").read_text() == (tmp_path / "b" / "predictions.json").read_text()
+
 def test_cli_trains_and_writes_predictions_and_metrics(tmp_path, one_thread):
     from typer.testing import CliRunner
 
