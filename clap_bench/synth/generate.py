@@ -60,7 +60,7 @@ from clap_bench.synth.world import (
 )
 
 # Bump when the output for a given (profile, seed) changes; older caches are then regenerated.
-GENERATOR_VERSION = "2"
+GENERATOR_VERSION = "3"
 
 PathLike = Union[str, Path]
 
@@ -114,7 +114,7 @@ PROFILES: Dict[str, SynthProfile] = {
         anet_train=80, anet_val=40, anet_seconds=(15.0, 45.0), anet_max_instances=4, distractors=(1, 3),
         charades_train=30, charades_test=10, charades_seconds=(15.0, 30.0), charades_events=(3, 5), charades_event_seconds=(2.0, 8.0),
         tacos_train=6, tacos_val=2, tacos_test=2, tacos_seconds=(40.0, 60.0), tacos_events=(8, 12), tacos_event_seconds=(1.5, 6.0),
-        trimmed_train_per_class=6, trimmed_val_per_class=2,
+        trimmed_train_per_class=30, trimmed_val_per_class=6,
     ),
 }
 
