@@ -1,0 +1,32 @@
+"""The assembled ``clapbench`` command line: every area registers its commands."""
+
+from typer.testing import CliRunner
+
+from clap_bench.cli import app
+
+runner = CliRunner()
+
+
+def test_help_lists_every_stage_command():
+    out = runner.invoke(app, ["--help"]).output
+    for command in ("run", "sweep", "status", "table", "pretrain", "extract", "data", "eval", "downstream", "analyze", "list"):
+        assert command in out, command
+
+
+def test_list_methods_has_the_seven_methods():
+    out = runner.invoke(app, ["list", "methods"]).output.split()
+    for name in ("tac", "tsp", "clap-clip", "clap-mask", "clap", "clap-no-cls", "clap-dagger"):
+        assert name in out, name
+
+
+def test_list_methods_filters_with_wildcards():
+    result = runner.invoke(app, ["list", "methods", "clap-*"])
+    names = [line.split()[0] for line in result.output.splitlines()]
+    assert names == ["clap-clip", "clap-dagger", "clap-mask", "clap-no-cls"]
+
+
+def test_list_tasks_and_formats():
+    tasks = [line.split()[0] for line in runner.invoke(app, ["list", "tasks"]).output.splitlines()]
+    assert tasks == ["fstal", "tal", "vlg"]
+    formats = [line.split()[0] for line in runner.invoke(app, ["list", "formats"]).output.splitlines()]
+    assert formats == sorted(["activitynet-json", "tsp-csv", "anet-captions", "charades-sta", "tacos", "class-split", "kinetics-csv"])
