@@ -306,12 +306,17 @@ def _file_identity(path: Path) -> Dict[str, Any]:
 
 # --------------------------------------------------------------------------- product stage functions
 def run_source_stage(ctx: StageContext) -> Dict[str, Any]:
-    """Source pre-training on the synthetic trimmed set: the initial weights of every method."""
+    """Source pre-training on the synthetic trimmed set: the initial weights of every method.
+
+    It trains into the machine-wide cache (``<data.cache_dir>/source_pretrain/<arch>-<hash>``), as
+    Kinetics-400 weights live in the torch hub cache: every run store, test and ``clapbench
+    pretrain`` of the same profile then shares one source model; the stage records its path.
+    """
     from clap_bench.training import source_pretrain
 
     ctx.datasets  # generate the synthetic data first (cached), so the trainer finds it
-    checkpoint = source_pretrain(ctx.profile, SOURCE_SEED, ctx.out_dir, progress=ctx.progress)
-    return {"checkpoint": _relative(checkpoint, ctx.out_dir)}
+    checkpoint = source_pretrain(ctx.profile, SOURCE_SEED, progress=ctx.progress)
+    return {"checkpoint": str(Path(checkpoint).resolve())}
 
 
 def run_pretrain_stage(ctx: StageContext) -> Dict[str, Any]:

@@ -245,6 +245,15 @@ def pretrain(
             raise ValueError(f"classes not in {PRETRAIN_DATASET!r}: {unknown[:5]}")
         ann = ann.restrict_classes(classes)
         class_list = sorted(classes)
+        if "fewshot-split" in datasets:
+            # Few-shot protocol (paper §4.3): pre-training on the base classes must never see a
+            # video of a validation or test class; checked against the split files themselves.
+            from clap_bench.data.loading import load_fewshot_split
+            from clap_bench.downstream.qat.protocol import assert_no_leakage
+
+            split = load_fewshot_split(datasets["fewshot-split"])
+            if set(class_list) <= set(split.base):
+                assert_no_leakage(ann, split, stage=f"{method} pre-training on base classes")
     else:
         class_list = list(ann.classes)
     if method_cfg.use_captions:
