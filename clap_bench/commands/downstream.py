@@ -61,12 +61,60 @@ def parse_overrides(values: List[str], option: str = "--set") -> dict:
     return out
 
 
-def _echo_metrics(metrics: Dict[str, float], out: Path, as_json: bool) -> None:
+def run_task_command(
+    task: str,
+    features: Dict[str, Path],
+    profile: str,
+    dataset_config: Optional[Path],
+    out: Path,
+    seed: int,
+    device: str,
+    overrides: List[str],
+    as_json: bool,
+    extra_overrides: Optional[dict] = None,
+    datasets_needed: Optional[List[str]] = None,
+) -> None:
+    """What every ``clapbench downstream <task>`` does: check the inputs and the task's config
+    before any data work, resolve the datasets, run the task, print its metrics.
+
+    ``datasets_needed``: the dataset keys this run reads (default: all the task declares); a
+    ``--dataset-config`` holding a single dataset config is taken for the first of them."""
+    from clap_bench.config import deep_merge, load_profile, resolve_datasets
+    from clap_bench.downstream.base import TaskContext, get_task
+
+    for path in features.values():
+        if not path.exists():
+            raise typer.BadParameter(f"{path}: feature file not found", param_hint="--features")
+    spec = get_task(task)
+    try:
+        prof = load_profile(profile)
+        task_overrides = deep_merge(dict(prof.tasks.get(task, {}) or {}), parse_overrides(overrides))
+        task_overrides.update(extra_overrides or {})
+        from_dict(spec.config_cls, task_overrides, f"tasks.{task}").validate()  # fail before any data work
+        needed = list(datasets_needed or spec.datasets)
+        if dataset_config is not None:
+            datasets = read_dataset_config(dataset_config, needed[0])
+            missing = [k for k in needed if k not in datasets]
+            if missing:
+                raise ConfigError(f"{dataset_config}: no dataset config for {missing}; expected keys {needed}")
+        else:
+            datasets = resolve_datasets(prof, progress=not as_json)
+    except ConfigError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2)
+    if not as_json and not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+    ctx = TaskContext(
+        features=features, datasets=datasets, out_dir=out, seed=seed,
+        overrides=task_overrides, device=device, progress=not as_json,
+    )
+    metrics = spec.run(ctx)
     if as_json:
         typer.echo(json.dumps(metrics))
         return
+    width = max(len(k) for k in metrics) if metrics else 0
     for k, v in metrics.items():
-        typer.echo(f"{k:16s} {100 * v:6.2f}")
+        typer.echo(f"{k:{width}s}  {100 * v:6.2f}")
     typer.echo(f"written to {out}")
 
 
@@ -85,32 +133,4 @@ def tal(
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as one JSON object."),
 ) -> None:
     """Temporal action localization: train G-TAD on the training videos, detect on validation, report mAP."""
-    from clap_bench.config import deep_merge, load_profile, resolve_datasets
-    from clap_bench.downstream.base import TaskContext, get_task
-
-    if not features.exists():
-        raise typer.BadParameter(f"{features}: feature file not found", param_hint="--features")
-    spec = get_task("tal")
-    try:
-        prof = load_profile(profile)
-        task_overrides = deep_merge(dict(prof.tasks.get("tal", {}) or {}), parse_overrides(overrides))
-        from_dict(spec.config_cls, task_overrides, "tasks.tal").validate()  # fail before any data work
-        if dataset_config is not None:
-            datasets = read_dataset_config(dataset_config, "activitynet")
-        else:
-            datasets = resolve_datasets(prof, progress=not as_json)
-    except ConfigError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2)
-    if not as_json and not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(message)s")
-    ctx = TaskContext(
-        features={"activitynet": features},
-        datasets=datasets,
-        out_dir=out,
-        seed=seed,
-        overrides=task_overrides,
-        device=device,
-        progress=not as_json,
-    )
-    _echo_metrics(spec.run(ctx), out, as_json)
+    run_task_command("tal", {"activitynet": features}, profile, dataset_config, out, seed, device, overrides, as_json)

@@ -6,7 +6,6 @@ after ``downstream`` in ``COMMAND_MODULES``.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import List, Optional
 
@@ -29,39 +28,9 @@ def fstal(
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as one JSON object."),
 ) -> None:
     """Few-shot TAL: G-TAD on base classes, QAT meta-training on base episodes, 5-shot test episodes of the test classes."""
-    from clap_bench.commands.downstream import _echo_metrics, parse_overrides, read_dataset_config
-    from clap_bench.config import ConfigError, deep_merge, from_dict, load_profile, resolve_datasets
-    from clap_bench.downstream.base import TaskContext, get_task
+    from clap_bench.commands.downstream import run_task_command
 
-    if not features.exists():
-        raise typer.BadParameter(f"{features}: feature file not found", param_hint="--features")
-    spec = get_task("fstal")
-    try:
-        prof = load_profile(profile)
-        task_overrides = deep_merge(dict(prof.tasks.get("fstal", {}) or {}), parse_overrides(overrides))
-        from_dict(spec.config_cls, task_overrides, "tasks.fstal").validate()  # fail before any data work
-        if dataset_config is not None:
-            datasets = read_dataset_config(dataset_config, "activitynet")
-            missing = [k for k in spec.datasets if k not in datasets]
-            if missing:
-                raise ConfigError(f"{dataset_config}: no dataset config for {missing}; expected keys {list(spec.datasets)}")
-        else:
-            datasets = resolve_datasets(prof, progress=not as_json)
-    except ConfigError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2)
-    if not as_json and not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(message)s")
-    ctx = TaskContext(
-        features={"activitynet": features},
-        datasets=datasets,
-        out_dir=out,
-        seed=seed,
-        overrides=task_overrides,
-        device=device,
-        progress=not as_json,
-    )
-    _echo_metrics(spec.run(ctx), out, as_json)
+    run_task_command("fstal", {"activitynet": features}, profile, dataset_config, out, seed, device, overrides, as_json)
 
 
 def register(app: typer.Typer) -> None:

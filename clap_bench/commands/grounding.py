@@ -67,47 +67,17 @@ def vlg(
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as one JSON object."),
 ) -> None:
     """Video language grounding: train 2D-TAN per dataset on its training queries, report R@{1,5} and mIoU on its test queries."""
-    from clap_bench.commands.downstream import parse_overrides, read_dataset_config
-    from clap_bench.config import ConfigError, deep_merge, from_dict, load_profile, resolve_datasets
-    from clap_bench.downstream.base import TaskContext, get_task
+    from clap_bench.commands.downstream import run_task_command
 
     feature_files = _parse_features(features)
-    for key, path in feature_files.items():
-        if not path.exists():
-            raise typer.BadParameter(f"{path}: feature file not found", param_hint="--features")
     chosen = [d.strip() for d in datasets.split(",") if d.strip()] if datasets else list(feature_files)
-    spec = get_task("vlg")
-    try:
-        prof = load_profile(profile)
-        task_overrides = deep_merge(dict(prof.tasks.get("vlg", {}) or {}), parse_overrides(overrides))
-        task_overrides["datasets"] = chosen
-        from_dict(spec.config_cls, task_overrides, "tasks.vlg").validate()  # fail before any data work
-        if dataset_config is not None:
-            configured = read_dataset_config(dataset_config, chosen[0])
-        else:
-            configured = resolve_datasets(prof, progress=not as_json)
-    except ConfigError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2)
     missing = [k for k in chosen if k not in feature_files]
     if missing:
         raise typer.BadParameter(f"no feature file for {', '.join(missing)}", param_hint="--features")
-    ctx = TaskContext(
-        features=feature_files,
-        datasets=configured,
-        out_dir=out,
-        seed=seed,
-        overrides=task_overrides,
-        device=device,
-        progress=not as_json,
+    run_task_command(
+        "vlg", feature_files, profile, dataset_config, out, seed, device, overrides, as_json,
+        extra_overrides={"datasets": chosen}, datasets_needed=chosen,
     )
-    metrics = spec.run(ctx)
-    if as_json:
-        typer.echo(json.dumps(metrics))
-        return
-    for k, v in metrics.items():
-        typer.echo(f"{k:24s} {100 * v:6.2f}")
-    typer.echo(f"written to {out}")
 
 
 def register(app: typer.Typer) -> None:
