@@ -77,6 +77,7 @@ class EncoderConfig:
 class TrainConfig:
     epochs: int = 8
     batch_size: int = 32  # clips per step (segments x clips_per_segment)
+    optimizer: str = "sgd"  # "sgd" (paper, TSP) | "adamw" (e.g. the synthetic source stage, trained from scratch)
     lr_backbone: float = 1e-4
     lr_heads: float = 2e-2
     momentum: float = 0.9

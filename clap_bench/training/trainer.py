@@ -210,14 +210,16 @@ class Trainer:
         heads = [p for m in model.head_modules() for p in m.parameters()]
         if hasattr(model, "log_logit_scale") and isinstance(model.log_logit_scale, nn.Parameter):
             heads.append(model.log_logit_scale)
-        self.optimizer = torch.optim.SGD(
-            [
-                {"params": list(model.backbone.parameters()), "lr": cfg.lr_backbone, "name": "backbone"},
-                {"params": heads, "lr": cfg.lr_heads, "name": "heads"},
-            ],
-            momentum=cfg.momentum,
-            weight_decay=cfg.weight_decay,
-        )
+        groups = [
+            {"params": list(model.backbone.parameters()), "lr": cfg.lr_backbone, "name": "backbone"},
+            {"params": heads, "lr": cfg.lr_heads, "name": "heads"},
+        ]
+        if cfg.optimizer == "sgd":  # the paper's and TSP's optimiser
+            self.optimizer = torch.optim.SGD(groups, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        elif cfg.optimizer == "adamw":
+            self.optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+        else:
+            raise ValueError(f"optimizer: expected 'sgd' or 'adamw', got {cfg.optimizer!r}")
         self.steps_per_epoch = max(1, math.ceil(len(shard_order(len(dataset), 0, 0, 0, self.dist.world_size)) / self.segments_per_batch))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: lr_factor(cfg, step / self.steps_per_epoch)
