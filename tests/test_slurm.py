@@ -124,6 +124,7 @@ def test_requeued_job_resumes_from_its_checkpoint(tmp_path, cluster):
     assert read_json(stage_dir / "slurm.json")["job_id"] == job_id  # the same job, requeued
 
 
+@pytest.mark.timeout(900)
 def test_real_smoke_sweep_of_two_methods_and_two_seeds_on_slurm_ends_with_a_table(tmp_path, slurm_cluster):
     """The product plan (real pre-training, extraction and G-TAD stages of the smoke profile), each
     stage a SLURM job submitted through submitit and chained with afterok, ends with Table 1."""
@@ -132,7 +133,7 @@ def test_real_smoke_sweep_of_two_methods_and_two_seeds_on_slurm_ends_with_a_tabl
     result = subprocess.run(
         ["python", "-m", "clap_bench", "sweep", "--methods", "tac,clap", "--seeds", "2", "--tasks", "tal",
          "--executor", "slurm", "--cluster", str(REPO / "slurm" / "local.yaml"), "--wait", *args],
-        capture_output=True, text=True, timeout=280,
+        capture_output=True, text=True, timeout=840,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     for method in ("tac", "clap"):
