@@ -260,5 +260,24 @@ def test_feature_quality_separates_foreground_from_background_features(tmp_path)
     diffs = feature_quality({"good": good, "noise": noise}, ann, clip_s=1.0, seed=3)
     assert summary(diffs["good"])["positive_fraction"] == 1.0 and diffs["good"].mean() > 1.0
     assert abs(diffs["noise"].mean()) < 0.5
+    assert summary(diffs["good"])["videos"] >= 20  # draws on one shared row are left out, not all
     png = plot_histogram(diffs, tmp_path / "fig.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_feature_quality_of_random_features_is_centred_on_zero(tmp_path):
+    """Two foreground clips reading the same feature row would be at distance 0 and push random
+    features to positive differences; such draws are left out."""
+    from clap_bench.data.schema import AnnotationSet, Segment, Video
+    from clap_bench.runs.feature_quality import feature_quality, summary
+
+    rng = np.random.default_rng(1)
+    videos = {f"v_{i:03d}": Video(f"v_{i:03d}", 20.0, "validation", segments=[Segment(5.0, 8.0, "jump")]) for i in range(400)}
+    ann = AnnotationSet("activitynet-json", "hand-made", videos, ["jump"])
+    noise = tmp_path / "noise.h5"
+    with h5py.File(noise, "w") as n:
+        n.attrs.update({"stride_frames": 4, "fps": 4.0, "frames": 4})
+        for vid in videos:
+            n[vid] = rng.standard_normal((20, 16)).astype(np.float32)
+    stats_ = summary(feature_quality({"noise": noise}, ann, clip_s=1.0, seed=0)["noise"])
+    assert stats_["videos"] > 100 and 0.4 < stats_["positive_fraction"] < 0.6 and abs(stats_["mean"]) < 0.05

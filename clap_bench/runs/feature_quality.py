@@ -2,7 +2,10 @@
 
 For every validation video with at least one action and one background gap, two random
 foreground clips and one background clip are drawn (``clip_s`` long, the same draws for every
-method); each clip's feature is the mean of the feature rows whose time span overlaps it. With
+method); each clip's feature is the feature row whose time span holds the clip's centre. A draw
+whose three clips do not fall on three distinct rows is left out: two clips reading the same row
+would be at distance 0 and bias the histogram towards positive values even for random features
+(measured: 72 % positive on Gaussian features when overlapping rows were averaged). With
 fg2fg = ||f(fg1) - f(fg2)|| and fg2bg = ||f(fg1) - f(bg)||, the histogram of fg2bg - fg2fg shows how
 well an encoder separates an action from its own video's background (positive is better).
 Feature rows are L2-normalised first so that methods with different feature scales compare.
@@ -81,17 +84,19 @@ def _row_times(attrs: dict, num_rows: int, duration: float) -> Tuple[np.ndarray,
     return edges[:-1], edges[1:]
 
 
-def _clip_feature(rows: np.ndarray, starts: np.ndarray, ends: np.ndarray, clip: Tuple[float, float]) -> np.ndarray:
-    hit = (starts < clip[1]) & (ends > clip[0])
-    if not hit.any():  # a clip past the last row: the nearest row
-        hit = np.zeros(len(rows), bool)
-        hit[int(np.argmin(np.abs((starts + ends) / 2 - (clip[0] + clip[1]) / 2)))] = True
-    return rows[hit].mean(axis=0)
+def _clip_row(starts: np.ndarray, ends: np.ndarray, clip: Tuple[float, float]) -> int:
+    """The row whose span holds the clip's centre (the nearest row for a centre past the last one)."""
+    centre = (clip[0] + clip[1]) / 2
+    hit = np.flatnonzero((starts <= centre) & (centre < ends))
+    if len(hit):
+        return int(hit[0])
+    return int(np.argmin(np.abs((starts + ends) / 2 - centre)))
 
 
 def distance_differences(feature_file: Path, triplets: Sequence[ClipTriplet], durations: Dict[str, float],
                          normalize: bool = True) -> np.ndarray:
-    """fg2bg - fg2fg for every triplet whose video is in ``feature_file``."""
+    """fg2bg - fg2fg for every triplet whose video is in ``feature_file`` and whose clips fall on
+    three distinct feature rows."""
     import h5py
 
     diffs = []
@@ -106,8 +111,10 @@ def distance_differences(feature_file: Path, triplets: Sequence[ClipTriplet], du
             if normalize:
                 rows = rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
             starts, ends = _row_times(attrs, len(rows), durations[t.video_id])
-            fg1, fg2, bg = (_clip_feature(rows, starts, ends, c) for c in (t.fg1, t.fg2, t.bg))
-            diffs.append(np.linalg.norm(fg1 - bg) - np.linalg.norm(fg1 - fg2))
+            r1, r2, rb = (_clip_row(starts, ends, c) for c in (t.fg1, t.fg2, t.bg))
+            if len({r1, r2, rb}) < 3:
+                continue
+            diffs.append(np.linalg.norm(rows[r1] - rows[rb]) - np.linalg.norm(rows[r1] - rows[r2]))
     return np.asarray(diffs)
 
 
