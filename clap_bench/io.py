@@ -2,13 +2,32 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Union
 
 PathLike = Union[str, Path]
+
+
+@contextmanager
+def file_lock(path: PathLike):
+    """An exclusive advisory lock on ``path`` (created if missing), held for the ``with`` block.
+
+    Serialises processes that would build the same cached artefact (synthetic data, the source
+    model, a feature file's shard merge): the second one waits, then finds the work done.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def atomic_write_bytes(path: PathLike, data: bytes) -> None:

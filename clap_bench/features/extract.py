@@ -17,10 +17,8 @@ complete) merges them into ``<out>`` (under a file lock) and removes the shard f
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
@@ -29,6 +27,7 @@ import h5py
 import numpy as np
 import torch
 
+from clap_bench.io import file_lock
 from clap_bench.config import ClipConfig, EncoderConfig, Profile, from_dict, resolve_datasets
 
 FEATURES_FORMAT = "clap_bench.features/1"
@@ -122,17 +121,6 @@ def shard_path(out_path: Path, shard: Tuple[int, int]) -> Path:
     return out_path.with_name(f"{out_path.name}.shard-{i}-of-{n}.h5")
 
 
-@contextmanager
-def _file_lock(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def _open_for_append(path: Path, attrs: Dict[str, object]) -> h5py.File:
     if path.exists():
         try:
@@ -199,7 +187,7 @@ def merge_feature_shards(out_path: Path, num_shards: int) -> Optional[Path]:
     """Merge complete shard files into ``out_path`` (atomically); None while a shard is unfinished."""
     out_path = Path(out_path)
     shards = [shard_path(out_path, (i, num_shards)) for i in range(num_shards)]
-    with _file_lock(out_path.with_name(out_path.name + ".lock")):
+    with file_lock(out_path.with_name(out_path.name + ".lock")):
         if out_path.exists() and _is_complete(out_path):
             return out_path
         for s in shards:

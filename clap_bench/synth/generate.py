@@ -35,7 +35,7 @@ from typing import Dict, List, Optional, Tuple, Union
 import numpy as np
 
 from clap_bench.config import DatasetConfig
-from clap_bench.io import atomic_write_json, atomic_write_text
+from clap_bench.io import atomic_write_json, atomic_write_text, file_lock
 from clap_bench.synth import language
 from clap_bench.synth.scenes import (
     Instance,
@@ -613,30 +613,6 @@ def generate(profile: SynthProfile, seed: int, root: Path, progress: bool = Fals
     return manifest
 
 
-class _Lock:
-    """An exclusive advisory lock on a file (POSIX); a no-op where fcntl is unavailable."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.fd: Optional[int] = None
-
-    def __enter__(self) -> "_Lock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            import fcntl
-
-            fcntl.flock(self.fd, fcntl.LOCK_EX)
-        except ImportError:
-            pass
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.fd is not None:
-            os.close(self.fd)  # closing releases the lock
-            self.fd = None
-
-
 def ensure_synthetic(
     profile: str = "default",
     seed: int = 0,
@@ -652,7 +628,7 @@ def ensure_synthetic(
     root = synth_root(profile, seed, cache_dir)
     manifest = read_manifest(root)
     if manifest is None:
-        with _Lock(root.parent / f".{root.name}.lock"):
+        with file_lock(root.parent / f".{root.name}.lock"):
             manifest = read_manifest(root)  # another process may have finished meanwhile
             if manifest is None:
                 tmp = root.parent / f".{root.name}.partial-{os.getpid()}"

@@ -9,7 +9,6 @@ initial weights of every method when ``encoder.weights: source``).
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import hashlib
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Dict, List, Optional
 import torch
 
 from clap_bench.config import Profile, TrainConfig, config_hash, resolve_datasets, to_dict
+from clap_bench.io import file_lock
 from clap_bench.training.distributed import DistInfo, barrier, setup_distributed
 from clap_bench.training.trainer import CHECKPOINT_FORMAT, FINAL_NAME, Trainer, seed_everything
 
@@ -33,17 +33,12 @@ def _cache_dir(profile: Profile) -> Path:
 
 @contextmanager
 def _exclusive(path: Path, enabled: bool = True):
-    """Serialise processes that would build the same cached artefact (e.g. parallel seeds)."""
+    """``file_lock`` unless disabled (under DDP the ranks synchronise with barriers instead)."""
     if not enabled:
         yield
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    with file_lock(path):
+        yield
 
 
 def resolve_classes(profile: Profile, spec: Optional[str | List[str]]) -> Optional[List[str]]:
