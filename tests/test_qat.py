@@ -257,3 +257,40 @@ def test_smoke_profile_end_to_end_on_features_of_an_encoder_pre_trained_on_base_
     assert {"mAP@0.5", "mAP@0.75", "mAP@0.95", "average_mAP", "prototype/average_mAP", "average_mAP_std_runs"} <= set(metrics)
     assert all(0.0 <= v <= 1.0 for v in metrics.values())
     assert (tmp_path / "fstal" / "metrics.json").exists()
+
+
+def _meta_setup(tmp_path):
+    from clap_bench.downstream.qat.protocol import META_STREAM, videos_by_class
+
+    annotations, split, path = _handmade(tmp_path)
+    with h5py.File(path, "r") as f:
+        feats = {vid: torch.from_numpy(f[vid][:].T.copy()) for vid in f}
+    pool = videos_by_class(annotations, split.base, ["training"])
+    sampler = EpisodeSampler(pool, 2, 0, stream=META_STREAM)
+    return annotations, feats, sampler
+
+
+@pytest.mark.parametrize("best_at", ["start", "end"])
+def test_meta_training_keeps_the_transformer_state_that_scores_best_on_selection(tmp_path, best_at):
+    from clap_bench.downstream.qat.task import meta_train
+
+    torch.manual_seed(0)
+    annotations, feats, sampler = _meta_setup(tmp_path)
+    cfg = _small_config(meta_episodes=64, meta_batch=16, select_every=2)
+    transformer = QueryAdaptiveTransformer(16, 2, 0.0, 0.0)
+    initial = {k: v.clone() for k, v in transformer.state_dict().items()}
+    calls = []
+
+    def score(t):
+        calls.append({k: v.clone() for k, v in t.state_dict().items()})
+        return -len(calls) if best_at == "start" else len(calls)
+
+    history = meta_train(transformer, sampler, feats, annotations.videos, cfg, select=score)
+    assert len(calls) == 3  # before step 1, after steps 2 and 4
+    assert [h["step"] for h in history if "select_score" in h and "step" in h] == [0, 2, 4]
+    expected = initial if best_at == "start" else calls[-1]
+    assert history[-1]["selected_step"] == (0 if best_at == "start" else 4)
+    # meta-training moved the weights, so the two cases end in different states
+    assert not torch.equal(calls[0]["attention.out_proj.weight"], calls[-1]["attention.out_proj.weight"])
+    for key, value in transformer.state_dict().items():
+        assert torch.equal(value, expected[key]), key

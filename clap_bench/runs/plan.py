@@ -212,6 +212,12 @@ def _data_key(profile: Profile, dataset: Optional[str] = None) -> Dict[str, Any]
     """The part of the data section a stage depends on (the cache folder does not matter)."""
     data = to_dict(profile.data)
     data.pop("cache_dir", None)
+    if profile.data.synthetic:
+        # A new generator writes different videos for the same (profile, seed): earlier results
+        # must not count as done.
+        from clap_bench.synth import GENERATOR_VERSION
+
+        data["generator_version"] = GENERATOR_VERSION
     if dataset is not None:
         data["datasets"] = {dataset: data["datasets"][dataset]} if dataset in data["datasets"] else {}
     return data

@@ -63,9 +63,12 @@ def resolve_classes(profile: Profile, spec: Optional[str | List[str]]) -> Option
 
 # --------------------------------------------------------------------------- source pre-training
 def default_source_dir(profile: Profile) -> Path:
+    from clap_bench.synth import GENERATOR_VERSION
+
     key = config_hash(
         {
-            "data": [profile.data.synthetic, profile.data.synth_profile, profile.data.synth_seed, to_dict(profile.data.datasets)],
+            "data": [profile.data.synthetic, profile.data.synth_profile, profile.data.synth_seed, to_dict(profile.data.datasets),
+                     GENERATOR_VERSION if profile.data.synthetic else None],
             "clips": to_dict(profile.clips),
             "encoder": [profile.encoder.arch, profile.encoder.width],
             "train": to_dict(profile.source_pretrain),

@@ -43,6 +43,11 @@ class QATConfig:
     meta_batch: int = 8  # episodes per optimiser step
     meta_lr: float = 1e-3
     meta_weight_decay: float = 1e-4
+    # model selection on episodes of the validation classes (the split's val classes exist for
+    # this): the transformer is scored (average mAP) before meta-training and every
+    # ``select_every`` steps, and the best state is kept; 0 episodes turns selection off
+    select_episodes: int = 100
+    select_every: int = 25
     # localisation from the foreground probability
     thresholds: List[float] = field(default_factory=_default_thresholds)
     max_gap: float = 0.05  # background gaps up to this fraction of the video inside a run are filled
@@ -56,7 +61,9 @@ class QATConfig:
         for key in ("shots", "runs", "episodes_per_run", "heads", "meta_batch", "proposals_per_video"):
             if getattr(self, key) < 1:
                 problems.append(f"{key}: expected >= 1, got {getattr(self, key)}")
-        for key in ("adapt_steps", "meta_episodes"):
+        if self.select_every < 1:
+            problems.append(f"select_every: expected >= 1, got {self.select_every}")
+        for key in ("adapt_steps", "meta_episodes", "select_episodes"):
             if getattr(self, key) < 0:
                 problems.append(f"{key}: expected >= 0, got {getattr(self, key)}")
         if self.gtad.hidden_dim_1d % max(self.heads, 1):

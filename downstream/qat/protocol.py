@@ -29,6 +29,7 @@ from clap_bench.data.schema import AnnotationSet, Video
 
 TEST_STREAM = 0
 META_STREAM = 1
+SELECT_STREAM = 2
 
 
 class LeakageError(AssertionError):

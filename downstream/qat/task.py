@@ -8,7 +8,10 @@ Stages, all on one feature file (an encoder pre-trained on base classes only):
 2. **Meta-training.** The query-adaptive transformer is trained on base-class episodes from
    the same videos: for each episode the support prototype and bias are adapted on the support
    (as at test time), the transformer refines the prototype with the query's snippets, and the
-   class-balanced cross-entropy of the query's foreground probabilities is minimised.
+   class-balanced cross-entropy of the query's foreground probabilities is minimised. The
+   transformer is scored (average mAP) on ``select_episodes`` episodes of the validation
+   classes before the first step and every ``select_every`` steps, and its best state is kept;
+   the untrained transformer is the identity, so this can fall back to the plain prototype.
 3. **Test.** ``runs`` x ``episodes_per_run`` ``shots``-shot episodes of the test classes drawn
    from ``episode_subsets`` (the validation subset), deterministic from the seed. Each query is
    localised with the refined prototype (QAT) and with the support-adapted prototype alone
@@ -16,7 +19,8 @@ Stages, all on one feature file (an encoder pre-trained on base classes only):
    ActivityNet detection mAP; metrics are means over runs, with their standard deviation over
    runs under ``<name>_std_runs``.
 
-No video of a validation or test class reaches stages 1 and 2 (``assert_no_leakage``).
+No video of a validation or test class reaches stages 1 and 2 (``assert_no_leakage``);
+validation-class videos are only scored, for model selection, and test-class videos only at test.
 
 Writes into the output folder: ``episodes.json``; ``runs/run<k>/ground_truth.json``,
 ``predictions.json`` (QAT) and ``predictions_prototype.json`` in the ActivityNet formats, one
@@ -29,9 +33,9 @@ from __future__ import annotations
 import io
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -58,6 +62,7 @@ from clap_bench.downstream.qat.model import (
 )
 from clap_bench.downstream.qat.protocol import (
     META_STREAM,
+    SELECT_STREAM,
     TEST_STREAM,
     Episode,
     EpisodeSampler,
@@ -144,12 +149,34 @@ def meta_train(
     cfg: QATConfig,
     device: str = "cpu",
     progress: bool = False,
+    select: Optional[Callable[[QueryAdaptiveTransformer], float]] = None,
 ) -> List[dict]:
-    """Train the transformer on ``cfg.meta_episodes`` base-class episodes; returns the loss per step."""
+    """Train the transformer on ``cfg.meta_episodes`` base-class episodes; returns the log per step.
+
+    With ``select`` (a score, higher is better: average mAP on validation-class episodes), the
+    transformer is scored before the first step, every ``cfg.select_every`` steps and after the
+    last, and ends in its best-scoring state (the earliest on ties). Before the first step the
+    transformer is the identity (its attention output starts at zero), so a meta-training that
+    only hurts on validation classes falls back to the plain prototype.
+    """
     transformer.to(device).train()
     opt = torch.optim.Adam(transformer.parameters(), lr=cfg.meta_lr, weight_decay=cfg.meta_weight_decay)
     history: List[dict] = []
     steps = math.ceil(cfg.meta_episodes / cfg.meta_batch)
+    best: Optional[Tuple[float, int, dict]] = None
+
+    def checkpoint(step: int) -> None:
+        nonlocal best
+        score = float(select(transformer))
+        transformer.train()
+        if best is None or score > best[0]:
+            best = (score, step, {k: v.detach().clone() for k, v in transformer.state_dict().items()})
+        history.append({"step": step, "select_score": score})
+        if progress:
+            log.info("QAT selection at step %d: validation average mAP %.4f", step, score)
+
+    if select is not None:
+        checkpoint(0)
     for step in range(steps):
         count = min(cfg.meta_batch, cfg.meta_episodes - step * cfg.meta_batch)
         batch = episode_batch(sampler.episodes(0, count, start=step * cfg.meta_batch), features, videos, device)
@@ -166,6 +193,11 @@ def meta_train(
         history.append({"step": step + 1, "episodes": count, "loss": float(loss.detach())})
         if progress and (step + 1) % max(1, steps // 10) == 0:
             log.info("QAT meta-training step %d/%d: loss %.4f", step + 1, steps, history[-1]["loss"])
+        if select is not None and ((step + 1) % cfg.select_every == 0 or step + 1 == steps):
+            checkpoint(step + 1)
+    if best is not None:
+        transformer.load_state_dict(best[2])
+        history.append({"selected_step": best[1], "select_score": best[0]})
     transformer.eval()
     return history
 
@@ -296,8 +328,10 @@ def run_fewshot_localization(
             f"({len(split.test)} test classes, e.g. {split.test[:3]})"
         )
     test_ids = [v for vids in test_pool.values() for v in vids]
+    select_pool = videos_by_class(annotations, split.val, cfg.episode_subsets) if cfg.select_episodes > 0 else {}
     raw = _read_features(features_path, list(base.videos), t, "base-class")
     raw.update(_read_features(features_path, test_ids, t, "test-class"))
+    raw.update(_read_features(features_path, [v for vids in select_pool.values() for v in vids], t, "val-class"))
     if not any(v in raw for v in base.videos):
         raise ValueError(f"{features_path}: none of the {len(base.videos)} base-class videos has features")
 
@@ -313,7 +347,19 @@ def run_fewshot_localization(
     meta_sampler = EpisodeSampler(meta_pool, cfg.shots, seed, stream=META_STREAM, what="meta-training episodes (base classes)")
     assert_no_leakage([annotations.videos[v] for vids in meta_sampler.videos.values() for v in vids], split, "meta-training")
     transformer = QueryAdaptiveTransformer(hidden, cfg.heads, cfg.dropout, cfg.attention_dropout)
-    meta_history = meta_train(transformer, meta_sampler, feats, annotations.videos, cfg, device=device, progress=progress)
+    select, select_sampler = None, None
+    if cfg.select_episodes > 0:
+        select_pool = {c: [v for v in vids if v in feats] for c, vids in select_pool.items()}
+        if any(len(v) > cfg.shots for v in select_pool.values()):
+            select_sampler = EpisodeSampler(select_pool, cfg.shots, seed, stream=SELECT_STREAM, what="selection episodes (val classes)")
+            select_cfg = replace(cfg, runs=1, episodes_per_run=cfg.select_episodes)
+
+            def select(t: QueryAdaptiveTransformer) -> float:
+                return evaluate_episodes(t, select_sampler, feats, annotations.videos, select_cfg, device=device)["average_mAP"]
+        else:
+            log.warning("QAT: no validation class has %d videos in %s; the last meta-training step is kept",
+                        cfg.shots + 1, cfg.episode_subsets)
+    meta_history = meta_train(transformer, meta_sampler, feats, annotations.videos, cfg, device=device, progress=progress, select=select)
 
     # Test: episodes of the test classes.
     test_pool = {c: [v for v in vids if v in feats] for c, vids in test_pool.items()}
@@ -327,6 +373,7 @@ def run_fewshot_localization(
     atomic_write_json(out_dir / "train_log.json", {
         "gtad_epochs": gtad_history,
         "meta_steps": meta_history,
+        "select_classes": select_sampler.classes if select_sampler is not None else [],
         "base_videos": len([v for v in base.videos if v in raw]),
         "base_classes": len(split.base),
         "meta_classes": meta_sampler.classes,
