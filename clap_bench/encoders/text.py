@@ -82,7 +82,10 @@ class TextEncoder:
         if self._model is not None:
             return
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
+        # A local folder loads in well under a second: its "Loading weights" bar only clutters logs.
+        hf_logging.disable_progress_bar()
         self._tokenizer = AutoTokenizer.from_pretrained(self.model_path, local_files_only=True)
         self._model = AutoModel.from_pretrained(self.model_path, local_files_only=True).eval().to(self.device)
         for p in self._model.parameters():
