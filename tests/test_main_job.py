@@ -63,10 +63,10 @@ def test_smoke_run_killed_then_rerun_finishes_only_the_missing_stages_and_tables
         assert all(row[f"{m} std"] != "" for m in metrics), row
 
 
-def test_tal_on_features_of_a_trained_encoder_beats_random_features_through_the_same_head(tmp_path):
-    """Issue acceptance: G-TAD on synthetic features from a trained encoder (the default profile's
-    source-pre-trained R(2+1)D, cached after the first run) clearly beats random features of the
-    same shape. Takes a few minutes on a cold cache (benchmark generation + source pre-training)."""
+def _trained_and_random_features(dataset: str, tmp_path: Path):
+    """``tmp_path/trained.h5``: the default profile's ``dataset`` through the source-pre-trained
+    encoder (cached after the first run); ``tmp_path/random.h5``: Gaussian features of the same
+    shapes. Returns the profile and its datasets."""
     from clap_bench.features import extract_features
     from clap_bench.training import source_pretrain
 
@@ -74,11 +74,19 @@ def test_tal_on_features_of_a_trained_encoder_beats_random_features_through_the_
     profile = load_profile("default")
     datasets = resolve_datasets(profile)
     checkpoint = source_pretrain(profile, progress=False)
-    trained = extract_features(profile, checkpoint, "activitynet", tmp_path / "trained.h5", progress=False)
+    trained = extract_features(profile, checkpoint, dataset, tmp_path / "trained.h5", progress=False)
     rng = np.random.default_rng(0)
     with h5py.File(trained, "r") as src, h5py.File(tmp_path / "random.h5", "w") as out:
         for key in src:
             out[key] = rng.standard_normal(src[key].shape).astype(np.float32)
+    return profile, datasets
+
+
+def test_tal_on_features_of_a_trained_encoder_beats_random_features_through_the_same_head(tmp_path):
+    """Issue acceptance: G-TAD on synthetic features from a trained encoder (the default profile's
+    source-pre-trained R(2+1)D, cached after the first run) clearly beats random features of the
+    same shape. Takes a few minutes on a cold cache (benchmark generation + source pre-training)."""
+    profile, datasets = _trained_and_random_features("activitynet", tmp_path)
     task = get_task("tal")
     scores = {}
     for name in ("trained", "random"):
@@ -96,18 +104,7 @@ def test_grounding_on_features_of_a_trained_encoder_beats_random_features_throug
     """Issue acceptance: 2D-TAN on the default profile's Charades-like set ranks moments clearly
     better on features of a trained encoder (the cached source-pre-trained R(2+1)D) than on random
     features of the same shape. About 3 minutes on 2 cores once the source model is cached."""
-    from clap_bench.features import extract_features
-    from clap_bench.training import source_pretrain
-
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
-    profile = load_profile("default")
-    datasets = resolve_datasets(profile)
-    checkpoint = source_pretrain(profile, progress=False)
-    trained = extract_features(profile, checkpoint, "charades-sta", tmp_path / "trained.h5", progress=False)
-    rng = np.random.default_rng(0)
-    with h5py.File(trained, "r") as src, h5py.File(tmp_path / "random.h5", "w") as out:
-        for key in src:
-            out[key] = rng.standard_normal(src[key].shape).astype(np.float32)
+    profile, datasets = _trained_and_random_features("charades-sta", tmp_path)
     task = get_task("vlg")
     overrides = {**profile.tasks.get("vlg", {}), "datasets": ["charades-sta"]}
     scores = {}
