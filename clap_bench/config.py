@@ -186,6 +186,24 @@ def config_hash(obj: Any, length: int = 10) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
 
 
+def data_identity(profile: "Profile", dataset: Optional[str] = None) -> Dict[str, Any]:
+    """What identifies a profile's data in cache and run-store keys (the cache folder does not).
+
+    A synthetic profile includes the generator version: a new generator writes different videos
+    for the same (profile, seed), and results computed on the old ones must not count as done.
+    With ``dataset``, only that dataset's real-path entry is kept.
+    """
+    data = to_dict(profile.data)
+    data.pop("cache_dir", None)
+    if profile.data.synthetic:
+        from clap_bench.synth import GENERATOR_VERSION
+
+        data["generator_version"] = GENERATOR_VERSION
+    if dataset is not None:
+        data["datasets"] = {dataset: data["datasets"][dataset]} if dataset in data["datasets"] else {}
+    return data
+
+
 # --------------------------------------------------------------------------- profiles
 def _read_yaml(path: Path) -> dict:
     try:

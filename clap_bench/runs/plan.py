@@ -28,14 +28,13 @@ SLURM with a plan of small stage functions.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
-from clap_bench.config import ConfigError, Profile, config_hash, to_dict
+from clap_bench.config import ConfigError, Profile, config_hash, data_identity, to_dict
 from clap_bench.runs.store import METRICS_FILE, RunStore, read_json
 
 log = logging.getLogger(__name__)
@@ -208,21 +207,6 @@ def external_feature_files(method: str, datasets: Iterable[str]) -> Dict[str, Pa
     return files
 
 
-def _data_key(profile: Profile, dataset: Optional[str] = None) -> Dict[str, Any]:
-    """The part of the data section a stage depends on (the cache folder does not matter)."""
-    data = to_dict(profile.data)
-    data.pop("cache_dir", None)
-    if profile.data.synthetic:
-        # A new generator writes different videos for the same (profile, seed): earlier results
-        # must not count as done.
-        from clap_bench.synth import GENERATOR_VERSION
-
-        data["generator_version"] = GENERATOR_VERSION
-    if dataset is not None:
-        data["datasets"] = {dataset: data["datasets"][dataset]} if dataset in data["datasets"] else {}
-    return data
-
-
 def needs_source_stage(profile: Profile) -> bool:
     """``encoder.weights: source`` (the synthetic profiles): every method starts from one shared
     source pre-training, the role Kinetics-400 weights play in the paper."""
@@ -238,7 +222,7 @@ def build_plan(profile: Profile, methods: Sequence[str], seeds: Sequence[int], t
     if needs_source_stage(p) and any(not m.startswith(EXTERNAL_PREFIX) for m in methods):
         source_key = plan.add(StageSpec(
             "source", None, None, run_source_stage,
-            {"data": _data_key(p), "clips": to_dict(p.clips), "encoder": to_dict(p.encoder),
+            {"data": data_identity(p), "clips": to_dict(p.clips), "encoder": to_dict(p.encoder),
              "train": to_dict(p.source_pretrain), "seed": SOURCE_SEED},
             resources="source",
         )).key
@@ -253,7 +237,7 @@ def build_plan(profile: Profile, methods: Sequence[str], seeds: Sequence[int], t
                     feats = {d: files[d] for d in TASK_FEATURES[task][1]}
                     plan.add(StageSpec(
                         task, method, seed, run_task_stage,
-                        {"task": task, "overrides": p.tasks.get(task, {}), "data": _data_key(p),
+                        {"task": task, "overrides": p.tasks.get(task, {}), "data": data_identity(p),
                          "features": {d: _file_identity(f) for d, f in feats.items()}},
                     ))
                 continue
@@ -262,7 +246,7 @@ def build_plan(profile: Profile, methods: Sequence[str], seeds: Sequence[int], t
                 name = "pretrain" if variant == "all" else "pretrain-base"
                 encoders[variant] = plan.add(StageSpec(
                     name, method, seed, run_pretrain_stage,
-                    {"data": _data_key(p), "clips": to_dict(p.clips), "encoder": to_dict(p.encoder),
+                    {"data": data_identity(p), "clips": to_dict(p.clips), "encoder": to_dict(p.encoder),
                      "train": to_dict(p.pretrain), "method_overrides": p.methods.get(method, {}),
                      "classes": variant},
                     deps=(source_key,) if source_key else (),
@@ -275,14 +259,14 @@ def build_plan(profile: Profile, methods: Sequence[str], seeds: Sequence[int], t
                     name = f"extract-{d}" if variant == "all" else f"extract-base-{d}"
                     extracts.append(plan.add(StageSpec(
                         name, method, seed, run_extract_stage,
-                        {"dataset": d, "data": _data_key(p, d), "clips": to_dict(p.clips),
+                        {"dataset": d, "data": data_identity(p, d), "clips": to_dict(p.clips),
                          "extract": to_dict(p.extract)},
                         deps=(encoders[variant],),
                         resources="extract",
                     )).key)
                 plan.add(StageSpec(
                     task, method, seed, run_task_stage,
-                    {"task": task, "overrides": p.tasks.get(task, {}), "data": _data_key(p)},
+                    {"task": task, "overrides": p.tasks.get(task, {}), "data": data_identity(p)},
                     deps=tuple(extracts),
                 ))
     return plan

@@ -16,7 +16,7 @@ from typing import Dict, List, Optional
 
 import torch
 
-from clap_bench.config import Profile, TrainConfig, config_hash, resolve_datasets, to_dict
+from clap_bench.config import Profile, TrainConfig, config_hash, data_identity, resolve_datasets, to_dict
 from clap_bench.io import file_lock
 from clap_bench.training.distributed import DistInfo, barrier, setup_distributed
 from clap_bench.training.trainer import CHECKPOINT_FORMAT, FINAL_NAME, Trainer, seed_everything
@@ -63,12 +63,9 @@ def resolve_classes(profile: Profile, spec: Optional[str | List[str]]) -> Option
 
 # --------------------------------------------------------------------------- source pre-training
 def default_source_dir(profile: Profile) -> Path:
-    from clap_bench.synth import GENERATOR_VERSION
-
     key = config_hash(
         {
-            "data": [profile.data.synthetic, profile.data.synth_profile, profile.data.synth_seed, to_dict(profile.data.datasets),
-                     GENERATOR_VERSION if profile.data.synthetic else None],
+            "data": data_identity(profile),
             "clips": to_dict(profile.clips),
             "encoder": [profile.encoder.arch, profile.encoder.width],
             "train": to_dict(profile.source_pretrain),
