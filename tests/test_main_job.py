@@ -124,24 +124,26 @@ def test_grounding_on_features_of_a_trained_encoder_beats_random_features_throug
 def test_fewshot_qat_is_not_below_its_plain_prototype_on_features_pre_trained_on_base_classes(tmp_path):
     """Issue acceptance: on the default synthetic benchmark, with features of encoders
     post-pre-trained (CLAP) on the base classes only, QAT's meta-trained transformer is not below
-    the plain support prototype on the same test episodes. Average mAP, mean over 5 seeds (each
-    its own pre-training, base training, meta-training and episodes, as the main job's seeds):
-    with 2 test classes one encoder's comparison is within noise. About 4 minutes on 2 cores."""
-    from clap_bench.features import extract_features
-    from clap_bench.training import load_checkpoint, pretrain, resolve_classes
+    the plain support prototype on the same test episodes. Average mAP, mean over the 5 seeds of
+    ``clapbench run --tasks fstal`` (each its own pre-training, base training, meta-training and
+    episodes): with 2 test classes one encoder's comparison is within noise. About 4 minutes."""
+    import json
 
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
-    profile = load_profile("default")
-    datasets = resolve_datasets(profile)
-    base = resolve_classes(profile, "base")
+    from clap_bench.training import load_checkpoint, resolve_classes
+
+    runs = tmp_path / "runs"
+    result = subprocess.run(
+        _clapbench("run", "--method", "clap", "--seeds", "5", "--tasks", "fstal", "--profile", "default",
+                   "--runs-dir", str(runs), "-q"),
+        capture_output=True, text=True, timeout=1500,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    base = resolve_classes(load_profile("default"), "base")
     qat, prototype = [], []
     for seed in range(5):
-        checkpoint = pretrain(profile, "clap", seed, tmp_path / f"pretrain-base{seed}", classes=base, progress=False)
-        assert set(load_checkpoint(checkpoint)["meta"]["classes"]) <= set(base)
-        features = extract_features(profile, checkpoint, "activitynet", tmp_path / f"activitynet{seed}.h5", progress=False)
-        ctx = TaskContext(features={"activitynet": features}, datasets=datasets, out_dir=tmp_path / f"fstal{seed}",
-                          seed=seed, overrides=profile.tasks.get("fstal", {}), progress=False)
-        metrics = get_task("fstal").run(ctx)
+        stages = runs / "default" / "clap" / f"seed{seed}"
+        assert set(load_checkpoint(stages / "pretrain-base" / "final.pt")["meta"]["classes"]) <= set(base)
+        metrics = json.loads((stages / "fstal" / "metrics.json").read_text())
         qat.append(metrics["average_mAP"])
         prototype.append(metrics["prototype/average_mAP"])
     print("QAT", np.round(qat, 4), "prototype", np.round(prototype, 4))
