@@ -73,10 +73,25 @@ class EncoderConfig:
     embed_dim: int = 512
 
 
+BATCH_COMPOSITIONS = ("clips", "segments")
+
+
 @dataclass
 class TrainConfig:
     epochs: int = 8
-    batch_size: int = 32  # clips per step (segments x clips_per_segment)
+    # Clips per step and process (TSP: --batch-size is per GPU). Under DDP the global batch is
+    # batch_size x world size, and with scale_lr_by_world_size the rates grow with it.
+    batch_size: int = 32
+    # "clips": one item per (segment, clip slot), shuffled across every segment of every video
+    # (TSP's UntrimmedVideoDataset); "segments": one item = a segment with its clips_per_segment
+    # clips (a batch then holds batch_size / clips_per_segment segments only).
+    batch_composition: str = "clips"
+    scale_lr_by_world_size: bool = True  # TSP: lr x world size
+    freeze_stem: bool = True  # TSP: the backbone's stem trains at lr 0
+    # Backbone stages (1-4) kept frozen besides the stem: 0 trains all of them (the paper). A CPU
+    # budget trick: frozen lower stages cost no backward pass.
+    frozen_stages: int = 0
+    hflip: bool = True  # TSP: training clips are flipped horizontally with probability 0.5
     optimizer: str = "sgd"  # "sgd" (paper, TSP) | "adamw" (e.g. the synthetic source stage, trained from scratch)
     lr_backbone: float = 1e-4
     lr_heads: float = 2e-2
@@ -95,6 +110,20 @@ class TrainConfig:
     channels_last: bool = False
     max_segments_per_epoch: Optional[int] = None  # CPU profiles subsample the segment list
     log_every: int = 20
+    # Validation after every epoch (and before the first, as epoch 0) on held-out segments:
+    # evenly spaced clips, no augmentation, every loss term, head accuracies and retrieval R@1.
+    validate: bool = True
+    val_max_segments: Optional[int] = None  # a fixed subset of the validation segments (CPU profiles)
+
+    def __post_init__(self) -> None:
+        if self.batch_composition not in BATCH_COMPOSITIONS:
+            raise ConfigError(
+                f"batch_composition: expected one of {', '.join(BATCH_COMPOSITIONS)}, got {self.batch_composition!r}"
+            )
+        if not 0 <= self.frozen_stages <= 4:
+            raise ConfigError(f"frozen_stages: expected 0-4 (backbone stages), got {self.frozen_stages}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size: expected a positive number of clips, got {self.batch_size}")
 
 
 @dataclass
@@ -136,7 +165,10 @@ def from_dict(cls: type, data: Any, where: str = "config") -> Any:
     kwargs = {}
     for key, value in data.items():
         kwargs[key] = _convert(hints[key], value, f"{where}.{key}")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:  # a section's own check (__post_init__): name where it came from
+        raise ConfigError(f"{where}.{e}") from None
 
 
 def _convert(tp: Any, value: Any, where: str) -> Any:

@@ -27,6 +27,8 @@ class MethodConfig:
 
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
+    # False: the method does no post-pre-training; its features are the initial weights' ("none").
+    trains: ClassVar[bool] = True
 
     regions: str = "all"  # which clips are sampled: "all" (foreground + background) or "foreground"
     class_head: bool = False  # f_c: action class cross-entropy on foreground clips
@@ -45,7 +47,7 @@ class MethodConfig:
             raise ValueError(f"{where}.regions: expected one of {REGIONS}, got {self.regions!r}")
         if self.contrastive not in CONTRASTIVE:
             raise ValueError(f"{where}.contrastive: expected one of {CONTRASTIVE}, got {self.contrastive!r}")
-        if not (self.class_head or self.region_head or self.contrastive):
+        if self.trains and not (self.class_head or self.region_head or self.contrastive):
             raise ValueError(f"{where}: a method needs at least one head or a contrastive loss")
         if self.region_head and self.regions == "foreground":
             raise ValueError(f"{where}: a region head needs background clips (regions: all)")

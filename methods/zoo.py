@@ -1,4 +1,4 @@
-"""The seven pre-training methods compared in the paper (§4.2, §4.3, Table 1/4)."""
+"""The seven pre-training methods compared in the paper (§4.2, §4.3, Table 1/4), and ``none``."""
 
 from __future__ import annotations
 
@@ -6,6 +6,21 @@ from dataclasses import dataclass
 from typing import Optional
 
 from clap_bench.methods.base import MethodConfig, register_method
+
+
+@register_method("none")
+@dataclass
+class NoPostPretraining(MethodConfig):
+    """The baseline every post-pre-training must beat: Table 1's "TAC (K400)" row.
+
+    Nothing is trained: its "pre-training" stage records the initial weights (Kinetics-400 in the
+    paper profile, the cached source model on the synthetic ones), so its features are those of
+    the initial encoder. They do not depend on the seed: every seed shares one pre-training and
+    one extraction stage, and only the downstream heads' seeds differ.
+    """
+
+    summary = "no post-pre-training: features of the initial weights (Kinetics-400; the source model on synthetic profiles)"
+    trains = False
 
 
 @register_method("tac")

@@ -10,8 +10,9 @@ from clap_bench.methods import PretrainModel, compute_losses, create_method, lis
 SEVEN = ["clap", "clap-clip", "clap-dagger", "clap-mask", "clap-no-cls", "tac", "tsp"]
 
 
-def test_registry_lists_the_seven_methods_with_wildcards():
-    assert list_methods() == SEVEN
+def test_registry_lists_the_seven_methods_and_the_none_baseline_with_wildcards():
+    assert list_methods() == sorted(SEVEN + ["none"])
+    assert not create_method("none").trains and all(create_method(m).trains for m in SEVEN)
     assert list_methods("clap*") == ["clap", "clap-clip", "clap-dagger", "clap-mask", "clap-no-cls"]
     with pytest.raises(KeyError, match="known: clap"):
         create_method("nope")

@@ -114,6 +114,8 @@ class _ClipItemDataset(Dataset):
         seed: int,
         max_items: Optional[int],
         threads: int,
+        clip_level: bool = False,
+        hflip: bool = True,
     ):
         self.annotations = annotations
         self.video_dir = Path(video_dir).expanduser()
@@ -128,6 +130,8 @@ class _ClipItemDataset(Dataset):
         self.seed = int(seed)
         self.max_items = max_items
         self.threads = int(threads)
+        self.clip_level = bool(clip_level)
+        self.hflip = bool(hflip)
         self.clip_seconds = clip_seconds(clip_cfg.frames, clip_cfg.fps)
         self.size = (int(clip_cfg.resize[0]), int(clip_cfg.resize[1]))
         self.epoch = 0
@@ -156,7 +160,21 @@ class _ClipItemDataset(Dataset):
         self._set_order()
 
     def __len__(self) -> int:
-        return len(self._order)
+        return len(self._order) * (self.clips_per_item if self.clip_level else 1)
+
+    def locate(self, index: int) -> Tuple[int, Optional[int]]:
+        """``(segment, clip slot)`` of item ``index``; the slot is None for segment-level items.
+
+        Clip-level items follow TSP's layout: item ``i`` is slot ``i // n`` of the ``i % n``-th
+        segment of the epoch (``n`` segments), so the ``n x clips_per_segment`` items cover every
+        (segment, slot) pair exactly once.
+        """
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} items")
+        n = len(self._order)
+        if self.clip_level:
+            return int(self._order[index % n]), index // n
+        return int(self._order[index]), None
 
     def video_path(self, video_id: str) -> Path:
         path = self._paths.get(video_id)
@@ -171,24 +189,33 @@ class _ClipItemDataset(Dataset):
         return {"skipped": True, "video_id": item.video_id, "path": str(path), "reason": reason}
 
     def __getitem__(self, index: int) -> dict:
-        if not 0 <= index < len(self._order):
-            raise IndexError(f"index {index} out of range for {len(self._order)} items")
-        item_index = int(self._order[index])
+        item_index, slot = self.locate(index)
         item = self.items[item_index]
         video = self.annotations.videos[item.video_id]
         path = self.video_path(item.video_id)
         if str(path) in self._bad_files:
             return self._skip(item, path, self._bad_files[str(path)])
-        np_rng, torch_gen = item_generators(self.seed, self.epoch, item_index)
-        starts = sample_clip_starts(
-            item.start, item.end, self.clip_seconds, self.clips_per_item, self.train, np_rng, video.duration
-        )
+        if slot is None:
+            np_rng, torch_gen = item_generators(self.seed, self.epoch, item_index)
+            starts = sample_clip_starts(
+                item.start, item.end, self.clip_seconds, self.clips_per_item, self.train, np_rng, video.duration
+            )
+        else:
+            # One clip: a uniform random position in the segment (training, TSP's temporal
+            # jittering) or the slot-th of the evenly spaced positions (evaluation).
+            np_rng, torch_gen = item_generators(self.seed, self.epoch, item_index * self.clips_per_item + slot)
+            if self.train:
+                starts = sample_clip_starts(item.start, item.end, self.clip_seconds, 1, True, np_rng, video.duration)
+            else:
+                starts = sample_clip_starts(
+                    item.start, item.end, self.clip_seconds, self.clips_per_item, False, None, video.duration
+                )[slot : slot + 1]
         try:
             frames = decode_clips(path, starts, self.clip_cfg.frames, self.clip_cfg.fps, self.size, threads=self.threads)
         except VideoDecodeError as e:
             self._bad_files[str(path)] = e.reason
             return self._skip(item, path, e.reason)
-        clips = transform_clips(frames, self.clip_cfg.crop, self.train, torch_gen)
+        clips = transform_clips(frames, self.clip_cfg.crop, self.train, torch_gen, hflip=self.hflip)
         texts = self._texts(video, item, starts, np_rng)
         k = len(starts)
         foreground = item.label is not None
@@ -231,6 +258,11 @@ class SegmentClipDataset(_ClipItemDataset):
     named after the nearest action of a kept class. ``max_segments`` draws that many segments
     per epoch (a new draw each epoch, see :meth:`set_epoch`).
 
+    ``clip_level=True`` (TSP's ``UntrimmedVideoDataset``, the default batch composition): one
+    item is ONE clip, ``len == segments x clips_per_segment``, item ``i`` being clip slot
+    ``i // n`` of segment ``i % n`` (see :meth:`locate`); a shuffled sampler then mixes clips of
+    every segment and video in each batch. ``hflip=False`` turns off the training flip.
+
     An item: ``clips`` float ``(K, 3, T, crop, crop)``, ``label`` long ``(K,)`` (class index,
     -1 for background), ``region`` long ``(K,)`` (1 foreground, 0 background), ``texts`` (K
     strings), ``video_id``, ``segment`` (start, end) and ``clip_starts`` ``(K,)`` in seconds.
@@ -249,11 +281,14 @@ class SegmentClipDataset(_ClipItemDataset):
         max_segments: Optional[int] = None,
         min_background: float = 0.0,
         threads: int = 1,
+        clip_level: bool = False,
+        hflip: bool = True,
     ):
         if regions not in REGIONS:
             raise ValueError(f"regions must be one of {REGIONS}, got {regions!r}")
         super().__init__(
-            annotations, video_dir, clip_cfg, train, clip_cfg.clips_per_segment, text_policy, classes, seed, max_segments, threads
+            annotations, video_dir, clip_cfg, train, clip_cfg.clips_per_segment, text_policy, classes, seed, max_segments,
+            threads, clip_level=clip_level, hflip=hflip,
         )
         self.regions = regions
         self.excluded_segments = 0

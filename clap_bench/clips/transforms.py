@@ -30,15 +30,18 @@ def _as_uint8_tensor(frames: ArrayLike) -> torch.Tensor:
     return tensor
 
 
-def crop_offsets(height: int, width: int, crop: int, train: bool, generator: Optional[torch.Generator]) -> tuple[int, int, bool]:
-    """(top, left, flip) of one clip's crop window."""
+def crop_offsets(
+    height: int, width: int, crop: int, train: bool, generator: Optional[torch.Generator], hflip: bool = True
+) -> tuple[int, int, bool]:
+    """(top, left, flip) of one clip's crop window; ``hflip=False`` never flips (the draw is still made,
+    so the crop windows do not depend on it)."""
     if crop > height or crop > width:
         raise ValueError(f"crop {crop} is larger than the frames ({height}x{width}); resize must be >= crop")
     if not train:
         return (height - crop) // 2, (width - crop) // 2, False
     top = int(torch.randint(0, height - crop + 1, (1,), generator=generator))
     left = int(torch.randint(0, width - crop + 1, (1,), generator=generator))
-    flip = bool(torch.rand((), generator=generator) < 0.5)
+    flip = bool(torch.rand((), generator=generator) < 0.5) and hflip
     return top, left, flip
 
 
@@ -64,10 +67,11 @@ def transform_clips(
     generator: Optional[torch.Generator] = None,
     mean: Sequence[float] = KINETICS_MEAN,
     std: Sequence[float] = KINETICS_STD,
+    hflip: bool = True,
 ) -> torch.Tensor:
     """uint8 clips ``(K, T, H, W, 3)`` (or one clip ``(T, H, W, 3)``) -> float ``(K, 3, T, crop, crop)``.
 
-    Each clip gets its own crop window and flip (training) from ``generator``.
+    Each clip gets its own crop window and flip (training, unless ``hflip=False``) from ``generator``.
     """
     tensor = _as_uint8_tensor(clips)
     single = tensor.dim() == 4
@@ -79,7 +83,7 @@ def transform_clips(
     # One strided copy per clip does crop, channel move and uint8 -> float together.
     result = torch.empty((k, 3, frames, crop, crop), dtype=torch.float32)
     for i, clip in enumerate(tensor):
-        top, left, flip = crop_offsets(height, width, crop, train, generator)
+        top, left, flip = crop_offsets(height, width, crop, train, generator, hflip)
         window = clip[:, top : top + crop, left : left + crop, :]
         if flip:
             window = window.flip(2)  # width axis of (T, H, W, 3)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Dict, Optional
+from typing import List, Dict, Optional
 
 import torch
 from torch import nn
@@ -159,6 +159,11 @@ class VideoEncoder(nn.Module):
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
         return self.body(clips)
+
+    def stages(self) -> List[nn.Module]:
+        """``[stem, layer1, layer2, layer3, layer4]``, lowest first (what ``freeze_stem``/``frozen_stages`` name)."""
+        body = self.body.net if isinstance(self.body, TorchvisionBackbone) else self.body
+        return [body.stem, body.layer1, body.layer2, body.layer3, body.layer4]
 
     def load_weights(self, weights: Optional[str | Path]) -> None:
         """Load ``weights`` (see the module docstring); ``None`` keeps the random initialisation."""

@@ -242,13 +242,18 @@ def build_plan(profile: Profile, methods: Sequence[str], seeds: Sequence[int], t
                     ))
                 continue
             encoders = {}
+            trains = method_trains(method)
+            # A method that does not train (none) has one encoder whatever the seed or class
+            # subset: every seed shares its seed-0 pre-training and extraction stages.
+            encoder_seed = seed if trains else 0
             for variant in sorted({TASK_FEATURES[t][0] for t in tasks}):
-                name = "pretrain" if variant == "all" else "pretrain-base"
+                name = "pretrain" if (variant == "all" or not trains) else "pretrain-base"
+                config = {"data": data_identity(p), "clips": to_dict(p.clips), "encoder": to_dict(p.encoder),
+                          "method_overrides": p.methods.get(method, {})}
+                if trains:
+                    config.update(train=to_dict(p.pretrain), classes=variant)
                 encoders[variant] = plan.add(StageSpec(
-                    name, method, seed, run_pretrain_stage,
-                    {"data": data_identity(p), "clips": to_dict(p.clips), "encoder": to_dict(p.encoder),
-                     "train": to_dict(p.pretrain), "method_overrides": p.methods.get(method, {}),
-                     "classes": variant},
+                    name, method, encoder_seed, run_pretrain_stage, config,
                     deps=(source_key,) if source_key else (),
                     resources="pretrain",
                 )).key
@@ -256,9 +261,9 @@ def build_plan(profile: Profile, methods: Sequence[str], seeds: Sequence[int], t
                 variant, datasets = TASK_FEATURES[task]
                 extracts = []
                 for d in datasets:
-                    name = f"extract-{d}" if variant == "all" else f"extract-base-{d}"
+                    name = f"extract-{d}" if (variant == "all" or not trains) else f"extract-base-{d}"
                     extracts.append(plan.add(StageSpec(
-                        name, method, seed, run_extract_stage,
+                        name, method, encoder_seed, run_extract_stage,
                         {"dataset": d, "data": data_identity(p, d), "clips": to_dict(p.clips),
                          "extract": to_dict(p.extract)},
                         deps=(encoders[variant],),
@@ -309,11 +314,21 @@ def run_source_stage(ctx: StageContext) -> Dict[str, Any]:
     return {"checkpoint": str(Path(checkpoint).resolve())}
 
 
+def method_trains(method: str) -> bool:
+    """False for a registered method that does no post-pre-training (``none``)."""
+    from clap_bench.methods import METHODS
+
+    try:
+        return bool(METHODS.get(method).trains)
+    except KeyError:
+        return True  # unknown names fail in their own pre-training stage, with the list of methods
+
+
 def run_pretrain_stage(ctx: StageContext) -> Dict[str, Any]:
     from clap_bench.training import pretrain
 
     classes = None
-    if ctx.config["classes"] == "base":
+    if ctx.config.get("classes") == "base":
         from clap_bench.data import load_fewshot_split
 
         if "fewshot-split" not in ctx.datasets:
@@ -324,6 +339,21 @@ def run_pretrain_stage(ctx: StageContext) -> Dict[str, Any]:
     out: Dict[str, Any] = {"checkpoint": _relative(checkpoint, ctx.out_dir)}
     if classes is not None:
         out["classes"] = len(classes)
+    out.update(validation_summary(ctx.out_dir))
+    return out
+
+
+def validation_summary(out_dir: Path) -> Dict[str, Any]:
+    """Epoch-0 and last-epoch validation figures of a pre-training (``val0_*`` and ``val_*``)."""
+    from clap_bench.training.trainer import read_epoch_records
+
+    records = [r for r in read_epoch_records(out_dir) if any(k.startswith("val_") for k in r)]
+    if not records:
+        return {}
+    first, last = records[0], records[-1]
+    out: Dict[str, Any] = {f"val0_{k[4:]}": v for k, v in first.items() if k.startswith("val_")}
+    out.update({k: v for k, v in last.items() if k.startswith("val_")})
+    out["val_epoch"] = last.get("epoch")
     return out
 
 

@@ -229,7 +229,7 @@ def pretrain(
     if PRETRAIN_DATASET not in datasets:
         raise KeyError(f"profile {profile.name!r} has no {PRETRAIN_DATASET!r} dataset to pre-train on")
     ds_cfg = datasets[PRETRAIN_DATASET]
-    ann = load_dataset(ds_cfg, PRETRAIN_DATASET)
+    ann = full_ann = load_dataset(ds_cfg, PRETRAIN_DATASET)
     train_subsets = [s for s in ("training", "train") if s in ann.subsets]
     if not train_subsets:
         raise ValueError(f"dataset {PRETRAIN_DATASET!r}: no training subset (subsets: {ann.subsets})")
@@ -251,15 +251,21 @@ def pretrain(
                 assert_no_leakage(ann, split, stage=f"{method} pre-training on base classes")
     else:
         class_list = list(ann.classes)
+    val_ann = validation_annotations(full_ann, class_list) if cfg.validate else None
     if method_cfg.use_captions:
         if CAPTIONS_DATASET not in datasets:
             raise KeyError(f"method {method}: uses captions but profile {profile.name!r} has no {CAPTIONS_DATASET!r} dataset")
-        ann = attach_captions(ann, load_dataset(datasets[CAPTIONS_DATASET], CAPTIONS_DATASET))
+        captions = load_dataset(datasets[CAPTIONS_DATASET], CAPTIONS_DATASET)
+        ann = attach_captions(ann, captions)
+        if val_ann is not None:
+            val_ann = attach_captions(val_ann, captions)
 
     init_weights = resolve_init_weights(profile, init, progress=progress)
     seed_everything(seed)
     enc_cfg = dataclasses.replace(profile.encoder, weights=None)
     encoder = build_video_encoder(enc_cfg, weights=init_weights)
+    if not method_cfg.trains:
+        return write_initial_weights(encoder, out_dir, _meta(profile, method_cfg, enc_cfg, class_list, init_weights, PRETRAIN_DATASET), seed, info)
     device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
 
     text = None
@@ -267,7 +273,7 @@ def pretrain(
     if method_cfg.uses_text:
         text = TextEncoder(profile.encoder.text_model, _cache_dir(profile), device=device)
         text_dim = text.dim
-    gvf = None
+    gvf = val_gvf = None
     gvf_dim = None
     if method_cfg.region_gvf:
         videos = [
@@ -281,6 +287,13 @@ def pretrain(
         mean_norm = torch.stack(list(gvf.values())).norm(dim=1).mean().clamp(min=1e-6)
         gvf = {k: v / mean_norm for k, v in gvf.items()}
         gvf_dim = encoder.out_dim
+        if val_ann is not None:
+            val_videos = [
+                VideoSource(v.id, resolve_video_path(ds_cfg.videos, v), float(v.duration))
+                for v in sorted(val_ann.videos.values(), key=lambda v: v.id)
+            ]
+            val_gvf = global_video_features(profile, init_weights, val_videos, PRETRAIN_DATASET, progress=progress, info=info)
+            val_gvf = {k: v / mean_norm for k, v in val_gvf.items()}  # the training videos' scale
     seed_everything(seed)  # the heads' initialisation does not depend on what ran above
     model = PretrainModel(
         encoder, method_cfg, len(class_list), text_dim, gvf_dim,
@@ -292,15 +305,69 @@ def pretrain(
             use_captions=method_cfg.use_captions, caption_prob=cfg.caption_prob,
             background_prompts_only=method_cfg.background_prompts_only,
         )
+    clip_level = cfg.batch_composition == "clips"
     dataset = SegmentClipDataset(
         ann, ds_cfg.videos, profile.clips, train=True, regions=method_cfg.regions, text_policy=policy,
-        classes=class_list, seed=seed, max_segments=cfg.max_segments_per_epoch,
+        classes=class_list, seed=seed, max_segments=cfg.max_segments_per_epoch, clip_level=clip_level, hflip=cfg.hflip,
     )
+    validation = None
+    if val_ann is not None:
+        # The same segments and texts for every seed and epoch (seed 0): figures are comparable.
+        validation = SegmentClipDataset(
+            val_ann, ds_cfg.videos, profile.clips, train=False, regions=method_cfg.regions, text_policy=policy,
+            classes=class_list, seed=0, max_segments=cfg.val_max_segments, clip_level=clip_level,
+        )
+        if len(validation) == 0:
+            raise ValueError(
+                f"dataset {PRETRAIN_DATASET!r}: validation subset {val_ann.subsets} has no segments of the "
+                f"{len(class_list)} pre-training classes to validate on; set pretrain.validate: false to train without"
+            )
     meta = _meta(profile, method_cfg, enc_cfg, class_list, init_weights, PRETRAIN_DATASET)
     trainer = Trainer(
-        model, dataset, cfg, out_dir, seed, collate_segments, profile.clips.clips_per_segment,
+        model, dataset, cfg, out_dir, seed, collate_segments, 1 if clip_level else profile.clips.clips_per_segment,
         text_features=text.encode if text is not None else None,
         on_epoch_end=text.flush if text is not None else None,
         gvf=gvf, meta=meta, progress=progress, device=device, dist_info=info,
+        validation=validation, val_gvf=val_gvf,
     )
     return trainer.fit()
+
+
+def write_initial_weights(encoder, out_dir: Path, meta: dict, seed: int, info: DistInfo) -> Path:
+    """The final checkpoint of a method that does not train (``none``): the initial backbone as is."""
+    from clap_bench.training.trainer import save_atomic
+
+    final = Path(out_dir) / FINAL_NAME
+    if info.is_main:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        state = {
+            "format": CHECKPOINT_FORMAT, "meta": meta, "seed": seed, "epoch": 0, "finished": True,
+            "model": {f"backbone.{k}": v for k, v in encoder.state_dict().items()},
+        }
+        save_atomic(state, final)
+    barrier()
+    return final
+
+
+VALIDATION_SUBSETS = ("validation", "val")
+
+
+def validation_annotations(ann, classes: List[str]):
+    """The held-out segments pre-training validates on: the dataset's validation subset.
+
+    With a class subset (few-shot base-class pre-training) only videos whose actions all belong
+    to it are kept: validation-subset videos of base classes, which no few-shot stage uses, so
+    nothing of the validation or test classes is seen.
+    """
+    subsets = [s for s in VALIDATION_SUBSETS if s in ann.subsets]
+    if not subsets:
+        raise ValueError(
+            f"dataset {PRETRAIN_DATASET!r}: no validation subset (expected one of {VALIDATION_SUBSETS}, found "
+            f"{sorted(ann.subsets)}); set pretrain.validate: false to train without validation"
+        )
+    val = ann.subset(*subsets)
+    if set(classes) != set(val.classes):
+        val = val.restrict_classes(classes)
+    if not val.videos:
+        raise ValueError(f"dataset {PRETRAIN_DATASET!r}: validation subset {subsets[0]!r} has no video of the pre-training classes")
+    return val

@@ -1,9 +1,20 @@
 """The one trainer every pre-training method shares (and the synthetic source pre-training).
 
-What it does, in order, for each step: take the next batch of segments (a permutation that is a
-function of (seed, epoch) only, sharded over processes), fetch the frozen text features of the
-batch's texts, run the model under autocast on CUDA, add the method's loss terms, stop on a
-non-finite loss, step SGD and the per-step learning-rate schedule.
+What it does, in order, for each step: take the next batch of items (a permutation that is a
+function of (seed, epoch) only, sharded over processes as ``DistributedSampler`` does; an item is
+one clip with the default ``batch_composition: clips``, a segment of K clips with ``segments``),
+fetch the frozen text features of the batch's texts, run the model under autocast on CUDA, add
+the method's loss terms, stop on a non-finite loss, step SGD and the per-step learning-rate
+schedule. ``batch_size`` counts clips per process (TSP); with ``scale_lr_by_world_size`` both
+rates are multiplied by the number of processes (TSP); with ``freeze_stem`` the backbone's stem
+is not trained (TSP: lr 0), and ``frozen_stages`` freezes the lowest backbone stages as well (a
+CPU budget option; frozen stages also keep their BatchNorm statistics).
+
+Validation (``validation=`` a dataset of held-out segments, evenly spaced clips, no augmentation)
+runs before the first epoch (recorded as epoch 0) and after every epoch: every loss term of the
+method, class and region accuracy, and for contrastive methods clip->text and text->clip R@1
+among the validation texts (with their chance levels). The figures go into the epoch's record
+with a ``val_`` prefix.
 
 Schedules (``TrainConfig``): ``step``: lr x ``lr_gamma`` every ``lr_step_epochs`` epochs (paper
 §4.1: x0.01 every 2 epochs); ``tsp``: linear warm-up over ``warmup_epochs``, then x ``lr_gamma``
@@ -118,6 +129,72 @@ def load_checkpoint(path: Path) -> Dict[str, Any]:
     return ckpt
 
 
+def frozen_backbone_modules(backbone: nn.Module, freeze_stem: bool, frozen_stages: int) -> List[nn.Module]:
+    """The backbone modules that do not train: the stem (TSP) and the lowest ``frozen_stages`` stages."""
+    stages = backbone.stages() if hasattr(backbone, "stages") else None
+    if stages is None:
+        if freeze_stem or frozen_stages:
+            raise ValueError(f"{type(backbone).__name__} has no stages(); set freeze_stem: false and frozen_stages: 0")
+        return []
+    out = [stages[0]] if (freeze_stem or frozen_stages) else []
+    return out + list(stages[1 : 1 + frozen_stages])
+
+
+@torch.no_grad()
+def retrieval_r1(
+    model: PretrainModel,
+    z_v: torch.Tensor,
+    texts: List[str],
+    foreground: torch.Tensor,
+    text_features: Dict[str, torch.Tensor],
+    foreground_only: bool,
+    device: torch.device,
+) -> Dict[str, float]:
+    """Clip->text and text->clip R@1 among the distinct validation texts, with chance levels.
+
+    Every distinct text is embedded once (eval mode). clip->text: a clip (foreground clips only
+    when the method's loss is the masked one) is right when its own text scores highest among
+    all distinct texts; chance 1 / #texts. text->clip: a text (of those clips) is right when the
+    clip scoring highest among all clips carries it; chance = the share of clips carrying it.
+    """
+    distinct = sorted(text_features)
+    index = {t: i for i, t in enumerate(distinct)}
+    feats = torch.stack([text_features[t] for t in distinct]).to(device)
+    z_t = torch.nn.functional.normalize(model.text_proj(feats.to(next(model.text_proj.parameters()).dtype)).float(), dim=-1).cpu()
+    own = torch.tensor([index[t] for t in texts])
+    queries = foreground if foreground_only else torch.ones_like(foreground)
+    if not bool(queries.any()):
+        return {}
+    sim = z_v @ z_t.T  # (clips, texts)
+    v2t = float((sim[queries].argmax(1) == own[queries]).float().mean())
+    asked = sorted(set(own[queries].tolist()))
+    best_clip = sim[:, asked].argmax(0)
+    t2v = float((own[best_clip] == torch.tensor(asked)).float().mean())
+    counts = torch.bincount(own, minlength=len(distinct)).float()
+    return {
+        "v2t_r1": v2t,
+        "t2v_r1": t2v,
+        "v2t_r1_chance": 1.0 / len(distinct),
+        "t2v_r1_chance": float((counts[asked] / len(texts)).mean()),
+        "texts": float(len(distinct)),
+    }
+
+
+def format_validation(record: Dict[str, Any]) -> str:
+    """One log line of an epoch record's validation figures."""
+    keys = [("loss", "loss"), ("class_acc", "class acc"), ("region_acc", "region acc"), ("v2t_r1", "clip->text R@1"), ("t2v_r1", "text->clip R@1")]
+    parts = [f"{label} {record[f'val_{k}']:.3f}" for k, label in keys if f"val_{k}" in record]
+    return f"validation, epoch {record.get('epoch')}: " + ", ".join(parts)
+
+
+def read_epoch_records(out_dir: Path) -> List[Dict[str, Any]]:
+    """The per-epoch records of ``<out_dir>/metrics.jsonl`` (epoch 0: validation before training)."""
+    path = Path(out_dir) / METRICS_NAME
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def _unwrap(model: nn.Module) -> PretrainModel:
     return model.module if hasattr(model, "module") else model
 
@@ -173,7 +250,7 @@ class Trainer:
         out_dir: Path,
         seed: int,
         collate: Callable[[List[dict]], dict],
-        clips_per_segment: int,
+        clips_per_item: int,
         text_features: Optional[Callable[[List[str]], torch.Tensor]] = None,
         on_epoch_end: Optional[Callable[[], None]] = None,
         gvf: Optional[Dict[str, torch.Tensor]] = None,
@@ -182,6 +259,8 @@ class Trainer:
         device: Optional[str] = None,
         dist_info: Optional[DistInfo] = None,
         bn_recalibration_batches: int = 20,
+        validation: Optional[torch.utils.data.Dataset] = None,
+        val_gvf: Optional[Dict[str, torch.Tensor]] = None,
     ):
         self.cfg = cfg
         self.out_dir = Path(out_dir)
@@ -195,10 +274,14 @@ class Trainer:
         self.progress = progress
         self.dist = dist_info or DistInfo()
         self.bn_recalibration_batches = int(bn_recalibration_batches)
+        self.validation = validation if cfg.validate else None
+        self.val_gvf = val_gvf
+        self.clips_per_item = max(1, int(clips_per_item))
         if device is None:
             device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
-        self.segments_per_batch = max(1, cfg.batch_size // max(1, clips_per_segment) // self.dist.world_size)
+        # batch_size counts clips per process (TSP's --batch-size is per GPU).
+        self.items_per_batch = max(1, cfg.batch_size // self.clips_per_item)
         self.model = model.to(self.device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last_3d)
@@ -210,17 +293,23 @@ class Trainer:
         heads = [p for m in model.head_modules() for p in m.parameters()]
         if hasattr(model, "log_logit_scale") and isinstance(model.log_logit_scale, nn.Parameter):
             heads.append(model.log_logit_scale)
-        groups = [
-            {"params": list(model.backbone.parameters()), "lr": cfg.lr_backbone, "name": "backbone"},
-            {"params": heads, "lr": cfg.lr_heads, "name": "heads"},
-        ]
+        self.frozen_modules = frozen_backbone_modules(model.backbone, cfg.freeze_stem, cfg.frozen_stages)
+        for module in self.frozen_modules:
+            module.requires_grad_(False)
+        scale = self.dist.world_size if cfg.scale_lr_by_world_size else 1
+        self.lr_scale = scale
+        backbone = [p for p in model.backbone.parameters() if p.requires_grad]
+        groups = [g for g in (
+            {"params": backbone, "lr": cfg.lr_backbone * scale, "name": "backbone"},
+            {"params": heads, "lr": cfg.lr_heads * scale, "name": "heads"},
+        ) if g["params"]]
         if cfg.optimizer == "sgd":  # the paper's and TSP's optimiser
             self.optimizer = torch.optim.SGD(groups, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         elif cfg.optimizer == "adamw":
             self.optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
         else:
             raise ValueError(f"optimizer: expected 'sgd' or 'adamw', got {cfg.optimizer!r}")
-        self.steps_per_epoch = max(1, math.ceil(len(shard_order(len(dataset), 0, 0, 0, self.dist.world_size)) / self.segments_per_batch))
+        self.steps_per_epoch = max(1, math.ceil(len(shard_order(len(dataset), 0, 0, 0, self.dist.world_size)) / self.items_per_batch))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: lr_factor(cfg, step / self.steps_per_epoch)
         )
@@ -318,7 +407,7 @@ class Trainer:
     # ------------------------------------------------------------------ steps
     def _batches(self, epoch: int) -> List[List[int]]:
         order = shard_order(len(self.dataset), self.seed, epoch, self.dist.rank, self.dist.world_size)
-        return [order[i : i + self.segments_per_batch] for i in range(0, len(order), self.segments_per_batch)]
+        return [order[i : i + self.items_per_batch] for i in range(0, len(order), self.items_per_batch)]
 
     def _loader(self, epoch: int, skip: int):
         if hasattr(self.dataset, "set_epoch"):
@@ -405,9 +494,102 @@ class Trainer:
         rec["clips_per_s"] = clips / secs if secs > 0 else None
         # The rates in force at the start of the epoch (the schedule moves them per step).
         start = lr_factor(self.cfg, float(self.epoch))
-        rec["lr_backbone"] = self.cfg.lr_backbone * start
-        rec["lr_heads"] = self.cfg.lr_heads * start
+        rec["lr_backbone"] = self.cfg.lr_backbone * self.lr_scale * start
+        rec["lr_heads"] = self.cfg.lr_heads * self.lr_scale * start
         return rec
+
+    def _train_mode(self) -> None:
+        self.ddp_model.train()
+        for module in self.frozen_modules[1:]:
+            module.eval()  # frozen stages beyond the stem are a fixed feature extractor (TSP's stem keeps training BN)
+
+    # ------------------------------------------------------------------ validation
+    @torch.no_grad()
+    def validate(self) -> Dict[str, float]:
+        """The method's loss terms, head accuracies and retrieval R@1 on the validation segments.
+
+        Runs on the main process (others wait), in eval mode, in batches of ``batch_size`` clips
+        in a fixed order, so that the figures of two epochs are comparable. Loss terms are
+        averaged over batches weighted by their clips; accuracies and R@1 are over all clips.
+        """
+        if self.validation is None:
+            return {}
+        result: Dict[str, float] = {}
+        if self.dist.is_main:
+            result = self._validate_here()
+        barrier()
+        return result
+
+    def _validate_here(self) -> Dict[str, float]:
+        model = self.model
+        was_training = model.training
+        model.eval()
+        clip_level = getattr(self.validation, "clip_level", False)
+        per_batch = max(1, self.cfg.batch_size // (1 if clip_level else getattr(self.validation, "clips_per_item", 1)))
+        # One fixed shuffled order (the same every epoch): batches mix clips as training batches do.
+        order = torch.randperm(len(self.validation), generator=torch.Generator().manual_seed(0)).tolist()
+        loader = torch.utils.data.DataLoader(
+            self.validation, batch_sampler=[order[i : i + per_batch] for i in range(0, len(order), per_batch)],
+            collate_fn=self.collate, num_workers=self.cfg.num_workers, persistent_workers=False,
+            generator=torch.Generator().manual_seed(0),  # leaves the global RNG (training's) untouched
+        )
+        method = model.method
+        sums: Dict[str, float] = {}
+        weight = 0
+        hits = {"class": [0, 0], "region": [0, 0]}
+        z_v_all, texts_all, fg_all = [], [], []
+        text_cache: Dict[str, torch.Tensor] = {}
+        for batch in loader:
+            if batch.get("clips") is None:
+                continue
+            clips = batch["clips"].to(self.device)
+            label = batch["label"].to(self.device)
+            region = batch["region"].to(self.device)
+            texts = list(batch["texts"])
+            text_feats = self.text_features(texts).to(self.device) if method.uses_text else None
+            gvf = None
+            if method.region_gvf:
+                table = self.val_gvf if self.val_gvf is not None else self.gvf
+                try:
+                    gvf = torch.stack([table[v] for v in batch["video_ids"]]).to(self.device)
+                except KeyError as e:
+                    raise KeyError(f"validation: no global video feature for video {e.args[0]!r}") from None
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
+                out = model(clips, text_feats, gvf)
+            out = {k: v.float() for k, v in out.items()}
+            losses = compute_losses(model, out, {"label": label, "region": region, "texts": texts})
+            n = int(clips.shape[0])
+            for k in [k for k in losses if k not in ("v2t", "t2v", "temperature", "class_acc", "region_acc")]:
+                sums[k] = sums.get(k, 0.0) + float(losses[k]) * n
+            weight += n
+            fg = region == 1
+            if method.class_head:
+                keep = fg & (label >= 0)
+                hits["class"][0] += int((out["class_logits"][keep].argmax(1) == label[keep]).sum())
+                hits["class"][1] += int(keep.sum())
+            if method.region_head:
+                hits["region"][0] += int((out["region_logits"].argmax(1) == region).sum())
+                hits["region"][1] += n
+            if method.contrastive:
+                z_v_all.append(torch.nn.functional.normalize(out["z_v"], dim=-1).cpu())
+                texts_all.extend(texts)
+                fg_all.append(fg.cpu())
+                for t, f in zip(texts, text_feats):
+                    text_cache.setdefault(t, f)
+        result: Dict[str, float] = {k: v / max(1, weight) for k, v in sums.items()}
+        result["clips"] = float(weight)
+        for name, (right, total) in hits.items():
+            if total:
+                result[f"{name}_acc"] = right / total
+        if method.class_head and getattr(self.validation, "classes", None):
+            result["class_acc_chance"] = 1.0 / len(self.validation.classes)
+        if z_v_all:
+            result.update(retrieval_r1(
+                model, torch.cat(z_v_all), texts_all, torch.cat(fg_all), text_cache,
+                foreground_only=method.contrastive == "mask", device=self.device,
+            ))
+        model.train(was_training)
+        return result
 
     @torch.no_grad()
     def recalibrate_batch_norm(self) -> None:
@@ -445,15 +627,26 @@ class Trainer:
         for m, mom in zip(norms, saved):
             m.momentum = mom
 
+    def _write_record(self, record: Dict[str, Any]) -> None:
+        if not self.dist.is_main:
+            return
+        with open(self.out_dir / METRICS_NAME, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.progress and any(k.startswith("val_") for k in record):
+            print(format_validation(record), flush=True)
+
     # ------------------------------------------------------------------ loop
     def fit(self) -> Path:
         if self.final_path.exists():
             return self.final_path
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self._resume()
+        if not self._resume() and self.dist.is_main:
+            (self.out_dir / METRICS_NAME).unlink(missing_ok=True)  # records of a start that never checkpointed
+        if self.validation is not None and self.epoch == 0 and self.batch_in_epoch == 0:
+            self._write_record({"epoch": 0, **{f"val_{k}": v for k, v in self.validate().items()}})
         with _SignalFlag() as flag:
             while self.epoch < self.cfg.epochs:
-                self.ddp_model.train()
+                self._train_mode()
                 loader, total = self._loader(self.epoch, self.batch_in_epoch)
                 bar = None
                 if self.progress and self.dist.is_main:
@@ -484,9 +677,8 @@ class Trainer:
                 if bar is not None:
                     bar.close()
                 record = self._epoch_record()
-                if self.dist.is_main:
-                    with open(self.out_dir / METRICS_NAME, "a") as f:
-                        f.write(json.dumps(record) + "\n")
+                record.update({f"val_{k}": v for k, v in self.validate().items()})
+                self._write_record(record)
                 if self.on_epoch_end is not None:
                     self.on_epoch_end()
                 self.epoch += 1

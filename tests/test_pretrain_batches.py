@@ -1,0 +1,286 @@
+"""Post-pre-training as TSP trains: clip-level batches, per-process batch size, rates x world size,
+frozen stem, validation before training and after every epoch, and the ``none`` baseline."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from clap_bench.clips import SegmentClipDataset
+from clap_bench.config import ClipConfig, ConfigError, EncoderConfig, TrainConfig, load_profile
+from clap_bench.data.schema import AnnotationSet, Segment, Video
+from clap_bench.training.distributed import shard_order
+
+CLIP = ClipConfig(frames=4, fps=4.0, resize=[32, 43], crop=28, clips_per_segment=5)
+
+
+def _annotations(videos: int = 6, subset: str = "training") -> AnnotationSet:
+    out = {}
+    for i in range(videos):
+        vid = f"v_{subset[:2]}{i}"
+        out[vid] = Video(vid, 20.0, subset, segments=[Segment(4.0, 9.0, ["jump", "run", "swim"][i % 3]), Segment(12.0, 15.0, "run")])
+    return AnnotationSet("test", "memory", out, ["jump", "run", "swim"])
+
+
+# ---------------------------------------------------------------- the clip-level sampler
+def test_clip_level_items_cover_every_segment_clip_pair_once_per_epoch_disjoint_over_two_ranks():
+    data = SegmentClipDataset(_annotations(), "/nonexistent", CLIP, train=True, clip_level=True)
+    segments = len(data.items)
+    assert segments == 6 * 5  # per video: background 0-4, action 4-9, background 9-12, action 12-15, background 15-20
+    assert len(data) == segments * CLIP.clips_per_segment
+    pairs = {(s, k) for s in range(segments) for k in range(CLIP.clips_per_segment)}
+    orders = []
+    for epoch in (0, 1):
+        ranks = [shard_order(len(data), seed=3, epoch=epoch, rank=r, world_size=2) for r in (0, 1)]
+        assert not set(ranks[0]) & set(ranks[1]), "the two ranks share items"
+        both = ranks[0] + ranks[1]
+        assert sorted(both) == list(range(len(data))), "an item is missing or repeated in the epoch"
+        assert {data.locate(i) for i in both} == pairs
+        orders.append(ranks[0])
+    assert orders[0] != orders[1], "the order did not change with the epoch"
+
+
+def test_segment_level_items_keep_the_old_layout():
+    data = SegmentClipDataset(_annotations(), "/nonexistent", CLIP, train=True, clip_level=False)
+    assert len(data) == len(data.items)
+    assert data.locate(3) == (3, None)
+
+
+def test_evaluation_clip_level_starts_are_the_evenly_spaced_ones(monkeypatch):
+    import clap_bench.clips.datasets as datasets
+
+    seen = []
+
+    def fake_decode(path, starts, frames, fps, size, threads=1):
+        seen.append(np.asarray(starts, dtype=float))
+        return np.zeros((len(starts), frames, size[0], size[1], 3), np.uint8)
+
+    monkeypatch.setattr(datasets, "decode_clips", fake_decode)
+    ann = _annotations(1)
+    data = SegmentClipDataset(ann, "/nonexistent", CLIP, train=False, clip_level=True)
+    seg = next(i for i, it in enumerate(data.items) if it.label == "jump")
+    n = len(data.items)
+    for slot in range(CLIP.clips_per_segment):
+        item = data[slot * n + seg]
+        assert item["clips"].shape == (1, 3, CLIP.frames, CLIP.crop, CLIP.crop)
+    lo, hi = 4.0, 9.0 - CLIP.frames / CLIP.fps
+    np.testing.assert_allclose(np.concatenate(seen), np.linspace(lo, hi, CLIP.clips_per_segment))
+
+
+def test_hflip_switch_turns_off_the_flip_only():
+    from clap_bench.clips.transforms import transform_clips
+
+    frames = torch.arange(2 * 4 * 32 * 43 * 3, dtype=torch.int64).remainder(251).to(torch.uint8).reshape(2, 4, 32, 43, 3)
+    flips = 0
+    for seed in range(12):
+        a = transform_clips(frames, 28, True, torch.Generator().manual_seed(seed), hflip=True)
+        b = transform_clips(frames, 28, True, torch.Generator().manual_seed(seed), hflip=False)
+        for x, y in zip(a, b):
+            if not torch.equal(x, y):
+                flips += 1
+                assert torch.equal(x, y.flip(-1)), "hflip=False changed more than the flip"
+    assert flips > 0
+
+
+# ---------------------------------------------------------------- configuration errors
+def test_unknown_batch_composition_is_an_error_naming_the_key():
+    with pytest.raises(ConfigError) as err:
+        load_profile("smoke", {"pretrain": {"batch_composition": "foo"}})
+    assert "pretrain.batch_composition" in str(err.value) and "clips, segments" in str(err.value) and "'foo'" in str(err.value)
+
+
+def test_validation_subset_without_segments_is_an_error_naming_the_subset():
+    from clap_bench.training.pretrain import validation_annotations
+
+    train_only = _annotations(3, "training")
+    with pytest.raises(ValueError, match="no validation subset"):
+        validation_annotations(train_only, ["jump", "run", "swim"])
+    val = _annotations(3, "validation")
+    both = AnnotationSet("test", "memory", {**train_only.videos, **val.videos}, ["jump", "run", "swim"])
+    with pytest.raises(ValueError, match="validation subset 'validation' has no video"):
+        validation_annotations(both, ["dive"])
+    assert set(validation_annotations(both, ["jump", "run", "swim"]).videos) == set(val.videos)
+
+
+# ---------------------------------------------------------------- trainer: validation, stem, rates
+K_CLASSES = ["a", "b", "c"]
+
+
+class TinyClips(torch.utils.data.Dataset):
+    """Clip-level items (one clip each) whose content is a function of (seed, epoch, index)."""
+
+    clip_level = True
+
+    def __init__(self, n=12, seed=0, train=True):
+        self.n, self.seed, self.epoch, self.train = n, seed, 0, train
+        self.classes = K_CLASSES
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        g = torch.Generator().manual_seed(self.seed * 1000 + (self.epoch if self.train else 0) * 100 + i)
+        cls = i % 3
+        fg = i % 4 != 3
+        clips = torch.randn(1, 3, 4, 28, 28, generator=g) + (cls - 1.0)
+        text = ("foreground of " if fg else "background of ") + K_CLASSES[cls]
+        return {"clips": clips, "label": torch.tensor([cls if fg else -1]), "region": torch.tensor([int(fg)]),
+                "texts": [text], "video_id": f"v{i % 4}", "segment": (0.0, 1.0), "clip_starts": torch.zeros(1)}
+
+
+def _text_features(texts):
+    rows = []
+    for t in texts:
+        s = int.from_bytes(hashlib.sha256(t.encode()).digest()[:4], "little")
+        rows.append(torch.randn(16, generator=torch.Generator().manual_seed(s)))
+    return torch.stack(rows)
+
+
+def _trainer(out_dir, method="clap-mask", epochs=2, dist_info=None, validation=True, **cfg_kw):
+    from clap_bench.clips import collate_segments
+    from clap_bench.encoders import build_video_encoder
+    from clap_bench.methods import PretrainModel, create_method
+    from clap_bench.training.trainer import Trainer, seed_everything
+
+    seed_everything(0)
+    m = create_method(method)
+    encoder = build_video_encoder(EncoderConfig(arch="r2plus1d_tiny", width=0.125))
+    model = PretrainModel(encoder, m, num_classes=3, text_dim=16 if m.uses_text else None, embed_dim=8)
+    cfg = TrainConfig(**{"epochs": epochs, "batch_size": 6, "lr_backbone": 1e-2, "lr_heads": 2e-2, "lr_step_epochs": 1,
+                         "lr_gamma": 0.5, **cfg_kw})
+    return Trainer(model, TinyClips(), cfg, Path(out_dir), 0, collate_segments, 1,
+                   text_features=_text_features if m.uses_text else None, progress=False, device="cpu",
+                   dist_info=dist_info, validation=TinyClips(8, seed=7, train=False) if validation else None)
+
+
+def test_validation_figures_exist_for_epoch_0_and_every_epoch(tmp_path):
+    trainer = _trainer(tmp_path / "run")
+    trainer.fit()
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [0, 1, 2]
+    for r in records:
+        for key in ("val_loss", "val_class_ce", "val_region_ce", "val_contrastive", "val_class_acc", "val_region_acc",
+                    "val_v2t_r1", "val_t2v_r1", "val_v2t_r1_chance", "val_t2v_r1_chance"):
+            assert key in r, f"{key} missing at epoch {r['epoch']}"
+        assert r["val_clips"] == 8
+        assert 0.0 <= r["val_v2t_r1"] <= 1.0
+    assert "loss" not in records[0] and "loss" in records[1]  # epoch 0: validation only
+    # items 0-7: foreground of a, b, c (six clips) and background of a, b (items 3, 7): 5 distinct texts
+    assert records[0]["val_v2t_r1_chance"] == pytest.approx(1 / 5)
+    # Validation does not consume the training streams: without it, training gives the same weights.
+    quiet = _trainer(tmp_path / "quiet", validation=False)
+    quiet.fit()
+    for (k, a), b in zip(trainer.model.state_dict().items(), quiet.model.state_dict().values()):
+        assert torch.equal(a, b), f"{k} differs when validation is on"
+
+
+def test_a_method_without_text_gets_no_retrieval_figures(tmp_path):
+    trainer = _trainer(tmp_path / "tac", method="tac", epochs=1)
+    trainer.fit()
+    records = [json.loads(x) for x in (tmp_path / "tac" / "metrics.jsonl").read_text().splitlines()]
+    assert "val_class_acc" in records[-1] and "val_v2t_r1" not in records[-1] and "val_region_acc" not in records[-1]
+
+
+def test_stem_is_frozen_and_rates_are_as_configured_single_process(tmp_path):
+    trainer = _trainer(tmp_path / "one", epochs=1, frozen_stages=1)
+    stages = trainer.model.backbone.stages()
+    before = [{k: v.clone() for k, v in s.state_dict().items() if "running" not in k and "num_batches" not in k} for s in stages]
+    trainer.fit()
+    after = [{k: v for k, v in s.state_dict().items() if "running" not in k and "num_batches" not in k} for s in stages]
+    for k in before[0]:
+        assert torch.equal(before[0][k], after[0][k]), f"stem {k} changed"
+    # frozen_stages: 1 also keeps layer1 (weights and BatchNorm statistics) as it was
+    for k in before[1]:
+        assert torch.equal(before[1][k], after[1][k]), f"layer1 {k} changed"
+    assert any(not torch.equal(before[2][k], after[2][k]) for k in before[2]), "layer2 did not train"
+    assert {g["name"]: g["initial_lr"] for g in trainer.optimizer.param_groups} == {"backbone": 1e-2, "heads": 2e-2}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank, world, port, out_dir, result_dir):
+    import torch.distributed as dist
+
+    from clap_bench.training.distributed import DistInfo
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        trainer = _trainer(Path(out_dir), epochs=1, dist_info=DistInfo(rank, world), validation=False)
+        stem_before = [p.detach().clone() for p in trainer.model.backbone.stages()[0].parameters()]
+        trainer.fit()
+        stem_after = list(trainer.model.backbone.stages()[0].parameters())
+        info = {
+            "lrs": {g["name"]: g["initial_lr"] for g in trainer.optimizer.param_groups},
+            "stem_unchanged": all(torch.equal(a, b) for a, b in zip(stem_before, stem_after)),
+            "steps": trainer.steps_per_epoch,
+            "clips_per_step": trainer.items_per_batch,
+        }
+        Path(result_dir, f"rank{rank}.json").write_text(json.dumps(info))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_process_gloo_run_scales_rates_by_world_size_and_keeps_the_stem(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path / "ddp"), str(results)), nprocs=2, join=True)
+    for rank in (0, 1):
+        info = json.loads((results / f"rank{rank}.json").read_text())
+        assert info["lrs"] == {"backbone": pytest.approx(2e-2), "heads": pytest.approx(4e-2)}  # x world size 2
+        assert info["stem_unchanged"]
+        assert info["clips_per_step"] == 6  # batch_size is per process
+        assert info["steps"] == 1  # 12 clips over 2 processes of 6
+
+
+# ---------------------------------------------------------------- the none method
+def test_none_method_features_equal_the_initial_encoders_on_a_smoke_video(tmp_path):
+    from clap_bench.config import resolve_datasets
+    from clap_bench.encoders import build_video_encoder
+    from clap_bench.features.extract import dataset_videos, encode_videos, extract_features, read_features
+    from clap_bench.training import pretrain
+    from clap_bench.training.pretrain import resolve_init_weights
+
+    profile = load_profile("smoke")
+    resolve_datasets(profile)
+    final = pretrain(profile, "none", 0, tmp_path / "none", progress=False)
+    ckpt = torch.load(final, map_location="cpu", weights_only=False)
+    assert ckpt["meta"]["method"] == "none" and ckpt["epoch"] == 0
+    init = resolve_init_weights(profile, progress=False)
+    video = dataset_videos(profile, "activitynet")[:1]
+    ours = extract_features(profile, final, "activitynet", tmp_path / "f.h5", progress=False)
+    with read_features(ours) as feats:
+        got = feats[video[0].id]
+    encoder = build_video_encoder(profile.encoder.__class__(**{**profile.encoder.__dict__, "weights": None}), weights=init)
+    (_, expected, error), = list(encode_videos(encoder, video, profile.clips, profile.extract.stride_frames,
+                                               profile.extract.batch_size, 0, progress=False))
+    assert error is None
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_none_shares_one_encoder_and_extraction_over_seeds_and_class_subsets():
+    from clap_bench.runs.plan import build_plan
+
+    plan = build_plan(load_profile("smoke"), ["none", "tac"], [0, 1])
+    keys = set(plan.stages)
+    none_keys = sorted(k for k in keys if k.startswith("none/"))
+    assert "none/seed0/pretrain" in keys and "none/seed1/pretrain" not in keys
+    assert not any("pretrain-base" in k or "extract-base" in k for k in none_keys)
+    assert {"none/seed1/tal", "none/seed1/fstal", "none/seed1/vlg"} <= keys
+    assert plan.stages["none/seed1/fstal"].deps == ("none/seed0/extract-activitynet",)
+    assert "tac/seed1/pretrain-base" in keys
