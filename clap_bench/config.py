@@ -62,6 +62,11 @@ class DataConfig:
     synth_seed: int = 0
     cache_dir: str = "~/.cache/clap_bench"
     datasets: Dict[str, DatasetConfig] = field(default_factory=dict)
+    # Decode each video once into <cache_dir>/frames (clap_bench.clips.frame_cache): clip-level
+    # batches then cost a memory-mapped slice instead of a seek and decode per clip. For the
+    # small synthetic videos only (real datasets are thousands of hours).
+    frame_cache: bool = False
+    frame_cache_max_gb: float = 20.0
 
 
 @dataclass
@@ -226,7 +231,8 @@ def data_identity(profile: "Profile", dataset: Optional[str] = None) -> Dict[str
     With ``dataset``, only that dataset's real-path entry is kept.
     """
     data = to_dict(profile.data)
-    data.pop("cache_dir", None)
+    for key in ("cache_dir", "frame_cache", "frame_cache_max_gb"):  # where and how videos are read, not what
+        data.pop(key, None)
     if profile.data.synthetic:
         from clap_bench.synth import GENERATOR_VERSION
 

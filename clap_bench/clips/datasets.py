@@ -116,6 +116,7 @@ class _ClipItemDataset(Dataset):
         threads: int,
         clip_level: bool = False,
         hflip: bool = True,
+        frame_cache=None,
     ):
         self.annotations = annotations
         self.video_dir = Path(video_dir).expanduser()
@@ -132,6 +133,7 @@ class _ClipItemDataset(Dataset):
         self.threads = int(threads)
         self.clip_level = bool(clip_level)
         self.hflip = bool(hflip)
+        self.frame_cache = frame_cache  # a clap_bench.clips.frame_cache.FrameCache, or None: decode each time
         self.clip_seconds = clip_seconds(clip_cfg.frames, clip_cfg.fps)
         self.size = (int(clip_cfg.resize[0]), int(clip_cfg.resize[1]))
         self.epoch = 0
@@ -211,7 +213,10 @@ class _ClipItemDataset(Dataset):
                     item.start, item.end, self.clip_seconds, self.clips_per_item, False, None, video.duration
                 )[slot : slot + 1]
         try:
-            frames = decode_clips(path, starts, self.clip_cfg.frames, self.clip_cfg.fps, self.size, threads=self.threads)
+            if self.frame_cache is not None:
+                frames = self.frame_cache.clips(path, starts, self.clip_cfg.frames, self.clip_cfg.fps)
+            else:
+                frames = decode_clips(path, starts, self.clip_cfg.frames, self.clip_cfg.fps, self.size, threads=self.threads)
         except VideoDecodeError as e:
             self._bad_files[str(path)] = e.reason
             return self._skip(item, path, e.reason)
@@ -283,12 +288,13 @@ class SegmentClipDataset(_ClipItemDataset):
         threads: int = 1,
         clip_level: bool = False,
         hflip: bool = True,
+        frame_cache=None,
     ):
         if regions not in REGIONS:
             raise ValueError(f"regions must be one of {REGIONS}, got {regions!r}")
         super().__init__(
             annotations, video_dir, clip_cfg, train, clip_cfg.clips_per_segment, text_policy, classes, seed, max_segments,
-            threads, clip_level=clip_level, hflip=hflip,
+            threads, clip_level=clip_level, hflip=hflip, frame_cache=frame_cache,
         )
         self.regions = regions
         self.excluded_segments = 0

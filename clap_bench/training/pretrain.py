@@ -31,6 +31,17 @@ def _cache_dir(profile: Profile) -> Path:
     return Path(profile.data.cache_dir).expanduser()
 
 
+def frame_cache_for(profile: Profile):
+    """The profile's frame cache (``data.frame_cache``), or None when videos are decoded for every clip."""
+    if not profile.data.frame_cache:
+        return None
+    from clap_bench.clips.frame_cache import FrameCache
+
+    size = (int(profile.clips.resize[0]), int(profile.clips.resize[1]))
+    return FrameCache(_cache_dir(profile) / "frames" / f"{size[0]}x{size[1]}", size,
+                      max_bytes=int(profile.data.frame_cache_max_gb * 1e9))
+
+
 @contextmanager
 def _exclusive(path: Path, enabled: bool = True):
     """``file_lock`` unless disabled (under DDP the ranks synchronise with barriers instead)."""
@@ -309,6 +320,7 @@ def pretrain(
     dataset = SegmentClipDataset(
         ann, ds_cfg.videos, profile.clips, train=True, regions=method_cfg.regions, text_policy=policy,
         classes=class_list, seed=seed, max_segments=cfg.max_segments_per_epoch, clip_level=clip_level, hflip=cfg.hflip,
+        frame_cache=frame_cache_for(profile),
     )
     validation = None
     if val_ann is not None:
@@ -316,6 +328,7 @@ def pretrain(
         validation = SegmentClipDataset(
             val_ann, ds_cfg.videos, profile.clips, train=False, regions=method_cfg.regions, text_policy=policy,
             classes=class_list, seed=0, max_segments=cfg.val_max_segments, clip_level=clip_level,
+            frame_cache=frame_cache_for(profile),
         )
         if len(validation) == 0:
             raise ValueError(

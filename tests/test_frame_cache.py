@@ -1,0 +1,103 @@
+"""The frame cache: a video decoded once gives the same clips as decoding, survives a corrupt entry,
+concurrent writers and a size bound, and reports decode errors like the decoder."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clap_bench.clips import VideoDecodeError, decode_clips, decode_frames_at
+from clap_bench.clips.frame_cache import FrameCache
+from test_clips import HEIGHT, WIDTH, expected_indices, indices, write_indexed_video
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("cache_videos")
+    paths = {"v30": write_indexed_video(root / "v_thirty.mp4", 120, 30), "v12": write_indexed_video(root / "v_twelve.mp4", 72, 12)}
+    good = paths["v30"].read_bytes()
+    (root / "v_empty.mp4").write_bytes(b"")
+    (root / "v_truncated.mp4").write_bytes(good[: len(good) // 2])
+    paths["root"] = root
+    return paths
+
+
+@pytest.mark.parametrize("name,fps,count", [("v30", 30, 120), ("v12", 12, 72)])
+def test_cached_frames_are_the_decoders_frames(videos, tmp_path, name, fps, count):
+    cache = FrameCache(tmp_path / "frames", (HEIGHT, WIDTH))
+    rng = np.random.default_rng(1)
+    times = np.concatenate([rng.uniform(-0.3, count / fps + 0.3, 40), [0.0, 0.5 / fps, 1.5 / fps, count / fps]])
+    got = cache.frames_at(videos[name], times)
+    np.testing.assert_array_equal(indices(got), expected_indices(times, fps, count))
+    np.testing.assert_array_equal(got, decode_frames_at(videos[name], times, size=(HEIGHT, WIDTH)))
+    starts = np.array([0.0, 0.37, 1.51, 2.2])
+    np.testing.assert_array_equal(cache.clips(videos[name], starts, 8, 7.5), decode_clips(videos[name], starts, 8, 7.5, (HEIGHT, WIDTH)))
+
+
+def test_miss_then_hit_and_a_new_instance_reads_the_entry(videos, tmp_path):
+    cache = FrameCache(tmp_path / "frames", (HEIGHT, WIDTH))
+    cache.clips(videos["v30"], [0.0], 4, 7.5)
+    cache.clips(videos["v30"], [1.0], 4, 7.5)
+    assert (cache.misses, cache.hits) == (1, 1)
+    again = FrameCache(tmp_path / "frames", (HEIGHT, WIDTH))
+    again.clips(videos["v30"], [2.0], 4, 7.5)
+    assert (again.misses, again.hits) == (0, 1)
+    assert len(list((tmp_path / "frames").glob("*.frames.npy"))) == 1
+
+
+def test_a_corrupt_entry_is_rebuilt(videos, tmp_path):
+    cache = FrameCache(tmp_path / "frames", (HEIGHT, WIDTH))
+    want = cache.clips(videos["v12"], [0.5, 3.0], 4, 4.0)
+    frames_file = next((tmp_path / "frames").glob("*.frames.npy"))
+    frames_file.write_bytes(frames_file.read_bytes()[:100])  # a crash mid-write, a full disk
+    fresh = FrameCache(tmp_path / "frames", (HEIGHT, WIDTH))
+    np.testing.assert_array_equal(fresh.clips(videos["v12"], [0.5, 3.0], 4, 4.0), want)
+    assert fresh.misses == 1
+    meta = next((tmp_path / "frames").glob("*.meta.json"))
+    meta.write_text("{not json")
+    fresh = FrameCache(tmp_path / "frames", (HEIGHT, WIDTH))
+    np.testing.assert_array_equal(fresh.clips(videos["v12"], [0.5, 3.0], 4, 4.0), want)
+    assert json.loads(meta.read_text())["size"] == [HEIGHT, WIDTH]
+
+
+def _write_entry(args):
+    path, root = args
+    cache = FrameCache(root, (HEIGHT, WIDTH))
+    return cache.clips(path, [0.0, 1.0, 2.5], 4, 7.5).tobytes()
+
+
+def test_concurrent_writers_of_one_entry_agree(videos, tmp_path):
+    root = str(tmp_path / "frames")
+    with mp.get_context("spawn").Pool(3) as pool:
+        results = pool.map(_write_entry, [(str(videos["v30"]), root)] * 3)
+    assert len(set(results)) == 1
+    assert len(list(Path(root).glob("*.frames.npy"))) == 1 and not list(Path(root).glob("*.tmp-*"))
+    np.testing.assert_array_equal(
+        np.frombuffer(results[0], np.uint8).reshape(3, 4, HEIGHT, WIDTH, 3),
+        decode_clips(videos["v30"], [0.0, 1.0, 2.5], 4, 7.5, (HEIGHT, WIDTH)),
+    )
+
+
+def test_size_bound_evicts_the_least_recently_used_entry(videos, tmp_path):
+    one = FrameCache(tmp_path / "probe", (HEIGHT, WIDTH))
+    one.clips(videos["v30"], [0.0], 4, 7.5)
+    size_v30 = one.disk_bytes()
+    cache = FrameCache(tmp_path / "frames", (HEIGHT, WIDTH), max_bytes=int(size_v30 * 1.2))
+    cache.clips(videos["v30"], [0.0], 4, 7.5)
+    cache.clips(videos["v12"], [0.0], 4, 7.5)  # does not fit beside v30: v30 goes
+    metas = [json.loads(m.read_text())["video"] for m in (tmp_path / "frames").glob("*.meta.json")]
+    assert metas == [str(Path(videos["v12"]).resolve())]
+
+
+def test_unreadable_videos_raise_the_decoders_errors(videos, tmp_path):
+    cache = FrameCache(tmp_path / "frames", (HEIGHT, WIDTH))
+    with pytest.raises(VideoDecodeError, match="empty"):
+        cache.clips(videos["root"] / "v_empty.mp4", [0.0], 4, 7.5)
+    with pytest.raises(VideoDecodeError, match="not found"):
+        cache.clips(videos["root"] / "v_missing.mp4", [0.0], 4, 7.5)
+    with pytest.raises(VideoDecodeError, match="truncated"):
+        cache.clips(videos["root"] / "v_truncated.mp4", [3.5], 4, 7.5)
