@@ -51,6 +51,7 @@ class FrameCache:
     """Frames of whole videos at one size, decoded once into ``root``."""
 
     def __init__(self, root: PathLike, size: Tuple[int, int], max_bytes: Optional[int] = None):
+        """``size``: (height, width) of the stored frames (the profile's ``clips.resize``)."""
         self.root = Path(root).expanduser()
         self.size = (int(size[0]), int(size[1]))
         self.max_bytes = None if max_bytes is None else int(max_bytes)
@@ -189,3 +190,12 @@ class FrameCache:
 
     def disk_bytes(self) -> int:
         return sum(f.stat().st_size for f in self.root.glob("*.frames.npy")) if self.root.is_dir() else 0
+
+
+def frame_cache_for(profile) -> Optional[FrameCache]:
+    """The profile's frame cache (``data.frame_cache``), or None when videos are decoded for every clip."""
+    if not profile.data.frame_cache:
+        return None
+    size = (int(profile.clips.resize[0]), int(profile.clips.resize[1]))
+    root = Path(profile.data.cache_dir).expanduser() / "frames" / f"{size[0]}x{size[1]}"
+    return FrameCache(root, size, max_bytes=int(profile.data.frame_cache_max_gb * 1e9))

@@ -45,8 +45,9 @@ class VideoSource:
 class _VideoClipChunks(torch.utils.data.IterableDataset):
     """Decodes videos (split over DataLoader workers) into chunks of centre-cropped clips."""
 
-    def __init__(self, videos: Sequence[VideoSource], clips: ClipConfig, stride_frames: int, chunk: int):
+    def __init__(self, videos: Sequence[VideoSource], clips: ClipConfig, stride_frames: int, chunk: int, frame_cache=None):
         self.videos, self.clips, self.stride_frames, self.chunk = list(videos), clips, stride_frames, chunk
+        self.frame_cache = frame_cache  # clap_bench.clips.frame_cache.FrameCache: frames decoded once per machine
 
     def __iter__(self):
         from clap_bench.clips.decode import VideoDecodeError, iter_video_clips
@@ -59,9 +60,12 @@ class _VideoClipChunks(torch.utils.data.IterableDataset):
         for video in self.videos[wid::nw]:
             starts = extraction_clip_starts(video.duration, c.frames / c.fps, self.stride_frames / c.fps)
             try:
-                for first, block in iter_video_clips(
-                    video.path, starts, c.frames, c.fps, size=tuple(c.resize), chunk=self.chunk
-                ):
+                if self.frame_cache is not None:
+                    blocks = ((i, self.frame_cache.clips(video.path, starts[i : i + self.chunk], c.frames, c.fps))
+                              for i in range(0, len(starts), self.chunk))
+                else:
+                    blocks = iter_video_clips(video.path, starts, c.frames, c.fps, size=tuple(c.resize), chunk=self.chunk)
+                for first, block in blocks:
                     yield video.id, first, len(starts), transform_clips(block, c.crop, train=False), None
             except VideoDecodeError as e:
                 yield video.id, 0, len(starts), None, str(e)
@@ -78,6 +82,7 @@ def encode_videos(
     device: Optional[str] = None,
     progress: bool = False,
     desc: str = "extract",
+    frame_cache=None,
 ) -> Iterator[Tuple[str, Optional[np.ndarray], Optional[str]]]:
     """Yield ``(video_id, (T, D) float32 features, None)`` per video, or ``(id, None, error)``.
 
@@ -85,7 +90,7 @@ def encode_videos(
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     encoder = encoder.to(device).eval()
-    data = _VideoClipChunks(videos, clips, stride_frames, batch_size)
+    data = _VideoClipChunks(videos, clips, stride_frames, batch_size, frame_cache)
     loader = torch.utils.data.DataLoader(data, batch_size=None, num_workers=num_workers, pin_memory=device.type == "cuda")
     pending: Dict[str, Tuple[int, Dict[int, np.ndarray]]] = {}
     bar = None
@@ -315,6 +320,7 @@ def extract_features(
     partial file, skips a finished one. Videos that cannot be decoded are skipped and listed in
     the file's ``skipped_videos`` attribute.
     """
+    from clap_bench.clips.frame_cache import frame_cache_for
     from clap_bench.encoders import build_video_encoder, file_hash
     from clap_bench.training.trainer import load_checkpoint
 
@@ -354,7 +360,8 @@ def extract_features(
         attrs,
         videos,
         lambda todo: encode_videos(
-            encoder, todo, clips, ex.stride_frames, ex.batch_size, ex.num_workers, progress=progress, desc=f"extract {dataset_key}"
+            encoder, todo, clips, ex.stride_frames, ex.batch_size, ex.num_workers, progress=progress, desc=f"extract {dataset_key}",
+            frame_cache=frame_cache_for(profile),
         ),
     )
     if errors:

@@ -32,14 +32,9 @@ def _cache_dir(profile: Profile) -> Path:
 
 
 def frame_cache_for(profile: Profile):
-    """The profile's frame cache (``data.frame_cache``), or None when videos are decoded for every clip."""
-    if not profile.data.frame_cache:
-        return None
-    from clap_bench.clips.frame_cache import FrameCache
+    from clap_bench.clips.frame_cache import frame_cache_for as _for
 
-    size = (int(profile.clips.resize[0]), int(profile.clips.resize[1]))
-    return FrameCache(_cache_dir(profile) / "frames" / f"{size[0]}x{size[1]}", size,
-                      max_bytes=int(profile.data.frame_cache_max_gb * 1e9))
+    return _for(profile)
 
 
 @contextmanager
