@@ -73,6 +73,29 @@ class EncoderConfig:
     embed_dim: int = 512
 
 
+DUPLICATE_TEXTS = ("exclude", "negatives")
+
+
+@dataclass
+class ContrastiveConfig:
+    """The form of the contrastive loss (Eq. 3-5); FIDELITY.md says what the paper states for each."""
+
+    normalize: bool = True  # L2-normalise z_v, z_t before the dot product (cosine); Eq. 4: plain dot product
+    temperature: float = 0.07  # tau of Eq. 4 (the paper gives no value; 0.07 is CLIP's initial one)
+    learn_temperature: bool = False
+    # Pairs whose text is the same string as a pair's own: "exclude" drops them from that pair's
+    # denominators; "negatives" keeps them there (Eq. 4 read literally: every other text in the batch).
+    duplicate_texts: str = "exclude"
+
+    def __post_init__(self) -> None:
+        if self.duplicate_texts not in DUPLICATE_TEXTS:
+            raise ConfigError(
+                f"contrastive.duplicate_texts: expected one of {', '.join(DUPLICATE_TEXTS)}, got {self.duplicate_texts!r}"
+            )
+        if not self.temperature > 0:
+            raise ConfigError(f"contrastive.temperature: expected a number > 0, got {self.temperature!r}")
+
+
 @dataclass
 class TrainConfig:
     epochs: int = 8
@@ -87,9 +110,11 @@ class TrainConfig:
     lr_step_epochs: int = 2
     warmup_epochs: int = 2
     milestones: List[int] = field(default_factory=lambda: [4, 6])
-    temperature: float = 0.07
-    learn_temperature: bool = False
+    contrastive: ContrastiveConfig = field(default_factory=ContrastiveConfig)
     caption_prob: float = 0.5
+    # Re-estimate the backbone's BatchNorm statistics after the last epoch (not in the paper or TSP;
+    # the CPU profiles' short runs need it, see Trainer.recalibrate_batch_norm).
+    bn_reestimate: bool = True
     num_workers: int = 0
     amp: bool = True  # used on CUDA only
     channels_last: bool = False
@@ -136,7 +161,10 @@ def from_dict(cls: type, data: Any, where: str = "config") -> Any:
     kwargs = {}
     for key, value in data.items():
         kwargs[key] = _convert(hints[key], value, f"{where}.{key}")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:  # a section's own check (__post_init__): say where the section was read
+        raise ConfigError(f"{where}: {e}") from None
 
 
 def _convert(tp: Any, value: Any, where: str) -> Any:

@@ -35,3 +35,77 @@ def test_unavailable_text_model_says_what_to_fetch_and_which_key_to_set(monkeypa
 def test_text_model_given_as_a_folder_is_used_as_is():
     bundled = resolve_text_model(None)
     assert resolve_text_model(str(bundled)) == bundled
+
+
+# --------------------------------------------------------------------------- contrastive form, BN re-estimation
+def test_paper_contrastive_form_and_bn_switch(paper):
+    c = paper.pretrain.contrastive
+    assert c.normalize is False  # Eq. 4: a plain dot product over tau
+    assert c.duplicate_texts == "negatives"  # Eq. 4: every other text of the batch is a negative
+    assert c.learn_temperature is False and c.temperature == pytest.approx(0.07)
+    assert paper.pretrain.bn_reestimate is False  # neither the paper nor TSP re-estimates BatchNorm
+
+
+def test_contrastive_form_switches_change_the_loss_as_stated():
+    import torch
+    import torch.nn.functional as F
+
+    from clap_bench.methods import contrastive_terms, text_ids
+
+    g = torch.Generator().manual_seed(0)
+    z_v, z_t = torch.randn(4, 3, generator=g), torch.randn(4, 3, generator=g)
+    texts = ["bg", "bg", "run", "jump"]  # pairs 0 and 1 share a text
+    ids = text_ids(texts)
+    # normalize=False, negatives: Eq. 4 written out, dot product over tau, every other text a negative.
+    v2t, t2v = contrastive_terms(z_v, z_t, ids, 1 / 0.5, normalize=False, duplicate_texts="negatives")
+    assert torch.allclose(v2t, F.cross_entropy(z_v @ z_t.T / 0.5, torch.arange(4), reduction="none"))
+    assert torch.allclose(t2v, F.cross_entropy(z_t @ z_v.T / 0.5, torch.arange(4), reduction="none"))
+    # exclude: the other "bg" pair leaves the denominators of pairs 0 and 1 only.
+    ex_v2t, _ = contrastive_terms(z_v, z_t, ids, 1 / 0.5, normalize=False, duplicate_texts="exclude")
+    assert torch.equal(ex_v2t[2:], v2t[2:])
+    logits = z_v @ z_t.T / 0.5
+    for i, other in ((0, 1), (1, 0)):
+        kept = [j for j in range(4) if j != other]
+        assert ex_v2t[i] == pytest.approx(float(torch.logsumexp(logits[i, kept], 0) - logits[i, i]), rel=1e-5)
+        assert ex_v2t[i] < v2t[i]
+    # normalize=True: the same on L2-normalised embeddings.
+    n_v2t, _ = contrastive_terms(z_v, z_t, ids, 1 / 0.5, normalize=True, duplicate_texts="negatives")
+    expected = F.cross_entropy(F.normalize(z_v, dim=1) @ F.normalize(z_t, dim=1).T / 0.5, torch.arange(4), reduction="none")
+    assert torch.allclose(n_v2t, expected)
+    with pytest.raises(ValueError, match="duplicate_texts"):
+        contrastive_terms(z_v, z_t, ids, 2.0, duplicate_texts="ignore")
+
+
+def test_a_bad_switch_value_names_the_key_and_the_file():
+    from clap_bench.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"smoke\.yaml\.pretrain\.contrastive: contrastive\.duplicate_texts"):
+        load_profile("smoke", overrides={"pretrain": {"contrastive": {"duplicate_texts": "ignore"}}})
+
+
+@pytest.mark.parametrize(
+    "switches",
+    [
+        {"contrastive": {"normalize": True, "duplicate_texts": "exclude", "learn_temperature": False}, "bn_reestimate": True},
+        {"contrastive": {"normalize": False, "duplicate_texts": "negatives", "learn_temperature": True}, "bn_reestimate": False},
+    ],
+    ids=["default-form", "paper-form"],
+)
+def test_pretraining_switches_run_on_the_smoke_profile(switches, tmp_path):
+    import torch
+
+    from clap_bench.training import pretrain
+
+    torch.set_num_threads(1)
+    profile = load_profile("smoke", overrides={"pretrain": {**switches, "epochs": 1}})
+    final = pretrain(profile, "clap-clip", seed=0, out_dir=tmp_path, progress=False)
+    state = torch.load(final, map_location="cpu", weights_only=False)
+    assert state["train"]["contrastive"] == {**state["train"]["contrastive"], **switches["contrastive"]}
+    learned = "log_logit_scale" in dict(state["model"]).keys() and switches["contrastive"]["learn_temperature"]
+    assert learned == switches["contrastive"]["learn_temperature"]
+    # BatchNorm statistics: untouched after the last epoch when off, re-estimated when on.
+    last_epoch = torch.load(tmp_path / "checkpoint.pt", map_location="cpu", weights_only=False)["model"]
+    stats = [k for k in state["model"] if k.startswith("backbone.") and k.endswith("running_mean")]
+    assert stats
+    same = all(torch.equal(state["model"][k], last_epoch[k]) for k in stats)
+    assert same == (not switches["bn_reestimate"])

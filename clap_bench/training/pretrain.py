@@ -284,7 +284,7 @@ def pretrain(
     seed_everything(seed)  # the heads' initialisation does not depend on what ran above
     model = PretrainModel(
         encoder, method_cfg, len(class_list), text_dim, gvf_dim,
-        embed_dim=profile.encoder.embed_dim, temperature=cfg.temperature, learn_temperature=cfg.learn_temperature,
+        embed_dim=profile.encoder.embed_dim, contrastive=cfg.contrastive,
     )
     policy = None
     if method_cfg.uses_text:

@@ -493,5 +493,6 @@ class Trainer:
                 self.batch_in_epoch = 0
                 self.running = {}
                 self.save_checkpoint()
-        self.recalibrate_batch_norm()
+        if self.cfg.bn_reestimate:
+            self.recalibrate_batch_norm()
         return self._write_final()
