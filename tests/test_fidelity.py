@@ -109,3 +109,12 @@ def test_pretraining_switches_run_on_the_smoke_profile(switches, tmp_path):
     assert stats
     same = all(torch.equal(state["model"][k], last_epoch[k]) for k in stats)
     assert same == (not switches["bn_reestimate"])
+
+
+def test_paper_tal_labels_come_from_the_external_video_scores(paper):
+    from clap_bench.config import from_dict
+    from clap_bench.downstream.gtad import GTADConfig
+
+    cfg = from_dict(GTADConfig, paper.tasks["tal"], "tasks.tal")
+    assert cfg.video_scores.endswith("cuhk_val_simp_share.json")
+    assert cfg.classes_per_video == 2  # G-TAD's ActivityNet post-processing: top-2 video classes
