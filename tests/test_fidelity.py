@@ -118,3 +118,15 @@ def test_paper_tal_labels_come_from_the_external_video_scores(paper):
     cfg = from_dict(GTADConfig, paper.tasks["tal"], "tasks.tal")
     assert cfg.video_scores.endswith("cuhk_val_simp_share.json")
     assert cfg.classes_per_video == 2  # G-TAD's ActivityNet post-processing: top-2 video classes
+
+
+def test_paper_grounding_schedule_and_selection(paper):
+    from clap_bench.config import from_dict
+    from clap_bench.downstream.tan2d.task import VLGConfig
+
+    cfg = from_dict(VLGConfig, paper.tasks["vlg"], "tasks.vlg").validate()
+    assert (cfg.lr_factor, cfg.lr_patience) == (0.8, 20)  # 2D-TAN's TRAIN.FACTOR, TRAIN.PATIENCE
+    assert cfg.plateau_metric == "negated_val_loss"  # scheduler.step(-val loss) in 2D-TAN's train.py
+    assert cfg.tacos.val_subset == "val" and cfg.charades_sta.val_subset is None
+    assert cfg.select_metric == "R@1@0.5"
+    assert (cfg.epochs, cfg.batch_size, cfg.lr) == (100, 32, 1e-4)
