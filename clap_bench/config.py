@@ -115,6 +115,23 @@ class TrainConfig:
     # Re-estimate the backbone's BatchNorm statistics after the last epoch (not in the paper or TSP;
     # the CPU profiles' short runs need it, see Trainer.recalibrate_batch_norm).
     bn_reestimate: bool = True
+    # TSP details (FIDELITY.md). head_init_std: class/region heads drawn from N(0, std) with zero
+    # bias (TSP: 0.01); None keeps PyTorch's default. short_segments: "drop" every segment shorter
+    # than one clip (TSP) or "keep" (a clip is centred on a short action). gvf_scaling: "none"
+    # (TSP) or "mean_norm" (GVFs divided by their mean L2 norm). caption_choice: see
+    # clap_bench.clips.language.assign_caption.
+    head_init_std: Optional[float] = None
+    short_segments: str = "keep"
+    gvf_scaling: str = "mean_norm"
+    caption_choice: str = "largest_overlap"
+
+    def __post_init__(self) -> None:
+        for key, allowed in (("short_segments", ("keep", "drop")), ("gvf_scaling", ("mean_norm", "none")),
+                             ("caption_choice", ("largest_overlap", "nearest_centre"))):
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"{key}: expected one of {', '.join(allowed)}, got {getattr(self, key)!r}")
+        if self.head_init_std is not None and not self.head_init_std > 0:
+            raise ConfigError(f"head_init_std: expected a number > 0 or null, got {self.head_init_std!r}")
     num_workers: int = 0
     amp: bool = True  # used on CUDA only
     channels_last: bool = False

@@ -34,6 +34,7 @@ class PretrainModel(nn.Module):
         gvf_dim: Optional[int] = None,
         embed_dim: int = 512,
         contrastive: Optional[ContrastiveConfig] = None,
+        head_init_std: Optional[float] = None,
     ):
         super().__init__()
         self.method = method
@@ -51,6 +52,11 @@ class PretrainModel(nn.Module):
                     raise ValueError(f"method {method.name}: region_gvf needs the GVF size (gvf_dim)")
                 extra = gvf_dim
             self.region_head = nn.Linear(feat + extra, 2)
+        if head_init_std is not None:  # TSP's heads: weights from N(0, std), zero bias
+            for head in (getattr(self, "class_head", None), getattr(self, "region_head", None)):
+                if head is not None:
+                    nn.init.normal_(head.weight, 0.0, head_init_std)
+                    nn.init.zeros_(head.bias)
         if method.contrastive:
             if not text_dim:
                 raise ValueError(f"method {method.name}: a contrastive loss needs the text feature size")

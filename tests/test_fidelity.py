@@ -83,32 +83,90 @@ def test_a_bad_switch_value_names_the_key_and_the_file():
         load_profile("smoke", overrides={"pretrain": {"contrastive": {"duplicate_texts": "ignore"}}})
 
 
-@pytest.mark.parametrize(
-    "switches",
-    [
-        {"contrastive": {"normalize": True, "duplicate_texts": "exclude", "learn_temperature": False}, "bn_reestimate": True},
-        {"contrastive": {"normalize": False, "duplicate_texts": "negatives", "learn_temperature": True}, "bn_reestimate": False},
-    ],
-    ids=["default-form", "paper-form"],
-)
-def test_pretraining_switches_run_on_the_smoke_profile(switches, tmp_path):
+DEFAULT_SWITCHES = {
+    "contrastive": {"normalize": True, "duplicate_texts": "exclude", "learn_temperature": False},
+    "bn_reestimate": True, "head_init_std": None, "short_segments": "keep", "gvf_scaling": "mean_norm",
+    "caption_choice": "largest_overlap",
+}
+PAPER_SWITCHES = {
+    "contrastive": {"normalize": False, "duplicate_texts": "negatives", "learn_temperature": True},
+    "bn_reestimate": False, "head_init_std": 0.01, "short_segments": "drop", "gvf_scaling": "none",
+    "caption_choice": "nearest_centre",
+}
+
+
+@pytest.mark.parametrize("method", ["clap", "tsp"])
+@pytest.mark.parametrize("switches", [DEFAULT_SWITCHES, PAPER_SWITCHES], ids=["default-form", "paper-form"])
+def test_pretraining_switches_run_on_the_smoke_profile(switches, method, tmp_path):
     import torch
 
     from clap_bench.training import pretrain
 
     torch.set_num_threads(1)
     profile = load_profile("smoke", overrides={"pretrain": {**switches, "epochs": 1}})
-    final = pretrain(profile, "clap-clip", seed=0, out_dir=tmp_path, progress=False)
+    final = pretrain(profile, method, seed=0, out_dir=tmp_path, progress=False)
     state = torch.load(final, map_location="cpu", weights_only=False)
-    assert state["train"]["contrastive"] == {**state["train"]["contrastive"], **switches["contrastive"]}
-    learned = "log_logit_scale" in dict(state["model"]).keys() and switches["contrastive"]["learn_temperature"]
-    assert learned == switches["contrastive"]["learn_temperature"]
+    for key, value in switches.items():
+        if key == "contrastive":
+            assert state["train"][key] == {**state["train"][key], **value}
+        else:
+            assert state["train"][key] == value, key
+    model = state["model"]
+    if method == "clap":
+        assert ("log_logit_scale" in model) is True  # a buffer when fixed, a parameter when learned
     # BatchNorm statistics: untouched after the last epoch when off, re-estimated when on.
     last_epoch = torch.load(tmp_path / "checkpoint.pt", map_location="cpu", weights_only=False)["model"]
-    stats = [k for k in state["model"] if k.startswith("backbone.") and k.endswith("running_mean")]
+    stats = [k for k in model if k.startswith("backbone.") and k.endswith("running_mean")]
     assert stats
-    same = all(torch.equal(state["model"][k], last_epoch[k]) for k in stats)
+    same = all(torch.equal(model[k], last_epoch[k]) for k in stats)
     assert same == (not switches["bn_reestimate"])
+
+
+def test_head_initialisation_switch():
+    import torch
+
+    from clap_bench.config import EncoderConfig
+    from clap_bench.encoders import build_video_encoder
+    from clap_bench.methods import PretrainModel, create_method
+
+    encoder = build_video_encoder(EncoderConfig(arch="r2plus1d_tiny", width=0.125))
+    torch.manual_seed(0)
+    tsp_init = PretrainModel(encoder, create_method("tsp"), 200, gvf_dim=encoder.out_dim, head_init_std=0.01)
+    for head in (tsp_init.class_head, tsp_init.region_head):
+        assert torch.count_nonzero(head.bias) == 0
+        assert abs(float(head.weight.detach().std()) - 0.01) < 0.002
+    torch.manual_seed(0)
+    default = PretrainModel(encoder, create_method("tsp"), 200, gvf_dim=encoder.out_dim)
+    assert torch.count_nonzero(default.class_head.bias) > 0  # PyTorch's uniform default
+
+
+def test_short_segments_switch_drops_segments_shorter_than_a_clip():
+    from clap_bench.clips import contiguous_segments
+    from clap_bench.data.schema import Segment, Video
+
+    video = Video("v", 20.0, "training", segments=[Segment(2.0, 2.5, "jump"), Segment(5.0, 12.0, "run"), Segment(12.0, 12.8, "jump")])
+    kept = contiguous_segments(video)
+    assert [(s.start, s.end, s.label) for s in kept if s.label] == [(2.0, 2.5, "jump"), (5.0, 12.0, "run"), (12.0, 12.8, "jump")]
+    dropped = contiguous_segments(video, min_length=1.07, min_action_length=1.07)
+    assert [(s.start, s.end, s.label) for s in dropped] == [(0.0, 2.0, None), (2.5, 5.0, None), (5.0, 12.0, "run"), (12.8, 20.0, None)]
+
+
+def test_caption_choice_switch():
+    from clap_bench.clips import assign_caption
+    from clap_bench.data.schema import Sentence
+
+    # Clip [10, 11]: caption A covers all of it but is centred far away; B overlaps half of it, centred near.
+    a, b = Sentence(0.0, 30.0, "a long caption"), Sentence(10.5, 11.0, "a short caption")
+    assert assign_caption(10.0, 11.0, [a, b], "largest_overlap") is a
+    assert assign_caption(10.0, 11.0, [a, b], "nearest_centre") is b
+    assert assign_caption(40.0, 41.0, [a, b], "nearest_centre") is None  # no overlap: the prompt stays
+
+
+def test_paper_tsp_details(paper):
+    assert paper.pretrain.head_init_std == 0.01  # TSP models/model.py: nn.init.normal_(fc.weight, 0, 0.01)
+    assert paper.pretrain.short_segments == "drop"  # TSP: segments shorter than clip_length frames removed
+    assert paper.pretrain.gvf_scaling == "none"  # TSP reads the max-pooled GVF as is
+    assert paper.pretrain.caption_choice == "nearest_centre"  # §3.2: "temporally closest caption"
 
 
 def test_paper_tal_labels_come_from_the_external_video_scores(paper):
