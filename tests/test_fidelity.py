@@ -188,3 +188,47 @@ def test_paper_grounding_schedule_and_selection(paper):
     assert cfg.tacos.val_subset == "val" and cfg.charades_sta.val_subset is None
     assert cfg.select_metric == "R@1@0.5"
     assert (cfg.epochs, cfg.batch_size, cfg.lr) == (100, 32, 1e-4)
+
+
+def test_paper_qat_and_2dtan_word_vectors(paper):
+    from clap_bench.config import from_dict
+    from clap_bench.downstream.qat import QATConfig
+    from clap_bench.downstream.tan2d.task import VLGConfig
+
+    assert from_dict(QATConfig, paper.tasks["fstal"], "tasks.fstal").adapt_steps == 49  # fewshotQAT adapt_iter 50
+    assert from_dict(VLGConfig, paper.tasks["vlg"], "tasks.vlg").glove_path.endswith("glove.6B.300d.txt")
+
+
+# --------------------------------------------------------------------------- FIDELITY.md and the table notes
+def test_every_switch_has_a_row_in_fidelity_md_and_the_readme_links_it():
+    from pathlib import Path
+
+    from clap_bench.fidelity import _MISSING, CHOICES, paper_profile_dict, resolve
+
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "FIDELITY.md").read_text()
+    paper = paper_profile_dict()
+    for choice in CHOICES:
+        assert f"`{choice.key}" in text or f"`{choice.key.rsplit('.', 1)[-1]}`" in text, choice.key
+        assert resolve(paper, choice.key) is not _MISSING, choice.key
+    assert "(FIDELITY.md)" in (root / "README.md").read_text()
+    assert "FIDELITY.md" in (root / "configs" / "profiles" / "paper.yaml").read_text().split("name:")[0]
+
+
+def test_table_notes_list_the_departures_of_each_tables_stages(tmp_path):
+    from clap_bench.config import to_dict
+    from clap_bench.runs import RunStore, make_tables, render
+
+    store = RunStore(tmp_path)
+    smoke = to_dict(load_profile("smoke"))
+    table1, table3 = make_tables(store, "smoke", ["1", "3"], profile_config=smoke)
+    notes1, notes3 = "\n".join(table1.notes), "\n".join(table3.notes)
+    assert "G-TAD's video labels: built-in video classifier instead of external scores" in notes1
+    assert "plateau" not in notes1
+    assert "(tasks.vlg.plateau_metric)" in notes3 and "video labels" not in notes3
+    for notes in (notes1, notes3):  # pre-training choices affect every table
+        assert "(pretrain.contrastive.duplicate_texts)" in notes and "(encoder.text_model)" in notes
+    assert "differs from the paper's protocol (FIDELITY.md)" in render([table1], "markdown")
+
+    paper = to_dict(load_profile("paper"))
+    assert not any("FIDELITY" in n for t in make_tables(store, "paper", ["1", "3"], profile_config=paper) for n in t.notes)
