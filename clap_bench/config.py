@@ -79,6 +79,27 @@ class EncoderConfig:
 
 
 BATCH_COMPOSITIONS = ("clips", "segments")
+DUPLICATE_TEXTS = ("exclude", "negatives")
+
+
+@dataclass
+class ContrastiveConfig:
+    """The form of the contrastive loss (Eq. 3-5); FIDELITY.md says what the paper states for each."""
+
+    normalize: bool = True  # L2-normalise z_v, z_t before the dot product (cosine); Eq. 4: plain dot product
+    temperature: float = 0.07  # tau of Eq. 4 (the paper gives no value; 0.07 is CLIP's initial one)
+    learn_temperature: bool = False
+    # Pairs whose text is the same string as a pair's own: "exclude" drops them from that pair's
+    # denominators; "negatives" keeps them there (Eq. 4 read literally: every other text in the batch).
+    duplicate_texts: str = "exclude"
+
+    def __post_init__(self) -> None:
+        if self.duplicate_texts not in DUPLICATE_TEXTS:
+            raise ConfigError(
+                f"contrastive.duplicate_texts: expected one of {', '.join(DUPLICATE_TEXTS)}, got {self.duplicate_texts!r}"
+            )
+        if not self.temperature > 0:
+            raise ConfigError(f"contrastive.temperature: expected a number > 0, got {self.temperature!r}")
 
 
 @dataclass
@@ -107,9 +128,21 @@ class TrainConfig:
     lr_step_epochs: int = 2
     warmup_epochs: int = 2
     milestones: List[int] = field(default_factory=lambda: [4, 6])
-    temperature: float = 0.07
-    learn_temperature: bool = False
+    contrastive: ContrastiveConfig = field(default_factory=ContrastiveConfig)
     caption_prob: float = 0.5
+    # Re-estimate the backbone's BatchNorm statistics after the last epoch (not in the paper or TSP;
+    # the CPU profiles' short runs need it, see Trainer.recalibrate_batch_norm).
+    bn_reestimate: bool = True
+    # TSP details (FIDELITY.md). head_init_std: class/region heads drawn from N(0, std) with zero
+    # bias (TSP: 0.01); None keeps PyTorch's default. short_segments: "drop" every segment shorter
+    # than one clip (TSP) or "keep" (a clip is centred on a short action). gvf_scaling: "none"
+    # (TSP) or "mean_norm" (GVFs divided by their mean L2 norm). caption_choice: see
+    # clap_bench.clips.language.assign_caption.
+    head_init_std: Optional[float] = None
+    short_segments: str = "keep"
+    gvf_scaling: str = "mean_norm"
+    caption_choice: str = "largest_overlap"
+
     num_workers: int = 0
     amp: bool = True  # used on CUDA only
     channels_last: bool = False
@@ -121,6 +154,12 @@ class TrainConfig:
     val_max_segments: Optional[int] = None  # a fixed subset of the validation segments (CPU profiles)
 
     def __post_init__(self) -> None:
+        for key, allowed in (("short_segments", ("keep", "drop")), ("gvf_scaling", ("mean_norm", "none")),
+                             ("caption_choice", ("largest_overlap", "nearest_centre"))):
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"{key}: expected one of {', '.join(allowed)}, got {getattr(self, key)!r}")
+        if self.head_init_std is not None and not self.head_init_std > 0:
+            raise ConfigError(f"head_init_std: expected a number > 0 or null, got {self.head_init_std!r}")
         if self.batch_composition not in BATCH_COMPOSITIONS:
             raise ConfigError(
                 f"batch_composition: expected one of {', '.join(BATCH_COMPOSITIONS)}, got {self.batch_composition!r}"
@@ -172,8 +211,8 @@ def from_dict(cls: type, data: Any, where: str = "config") -> Any:
         kwargs[key] = _convert(hints[key], value, f"{where}.{key}")
     try:
         return cls(**kwargs)
-    except ConfigError as e:  # a section's own check (__post_init__): name where it came from
-        raise ConfigError(f"{where}.{e}") from None
+    except ConfigError as e:  # a section's own check (__post_init__): say where the section was read
+        raise ConfigError(f"{where}: {e}") from None
 
 
 def _convert(tp: Any, value: Any, where: str) -> Any:

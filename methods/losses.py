@@ -1,17 +1,23 @@
 """Contrastive losses of the paper (Eq. 3/4 and the masked Eq. 5) and the classification terms (Eq. 6).
 
-Embeddings are L2-normalised before the dot product (cosine similarity, as in CLIP), so the
-temperature alone sets the sharpness of the softmax.
+The form of Eq. 4 is configurable (``pretrain.contrastive``, see FIDELITY.md):
 
-Identical texts in a batch. Many clips share one text: the five clips of a segment get the same
-prompt, and every segment of a class gets "foreground of <class>". Taken literally, Eq. 4 would
-count the other copies of a pair's own text as negatives: identical columns with the positive's
-logit, which cap the positive's probability at 1/k and push apart clips the labels call the same.
-We keep Eq. 3's one term per pair (v_i, t_i) and remove from that term's denominator every
-*other* pair whose text is the same string (``text_ids`` equal): they are neither positives nor
-negatives for it. Every other clip or text, background included, stays in the denominator. When
-all texts differ this is exactly Eq. 3/4. Text embeddings are still computed per pair, so the
-BatchNorm of ``g_t`` sees the batch's text distribution as ``g_v`` sees its clips.
+* ``normalize``: Eq. 4 is a plain dot product ``z_v . z_t / tau``. With ``normalize=True`` the
+  embeddings are L2-normalised first (cosine similarity, as CLIP), so the temperature alone sets
+  the sharpness of the softmax and the logits stay bounded by ``1/tau``.
+* ``duplicate_texts``: many clips share one text (the five clips of a segment get the same prompt,
+  and every background clip may get the same background prompt). Read literally (``"negatives"``),
+  Eq. 4 counts every other text of the batch as a negative, the other copies of a pair's own text
+  included: identical columns with the positive's logit, which cap the positive's probability at
+  1/k and push apart clips that carry the same text. With ``"exclude"`` we keep Eq. 3's one term
+  per pair (v_i, t_i) and remove from that term's denominator every *other* pair whose text is
+  the same string (``text_ids`` equal): they are neither positives nor negatives for it. Every
+  other clip or text stays in the denominator. When all texts differ both are exactly Eq. 3/4.
+  Note that ``"exclude"`` also stops CLAP-clip (Eq. 3) from pushing apart background clips that
+  share a prompt, which is the effect the clip-vs-mask ablation (Eq. 3 vs Eq. 5) measures.
+
+Text embeddings are computed per pair either way, so the BatchNorm of ``g_t`` sees the batch's
+text distribution as ``g_v`` sees its clips.
 
 Reductions: the sum over pairs of Eq. 3/5 is divided by the number of terms kept in each
 direction (pairs for Eq. 3; foreground pairs for Eq. 5), so the loss scale does not depend on the
@@ -30,6 +36,8 @@ from typing import Dict, Optional
 import torch
 import torch.nn.functional as F
 
+from clap_bench.config import DUPLICATE_TEXTS
+
 
 def contrastive_terms(
     z_v: torch.Tensor,
@@ -37,6 +45,8 @@ def contrastive_terms(
     text_ids: torch.Tensor,
     logit_scale: torch.Tensor | float,
     rows: Optional[torch.Tensor] = None,
+    normalize: bool = True,
+    duplicate_texts: str = "exclude",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-pair ``-log NCE`` in both directions.
 
@@ -44,21 +54,29 @@ def contrastive_terms(
     text_ids: (N,) int; equal ids mean identical text strings.
     logit_scale: 1/temperature.
     rows: indices of the pairs whose terms are wanted (default: all N).
+    normalize, duplicate_texts: the form of Eq. 4 (module docstring).
     Returns (v2t, t2v), each of shape (len(rows),).
     """
+    if duplicate_texts not in DUPLICATE_TEXTS:
+        raise ValueError(f"duplicate_texts: expected one of {DUPLICATE_TEXTS}, got {duplicate_texts!r}")
     n = z_v.shape[0]
     if rows is None:
         rows = torch.arange(n, device=z_v.device)
-    z_v = F.normalize(z_v.float(), dim=-1)
-    z_t = F.normalize(z_t.float(), dim=-1)
-    # Same-text pairs other than the pair itself are removed from the denominator.
-    same = text_ids[rows][:, None] == text_ids[None, :]
-    same[torch.arange(len(rows), device=z_v.device), rows] = False
-    neg_inf = torch.finfo(torch.float32).min
+    z_v, z_t = z_v.float(), z_t.float()
+    if normalize:
+        z_v = F.normalize(z_v, dim=-1)
+        z_t = F.normalize(z_t, dim=-1)
     logits_v2t = (z_v[rows] @ z_t.T) * logit_scale  # clip i against every text
     logits_t2v = (z_t[rows] @ z_v.T) * logit_scale  # text i against every clip
-    v2t = F.cross_entropy(logits_v2t.masked_fill(same, neg_inf), rows, reduction="none")
-    t2v = F.cross_entropy(logits_t2v.masked_fill(same, neg_inf), rows, reduction="none")
+    if duplicate_texts == "exclude":
+        # Same-text pairs other than the pair itself are removed from the denominator.
+        same = text_ids[rows][:, None] == text_ids[None, :]
+        same[torch.arange(len(rows), device=z_v.device), rows] = False
+        neg_inf = torch.finfo(torch.float32).min
+        logits_v2t = logits_v2t.masked_fill(same, neg_inf)
+        logits_t2v = logits_t2v.masked_fill(same, neg_inf)
+    v2t = F.cross_entropy(logits_v2t, rows, reduction="none")
+    t2v = F.cross_entropy(logits_t2v, rows, reduction="none")
     return v2t, t2v
 
 
@@ -70,6 +88,8 @@ def contrastive_loss(
     foreground: Optional[torch.Tensor] = None,
     rows: Optional[torch.Tensor] = None,
     world_size: int = 1,
+    normalize: bool = True,
+    duplicate_texts: str = "exclude",
 ) -> Dict[str, torch.Tensor]:
     """Eq. 3 (``foreground=None``) or the masked Eq. 5 (``foreground``: (N,) bool of the pairs).
 
@@ -77,7 +97,8 @@ def contrastive_loss(
     clips, text->video for foreground texts; a pair's text is foreground iff its clip is), while
     background clips and texts remain in every denominator.
     Returns ``{"loss", "v2t", "t2v"}`` (``loss = v2t + t2v``); see the module docstring for the
-    normalisation and ``rows``/``world_size`` (distributed use).
+    form (``normalize``, ``duplicate_texts``), the normalisation and ``rows``/``world_size``
+    (distributed use).
     """
     n = z_v.shape[0]
     if rows is None:
@@ -85,7 +106,7 @@ def contrastive_loss(
     keep = torch.ones(n, dtype=torch.bool, device=z_v.device) if foreground is None else foreground.bool()
     count = keep.sum().clamp(min=1).float()  # global number of terms per direction
     local_keep = keep[rows].float()
-    v2t, t2v = contrastive_terms(z_v, z_t, text_ids, logit_scale, rows)
+    v2t, t2v = contrastive_terms(z_v, z_t, text_ids, logit_scale, rows, normalize, duplicate_texts)
     scale = float(world_size) / count
     v2t = (v2t * local_keep).sum() * scale
     t2v = (t2v * local_keep).sum() * scale

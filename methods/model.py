@@ -14,6 +14,7 @@ from typing import Callable, Dict, List, Optional
 import torch
 from torch import nn
 
+from clap_bench.config import ContrastiveConfig
 from clap_bench.methods.base import MethodConfig
 from clap_bench.methods.losses import contrastive_loss, masked_cross_entropy
 
@@ -32,11 +33,12 @@ class PretrainModel(nn.Module):
         text_dim: Optional[int] = None,
         gvf_dim: Optional[int] = None,
         embed_dim: int = 512,
-        temperature: float = 0.07,
-        learn_temperature: bool = False,
+        contrastive: Optional[ContrastiveConfig] = None,
+        head_init_std: Optional[float] = None,
     ):
         super().__init__()
         self.method = method
+        self.contrastive = contrastive if contrastive is not None else ContrastiveConfig()
         self.backbone = backbone
         feat = backbone.out_dim
         if method.class_head:
@@ -50,15 +52,18 @@ class PretrainModel(nn.Module):
                     raise ValueError(f"method {method.name}: region_gvf needs the GVF size (gvf_dim)")
                 extra = gvf_dim
             self.region_head = nn.Linear(feat + extra, 2)
+        if head_init_std is not None:  # TSP's heads: weights from N(0, std), zero bias
+            for head in (getattr(self, "class_head", None), getattr(self, "region_head", None)):
+                if head is not None:
+                    nn.init.normal_(head.weight, 0.0, head_init_std)
+                    nn.init.zeros_(head.bias)
         if method.contrastive:
             if not text_dim:
                 raise ValueError(f"method {method.name}: a contrastive loss needs the text feature size")
-            if temperature <= 0:
-                raise ValueError(f"temperature must be > 0, got {temperature}")
             self.video_proj = projection(feat, embed_dim)
             self.text_proj = projection(text_dim, embed_dim)
-            scale = torch.tensor(math.log(1.0 / temperature))
-            if learn_temperature:
+            scale = torch.tensor(math.log(1.0 / self.contrastive.temperature))
+            if self.contrastive.learn_temperature:
                 self.log_logit_scale = nn.Parameter(scale)
             else:
                 self.register_buffer("log_logit_scale", scale)
@@ -156,6 +161,8 @@ def compute_losses(
             foreground=fg_all if method.contrastive == "mask" else None,
             rows=rows,
             world_size=world_size if gather is not None else 1,
+            normalize=model.contrastive.normalize,
+            duplicate_texts=model.contrastive.duplicate_texts,
         )
         add("contrastive", c["loss"], method.contrastive_weight)
         stats["v2t"] = c["v2t"].detach()

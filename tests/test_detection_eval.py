@@ -67,8 +67,30 @@ def test_perfect_detection_scores_one_at_every_threshold():
     assert result["average_mAP"] == 1.0
 
 
-def test_default_thresholds_are_the_decimal_literals():
-    assert DEFAULT_TIOU_THRESHOLDS == (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
+def test_default_thresholds_are_the_official_linspace_floats():
+    # What the official numpy.linspace(0.5, 0.95, 10) gives, written out float by float.
+    official = [0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.8999999999999999, 0.95]
+    assert list(DEFAULT_TIOU_THRESHOLDS) == official
+    assert DEFAULT_TIOU_THRESHOLDS[8] == 0.8999999999999999 != 0.9
+
+
+def test_tiou_at_the_decimal_point_nine_scores_as_the_official_linspace_loop():
+    # GT [0.2, 1.2], detection [0.3, 1.2]: tIoU 0.9 / 1.0 = 0.9 in decimal arithmetic, but the
+    # official segment_iou in floats gives 0.8999999999999999, which is the official 9th
+    # threshold (a match there) and one step below the decimal 0.90 (no match there).
+    gt = ground_truth({"a": ("validation", [(0.2, 1.2, "run")])})
+    pred = predictions({"a": [(0.3, 1.2, "run", 0.9)]})
+    tiou = (1.2 - 0.3) / ((1.2 - 0.3) + (1.2 - 0.2) - (1.2 - 0.3))
+    assert tiou == 0.8999999999999999
+
+    result = evaluate_detection(gt, pred)
+    literal_loop = []
+    for threshold in np.linspace(0.5, 0.95, 10):  # the official evaluation, threshold by threshold
+        literal_loop.append(float(reference_detection_map(gt, pred, thresholds=[threshold])[0][0]))
+    assert result["mAP"] == literal_loop
+    assert result["mAP"] == [1.0] * 9 + [0.0]
+    # The decimal 0.90, asked for explicitly, does not count it.
+    assert evaluate_detection(gt, pred, tiou_thresholds=(0.85, 0.9))["mAP"] == [1.0, 0.0]
 
 
 def test_second_detection_of_the_same_segment_is_a_false_positive():
@@ -395,6 +417,19 @@ def test_cli_json_output_is_one_object_of_fractions(tmp_path):
     assert set(printed) == {"tiou_thresholds", "mAP", "average_mAP"}
     assert printed == evaluate_detection(gt, pred)
     assert 0.0 < printed["average_mAP"] < 1.0
+    assert printed["tiou_thresholds"][8] == 0.8999999999999999
+
+
+def test_cli_other_thresholds_only_on_request(tmp_path):
+    gt, pred = random_case(3)
+    gt_path, pred_path = tmp_path / "gt.json", tmp_path / "pred.json"
+    gt_path.write_text(json.dumps(gt))
+    pred_path.write_text(json.dumps(pred))
+    run = CliRunner().invoke(app, ["eval", "detection", str(gt_path), str(pred_path), "--json", "--tiou", "0.3,0.9"])
+    assert run.exit_code == 0, run.output
+    assert json.loads(run.stdout) == evaluate_detection(gt, pred, tiou_thresholds=(0.3, 0.9))
+    bad = CliRunner().invoke(app, ["eval", "detection", str(gt_path), str(pred_path), "--tiou", "0.3,x"])
+    assert bad.exit_code != 0 and "--tiou" in bad.output
 
 
 def test_cli_table_in_percent_and_clear_error(tmp_path):

@@ -256,7 +256,8 @@ def test_informative_features_localize_far_better_than_random_ones(tmp_path, one
         for dets in predictions.values():
             assert 0 < len(dets) <= 2 * cfg.proposals_per_video
             assert all(0.0 <= d["segment"][0] < d["segment"][1] <= 40.0 for d in dets)
-    assert set(results[True]) == {"mAP@0.5", "mAP@0.75", "mAP@0.95", "average_mAP"}
+    assert set(results[True]) == {"mAP@0.5", "mAP@0.75", "mAP@0.95", "average_mAP", "video_labels"}
+    assert results[True]["video_labels"] == "built-in classifier"
     assert results[True]["mAP@0.5"] > 0.4
     assert results[True]["average_mAP"] > 3 * results[False]["average_mAP"] + 0.1
 
@@ -297,3 +298,79 @@ def test_cli_trains_and_writes_predictions_and_metrics(tmp_path, one_thread):
 
     bad = CliRunner().invoke(app, args[:-3] + ["--set", "temporal_scal=8"])
     assert bad.exit_code == 2 and "temporal_scal" in bad.output
+
+
+# ----------------------------------------------------------------------------- external video scores
+def _cuhk_file(path, annotations, correct=True, classes=("jump", "run", "swim")):
+    """Video scores in the layout of cuhk_val_simp_share.json: ids without 'v_', one score per class."""
+    results = {}
+    for vid, video in annotations.videos.items():
+        if video.subset != "validation":
+            continue
+        label = video.segments[0].label
+        scores = [0.1] * len(classes)
+        scores[classes.index(label) if correct else (classes.index(label) + 1) % len(classes)] = 0.9
+        results[vid[2:]] = scores
+    path.write_text(json.dumps({"version": "CUHK val", "class": list(classes), "results": results}))
+    return path
+
+
+def test_external_video_scores_in_the_cuhk_layout_label_the_proposals(tmp_path, one_thread):
+    from clap_bench.downstream.gtad.task import run_gtad_detection
+
+    annotations, feats = _hand_made(True, n_train=6, n_val=3)
+    with h5py.File(tmp_path / "features.h5", "w") as f:
+        for vid, x in feats.items():
+            f[vid] = x
+    scores = _cuhk_file(tmp_path / "cuhk_val_simp_share.json", annotations)
+    base = dict(**TINY, epochs=1, batch_size=4, classes_per_video=1, classifier=VideoClassifierConfig(hidden_dim=8, epochs=1))
+    metrics = run_gtad_detection(annotations, tmp_path / "features.h5", GTADConfig(**base, video_scores=str(scores)),
+                                 tmp_path / "ext", seed=0)
+    assert metrics["video_labels"] == "external" and metrics["video_scores"] == str(scores)
+    assert json.loads((tmp_path / "ext" / "metrics.json").read_text()) == metrics
+    predictions = json.loads((tmp_path / "ext" / "predictions.json").read_text())
+    assert predictions["external_data"]["used"] is True
+    for vid, dets in predictions["results"].items():
+        # every detection carries the file's top class (the true one here) and score x 0.9
+        assert {d["label"] for d in dets} == {annotations.videos[vid].segments[0].label}
+    wrong = _cuhk_file(tmp_path / "wrong.json", annotations, correct=False)
+    worse = run_gtad_detection(annotations, tmp_path / "features.h5", GTADConfig(**base, video_scores=str(wrong)),
+                               tmp_path / "wrong", seed=0)
+    assert worse["average_mAP"] == 0.0 < metrics["average_mAP"]
+
+
+def test_malformed_video_scores_name_the_file_and_the_key(tmp_path):
+    from clap_bench.downstream.gtad.video_scores import VideoScoresError, read_video_scores
+
+    cases = {
+        "no_class.json": ({"results": {"abc": [0.5]}}, "class"),
+        "short_row.json": ({"class": ["jump", "run"], "results": {"abc": [0.5]}}, "results.abc"),
+        "text_score.json": ({"class": ["jump", "run"], "results": {"abc": [0.5, "high"]}}, "results.abc"),
+        "no_results.json": ({"class": ["jump"]}, "results"),
+    }
+    for name, (content, key) in cases.items():
+        path = tmp_path / name
+        path.write_text(json.dumps(content))
+        with pytest.raises(VideoScoresError) as err:
+            read_video_scores(path)
+        assert str(err.value).startswith(f"{path}: {key}:"), str(err.value)
+    (tmp_path / "broken.json").write_text("{not json")
+    with pytest.raises(VideoScoresError, match=r"broken\.json: line 1 column 2: invalid JSON"):
+        read_video_scores(tmp_path / "broken.json")
+
+
+def test_a_video_missing_from_the_scores_is_an_error_naming_it(tmp_path, one_thread):
+    from clap_bench.downstream.gtad.task import run_gtad_detection
+    from clap_bench.downstream.gtad.video_scores import VideoScoresError
+
+    annotations, feats = _hand_made(True, n_train=6, n_val=3)
+    with h5py.File(tmp_path / "features.h5", "w") as f:
+        for vid, x in feats.items():
+            f[vid] = x
+    path = _cuhk_file(tmp_path / "scores.json", annotations)
+    content = json.loads(path.read_text())
+    del content["results"]["007"]
+    path.write_text(json.dumps(content))
+    cfg = GTADConfig(**TINY, epochs=1, batch_size=4, video_scores=str(path))
+    with pytest.raises(VideoScoresError, match=r"scores\.json: results: no scores for video 'v_007'"):
+        run_gtad_detection(annotations, tmp_path / "features.h5", cfg, tmp_path / "out", seed=0)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from clap_bench.config import EncoderConfig
+from clap_bench.config import ContrastiveConfig, EncoderConfig
 from clap_bench.encoders import build_video_encoder
 from clap_bench.methods import PretrainModel, compute_losses, create_method, list_methods
 
@@ -93,8 +93,10 @@ def test_masked_and_clip_variants_differ_only_in_background_terms():
 
 def test_learnable_temperature_is_a_parameter_and_fixed_is_not():
     encoder = build_video_encoder(EncoderConfig(arch="r2plus1d_tiny", width=0.125))
-    fixed = PretrainModel(encoder, create_method("clap"), 2, text_dim=4, temperature=0.1)
-    learned = PretrainModel(encoder, create_method("clap"), 2, text_dim=4, temperature=0.1, learn_temperature=True)
+    fixed = PretrainModel(encoder, create_method("clap"), 2, text_dim=4, contrastive=ContrastiveConfig(temperature=0.1))
+    learned = PretrainModel(
+        encoder, create_method("clap"), 2, text_dim=4, contrastive=ContrastiveConfig(temperature=0.1, learn_temperature=True)
+    )
     assert "log_logit_scale" not in dict(fixed.named_parameters())
     assert "log_logit_scale" in dict(learned.named_parameters())
     assert (1 / fixed.logit_scale()).item() == pytest.approx(0.1)

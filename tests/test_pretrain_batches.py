@@ -94,7 +94,8 @@ def test_hflip_switch_turns_off_the_flip_only():
 def test_unknown_batch_composition_is_an_error_naming_the_key():
     with pytest.raises(ConfigError) as err:
         load_profile("smoke", {"pretrain": {"batch_composition": "foo"}})
-    assert "pretrain.batch_composition" in str(err.value) and "clips, segments" in str(err.value) and "'foo'" in str(err.value)
+    msg = str(err.value)
+    assert "smoke.yaml" in msg and "pretrain" in msg and "batch_composition" in msg and "clips, segments" in msg and "'foo'" in msg
 
 
 def test_validation_subset_without_segments_is_an_error_naming_the_subset():

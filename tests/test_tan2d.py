@@ -291,3 +291,84 @@ def test_vlg_task_reads_charades_sta_files_and_writes_scored_outputs(tmp_path, o
     ctx.overrides = {**ctx.overrides, "datasets": ["charades-sta", "tacos"]}
     with pytest.raises(KeyError, match="no feature file for dataset 'tacos'"):
         get_task("vlg").run(ctx)
+
+
+# --------------------------------------------------------------------------- validation, schedule, test isolation
+def _with_val_split(ann):
+    """Move 10 of the 60 training videos into a 'val' subset (TACoS' layout: train / val / test)."""
+    for vid in sorted(ann.videos)[50:60]:
+        ann.videos[vid].subset = "val"
+    return ann
+
+
+def test_val_selects_the_epoch_and_the_test_split_is_never_read_during_training(tmp_path, one_thread, monkeypatch):
+    from clap_bench.downstream.tan2d import task as tan2d_task
+
+    ann, features, words = _grounding_set(tmp_path, informative=True)
+    ann = _with_val_split(ann)
+    test_videos = {v for v, x in ann.videos.items() if x.subset == "test"}
+    events = []
+    real_queries, real_features, real_loss = tan2d_task.grounding_queries, tan2d_task.load_video_features, tan2d_task.masked_bce_loss
+
+    def spy_queries(annotations, subset):
+        events.append(("queries", subset))
+        return real_queries(annotations, subset)
+
+    def spy_features(path, video_ids, *args, **kwargs):
+        video_ids = set(video_ids)
+        events.append(("features", "test" if video_ids & test_videos else "train/val"))
+        return real_features(path, video_ids, *args, **kwargs)
+
+    def spy_loss(logits, targets, mask):
+        events.append(("step", "train" if torch.is_grad_enabled() else "val"))
+        return real_loss(logits, targets, mask)
+
+    monkeypatch.setattr(tan2d_task, "grounding_queries", spy_queries)
+    monkeypatch.setattr(tan2d_task, "load_video_features", spy_features)
+    monkeypatch.setattr(tan2d_task, "masked_bce_loss", spy_loss)
+
+    cfg = VLGConfig(hidden_size=16, text_hidden_size=16, lstm_layers=1, epochs=4, batch_size=16, lr=3e-3,
+                    lr_patience=0, plateau_metric="negated_val_loss")
+    dataset_cfg = GroundingDatasetConfig(num_sample_clips=32, num_clips=8, num_scale_layers=[8], val_subset="val",
+                                         map_kernel_sizes=[3, 3], map_paddings=[2, 0], map_dilations=[1, 1])
+    metrics = train_and_evaluate(ann, features, dataset_cfg, cfg, tmp_path / "out", seed=0, word_vectors=words)
+
+    # Test queries (hence their sentences) and features come only through these two readers.
+    first_test = min(i for i, e in enumerate(events) if "test" in e)
+    last_training = max(i for i, e in enumerate(events) if e[0] == "step")
+    assert first_test > last_training, events
+    assert ("queries", "val") in events and ("step", "val") in events
+    # every epoch was scored on val; the kept epoch is the best one on R@1@0.5 (earliest on ties)
+    val = metrics["validation"]
+    assert [v["epoch"] for v in val] == [1, 2, 3, 4]
+    scores = [v["R@1@0.5"] for v in val]
+    assert metrics["selected_epoch"]["epoch"] == 1 + scores.index(max(scores))
+    assert metrics["selected_epoch"]["on"] == "val R@1@0.5"
+    # Patience 0 on the negated validation loss (2D-TAN's call): after each epoch whose validation
+    # loss is not a new maximum the rate falls x0.8 ("lr" is the rate the epoch trained with).
+    lrs = [v["lr"] for v in val]
+    assert lrs[0] == pytest.approx(3e-3)
+    for k in range(1, 4):
+        new_maximum = k == 1 or val[k - 1]["loss"] > max(v["loss"] for v in val[: k - 1])
+        assert lrs[k] == pytest.approx(lrs[k - 1] * (1.0 if new_maximum else 0.8))
+    assert min(lrs) < 3e-3  # the schedule did act in this run
+
+
+def test_without_val_the_last_epoch_is_scored_and_the_rate_stays(tmp_path, one_thread):
+    ann, features, words = _grounding_set(tmp_path, informative=True)
+    cfg = VLGConfig(hidden_size=16, text_hidden_size=16, lstm_layers=1, epochs=2, batch_size=32, lr_patience=0)
+    dataset_cfg = GroundingDatasetConfig(num_sample_clips=32, num_clips=8, num_scale_layers=[8],
+                                         map_kernel_sizes=[3, 3], map_paddings=[2, 0], map_dilations=[1, 1])
+    metrics = train_and_evaluate(ann, features, dataset_cfg, cfg, tmp_path / "out", seed=0, word_vectors=words)
+    assert metrics["selected_epoch"] == {"epoch": 2, "on": "last epoch (no validation subset)"}
+    assert "validation" not in metrics
+
+
+def test_schedule_keys_are_checked():
+    from clap_bench.config import ConfigError
+
+    with pytest.raises(ConfigError, match="tasks.vlg.plateau_metric"):
+        VLGConfig(plateau_metric="val_los").validate()
+    with pytest.raises(ConfigError, match="tasks.vlg.select_metric"):
+        VLGConfig(select_metric="R@1@0.6").validate()
+    assert TACoSGroundingConfig().val_subset == "val" and GroundingDatasetConfig().val_subset is None

@@ -246,7 +246,7 @@ class _ClipItemDataset(Dataset):
             prompt = clip_prompt(item.label, actions, float(start), end)
             caption = None
             if self.text_policy.may_use_caption(foreground) and video.sentences:
-                sentence = assign_caption(float(start), end, video.sentences)
+                sentence = assign_caption(float(start), end, video.sentences, self.text_policy.caption_choice)
                 caption = sentence.text if sentence is not None else None
             texts.append(self.text_policy.choose_text(prompt, caption, foreground, rng))
         return texts
@@ -289,6 +289,7 @@ class SegmentClipDataset(_ClipItemDataset):
         clip_level: bool = False,
         hflip: bool = True,
         frame_cache=None,
+        min_action: float = 0.0,
     ):
         if regions not in REGIONS:
             raise ValueError(f"regions must be one of {REGIONS}, got {regions!r}")
@@ -300,7 +301,7 @@ class SegmentClipDataset(_ClipItemDataset):
         self.excluded_segments = 0
         for video_id in sorted(annotations.videos):
             video = annotations.videos[video_id]
-            for segment in contiguous_segments(video, min_length=min_background):
+            for segment in contiguous_segments(video, min_length=min_background, min_action_length=min_action):
                 if segment.label is None:
                     if regions == "all":
                         self.items.append(_ClipItem(video_id, segment.start, segment.end, None, BACKGROUND_LABEL))

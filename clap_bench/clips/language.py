@@ -66,19 +66,29 @@ def clip_prompt(label: Optional[str], actions: Sequence[Segment], start: float, 
     return background_prompt(nearest_action(actions, start, end))
 
 
-def assign_caption(start: float, end: float, sentences: Sequence[Sentence]) -> Optional[Sentence]:
+CAPTION_CHOICES = ("largest_overlap", "nearest_centre")
+
+
+def assign_caption(
+    start: float, end: float, sentences: Sequence[Sentence], choice: str = "largest_overlap"
+) -> Optional[Sentence]:
     """The caption temporally closest to the clip ``[start, end]`` among those overlapping it.
 
-    Largest overlap first; ties go to the nearest centre, then to the earlier caption in the
-    list. None when no caption overlaps the clip (a caption that only touches it does not).
+    ``choice="largest_overlap"``: largest overlap first, ties to the nearest centre.
+    ``choice="nearest_centre"`` (the paper's words, "temporally closest"): nearest centre first,
+    ties to the largest overlap. Remaining ties go to the earlier caption in the list. None when
+    no caption overlaps the clip (a caption that only touches it does not).
     """
+    if choice not in CAPTION_CHOICES:
+        raise ValueError(f"caption choice: expected one of {CAPTION_CHOICES}, got {choice!r}")
     centre = 0.5 * (start + end)
     best_key, best = None, None
     for sentence in sentences:
         overlap = _overlap(start, end, sentence.start, sentence.end)
         if overlap <= 0.0:
             continue
-        key = (-overlap, abs(0.5 * (sentence.start + sentence.end) - centre))
+        distance = abs(0.5 * (sentence.start + sentence.end) - centre)
+        key = (-overlap, distance) if choice == "largest_overlap" else (distance, -overlap)
         if best_key is None or key < best_key:
             best_key, best = key, sentence
     return best
@@ -96,10 +106,13 @@ class TextPolicy:
     use_captions: bool = False
     caption_prob: float = 0.5
     background_prompts_only: bool = False
+    caption_choice: str = "largest_overlap"  # see assign_caption
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.caption_prob <= 1.0:
             raise ValueError(f"caption_prob must be in [0, 1], got {self.caption_prob}")
+        if self.caption_choice not in CAPTION_CHOICES:
+            raise ValueError(f"caption_choice: expected one of {CAPTION_CHOICES}, got {self.caption_choice!r}")
 
     def may_use_caption(self, foreground: bool) -> bool:
         return self.use_captions and (foreground or not self.background_prompts_only)

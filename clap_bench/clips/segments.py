@@ -38,12 +38,14 @@ def background_gaps(actions: List[Segment], duration: float) -> List[Segment]:
     return gaps
 
 
-def contiguous_segments(video: Video, min_length: float = 0.0) -> List[Segment]:
+def contiguous_segments(video: Video, min_length: float = 0.0, min_action_length: float = 0.0) -> List[Segment]:
     """Foreground and background segments covering the video, sorted by (start, end).
 
     Every segment is clamped to ``[0, video.duration]``; empty ones are dropped. ``min_length``
     (s) drops background segments shorter than it (e.g. slivers between two adjacent
-    actions); actions are never dropped, however short (clip sampling centres a clip on them).
+    actions). Actions are dropped only when shorter than ``min_action_length`` (default 0: never,
+    however short: clip sampling centres a clip on them); the time they cover does not become
+    background. TSP drops every segment shorter than one clip (``pretrain.short_segments: drop``).
     """
     if video.duration <= 0:
         return []
@@ -56,4 +58,5 @@ def contiguous_segments(video: Video, min_length: float = 0.0) -> List[Segment]:
     else:
         background = background_gaps(actions, duration)
     background = [s for s in background if s.length >= min_length and s.length > 0]
+    actions = [s for s in actions if s.length >= min_action_length]
     return sorted(actions + background, key=lambda s: (s.start, s.end, s.label is None, s.label or ""))

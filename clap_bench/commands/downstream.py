@@ -114,7 +114,7 @@ def run_task_command(
         return
     width = max(len(k) for k in metrics) if metrics else 0
     for k, v in metrics.items():
-        typer.echo(f"{k:{width}s}  {100 * v:6.2f}")
+        typer.echo(f"{k:{width}s}  {v}" if isinstance(v, str) else f"{k:{width}s}  {100 * v:6.2f}")
     typer.echo(f"written to {out}")
 
 

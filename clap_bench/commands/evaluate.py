@@ -13,7 +13,7 @@ from pathlib import Path
 import typer
 from tabulate import tabulate
 
-from clap_bench.eval.detection import DetectionFileError, evaluate_detection
+from clap_bench.eval.detection import DEFAULT_TIOU_THRESHOLDS, DetectionFileError, evaluate_detection
 
 eval_app = typer.Typer(
     name="eval",
@@ -35,10 +35,16 @@ def detection(
     as_json: bool = typer.Option(
         False, "--json", help='Print one JSON object {"tiou_thresholds", "mAP", "average_mAP"} (fractions).'
     ),
+    tiou: str = typer.Option(
+        None,
+        "--tiou",
+        help="Comma-separated tIoU thresholds instead of the official numpy.linspace(0.5, 0.95, 10), e.g. 0.3,0.5,0.7.",
+    ),
 ) -> None:
     """ActivityNet detection mAP at tIoU 0.50:0.05:0.95 and its average, as the official evaluation computes it."""
+    thresholds = DEFAULT_TIOU_THRESHOLDS if tiou is None else _parse_thresholds(tiou)
     try:
-        result = evaluate_detection(ground_truth, predictions, subset=subset)
+        result = evaluate_detection(ground_truth, predictions, subset=subset, tiou_thresholds=thresholds)
     except DetectionFileError as e:
         if as_json:
             typer.echo(json.dumps({"error": {"path": e.source, "where": e.where, "problem": e.problem}}))
@@ -51,3 +57,13 @@ def detection(
     rows.append(["average", f"{100 * result['average_mAP']:.2f}"])
     typer.echo(f"ActivityNet detection, subset {subset!r}: {predictions}")
     typer.echo(tabulate(rows, headers=["tIoU", "mAP (%)"], tablefmt="simple", disable_numparse=True))
+
+
+def _parse_thresholds(text: str) -> tuple:
+    try:
+        thresholds = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated numbers in (0, 1], got {text!r}", param_hint="--tiou")
+    if not thresholds or not all(0.0 < t <= 1.0 for t in thresholds):
+        raise typer.BadParameter(f"expected comma-separated numbers in (0, 1], got {text!r}", param_hint="--tiou")
+    return thresholds

@@ -36,7 +36,8 @@ def register(app: typer.Typer) -> None:
             for name in profiles:
                 out.extend(make_tables(store, name, ids, baseline=baseline or None,
                                        methods=[m for m in methods.split(",") if m] if methods else None,
-                                       include_paper=not no_paper, backbone=_recorded_backbone(store, name)))
+                                       include_paper=not no_paper, backbone=_recorded_backbone(store, name),
+                                       profile_config=_recorded_profile(store, name)))
             typer.echo(render(out, fmt), nl=False)
         except ConfigError as e:
             typer.echo(f"error: {e}", err=True)
@@ -95,6 +96,12 @@ def register(app: typer.Typer) -> None:
         for label, d in diffs.items():
             typer.echo(f"{label}: " + json.dumps(summary(d)))
         typer.echo(f"wrote {out}")
+
+
+def _recorded_profile(store, profile: str) -> Optional[dict]:
+    """The resolved profile the runs of ``profile`` used (recorded by ``clapbench run``), or None."""
+    path = store.profile_file(profile)
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def _recorded_backbone(store, profile: str) -> str:

@@ -38,6 +38,49 @@ def default_text_model_path() -> Path:
     return path
 
 
+class TextModelNotFoundError(FileNotFoundError):
+    """``encoder.text_model`` names a model that is neither a local folder nor in the offline cache."""
+
+
+def resolve_text_model(name: Optional[str | Path], key: str = "encoder.text_model") -> Path:
+    """The local folder of text model ``name``: a path, or a Hugging Face id already downloaded.
+
+    Nothing is downloaded here (runs are offline, often on compute nodes without network): a
+    Hugging Face id such as ``bert-base-uncased`` (the paper's text encoder) is looked up in the
+    local Hugging Face cache only. ``None`` is the bundled all-MiniLM-L6-v2. When the model is
+    in neither place, the error says how to fetch it and what to set ``key`` to.
+    """
+    if not name:
+        return default_text_model_path()
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise TextModelNotFoundError(f"{key}: {path} is not a Hugging Face model folder (no config.json)")
+        return path
+    text = str(name)
+    looks_like_id = not path.is_absolute() and not text.startswith((".", "~")) and text.count("/") <= 1
+    hub = os.environ.get("HF_HUB_CACHE") or os.path.join(
+        os.environ.get("HF_HOME", os.path.join(os.path.expanduser("~"), ".cache", "huggingface")), "hub"
+    )
+    if looks_like_id:
+        try:
+            from huggingface_hub import snapshot_download
+
+            cached = Path(snapshot_download(text, cache_dir=hub, local_files_only=True))
+            if (cached / "config.json").exists():
+                return cached
+        except Exception:  # not in the cache (or not a valid id): fall through to the message below
+            pass
+    raise TextModelNotFoundError(
+        f"{key}: text model {text!r} is not available offline: it is neither a local folder nor in the "
+        f"Hugging Face cache ({hub}). On a machine with network, fetch it with\n"
+        f"    huggingface-cli download {text if looks_like_id else 'bert-base-uncased'} --local-dir DIR\n"
+        f"(the folder must hold config.json, the tokenizer files and the weights), copy DIR here and set "
+        f"{key}: DIR in your profile (or keep the Hugging Face id and put the download in the cache "
+        f"above with `huggingface-cli download {text if looks_like_id else 'bert-base-uncased'}`)."
+    )
+
+
 def _model_key(model_path: Path) -> str:
     """Names the cache file: the folder name plus a hash of its config and weight file sizes."""
     h = hashlib.sha256(str(model_path.name).encode())
@@ -55,11 +98,7 @@ class TextEncoder:
     """Frozen text features with a disk cache: ``encode(texts) -> (len(texts), dim)`` float32 (CPU)."""
 
     def __init__(self, model_path: Optional[str | Path] = None, cache_dir: Optional[str | Path] = None, device: str = "cpu"):
-        self.model_path = Path(model_path).expanduser() if model_path else default_text_model_path()
-        if not (self.model_path / "config.json").exists():
-            raise FileNotFoundError(
-                f"text encoder: {self.model_path} is not a Hugging Face model folder (no config.json)"
-            )
+        self.model_path = resolve_text_model(model_path)
         self.key = _model_key(self.model_path)
         self.cache_path = (
             Path(cache_dir).expanduser() / "text_features" / f"{self.key}.pt" if cache_dir is not None else None

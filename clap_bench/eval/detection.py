@@ -25,6 +25,11 @@ Semantics, each one a choice of the official code that we keep:
   first one below the threshold, skips those already matched at this threshold, and matches the
   first one left; if none, it is a false positive. A second detection of an already matched
   segment is therefore a false positive.
+* **Thresholds.** ``numpy.linspace(0.5, 0.95, 10)``, the official default, whose 9th value is
+  0.8999999999999999, not 0.9: a tIoU that is 0.9 in decimal arithmetic but one rounding step
+  below it in floats (ground truth [0.2, 1.2], detection [0.3, 1.2]) is a match there and would
+  not be at the decimal 0.90. Every published ActivityNet number used these thresholds; others
+  are taken only when asked for (``tiou_thresholds=``, ``clapbench eval detection --tiou``).
 * **AP.** VOC all-point interpolated average precision of the precision/recall curve, recall
   relative to the number of ground-truth segments of the class in the subset.
 
@@ -34,9 +39,6 @@ Where we differ, on purpose:
   exists; we remove none (the official ``check_status=False``).
 * ``taxonomy``/``version`` of the ground truth and ``version``/``external_data`` of the
   predictions are optional here (the official code insists on their presence and never reads them).
-* The official default thresholds are ``numpy.linspace(0.5, 0.95, 10)``, whose 9th value is
-  0.8999999999999999; ours are the decimal literals 0.50, 0.55, ..., 0.95. The two differ only for
-  a tIoU within one rounding step of 0.9.
 * A predicted label that no annotation of the ground-truth file carries is an error naming the
   label (the official code dies with a bare ``KeyError``). A predicted label that is annotated only
   in other subsets is also a ``KeyError`` there; here those predictions are dropped with a warning.
@@ -62,8 +64,8 @@ from typing import Any, Dict, List, Mapping, Sequence, Tuple, Union
 
 import numpy as np
 
-# Written out, not numpy.linspace(0.5, 0.95, 10): see the module docstring.
-DEFAULT_TIOU_THRESHOLDS: Tuple[float, ...] = (0.50, 0.55, 0.60, 0.65, 0.70, 0.75, 0.80, 0.85, 0.90, 0.95)
+# The official scorer's own expression, so that the floats (0.8999999999999999 at "0.9") are its floats.
+DEFAULT_TIOU_THRESHOLDS: Tuple[float, ...] = tuple(float(t) for t in np.linspace(0.5, 0.95, 10))
 
 VIDEO_ID_PREFIX = "v_"
 

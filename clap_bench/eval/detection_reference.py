@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from clap_bench.eval.detection import DEFAULT_TIOU_THRESHOLDS
+# The official default, written as the official code writes it (not imported from the scorer, so
+# that the scorer's thresholds are checked against it rather than assumed).
+OFFICIAL_TIOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
 
 
 def segment_iou(target, candidates):
@@ -72,7 +74,7 @@ def class_ap(gt_rows, pred_rows, thresholds):
     return ap
 
 
-def reference_detection_map(gt_data, pred_data, subset="validation", thresholds=DEFAULT_TIOU_THRESHOLDS):
+def reference_detection_map(gt_data, pred_data, subset="validation", thresholds=OFFICIAL_TIOU_THRESHOLDS):
     activity_index = {}
     gt_by_class = {}
     for video, v in gt_data["database"].items():

@@ -384,7 +384,8 @@ def run_task_stage(ctx: StageContext) -> Dict[str, Any]:
         features=features, datasets=ctx.datasets, out_dir=ctx.out_dir, seed=ctx.seed,
         overrides=dict(ctx.config.get("overrides") or {}), device=_device(), progress=ctx.progress,
     ))
-    return {k: float(v) for k, v in metrics.items()}
+    # Numbers are metrics; a string says how they were made (e.g. tal's "video_labels").
+    return {k: v if isinstance(v, str) else float(v) for k, v in metrics.items()}
 
 
 def _device() -> str:

@@ -194,15 +194,25 @@ def _backbone_label(backbone: Optional[str]) -> Optional[str]:
 
 
 def make_tables(store: RunStore, profile: str, table_ids: Sequence[str] = TABLE_IDS, baseline: Optional[str] = "tsp",
-                methods: Optional[Sequence[str]] = None, include_paper: bool = True, backbone: str = "r2plus1d_18") -> List[Table]:
+                methods: Optional[Sequence[str]] = None, include_paper: bool = True, backbone: str = "r2plus1d_18",
+                profile_config: Optional[Dict[str, Any]] = None) -> List[Table]:
+    """The tables of ``profile``; with ``profile_config`` (the resolved profile the runs used), each
+    table also notes the choices of its stages on which that profile departs from ``paper`` (FIDELITY.md)."""
+    from clap_bench.fidelity import departures, paper_profile_dict
+
     specs = load_paper_tables()
+    paper = paper_profile_dict() if profile_config is not None else None
     out = []
     for table_id in table_ids:
         if table_id not in specs:
             raise ConfigError(f"--tables: unknown table {table_id!r}; expected some of {', '.join(TABLE_IDS)}")
         spec = specs[table_id]
         results = collect_task_results(store, profile, spec.task, methods)
-        out.append(build_table(spec, results, profile, baseline, backbone, include_paper))
+        table = build_table(spec, results, profile, baseline, backbone, include_paper)
+        if paper is not None:
+            table.notes.extend(f"differs from the paper's protocol (FIDELITY.md): {line}"
+                               for line in departures(profile_config, paper, table_id))
+        out.append(table)
     return out
 
 

@@ -185,6 +185,14 @@ def global_video_features(
 
 
 # --------------------------------------------------------------------------- pre-training
+def _short_segment_limits(cfg: TrainConfig, clips) -> dict:
+    """``short_segments: drop`` (TSP): no segment shorter than one clip is sampled, action or background."""
+    if cfg.short_segments != "drop":
+        return {}
+    clip_seconds = clips.frames / clips.fps
+    return {"min_background": clip_seconds, "min_action": clip_seconds}
+
+
 def _meta(profile: Profile, method, enc_cfg, classes, init, dataset: str) -> dict:
     return {
         "format": CHECKPOINT_FORMAT,
@@ -290,8 +298,10 @@ def pretrain(
         # One scalar for all videos: GVFs get unit mean L2 norm. Max-pooling keeps the largest
         # activations of each channel, so raw GVFs can be much larger than clip features, and the
         # region head's SGD step then diverges; a common rescale keeps their geometry.
-        mean_norm = torch.stack(list(gvf.values())).norm(dim=1).mean().clamp(min=1e-6)
-        gvf = {k: v / mean_norm for k, v in gvf.items()}
+        mean_norm = torch.ones(())
+        if cfg.gvf_scaling == "mean_norm":  # TSP feeds the raw max-pooled GVF ("none")
+            mean_norm = torch.stack(list(gvf.values())).norm(dim=1).mean().clamp(min=1e-6)
+            gvf = {k: v / mean_norm for k, v in gvf.items()}
         gvf_dim = encoder.out_dim
         if val_ann is not None:
             val_videos = [
@@ -303,19 +313,19 @@ def pretrain(
     seed_everything(seed)  # the heads' initialisation does not depend on what ran above
     model = PretrainModel(
         encoder, method_cfg, len(class_list), text_dim, gvf_dim,
-        embed_dim=profile.encoder.embed_dim, temperature=cfg.temperature, learn_temperature=cfg.learn_temperature,
+        embed_dim=profile.encoder.embed_dim, contrastive=cfg.contrastive, head_init_std=cfg.head_init_std,
     )
     policy = None
     if method_cfg.uses_text:
         policy = TextPolicy(
             use_captions=method_cfg.use_captions, caption_prob=cfg.caption_prob,
-            background_prompts_only=method_cfg.background_prompts_only,
+            background_prompts_only=method_cfg.background_prompts_only, caption_choice=cfg.caption_choice,
         )
     clip_level = cfg.batch_composition == "clips"
     dataset = SegmentClipDataset(
         ann, ds_cfg.videos, profile.clips, train=True, regions=method_cfg.regions, text_policy=policy,
         classes=class_list, seed=seed, max_segments=cfg.max_segments_per_epoch, clip_level=clip_level, hflip=cfg.hflip,
-        frame_cache=frame_cache_for(profile),
+        frame_cache=frame_cache_for(profile), **_short_segment_limits(cfg, profile.clips),
     )
     validation = None
     if val_ann is not None:
@@ -323,7 +333,7 @@ def pretrain(
         validation = SegmentClipDataset(
             val_ann, ds_cfg.videos, profile.clips, train=False, regions=method_cfg.regions, text_policy=policy,
             classes=class_list, seed=0, max_segments=cfg.val_max_segments, clip_level=clip_level,
-            frame_cache=frame_cache_for(profile),
+            frame_cache=frame_cache_for(profile), **_short_segment_limits(cfg, profile.clips),
         )
         if len(validation) == 0:
             raise ValueError(

@@ -160,7 +160,7 @@ def retrieval_r1(
     distinct = sorted(text_features)
     index = {t: i for i, t in enumerate(distinct)}
     feats = torch.stack([text_features[t] for t in distinct]).to(device)
-    z_t = torch.nn.functional.normalize(model.text_proj(feats.to(next(model.text_proj.parameters()).dtype)).float(), dim=-1).cpu()
+    z_t = _similarity_space(model, model.text_proj(feats.to(next(model.text_proj.parameters()).dtype)).float()).cpu()
     own = torch.tensor([index[t] for t in texts])
     queries = foreground if foreground_only else torch.ones_like(foreground)
     if not bool(queries.any()):
@@ -178,6 +178,12 @@ def retrieval_r1(
         "t2v_r1_chance": float((counts[asked] / len(texts)).mean()),
         "texts": float(len(distinct)),
     }
+
+
+def _similarity_space(model: PretrainModel, z: torch.Tensor) -> torch.Tensor:
+    """Embeddings as the loss compares them: L2-normalised unless ``contrastive.normalize`` is off."""
+    normalize = getattr(getattr(model, "contrastive", None), "normalize", True)
+    return torch.nn.functional.normalize(z.float(), dim=-1) if normalize else z.float()
 
 
 def format_validation(record: Dict[str, Any]) -> str:
@@ -571,7 +577,7 @@ class Trainer:
                 hits["region"][0] += int((out["region_logits"].argmax(1) == region).sum())
                 hits["region"][1] += n
             if method.contrastive:
-                z_v_all.append(torch.nn.functional.normalize(out["z_v"], dim=-1).cpu())
+                z_v_all.append(_similarity_space(model, out["z_v"]).cpu())
                 texts_all.extend(texts)
                 fg_all.append(fg.cpu())
                 for t, f in zip(texts, text_feats):
@@ -685,5 +691,6 @@ class Trainer:
                 self.batch_in_epoch = 0
                 self.running = {}
                 self.save_checkpoint()
-        self.recalibrate_batch_norm()
+        if self.cfg.bn_reestimate:
+            self.recalibrate_batch_norm()
         return self._write_final()

@@ -9,6 +9,7 @@ top 2 video classes). The CPU profiles shrink the temporal scale, the widths and
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 from clap_bench.config import ConfigError
 from clap_bench.downstream.video_classifier import VideoClassifierConfig
@@ -49,6 +50,9 @@ class GTADConfig:
     soft_nms_iou_threshold: float = 0.0  # decay only proposals overlapping the kept one by more than this
     proposals_per_video: int = 100
     classes_per_video: int = 2
+    # Video-level class scores of an external classifier in the CUHK layout G-TAD reads
+    # (cuhk_val_simp_share.json, see downstream/gtad/video_scores.py); None: the built-in classifier.
+    video_scores: Optional[str] = None
     classifier: VideoClassifierConfig = field(default_factory=VideoClassifierConfig)
 
     def validate(self, where: str = "tasks.tal") -> None:

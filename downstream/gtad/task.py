@@ -8,7 +8,12 @@ ActivityNet detection mAP. Writes into the output folder:
 
 - ``predictions.json``: the detections in the ActivityNet result format (times in seconds);
 - ``train_log.json``: the mean losses of each epoch;
-- ``metrics.json`` (last): ``mAP@0.5``, ``mAP@0.75``, ``mAP@0.95``, ``average_mAP`` (fractions).
+- ``metrics.json`` (last): ``mAP@0.5``, ``mAP@0.75``, ``mAP@0.95``, ``average_mAP`` (fractions), and
+  ``video_labels``: ``"external"`` (with ``video_scores``: the file) or ``"built-in classifier"``.
+
+With ``tasks.tal.video_scores: PATH`` (classification results in the CUHK layout G-TAD reads, see
+``video_scores.py``) the labels come from that file, as in the paper; the built-in classifier is
+trained only when it is not given.
 
 Times are normalised by the annotated duration of each video. (The released ActivityNet code
 of G-TAD/BMN shortens the duration to the part covered by whole 16-frame clips of its
@@ -33,6 +38,7 @@ from clap_bench.downstream.gtad.data import GTADTrainSet, collect_videos
 from clap_bench.downstream.gtad.model import build_gtad
 from clap_bench.downstream.gtad.postprocess import detections_for_video
 from clap_bench.downstream.gtad.train import predict_proposals, train_gtad
+from clap_bench.downstream.gtad.video_scores import check_classes, read_video_scores
 from clap_bench.downstream.video_classifier import predict_class_probs, top_classes, train_video_classifier
 from clap_bench.io import atomic_write_json
 
@@ -40,6 +46,8 @@ log = logging.getLogger(__name__)
 PathLike = Union[str, Path]
 
 REPORTED_TIOUS = {"mAP@0.5": 0.5, "mAP@0.75": 0.75, "mAP@0.95": 0.95}
+# metrics.json["video_labels"]: where the proposals' classes came from ("external" or this).
+BUILTIN_LABELS = "built-in classifier"
 
 
 def ground_truth_database(annotations: AnnotationSet) -> dict:
@@ -77,8 +85,8 @@ def run_gtad_detection(
     seed: int = 0,
     device: str = "cpu",
     progress: bool = False,
-) -> Dict[str, float]:
-    """Train G-TAD and the video classifier, detect on ``cfg.eval_subset``, score, write the outputs."""
+) -> Dict[str, Union[float, str]]:
+    """Train G-TAD (and the video classifier unless ``cfg.video_scores``), detect on ``cfg.eval_subset``, score, write the outputs."""
     from clap_bench.eval.detection import evaluate_detection
 
     cfg.validate()
@@ -90,6 +98,12 @@ def run_gtad_detection(
     train_items = collect_videos(annotations, features_path, cfg.train_subset, cfg.temporal_scale, require_actions=True)
     eval_items = collect_videos(annotations, features_path, cfg.eval_subset, cfg.temporal_scale, require_actions=False)
     feat_dim = train_items[0].features.shape[0]
+    classes = sorted({s.label for it in train_items for s in it.video.actions})
+    external = None
+    if cfg.video_scores:  # read and checked before any training: a bad file fails at once
+        external = read_video_scores(cfg.video_scores)
+        check_classes(external, classes)
+        external_classes = external.top_classes([it.video.id for it in eval_items], cfg.classes_per_video)
 
     loader = DataLoader(
         GTADTrainSet(train_items, cfg.temporal_scale, cfg.boundary_width),
@@ -98,17 +112,23 @@ def run_gtad_detection(
     model = build_gtad(cfg, feat_dim)
     history = train_gtad(model, loader, cfg, device=device, generator=generator, progress=progress)
 
-    classes = sorted({s.label for it in train_items for s in it.video.actions})
-    targets = torch.zeros(len(train_items), len(classes))
-    for row, it in enumerate(train_items):
-        for s in it.video.actions:
-            targets[row, classes.index(s.label)] = 1.0
-    train_feats = torch.stack([it.features for it in train_items])
-    classifier = train_video_classifier(train_feats, targets, cfg.classifier, generator=generator, device=device)
-
     eval_feats = [it.features for it in eval_items]
+    if external is not None:
+        # The paper's protocol: G-TAD unchanged, labels from the external classifier's scores.
+        video_classes = external_classes
+        labels_from = {"video_labels": "external", "video_scores": external.path}
+        details = f"video labels from the external classification results {external.path}"
+    else:
+        targets = torch.zeros(len(train_items), len(classes))
+        for row, it in enumerate(train_items):
+            for s in it.video.actions:
+                targets[row, classes.index(s.label)] = 1.0
+        train_feats = torch.stack([it.features for it in train_items])
+        classifier = train_video_classifier(train_feats, targets, cfg.classifier, generator=generator, device=device)
+        video_classes = top_classes(predict_class_probs(classifier, torch.stack(eval_feats)), classes, cfg.classes_per_video)
+        labels_from = {"video_labels": BUILTIN_LABELS}
+        details = "video labels from a classifier trained on the same features"
     proposals = predict_proposals(model, eval_feats, cfg, device=device)
-    video_classes = top_classes(predict_class_probs(classifier, torch.stack(eval_feats)), classes, cfg.classes_per_video)
 
     # A class never annotated in the scored subset has no AP of its own, and its detections
     # cannot match anything: dropping them leaves the mAP unchanged.
@@ -120,14 +140,14 @@ def run_gtad_detection(
     predictions = {
         "version": "VERSION 1.3",
         "results": results,
-        "external_data": {"used": False, "details": "video labels from a classifier trained on the same features"},
+        "external_data": {"used": bool(cfg.video_scores), "details": details},
     }
     atomic_write_json(out_dir / "predictions.json", predictions, indent=None)
     atomic_write_json(out_dir / "train_log.json", {"epochs": history, "train_videos": len(train_items),
                                                    "eval_videos": len(eval_items), "classes": len(classes)})
 
     scores = evaluate_detection(ground_truth_database(annotations), predictions, subset=cfg.eval_subset)
-    metrics = detection_metrics(scores)
+    metrics = {**detection_metrics(scores), **labels_from}
     atomic_write_json(out_dir / "metrics.json", metrics)
     return metrics
 
@@ -135,8 +155,8 @@ def run_gtad_detection(
 @register_task(
     "tal", config_cls=GTADConfig, datasets=("activitynet",),
     description=(
-        "temporal action localization on ActivityNet: G-TAD proposals, labels from a video classifier "
-        "trained on the same features (not the paper's external classifier), mAP at tIoU 0.5:0.05:0.95"
+        "temporal action localization on ActivityNet: G-TAD proposals, labels from external video scores "
+        "(video_scores, as the paper) or a video classifier trained on the same features, mAP at tIoU 0.5:0.05:0.95"
     ),
 )
 def run_tal(ctx: TaskContext) -> Dict[str, float]:

@@ -16,8 +16,16 @@ Differences from the published 2D-TAN runs, on purpose or by necessity:
   ``glove_path`` names a GloVe text file; otherwise the LSTM reads the frozen word-piece input
   embeddings of the project's text encoder (all-MiniLM-L6-v2, 384-d). See ``text.py``.
 * Model selection: 2D-TAN's training script evaluates on the test set during training and the
-  released checkpoints are the best of those; here the head trains for ``epochs`` and the last
-  epoch is scored once. TACoS' ``val`` subset is not used (2D-TAN only used it to report).
+  released checkpoints are the best of those. Here a dataset with a validation subset (TACoS
+  ``val``) keeps the epoch that is best on it (``select_metric``) and drives the learning-rate
+  schedule with it; the test subset is read only after training, once. Charades-STA has no
+  validation subset: its last epoch is scored (and, as in 2D-TAN, whose plateau scheduler is only
+  stepped on validation, its learning rate stays constant).
+* Schedule: ``ReduceLROnPlateau`` with 2D-TAN's factor 0.8 and patience 20, stepped once per epoch
+  on the validation loss. 2D-TAN passes the *negated* validation loss to a ``mode='min'``
+  scheduler, which lowers the rate when the validation loss stops rising;
+  ``plateau_metric: negated_val_loss`` (the paper profile) does the same, ``val_loss`` lowers it
+  when the loss stops falling.
 * Ranking: only cells of the sparse map are candidates (2D-TAN also ranked masked cells, with
   score 0, after all the others; this matters only when fewer than 5 moments survive NMS).
 """
@@ -40,10 +48,12 @@ from clap_bench.downstream.tan2d.features import load_video_features
 from clap_bench.downstream.tan2d.model import TAN2D, map_conv_output_size, sparse_map_mask
 from clap_bench.downstream.tan2d.proposals import iou_map, masked_bce_loss, rank_moments, scaled_iou_targets
 from clap_bench.downstream.tan2d.text import build_word_vectors, embed_sentences, pad_words
-from clap_bench.eval.grounding import evaluate_grounding, flatten_metrics
+from clap_bench.eval.grounding import IOU_THRESHOLDS, RANKS, evaluate_grounding, flatten_metrics
 from clap_bench.io import atomic_write_json
 
 DATASETS = ("charades-sta", "tacos")
+PLATEAU_METRICS = ("val_loss", "negated_val_loss", "none")
+SELECT_METRICS = tuple(f"R@{k}@{t}" for k in RANKS for t in IOU_THRESHOLDS) + ("mIoU",)
 
 
 # --------------------------------------------------------------------------- configuration
@@ -61,6 +71,7 @@ class GroundingDatasetConfig:
     max_iou: float = 1.0
     nms_threshold: float = 0.45
     train_subset: str = "train"
+    val_subset: Optional[str] = None  # drives the schedule and selects the epoch; None: last epoch
     test_subset: str = "test"
     epochs: Optional[int] = None  # None: VLGConfig.epochs
 
@@ -79,6 +90,7 @@ class TACoSGroundingConfig(GroundingDatasetConfig):
     min_iou: float = 0.3
     max_iou: float = 0.7
     nms_threshold: float = 0.4
+    val_subset: Optional[str] = "val"
 
 
 @dataclass
@@ -97,6 +109,11 @@ class VLGConfig:
     lr: float = 1e-4
     weight_decay: float = 0.0
     grad_clip: float = 10.0
+    # ReduceLROnPlateau of 2D-TAN (TRAIN.FACTOR, TRAIN.PATIENCE), stepped per epoch on validation.
+    lr_factor: float = 0.8
+    lr_patience: int = 20
+    plateau_metric: str = "val_loss"  # val_loss | negated_val_loss (2D-TAN's call) | none
+    select_metric: str = "R@1@0.5"  # validation metric that picks the kept epoch (higher is better); "last": no selection
     top_k: int = 5
     max_train_queries: Optional[int] = None  # CPU profiles: a seeded subsample of the training queries
     log_every_epochs: int = 1
@@ -129,6 +146,14 @@ class VLGConfig:
                 raise ConfigError(f"{where}: the map convolutions turn {d.num_clips} clips into {size}; adjust map_paddings")
             if not d.max_iou > d.min_iou:
                 raise ConfigError(f"{where}: max_iou ({d.max_iou}) must be greater than min_iou ({d.min_iou})")
+        if self.plateau_metric not in PLATEAU_METRICS:
+            raise ConfigError(f"tasks.vlg.plateau_metric: expected one of {', '.join(PLATEAU_METRICS)}, got {self.plateau_metric!r}")
+        if self.select_metric != "last" and self.select_metric not in SELECT_METRICS:
+            raise ConfigError(
+                f"tasks.vlg.select_metric: expected 'last' or one of {', '.join(SELECT_METRICS)}, got {self.select_metric!r}"
+            )
+        if not 0.0 < self.lr_factor < 1.0:
+            raise ConfigError(f"tasks.vlg.lr_factor: expected a number in (0, 1), got {self.lr_factor}")
         for name in ("epochs", "batch_size", "hidden_size", "text_hidden_size", "lstm_layers", "top_k"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"tasks.vlg.{name} must be >= 1, got {getattr(self, name)}")
@@ -194,15 +219,18 @@ def train_and_evaluate(
 ) -> Dict[str, object]:
     """Train 2D-TAN on ``train_subset`` queries, rank moments for ``test_subset``, score, write files.
 
+    With a ``val_subset``, every epoch is scored on it: its loss drives the plateau schedule and
+    the epoch best on ``select_metric`` is the one kept. The test subset is read only after
+    training (queries, sentences, features), so nothing about it can reach training or selection.
     Returns the scorer's nested metrics. ``word_vectors`` (a callable ``text -> (L, E)``) overrides
     the ones ``cfg`` names (tests use it).
     """
     out_dir = Path(out_dir)
     label = label or annotations.source
     train_q = grounding_queries(annotations, dataset_cfg.train_subset)
-    test_q = grounding_queries(annotations, dataset_cfg.test_subset)
-    for name, qs in ((dataset_cfg.train_subset, train_q), (dataset_cfg.test_subset, test_q)):
-        if not qs:
+    val_q = grounding_queries(annotations, dataset_cfg.val_subset) if dataset_cfg.val_subset else []
+    for name, qs in ((dataset_cfg.train_subset, train_q), (dataset_cfg.val_subset, val_q)):
+        if name and not qs:
             raise ValueError(
                 f"{label}: no grounding queries in subset {name!r}; subsets present: {', '.join(annotations.subsets) or 'none'}"
             )
@@ -212,12 +240,13 @@ def train_and_evaluate(
         train_q = [train_q[i] for i in keep]
 
     video_feats = load_video_features(
-        features_path, {q.video for q in train_q + test_q}, dataset_cfg.num_sample_clips, cfg.normalize_features
+        features_path, {q.video for q in train_q + val_q}, dataset_cfg.num_sample_clips, cfg.normalize_features
     )
+    given_vectors = word_vectors
     if word_vectors is None:
-        word_vectors = build_word_vectors(cfg.glove_path, cfg.text_model, [q.sentence for q in train_q + test_q])
+        word_vectors = build_word_vectors(cfg.glove_path, cfg.text_model, [q.sentence for q in train_q + val_q])
     train_words = embed_sentences(word_vectors, [q.sentence for q in train_q])
-    test_words = embed_sentences(word_vectors, [q.sentence for q in test_q])
+    val_words = embed_sentences(word_vectors, [q.sentence for q in val_q])
     feature_dim = next(iter(video_feats.values())).shape[1]
 
     torch.manual_seed(seed)
@@ -235,19 +264,26 @@ def train_and_evaluate(
         map_dilations=dataset_cfg.map_dilations,
     ).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = None
+    if val_q and cfg.plateau_metric != "none":
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience
+        )
     n = dataset_cfg.num_clips
 
-    def targets_for(idx: List[int]) -> torch.Tensor:
+    def targets_for(queries: List[Query], idx: List[int]) -> torch.Tensor:
         # Built per batch: kept for every query, TACoS' 128x128 maps would take gigabytes.
         return torch.stack([
-            scaled_iou_targets(iou_map(n, train_q[i].duration, (train_q[i].start, train_q[i].end)),
+            scaled_iou_targets(iou_map(n, queries[i].duration, (queries[i].start, queries[i].end)),
                                dataset_cfg.min_iou, dataset_cfg.max_iou)
             for i in idx
         ])
 
     epochs = dataset_cfg.epochs if dataset_cfg.epochs is not None else cfg.epochs
     generator = torch.Generator().manual_seed(seed)
-    history = []
+    history, val_history = [], []
+    selected = {"epoch": epochs, "on": "last epoch (no validation subset)" if not val_q else "last epoch"}
+    best_score, best_state = None, None
     t0 = time.time()
     for epoch in range(epochs):
         model.train()
@@ -255,7 +291,7 @@ def train_and_evaluate(
         for idx in _batches(len(train_q), cfg.batch_size, generator):
             video, words, lengths = _collate(train_q, idx, video_feats, train_words, device)
             logits = model(video, words, lengths)
-            loss = masked_bce_loss(logits, targets_for(idx).to(device), model.map_mask[0])
+            loss = masked_bce_loss(logits, targets_for(train_q, idx).to(device), model.map_mask[0])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:
@@ -264,21 +300,68 @@ def train_and_evaluate(
             total += float(loss.detach())
             steps += 1
         history.append(total / max(1, steps))
-        if progress and ((epoch + 1) % max(1, cfg.log_every_epochs) == 0 or epoch + 1 == epochs):
-            print(f"[vlg {label}] epoch {epoch + 1}/{epochs} loss {history[-1]:.4f} ({time.time() - t0:.0f}s)", flush=True)
         if not math.isfinite(history[-1]):
             raise FloatingPointError(f"{label}: training loss is {history[-1]} at epoch {epoch + 1}")
+        if val_q:
+            val_loss = validation_loss(model, val_q, video_feats, val_words, targets_for, cfg.batch_size, device)
+            val_metrics = flatten_metrics(evaluate_grounding(
+                ground_truth_entries(val_q),
+                predict(model, val_q, video_feats, val_words, dataset_cfg.nms_threshold, cfg.top_k, cfg.batch_size, device),
+            ))
+            val_history.append({"epoch": epoch + 1, "loss": val_loss, "lr": optimizer.param_groups[0]["lr"], **val_metrics})
+            if scheduler is not None:
+                scheduler.step(-val_loss if cfg.plateau_metric == "negated_val_loss" else val_loss)
+            if cfg.select_metric != "last":
+                score = val_metrics[cfg.select_metric]
+                if best_score is None or score > best_score:  # ties keep the earlier epoch
+                    best_score = score
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                    selected = {"epoch": epoch + 1, "on": f"{dataset_cfg.val_subset} {cfg.select_metric}", "value": score}
+        if progress and ((epoch + 1) % max(1, cfg.log_every_epochs) == 0 or epoch + 1 == epochs):
+            extra = f" val loss {val_history[-1]['loss']:.4f}" if val_q else ""
+            print(f"[vlg {label}] epoch {epoch + 1}/{epochs} loss {history[-1]:.4f}{extra} ({time.time() - t0:.0f}s)", flush=True)
+    if best_state is not None:
+        model.load_state_dict(best_state)
 
-    predictions = predict(model, test_q, video_feats, test_words, dataset_cfg.nms_threshold, cfg.top_k,
+    # Training and selection are over: only now is the test subset read.
+    test_q = grounding_queries(annotations, dataset_cfg.test_subset)
+    if not test_q:
+        raise ValueError(
+            f"{label}: no grounding queries in subset {dataset_cfg.test_subset!r}; "
+            f"subsets present: {', '.join(annotations.subsets) or 'none'}"
+        )
+    test_feats = load_video_features(
+        features_path, {q.video for q in test_q}, dataset_cfg.num_sample_clips, cfg.normalize_features
+    )
+    if given_vectors is None and cfg.glove_path:  # GloVe vectors were read for the training words only
+        word_vectors = build_word_vectors(cfg.glove_path, cfg.text_model, [q.sentence for q in test_q])
+    test_words = embed_sentences(word_vectors, [q.sentence for q in test_q])
+    predictions = predict(model, test_q, test_feats, test_words, dataset_cfg.nms_threshold, cfg.top_k,
                           cfg.batch_size, device)
     ground_truth = ground_truth_entries(test_q)
     metrics = evaluate_grounding(ground_truth, predictions)
     metrics["train_loss"] = history
     metrics["num_train_queries"] = len(train_q)
+    metrics["selected_epoch"] = selected
+    if val_history:
+        metrics["validation"] = val_history
     atomic_write_json(out_dir / "ground_truth.json", ground_truth)
     atomic_write_json(out_dir / "predictions.json", predictions)
     atomic_write_json(out_dir / "metrics.json", metrics)
     return metrics
+
+
+@torch.no_grad()
+def validation_loss(model: TAN2D, queries: List[Query], video_feats, words, targets_for, batch_size: int, device: str) -> float:
+    """Mean training loss (masked BCE) over ``queries``, in eval mode: what 2D-TAN's plateau scheduler sees."""
+    model.eval()
+    total, count = 0.0, 0
+    for idx in _batches(len(queries), batch_size, None):
+        video, padded, lengths = _collate(queries, idx, video_feats, words, device)
+        loss = masked_bce_loss(model(video, padded, lengths), targets_for(queries, idx).to(device), model.map_mask[0])
+        total += float(loss) * len(idx)
+        count += len(idx)
+    return total / max(1, count)
 
 
 @torch.no_grad()

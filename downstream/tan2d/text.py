@@ -75,11 +75,9 @@ class WordPieceVectors:
     def __init__(self, model_path: Optional[Path | str] = None):
         from transformers import AutoTokenizer
 
-        if model_path is None:
-            from clap_bench.encoders.text import default_text_model_path
+        from clap_bench.encoders.text import resolve_text_model
 
-            model_path = default_text_model_path()
-        self.model_path = Path(model_path).expanduser()
+        self.model_path = resolve_text_model(model_path, key="tasks.vlg.text_model")
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_path), local_files_only=True)
         self.table = _input_embeddings(self.model_path)
         self.dim = int(self.table.shape[1])

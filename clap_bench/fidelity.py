@@ -1,0 +1,104 @@
+"""The choices where a profile may depart from the paper's protocol, and which of them a profile makes.
+
+Each entry of ``CHOICES`` is one row of FIDELITY.md that is a profile key: where it lives in the
+resolved profile, which of the paper's tables it affects (through the stages behind them), and
+how to say that a profile departs from the ``paper`` profile on it. ``clapbench table`` prints, under each table, the
+choices of that table's stages on which the tabulated profile differs from ``paper``
+(``departures``). Task keys (``tasks.<task>.<key>``) are resolved through the task's own defaults,
+so a key a profile leaves unset still has its value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Mapping, Optional
+
+ALL_TABLES = ("1", "2a", "2b", "3")  # pre-training feeds every table
+_MISSING = object()
+
+
+@dataclass(frozen=True)
+class Choice:
+    key: str  # dotted path in the resolved profile
+    tables: tuple  # the paper's tables whose numbers it changes
+    what: str  # what a departing value does, in a few words
+    shown: Optional[Callable[[Any], str]] = None  # how a value reads (default: repr)
+
+    def describe(self, value: Any) -> str:
+        return self.shown(value) if self.shown else repr(value)
+
+
+def _text_model(value: Any) -> str:
+    return value or "all-MiniLM-L6-v2 (bundled)"
+
+
+def _video_scores(value: Any) -> str:
+    return f"external scores {value}" if value else "built-in video classifier"
+
+
+CHOICES: tuple = (
+    Choice("encoder.text_model", ALL_TABLES, "text encoder", _text_model),
+    Choice("pretrain.bn_reestimate", ALL_TABLES, "BatchNorm re-estimation after pre-training"),
+    Choice("pretrain.contrastive.normalize", ALL_TABLES, "L2-normalised contrastive embeddings (cosine instead of Eq. 4's dot product)"),
+    Choice("pretrain.contrastive.temperature", ALL_TABLES, "contrastive temperature"),
+    Choice("pretrain.contrastive.learn_temperature", ALL_TABLES, "learned contrastive temperature"),
+    Choice("pretrain.contrastive.duplicate_texts", ALL_TABLES, "other pairs with the same text in a contrastive denominator"),
+    Choice("pretrain.head_init_std", ALL_TABLES, "initialisation of the class and region heads"),
+    Choice("pretrain.short_segments", ALL_TABLES, "segments shorter than one clip"),
+    Choice("pretrain.gvf_scaling", ALL_TABLES, "scaling of the global video feature"),
+    Choice("pretrain.caption_choice", ALL_TABLES, "caption given to a clip"),
+    Choice("tasks.tal.video_scores", ("1",), "G-TAD's video labels", _video_scores),
+    Choice("tasks.fstal.adapt_steps", ("2a",), "QAT support-adaptation steps"),
+    Choice("tasks.vlg.glove_path", ("2b", "3"), "2D-TAN word vectors",
+           lambda v: f"GloVe {v}" if v else "word pieces of the text encoder"),
+    Choice("tasks.vlg.plateau_metric", ("2b", "3"), "2D-TAN plateau schedule stepped on"),
+    Choice("tasks.vlg.lr_factor", ("2b", "3"), "2D-TAN plateau factor"),
+    Choice("tasks.vlg.lr_patience", ("2b", "3"), "2D-TAN plateau patience"),
+    Choice("tasks.vlg.select_metric", ("2b", "3"), "2D-TAN epoch selected on validation by"),
+    Choice("tasks.vlg.tacos.val_subset", ("3",), "TACoS validation subset for schedule and selection"),
+)
+
+
+def resolve(profile: Mapping[str, Any], key: str) -> Any:
+    """The value of dotted ``key`` in a profile dict (``to_dict(Profile)``); ``tasks.*`` through the task's defaults.
+
+    A key the profile does not have (e.g. one a newer version added) resolves to a sentinel
+    that ``departures`` skips.
+    """
+    parts = key.split(".")
+    if parts[0] == "tasks" and len(parts) > 2:
+        from clap_bench.config import ConfigError, from_dict, to_dict
+        from clap_bench.downstream.base import get_task
+
+        try:
+            spec = get_task(parts[1])
+            node: Any = to_dict(from_dict(spec.config_cls, dict(profile.get("tasks", {}).get(parts[1]) or {}), f"tasks.{parts[1]}"))
+        except (KeyError, ConfigError):
+            return _MISSING
+        parts = parts[2:]
+    else:
+        node = profile
+    for part in parts:
+        if not isinstance(node, Mapping) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+def departures(profile: Mapping[str, Any], reference: Mapping[str, Any], table: str) -> List[str]:
+    """For the choices affecting ``table``: one line per key where ``profile`` differs from ``reference``."""
+    lines = []
+    for choice in CHOICES:
+        if table not in choice.tables:
+            continue
+        ours, theirs = resolve(profile, choice.key), resolve(reference, choice.key)
+        if ours is _MISSING or theirs is _MISSING or ours == theirs:
+            continue
+        lines.append(f"{choice.what}: {choice.describe(ours)} instead of {choice.describe(theirs)} ({choice.key})")
+    return lines
+
+
+def paper_profile_dict() -> Dict[str, Any]:
+    from clap_bench.config import load_profile, to_dict
+
+    return to_dict(load_profile("paper"))

@@ -1,0 +1,234 @@
+"""The `paper` profile states the paper's protocol: each switch of FIDELITY.md, read from the resolved
+config (not the YAML text), and the behaviour each switch selects."""
+
+from __future__ import annotations
+
+import pytest
+
+from clap_bench.config import load_profile
+from clap_bench.encoders import TextModelNotFoundError, resolve_text_model
+
+
+@pytest.fixture(scope="module")
+def paper():
+    return load_profile("paper")
+
+
+def test_paper_text_encoder_is_bert(paper):
+    assert paper.encoder.text_model == "bert-base-uncased"
+
+
+def test_unavailable_text_model_says_what_to_fetch_and_which_key_to_set(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache: nothing is found offline
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(TextModelNotFoundError) as err:
+        resolve_text_model("no-such-org/no-such-text-model")
+    message = str(err.value)
+    assert "encoder.text_model" in message
+    assert "huggingface-cli download no-such-org/no-such-text-model" in message
+    assert str(tmp_path / "hf") in message
+    with pytest.raises(TextModelNotFoundError, match="no config.json"):
+        resolve_text_model(tmp_path)  # a folder that is not a model
+
+
+def test_text_model_given_as_a_folder_is_used_as_is():
+    bundled = resolve_text_model(None)
+    assert resolve_text_model(str(bundled)) == bundled
+
+
+# --------------------------------------------------------------------------- contrastive form, BN re-estimation
+def test_paper_contrastive_form_and_bn_switch(paper):
+    c = paper.pretrain.contrastive
+    assert c.normalize is False  # Eq. 4: a plain dot product over tau
+    assert c.duplicate_texts == "negatives"  # Eq. 4: every other text of the batch is a negative
+    assert c.learn_temperature is False and c.temperature == pytest.approx(0.07)
+    assert paper.pretrain.bn_reestimate is False  # neither the paper nor TSP re-estimates BatchNorm
+
+
+def test_contrastive_form_switches_change_the_loss_as_stated():
+    import torch
+    import torch.nn.functional as F
+
+    from clap_bench.methods import contrastive_terms, text_ids
+
+    g = torch.Generator().manual_seed(0)
+    z_v, z_t = torch.randn(4, 3, generator=g), torch.randn(4, 3, generator=g)
+    texts = ["bg", "bg", "run", "jump"]  # pairs 0 and 1 share a text
+    ids = text_ids(texts)
+    # normalize=False, negatives: Eq. 4 written out, dot product over tau, every other text a negative.
+    v2t, t2v = contrastive_terms(z_v, z_t, ids, 1 / 0.5, normalize=False, duplicate_texts="negatives")
+    assert torch.allclose(v2t, F.cross_entropy(z_v @ z_t.T / 0.5, torch.arange(4), reduction="none"))
+    assert torch.allclose(t2v, F.cross_entropy(z_t @ z_v.T / 0.5, torch.arange(4), reduction="none"))
+    # exclude: the other "bg" pair leaves the denominators of pairs 0 and 1 only.
+    ex_v2t, _ = contrastive_terms(z_v, z_t, ids, 1 / 0.5, normalize=False, duplicate_texts="exclude")
+    assert torch.equal(ex_v2t[2:], v2t[2:])
+    logits = z_v @ z_t.T / 0.5
+    for i, other in ((0, 1), (1, 0)):
+        kept = [j for j in range(4) if j != other]
+        assert ex_v2t[i] == pytest.approx(float(torch.logsumexp(logits[i, kept], 0) - logits[i, i]), rel=1e-5)
+        assert ex_v2t[i] < v2t[i]
+    # normalize=True: the same on L2-normalised embeddings.
+    n_v2t, _ = contrastive_terms(z_v, z_t, ids, 1 / 0.5, normalize=True, duplicate_texts="negatives")
+    expected = F.cross_entropy(F.normalize(z_v, dim=1) @ F.normalize(z_t, dim=1).T / 0.5, torch.arange(4), reduction="none")
+    assert torch.allclose(n_v2t, expected)
+    with pytest.raises(ValueError, match="duplicate_texts"):
+        contrastive_terms(z_v, z_t, ids, 2.0, duplicate_texts="ignore")
+
+
+def test_a_bad_switch_value_names_the_key_and_the_file():
+    from clap_bench.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"smoke\.yaml\.pretrain\.contrastive: contrastive\.duplicate_texts"):
+        load_profile("smoke", overrides={"pretrain": {"contrastive": {"duplicate_texts": "ignore"}}})
+
+
+DEFAULT_SWITCHES = {
+    "contrastive": {"normalize": True, "duplicate_texts": "exclude", "learn_temperature": False},
+    "bn_reestimate": True, "head_init_std": None, "short_segments": "keep", "gvf_scaling": "mean_norm",
+    "caption_choice": "largest_overlap",
+}
+PAPER_SWITCHES = {
+    "contrastive": {"normalize": False, "duplicate_texts": "negatives", "learn_temperature": True},
+    "bn_reestimate": False, "head_init_std": 0.01, "short_segments": "drop", "gvf_scaling": "none",
+    "caption_choice": "nearest_centre",
+}
+
+
+@pytest.mark.parametrize("method", ["clap", "tsp"])
+@pytest.mark.parametrize("switches", [DEFAULT_SWITCHES, PAPER_SWITCHES], ids=["default-form", "paper-form"])
+def test_pretraining_switches_run_on_the_smoke_profile(switches, method, tmp_path):
+    import torch
+
+    from clap_bench.training import pretrain
+
+    torch.set_num_threads(1)
+    profile = load_profile("smoke", overrides={"pretrain": {**switches, "epochs": 1}})
+    final = pretrain(profile, method, seed=0, out_dir=tmp_path, progress=False)
+    state = torch.load(final, map_location="cpu", weights_only=False)
+    for key, value in switches.items():
+        if key == "contrastive":
+            assert state["train"][key] == {**state["train"][key], **value}
+        else:
+            assert state["train"][key] == value, key
+    model = state["model"]
+    if method == "clap":
+        assert ("log_logit_scale" in model) is True  # a buffer when fixed, a parameter when learned
+    # BatchNorm statistics: untouched after the last epoch when off, re-estimated when on.
+    last_epoch = torch.load(tmp_path / "checkpoint.pt", map_location="cpu", weights_only=False)["model"]
+    stats = [k for k in model if k.startswith("backbone.") and k.endswith("running_mean")]
+    assert stats
+    same = all(torch.equal(model[k], last_epoch[k]) for k in stats)
+    assert same == (not switches["bn_reestimate"])
+
+
+def test_head_initialisation_switch():
+    import torch
+
+    from clap_bench.config import EncoderConfig
+    from clap_bench.encoders import build_video_encoder
+    from clap_bench.methods import PretrainModel, create_method
+
+    encoder = build_video_encoder(EncoderConfig(arch="r2plus1d_tiny", width=0.125))
+    torch.manual_seed(0)
+    tsp_init = PretrainModel(encoder, create_method("tsp"), 200, gvf_dim=encoder.out_dim, head_init_std=0.01)
+    for head in (tsp_init.class_head, tsp_init.region_head):
+        assert torch.count_nonzero(head.bias) == 0
+        assert abs(float(head.weight.detach().std()) - 0.01) < 0.002
+    torch.manual_seed(0)
+    default = PretrainModel(encoder, create_method("tsp"), 200, gvf_dim=encoder.out_dim)
+    assert torch.count_nonzero(default.class_head.bias) > 0  # PyTorch's uniform default
+
+
+def test_short_segments_switch_drops_segments_shorter_than_a_clip():
+    from clap_bench.clips import contiguous_segments
+    from clap_bench.data.schema import Segment, Video
+
+    video = Video("v", 20.0, "training", segments=[Segment(2.0, 2.5, "jump"), Segment(5.0, 12.0, "run"), Segment(12.0, 12.8, "jump")])
+    kept = contiguous_segments(video)
+    assert [(s.start, s.end, s.label) for s in kept if s.label] == [(2.0, 2.5, "jump"), (5.0, 12.0, "run"), (12.0, 12.8, "jump")]
+    dropped = contiguous_segments(video, min_length=1.07, min_action_length=1.07)
+    assert [(s.start, s.end, s.label) for s in dropped] == [(0.0, 2.0, None), (2.5, 5.0, None), (5.0, 12.0, "run"), (12.8, 20.0, None)]
+
+
+def test_caption_choice_switch():
+    from clap_bench.clips import assign_caption
+    from clap_bench.data.schema import Sentence
+
+    # Clip [10, 11]: caption A covers all of it but is centred far away; B overlaps half of it, centred near.
+    a, b = Sentence(0.0, 30.0, "a long caption"), Sentence(10.5, 11.0, "a short caption")
+    assert assign_caption(10.0, 11.0, [a, b], "largest_overlap") is a
+    assert assign_caption(10.0, 11.0, [a, b], "nearest_centre") is b
+    assert assign_caption(40.0, 41.0, [a, b], "nearest_centre") is None  # no overlap: the prompt stays
+
+
+def test_paper_tsp_details(paper):
+    assert paper.pretrain.head_init_std == 0.01  # TSP models/model.py: nn.init.normal_(fc.weight, 0, 0.01)
+    assert paper.pretrain.short_segments == "drop"  # TSP: segments shorter than clip_length frames removed
+    assert paper.pretrain.gvf_scaling == "none"  # TSP reads the max-pooled GVF as is
+    assert paper.pretrain.caption_choice == "nearest_centre"  # §3.2: "temporally closest caption"
+
+
+def test_paper_tal_labels_come_from_the_external_video_scores(paper):
+    from clap_bench.config import from_dict
+    from clap_bench.downstream.gtad import GTADConfig
+
+    cfg = from_dict(GTADConfig, paper.tasks["tal"], "tasks.tal")
+    assert cfg.video_scores.endswith("cuhk_val_simp_share.json")
+    assert cfg.classes_per_video == 2  # G-TAD's ActivityNet post-processing: top-2 video classes
+
+
+def test_paper_grounding_schedule_and_selection(paper):
+    from clap_bench.config import from_dict
+    from clap_bench.downstream.tan2d.task import VLGConfig
+
+    cfg = from_dict(VLGConfig, paper.tasks["vlg"], "tasks.vlg").validate()
+    assert (cfg.lr_factor, cfg.lr_patience) == (0.8, 20)  # 2D-TAN's TRAIN.FACTOR, TRAIN.PATIENCE
+    assert cfg.plateau_metric == "negated_val_loss"  # scheduler.step(-val loss) in 2D-TAN's train.py
+    assert cfg.tacos.val_subset == "val" and cfg.charades_sta.val_subset is None
+    assert cfg.select_metric == "R@1@0.5"
+    assert (cfg.epochs, cfg.batch_size, cfg.lr) == (100, 32, 1e-4)
+
+
+def test_paper_qat_and_2dtan_word_vectors(paper):
+    from clap_bench.config import from_dict
+    from clap_bench.downstream.qat import QATConfig
+    from clap_bench.downstream.tan2d.task import VLGConfig
+
+    assert from_dict(QATConfig, paper.tasks["fstal"], "tasks.fstal").adapt_steps == 49  # fewshotQAT adapt_iter 50
+    assert from_dict(VLGConfig, paper.tasks["vlg"], "tasks.vlg").glove_path.endswith("glove.6B.300d.txt")
+
+
+# --------------------------------------------------------------------------- FIDELITY.md and the table notes
+def test_every_switch_has_a_row_in_fidelity_md_and_the_readme_links_it():
+    from pathlib import Path
+
+    from clap_bench.fidelity import _MISSING, CHOICES, paper_profile_dict, resolve
+
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "FIDELITY.md").read_text()
+    paper = paper_profile_dict()
+    for choice in CHOICES:
+        assert f"`{choice.key}" in text or f"`{choice.key.rsplit('.', 1)[-1]}`" in text, choice.key
+        assert resolve(paper, choice.key) is not _MISSING, choice.key
+    assert "(FIDELITY.md)" in (root / "README.md").read_text()
+    assert "FIDELITY.md" in (root / "configs" / "profiles" / "paper.yaml").read_text().split("name:")[0]
+
+
+def test_table_notes_list_the_departures_of_each_tables_stages(tmp_path):
+    from clap_bench.config import to_dict
+    from clap_bench.runs import RunStore, make_tables, render
+
+    store = RunStore(tmp_path)
+    smoke = to_dict(load_profile("smoke"))
+    table1, table3 = make_tables(store, "smoke", ["1", "3"], profile_config=smoke)
+    notes1, notes3 = "\n".join(table1.notes), "\n".join(table3.notes)
+    assert "G-TAD's video labels: built-in video classifier instead of external scores" in notes1
+    assert "plateau" not in notes1
+    assert "(tasks.vlg.plateau_metric)" in notes3 and "video labels" not in notes3
+    for notes in (notes1, notes3):  # pre-training choices affect every table
+        assert "(pretrain.contrastive.duplicate_texts)" in notes and "(encoder.text_model)" in notes
+    assert "differs from the paper's protocol (FIDELITY.md)" in render([table1], "markdown")
+
+    paper = to_dict(load_profile("paper"))
+    assert not any("FIDELITY" in n for t in make_tables(store, "paper", ["1", "3"], profile_config=paper) for n in t.notes)
