@@ -32,7 +32,7 @@ from clap_bench.config import ConfigError, Profile
 from clap_bench.io import atomic_write_json, file_lock
 from clap_bench.runs.plan import Plan, StageContext, StageSpec
 from clap_bench.runs.slurm import ACTIVE_STATES, ClusterProfile, cancel, job_states, slurm_available
-from clap_bench.runs.claims import StageClaim, claim_holder, describe_owner, owner_record, read_claim
+from clap_bench.runs.claims import StageClaim, claim_holder, describe_owner, owner_record
 from clap_bench.runs.store import LOG_FILE, METRICS_FILE, SLURM_FILE, RunStore, read_json
 
 EXECUTORS = ("local", "debug", "slurm")
@@ -69,12 +69,13 @@ class StageOutcome:
 
 def claim_and_run(store_root: str, profile: Profile, spec: StageSpec, config_hash: str, inputs: Dict[str, str],
                   progress: bool = True, record: bool = True, prepare: Optional[tuple] = None, wait: bool = True,
-                  echo: Callable[[str], None] = log.info) -> StageOutcome:
+                  echo: Optional[Callable[[str], None]] = None) -> StageOutcome:
     """Claim the stage's folder, then run it unless it is done; see ``clap_bench.runs.claims``.
 
     ``prepare=(record, resolved_config)`` prepares the folder (``RunStore.prepare``) under the claim.
     ``record=False`` (non-zero DDP ranks of a job) neither claims nor records: rank 0 does both.
     """
+    echo = echo or _to_stderr  # in a SLURM job: its stderr log
     store = RunStore(store_root)
     stage_dir = store.stage_dir(profile.name, spec.method, spec.seed, spec.name)
     if store.is_done(stage_dir, config_hash):  # e.g. a requeued job whose stage had already finished
@@ -104,6 +105,10 @@ def claim_and_run(store_root: str, profile: Profile, spec: StageSpec, config_has
         return StageOutcome("ran", metrics, holder=holder or None, took_over=claim.previous_owner)
     finally:
         claim.release()
+
+
+def _to_stderr(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
 
 
 def run_stage(store_root: str, profile: Profile, spec: StageSpec, config_hash: str, inputs: Dict[str, str],
