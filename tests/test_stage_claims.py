@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from clap_bench.cli import app
@@ -110,6 +111,7 @@ def test_killed_claim_holder_is_taken_over_by_the_waiting_run_which_resumes_its_
     assert not (stage / CLAIM_FILE).exists() and claim_holder(stage) is None
 
 
+@pytest.mark.slow
 def test_two_runs_started_together_on_one_store_train_each_stage_once_and_match_a_single_run(tmp_path):
     # --tasks tal keeps it short: the shared source stage, then pre-training, extraction (an HDF5 file
     # the other process must not open while it is written) and G-TAD per seed
