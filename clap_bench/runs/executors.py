@@ -3,7 +3,10 @@ SLURM jobs through submitit (``slurm``).
 
 Every executor skips a stage whose ``metrics.json`` exists under the same config hash (reuse)
 and reruns any other: the stage functions resume from what their folder holds (checkpoints,
-extracted videos), so an interrupted stage continues instead of restarting.
+extracted videos), so an interrupted stage continues instead of restarting. A stage runs only
+under its claim (``claims.py``), taken in the process that runs it (this one, or the SLURM job):
+a stage another process is running is waited for and reused, never run twice, and one whose
+holder died is taken over.
 
 On SLURM each stage is one job; a stage waits for its upstream jobs with ``afterok``
 dependencies (``kill-on-invalid-dep``: a job whose upstream failed is removed, not left pending).
