@@ -142,3 +142,23 @@ def test_two_runs_started_together_on_one_store_train_each_stage_once_and_match_
     # both processes did some of the work: the stages were shared out, not run twice
     texts = [log.read_text() for log in logs]
     assert any("waiting for it" in t or "meanwhile, reused" in t for t in texts), texts
+
+
+def test_a_feature_file_held_by_a_writer_is_neither_read_nor_moved_aside(tmp_path):
+    from clap_bench.features.extract import read_features, write_features
+
+    path = tmp_path / "activitynet.h5"
+    writer = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time, h5py\n"
+        f"f = h5py.File({str(path)!r}, 'w'); f['v_a'] = [[1.0]]; f.attrs['complete'] = True; f.flush()\n"
+        "print('open', flush=True); time.sleep(60)")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "open"
+        with pytest.raises(RuntimeError, match="being written by another process"):
+            read_features(path)
+        with pytest.raises(RuntimeError, match="open in another process"):
+            write_features(path, {"checkpoint_hash": "x"}, [], lambda todo: iter(()))
+        assert path.exists() and not path.with_name(path.name + ".unreadable").exists()
+    finally:
+        writer.kill()
+        writer.wait()

@@ -232,7 +232,11 @@ class FeatureFile:
         self.path = Path(path)
         if not self.path.exists():
             raise FileNotFoundError(f"feature file not found: {self.path}")
-        self._file = h5py.File(self.path, "r")
+        try:
+            self._file = h5py.File(self.path, "r")
+        except BlockingIOError:
+            raise RuntimeError(f"{self.path}: being written by another process (HDF5 file lock held); "
+                               "read it once its extraction stage is done") from None
         self.attrs = dict(self._file.attrs)
         if not allow_partial and not bool(self.attrs.get("complete", False)):
             self._file.close()
