@@ -1,4 +1,5 @@
-"""Small file helpers shared by every stage: atomic writes, so a crash never leaves half a file."""
+"""Small file helpers shared by every stage: atomic writes, so a crash never leaves half a file,
+advisory locks, and the one way this package reads a torch file (never running code from it)."""
 
 from __future__ import annotations
 
@@ -62,3 +63,35 @@ def _default(o: Any) -> Any:
     if hasattr(o, "tolist"):
         return o.tolist()
     raise TypeError(f"cannot serialise {type(o).__name__}")
+
+
+class UnsafeCheckpointError(ValueError):
+    """A torch file that can only be read by unpickling arbitrary objects (which can run code)."""
+
+
+def load_torch_file(path: PathLike, what: str = "checkpoint") -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU: tensors, numbers, strings, lists, tuples
+    and dicts only. A file that needs anything else is refused, unread, with the globals it names.
+
+    Every torch file this package reads goes through here, its own checkpoints included (they hold
+    nothing else), so a checkpoint someone else released cannot execute code when loaded.
+    """
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        try:  # scans the pickle's opcodes; nothing is executed
+            names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+        except Exception:
+            names = []
+        detail = f"it names {', '.join(names)}" if names else str(e).strip().splitlines()[0]
+        raise UnsafeCheckpointError(
+            f"{path}: refused to load this {what}: reading it needs unpickling of arbitrary objects ({detail}), "
+            "which can run code. Only tensors, numbers, strings, lists and dicts are read (torch.load with "
+            "weights_only=True); if you trust the file, re-save its weights as a plain state dict "
+            "(torch.save(state_dict, path))."
+        ) from None

@@ -37,9 +37,16 @@ def pretrain_command(
 
     if method not in list_methods():
         raise typer.BadParameter(f"unknown method {method!r}; known: {', '.join(list_methods())}", param_hint="--method")
+    from clap_bench.encoders.video import WeightsNotFoundError
+    from clap_bench.io import UnsafeCheckpointError
+
     prof = _profile(profile)
     out_dir = out or Path("results") / "runs" / prof.name / method / f"seed{seed}" / "pretrain"
-    path = pretrain(prof, method, seed, out_dir, classes=resolve_classes(prof, classes), init=init, progress=progress)
+    try:
+        path = pretrain(prof, method, seed, out_dir, classes=resolve_classes(prof, classes), init=init, progress=progress)
+    except (UnsafeCheckpointError, WeightsNotFoundError) as e:  # a weights file refused or missing: no traceback
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2)
     typer.echo(str(path))
 
 
@@ -62,5 +69,11 @@ def extract_command(
         raise typer.BadParameter(f"expected 0 <= i < n, got {shard!r}", param_hint="--shard")
     if not checkpoint.exists():
         raise typer.BadParameter(f"{checkpoint}: no such file", param_hint="--checkpoint")
-    path = extract_features(_profile(profile), checkpoint, dataset, out, shard=(i, n), progress=progress)
+    from clap_bench.io import UnsafeCheckpointError
+
+    try:
+        path = extract_features(_profile(profile), checkpoint, dataset, out, shard=(i, n), progress=progress)
+    except UnsafeCheckpointError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2)
     typer.echo(str(path))

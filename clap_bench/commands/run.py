@@ -33,7 +33,7 @@ def _backbone(profile: Profile) -> str:
 
 def _execute(methods: List[str], seeds: str, tasks: Optional[str], profile: Optional[str], config: Optional[Path],
              executor: str, cluster: Optional[Path], runs_dir: Optional[Path], dry_run: bool, wait: bool,
-             quiet: bool, table_methods: Optional[List[str]], baseline: Optional[str]) -> None:
+             quiet: bool, table_methods: Optional[List[str]], baseline: Optional[str], wait_for_claims: bool = True) -> None:
     from clap_bench.runs import RunStore, load_cluster, make_tables, parse_seeds, parse_tasks, render, run_plan, runs_root
     from clap_bench.runs.plan import plan_factory
     from clap_bench.runs.tables import tables_for_tasks
@@ -64,7 +64,7 @@ def _execute(methods: List[str], seeds: str, tasks: Optional[str], profile: Opti
         typer.echo("Preparing the synthetic datasets (cached after the first run) ...", err=True)
         resolve_datasets(prof, progress=not quiet)
     report = run_plan(plan, store, executor=executor, cluster=cluster_profile, wait=wait, progress=not quiet,
-                      echo=lambda s: typer.echo(s, err=True))
+                      echo=lambda s: typer.echo(s, err=True), wait_for_claims=wait_for_claims)
     if executor == "slurm" and not wait:
         typer.echo(f"Submitted {len(report.submitted)} job(s), {len(report.kept)} already queued, {len(report.reused)} stage(s) done. "
                    f"Follow with: clapbench status --profile {prof.name}" + (f" --runs-dir {runs_dir}" if runs_dir else ""))
@@ -72,6 +72,10 @@ def _execute(methods: List[str], seeds: str, tasks: Optional[str], profile: Opti
     tables = make_tables(store, prof.name, tables_for_tasks(task_list), baseline=baseline, methods=table_methods,
                          backbone=_backbone(prof))
     typer.echo(render(tables, "markdown"))
+    if report.held:
+        typer.echo(f"{len(report.held)} stage(s) skipped (--no-wait) because another process holds them or a stage "
+                   "above them: " + ", ".join(report.held) + ". Rerun later (or without --no-wait) to complete the tables.",
+                   err=True)
     if not report.ok:
         typer.echo(f"{len(report.failed)} stage(s) failed, {len(report.blocked)} not run because of them: "
                    + ", ".join(report.failed) + ". See clapbench status.", err=True)
@@ -91,10 +95,13 @@ def register(app: typer.Typer) -> None:
         runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="run store root (default $CLAPBENCH_RUNS or ./results/runs)"),
         dry_run: bool = typer.Option(False, "--dry-run", help="print the plan and exit"),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
+        wait_for_claims: bool = typer.Option(True, "--wait/--no-wait",
+                                             help="a stage another process is running: wait for it and reuse its result (default), "
+                                                  "or skip it and the stages below it"),
     ):
         """Pre-train, extract and run the downstream tasks for one method over several seeds, then print its table."""
         _execute([method], seeds, tasks, profile, config, executor, cluster, runs_dir, dry_run, wait=True, quiet=quiet,
-                 table_methods=[method], baseline=None)
+                 table_methods=[method], baseline=None, wait_for_claims=wait_for_claims)
 
     @app.command("sweep")
     def sweep_cmd(

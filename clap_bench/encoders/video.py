@@ -8,8 +8,10 @@ Initial weights (``EncoderConfig.weights``):
 - ``None``: random initialisation (torchvision's);
 - ``"kinetics400"``: torchvision's Kinetics-400 weights, read from the torch hub cache only
   (this package never downloads; a missing file is named with the place to put it and its URL);
-- a path to a ``.pth`` state dict (torchvision layout, an ``fc.*`` head is ignored) or to a
-  pre-training checkpoint of this package (its ``backbone.*`` weights are used).
+- a path to a ``.pth`` state dict (torchvision layout, an ``fc.*`` head is ignored), to TSP's
+  ``{"model": ...}`` checkpoints (``features.*``) or to a pre-training checkpoint of this package
+  (its ``backbone.*`` weights are used). Files are read with ``weights_only=True``: one that needs
+  arbitrary unpickling (and so could run code) is refused (``clap_bench.io.load_torch_file``).
 ``"source"`` (the synthetic stand-in for Kinetics) is resolved by the trainer into a checkpoint path.
 """
 
@@ -24,6 +26,7 @@ from torch import nn
 from torchvision.models.video import resnet as tv_resnet
 
 from clap_bench.config import EncoderConfig
+from clap_bench.io import load_torch_file
 
 ARCHS = ("r2plus1d_18", "r3d_18", "r2plus1d_tiny")
 
@@ -126,19 +129,21 @@ def kinetics400_state_dict(arch: str) -> Dict[str, torch.Tensor]:
             f"fetch it from {KINETICS400_WEIGHTS[arch]} and put it at that path, "
             "or set encoder.weights to a local .pth file."
         )
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return load_torch_file(path, "Kinetics-400 weights file")
 
 
 def _load_state_file(path: Path) -> Dict[str, torch.Tensor]:
+    """The state dict in a weights file: a plain state dict, ``{"state_dict": ...}``, a pre-training
+    checkpoint of this package (its ``backbone.*`` weights) or TSP's ``{"model": ...}`` layout."""
     if not path.exists():
         raise WeightsNotFoundError(f"encoder weights file not found: {path}")
-    obj = torch.load(path, map_location="cpu", weights_only=False)
+    obj = load_torch_file(path, "encoder weights file")
     if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
-        # A pre-training checkpoint of this package: keep the backbone only.
-        state = {k[len("backbone."):]: v for k, v in obj["model"].items() if k.startswith("backbone.")}
-        if not state:
-            raise ValueError(f"{path}: checkpoint holds no 'backbone.*' weights")
-        return state
+        model = obj["model"]
+        # This package's checkpoints keep the encoder under "backbone."; TSP's under "features."
+        # (load_weights matches that prefix); heads are dropped either way.
+        state = {k[len("backbone."):]: v for k, v in model.items() if k.startswith("backbone.")}
+        return state or model
     if isinstance(obj, dict) and "state_dict" in obj:
         obj = obj["state_dict"]
     if not isinstance(obj, dict):
@@ -176,8 +181,9 @@ class VideoEncoder(nn.Module):
         state = {k: v for k, v in state.items() if not k.startswith(("fc.", "net.fc."))}
         target = self.body.net if isinstance(self.body, TorchvisionBackbone) else self.body
         own = target.state_dict()
-        # Accept both plain torchvision keys and this module's own ("body.net.*" / "body.*") keys.
-        prefixes = ("body.net.", "body.", "net.", "")
+        # Accept plain torchvision keys, this module's own ("body.net.*" / "body.*") keys and TSP's.
+        # TSP's released checkpoints keep the backbone under "features.".
+        prefixes = ("body.net.", "body.", "net.", "features.", "")
         for prefix in prefixes:
             cand = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
             if cand and set(cand) == set(own):

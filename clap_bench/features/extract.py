@@ -131,6 +131,10 @@ def _open_for_append(path: Path, attrs: Dict[str, object]) -> h5py.File:
         try:
             f = h5py.File(path, "a")
         except OSError as e:
+            if isinstance(e, BlockingIOError) or "unable to lock file" in str(e):
+                # another process has it open: never move aside a file that is being written
+                raise RuntimeError(f"{path}: open in another process (HDF5 file lock held); "
+                                   "run one extraction per output file at a time") from None
             broken = path.with_name(path.name + ".unreadable")
             os.replace(path, broken)
             print(f"{path}: unreadable ({e}); moved to {broken}, starting the file again")
@@ -233,7 +237,11 @@ class FeatureFile:
         self.path = Path(path)
         if not self.path.exists():
             raise FileNotFoundError(f"feature file not found: {self.path}")
-        self._file = h5py.File(self.path, "r")
+        try:
+            self._file = h5py.File(self.path, "r")
+        except BlockingIOError:
+            raise RuntimeError(f"{self.path}: being written by another process (HDF5 file lock held); "
+                               "read it once its extraction stage is done") from None
         self.attrs = dict(self._file.attrs)
         if not allow_partial and not bool(self.attrs.get("complete", False)):
             self._file.close()

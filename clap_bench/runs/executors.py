@@ -3,7 +3,10 @@ SLURM jobs through submitit (``slurm``).
 
 Every executor skips a stage whose ``metrics.json`` exists under the same config hash (reuse)
 and reruns any other: the stage functions resume from what their folder holds (checkpoints,
-extracted videos), so an interrupted stage continues instead of restarting.
+extracted videos), so an interrupted stage continues instead of restarting. A stage runs only
+under its claim (``claims.py``), taken in the process that runs it (this one, or the SLURM job):
+a stage another process is running is waited for and reused, never run twice, and one whose
+holder died is taken over.
 
 On SLURM each stage is one job; a stage waits for its upstream jobs with ``afterok``
 dependencies (``kill-on-invalid-dep``: a job whose upstream failed is removed, not left pending).
@@ -29,12 +32,14 @@ import submitit
 from submitit.helpers import Checkpointable
 
 from clap_bench.config import ConfigError, Profile
-from clap_bench.io import atomic_write_json
+from clap_bench.io import atomic_write_json, file_lock
 from clap_bench.runs.plan import Plan, StageContext, StageSpec
 from clap_bench.runs.slurm import ACTIVE_STATES, ClusterProfile, cancel, job_states, slurm_available
-from clap_bench.runs.store import LOG_FILE, SLURM_FILE, RunStore, read_json
+from clap_bench.runs.claims import StageClaim, claim_holder, describe_owner, owner_record
+from clap_bench.runs.store import LOG_FILE, METRICS_FILE, SLURM_FILE, RunStore, read_json
 
 EXECUTORS = ("local", "debug", "slurm")
+START_LINE = "stage started:"  # the first line a stage writes to its stage.log, once per start
 log = logging.getLogger(__name__)
 
 
@@ -46,6 +51,7 @@ class RunReport:
     kept: Dict[str, str] = field(default_factory=dict)  # stage key -> job id of a job already queued
     failed: Dict[str, str] = field(default_factory=dict)  # stage key -> reason
     blocked: List[str] = field(default_factory=list)  # not run because an upstream stage failed
+    held: Dict[str, str] = field(default_factory=dict)  # stage key -> who holds it (skipped without waiting)
 
     @property
     def ok(self) -> bool:
@@ -53,14 +59,73 @@ class RunReport:
 
 
 # --------------------------------------------------------------------------- one stage
-def run_stage(store_root: str, profile: Profile, spec: StageSpec, config_hash: str, inputs: Dict[str, str],
-              progress: bool = True, record: bool = True) -> Dict[str, Any]:
-    """Run one stage in this process and record it in the store (``record=False`` on non-zero DDP ranks)."""
+@dataclass
+class StageOutcome:
+    """What ``claim_and_run`` did: ``ran`` the stage, ``reused`` a result (maybe after waiting for
+    another process), or ``held`` (claimed elsewhere and ``wait=False``: nothing done)."""
+
+    action: str
+    metrics: Dict[str, Any] = field(default_factory=dict)
+    holder: Optional[Dict[str, Any]] = None  # the claim holder waited for or skipped
+    took_over: Optional[Dict[str, Any]] = None  # a holder that died before finishing
+
+
+def claim_and_run(store_root: str, profile: Profile, spec: StageSpec, config_hash: str, inputs: Dict[str, str],
+                  progress: bool = True, record: bool = True, prepare: Optional[tuple] = None, wait: bool = True,
+                  echo: Optional[Callable[[str], None]] = None) -> StageOutcome:
+    """Claim the stage's folder, then run it unless it is done; see ``clap_bench.runs.claims``.
+
+    ``prepare=(record, resolved_config)`` prepares the folder (``RunStore.prepare``) under the claim.
+    ``record=False`` (non-zero DDP ranks of a job) neither claims nor records: rank 0 does both.
+    """
+    echo = echo or _to_stderr  # in a SLURM job: its stderr log
     store = RunStore(store_root)
     stage_dir = store.stage_dir(profile.name, spec.method, spec.seed, spec.name)
     if store.is_done(stage_dir, config_hash):  # e.g. a requeued job whose stage had already finished
-        return store.read_metrics(stage_dir) or {}
+        return StageOutcome("reused", store.read_metrics(stage_dir) or {})
+    if not record:
+        return StageOutcome("ran", _run_claimed(store, profile, spec, config_hash, inputs, stage_dir, progress, record=False))
+    claim = StageClaim(stage_dir)
+    holder: Dict[str, Any] = {}
+
+    def on_wait(owner: Dict[str, Any]) -> None:
+        holder.update(owner)
+        echo(f"{spec.key}: claimed by {describe_owner(owner)}; waiting for it")
+
+    if not claim.acquire(wait=wait, on_wait=on_wait):
+        return StageOutcome("held", holder=claim_holder(stage_dir) or {})
+    try:
+        if store.is_done(stage_dir, config_hash):
+            return StageOutcome("reused", store.read_metrics(stage_dir) or {}, holder=holder or None)
+        if claim.previous_owner:
+            echo(f"{spec.key}: taking over from {describe_owner(claim.previous_owner)}, which stopped before "
+                 "finishing; resuming from what its folder holds")
+        if prepare is not None:
+            store.prepare(stage_dir, config_hash, *prepare)
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        claim.record_owner()
+        metrics = _run_claimed(store, profile, spec, config_hash, inputs, stage_dir, progress, record=True)
+        return StageOutcome("ran", metrics, holder=holder or None, took_over=claim.previous_owner)
+    finally:
+        claim.release()
+
+
+def _to_stderr(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def run_stage(store_root: str, profile: Profile, spec: StageSpec, config_hash: str, inputs: Dict[str, str],
+              progress: bool = True, record: bool = True, prepare: Optional[tuple] = None) -> Dict[str, Any]:
+    """Run one stage in this process (waiting for another holder of its claim) and return its metrics."""
+    return claim_and_run(store_root, profile, spec, config_hash, inputs, progress, record, prepare).metrics
+
+
+def _run_claimed(store: RunStore, profile: Profile, spec: StageSpec, config_hash: str, inputs: Dict[str, str],
+                 stage_dir: Path, progress: bool, record: bool) -> Dict[str, Any]:
     stage_dir.mkdir(parents=True, exist_ok=True)
+    for name, folder in inputs.items():  # never read an upstream stage's files before it finished
+        if not (Path(folder) / METRICS_FILE).is_file():
+            raise RuntimeError(f"stage {spec.key}: upstream stage {name!r} has not finished ({folder} has no {METRICS_FILE})")
     if record:
         store.mark_running(stage_dir, {"slurm_job_id": os.environ.get("SLURM_JOB_ID")})
     handler = logging.FileHandler(stage_dir / LOG_FILE)
@@ -70,6 +135,8 @@ def run_stage(store_root: str, profile: Profile, spec: StageSpec, config_hash: s
     if root_logger.level > logging.INFO:
         root_logger.setLevel(logging.INFO)
     try:
+        if record:
+            log.info("%s %s (hash %s) by %s", START_LINE, spec.key, config_hash, describe_owner(owner_record()))
         ctx = StageContext(profile=profile, stage=spec.name, method=spec.method, seed=spec.seed, out_dir=stage_dir,
                            inputs={k: Path(v) for k, v in inputs.items()}, config=spec.config, progress=progress)
         metrics = spec.fn(ctx)
@@ -91,13 +158,14 @@ class StageJob(Checkpointable):
     """One stage as a submitit job; requeued with the same arguments on timeout or preemption."""
 
     def __init__(self, store_root: str, profile: Profile, spec: StageSpec, config_hash: str, inputs: Dict[str, str],
-                 progress: bool = False):
+                 progress: bool = False, prepare: Optional[tuple] = None):
         self.store_root = store_root
         self.profile = profile
         self.spec = spec
         self.config_hash = config_hash
         self.inputs = inputs
         self.progress = progress
+        self.prepare = prepare  # (record, resolved config): the folder is prepared again under the claim
 
     def __call__(self) -> Dict[str, Any]:
         rank = 0
@@ -109,14 +177,18 @@ class StageJob(Checkpointable):
         except RuntimeError:  # not inside a submitit job (called directly)
             pass
         return run_stage(self.store_root, self.profile, self.spec, self.config_hash, self.inputs,
-                         progress=self.progress, record=rank == 0)
+                         progress=self.progress, record=rank == 0, prepare=getattr(self, "prepare", None))
 
 
 # --------------------------------------------------------------------------- whole plans
 def run_plan(plan: Plan, store: RunStore, executor: str = "local", cluster: Optional[ClusterProfile] = None,
              wait: bool = True, progress: bool = True, echo: Callable[[str], None] = print,
-             poll_s: float = 2.0) -> RunReport:
-    """Run (or submit) every stage of ``plan`` that is not done yet."""
+             poll_s: float = 2.0, wait_for_claims: bool = True) -> RunReport:
+    """Run (or submit) every stage of ``plan`` that is not done yet.
+
+    A stage another process has claimed is waited for and reused (``wait_for_claims``), or skipped
+    with the stages below it (``wait_for_claims=False``, reported in ``RunReport.held``).
+    """
     if executor not in EXECUTORS:
         raise ConfigError(f"--executor: unknown {executor!r}; expected one of {', '.join(EXECUTORS)}")
     _record_profile(plan, store)
@@ -124,7 +196,7 @@ def run_plan(plan: Plan, store: RunStore, executor: str = "local", cluster: Opti
         if cluster is None:
             raise ConfigError("--executor slurm needs --cluster slurm/<profile>.yaml")
         return _run_slurm(plan, store, cluster, wait, echo, poll_s)
-    return _run_in_process(plan, store, executor, progress, echo)
+    return _run_in_process(plan, store, executor, progress, echo, wait_for_claims)
 
 
 def _record_profile(plan: Plan, store: RunStore) -> None:
@@ -137,17 +209,29 @@ def _inputs(plan: Plan, store: RunStore, spec: StageSpec) -> Dict[str, str]:
     return {plan.stages[d].name: str(plan.stage_dir(store, plan.stages[d])) for d in spec.deps}
 
 
-def _prepare(plan: Plan, store: RunStore, spec: StageSpec) -> Path:
+def _prepare_args(plan: Plan, spec: StageSpec) -> tuple:
+    return ({"stage": spec.name, "method": spec.method, "seed": spec.seed, "profile": plan.profile.name},
+            plan.resolved_config(spec))
+
+
+def _prepare_unless_claimed(plan: Plan, store: RunStore, spec: StageSpec) -> bool:
+    """Prepare a stage's folder at submission time, unless another process holds its claim (then
+    the job prepares it when it gets the claim). Returns whether it was prepared."""
     stage_dir = plan.stage_dir(store, spec)
-    store.prepare(stage_dir, plan.hashes[spec.key],
-                  {"stage": spec.name, "method": spec.method, "seed": spec.seed, "profile": plan.profile.name},
-                  plan.resolved_config(spec))
-    return stage_dir
+    claim = StageClaim(stage_dir)
+    if not claim.try_acquire():
+        return False
+    try:
+        store.prepare(stage_dir, plan.hashes[spec.key], *_prepare_args(plan, spec))
+    finally:
+        claim.release()
+    return True
 
 
-def _run_in_process(plan: Plan, store: RunStore, executor: str, progress: bool, echo) -> RunReport:
+def _run_in_process(plan: Plan, store: RunStore, executor: str, progress: bool, echo, wait_for_claims: bool = True) -> RunReport:
     report = RunReport()
     bad: set = set()
+    held: set = set()
     debug_executor = None
     if executor == "debug":
         debug_executor = submitit.AutoExecutor(folder=str(store.submitit_dir(plan.profile.name) / "debug" / "%j"), cluster="debug")
@@ -165,15 +249,22 @@ def _run_in_process(plan: Plan, store: RunStore, executor: str, progress: bool, 
             report.blocked.append(spec.key)
             echo(f"{where} (skipped: an upstream stage failed)")
             continue
-        _prepare(plan, store, spec)
+        if any(d in held for d in spec.deps):
+            held.add(spec.key)
+            report.held[spec.key] = "upstream stage held by another process"
+            echo(f"{where} (skipped: an upstream stage is held by another process)")
+            continue
         echo(f"{where} -> {stage_dir}")
         start = time.time()
         try:
             if debug_executor is None:
-                run_stage(str(store.root), plan.profile, spec, h, _inputs(plan, store, spec), progress=progress)
+                outcome = claim_and_run(str(store.root), plan.profile, spec, h, _inputs(plan, store, spec), progress=progress,
+                                        prepare=_prepare_args(plan, spec), wait=wait_for_claims,
+                                        echo=lambda s, where=where: echo(f"{where}: {s.split(': ', 1)[-1]}"))
             else:
-                job = debug_executor.submit(StageJob(str(store.root), plan.profile, spec, h, _inputs(plan, store, spec), progress))
-                job.result()
+                job = debug_executor.submit(StageJob(str(store.root), plan.profile, spec, h, _inputs(plan, store, spec), progress,
+                                                     prepare=_prepare_args(plan, spec)))
+                outcome = StageOutcome("ran", job.result())
         except KeyboardInterrupt:
             echo(f"{where} interrupted; rerun the same command to resume")
             raise
@@ -182,19 +273,45 @@ def _run_in_process(plan: Plan, store: RunStore, executor: str, progress: bool, 
             report.failed[spec.key] = f"{type(e).__name__}: {e}"
             echo(f"{where} FAILED after {time.time() - start:.1f}s: {type(e).__name__}: {e} (see {stage_dir / 'error.log'})")
             continue
-        report.ran.append(spec.key)
-        echo(f"{where} done in {time.time() - start:.1f}s")
+        if outcome.action == "held":
+            held.add(spec.key)
+            report.held[spec.key] = describe_owner(outcome.holder)
+            echo(f"{where} (skipped, --no-wait: claimed by {describe_owner(outcome.holder)})")
+        elif outcome.action == "reused":
+            report.reused.append(spec.key)
+            echo(f"{where} (done by {describe_owner(outcome.holder)} meanwhile, reused)" if outcome.holder else f"{where} (done, reused)")
+        else:
+            report.ran.append(spec.key)
+            echo(f"{where} done in {time.time() - start:.1f}s")
     return report
 
 
 def _run_slurm(plan: Plan, store: RunStore, cluster: ClusterProfile, wait: bool, echo, poll_s: float) -> RunReport:
     if not slurm_available():
         raise ConfigError("--executor slurm: sbatch/squeue not found (start a local cluster with slurm/start_cluster.sh)")
+    # One submission at a time per profile: two sweeps started together must each see the other's jobs.
+    with file_lock(store.profile_dir(plan.profile.name) / ".submit.lock"):
+        report, job_of = _submit(plan, store, cluster, echo)
+    if wait and job_of:
+        _wait_for_jobs(plan, store, job_of, report, echo, poll_s)
+    return report
+
+
+def _submit(plan: Plan, store: RunStore, cluster: ClusterProfile, echo) -> tuple:
+    """Submit every stage that is neither done nor queued or running under another job.
+
+    Another job is known from the store: ``slurm.json`` (the job a submission recorded, while
+    squeue/sacct call it active) and ``claim.json`` (the job or process holding the stage now).
+    A stage held by a local process (no SLURM job) is submitted all the same: its job waits for the
+    claim and then reuses the result, which keeps the ``afterok`` chain below it intact.
+    """
     report = RunReport()
     folder = store.submitit_dir(plan.profile.name) / "%j"
     executor = submitit.AutoExecutor(folder=str(folder), cluster="slurm")
     previous = {key: read_json(plan.stage_dir(store, spec) / SLURM_FILE) for key, spec in plan.stages.items()}
-    live = job_states([p["job_id"] for p in previous.values() if p])
+    holders = {key: claim_holder(plan.stage_dir(store, spec)) for key, spec in plan.stages.items()}
+    live = job_states([p["job_id"] for p in previous.values() if p]
+                      + [h["slurm_job_id"] for h in holders.values() if h and h.get("slurm_job_id")])
     job_of: Dict[str, str] = {}  # stage key -> id of the job that will produce it
     fresh: set = set()  # stages (re)submitted now
     for spec in plan:
@@ -204,6 +321,13 @@ def _run_slurm(plan: Plan, store: RunStore, cluster: ClusterProfile, wait: bool,
             report.reused.append(spec.key)
             continue
         prev = previous.get(spec.key)
+        holder = holders.get(spec.key) or {}
+        holder_job = holder.get("slurm_job_id")
+        if holder_job and live.get(holder_job) in ACTIVE_STATES and (read_json(stage_dir / "stage.json") or {}).get("hash") == h:
+            job_of[spec.key] = holder_job
+            report.kept[spec.key] = holder_job
+            echo(f"{spec.key}: running under job {holder_job} ({describe_owner(holder)}), not submitted again")
+            continue
         if prev and prev.get("hash") == h and live.get(prev["job_id"]) in ACTIVE_STATES:
             if not any(d in fresh for d in spec.deps):
                 job_of[spec.key] = prev["job_id"]
@@ -211,27 +335,29 @@ def _run_slurm(plan: Plan, store: RunStore, cluster: ClusterProfile, wait: bool,
                 echo(f"{spec.key}: job {prev['job_id']} already {live[prev['job_id']].lower()}")
                 continue
             cancel([prev["job_id"]])  # its upstream is being rerun: it would wait on a dead job
-        _prepare(plan, store, spec)
+        if not _prepare_unless_claimed(plan, store, spec):
+            echo(f"{spec.key}: claimed by {describe_owner(holder)}; its job will wait for the claim and reuse the result")
         deps = [job_of[d] for d in spec.deps if d in job_of]
         params = cluster.for_stage(spec.resources).submitit_parameters(
             name=f"{(spec.method or 'shared').replace('/', '_')}-s{spec.seed if spec.seed is not None else 'x'}-{spec.name}",
             dependency="afterok:" + ":".join(deps) if deps else None,
         )
         executor.update_parameters(**params)
-        job = executor.submit(StageJob(str(store.root), plan.profile, spec, h, _inputs(plan, store, spec)))
+        job = executor.submit(StageJob(str(store.root), plan.profile, spec, h, _inputs(plan, store, spec),
+                                       prepare=_prepare_args(plan, spec)))
         history = ((prev or {}).get("history") or []) + ([prev["job_id"]] if prev else [])
+        stage_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(stage_dir / SLURM_FILE, {
             "job_id": str(job.job_id), "hash": h, "submitted": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr), "after": deps, "history": history,
         })
-        store.update_record(stage_dir, {"status": "submitted", "slurm_job_id": str(job.job_id)})
+        if not holder:
+            store.update_record(stage_dir, {"status": "submitted", "slurm_job_id": str(job.job_id)})
         job_of[spec.key] = str(job.job_id)
         fresh.add(spec.key)
         report.submitted[spec.key] = str(job.job_id)
         echo(f"{spec.key}: submitted job {job.job_id}" + (f" (after {', '.join(deps)})" if deps else ""))
-    if wait and job_of:
-        _wait_for_jobs(plan, store, job_of, report, echo, poll_s)
-    return report
+    return report, job_of
 
 
 def _wait_for_jobs(plan: Plan, store: RunStore, job_of: Dict[str, str], report: RunReport, echo, poll_s: float) -> None:

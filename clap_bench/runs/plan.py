@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
-from clap_bench.config import ConfigError, Profile, config_hash, data_identity, to_dict
+from clap_bench.config import ConfigError, Profile, config_hash, data_identity, from_dict, to_dict
 from clap_bench.runs.store import METRICS_FILE, RunStore, read_json
 
 log = logging.getLogger(__name__)
@@ -213,9 +213,59 @@ def needs_source_stage(profile: Profile) -> bool:
     return profile.encoder.weights == "source"
 
 
+def validate_run(profile: Profile, methods: Sequence[str], tasks: Sequence[str]) -> None:
+    """Check every name a run uses before anything runs or is written: the methods (registry),
+    the tasks, the dataset keys their stages read, and the profile's ``methods.<name>`` /
+    ``tasks.<name>`` sections (names and keys). Raises ``ConfigError`` listing the known names."""
+    from clap_bench.downstream.base import get_task, list_tasks
+    from clap_bench.methods import create_method, list_methods
+    from clap_bench.training.pretrain import PRETRAIN_DATASET, SOURCE_DATASET
+
+    known_methods = list_methods()
+    for method in methods:
+        if not method.startswith(EXTERNAL_PREFIX) and method not in known_methods:
+            raise ConfigError(f"--method: unknown method {method!r}; known: {', '.join(known_methods)} "
+                              f"(or {EXTERNAL_PREFIX}PATH.h5 / {EXTERNAL_PREFIX}DIR)")
+    for name in profile.methods:
+        if name not in known_methods:
+            raise ConfigError(f"profile {profile.name!r}: methods.{name}: unknown method; known: {', '.join(known_methods)}")
+        create_method(name, **dict(profile.methods[name] or {}))  # unknown keys: ConfigError naming methods.<name>.<key>
+    known_tasks = list_tasks()
+    for name in profile.tasks:
+        if name not in known_tasks:
+            raise ConfigError(f"profile {profile.name!r}: tasks.{name}: unknown task; known: {', '.join(known_tasks)}")
+        spec = get_task(name)
+        from_dict(spec.config_cls, dict(profile.tasks[name] or {}), f"profile {profile.name!r}: tasks.{name}")
+    needed: Dict[str, str] = {}  # dataset key -> who reads it
+    for task in tasks:
+        for key in get_task(task).datasets:
+            needed.setdefault(key, f"task {task}")
+    if any(not m.startswith(EXTERNAL_PREFIX) for m in methods):
+        needed.setdefault(PRETRAIN_DATASET, "pre-training")
+        if needs_source_stage(profile):
+            needed.setdefault(SOURCE_DATASET, "the source pre-training (encoder.weights: source)")
+    available = set(profile.data.datasets)
+    if profile.data.synthetic:
+        from clap_bench.synth import dataset_keys
+
+        available |= set(dataset_keys())
+    for key, user in needed.items():
+        if key not in available:
+            where = "the synthetic benchmark and data.datasets provide" if profile.data.synthetic else "data.datasets has"
+            raise ConfigError(f"profile {profile.name!r}: {user} needs dataset {key!r}; {where}: "
+                              f"{', '.join(sorted(available)) or 'none'}")
+    from clap_bench.data import READERS
+
+    for key, ds in profile.data.datasets.items():
+        if ds.format and ds.format not in READERS:
+            raise ConfigError(f"profile {profile.name!r}: data.datasets.{key}.format: unknown format {ds.format!r}; "
+                              f"known: {', '.join(READERS.list())}")
+
+
 def build_plan(profile: Profile, methods: Sequence[str], seeds: Sequence[int], tasks: Optional[Sequence[str]] = None) -> Plan:
-    """The product plan: real pre-training, extraction and downstream stages."""
+    """The product plan: real pre-training, extraction and downstream stages (names checked first)."""
     tasks = parse_tasks(tasks)
+    validate_run(profile, methods, tasks)
     plan = Plan(profile)
     p = profile
     source_key = None

@@ -9,6 +9,7 @@ parameters. ``stages`` overrides them per kind of stage (``source``, ``pretrain`
     cpus_per_task: 8
     mem_gb: 32
     timeout_min: 240
+    signal_delay_s: 90     # USR2 this long before the limit: checkpoint, requeue, resume
     account: null
     qos: null
     setup: ["module load cuda/12.1", "source ~/venvs/clap/bin/activate"]
@@ -50,6 +51,9 @@ class ClusterProfile:
     cpus_per_task: int = 1
     mem_gb: Optional[float] = None
     timeout_min: int = 60
+    # SLURM sends USR2 this long before the time limit; submitit then checkpoints and requeues the
+    # job (the trainer first writes its checkpoint). Leave at least one training step's time.
+    signal_delay_s: int = 90
     account: Optional[str] = None
     qos: Optional[str] = None
     setup: List[str] = field(default_factory=list)  # shell lines run before the job (modules, venv)
@@ -75,6 +79,7 @@ class ClusterProfile:
             "tasks_per_node": self.tasks_per_node,
             "cpus_per_task": self.cpus_per_task,
             "timeout_min": self.timeout_min,
+            "slurm_signal_delay_s": self.signal_delay_s,
             "slurm_setup": list(self.setup),
         }
         if self.gpus_per_node:

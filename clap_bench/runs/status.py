@@ -2,7 +2,8 @@
 
 done     metrics.json present under the plan's config hash
 stale    metrics.json present, but for another config (the next run redoes it)
-running  a SLURM job holds it (job id and state from squeue/sacct), or a local process still runs it
+running  a process holds its claim (the job or process is shown: SLURM job id, host and pid), or a
+         SLURM job was submitted for it and is queued or running (job id and state from squeue/sacct)
 failed   the stage raised (error.log), or its SLURM job ended without metrics (cancelled, timed out, ...)
 missing  nothing yet (or an interrupted local run: the next run resumes it)
 """
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional
 
+from clap_bench.runs.claims import claim_holder, describe_owner
 from clap_bench.runs.plan import Plan
 from clap_bench.runs.slurm import ACTIVE_STATES, job_states
 from clap_bench.runs.store import ERROR_FILE, METRICS_FILE, SLURM_FILE, STAGE_FILE, RunStore, read_json, tail_lines
@@ -34,11 +36,14 @@ class StageStatus:
     job_state: Optional[str] = None
     log_path: Optional[Path] = None
     error_tail: List[str] = field(default_factory=list)
+    holder: Optional[dict] = None  # claim.json of the process running the stage now
 
     @property
     def detail(self) -> str:
         parts = []
-        if self.job_id:
+        if self.holder is not None:
+            parts.append(f"held by {describe_owner(self.holder)}")
+        if self.job_id and not (self.holder and self.holder.get("slurm_job_id") == self.job_id):
             parts.append(f"job {self.job_id} {self.job_state or ''}".strip())
         if self.log_path:
             parts.append(str(self.log_path))
@@ -47,7 +52,9 @@ class StageStatus:
 
 def plan_status(plan: Plan, store: RunStore) -> List[StageStatus]:
     slurm = {key: read_json(plan.stage_dir(store, spec) / SLURM_FILE) for key, spec in plan.stages.items()}
-    states = job_states([s["job_id"] for s in slurm.values() if s and s.get("job_id")])
+    holders = {key: claim_holder(plan.stage_dir(store, spec)) for key, spec in plan.stages.items()}
+    states = job_states([s["job_id"] for s in slurm.values() if s and s.get("job_id")]
+                        + [h["slurm_job_id"] for h in holders.values() if h and h.get("slurm_job_id")])
     out = []
     for key, spec in plan.stages.items():
         h = plan.hashes[key]
@@ -58,8 +65,15 @@ def plan_status(plan: Plan, store: RunStore) -> List[StageStatus]:
         if info and info.get("hash") == h:
             status.job_id = info.get("job_id")
             status.job_state = states.get(status.job_id)
+        holder = holders[key]
         if (stage_dir / METRICS_FILE).is_file():
             status.state = "done" if record.get("hash") == h else "stale"
+        elif holder is not None:  # a live process holds the claim, whatever the records say
+            status.state = "running"
+            status.holder = holder
+            if holder.get("slurm_job_id"):
+                status.job_id = holder["slurm_job_id"]
+                status.job_state = states.get(status.job_id)
         elif record.get("hash") != h:
             status.state = "missing" if not record else "stale"
         elif status.job_id and status.job_state in ACTIVE_STATES:

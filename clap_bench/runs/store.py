@@ -5,9 +5,11 @@ Layout (the one place these paths are built)::
     <root>/<profile>/profile.json                      resolved profile of the last run
     <root>/<profile>/_shared/<stage>/                  stages run once per profile (source pre-training)
     <root>/<profile>/<method>/seed<k>/<stage>/         everything else
+    <root>/<profile>/<method>/seed<k>/.<stage>.lock    the stage's claim (``claims.py``), beside its folder
         config.yaml   the stage's resolved config (what its hash covers)
         stage.json    {"hash", "status", "stage", "method", "seed", times, host/pid, error tail}
         slurm.json    job id(s) when submitted to SLURM
+        claim.json    who runs the stage now (host, pid, SLURM job): present while it runs, or left by one that died
         stage.log     the stage's own log lines; error.log on failure
         metrics.json  written atomically and LAST: its presence (with a matching hash) means done
     <root>/<profile>/_submitit/                        submitit's job folders (stdout/stderr per job)
@@ -114,6 +116,8 @@ class RunStore:
         """The method as the user named it (``features:PATH`` keeps its path), read from a stage record."""
         for seed in self.seeds(profile, method_dir):
             for stage in sorted(self.seed_dir(profile, method_dir, seed).iterdir()):
+                if not stage.is_dir():  # the stages' claim lock files sit beside their folders
+                    continue
                 record = read_json(stage / STAGE_FILE)
                 if record and record.get("method"):
                     return record["method"]

@@ -17,6 +17,7 @@ from clap_bench.synth.generate import (
     PROFILES,
     SynthError,
     SynthProfile,
+    dataset_keys,
     ensure_synthetic,
     get_profile,
     read_manifest,
@@ -53,7 +54,7 @@ def load_scenes(root: Union[str, Path]) -> Dict[str, Scene]:
 
 
 __all__ = [
-    "GENERATOR_VERSION", "PROFILES", "SynthError", "SynthProfile", "ensure_synthetic", "get_profile",
+    "GENERATOR_VERSION", "PROFILES", "SynthError", "SynthProfile", "dataset_keys", "ensure_synthetic", "get_profile",
     "read_manifest", "synth_root", "load_scenes",
     "CLASS_TABLES", "FPS", "HEIGHT", "WIDTH", "ActionClass", "Scene", "Track", "VisibleObject",
     "action_at", "ground_truth_mask", "object_layers", "render_frames",

@@ -516,6 +516,11 @@ class _Writer:
 
 
 # --------------------------------------------------------------------------- datasets
+def dataset_keys() -> list:
+    """The dataset keys the synthetic benchmark provides (known without generating it)."""
+    return sorted(_dataset_layout())
+
+
 def _dataset_layout() -> Dict[str, dict]:
     """Dataset configs relative to the generation folder (made absolute on return)."""
     return {

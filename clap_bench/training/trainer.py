@@ -50,7 +50,7 @@ import torch
 from torch import nn
 
 from clap_bench.config import TrainConfig
-from clap_bench.io import atomic_write_bytes
+from clap_bench.io import UnsafeCheckpointError, atomic_write_bytes, load_torch_file
 from clap_bench.methods.model import PretrainModel, compute_losses
 from clap_bench.training.distributed import (
     DistInfo,
@@ -88,15 +88,27 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
 
 
 def rng_state() -> Dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every RNG state as tensors, numbers, strings, lists and dicts: a checkpoint holding it loads
+    with ``torch.load(weights_only=True)`` (no numpy arrays or other pickled objects)."""
+    version, internal, gauss = random.getstate()
+    np_state = np.random.get_state(legacy=False)
+    state = {
+        "python": {"version": version, "internal": list(internal), "gauss_next": gauss},
+        "numpy": {"bit_generator": np_state["bit_generator"], "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+                  "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]), "gauss": float(np_state["gauss"])},
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: Dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["internal"]), py["gauss_next"]))
+    npy = state["numpy"]
+    np.random.set_state({"bit_generator": npy["bit_generator"], "has_gauss": npy["has_gauss"], "gauss": npy["gauss"],
+                         "state": {"key": npy["key"].numpy().astype(np.uint32), "pos": npy["pos"]}})
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -121,7 +133,9 @@ def save_atomic(obj: Any, path: Path) -> None:
 
 def load_checkpoint(path: Path) -> Dict[str, Any]:
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = load_torch_file(path, "pre-training checkpoint")
+    except UnsafeCheckpointError:
+        raise
     except Exception as e:
         raise ValueError(f"{path}: unreadable checkpoint ({e})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
