@@ -164,6 +164,37 @@ def test_table_mean_std_best_and_welch_p_value(tmp_path):
     assert float(clap_row["p_value"]) == pytest.approx(expected_p, rel=1e-5)
 
 
+def test_table_ci_p_value_and_detectable_difference_against_hand_worked_numbers(tmp_path):
+    # clap [4, 5, 6] %, tsp [1, 2, 3] %: equal sizes and variances (1.0 each), so Welch's
+    # degrees of freedom are exactly 2n - 2 = 4. By hand: difference 3.0, standard error
+    # sqrt(1/3 + 1/3) = 0.816497, t = 3.674235; t_{0.975, 4} = 2.776445 (t table), so the 95% CI
+    # is 3 +- 2.266958 = [0.733042, 5.266958]. The two-sided p-value from the closed form of
+    # Student's t with 4 degrees of freedom, F(t) = 1/2 + (3/4) s (1 - s^2 / 3), s = t / sqrt(4 + t^2).
+    store = RunStore(tmp_path)
+    _fake_results(store, "p", {"clap": [0.04, 0.05, 0.06], "tsp": [0.01, 0.02, 0.03]})
+    [table] = make_tables(store, "p", ["1"], baseline="tsp", expected_seeds=5)
+    clap = next(r for r in table.rows if r.method == "clap" and r.source == "ours")
+    t = 3.0 / (2.0 / 3.0) ** 0.5
+    s_ = t / (4 + t * t) ** 0.5
+    p_hand = 2 * (1 - (0.5 + 0.75 * s_ * (1 - s_ * s_ / 3)))
+    assert clap.diff == pytest.approx(3.0)
+    assert clap.ci[0] == pytest.approx(3.0 - 2.776445 * 0.816497, abs=1e-5)
+    assert clap.ci[1] == pytest.approx(3.0 + 2.776445 * 0.816497, abs=1e-5)
+    assert clap.p_value == pytest.approx(p_hand, rel=1e-6) and clap.p_value == pytest.approx(0.021312, abs=1e-6)
+    # Smallest detectable difference with 3 seeds, pooled std 1.0, 80% power, 5% level:
+    # (t_{0.975, 4} + t_{0.80, 4}) * 1.0 * sqrt(2/3) = (2.776445 + 0.940965) * 0.816497 = 3.035265
+    assert table.mdd == pytest.approx(3.035265, abs=1e-4) and table.mdd_n == 3
+    md = render([table], "markdown")
+    assert "+3.00* [+0.73, +5.27]" in md  # significant at the 5% level: starred
+    assert "3/5 (!)" in md  # fewer seeds finished than asked
+    assert "Smallest detectable difference (average_mAP, 3 seeds per method, 80% power, 0.05 level" in md and "3.04 points" in md
+    # Not significant: overlapping samples give no star.
+    _fake_results(store, "q", {"clap": [0.020, 0.031, 0.025], "tsp": [0.021, 0.030, 0.024]})
+    [table] = make_tables(store, "q", ["1"], baseline="tsp")
+    md = render([table], "markdown")
+    assert "+0.03 [-1.13, +1.20]" in md and "+0.03*" not in md
+
+
 def test_table_command_csv(tmp_path):
     _fake_results(RunStore(tmp_path), "smoke", {"clap": [0.30, 0.32], "tac": [0.25, 0.26]})
     result = CliRunner().invoke(app, ["table", "--format", "csv", "--tables", "1", "--runs-dir", str(tmp_path)])

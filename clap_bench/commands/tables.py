@@ -20,9 +20,11 @@ def register(app: typer.Typer) -> None:
         baseline: str = typer.Option("tsp", "--baseline", help="method the Welch t-test compares each method against"),
         methods: Optional[str] = typer.Option(None, "--methods", help="comma-separated subset of methods"),
         no_paper: bool = typer.Option(False, "--no-paper", help="leave out the paper's reported numbers"),
+        seeds: Optional[int] = typer.Option(None, "--seeds", help="seeds asked for per method: rows with fewer finished are marked"),
         runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="run store root (default $CLAPBENCH_RUNS or ./results/runs)"),
     ):
-        """Print Tables 1, 2a, 2b, 3 as mean ± std over finished seeds, beside the paper's numbers."""
+        """Print Tables 1, 2a, 2b, 3: mean ± std over finished seeds, difference to --baseline with its
+        95% CI and Welch p-value, the smallest detectable difference, the paper's numbers beside them."""
         from clap_bench.runs import RunStore, make_tables, render, runs_root
 
         store = RunStore(runs_root(runs_dir))
@@ -37,7 +39,7 @@ def register(app: typer.Typer) -> None:
                 out.extend(make_tables(store, name, ids, baseline=baseline or None,
                                        methods=[m for m in methods.split(",") if m] if methods else None,
                                        include_paper=not no_paper, backbone=_recorded_backbone(store, name),
-                                       profile_config=_recorded_profile(store, name)))
+                                       profile_config=_recorded_profile(store, name), expected_seeds=seeds))
             typer.echo(render(out, fmt), nl=False)
         except ConfigError as e:
             typer.echo(f"error: {e}", err=True)

@@ -111,6 +111,9 @@ class Row:
     paper: Dict[str, Optional[float]] = field(default_factory=dict)  # the paper's number for this method
     best: Dict[str, bool] = field(default_factory=dict)
     p_value: Optional[float] = None
+    diff: Optional[float] = None  # mean minus the baseline's mean, key metric (points)
+    ci: Optional[tuple] = None  # 95% confidence interval of ``diff`` (Welch)
+    expected: Optional[int] = None  # seeds asked for; a row with fewer is marked
     note: str = ""
 
 
@@ -122,6 +125,39 @@ class Table:
     rows: List[Row]
     incomplete: List[str]
     notes: List[str] = field(default_factory=list)
+    mdd: Optional[float] = None  # smallest key-metric difference the seeds can detect (80% power, 5% level)
+    mdd_n: Optional[int] = None
+
+
+ALPHA = 0.05
+POWER = 0.80
+
+
+def welch(a: Sequence[float], b: Sequence[float], level: float = 1 - ALPHA) -> Dict[str, float]:
+    """Welch's comparison of two samples: difference of means, its ``level`` confidence interval,
+    the Welch-Satterthwaite degrees of freedom and the two-sided p-value."""
+    from scipy import stats
+
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    diff = float(a.mean() - b.mean())
+    se = math.sqrt(va + vb)
+    if se == 0:
+        return {"diff": diff, "lo": diff, "hi": diff, "df": float(len(a) + len(b) - 2), "p": 0.0 if diff else 1.0}
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    half = float(stats.t.ppf(0.5 + level / 2, df)) * se
+    p = float(2 * stats.t.sf(abs(diff) / se, df))
+    return {"diff": diff, "lo": diff - half, "hi": diff + half, "df": float(df), "p": p}
+
+
+def minimum_detectable_difference(std: float, n: int, alpha: float = ALPHA, power: float = POWER) -> float:
+    """Smallest difference of two means of ``n`` seeds each, with standard deviation ``std``, that a
+    two-sided t-test at level ``alpha`` detects with probability ``power``:
+    ``(t_{1-alpha/2, 2n-2} + t_{power, 2n-2}) * std * sqrt(2 / n)``."""
+    from scipy import stats
+
+    df = 2 * n - 2
+    return float((stats.t.ppf(1 - alpha / 2, df) + stats.t.ppf(power, df)) * std * math.sqrt(2.0 / n))
 
 
 def _method_order(method_dir: str, names: Dict[str, str]) -> tuple:
@@ -130,9 +166,8 @@ def _method_order(method_dir: str, names: Dict[str, str]) -> tuple:
 
 
 def build_table(spec: PaperTable, results: Dict[str, MethodResults], profile: str, baseline: Optional[str] = "tsp",
-                backbone: str = "r2plus1d_18", include_paper: bool = True, names: Optional[Dict[str, str]] = None) -> Table:
-    from scipy import stats
-
+                backbone: str = "r2plus1d_18", include_paper: bool = True, names: Optional[Dict[str, str]] = None,
+                expected_seeds: Optional[int] = None) -> Table:
     names = names if names is not None else paper_method_names()
     paper_for = {}
     for row in spec.rows:
@@ -147,7 +182,7 @@ def build_table(spec: PaperTable, results: Dict[str, MethodResults], profile: st
             incomplete.append(f"{res.method}: " + ", ".join(f"seed {s} ({why})" for s, why in sorted(res.incomplete.items())))
         if not res.seeds:
             continue
-        row = Row(names.get(method_dir, res.method), "ours", method_dir, len(res.seeds), sorted(res.seeds))
+        row = Row(names.get(method_dir, res.method), "ours", method_dir, len(res.seeds), sorted(res.seeds), expected=expected_seeds)
         for metric in spec.metrics:
             values = [100.0 * float(m[metric]) for m in res.seeds.values() if m.get(metric) is not None]
             row.mean[metric] = float(np.mean(values)) if values else None
@@ -175,9 +210,15 @@ def build_table(spec: PaperTable, results: Dict[str, MethodResults], profile: st
                 continue
             ours = key_values.get(r.method)
             if ours is not None and len(ours) >= 2 and len(base) >= 2:
-                with np.errstate(all="ignore"):
-                    p = stats.ttest_ind(ours, base, equal_var=False).pvalue
-                r.p_value = None if p is None or np.isnan(p) else float(p)
+                w = welch(ours, base)
+                r.p_value = None if np.isnan(w["p"]) else w["p"]
+                r.diff, r.ci = w["diff"], (w["lo"], w["hi"])
+    # The smallest difference these seeds can detect: the key metric's std pooled over our rows.
+    spread = [(len(v), float(np.var(v, ddof=1))) for v in key_values.values() if len(v) >= 2]
+    if spread:
+        pooled = math.sqrt(sum((n - 1) * var for n, var in spread) / sum(n - 1 for n, _ in spread))
+        n = min(n for n, _ in spread)
+        mdd, mdd_n = minimum_detectable_difference(pooled, n), n
     if include_paper:
         for row in spec.rows:
             method = row.get("method")
@@ -186,7 +227,10 @@ def build_table(spec: PaperTable, results: Dict[str, MethodResults], profile: st
             variant = ", ".join(x for x in (row.get("pretrain"), _backbone_label(row.get("backbone"))) if x and x != "-")
             rows.append(Row(f"{row['name']} ({variant})" if variant else row["name"], "paper", method,
                             row.get("seeds"), mean=dict(row["values"]), std=dict(row.get("std") or {})))
-    return Table(spec, profile, baseline, rows, incomplete, notes)
+    table = Table(spec, profile, baseline, rows, incomplete, notes)
+    if spread:
+        table.mdd, table.mdd_n = mdd, mdd_n
+    return table
 
 
 def _backbone_label(backbone: Optional[str]) -> Optional[str]:
@@ -195,7 +239,7 @@ def _backbone_label(backbone: Optional[str]) -> Optional[str]:
 
 def make_tables(store: RunStore, profile: str, table_ids: Sequence[str] = TABLE_IDS, baseline: Optional[str] = "tsp",
                 methods: Optional[Sequence[str]] = None, include_paper: bool = True, backbone: str = "r2plus1d_18",
-                profile_config: Optional[Dict[str, Any]] = None) -> List[Table]:
+                profile_config: Optional[Dict[str, Any]] = None, expected_seeds: Optional[int] = None) -> List[Table]:
     """The tables of ``profile``; with ``profile_config`` (the resolved profile the runs used), each
     table also notes the choices of its stages on which that profile departs from ``paper`` (FIDELITY.md)."""
     from clap_bench.fidelity import departures, paper_profile_dict
@@ -208,7 +252,7 @@ def make_tables(store: RunStore, profile: str, table_ids: Sequence[str] = TABLE_
             raise ConfigError(f"--tables: unknown table {table_id!r}; expected some of {', '.join(TABLE_IDS)}")
         spec = specs[table_id]
         results = collect_task_results(store, profile, spec.task, methods)
-        table = build_table(spec, results, profile, baseline, backbone, include_paper)
+        table = build_table(spec, results, profile, baseline, backbone, include_paper, expected_seeds=expected_seeds)
         if paper is not None:
             table.notes.extend(f"differs from the paper's protocol (FIDELITY.md): {line}"
                                for line in departures(profile_config, paper, table_id))
@@ -230,11 +274,27 @@ def _fmt_p(p: Optional[float]) -> str:
 def _header(table: Table) -> List[str]:
     base = f"p vs {table.baseline}" if table.baseline else "p"
     key_label = next(c["label"] for c in table.spec.columns if c["metric"] == table.spec.key_metric)
-    return ["Method", "n"] + [c["label"] for c in table.spec.columns] + [f"{base} ({key_label})"]
+    diff = f"Δ vs {table.baseline} [95% CI]" if table.baseline else "Δ [95% CI]"
+    return ["Method", "n"] + [c["label"] for c in table.spec.columns] + [f"{diff} ({key_label})", f"{base} ({key_label})"]
+
+
+def _n_cell(row: Row) -> str:
+    if row.n is None:
+        return ""
+    if row.source == "ours" and row.expected is not None and row.n < row.expected:
+        return f"{row.n}/{row.expected} (!)"  # fewer seeds finished than asked
+    return str(row.n)
+
+
+def _diff_cell(table: Table, row: Row) -> str:
+    if row.source == "paper" or row.method == table.baseline or row.diff is None:
+        return ""
+    star = "*" if row.p_value is not None and row.p_value < ALPHA else ""
+    return f"{row.diff:+.2f}{star} [{row.ci[0]:+.2f}, {row.ci[1]:+.2f}]"
 
 
 def _cells(table: Table, row: Row, bold) -> List[str]:
-    cells = [row.label if row.source == "ours" else f"{row.label} [paper]", "" if row.n is None else str(row.n)]
+    cells = [row.label if row.source == "ours" else f"{row.label} [paper]", _n_cell(row)]
     for metric in table.spec.metrics:
         text = _fmt(row.mean.get(metric), row.std.get(metric))
         if row.source == "ours" and row.best.get(metric):
@@ -243,6 +303,7 @@ def _cells(table: Table, row: Row, bold) -> List[str]:
             value = row.paper[metric]
             text += f" [{value:.2f}]" if value is not None else " [N.A.]"
         cells.append(text)
+    cells.append(_diff_cell(table, row))
     cells.append("" if row.source == "paper" or row.method == table.baseline else _fmt_p(row.p_value))
     return cells
 
@@ -250,8 +311,9 @@ def _cells(table: Table, row: Row, bold) -> List[str]:
 def _caption(table: Table) -> str:
     return (f"Table {table.spec.table}: {table.spec.title}; profile {table.profile}. Ours: mean ± std over n seeds "
             f"(percent), best per column in bold, the paper's number for the same method in [brackets]; "
-            f"rows marked [paper] are reported by the paper only; p: Welch's t-test on "
-            f"{table.spec.key_metric} against {table.baseline or '-'}.")
+            f"rows marked [paper] are reported by the paper only; Δ: difference of means on "
+            f"{table.spec.key_metric} against {table.baseline or '-'} with its 95% Welch confidence interval, "
+            f"* where Welch's t-test gives p < {ALPHA:g}; n 3/5 (!): fewer seeds finished than asked.")
 
 
 def render_markdown(tables: Sequence[Table]) -> str:
@@ -268,7 +330,11 @@ def render_markdown(tables: Sequence[Table]) -> str:
 
 
 def _footer(t: Table) -> List[str]:
-    lines = [f"Note: {n}" for n in t.notes]
+    lines = []
+    if t.mdd is not None:
+        lines.append(f"Smallest detectable difference ({t.spec.key_metric}, {t.mdd_n} seeds per method, "
+                     f"{POWER:.0%} power, {ALPHA:g} level, std pooled over our rows): {t.mdd:.2f} points.")
+    lines += [f"Note: {n}" for n in t.notes]
     if t.incomplete:
         lines.append("Incomplete (not aggregated): " + "; ".join(t.incomplete))
     return lines
@@ -326,7 +392,7 @@ def render_csv(tables: Sequence[Table]) -> str:
     header = ["table", "profile", "method", "n", "seeds"]
     for m in all_metrics:
         header += [f"{m} mean", f"{m} std", f"{m} paper", f"{m} best"]
-    header += ["key_metric", "baseline", "p_value"]
+    header += ["key_metric", "baseline", "diff", "ci_low", "ci_high", "p_value"]
     writer.writerow(header)
     for t in tables:
         for r in t.rows:
@@ -338,7 +404,9 @@ def render_csv(tables: Sequence[Table]) -> str:
                     line += [_num(r.mean.get(m)), _num(r.std.get(m)), _num(r.paper.get(m)), int(bool(r.best.get(m)))]
                 else:
                     line += ["", "", "", ""]
-            line += [t.spec.key_metric, t.baseline or "", "" if r.p_value is None else f"{r.p_value:.6g}"]
+            ci = r.ci or (None, None)
+            line += [t.spec.key_metric, t.baseline or "", _num(r.diff), _num(ci[0]), _num(ci[1]),
+                     "" if r.p_value is None else f"{r.p_value:.6g}"]
             writer.writerow(line)
     return buf.getvalue()
 
