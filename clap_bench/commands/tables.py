@@ -47,6 +47,7 @@ def register(app: typer.Typer) -> None:
 
     analyze = typer.Typer(help="Analyses of extracted features.", no_args_is_help=True)
     app.add_typer(analyze, name="analyze")
+    _register_timelines(analyze)
 
     @analyze.command("feature-quality")
     def feature_quality_cmd(
@@ -104,6 +105,49 @@ def _recorded_profile(store, profile: str) -> Optional[dict]:
     """The resolved profile the runs of ``profile`` used (recorded by ``clapbench run``), or None."""
     path = store.profile_file(profile)
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _register_timelines(analyze: typer.Typer) -> None:
+    @analyze.command("timelines")
+    def timelines_cmd(
+        method: List[str] = typer.Option(..., "--method", "-m", help="a method in the run store; repeat to compare (two or more)"),
+        profile: str = typer.Option("default", "--profile", "-p"),
+        seed: int = typer.Option(0, "--seed"),
+        task: str = typer.Option("tal", "--task", help="tal (G-TAD) or fstal (QAT)"),
+        videos: int = typer.Option(4, "--videos", help="how many validation videos to draw"),
+        video: Optional[List[str]] = typer.Option(None, "--video", help="draw these video ids instead"),
+        top_k: int = typer.Option(3, "--top-k", help="predictions per method and video"),
+        out: Path = typer.Option(Path("timelines.png"), "--out", "-o", help="PNG to write"),
+        runs_dir: Optional[Path] = typer.Option(None, "--runs-dir"),
+    ):
+        """The paper's Fig. 2b: ground-truth intervals of validation videos against each method's top predictions."""
+        from clap_bench.config import load_profile, resolve_datasets
+        from clap_bench.data import load_dataset
+        from clap_bench.runs import RunStore, runs_root
+        from clap_bench.runs.timelines import pick_videos, plot_timelines
+
+        store = RunStore(runs_root(runs_dir))
+        try:
+            if task not in ("tal", "fstal"):
+                raise ConfigError(f"--task: expected tal or fstal, got {task!r}")
+            predictions = {}
+            for m in method:
+                path = store.stage_dir(profile, m, seed, task) / "predictions.json"
+                if not path.is_file():
+                    raise ConfigError(f"{path}: no {task} predictions for {m} seed {seed} "
+                                      f"(run: clapbench run --method {m} --tasks {task} --profile {profile})")
+                predictions[m] = json.loads(path.read_text())
+            ann = load_dataset(resolve_datasets(load_profile(profile))["activitynet"], "activitynet")
+            ids = list(video) if video else pick_videos(ann, predictions, videos)
+            unknown = [v for v in ids if v not in ann.videos]
+            if unknown:
+                raise ConfigError(f"--video: not in the activitynet annotations: {', '.join(unknown)}")
+            plot_timelines(ann, predictions, ids, out, top_k=top_k,
+                           title=f"{task} predictions vs ground truth ({profile}, seed {seed})")
+        except (ConfigError, ValueError, KeyError) as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2)
+        typer.echo(f"wrote {out} ({len(ids)} videos: {', '.join(ids)})")
 
 
 def _recorded_backbone(store, profile: str) -> str:

@@ -48,7 +48,7 @@ def format_curves(curves: Dict[Tuple[str, int], List[dict]]) -> str:
         rows = [[r.get("epoch")] + [_fmt(r.get(k)) for k, _ in keys] for r in records]
         chance = {k: records[0].get(f"{k}_chance") for k, _ in keys if records[0].get(f"{k}_chance") is not None}
         note = ("  chance: " + ", ".join(f"{dict(CURVE_KEYS)[k]} {v:.3f}" for k, v in chance.items())) if chance else ""
-        blocks.append(f"{method}, seed {seed}{note}\n" + tabulate(rows, headers=["epoch"] + [label for _, label in keys], tablefmt="github"))
+        blocks.append(f"{method}, seed {seed}{note}\n" + tabulate(rows, headers=["epoch"] + [label for _, label in keys], tablefmt="github", disable_numparse=True))
     return "\n\n".join(blocks) + "\n"
 
 

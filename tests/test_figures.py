@@ -1,0 +1,128 @@
+"""The figures: Fig. 2a histograms of several methods on one PNG, Fig. 2b timelines, curves."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pytest
+
+from clap_bench.data.schema import AnnotationSet, Segment, Video
+
+matplotlib.use("Agg")
+
+
+@pytest.fixture
+def saved_figures(monkeypatch):
+    """Every figure saved during the test: its legend texts and y tick labels, read before it is closed."""
+    from matplotlib.figure import Figure
+
+    seen = []
+    original = Figure.savefig
+
+    def spy(self, *args, **kwargs):
+        legends = [t.get_text() for leg in ([self.legends[0]] if self.legends else []) + [a.get_legend() for a in self.axes if a.get_legend()] for t in leg.get_texts()]
+        ticks = [[t.get_text() for t in a.get_yticklabels()] for a in self.axes]
+        seen.append({"legend": legends, "yticks": ticks, "titles": [a.get_title(loc="left") or a.get_title() for a in self.axes]})
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", spy)
+    return seen
+
+
+def _is_png(path: Path) -> bool:
+    return path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_feature_quality_histograms_of_two_methods_share_one_png(tmp_path, saved_figures):
+    from clap_bench.runs.feature_quality import plot_histogram
+
+    rng = np.random.default_rng(0)
+    out = plot_histogram({"tsp": rng.normal(0.1, 0.1, 30), "clap": rng.normal(0.3, 0.1, 30)}, tmp_path / "fig2a.png")
+    assert _is_png(out)
+    legend = saved_figures[-1]["legend"]
+    assert any(t.startswith("tsp (n=30") for t in legend) and any(t.startswith("clap (n=30") for t in legend)
+
+
+def _annotations() -> AnnotationSet:
+    videos = {
+        "v_a": Video("v_a", 20.0, "validation", segments=[Segment(2.0, 6.0, "jump"), Segment(10.0, 15.0, "run")]),
+        "v_b": Video("v_b", 12.0, "validation", segments=[Segment(1.0, 4.0, "swim")]),
+        "v_c": Video("v_c", 9.0, "validation", segments=[]),
+    }
+    return AnnotationSet("test", "memory", videos, ["jump", "run", "swim"])
+
+
+def _predictions(shift: float) -> dict:
+    return {"results": {
+        "v_a": [{"label": "jump", "score": 0.9, "segment": [2.0 + shift, 6.0]}, {"label": "run", "score": 0.5, "segment": [9.0, 15.0 + shift]},
+                {"label": "swim", "score": 0.1, "segment": [0.0, 1.0]}],
+        "v_b": [{"label": "swim", "score": 0.7, "segment": [1.0, 4.0 - shift]}],
+        "v_c": [{"label": "run", "score": 0.2, "segment": [0.0, 2.0]}],
+    }}
+
+
+def test_timelines_draw_ground_truth_and_every_methods_top_predictions(tmp_path, saved_figures):
+    from clap_bench.runs.timelines import pick_videos, plot_timelines
+
+    ann = _annotations()
+    preds = {"tsp": _predictions(0.5), "clap": _predictions(0.0)}
+    videos = pick_videos(ann, preds, 5)
+    assert videos == ["v_a", "v_b"]  # v_c has no ground-truth action
+    labels = plot_timelines(ann, preds, videos, tmp_path / "fig2b.png", top_k=2)
+    assert _is_png(tmp_path / "fig2b.png")
+    assert labels == {"v_a": ["ground truth", "tsp", "clap"], "v_b": ["ground truth", "tsp", "clap"]}
+    fig = saved_figures[-1]
+    assert fig["yticks"] == [["ground truth", "tsp", "clap"]] * 2
+    assert fig["legend"] == ["ground truth", "tsp (top 2)", "clap (top 2)"]
+    assert fig["titles"][0].startswith("v_a (20.0 s)")
+    with pytest.raises(ValueError, match="no video to draw"):
+        plot_timelines(ann, preds, [], tmp_path / "none.png")
+
+
+def test_timelines_command_reads_the_run_store(tmp_path, saved_figures):
+    from typer.testing import CliRunner
+
+    from clap_bench.cli import app
+    from clap_bench.config import load_profile, resolve_datasets
+    from clap_bench.data import load_dataset
+
+    ann = load_dataset(resolve_datasets(load_profile("smoke"))["activitynet"], "activitynet").subset("validation")
+    vid = sorted(v for v in ann.videos if ann.videos[v].actions)[0]
+    label = ann.videos[vid].actions[0].label
+    for method in ("tsp", "clap"):
+        stage = tmp_path / "smoke" / method / "seed0" / "tal"
+        stage.mkdir(parents=True)
+        (stage / "predictions.json").write_text(json.dumps({"results": {vid: [{"label": label, "score": 0.5, "segment": [0.0, 2.0]}]}}))
+    out = tmp_path / "t.png"
+    result = CliRunner().invoke(app, ["analyze", "timelines", "-m", "tsp", "-m", "clap", "--profile", "smoke",
+                                      "--video", vid, "-o", str(out), "--runs-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert _is_png(out) and saved_figures[-1]["yticks"] == [["ground truth", "tsp", "clap"]]
+    missing = CliRunner().invoke(app, ["analyze", "timelines", "-m", "tsp", "-m", "tac", "--profile", "smoke",
+                                       "--runs-dir", str(tmp_path)])
+    assert missing.exit_code == 2 and "no tal predictions for tac seed 0" in missing.output
+
+
+def test_curves_print_and_draw_each_methods_validation_figures(tmp_path, saved_figures):
+    from typer.testing import CliRunner
+
+    from clap_bench.cli import app
+
+    for method, gain in (("tsp", 0.1), ("clap", 0.2)):
+        stage = tmp_path / "default" / method / "seed0" / "pretrain"
+        stage.mkdir(parents=True)
+        records = [{"epoch": 0, "val_loss": 4.0, "val_class_acc": 0.05, "val_class_acc_chance": 0.05}]
+        records += [{"epoch": e, "loss": 3.0, "val_loss": 4.0 - e * gain, "val_class_acc": 0.05 + e * gain} for e in (1, 2)]
+        (stage / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    out = tmp_path / "curves.png"
+    result = CliRunner().invoke(app, ["curves", "-m", "tsp", "-m", "clap", "--profile", "default", "-o", str(out),
+                                      "--runs-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "clap, seed 0" in result.output and "3.6000" in result.output and "val class acc 0.050" in result.output
+    assert _is_png(out)
+    assert saved_figures[-1]["legend"] == ["tsp s0", "clap s0"]
+    none = CliRunner().invoke(app, ["curves", "-m", "tac", "--runs-dir", str(tmp_path)])
+    assert none.exit_code == 2 and "no pretrain stage" in none.output
