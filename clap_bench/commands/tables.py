@@ -76,7 +76,10 @@ def register(app: typer.Typer) -> None:
                     if path.is_dir():
                         path = path / "activitynet.h5"
                 else:
-                    stage = store.stage_dir(profile, m, seed, "extract-activitynet")
+                    from clap_bench.runs.plan import method_trains
+
+                    # a method that does not train (none) has one extraction, under seed 0
+                    stage = store.stage_dir(profile, m, seed if method_trains(m) else 0, "extract-activitynet")
                     metrics = read_json(stage / METRICS_FILE)
                     if metrics is None:
                         raise ConfigError(f"{stage}: no finished feature extraction for {m} seed {seed} "
