@@ -70,6 +70,7 @@ def run_stage(store_root: str, profile: Profile, spec: StageSpec, config_hash: s
     if root_logger.level > logging.INFO:
         root_logger.setLevel(logging.INFO)
     try:
+        _set_threads(spec)
         ctx = StageContext(profile=profile, stage=spec.name, method=spec.method, seed=spec.seed, out_dir=stage_dir,
                            inputs={k: Path(v) for k, v in inputs.items()}, config=spec.config, progress=progress)
         metrics = spec.fn(ctx)
@@ -85,6 +86,20 @@ def run_stage(store_root: str, profile: Profile, spec: StageSpec, config_hash: s
     if record:
         store.finish(stage_dir, metrics)
     return metrics
+
+
+def _set_threads(spec: StageSpec) -> None:
+    """The stage's recorded thread count (``runtime.threads`` in its config, part of its hash), set once for the process."""
+    threads = (spec.config.get("runtime") or {}).get("threads")
+    if threads is None:
+        return
+    import torch
+
+    torch.set_num_threads(int(threads))
+    allocated = os.environ.get("SLURM_CPUS_PER_TASK", "").strip()
+    if allocated.isdigit() and int(allocated) < int(threads):
+        log.warning("stage %s: %d threads (runtime.threads, in its config hash) on %s allocated CPUs; "
+                    "set runtime.threads in the profile to the jobs' cpus_per_task", spec.key, threads, allocated)
 
 
 class StageJob(Checkpointable):
