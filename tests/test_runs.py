@@ -281,3 +281,50 @@ def test_feature_quality_of_random_features_is_centred_on_zero(tmp_path):
             n[vid] = rng.standard_normal((20, 16)).astype(np.float32)
     stats_ = summary(feature_quality({"noise": noise}, ann, clip_s=1.0, seed=0)["noise"])
     assert stats_["videos"] > 100 and 0.4 < stats_["positive_fraction"] < 0.6 and abs(stats_["mean"]) < 0.05
+
+
+# --------------------------------------------------------------------------- thread count
+def test_thread_count_is_in_every_product_stage_config_and_hash(monkeypatch):
+    from clap_bench.config import resolve_threads
+
+    one = build_plan(load_profile("smoke", {"runtime": {"threads": 1}}), ["clap"], [0], None)
+    two = build_plan(load_profile("smoke", {"runtime": {"threads": 2}}), ["clap"], [0], None)
+    for key, spec in one.stages.items():
+        assert spec.config["runtime"] == {"threads": 1}, key
+        assert two.stages[key].config["runtime"] == {"threads": 2}, key
+        assert one.hashes[key] != two.hashes[key], key
+        assert one.resolved_config(spec)["config"]["runtime"] == {"threads": 1}
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "3")
+    assert resolve_threads(load_profile("smoke")) == 3  # what SLURM allocated
+    assert resolve_threads(load_profile("smoke", {"runtime": {"threads": 1}})) == 1  # the key wins
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK")
+    import os
+
+    assert resolve_threads(load_profile("smoke")) == len(os.sched_getaffinity(0))
+    with pytest.raises(ConfigError, match=r"runtime\.threads: expected >= 1, got 0"):
+        resolve_threads(load_profile("smoke", {"runtime": {"threads": 0}}))
+
+
+def test_smoke_run_with_the_same_seed_and_thread_count_gives_identical_results(tmp_path):
+    """Pre-training, extraction and G-TAD twice from scratch (the shared source model is cached):
+    same seed, same ``runtime.threads`` -> the same features, bit for bit, and the same metrics.
+    The stage process sets the recorded thread count whatever the caller had set."""
+    import torch
+
+    profile = load_profile("smoke", {"runtime": {"threads": 1}})
+    results = []
+    for name, caller_threads in (("a", 2), ("b", 1)):
+        torch.set_num_threads(caller_threads)  # the stage sets its own count; the fixture restores ours
+        store = RunStore(tmp_path / name)
+        plan = build_plan(profile, ["tsp"], [0], ["tal"])
+        report = _run(plan, store)
+        assert report.ok, report.failed
+        assert torch.get_num_threads() == 1
+        metrics = store.read_metrics(plan.stage_dir(store, plan.stages["tsp/seed0/tal"]))
+        features = plan.stage_dir(store, plan.stages["tsp/seed0/extract-activitynet"]) / "activitynet.h5"
+        with h5py.File(features, "r") as f:
+            arrays = {k: f[k][:] for k in f}
+        results.append((metrics, arrays))
+    (m_a, f_a), (m_b, f_b) = results
+    assert sorted(f_a) == sorted(f_b) and all(np.array_equal(f_a[k], f_b[k]) for k in f_a)
+    assert m_a == m_b
