@@ -30,11 +30,13 @@ from submitit.helpers import Checkpointable
 
 from clap_bench.config import ConfigError, Profile
 from clap_bench.io import atomic_write_json
+from clap_bench.runs.fingerprints import write_stage_fingerprints
 from clap_bench.runs.plan import Plan, StageContext, StageSpec
 from clap_bench.runs.slurm import ACTIVE_STATES, ClusterProfile, cancel, job_states, slurm_available
 from clap_bench.runs.store import LOG_FILE, SLURM_FILE, RunStore, read_json
 
 EXECUTORS = ("local", "debug", "slurm")
+
 log = logging.getLogger(__name__)
 
 
@@ -84,6 +86,7 @@ def run_stage(store_root: str, profile: Profile, spec: StageSpec, config_hash: s
         root_logger.removeHandler(handler)
         handler.close()
     if record:
+        write_stage_fingerprints(stage_dir, metrics)
         store.finish(stage_dir, metrics)
     return metrics
 
