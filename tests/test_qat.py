@@ -201,6 +201,7 @@ def _small_config(**kw) -> QATConfig:
                                           meta_batch=16, meta_lr=1e-2), **kw})
 
 
+@pytest.mark.slow
 def test_end_to_end_on_hand_made_features_writes_every_output_and_finds_the_classes(tmp_path):
     from clap_bench.downstream.qat.task import run_fewshot_localization
 
