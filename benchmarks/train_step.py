@@ -92,7 +92,7 @@ def loader_rate(clip: ClipConfig, batch: int, workers: int, steps: int) -> float
     from clap_bench.data import load_dataset
     from clap_bench.synth import ensure_synthetic
 
-    datasets = ensure_synthetic("default", 0, "~/.cache/clap_bench")
+    datasets = ensure_synthetic("default", 0)
     cfg = datasets["activitynet"]
     ann = load_dataset(cfg, "activitynet").subset("training")
     clip = dataclasses.replace(clip, clips_per_segment=5)

@@ -15,6 +15,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,16 @@ from importlib import resources
 
 PROFILES_DIR = Path(str(resources.files("clap_bench.configs") / "profiles"))
 PROFILE_NAMES = ("smoke", "default", "paper")
+CACHE_ENV = "CLAPBENCH_CACHE"
+DEFAULT_CACHE_DIR = "~/.cache/clap_bench"
+
+
+def default_cache_dir() -> str:
+    """``$CLAPBENCH_CACHE`` if set, else ``~/.cache/clap_bench``: where generated data and the source model live.
+
+    Read when a config is built, so the test suite (or a user) can keep its cache apart from the default one.
+    """
+    return os.environ.get(CACHE_ENV) or DEFAULT_CACHE_DIR
 
 
 class ConfigError(ValueError):
@@ -60,7 +71,7 @@ class DataConfig:
     synthetic: bool = True
     synth_profile: str = "default"
     synth_seed: int = 0
-    cache_dir: str = "~/.cache/clap_bench"
+    cache_dir: str = field(default_factory=default_cache_dir)  # $CLAPBENCH_CACHE or ~/.cache/clap_bench
     datasets: Dict[str, DatasetConfig] = field(default_factory=dict)
     # Decode each video once into <cache_dir>/frames (clap_bench.clips.frame_cache): clip-level
     # batches then cost a memory-mapped slice instead of a seek and decode per clip. For the
@@ -178,6 +189,14 @@ class ExtractConfig:
 
 
 @dataclass
+class RuntimeConfig:
+    """How a stage process runs, where it changes results: torch's CPU thread count changes the
+    order of floating-point reductions, so the same seed gives other numbers with another count."""
+
+    threads: Optional[int] = None  # None: SLURM's allocation ($SLURM_CPUS_PER_TASK), else this machine's cores
+
+
+@dataclass
 class Profile:
     name: str = "default"
     data: DataConfig = field(default_factory=DataConfig)
@@ -186,6 +205,7 @@ class Profile:
     source_pretrain: TrainConfig = field(default_factory=TrainConfig)  # synthetic "Kinetics" stage
     pretrain: TrainConfig = field(default_factory=TrainConfig)
     extract: ExtractConfig = field(default_factory=ExtractConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     methods: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     tasks: Dict[str, Dict[str, Any]] = field(default_factory=dict)
 
@@ -279,6 +299,21 @@ def data_identity(profile: "Profile", dataset: Optional[str] = None) -> Dict[str
     if dataset is not None:
         data["datasets"] = {dataset: data["datasets"][dataset]} if dataset in data["datasets"] else {}
     return data
+
+
+def resolve_threads(profile: "Profile") -> int:
+    """``runtime.threads``, else ``$SLURM_CPUS_PER_TASK``, else the cores this process may run on."""
+    if profile.runtime.threads is not None:
+        if profile.runtime.threads < 1:
+            raise ConfigError(f"runtime.threads: expected >= 1, got {profile.runtime.threads}")
+        return profile.runtime.threads
+    allocated = os.environ.get("SLURM_CPUS_PER_TASK", "").strip()
+    if allocated.isdigit() and int(allocated) > 0:
+        return int(allocated)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 # --------------------------------------------------------------------------- profiles

@@ -1,63 +1,133 @@
-"""Shared fixtures. ``real_annotations``: the folder of real annotation files, or a clean skip."""
+"""Shared set-up of the test session.
+
+- **Own cache and run store.** Before anything is imported or collected, ``$CLAPBENCH_CACHE`` is
+  set to ``<repo>/.cache/test`` (ignored by git; the default benchmark and source model the tests
+  generate are reused by later runs on the same checkout) and ``$CLAPBENCH_RUNS`` to a temporary
+  folder removed at the end (``.ci/run`` checks that ``~/.cache/clap_bench`` and ``./results/runs``
+  are unchanged by the suite).
+- **Thread count.** Every test gets torch's global thread count back as it found it.
+- ``real_annotations``: the real annotation files, from ``$CLAPBENCH_REAL_ANNOTATIONS`` or
+  ``<repo>/../shared/real-annotations``, or a clean skip.
+- ``slurm_cluster``: a local single-node SLURM cluster, started once before the first test (outside
+  any test's timeout) when a selected test needs it. Where it cannot start, its tests skip with the
+  reason, except under CI (``CI=true``), where they fail with the start script's output.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
 
+REPO = Path(__file__).resolve().parent.parent
+TEST_CACHE = REPO / ".cache" / "test"
 REAL_ANNOTATIONS_ENV = "CLAPBENCH_REAL_ANNOTATIONS"
+REAL_ANNOTATIONS_BESIDE = REPO.parent / "shared" / "real-annotations"
+SLURM_SCRIPTS = REPO / "slurm"
+
+_session: dict = {}
 
 
+def _under_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+# ---------------------------------------------------------------- own cache and run store
+def pytest_configure(config):
+    # Set before any test module imports the product, and inherited by the CLI subprocesses.
+    TEST_CACHE.mkdir(parents=True, exist_ok=True)
+    os.environ["CLAPBENCH_CACHE"] = str(TEST_CACHE)
+    runs = tempfile.mkdtemp(prefix="clapbench-test-runs-")
+    os.environ["CLAPBENCH_RUNS"] = runs
+    _session["runs"] = runs
+
+
+def pytest_sessionfinish(session, exitstatus):
+    _stop_slurm_cluster()
+    if _session.get("runs"):
+        shutil.rmtree(_session["runs"], ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """Tests may pin torch's thread count; the next test starts with the count the session had."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != before:
+        torch.set_num_threads(before)
+
+
+# ---------------------------------------------------------------- real annotation files
 @pytest.fixture(scope="session")
 def real_annotations() -> Path:
-    """The folder named by $CLAPBENCH_REAL_ANNOTATIONS (published annotation files); skip when unavailable."""
+    """``$CLAPBENCH_REAL_ANNOTATIONS``, else ``<repo>/../shared/real-annotations``; skip when neither is a folder."""
     value = os.environ.get(REAL_ANNOTATIONS_ENV)
-    if not value:
-        pytest.skip(f"{REAL_ANNOTATIONS_ENV} is not set (point it at the real annotation files)")
-    path = Path(value).expanduser()
-    if not path.is_dir():
-        pytest.skip(f"{REAL_ANNOTATIONS_ENV}={value} is not a folder")
-    return path
+    if value:
+        path = Path(value).expanduser()
+        if not path.is_dir():
+            pytest.skip(f"{REAL_ANNOTATIONS_ENV}={value} is not a folder")
+        return path
+    if REAL_ANNOTATIONS_BESIDE.is_dir():
+        return REAL_ANNOTATIONS_BESIDE
+    pytest.skip(f"{REAL_ANNOTATIONS_ENV} is not set and {REAL_ANNOTATIONS_BESIDE} does not exist "
+                "(point the variable at the real annotation files)")
 
 
-# ---------------------------------------------------------------- slurm_cluster (run store / SLURM tests)
-SLURM_SCRIPTS = Path(__file__).resolve().parent.parent / "slurm"
+# ---------------------------------------------------------------- SLURM cluster
+def _scontrol_up() -> bool:
+    try:
+        out = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return "UP" in out
+
+
+def _start_slurm_cluster() -> dict:
+    """Run slurm/start_cluster.sh; returns ``{"ok": True, "started_here": bool}`` or ``{"ok": False, "reason": str}``."""
+    if os.geteuid() != 0:
+        return {"ok": False, "reason": "the SLURM tests start a local cluster with slurm/start_cluster.sh, which needs root"}
+    if shutil.which("sbatch") is None and shutil.which("apt-get") is None:
+        return {"ok": False, "reason": "SLURM is not installed and there is no apt-get to install it"}
+    was_up = _scontrol_up()
+    try:
+        proc = subprocess.run(["bash", str(SLURM_SCRIPTS / "start_cluster.sh")], capture_output=True, text=True, timeout=600)
+    except subprocess.TimeoutExpired as e:
+        output = (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+        return {"ok": False, "reason": f"slurm/start_cluster.sh did not finish within 600 s; its output:\n{output[-3000:]}"}
+    if proc.returncode != 0:
+        output = (proc.stdout + proc.stderr).strip()
+        tail = "\n".join(output.splitlines()[-40:]) or "(none)"
+        return {"ok": False, "reason": f"slurm/start_cluster.sh failed (exit {proc.returncode}); its output:\n{tail}"}
+    return {"ok": True, "started_here": not was_up}
+
+
+def pytest_collection_finish(session):
+    # pytest-timeout counts fixture set-up in the first test's time, so the cluster (an apt install
+    # on a fresh machine) is brought up here, once the selected tests are known, before any test runs.
+    if any(item.get_closest_marker("slurm") for item in session.items):
+        _session["slurm"] = _start_slurm_cluster()
+
+
+def _stop_slurm_cluster() -> None:
+    state = _session.pop("slurm", None)
+    if state and state.get("ok") and state.get("started_here"):
+        subprocess.run(["bash", str(SLURM_SCRIPTS / "stop_cluster.sh")], capture_output=True, timeout=120)
 
 
 @pytest.fixture(scope="session")
 def slurm_cluster():
-    """A running single-node SLURM cluster (slurm/start_cluster.sh), started here when it is not up.
-
-    Skips with the reason where it cannot run: not root, no apt to install the packages, or a
-    start failure (the tail of the script's log is in the reason). A cluster this fixture started
-    is stopped at the end of the session; one that was already running is left alone.
-    """
-    import shutil
-    import subprocess
-
-    if os.geteuid() != 0:
-        pytest.skip("the SLURM tests start a local cluster with slurm/start_cluster.sh, which needs root")
-    if shutil.which("sbatch") is None and shutil.which("apt-get") is None:
-        pytest.skip("SLURM is not installed and there is no apt-get to install it")
-
-    def up() -> bool:
-        try:
-            out = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=10).stdout
-        except (OSError, subprocess.TimeoutExpired):
-            return False
-        return "UP" in out
-
-    was_up = up()
-    try:
-        proc = subprocess.run(["bash", str(SLURM_SCRIPTS / "start_cluster.sh")], capture_output=True, text=True, timeout=600)
-    except subprocess.TimeoutExpired:
-        pytest.skip("slurm/start_cluster.sh did not finish within 600 s")
-    if proc.returncode != 0:
-        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
-        pytest.skip(f"slurm/start_cluster.sh failed (exit {proc.returncode}):\n{tail}")
-    yield {"partition": "debug", "started_here": not was_up}
-    if not was_up:
-        subprocess.run(["bash", str(SLURM_SCRIPTS / "stop_cluster.sh")], capture_output=True, timeout=120)
-# ---------------------------------------------------------------- end slurm_cluster
+    """The cluster started before the first test; a failed start skips, or fails under ``CI=true``."""
+    state = _session.get("slurm")
+    if state is None:  # a test that uses the fixture without the slurm marker
+        state = _session["slurm"] = _start_slurm_cluster()
+    if not state["ok"]:
+        if _under_ci():
+            pytest.fail(f"CI=true and the SLURM cluster is not available: {state['reason']}", pytrace=False)
+        pytest.skip(state["reason"])
+    return {"partition": "debug", "started_here": state["started_here"]}

@@ -149,7 +149,7 @@ def _worker(rank, world, port, data, masked, result_dir):
     dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("masked", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_gathered_loss_and_gradients_equal_single_process(tmp_path, masked):
     g = torch.Generator().manual_seed(7)
     n = 9  # uneven split: 5 + 4 rows

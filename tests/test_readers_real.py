@@ -102,6 +102,7 @@ def test_tacos_counts(real_annotations):
         assert all(0 <= q.start < q.end <= v.duration for v in s.videos.values() for q in v.sentences)
 
 
+@pytest.mark.slow
 def test_activitynet_captions_counts(real_annotations):
     folder = real_annotations / "activitynet-captions"
     # Published sizes: train 10,009 videos / 37,421 captions; val_1 4,917 / 17,505; val_2 4,885 / 17,031.

@@ -17,6 +17,7 @@ from clap_bench.cli import app
 from clap_bench.config import ConfigError, load_profile
 from clap_bench.io import atomic_write_json
 from clap_bench.runs import RunStore, build_plan, make_tables, parse_seeds, plan_status, render, run_plan
+from clap_bench.runs.fingerprints import read_stage_fingerprints
 from clap_bench.runs.store import method_dir_name
 from clap_bench.runs.tables import load_paper_tables
 from test_runs_toy_plan import build_toy_plan, toy_profile, toy_score
@@ -312,3 +313,61 @@ def test_feature_quality_of_random_features_is_centred_on_zero(tmp_path):
             n[vid] = rng.standard_normal((20, 16)).astype(np.float32)
     stats_ = summary(feature_quality({"noise": noise}, ann, clip_s=1.0, seed=0)["noise"])
     assert stats_["videos"] > 100 and 0.4 < stats_["positive_fraction"] < 0.6 and abs(stats_["mean"]) < 0.05
+
+
+# --------------------------------------------------------------------------- thread count
+def test_thread_count_is_in_every_product_stage_config_and_hash(monkeypatch):
+    from clap_bench.config import resolve_threads
+
+    one = build_plan(load_profile("smoke", {"runtime": {"threads": 1}}), ["clap"], [0], None)
+    two = build_plan(load_profile("smoke", {"runtime": {"threads": 2}}), ["clap"], [0], None)
+    for key, spec in one.stages.items():
+        assert spec.config["runtime"] == {"threads": 1}, key
+        assert two.stages[key].config["runtime"] == {"threads": 2}, key
+        assert one.hashes[key] != two.hashes[key], key
+        assert one.resolved_config(spec)["config"]["runtime"] == {"threads": 1}
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "3")
+    assert resolve_threads(load_profile("smoke")) == 3  # what SLURM allocated
+    assert resolve_threads(load_profile("smoke", {"runtime": {"threads": 1}})) == 1  # the key wins
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK")
+    import os
+
+    assert resolve_threads(load_profile("smoke")) == len(os.sched_getaffinity(0))
+    with pytest.raises(ConfigError, match=r"runtime\.threads: expected >= 1, got 0"):
+        resolve_threads(load_profile("smoke", {"runtime": {"threads": 0}}))
+
+
+@pytest.mark.slow
+def test_smoke_run_with_the_same_seed_and_thread_count_gives_identical_results(tmp_path):
+    """Pre-training, extraction and G-TAD twice from scratch (the shared source model is cached):
+    same seed, same ``runtime.threads`` -> the same features, bit for bit, and the same metrics.
+    The stage process sets the recorded thread count whatever the caller had set."""
+    import torch
+
+    profile = load_profile("smoke", {"runtime": {"threads": 1}})
+    results = []
+    for name, caller_threads in (("a", 2), ("b", 1)):
+        torch.set_num_threads(caller_threads)  # the stage sets its own count; the fixture restores ours
+        store = RunStore(tmp_path / name)
+        plan = build_plan(profile, ["tsp"], [0], ["tal"])
+        report = _run(plan, store)
+        assert report.ok, report.failed
+        assert torch.get_num_threads() == 1
+        metrics = store.read_metrics(plan.stage_dir(store, plan.stages["tsp/seed0/tal"]))
+        features = plan.stage_dir(store, plan.stages["tsp/seed0/extract-activitynet"]) / "activitynet.h5"
+        with h5py.File(features, "r") as f:
+            arrays = {k: f[k][:] for k in f}
+        fingerprints = {key: read_stage_fingerprints(plan.stage_dir(store, spec)) for key, spec in plan.stages.items()}
+        results.append((metrics, arrays, fingerprints))
+    (m_a, f_a, p_a), (m_b, f_b, p_b) = results
+    assert sorted(f_a) == sorted(f_b) and all(np.array_equal(f_a[k], f_b[k]) for k in f_a)
+    assert m_a == m_b
+    # every stage's outputs (checkpoints, features, predictions) have the same fingerprints
+    assert set(p_a) == {"_shared/source", "tsp/seed0/pretrain", "tsp/seed0/extract-activitynet", "tsp/seed0/tal"}
+    for key in p_a:
+        assert p_a[key] is not None and p_a[key] == p_b[key], (key, p_a[key], p_b[key])
+    assert any(name.endswith(".pt") for name in p_a["tsp/seed0/pretrain"]["files"])
+    assert "activitynet.h5" in p_a["tsp/seed0/extract-activitynet"]["files"]
+    shown = CliRunner().invoke(app, ["status", "--fingerprints", "--profile", "smoke", "--runs-dir", str(tmp_path / "a")])
+    assert shown.exit_code == 0, shown.output
+    assert "synthetic data " in shown.output and p_a["tsp/seed0/tal"]["stage"] in shown.output

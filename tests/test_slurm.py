@@ -124,6 +124,7 @@ def test_requeued_job_resumes_from_its_checkpoint(tmp_path, cluster):
     assert read_json(stage_dir / "slurm.json")["job_id"] == job_id  # the same job, requeued
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_real_smoke_sweep_of_two_methods_and_two_seeds_on_slurm_ends_with_a_table(tmp_path, slurm_cluster):
     """The product plan (real pre-training, extraction and G-TAD stages of the smoke profile), each

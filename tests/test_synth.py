@@ -287,6 +287,7 @@ def test_distractors_never_perform_an_action_motion(smoke):
 
 
 # --------------------------------------------------------------------------- determinism and cache
+@pytest.mark.slow
 def test_same_seed_gives_identical_files_and_another_seed_differs(tmp_path, tiny_profile):
     ensure_synthetic(tiny_profile, 0, tmp_path / "a")
     ensure_synthetic(tiny_profile, 0, tmp_path / "b")
@@ -300,6 +301,7 @@ def test_same_seed_gives_identical_files_and_another_seed_differs(tmp_path, tiny
     assert videos_a == videos_b  # bit-exact H.264 too
 
 
+@pytest.mark.slow
 def test_cache_is_reused_and_an_incomplete_folder_is_regenerated(tmp_path, tiny_profile, monkeypatch):
     first = ensure_synthetic(tiny_profile, 0, tmp_path)
     root = synth_root(tiny_profile, 0, tmp_path)

@@ -219,6 +219,7 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.mark.slow
 def test_informative_features_ground_far_better_than_random_features(tmp_path, one_thread):
     cfg = VLGConfig(hidden_size=32, text_hidden_size=32, lstm_layers=3, epochs=40, batch_size=16, lr=3e-3)
     dataset_cfg = GroundingDatasetConfig(num_sample_clips=32, num_clips=8, num_scale_layers=[8],

@@ -132,11 +132,12 @@ def test_same_seed_gives_identical_weights_and_metrics(script, straight, tmp_pat
     assert not torch.equal(_weights(other)["class_head.weight"], _weights(straight)["class_head.weight"])
 
 
+@pytest.mark.slow
 def test_kill_9_in_epoch_2_then_resume_gives_identical_weights(script, straight, tmp_path):
     out, marker = tmp_path / "killed", tmp_path / "in-epoch-2"
     proc = subprocess.Popen([sys.executable, str(script.PATH), str(out), str(marker)])
     try:
-        deadline = time.time() + 60
+        deadline = time.time() + 300  # generous: on a loaded machine the first epoch can take a minute
         while not marker.exists():
             assert proc.poll() is None, "training script exited early"
             assert time.time() < deadline, "epoch 2 never started"

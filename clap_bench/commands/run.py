@@ -132,6 +132,8 @@ def register(app: typer.Typer) -> None:
         tasks: Optional[str] = typer.Option(None, "--tasks"),
         runs_dir: Optional[Path] = typer.Option(None, "--runs-dir"),
         lines: int = typer.Option(5, "--lines", help="error lines shown per failed stage"),
+        fingerprints: bool = typer.Option(False, "--fingerprints",
+                                          help="also content hashes of the synthetic data and of each finished stage's outputs"),
     ):
         """Every (method, seed, stage): done, running (SLURM job and state), failed (log and error), missing."""
         from clap_bench.runs import RunStore, runs_root
@@ -146,7 +148,9 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"No runs under {store.root}.")
             return
         for prof in profiles:
-            _print_status(store, prof, methods, seeds, tasks, lines)
+            statuses = _print_status(store, prof, methods, seeds, tasks, lines)
+            if fingerprints:
+                _print_fingerprints(prof, statuses or [])
 
 
 def _status_profiles(store, profile: Optional[str], config: Optional[Path]) -> List[Profile]:
@@ -200,3 +204,31 @@ def _print_status(store, prof: Profile, methods: Optional[str], seeds: Optional[
             typer.echo(f"\n{s.key} failed ({s.log_path}):")
             for line in s.error_tail[-lines:]:
                 typer.echo(f"    {line}")
+    return statuses
+
+
+def _print_fingerprints(prof: Profile, statuses: list) -> None:
+    """Content hashes to compare with another machine's run: the synthetic data, then each finished stage."""
+    from clap_bench.runs.fingerprints import combined, folder_fingerprints, read_stage_fingerprints
+
+    typer.echo(f"\nfingerprints (profile {prof.name}; same command, same fingerprint = same bytes):")
+    if prof.data.synthetic:
+        from clap_bench.synth import synth_root
+
+        root = synth_root(prof.data.synth_profile, prof.data.synth_seed, prof.data.cache_dir)
+        if root.is_dir():
+            files = folder_fingerprints(root, skip_bookkeeping=False)
+            files.pop("manifest.json", None)  # holds generation times
+            typer.echo(f"  synthetic data {combined(files)}  ({len(files)} files under {root})")
+        else:
+            typer.echo(f"  synthetic data: not generated ({root})")
+    for s in statuses:
+        if s.state != "done":
+            continue
+        record = read_stage_fingerprints(s.stage_dir)
+        if record is None:
+            typer.echo(f"  {s.key:<44} (finished before fingerprints were recorded)")
+            continue
+        typer.echo(f"  {s.key:<44} {record['stage']}  metrics {record['metrics']}")
+        for name, value in record["files"].items():
+            typer.echo(f"      {value}  {name}")

@@ -33,6 +33,7 @@ from submitit.helpers import Checkpointable
 
 from clap_bench.config import ConfigError, Profile
 from clap_bench.io import atomic_write_json, file_lock
+from clap_bench.runs.fingerprints import write_stage_fingerprints
 from clap_bench.runs.plan import Plan, StageContext, StageSpec
 from clap_bench.runs.slurm import ACTIVE_STATES, ClusterProfile, cancel, job_states, slurm_available
 from clap_bench.runs.claims import StageClaim, claim_holder, describe_owner, owner_record
@@ -137,6 +138,7 @@ def _run_claimed(store: RunStore, profile: Profile, spec: StageSpec, config_hash
     try:
         if record:
             log.info("%s %s (hash %s) by %s", START_LINE, spec.key, config_hash, describe_owner(owner_record()))
+        _set_threads(spec)
         ctx = StageContext(profile=profile, stage=spec.name, method=spec.method, seed=spec.seed, out_dir=stage_dir,
                            inputs={k: Path(v) for k, v in inputs.items()}, config=spec.config, progress=progress)
         metrics = spec.fn(ctx)
@@ -150,8 +152,23 @@ def _run_claimed(store: RunStore, profile: Profile, spec: StageSpec, config_hash
         root_logger.removeHandler(handler)
         handler.close()
     if record:
+        write_stage_fingerprints(stage_dir, metrics)
         store.finish(stage_dir, metrics)
     return metrics
+
+
+def _set_threads(spec: StageSpec) -> None:
+    """The stage's recorded thread count (``runtime.threads`` in its config, part of its hash), set once for the process."""
+    threads = (spec.config.get("runtime") or {}).get("threads")
+    if threads is None:
+        return
+    import torch
+
+    torch.set_num_threads(int(threads))
+    allocated = os.environ.get("SLURM_CPUS_PER_TASK", "").strip()
+    if allocated.isdigit() and int(allocated) < int(threads):
+        log.warning("stage %s: %d threads (runtime.threads, in its config hash) on %s allocated CPUs; "
+                    "set runtime.threads in the profile to the jobs' cpus_per_task", spec.key, threads, allocated)
 
 
 class StageJob(Checkpointable):

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
-from clap_bench.config import ConfigError, Profile, config_hash, data_identity, from_dict, to_dict
+from clap_bench.config import ConfigError, Profile, config_hash, data_identity, from_dict, resolve_threads, to_dict
 from clap_bench.runs.store import METRICS_FILE, RunStore, read_json
 
 log = logging.getLogger(__name__)
@@ -268,12 +268,15 @@ def build_plan(profile: Profile, methods: Sequence[str], seeds: Sequence[int], t
     validate_run(profile, methods, tasks)
     plan = Plan(profile)
     p = profile
+    # The thread count changes a stage's numbers, so it is part of every stage's config (and hash);
+    # the stage process sets it (``executors.run_stage``). The default resolves where the plan is built.
+    runtime = {"threads": resolve_threads(p)}
     source_key = None
     if needs_source_stage(p) and any(not m.startswith(EXTERNAL_PREFIX) for m in methods):
         source_key = plan.add(StageSpec(
             "source", None, None, run_source_stage,
             {"data": data_identity(p), "clips": to_dict(p.clips), "encoder": to_dict(p.encoder),
-             "train": to_dict(p.source_pretrain), "seed": SOURCE_SEED},
+             "train": to_dict(p.source_pretrain), "seed": SOURCE_SEED, "runtime": runtime},
             resources="source",
         )).key
     for method in methods:
@@ -288,7 +291,7 @@ def build_plan(profile: Profile, methods: Sequence[str], seeds: Sequence[int], t
                     plan.add(StageSpec(
                         task, method, seed, run_task_stage,
                         {"task": task, "overrides": p.tasks.get(task, {}), "data": data_identity(p),
-                         "features": {d: _file_identity(f) for d, f in feats.items()}},
+                         "features": {d: _file_identity(f) for d, f in feats.items()}, "runtime": runtime},
                     ))
                 continue
             encoders = {}
@@ -299,7 +302,7 @@ def build_plan(profile: Profile, methods: Sequence[str], seeds: Sequence[int], t
             for variant in sorted({TASK_FEATURES[t][0] for t in tasks}):
                 name = "pretrain" if (variant == "all" or not trains) else "pretrain-base"
                 config = {"data": data_identity(p), "clips": to_dict(p.clips), "encoder": to_dict(p.encoder),
-                          "method_overrides": p.methods.get(method, {})}
+                          "method_overrides": p.methods.get(method, {}), "runtime": runtime}
                 if trains:
                     config.update(train=to_dict(p.pretrain), classes=variant)
                 encoders[variant] = plan.add(StageSpec(
@@ -315,13 +318,13 @@ def build_plan(profile: Profile, methods: Sequence[str], seeds: Sequence[int], t
                     extracts.append(plan.add(StageSpec(
                         name, method, encoder_seed, run_extract_stage,
                         {"dataset": d, "data": data_identity(p, d), "clips": to_dict(p.clips),
-                         "extract": to_dict(p.extract)},
+                         "extract": to_dict(p.extract), "runtime": runtime},
                         deps=(encoders[variant],),
                         resources="extract",
                     )).key)
                 plan.add(StageSpec(
                     task, method, seed, run_task_stage,
-                    {"task": task, "overrides": p.tasks.get(task, {}), "data": data_identity(p)},
+                    {"task": task, "overrides": p.tasks.get(task, {}), "data": data_identity(p), "runtime": runtime},
                     deps=tuple(extracts),
                 ))
     return plan

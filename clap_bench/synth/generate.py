@@ -34,7 +34,7 @@ from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
-from clap_bench.config import DatasetConfig
+from clap_bench.config import DatasetConfig, default_cache_dir
 from clap_bench.io import atomic_write_json, atomic_write_text, file_lock
 from clap_bench.synth import language
 from clap_bench.synth.scenes import (
@@ -624,14 +624,17 @@ def generate(profile: SynthProfile, seed: int, root: Path, progress: bool = Fals
 def ensure_synthetic(
     profile: str = "default",
     seed: int = 0,
-    cache_dir: PathLike = "~/.cache/clap_bench",
+    cache_dir: Optional[PathLike] = None,
     progress: bool = False,
 ) -> Dict[str, DatasetConfig]:
     """The synthetic benchmark's dataset configs (absolute paths), generating it on first use.
 
     Cached by (profile, seed) under ``<cache_dir>/synth/<profile>-seed<seed>/``; a folder without
-    a complete manifest of this generator version is regenerated.
+    a complete manifest of this generator version is regenerated. ``cache_dir`` defaults to
+    ``$CLAPBENCH_CACHE`` or ``~/.cache/clap_bench`` (``clap_bench.config.default_cache_dir``).
     """
+    if cache_dir is None:
+        cache_dir = default_cache_dir()
     spec = get_profile(profile)
     root = synth_root(profile, seed, cache_dir)
     manifest = read_manifest(root)

@@ -1,0 +1,106 @@
+"""Bad input gets a message that names the key, file or value at fault, and no traceback.
+
+Config loading (unknown profile, invalid YAML, unknown key, a ``base:`` loop) and the CLI's answers
+to bad arguments (unknown method, missing feature file, unparsable ``--seeds``).
+"""
+
+from __future__ import annotations
+
+import traceback
+
+import pytest
+from typer.testing import CliRunner
+
+from clap_bench.cli import app
+from clap_bench.config import ConfigError, load_profile
+
+runner = CliRunner()
+
+
+# --------------------------------------------------------------------------- config loading
+def test_unknown_profile_names_it_and_the_known_ones():
+    with pytest.raises(ConfigError, match=r"unknown profile 'smok'; known: smoke, default, paper"):
+        load_profile("smok")
+
+
+def test_missing_profile_file_names_the_file(tmp_path):
+    with pytest.raises(ConfigError, match=rf"{tmp_path / 'nope.yaml'}: profile file not found"):
+        load_profile(str(tmp_path / "nope.yaml"))
+
+
+def test_invalid_yaml_names_the_file_and_the_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("base: smoke\npretrain:\n  epochs: [1, 2\n")
+    with pytest.raises(ConfigError, match=rf"{bad}: not valid YAML") as info:
+        load_profile(str(bad))
+    assert "line 4" in str(info.value)
+
+
+def test_unknown_key_names_its_path_the_file_and_the_expected_keys(tmp_path):
+    bad = tmp_path / "typo.yaml"
+    bad.write_text("base: smoke\npretrain:\n  epochz: 2\n")
+    with pytest.raises(ConfigError) as info:
+        load_profile(str(bad))
+    message = str(info.value)
+    assert str(bad) in message and ".pretrain" in message and "'epochz'" in message and "'epochs'" in message
+
+
+def test_wrong_type_names_the_key_and_the_value(tmp_path):
+    bad = tmp_path / "type.yaml"
+    bad.write_text("base: smoke\nruntime:\n  threads: many\n")
+    with pytest.raises(ConfigError, match=r"runtime\.threads: expected int, got 'many'"):
+        load_profile(str(bad))
+
+
+def test_base_loop_names_the_files_in_the_loop(tmp_path):
+    (tmp_path / "a.yaml").write_text(f"base: {tmp_path / 'b.yaml'}\n")
+    (tmp_path / "b.yaml").write_text(f"base: {tmp_path / 'a.yaml'}\n")
+    with pytest.raises(ConfigError, match=r"'base' chain loops") as info:
+        load_profile(str(tmp_path / "a.yaml"))
+    assert str(tmp_path / "a.yaml") in str(info.value) and str(tmp_path / "b.yaml") in str(info.value)
+
+
+# --------------------------------------------------------------------------- CLI messages
+def _fails_cleanly(args: list) -> str:
+    """Run the CLI; it must exit non-zero through its own error path (no exception escapes, no traceback)."""
+    result = runner.invoke(app, args)
+    escaped = result.exception if not isinstance(result.exception, SystemExit) else None
+    assert escaped is None, "".join(traceback.format_exception(escaped))
+    assert result.exit_code != 0, result.output
+    assert "Traceback" not in result.output, result.output
+    return result.output
+
+
+def test_cli_bad_profile_file_names_the_file_and_the_key(tmp_path):
+    bad = tmp_path / "typo.yaml"
+    bad.write_text("base: smoke\ntasks_typo: {}\n")
+    out = _fails_cleanly(["run", "--method", "clap", "--config", str(bad), "--dry-run", "--runs-dir", str(tmp_path / "runs")])
+    assert str(bad) in out and "tasks_typo" in out
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("seeds", ["abc", "0"])
+def test_cli_bad_seeds_names_the_option_and_the_value(tmp_path, seeds):
+    out = _fails_cleanly(["run", "--method", "clap", "--seeds", seeds, "--profile", "smoke", "--dry-run",
+                          "--runs-dir", str(tmp_path / "runs")])
+    assert "--seeds" in out and seeds in out
+
+
+def test_cli_missing_feature_file_names_the_file(tmp_path):
+    missing = tmp_path / "missing.h5"
+    out = _fails_cleanly(["downstream", "tal", "--features", str(missing), "--profile", "smoke", "--out", str(tmp_path / "out")])
+    assert str(missing) in "".join(out.split()).replace("│", "")  # the error box may wrap the path
+    assert not (tmp_path / "out").exists()
+    out = _fails_cleanly(["run", "--method", f"features:{missing}", "--profile", "smoke", "--dry-run",
+                          "--runs-dir", str(tmp_path / "runs")])
+    assert str(missing) in out
+
+
+def test_cli_unknown_method_lists_the_known_methods(tmp_path):
+    """Whether the unknown method is refused before anything runs or when its stage starts, the
+    message lists the known methods and no traceback is printed."""
+    out = _fails_cleanly(["run", "--method", "nope", "--seeds", "1", "--tasks", "tal", "--profile", "smoke",
+                          "--runs-dir", str(tmp_path / "runs"), "-q"])
+    assert "'nope'" in out
+    for known in ("clap", "clap-clip", "tac", "tsp"):
+        assert known in out, known
