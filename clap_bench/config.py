@@ -105,6 +105,31 @@ class ExtractConfig:
 
 
 @dataclass
+class CheckConfig:
+    """``clapbench data check``: what counts as a problem and where the list of problems goes."""
+
+    duration_tolerance: float = 2.0  # seconds between a file's duration and its annotated one
+    problems_file: str = ""  # CSV of problem videos; empty: <data.cache_dir>/data_check/<profile>-problems.csv
+
+
+@dataclass
+class PreflightConfig:
+    """``clapbench preflight``: the stand-in videos and what a CPU or CI run may shrink.
+
+    None of these keys touches the profile's own shapes (clip size, frames, map sizes, temporal
+    scale); they only make the preflight itself cheaper, and the report names every one in force.
+    """
+
+    stand_in_fps: float = 30.0  # TSP re-encodes every video to a constant 30 fps (ffmpeg fps filter) ...
+    stand_in_size: List[int] = field(default_factory=lambda: [360, 640])  # ... and keeps the source size: set yours (height, width)
+    stand_in_max_seconds: Optional[float] = None  # cap on a stand-in's length (None: the annotated duration)
+    batch_size: Optional[int] = None  # clips per optimizer step and process (None: pretrain.batch_size)
+    extract_batch_size: Optional[int] = None  # clips per forward pass of extraction (None: extract.batch_size)
+    qat_adapt_steps: Optional[int] = None  # support-adaptation steps per QAT episode (None: tasks.fstal.adapt_steps)
+    cluster: str = ""  # cluster profile (slurm/*.yaml) whose GPUs the projection divides the work over; empty: slurm/example-gpu.yaml
+
+
+@dataclass
 class Profile:
     name: str = "default"
     data: DataConfig = field(default_factory=DataConfig)
@@ -113,6 +138,8 @@ class Profile:
     source_pretrain: TrainConfig = field(default_factory=TrainConfig)  # synthetic "Kinetics" stage
     pretrain: TrainConfig = field(default_factory=TrainConfig)
     extract: ExtractConfig = field(default_factory=ExtractConfig)
+    check: CheckConfig = field(default_factory=CheckConfig)
+    preflight: PreflightConfig = field(default_factory=PreflightConfig)
     methods: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     tasks: Dict[str, Dict[str, Any]] = field(default_factory=dict)
 
