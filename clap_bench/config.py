@@ -116,17 +116,20 @@ class CheckConfig:
 class PreflightConfig:
     """``clapbench preflight``: the stand-in videos and what a CPU or CI run may shrink.
 
-    None of these keys touches the profile's own shapes (clip size, frames, map sizes, temporal
-    scale); they only make the preflight itself cheaper, and the report names every one in force.
+    None of these keys touches the profile's own shapes (frames, crop, temporal scale, map sizes,
+    widths); the ``None`` ones, when set, only make the preflight itself cheaper, and its report
+    names every one in force.
     """
 
     stand_in_fps: float = 30.0  # TSP re-encodes every video to a constant 30 fps (ffmpeg fps filter) ...
-    stand_in_size: List[int] = field(default_factory=lambda: [360, 640])  # ... and keeps the source size: set yours (height, width)
-    stand_in_max_seconds: Optional[float] = None  # cap on a stand-in's length (None: the annotated duration)
-    batch_size: Optional[int] = None  # clips per optimizer step and process (None: pretrain.batch_size)
-    extract_batch_size: Optional[int] = None  # clips per forward pass of extraction (None: extract.batch_size)
+    stand_in_size: List[int] = field(default_factory=lambda: [360, 640])  # ... keeping the source size: set yours (height, width)
+    max_video_seconds: Optional[float] = None  # cut the preflight's videos (real or stand-in) to this length
+    batch_size: Optional[int] = None  # clips per pre-training step and process (None: pretrain.batch_size)
+    extract_batch_size: Optional[int] = None  # clips per extraction forward pass (None: extract.batch_size)
+    task_batch_size: Optional[int] = None  # videos / episodes / queries per G-TAD, QAT, 2D-TAN step (None: the task's)
     qat_adapt_steps: Optional[int] = None  # support-adaptation steps per QAT episode (None: tasks.fstal.adapt_steps)
-    cluster: str = ""  # cluster profile (slurm/*.yaml) whose GPUs the projection divides the work over; empty: slurm/example-gpu.yaml
+    num_workers: Optional[int] = None  # DataLoader workers (None: pretrain.num_workers / extract.num_workers)
+    cluster: str = ""  # cluster profile (slurm/*.yaml) for the projection; empty: slurm/example-gpu.yaml
 
 
 @dataclass
