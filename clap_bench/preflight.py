@@ -579,11 +579,15 @@ def project(profile: Profile, sizes: Dict[str, dict], measures: Dict[str, Measur
         n_base = anet["base_train_segments"]["videos_with_actions"]
         add("fstal: G-TAD on base classes", None, qat.gtad.epochs * n_base, "videos",
             "G-TAD training (tal)", "task", f"{qat.gtad.epochs} epochs x {n_base} videos, at the tal task's G-TAD rate")
-        add("fstal: meta-training", None, qat.meta_episodes, "episodes", "QAT meta-training (fstal)", "task")
+        measured_steps = p.preflight.qat_adapt_steps if p.preflight.qat_adapt_steps is not None else qat.adapt_steps
+        shrunk = (f"measured at {measured_steps} adaptation steps per episode, the run takes {qat.adapt_steps}: "
+                  "hours too low" if measured_steps != qat.adapt_steps else "")
+        add("fstal: meta-training", None, qat.meta_episodes, "episodes", "QAT meta-training (fstal)", "task", shrunk)
         meta_steps = math.ceil(qat.meta_episodes / qat.meta_batch)
         selections = (meta_steps // qat.select_every + 2) if qat.select_episodes else 0
         add("fstal: selection + test episodes", None, selections * qat.select_episodes + qat.runs * qat.episodes_per_run, "episodes",
-            "QAT test episodes (fstal)", "task", f"{selections} selections x {qat.select_episodes} + {qat.runs} runs x {qat.episodes_per_run}")
+            "QAT test episodes (fstal)", "task",
+            f"{selections} selections x {qat.select_episodes} + {qat.runs} runs x {qat.episodes_per_run}" + (f"; {shrunk}" if shrunk else ""))
     vlg = from_dict(_vlg_config_cls(), p.tasks.get("vlg") or {}, "tasks.vlg")
     for key in GROUNDING_DATASETS:
         d = vlg.for_dataset(key)
