@@ -131,3 +131,16 @@ def test_a_problem_list_of_another_shape_is_an_error_naming_the_file(tmp_path):
     path.write_text("video,dataset,problem,detail\nv_a,activitynet,gone,x\n")
     with pytest.raises(ValueError, match="line 2: problem 'gone'"):
         read_problems(path)
+
+
+def test_extraction_lists_only_the_videos_without_problems_with_one_warning(broken_folder, caplog):
+    from clap_bench.features.extract import dataset_videos
+
+    profile = load_profile(str(broken_folder / "profile.yaml"))
+    if not load_problem_videos(profile, "activitynet"):
+        CliRunner().invoke(app, ["data", "check", "--profile", str(broken_folder / "profile.yaml")])
+    with caplog.at_level(logging.WARNING):
+        videos = dataset_videos(profile, "activitynet")
+    assert [v.id for v in videos] == ["v_good"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "extraction of activitynet: leaving out 4 of 5" in warnings[0]
