@@ -34,6 +34,7 @@ import shutil
 import tempfile
 import threading
 import time
+import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -189,7 +190,7 @@ def place_videos(videos: Sequence[Video], video_dir: Optional[str], folder: Path
             kinds[v.id] = "real"
         elif stand_in:
             write_stand_in(folder / f"{v.id}.mp4", v.duration, pcfg.stand_in_fps, pcfg.stand_in_size,
-                           seed=abs(hash(v.id)) % 2**32)
+                           seed=zlib.crc32(v.id.encode()))
             kinds[v.id] = "stand-in"
         else:
             where = real if real is not None else f"(no video folder: data.datasets.{key}.videos)"
@@ -267,7 +268,7 @@ def _device() -> torch.device:
     return torch.device(f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu")
 
 
-def measure_pretrain(profile: Profile, data: PreflightData, method: str, steps: int, work: Path, notes: List[str]) -> Measure:
+def measure_pretrain(profile: Profile, data: PreflightData, method: str, steps: int, work: Path) -> Measure:
     """``steps`` optimizer steps of ``method`` through the real pre-training entry point."""
     from clap_bench.data.loading import write_activitynet_json
     from clap_bench.training.pretrain import pretrain
@@ -479,7 +480,7 @@ def measure_tan(profile: Profile, data: PreflightData, key: str, steps: int, wor
 
 
 # --------------------------------------------------------------------------- dataset sizes and projection
-def dataset_sizes(profile: Profile, data: PreflightData, methods: Sequence[str]) -> Dict[str, dict]:
+def dataset_sizes(profile: Profile, data: PreflightData) -> Dict[str, dict]:
     """What the full run iterates over, counted from the annotation files."""
     from clap_bench.clips.sampling import extraction_clip_starts
     from clap_bench.clips.segments import contiguous_segments
@@ -663,7 +664,7 @@ def run_preflight(profile: Profile, methods: Sequence[str], videos: int = 2, ste
         measures: Dict[str, Measure] = {}
         for method in methods:
             say(f"pre-training {method}: {steps} steps")
-            m = measure_pretrain(profile, data, method, steps, work, notes)
+            m = measure_pretrain(profile, data, method, steps, work)
             measures[m.stage] = m
         for key in EXTRACT_DATASETS:
             say(f"extracting {key}: {videos} videos")
@@ -679,7 +680,7 @@ def run_preflight(profile: Profile, methods: Sequence[str], videos: int = 2, ste
             say(f"2D-TAN on {key}: {steps} iterations")
             for m in measure_tan(profile, data, key, steps, work):
                 measures[m.stage] = m
-        sizes = dataset_sizes(profile, data, methods)
+        sizes = dataset_sizes(profile, data)
         projection = project(profile, sizes, measures, methods, seeds, cluster)
     finally:
         if own:
