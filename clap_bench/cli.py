@@ -19,7 +19,7 @@ app = typer.Typer(
 )
 
 # Order is the order of the help text.
-COMMAND_MODULES: list = ["data", "synth", "evaluate", "downstream", "fewshot", "grounding", "run", "tables", "curves", "pretrain", "listing"]
+COMMAND_MODULES: list = ["data", "synth", "check", "evaluate", "downstream", "fewshot", "grounding", "run", "tables", "curves", "pretrain", "listing", "preflight"]
 
 
 def _assemble() -> None:

@@ -197,6 +197,34 @@ class RuntimeConfig:
 
 
 @dataclass
+class CheckConfig:
+    """``clapbench data check``: what counts as a problem and where the list of problems goes."""
+
+    duration_tolerance: float = 2.0  # seconds between a file's duration and its annotated one
+    problems_file: str = ""  # CSV of problem videos; empty: <data.cache_dir>/data_check/<profile>-problems.csv
+
+
+@dataclass
+class PreflightConfig:
+    """``clapbench preflight``: the stand-in videos and what a CPU or CI run may shrink.
+
+    None of these keys touches the profile's own shapes (frames, crop, temporal scale, map sizes,
+    widths); the ``None`` ones, when set, only make the preflight itself cheaper, and its report
+    names every one in force.
+    """
+
+    stand_in_fps: float = 30.0  # TSP re-encodes every video to a constant 30 fps (ffmpeg fps filter) ...
+    stand_in_size: List[int] = field(default_factory=lambda: [360, 640])  # ... keeping the source size: set yours (height, width)
+    max_video_seconds: Optional[float] = None  # cut the preflight's videos (real or stand-in) to this length
+    batch_size: Optional[int] = None  # clips per pre-training step and process (None: pretrain.batch_size)
+    extract_batch_size: Optional[int] = None  # clips per extraction forward pass (None: extract.batch_size)
+    task_batch_size: Optional[int] = None  # videos / episodes / queries per G-TAD, QAT, 2D-TAN step (None: the task's)
+    qat_adapt_steps: Optional[int] = None  # support-adaptation steps per QAT episode (None: tasks.fstal.adapt_steps)
+    num_workers: Optional[int] = None  # DataLoader workers (None: pretrain.num_workers / extract.num_workers)
+    cluster: str = ""  # cluster profile (slurm/*.yaml) for the projection; empty: slurm/example-gpu.yaml
+
+
+@dataclass
 class Profile:
     name: str = "default"
     data: DataConfig = field(default_factory=DataConfig)
@@ -206,6 +234,8 @@ class Profile:
     pretrain: TrainConfig = field(default_factory=TrainConfig)
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    check: CheckConfig = field(default_factory=CheckConfig)
+    preflight: PreflightConfig = field(default_factory=PreflightConfig)
     methods: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     tasks: Dict[str, Dict[str, Any]] = field(default_factory=dict)
 

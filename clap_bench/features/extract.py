@@ -294,6 +294,7 @@ def dataset_videos(profile: Profile, dataset_key: str, subsets: Optional[Sequenc
     """Every video of a configured dataset (sorted by id) with its file path and duration."""
     from clap_bench.clips import resolve_video_path
     from clap_bench.data import load_dataset
+    from clap_bench.data.check import drop_problem_videos
 
     datasets = resolve_datasets(profile)
     if dataset_key not in datasets:
@@ -307,6 +308,7 @@ def dataset_videos(profile: Profile, dataset_key: str, subsets: Optional[Sequenc
     ann = load_dataset(cfg, dataset_key)
     if subsets:
         ann = ann.subset(*subsets)
+    ann = drop_problem_videos(profile, dataset_key, ann, f"extraction of {dataset_key}")
     out = []
     for vid in sorted(ann.videos):
         v = ann.videos[vid]

@@ -225,6 +225,7 @@ def pretrain(
     from clap_bench.clips import SegmentClipDataset, collate_segments, resolve_video_path
     from clap_bench.clips.language import TextPolicy
     from clap_bench.data import load_dataset
+    from clap_bench.data.check import drop_problem_videos
     from clap_bench.data.loading import attach_captions
     from clap_bench.encoders import TextEncoder, build_video_encoder
     from clap_bench.features.extract import VideoSource
@@ -248,6 +249,7 @@ def pretrain(
     if not train_subsets:
         raise ValueError(f"dataset {PRETRAIN_DATASET!r}: no training subset (subsets: {ann.subsets})")
     ann = ann.subset(*train_subsets)
+    ann = drop_problem_videos(profile, PRETRAIN_DATASET, ann, f"{method} pre-training")
     if classes:
         unknown = sorted(set(classes) - set(ann.classes))
         if unknown:

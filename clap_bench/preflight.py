@@ -1,0 +1,702 @@
+"""``clapbench preflight``: every stage of the main job at the profile's real shapes, timed, then projected.
+
+On ``videos`` videos per dataset it runs, with the profile's own settings:
+
+* ``steps`` optimizer steps of pre-training for each requested method (:func:`clap_bench.training.pretrain`,
+  the full backbone, the batch per process, AMP on CUDA), on the videos' real segments;
+* extraction of the whole videos of ActivityNet, Charades-STA and TACoS (``encode_videos`` into an HDF5
+  file as the extraction stage writes it);
+* ``steps`` training iterations of G-TAD at the ``tal`` task's temporal scale, and its inference;
+* QAT: ``steps`` meta-training steps of the ``fstal`` task's episode batch, and test episodes
+  (support adaptation, localisation, scoring);
+* ``steps`` training iterations of 2D-TAN on each grounding set at its map size, and its inference.
+
+Each stage reports its rate (clips/s, iterations/s, episodes/s, videos/s, queries/s), the peak
+resident memory of this process while it ran, and on CUDA the peak device memory. The rates then
+project the full run from the sizes of the annotation files (:func:`project`): the hours of each
+stage on the GPUs the cluster profile gives it, for one seed and for a sweep of methods x seeds,
+and the disk taken by feature files and checkpoints.
+
+Videos that are not on disk are, with ``stand_in=True``, replaced by generated H.264 files of the
+annotated duration (``preflight.stand_in_fps`` / ``stand_in_size``). ``preflight.*`` keys shrink
+what a CPU or CI run cannot afford (the batch per step, the video length) without touching the
+profile's shapes; the report lists the ones in force. The projection is at the rates measured on
+this machine: measured on a CPU, it says what the run would cost on this CPU, not on a GPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import tempfile
+import threading
+import time
+import zlib
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from clap_bench.config import Profile, from_dict, resolve_datasets, to_dict
+from clap_bench.data.schema import AnnotationSet, Segment, Sentence, Video
+from clap_bench.io import atomic_write_json
+
+PRETRAIN_DATASET = "activitynet"
+CAPTIONS_DATASET = "activitynet-captions"
+GROUNDING_DATASETS = ("charades-sta", "tacos")
+EXTRACT_DATASETS = (PRETRAIN_DATASET,) + GROUNDING_DATASETS
+DEFAULT_CLUSTER = Path(__file__).resolve().parent.parent / "slurm" / "example-gpu.yaml"
+
+
+# --------------------------------------------------------------------------- measuring
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@dataclass
+class Measure:
+    """One timed stage: ``units`` of ``unit`` in ``seconds``; peak memory while it ran."""
+
+    stage: str
+    unit: str
+    units: float = 0.0
+    seconds: float = 0.0
+    peak_host_bytes: int = 0
+    peak_device_bytes: Optional[int] = None
+    shape: str = ""  # the shapes it ran at, in words
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        return self.units / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["rate"] = self.rate
+        return d
+
+
+@contextmanager
+def measuring(measure: Measure, device: torch.device, interval: float = 0.01) -> Iterator[Measure]:
+    """Time the block and sample this process's resident memory every ``interval`` s (peak kept)."""
+    peak = [_rss_bytes()]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(interval):
+            peak[0] = max(peak[0], _rss_bytes())
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
+    try:
+        yield measure
+    finally:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            measure.peak_device_bytes = int(torch.cuda.max_memory_allocated(device))
+        if measure.seconds == 0.0:
+            measure.seconds = time.perf_counter() - t0
+        stop.set()
+        thread.join()
+        measure.peak_host_bytes = max(peak[0], _rss_bytes())
+
+
+# --------------------------------------------------------------------------- videos
+def write_stand_in(path: Path, seconds: float, fps: float, size: Sequence[int], seed: int = 0) -> None:
+    """An H.264 mp4 of ``seconds`` at ``fps`` and ``size`` (height, width): a drifting textured image.
+
+    x264 with ffmpeg's defaults (preset medium, GOP 250), as TSP's ``ffmpeg -filter:v fps=fps=30``
+    re-encoding leaves them, so decoding costs what it costs on the re-encoded dataset.
+    """
+    import av
+
+    height, width = int(size[0]) // 2 * 2, int(size[1]) // 2 * 2
+    rng = np.random.default_rng(seed)
+    texture = rng.integers(0, 256, (height // 8 + 2, width // 8 + 2, 3), dtype=np.uint8).repeat(8, 0).repeat(8, 1)
+    rate = Fraction(fps).limit_denominator(1001)
+    frames = max(1, int(round(seconds * float(rate))))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with av.open(str(tmp), mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=rate)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.codec_context.time_base = 1 / rate
+        for i in range(frames):
+            dy, dx = (i // 3) % 8, i % 8
+            image = np.ascontiguousarray(texture[dy:dy + height, dx:dx + width])
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts = i
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    os.replace(tmp, path)
+
+
+def capped(video: Video, max_seconds: Optional[float]) -> Video:
+    """``video`` cut to its first ``max_seconds`` (segments and sentences clipped, empty ones dropped)."""
+    if max_seconds is None or video.duration <= max_seconds:
+        return video
+    end = float(max_seconds)
+    segments = [Segment(s.start, min(s.end, end), s.label) for s in video.segments if s.start < end]
+    sentences = [Sentence(s.start, min(s.end, end), s.text) for s in video.sentences if s.start < end]
+    return dataclasses.replace(video, duration=end, num_frames=None, segments=segments, sentences=sentences)
+
+
+def pick_videos(ann: AnnotationSet, subset: str, n: int, need: str, max_seconds: Optional[float],
+                prefer: Optional[set] = None) -> List[Video]:
+    """``n`` videos of ``subset`` (sorted ids) that keep an action or sentence within ``max_seconds``.
+
+    ``prefer``: ids to take first (e.g. ActivityNet videos that also have captions).
+    """
+    pool = [ann.videos[v] for v in sorted(ann.videos) if ann.videos[v].subset == subset]
+    if not pool:
+        raise ValueError(f"{ann.source}: no video in subset {subset!r}; subsets: {ann.subsets}")
+    ok = [v for v in pool if (capped(v, max_seconds).actions if need == "actions" else capped(v, max_seconds).sentences)]
+    if prefer:
+        ok = [v for v in ok if v.id in prefer] + [v for v in ok if v.id not in prefer]
+    if len(ok) < n:
+        raise ValueError(f"{ann.source}: only {len(ok)} {subset} videos keep {need} within the preflight's video length; need {n}")
+    return [capped(v, max_seconds) for v in ok[:n]]
+
+
+def place_videos(videos: Sequence[Video], video_dir: Optional[str], folder: Path, stand_in: bool, pcfg, key: str) -> Dict[str, str]:
+    """Put a file for each video into ``folder`` as ``<id>.<ext>``: a link to the real file or a stand-in.
+
+    Returns ``{id: "real" | "stand-in"}``. Without ``stand_in`` a missing video is an error naming it.
+    """
+    from clap_bench.clips import resolve_video_path
+
+    folder.mkdir(parents=True, exist_ok=True)
+    kinds = {}
+    for v in videos:
+        real = resolve_video_path(video_dir, v) if video_dir else None
+        if real is not None and real.is_file():
+            target = folder / f"{v.id}{real.suffix}"
+            if not target.exists():
+                target.symlink_to(real.resolve())
+            kinds[v.id] = "real"
+        elif stand_in:
+            write_stand_in(folder / f"{v.id}.mp4", v.duration, pcfg.stand_in_fps, pcfg.stand_in_size,
+                           seed=zlib.crc32(v.id.encode()))
+            kinds[v.id] = "stand-in"
+        else:
+            where = real if real is not None else f"(no video folder: data.datasets.{key}.videos)"
+            raise FileNotFoundError(f"dataset {key!r}: video {v.id} not found at {where}; pass --stand-in to generate stand-ins")
+    return kinds
+
+
+def subset_set(ann: AnnotationSet, videos: Sequence[Video]) -> AnnotationSet:
+    return AnnotationSet(ann.format, f"{ann.source} (preflight: {len(videos)} videos)", {v.id: v for v in videos},
+                         list(ann.classes), 0, [])
+
+
+def _write_captions(path: Path, videos: Sequence[Video]) -> None:
+    data = {v.id: {"duration": v.duration, "timestamps": [[s.start, s.end] for s in v.sentences],
+                   "sentences": [s.text for s in v.sentences]} for v in videos if v.sentences}
+    atomic_write_json(path, data)
+
+
+# --------------------------------------------------------------------------- the run
+@dataclass
+class PreflightData:
+    """The full annotation sets and the preflight's picks."""
+
+    full: Dict[str, AnnotationSet]
+    picks: Dict[str, List[Video]]
+    kinds: Dict[str, Dict[str, str]]
+    folders: Dict[str, Path]
+    fewshot_base: Optional[List[str]] = None
+
+
+def load_data(profile: Profile, work: Path, videos: int, stand_in: bool) -> PreflightData:
+    from clap_bench.data import load_dataset
+    from clap_bench.data.loading import load_fewshot_split
+
+    pcfg = profile.preflight
+    datasets = resolve_datasets(profile)
+    missing = [k for k in EXTRACT_DATASETS if k not in datasets]
+    if missing:
+        raise KeyError(f"profile {profile.name!r}: no dataset {missing[0]!r}; the preflight runs every stage of the main job")
+    full = {k: load_dataset(datasets[k], k) for k in EXTRACT_DATASETS}
+    if CAPTIONS_DATASET in datasets:
+        full[CAPTIONS_DATASET] = load_dataset(datasets[CAPTIONS_DATASET], CAPTIONS_DATASET)
+    base = None
+    if "fewshot-split" in datasets:
+        base = sorted(load_fewshot_split(datasets["fewshot-split"]).base)
+    anet_train = next((s for s in ("training", "train") if s in full[PRETRAIN_DATASET].subsets), None)
+    if anet_train is None:
+        raise ValueError(f"dataset {PRETRAIN_DATASET!r}: no training subset (subsets: {full[PRETRAIN_DATASET].subsets})")
+    captions = full.get(CAPTIONS_DATASET)
+    picks = {PRETRAIN_DATASET: pick_videos(full[PRETRAIN_DATASET], anet_train, videos, "actions", pcfg.max_video_seconds,
+                                           prefer=set(captions.videos) if captions else None)}
+    vlg = from_dict(_vlg_config_cls(), profile.tasks.get("vlg") or {}, "tasks.vlg")
+    for key in GROUNDING_DATASETS:
+        picks[key] = pick_videos(full[key], vlg.for_dataset(key).train_subset, videos, "sentences", pcfg.max_video_seconds)
+    kinds, folders = {}, {}
+    for key, vids in picks.items():
+        folders[key] = work / "videos" / key
+        kinds[key] = place_videos(vids, datasets[key].videos, folders[key], stand_in, pcfg, key)
+    return PreflightData(full, picks, kinds, folders, base)
+
+
+def _vlg_config_cls():
+    from clap_bench.downstream.tan2d.task import VLGConfig
+
+    return VLGConfig
+
+
+def _kinetics_available(profile: Profile) -> bool:
+    from clap_bench.encoders.video import hub_checkpoint_path
+
+    return profile.encoder.weights != "kinetics400" or hub_checkpoint_path(profile.encoder.arch).is_file()
+
+
+def _device() -> torch.device:
+    return torch.device(f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu")
+
+
+def measure_pretrain(profile: Profile, data: PreflightData, method: str, steps: int, work: Path) -> Measure:
+    """``steps`` optimizer steps of ``method`` through the real pre-training entry point."""
+    from clap_bench.data.loading import write_activitynet_json
+    from clap_bench.training.pretrain import pretrain
+
+    pcfg = profile.preflight
+    ann_path = work / "annotations" / "activitynet.json"
+    chosen = subset_set(data.full[PRETRAIN_DATASET], data.picks[PRETRAIN_DATASET])
+    write_activitynet_json(chosen, ann_path)
+    datasets = {PRETRAIN_DATASET: {"format": "activitynet-json", "annotations": [str(ann_path)],
+                                   "videos": str(data.folders[PRETRAIN_DATASET])}}
+    if CAPTIONS_DATASET in data.full:
+        cap = data.full[CAPTIONS_DATASET]
+        cap_videos = [capped(cap.videos[v.id], v.duration) for v in data.picks[PRETRAIN_DATASET] if v.id in cap.videos]
+        _write_captions(work / "annotations" / "captions" / "train.json", cap_videos)
+        datasets[CAPTIONS_DATASET] = {"format": "anet-captions", "annotations": [str(work / "annotations" / "captions" / "train.json")]}
+    batch = pcfg.batch_size or profile.pretrain.batch_size
+    segments_per_step = max(1, batch // profile.clips.clips_per_segment)
+    over = {
+        "data": {"synthetic": False, "datasets": datasets},
+        "pretrain": {"epochs": 1, "batch_size": batch, "max_segments_per_epoch": steps * segments_per_step,
+                     "num_workers": pcfg.num_workers if pcfg.num_workers is not None else profile.pretrain.num_workers},
+        "check": {"problems_file": str(work / "no-problems.csv")},
+    }
+    if not _kinetics_available(profile):
+        over["encoder"] = {"weights": None}
+    raw = to_dict(profile)
+    raw["data"]["datasets"] = {}
+    from clap_bench.config import deep_merge
+
+    run_profile = from_dict(Profile, deep_merge(raw, over), "preflight profile")
+    out_dir = work / "pretrain" / method
+    device = _device()
+    m = Measure(f"pretrain {method}", "clips",
+                shape=f"{profile.encoder.arch}, {batch} clips/step of {profile.clips.frames}x{profile.clips.crop}x{profile.clips.crop}"
+                      f"{', AMP' if device.type == 'cuda' and profile.pretrain.amp else ''}")
+    with measuring(m, device):
+        final = pretrain(run_profile, method, seed=0, out_dir=out_dir, progress=False)
+    records = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rec = records[-1]
+    if not rec.get("clips_per_s"):
+        raise RuntimeError(f"pre-training {method}: no clip was trained on (metrics: {rec})")
+    m.extra["wall_seconds"] = m.seconds  # includes model building, the text encoder, GVFs, BN recalibration, checkpoints
+    m.units, m.seconds = float(rec["clips"]), float(rec["clips"]) / float(rec["clips_per_s"])
+    m.extra["steps"] = math.ceil(m.units / batch)
+    m.extra["checkpoint_bytes"] = sum(p.stat().st_size for p in (final, out_dir / "checkpoint.pt") if p.exists())
+    return m
+
+
+def measure_extraction(profile: Profile, data: PreflightData, key: str, work: Path) -> Measure:
+    from clap_bench.clips.sampling import extraction_clip_starts
+    from clap_bench.encoders import build_video_encoder
+    from clap_bench.features.extract import VideoSource, encode_videos, write_features
+
+    pcfg, clips, ex = profile.preflight, profile.clips, profile.extract
+    encoder = build_video_encoder(dataclasses.replace(profile.encoder, weights=None), weights=None)
+    sources = [VideoSource(v.id, next(data.folders[key].glob(f"{v.id}.*")), float(v.duration)) for v in data.picks[key]]
+    n_clips = sum(len(extraction_clip_starts(s.duration, clips.frames / clips.fps, ex.stride_frames / clips.fps)) for s in sources)
+    batch = pcfg.extract_batch_size or ex.batch_size
+    workers = pcfg.num_workers if pcfg.num_workers is not None else ex.num_workers
+    out = work / "features" / f"{key}.h5"
+    device = _device()
+    m = Measure(f"extract {key}", "clips", shape=f"{len(sources)} whole videos, {n_clips} clips, stride {ex.stride_frames}, {batch} clips/batch")
+    with measuring(m, device):
+        _, errors = write_features(out, {"dataset": key, "checkpoint_hash": "preflight"}, sources,
+                                   lambda todo: encode_videos(encoder, todo, clips, ex.stride_frames, batch, workers, device=str(device)))
+    if errors:
+        raise RuntimeError(f"extraction of {key}: {errors[0]}")
+    m.units = float(n_clips)
+    m.extra["videos"] = len(sources)
+    m.extra["file_bytes"] = out.stat().st_size
+    m.extra["feature_dim"] = int(encoder.out_dim)
+    return m
+
+
+def _repeat(items: list, n: int) -> list:
+    return [items[i % len(items)] for i in range(n)]
+
+
+def measure_gtad(profile: Profile, data: PreflightData, steps: int, work: Path) -> List[Measure]:
+    from torch.utils.data import DataLoader
+
+    from clap_bench.downstream.gtad.config import GTADConfig
+    from clap_bench.downstream.gtad.data import GTADTrainSet, collect_videos
+    from clap_bench.downstream.gtad.model import build_gtad
+    from clap_bench.downstream.gtad.train import predict_proposals, train_gtad
+
+    cfg = from_dict(GTADConfig, profile.tasks.get("tal") or {}, "tasks.tal")
+    cfg.validate()
+    batch = profile.preflight.task_batch_size or cfg.batch_size
+    ann = subset_set(data.full[PRETRAIN_DATASET], data.picks[PRETRAIN_DATASET])
+    subset = data.picks[PRETRAIN_DATASET][0].subset
+    items = collect_videos(ann, work / "features" / f"{PRETRAIN_DATASET}.h5", subset, cfg.temporal_scale, require_actions=True)
+    device = _device()
+    train_cfg = dataclasses.replace(cfg, epochs=1)
+    loader = DataLoader(GTADTrainSet(_repeat(items, steps * batch), cfg.temporal_scale, cfg.boundary_width), batch_size=batch)
+    model = build_gtad(cfg, items[0].features.shape[0])
+    shape = f"temporal scale {cfg.temporal_scale}, {batch} videos/iteration, hidden {cfg.hidden_dim_1d}/{cfg.hidden_dim_2d}/{cfg.hidden_dim_3d}"
+    train = Measure("G-TAD training (tal)", "videos", shape=shape)
+    with measuring(train, device):
+        train_gtad(model, loader, train_cfg, device=str(device), generator=torch.Generator().manual_seed(0))
+    train.units = float(steps * batch)  # per video, so that a shrunk batch still projects the real one
+    train.extra["iterations"] = steps
+    infer = Measure("G-TAD inference (tal)", "videos", shape=f"temporal scale {cfg.temporal_scale}, soft-NMS to {cfg.proposals_per_video}")
+    feats = [it.features for it in _repeat(items, batch)]
+    with measuring(infer, device):
+        predict_proposals(model, feats, cfg, device=str(device), batch_size=batch)
+    infer.units = float(len(feats))
+    return [train, infer]
+
+
+class _FixedEpisodes:
+    """An episode source for the preflight: every episode is ``episode`` (timing needs shapes, not variety)."""
+
+    def __init__(self, episode):
+        self.episode = episode
+
+    def episodes(self, run: int, count: int, start: int = 0):
+        return [dataclasses.replace(self.episode, run=run, index=start + i) for i in range(count)]
+
+
+def measure_qat(profile: Profile, data: PreflightData, steps: int, work: Path) -> List[Measure]:
+    from clap_bench.downstream.gtad.data import read_video_features
+    from clap_bench.downstream.gtad.model import build_gtad
+    from clap_bench.downstream.qat.config import QATConfig
+    from clap_bench.downstream.qat.model import QueryAdaptiveTransformer
+    from clap_bench.downstream.qat.protocol import Episode
+    from clap_bench.downstream.qat.task import evaluate_episodes, meta_train, snippet_features
+
+    cfg = from_dict(QATConfig, profile.tasks.get("fstal") or {}, "tasks.fstal")
+    if profile.preflight.qat_adapt_steps is not None:
+        cfg.adapt_steps = profile.preflight.qat_adapt_steps
+    cfg.validate()
+    meta_batch = profile.preflight.task_batch_size or cfg.meta_batch
+    videos = {v.id: v for v in data.picks[PRETRAIN_DATASET]}
+    raw, _ = read_video_features(work / "features" / f"{PRETRAIN_DATASET}.h5", sorted(videos), cfg.gtad.temporal_scale)
+    model = build_gtad(cfg.gtad, next(iter(raw.values())).shape[0])
+    device = _device()
+    feats = snippet_features(model, raw, device=str(device))
+    query = sorted(videos)[0]
+    label = videos[query].actions[0].label
+    support = tuple(_repeat([v for v in sorted(videos) if any(s.label == label for s in videos[v].actions)], cfg.shots))
+    source = _FixedEpisodes(Episode(0, 0, label, query, support))
+    transformer = QueryAdaptiveTransformer(feats[query].shape[0], cfg.heads, cfg.dropout, cfg.attention_dropout)
+    shape = (f"{cfg.shots}-shot, temporal scale {cfg.gtad.temporal_scale}, {feats[query].shape[0]} channels, "
+             f"{cfg.adapt_steps} adaptation steps")
+    meta_cfg = dataclasses.replace(cfg, meta_episodes=steps * meta_batch, meta_batch=meta_batch)
+    meta = Measure("QAT meta-training (fstal)", "episodes", shape=f"{shape}, {meta_batch} episodes/step")
+    with measuring(meta, device):
+        meta_train(transformer, source, feats, videos, meta_cfg, device=str(device))
+    meta.units = float(steps * meta_batch)
+    test_cfg = dataclasses.replace(cfg, runs=1, episodes_per_run=steps * meta_batch)
+    test = Measure("QAT test episodes (fstal)", "episodes", shape=f"{shape}, localisation at {len(cfg.thresholds)} thresholds, scoring")
+    with measuring(test, device):
+        evaluate_episodes(transformer, source, feats, videos, test_cfg, device=str(device))
+    test.units = float(test_cfg.episodes_per_run)
+    return [meta, test]
+
+
+def measure_tan(profile: Profile, data: PreflightData, key: str, steps: int, work: Path) -> List[Measure]:
+    from clap_bench.downstream.tan2d.features import load_video_features
+    from clap_bench.downstream.tan2d.model import TAN2D
+    from clap_bench.downstream.tan2d.proposals import iou_map, masked_bce_loss, scaled_iou_targets
+    from clap_bench.downstream.tan2d.task import grounding_queries, predict
+    from clap_bench.downstream.tan2d.text import build_word_vectors, embed_sentences, pad_words
+
+    cfg = from_dict(_vlg_config_cls(), profile.tasks.get("vlg") or {}, "tasks.vlg").validate()
+    d = cfg.for_dataset(key)
+    batch = profile.preflight.task_batch_size or cfg.batch_size
+    ann = subset_set(data.full[key], data.picks[key])
+    queries = _repeat(grounding_queries(ann, d.train_subset), steps * batch)
+    video_feats = load_video_features(work / "features" / f"{key}.h5", {q.video for q in queries}, d.num_sample_clips, cfg.normalize_features)
+    vectors = build_word_vectors(cfg.glove_path, cfg.text_model, [q.sentence for q in queries])
+    words = embed_sentences(vectors, [q.sentence for q in queries])
+    device = _device()
+    torch.manual_seed(0)
+    model = TAN2D(
+        feature_dim=next(iter(video_feats.values())).shape[1], word_dim=int(words[0].shape[1]),
+        num_sample_clips=d.num_sample_clips, num_clips=d.num_clips, num_scale_layers=d.num_scale_layers,
+        hidden_size=cfg.hidden_size, text_hidden_size=cfg.text_hidden_size, lstm_layers=cfg.lstm_layers,
+        map_kernel_sizes=d.map_kernel_sizes, map_paddings=d.map_paddings, map_dilations=d.map_dilations,
+    ).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    shape = f"{d.num_clips}x{d.num_clips} map, hidden {cfg.hidden_size}, {batch} queries/iteration"
+    train = Measure(f"2D-TAN training ({key})", "queries", shape=shape)
+    with measuring(train, device):
+        model.train()
+        for step in range(steps):
+            idx = list(range(step * batch, (step + 1) * batch))
+            video = torch.stack([video_feats[queries[i].video] for i in idx]).to(device)
+            padded, lengths = pad_words([words[i] for i in idx])
+            targets = torch.stack([scaled_iou_targets(iou_map(d.num_clips, queries[i].duration, (queries[i].start, queries[i].end)),
+                                                      d.min_iou, d.max_iou) for i in idx]).to(device)
+            loss = masked_bce_loss(model(video, padded.to(device), lengths), targets, model.map_mask[0])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"2D-TAN on {key}: loss {loss.item()} in the preflight")
+    train.units = float(steps * batch)  # per query, so that a shrunk batch still projects the real one
+    train.extra["iterations"] = steps
+    infer = Measure(f"2D-TAN inference ({key})", "queries", shape=f"{d.num_clips}x{d.num_clips} map, NMS {d.nms_threshold}, top {cfg.top_k}")
+    test_q = queries[:batch]
+    with measuring(infer, device):
+        predict(model, test_q, video_feats, words[:batch], d.nms_threshold, cfg.top_k, batch, str(device))
+    infer.units = float(len(test_q))
+    return [train, infer]
+
+
+# --------------------------------------------------------------------------- dataset sizes and projection
+def dataset_sizes(profile: Profile, data: PreflightData) -> Dict[str, dict]:
+    """What the full run iterates over, counted from the annotation files."""
+    from clap_bench.clips.sampling import extraction_clip_starts
+    from clap_bench.clips.segments import contiguous_segments
+    from clap_bench.downstream.gtad.config import GTADConfig
+
+    clips, ex = profile.clips, profile.extract
+    clip_s, stride_s = clips.frames / clips.fps, ex.stride_frames / clips.fps
+    vlg = from_dict(_vlg_config_cls(), profile.tasks.get("vlg") or {}, "tasks.vlg")
+    gtad = from_dict(GTADConfig, profile.tasks.get("tal") or {}, "tasks.tal")
+    out: Dict[str, dict] = {}
+    for key in EXTRACT_DATASETS:
+        ann = data.full[key]
+        c = ann.counts()
+        out[key] = {
+            "videos": c["videos"],
+            "subsets": {s: v["videos"] for s, v in c["subsets"].items()},
+            "queries": c["queries"],
+            "extraction_clips": int(sum(len(extraction_clip_starts(float(v.duration), clip_s, stride_s)) for v in ann.videos.values())),
+            "hours_of_video": sum(float(v.duration) for v in ann.videos.values()) / 3600.0,
+        }
+    anet = data.full[PRETRAIN_DATASET]
+    train = anet.subset(*[s for s in ("training", "train") if s in anet.subsets])
+
+    def segment_counts(a: AnnotationSet) -> Dict[str, int]:
+        fg = bg = 0
+        for v in a.videos.values():
+            for s in contiguous_segments(v):
+                fg += s.label is not None
+                bg += s.label is None
+        return {"foreground": fg, "all": fg + bg, "videos": len(a.videos),
+                "videos_with_actions": sum(1 for v in a.videos.values() if v.actions)}
+
+    out[PRETRAIN_DATASET]["train_segments"] = segment_counts(train)
+    out[PRETRAIN_DATASET]["validation_videos"] = len([v for v in anet.videos.values() if v.subset == gtad.eval_subset])
+    if data.fewshot_base is not None:
+        out[PRETRAIN_DATASET]["base_train_segments"] = segment_counts(train.restrict_classes(data.fewshot_base))
+    for key in GROUNDING_DATASETS:
+        d = vlg.for_dataset(key)
+        counts = data.full[key].counts()["subsets"]
+        out[key]["train_queries"] = counts.get(d.train_subset, {}).get("sentences", 0)
+        out[key]["test_queries"] = counts.get(d.test_subset, {}).get("sentences", 0)
+    if CAPTIONS_DATASET in data.full:
+        out[CAPTIONS_DATASET] = {"videos": data.full[CAPTIONS_DATASET].counts()["videos"],
+                                 "queries": data.full[CAPTIONS_DATASET].counts()["queries"]}
+    return out
+
+
+def _processes(cluster, kind: str) -> int:
+    if cluster is None:
+        return 1
+    c = cluster.for_stage(kind)
+    return max(1, int(c.nodes) * int(c.tasks_per_node))
+
+
+def project(profile: Profile, sizes: Dict[str, dict], measures: Dict[str, Measure], methods: Sequence[str],
+            seeds: int, cluster) -> dict:
+    """Hours per stage of one (method, seed), the totals, the sweep, and the disk taken."""
+    from clap_bench.downstream.gtad.config import GTADConfig
+    from clap_bench.downstream.qat.config import QATConfig
+    from clap_bench.methods import method_from_profile
+
+    rows: List[dict] = []
+
+    def add(stage: str, method: Optional[str], work: float, unit: str, measure: str, kind: str, note: str = "") -> None:
+        m = measures[measure]
+        procs = _processes(cluster, kind) if kind == "pretrain" else 1
+        seconds = work / m.rate / procs if m.rate > 0 else float("inf")
+        rows.append({"stage": stage, "method": method, "work": work, "unit": unit, "rate_per_process": m.rate,
+                     "processes": procs, "hours": seconds / 3600.0, "process_hours": seconds * procs / 3600.0, "note": note})
+
+    p = profile
+    anet = sizes[PRETRAIN_DATASET]
+    for method in methods:
+        mcfg = method_from_profile(method, p.methods)
+        for variant, seg_key in (("pretrain", "train_segments"), ("pretrain-base", "base_train_segments")):
+            if seg_key not in anet:
+                continue
+            segments = anet[seg_key]["foreground" if mcfg.regions == "foreground" else "all"]
+            if p.pretrain.max_segments_per_epoch is not None:
+                segments = min(segments, p.pretrain.max_segments_per_epoch)
+            add(variant, method, p.pretrain.epochs * segments * p.clips.clips_per_segment, "clips",
+                f"pretrain {method}", "pretrain", f"{p.pretrain.epochs} epochs x {segments} segments x {p.clips.clips_per_segment} clips")
+            if mcfg.region_gvf:
+                add(f"{variant} GVF", method, anet["extraction_clips"] * anet[seg_key]["videos"] / max(1, anet["videos"]),
+                    "clips", f"extract {PRETRAIN_DATASET}", "extract", "global video features of the training videos (cached per initial weights)")
+    for key in EXTRACT_DATASETS:
+        add(f"extract-{key}", None, sizes[key]["extraction_clips"], "clips", f"extract {key}", "extract")
+    if "base_train_segments" in anet:
+        add(f"extract-base-{PRETRAIN_DATASET}", None, anet["extraction_clips"], "clips", f"extract {PRETRAIN_DATASET}", "extract")
+    gtad = from_dict(GTADConfig, p.tasks.get("tal") or {}, "tasks.tal")
+    n_train = anet["train_segments"]["videos_with_actions"]
+    add("tal: G-TAD training", None, gtad.epochs * n_train, "videos", "G-TAD training (tal)", "task",
+        f"{gtad.epochs} epochs x {n_train} videos ({math.ceil(n_train / gtad.batch_size)} iterations of {gtad.batch_size})")
+    add("tal: G-TAD inference", None, anet["validation_videos"], "videos", "G-TAD inference (tal)", "task")
+    if "base_train_segments" in anet:
+        qat = from_dict(QATConfig, p.tasks.get("fstal") or {}, "tasks.fstal")
+        n_base = anet["base_train_segments"]["videos_with_actions"]
+        add("fstal: G-TAD on base classes", None, qat.gtad.epochs * n_base, "videos",
+            "G-TAD training (tal)", "task", f"{qat.gtad.epochs} epochs x {n_base} videos, at the tal task's G-TAD rate")
+        measured_steps = p.preflight.qat_adapt_steps if p.preflight.qat_adapt_steps is not None else qat.adapt_steps
+        shrunk = (f"measured at {measured_steps} adaptation steps per episode, the run takes {qat.adapt_steps}: "
+                  "hours too low" if measured_steps != qat.adapt_steps else "")
+        add("fstal: meta-training", None, qat.meta_episodes, "episodes", "QAT meta-training (fstal)", "task", shrunk)
+        meta_steps = math.ceil(qat.meta_episodes / qat.meta_batch)
+        selections = (meta_steps // qat.select_every + 2) if qat.select_episodes else 0
+        add("fstal: selection + test episodes", None, selections * qat.select_episodes + qat.runs * qat.episodes_per_run, "episodes",
+            "QAT test episodes (fstal)", "task",
+            f"{selections} selections x {qat.select_episodes} + {qat.runs} runs x {qat.episodes_per_run}" + (f"; {shrunk}" if shrunk else ""))
+    vlg = from_dict(_vlg_config_cls(), p.tasks.get("vlg") or {}, "tasks.vlg")
+    for key in GROUNDING_DATASETS:
+        d = vlg.for_dataset(key)
+        epochs = d.epochs if d.epochs is not None else vlg.epochs
+        n_q = sizes[key]["train_queries"]
+        if vlg.max_train_queries is not None:
+            n_q = min(n_q, vlg.max_train_queries)
+        add(f"vlg: 2D-TAN training {key}", None, epochs * n_q, "queries", f"2D-TAN training ({key})", "task",
+            f"{epochs} epochs x {n_q} queries ({math.ceil(n_q / vlg.batch_size)} iterations of {vlg.batch_size})")
+        add(f"vlg: 2D-TAN inference {key}", None, sizes[key]["test_queries"], "queries", f"2D-TAN inference ({key})", "task")
+
+    shared = [r for r in rows if r["method"] is None]
+    per_method = {}
+    for method in methods:
+        mine = [r for r in rows if r["method"] == method] + shared
+        per_method[method] = {"hours": sum(r["hours"] for r in mine), "process_hours": sum(r["process_hours"] for r in mine)}
+    feature_bytes_per_value = np.mean([measures[f"extract {k}"].extra["file_bytes"] /
+                                       (measures[f"extract {k}"].units * measures[f"extract {k}"].extra["feature_dim"])
+                                       for k in EXTRACT_DATASETS])
+    dim = measures[f"extract {PRETRAIN_DATASET}"].extra["feature_dim"]
+    files = {k: sizes[k]["extraction_clips"] * dim for k in EXTRACT_DATASETS}
+    if "base_train_segments" in anet:
+        files[f"base-{PRETRAIN_DATASET}"] = files[PRETRAIN_DATASET]
+    feature_bytes = {k: int(v * feature_bytes_per_value) for k, v in files.items()}
+    ckpt = [measures[f"pretrain {m}"].extra.get("checkpoint_bytes", 0) for m in methods]
+    per_seed_bytes = sum(feature_bytes.values()) + (2 if "base_train_segments" in anet else 1) * int(np.mean(ckpt))
+    return {
+        "stages": rows,
+        "one_seed": per_method,
+        "sweep": {"methods": list(methods), "seeds": seeds,
+                  "hours_if_serial": seeds * sum(v["hours"] for v in per_method.values()),
+                  "process_hours": seeds * sum(v["process_hours"] for v in per_method.values())},
+        "disk": {"feature_files_one_seed": feature_bytes, "checkpoints_one_seed": (2 if "base_train_segments" in anet else 1) * int(np.mean(ckpt)),
+                 "one_seed_bytes": per_seed_bytes, "sweep_bytes": per_seed_bytes * seeds * len(methods)},
+        "cluster": getattr(cluster, "source", None),
+        "pretrain_processes": _processes(cluster, "pretrain"),
+    }
+
+
+# --------------------------------------------------------------------------- entry point
+def preflight_shrinks(profile: Profile) -> Dict[str, Any]:
+    """The ``preflight.*`` keys that shrink the run (not the profile's shapes), with their values."""
+    pcfg = profile.preflight
+    keys = ("batch_size", "extract_batch_size", "task_batch_size", "qat_adapt_steps", "max_video_seconds", "num_workers")
+    return {f"preflight.{k}": getattr(pcfg, k) for k in keys if getattr(pcfg, k) is not None}
+
+
+def run_preflight(profile: Profile, methods: Sequence[str], videos: int = 2, steps: int = 2, stand_in: bool = False,
+                  seeds: int = 5, cluster_path: Optional[str] = None, work_dir: Optional[Path] = None,
+                  progress=None) -> dict:
+    """Run every stage at the profile's shapes and project the full run; returns the report (JSON-ready)."""
+    from clap_bench.runs.slurm import load_cluster
+
+    if videos < 1 or steps < 1:
+        raise ValueError(f"--videos and --steps must be >= 1, got {videos} and {steps}")
+    say = progress or (lambda msg: None)
+    cluster_file = cluster_path or profile.preflight.cluster or (str(DEFAULT_CLUSTER) if DEFAULT_CLUSTER.is_file() else None)
+    cluster = load_cluster(cluster_file) if cluster_file else None
+    own = work_dir is None
+    work = Path(tempfile.mkdtemp(prefix="clapbench-preflight-")) if own else Path(work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    notes: List[str] = []
+    t0 = time.perf_counter()
+    try:
+        say("reading annotations and placing videos")
+        data = load_data(profile, work, videos, stand_in)
+        if not _kinetics_available(profile):
+            notes.append("Kinetics-400 weights not in the torch hub cache: the preflight starts from random weights (same cost)")
+        made = sum(k == "stand-in" for kinds in data.kinds.values() for k in kinds.values())
+        if made:
+            notes.append(f"{made} stand-in videos ({profile.preflight.stand_in_fps:g} fps, "
+                         f"{profile.preflight.stand_in_size[1]}x{profile.preflight.stand_in_size[0]})")
+        measures: Dict[str, Measure] = {}
+        for method in methods:
+            say(f"pre-training {method}: {steps} steps")
+            m = measure_pretrain(profile, data, method, steps, work)
+            measures[m.stage] = m
+        for key in EXTRACT_DATASETS:
+            say(f"extracting {key}: {videos} videos")
+            m = measure_extraction(profile, data, key, work)
+            measures[m.stage] = m
+        say(f"G-TAD: {steps} iterations")
+        for m in measure_gtad(profile, data, steps, work):
+            measures[m.stage] = m
+        say(f"QAT: {steps} meta-training steps and test episodes")
+        for m in measure_qat(profile, data, steps, work):
+            measures[m.stage] = m
+        for key in GROUNDING_DATASETS:
+            say(f"2D-TAN on {key}: {steps} iterations")
+            for m in measure_tan(profile, data, key, steps, work):
+                measures[m.stage] = m
+        sizes = dataset_sizes(profile, data)
+        projection = project(profile, sizes, measures, methods, seeds, cluster)
+    finally:
+        if own:
+            shutil.rmtree(work, ignore_errors=True)
+    device = _device()
+    return {
+        "profile": profile.name,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)",
+        "videos_per_dataset": videos,
+        "steps": steps,
+        "methods": list(methods),
+        "shrinks": preflight_shrinks(profile),
+        "videos": {k: v for k, v in data.kinds.items()},
+        "measures": [m.to_dict() for m in measures.values()],
+        "datasets": sizes,
+        "projection": projection,
+        "notes": notes,
+        "seconds": time.perf_counter() - t0,
+    }

@@ -1,0 +1,75 @@
+"""Parts of ``clapbench preflight`` that run in seconds: stand-in videos, cut annotations, the projection's arithmetic."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from clap_bench.clips.decode import probe_video
+from clap_bench.config import load_profile
+from clap_bench.data.schema import Segment, Sentence, Video
+from clap_bench.preflight import Measure, capped, project, write_stand_in
+from clap_bench.runs.slurm import ClusterProfile
+
+
+def test_a_stand_in_lasts_the_asked_duration_at_the_asked_rate_and_size(tmp_path):
+    write_stand_in(tmp_path / "v.mp4", 2.5, 30.0, [72, 128])
+    info = probe_video(tmp_path / "v.mp4")
+    assert info.duration == pytest.approx(2.5, abs=0.05)
+    assert (info.fps, info.width, info.height) == (30.0, 128, 72)
+
+
+def test_a_capped_video_keeps_only_what_starts_before_the_cap_clipped_to_it():
+    v = Video("v_a", 100.0, "training", segments=[Segment(1, 5, "a"), Segment(3, 12, "b"), Segment(20, 30, "c")],
+              sentences=[Sentence(0, 9, "x"), Sentence(50, 60, "y")])
+    c = capped(v, 8.0)
+    assert c.duration == 8.0
+    assert [(s.start, s.end, s.label) for s in c.segments] == [(1, 5, "a"), (3, 8.0, "b")]
+    assert [(s.start, s.end) for s in c.sentences] == [(0, 8.0)]
+    assert capped(v, None) is v and capped(v, 200.0) is v
+
+
+def _measures(rate: float = 2.0):
+    names = {"pretrain clap": "clips", "extract activitynet": "clips", "extract charades-sta": "clips", "extract tacos": "clips",
+             "G-TAD training (tal)": "videos", "G-TAD inference (tal)": "videos", "QAT meta-training (fstal)": "episodes",
+             "QAT test episodes (fstal)": "episodes", "2D-TAN training (charades-sta)": "queries",
+             "2D-TAN inference (charades-sta)": "queries", "2D-TAN training (tacos)": "queries", "2D-TAN inference (tacos)": "queries"}
+    out = {n: Measure(n, u, units=rate * 10, seconds=10.0) for n, u in names.items()}
+    for k in ("activitynet", "charades-sta", "tacos"):
+        out[f"extract {k}"].extra.update(file_bytes=int(20 * 512 * 4 * 1.5), feature_dim=512)
+    out["pretrain clap"].extra["checkpoint_bytes"] = 1000
+    return out
+
+
+def _sizes():
+    seg = {"foreground": 300, "all": 500, "videos": 100, "videos_with_actions": 90}
+    base = {"foreground": 200, "all": 400, "videos": 80, "videos_with_actions": 70}
+    return {
+        "activitynet": {"videos": 150, "extraction_clips": 10000, "train_segments": seg, "base_train_segments": base,
+                        "validation_videos": 50},
+        "charades-sta": {"videos": 60, "extraction_clips": 2000, "train_queries": 400, "test_queries": 100},
+        "tacos": {"videos": 10, "extraction_clips": 3000, "train_queries": 300, "test_queries": 50},
+    }
+
+
+def test_the_projection_counts_the_real_epochs_and_divides_pre_training_over_the_cluster_processes():
+    profile = load_profile("paper")
+    cluster = ClusterProfile(tasks_per_node=1, stages={"pretrain": {"nodes": 2, "tasks_per_node": 4}})
+    p = project(profile, _sizes(), _measures(rate=2.0), ["clap"], seeds=3, cluster=cluster)
+    rows = {r["stage"]: r for r in p["stages"]}
+    # 8 epochs x 500 segments x 5 clips at 2 clips/s per process, over 2 x 4 processes
+    assert rows["pretrain"]["work"] == 8 * 500 * 5 and rows["pretrain"]["processes"] == 8
+    assert rows["pretrain"]["hours"] == pytest.approx(8 * 500 * 5 / 2.0 / 8 / 3600)
+    assert rows["pretrain-base"]["work"] == 8 * 400 * 5
+    # G-TAD per video: 10 epochs x 90 training videos with actions; 2D-TAN per query: 100 epochs x 300 queries
+    assert rows["tal: G-TAD training"]["work"] == 10 * 90
+    assert rows["vlg: 2D-TAN training tacos"]["work"] == 100 * 300
+    assert rows["extract-base-activitynet"]["work"] == 10000
+    total = sum(r["hours"] for r in p["stages"])
+    assert p["one_seed"]["clap"]["hours"] == pytest.approx(total)
+    assert p["sweep"]["hours_if_serial"] == pytest.approx(3 * total)
+    # features: clips x 512 values at the bytes per value measured (6 here); two checkpoints (all, base) per seed
+    assert p["disk"]["feature_files_one_seed"]["tacos"] == math.floor(3000 * 512 * 6.0)
+    assert p["disk"]["checkpoints_one_seed"] == 2000
+    assert p["disk"]["sweep_bytes"] == 3 * p["disk"]["one_seed_bytes"]
