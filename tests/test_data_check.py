@@ -76,7 +76,7 @@ def broken_folder(tmp_path_factory) -> Path:
             "datasets": {"activitynet": {"format": "activitynet-json", "annotations": [str(root / "gt.json")], "videos": str(videos)}},
         },
         "encoder": {"weights": None},
-        "pretrain": {"epochs": 1, "max_segments_per_epoch": None},
+        "pretrain": {"epochs": 1, "max_segments_per_epoch": None, "validate": False},  # training videos only
         "check": {"duration_tolerance": 1.0},
     }
     (root / "profile.yaml").write_text(yaml.safe_dump(profile))
