@@ -288,7 +288,8 @@ def measure_pretrain(profile: Profile, data: PreflightData, method: str, steps: 
     segments_per_step = max(1, batch // profile.clips.clips_per_segment)
     over = {
         "data": {"synthetic": False, "datasets": datasets},
-        "pretrain": {"epochs": 1, "batch_size": batch, "max_segments_per_epoch": steps * segments_per_step,
+        # validation is left out: the preflight times optimizer steps (its videos may be training ones only)
+        "pretrain": {"epochs": 1, "batch_size": batch, "max_segments_per_epoch": steps * segments_per_step, "validate": False,
                      "num_workers": pcfg.num_workers if pcfg.num_workers is not None else profile.pretrain.num_workers},
         "check": {"problems_file": str(work / "no-problems.csv")},
     }
