@@ -13,7 +13,7 @@ and checks the targets: objective at least 20% lower, class accuracy at least 4x
 clip->text R@1 at least 4x chance.
 
     python benchmarks/pretrain_learning.py --profile default --seeds 3 [--runs-dir DIR] \
-        [--methods tac,tsp,clap-clip,clap-mask,clap,clap-no-cls,clap-dagger]
+        [--methods tac,tsp,clap-clip,clap-mask,clap,clap-no-cls,clap-dagger] [--report-only]
 """
 
 from __future__ import annotations
@@ -53,17 +53,20 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", default="3")
     ap.add_argument("--methods", default=",".join(TRAINED))
     ap.add_argument("--runs-dir", default=None)
+    ap.add_argument("--report-only", action="store_true",
+                    help="read the finished pretrain stages of the store as they are (whatever their config hash); run nothing")
     args = ap.parse_args(argv)
     profile = load_profile(args.profile)
     methods = [m for m in args.methods.split(",") if m]
     seeds = parse_seeds(args.seeds)
     store = RunStore(runs_root(args.runs_dir))
-    plan = pretrain_plan(profile, methods, seeds)
-    t0 = time.perf_counter()
-    report = run_plan(plan, store, "local", progress=False, echo=lambda s: print(s, file=sys.stderr))
-    print(f"# {len(plan)} stages in {time.perf_counter() - t0:.0f} s (store {store.root}); profile {args.profile}")
-    if getattr(report, "failed", None):
-        print(f"# failed stages: {report.failed}")
+    if not args.report_only:
+        plan = pretrain_plan(profile, methods, seeds)
+        t0 = time.perf_counter()
+        report = run_plan(plan, store, "local", progress=False, echo=lambda s: print(s, file=sys.stderr))
+        print(f"# {len(plan)} stages in {time.perf_counter() - t0:.0f} s (store {store.root}); profile {args.profile}")
+        if getattr(report, "failed", None):
+            print(f"# failed stages: {report.failed}")
 
     header = ["method", "seed", "val objective e0", "last", "gain", "class acc e0", "last", "chance",
               "clip->text R@1 e0", "last", "chance"]
