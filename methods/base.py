@@ -38,7 +38,16 @@ if TYPE_CHECKING:  # pragma: no cover
     from clap_bench.clips.language import TextPolicy
     from clap_bench.config import TrainConfig
 
-METHODS = Registry("pre-training method")
+
+
+def _discover_methods() -> None:
+    import clap_bench.methods.zoo  # noqa: F401  (the built-ins, registered first)
+    from clap_bench.plugins import METHOD_GROUP, load_entry_points
+
+    load_entry_points(METHOD_GROUP)
+
+
+METHODS = Registry("pre-training method", discover=_discover_methods)
 
 Gather = Callable[[torch.Tensor], torch.Tensor]
 
@@ -214,6 +223,18 @@ class MethodConfig:
         ``batch``: ``label`` (N,) class index (-1: none), ``region`` (N,) 1 foreground / 0
         background, ``texts`` (N strings), ``video_ids`` (N strings). ``dist``: see ``DistContext``.
         """
+        terms, stats = self.head_terms(out, batch)
+        if self.contrastive:
+            c = gathered_contrastive_loss(model, out, batch, dist, masked=self.contrastive == "mask")
+            terms["contrastive"] = c["loss"]
+            stats.update(v2t=c["v2t"], t2v=c["t2v"], temperature=1.0 / model.logit_scale())
+        return terms, stats
+
+    def head_terms(
+        self, out: Dict[str, torch.Tensor], batch: Dict[str, Any]
+    ) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:
+        """Eq. 6's terms of the heads the flags ask for: ``class_ce`` (f_c, foreground clips) and
+        ``region_ce`` (f_r, every clip), with their accuracies as statistics."""
         label = batch["label"]
         region = batch["region"]
         fg = region == 1
@@ -229,10 +250,6 @@ class MethodConfig:
             logits = out["region_logits"]
             terms["region_ce"] = masked_cross_entropy(logits, region, torch.ones_like(fg))
             stats["region_acc"] = (logits.argmax(1) == region).float().mean()
-        if self.contrastive:
-            c = gathered_contrastive_loss(model, out, batch, dist, masked=self.contrastive == "mask")
-            terms["contrastive"] = c["loss"]
-            stats.update(v2t=c["v2t"], t2v=c["t2v"], temperature=1.0 / model.logit_scale())
         return terms, stats
 
     def loss_weights(self) -> Dict[str, float]:
@@ -305,7 +322,12 @@ def register_method(name: str):
 
     def decorator(cls):
         if not (isinstance(cls, type) and issubclass(cls, MethodConfig)):
-            raise TypeError(f"register_method({name!r}) expects a MethodConfig subclass")
+            what = f"{getattr(cls, '__module__', '?')}.{getattr(cls, '__qualname__', repr(cls))}"
+            raise TypeError(f"register_method({name!r}): {what} is not a method; "
+                            "expected a dataclass subclass of clap_bench.methods.MethodConfig")
+        if not dataclasses.is_dataclass(cls) or "__dataclass_fields__" not in cls.__dict__:
+            raise TypeError(f"register_method({name!r}): {cls.__module__}.{cls.__qualname__} must be decorated "
+                            "with @dataclass (below @register_method), so its fields are config keys")
         cls.name = name
         METHODS.register(name)(cls)
         return cls

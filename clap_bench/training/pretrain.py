@@ -229,9 +229,12 @@ def pretrain(
     from clap_bench.features.extract import VideoSource
     from clap_bench.methods import PretrainModel, method_from_profile
 
+    from clap_bench.plugins import load_profile_imports
+
     out_dir = Path(out_dir)
     if (out_dir / FINAL_NAME).exists():
         return out_dir / FINAL_NAME
+    load_profile_imports(profile)  # a plug-in method, in the process that trains it
     method_cfg = method_from_profile(method, profile.methods)
     info = setup_distributed()
     cfg: TrainConfig = profile.pretrain
