@@ -38,6 +38,10 @@ METHOD_GROUP = "clap_bench.methods"
 TASK_GROUP = "clap_bench.tasks"
 
 
+# Module name -> the distribution whose entry point loaded it (its version identifies the code).
+_ENTRY_POINT_DISTS: Dict[str, metadata.Distribution] = {}
+
+
 class PluginImportError(ConfigError):
     """A plug-in module or entry point could not be loaded."""
 
@@ -62,6 +66,9 @@ def load_entry_points(group: str) -> None:
                 obj = ep.load()
             except Exception as e:
                 raise PluginImportError(f"{origin}: failed to load: {type(e).__name__}: {e}") from e
+            module_name = obj.__name__ if inspect.ismodule(obj) else getattr(obj, "__module__", None)
+            if module_name and getattr(ep, "dist", None) is not None:
+                _ENTRY_POINT_DISTS[module_name] = ep.dist
             if inspect.ismodule(obj):
                 continue
             if group == METHOD_GROUP:
@@ -132,6 +139,8 @@ def with_imports(profile, modules: Optional[Iterable[str]]):
 
 # --------------------------------------------------------------------------- versions
 def _distribution_of(module_name: str) -> Optional[metadata.Distribution]:
+    if module_name in _ENTRY_POINT_DISTS:
+        return _ENTRY_POINT_DISTS[module_name]
     top = module_name.split(".")[0]
     try:
         names = metadata.packages_distributions().get(top) or []
