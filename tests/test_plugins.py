@@ -310,3 +310,34 @@ def test_example_method_runs_two_seeds_and_its_rows_are_in_the_tables(tmp_path):
     rows = [r for r in csv.DictReader(io.StringIO(table.stdout)) if r.get("method") == "my-method"]
     assert {r["table"] for r in rows} >= {"1", "2a", "2b", "3"}
     assert all(r["n"] == "2" for r in rows)
+
+
+def test_plugin_task_is_listed_and_planned_on_the_features_it_declares(plugin_dir):
+    from clap_bench.runs.plan import build_plan, parse_tasks
+
+    _write(plugin_dir, "task_plugin", """
+        from dataclasses import dataclass
+        import h5py
+        from clap_bench.downstream.base import register_task
+
+        @dataclass
+        class CountConfig:
+            minimum: int = 0
+
+        @register_task("count-videos", CountConfig, ("activitynet",), "videos with features (example task)")
+        def count_videos(ctx):
+            with h5py.File(ctx.features["activitynet"], "r") as f:
+                return {"videos": float(len(f))}
+    """)
+    result = runner.invoke(app, ["list", "tasks", "count-*", "--import", "task_plugin"])
+    assert result.exit_code == 0, result.output
+    assert "count-videos" in result.output and "module task_plugin (--import)" in result.output
+    profile = load_profile("smoke")
+    profile.imports = ["task_plugin"]
+    plan = build_plan(profile, ["clap"], [0], parse_tasks("tal,count-videos"))
+    stage = plan.stages["clap/seed0/count-videos"]
+    assert stage.deps == ("clap/seed0/extract-activitynet",)
+    assert stage.config["task_plugin"]["module"] == "task_plugin"
+    assert "task_plugin" not in plan.stages["clap/seed0/tal"].config
+    with pytest.raises(ConfigError, match="unknown task 'nope'"):
+        parse_tasks("nope")
