@@ -238,6 +238,9 @@ class Profile:
     preflight: PreflightConfig = field(default_factory=PreflightConfig)
     methods: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     tasks: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    # Plug-in modules imported before methods and tasks are looked up (clap_bench.plugins);
+    # ``--import`` on the command line adds to them.
+    imports: List[str] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- generic helpers

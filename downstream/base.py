@@ -7,6 +7,9 @@ into ``ctx.out_dir``; the run store decides where that folder is.
 
 Each task declares its own defaults as a dataclass (``config_cls``); the profile's
 ``tasks.<name>`` section overrides them, with unknown keys rejected.
+
+Tasks outside the package register the same way, from an installed distribution's entry point
+(group ``clap_bench.tasks``) or a module named by ``imports`` / ``--import`` (``clap_bench.plugins``).
 """
 
 from __future__ import annotations
@@ -18,7 +21,16 @@ from typing import Any, Callable, Dict, Optional
 from clap_bench.config import DatasetConfig, from_dict
 from clap_bench.registry import Registry
 
-TASKS = Registry("downstream task")
+
+
+def _discover_tasks() -> None:
+    import clap_bench.downstream.tasks  # noqa: F401  (the built-ins, registered first)
+    from clap_bench.plugins import TASK_GROUP, load_entry_points
+
+    load_entry_points(TASK_GROUP)
+
+
+TASKS = Registry("downstream task", discover=_discover_tasks)
 
 
 @dataclass
@@ -48,19 +60,25 @@ def register_task(name: str, config_cls: type, datasets: tuple, description: str
     """Register ``fn(ctx) -> metrics`` as downstream task ``name``."""
 
     def decorator(fn):
-        TASKS.register(name)(lambda: TaskSpec(name, fn, config_cls, datasets, description))
+        def factory() -> TaskSpec:
+            return TaskSpec(name, fn, config_cls, datasets, description)
+
+        # Named after the task function, so that its origin and version are the plug-in's.
+        factory.__module__, factory.__qualname__, factory.__wrapped_task__ = fn.__module__, fn.__qualname__, fn
+        TASKS.register(name)(factory)
         return fn
 
     return decorator
 
 
 def get_task(name: str) -> TaskSpec:
-    import clap_bench.downstream.tasks  # noqa: F401  (registers the built-in tasks)
-
     return TASKS.get(name)()
 
 
 def list_tasks(pattern: str = "*") -> list:
-    import clap_bench.downstream.tasks  # noqa: F401
-
     return TASKS.list(pattern)
+
+
+def task_origin(name: str) -> str:
+    """``built-in``, ``entry point ...`` or ``module ...`` (see ``clap_bench.plugins``)."""
+    return TASKS.origin(name)

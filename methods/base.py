@@ -3,19 +3,98 @@
 A method is a dataclass of its own defaults registered by name (``@register_method``). The
 profile's ``methods.<name>`` section overrides fields (unknown keys are rejected), and
 ``create_method(name, **kw)`` builds one with keyword overrides (``None`` means "not given").
-Nothing else differs between methods: the trainer, encoder and data pipeline are shared.
+The trainer, encoder and data pipeline are shared; what a method owns is reached only through
+the hooks of ``MethodConfig``:
+
+* ``build_heads(feat_dim, num_classes, text_dim, gvf_dim, options)``: the modules (or parameters
+  and buffers) added to the model next to the backbone: saved in checkpoints, trained at
+  ``lr_heads``;
+* ``forward_heads(model, h, text_features, gvf)``: the heads' outputs for clip features ``h``;
+* ``loss_terms(model, out, batch, dist)``: named scalar loss terms and statistics; ``dist``
+  (``DistContext``) gathers tensors over processes, so contrastive negatives can come from the
+  global batch; ``loss_weights()`` weights the terms in the sum;
+* ``text_policy(train_cfg)``: which text each clip is paired with (``None``: no texts).
+
+The default hooks implement the flags below (``regions``, ``class_head``, ``region_head``,
+``contrastive``, ...); the seven methods of the paper are nothing but flag defaults. A plug-in
+method overrides any hook (see ADDING_A_METHOD.md); plug-ins are found by ``clap_bench.plugins``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
-from typing import Any, ClassVar, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Dict, List, Optional, Tuple
 
-from clap_bench.config import from_dict
+import torch
+from torch import nn
+
+from clap_bench.config import ContrastiveConfig, from_dict
+from clap_bench.methods.losses import contrastive_loss, masked_cross_entropy, text_ids
 from clap_bench.registry import Registry
 
-METHODS = Registry("pre-training method")
+if TYPE_CHECKING:  # pragma: no cover
+    from clap_bench.clips.language import TextPolicy
+    from clap_bench.config import TrainConfig
+
+
+
+def _discover_methods() -> None:
+    import clap_bench.methods.zoo  # noqa: F401  (the built-ins, registered first)
+    from clap_bench.plugins import METHOD_GROUP, load_entry_points
+
+    load_entry_points(METHOD_GROUP)
+
+
+METHODS = Registry("pre-training method", discover=_discover_methods)
+
+Gather = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class DistContext:
+    """The processes a loss is computed over. ``gather``/``gather_no_grad`` concatenate a tensor
+    over processes along dim 0 (with / without gradient); ``None`` (one process, or validation)
+    means the batch of this process is the whole batch."""
+
+    gather: Optional[Gather] = None
+    gather_no_grad: Optional[Gather] = None
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def distributed(self) -> bool:
+        return self.gather is not None and self.world_size > 1
+
+    @property
+    def loss_world_size(self) -> int:
+        """The ``world_size`` a loss normalised over the global batch divides by (see ``methods.losses``)."""
+        return self.world_size if self.gather is not None else 1
+
+    def local_rows(self, n_local: int, device) -> torch.Tensor:
+        """Indices of this process's ``n_local`` items inside the gathered (global) batch."""
+        start = 0
+        if self.distributed:
+            offsets = self.gather_no_grad(torch.tensor([n_local], device=device))
+            start = int(offsets[: self.rank].sum())
+        return torch.arange(start, start + n_local, device=device)
+
+    def all(self, x: torch.Tensor, grad: bool = True) -> torch.Tensor:
+        """``x`` concatenated over processes (``x`` itself with one process)."""
+        if not self.distributed:
+            return x
+        return self.gather(x) if grad else self.gather_no_grad(x)
+
+
+@dataclass
+class HeadOptions:
+    """Profile settings the heads are built with (``encoder.embed_dim``, ``pretrain.contrastive``,
+    ``pretrain.head_init_std``)."""
+
+    embed_dim: int = 512
+    contrastive: ContrastiveConfig = dataclasses.field(default_factory=ContrastiveConfig)
+    head_init_std: Optional[float] = None
 
 REGIONS = ("all", "foreground")
 CONTRASTIVE = (None, "clip", "mask")
@@ -54,12 +133,188 @@ class MethodConfig:
         if self.region_gvf and not self.region_head:
             raise ValueError(f"{where}.region_gvf needs region_head: true")
 
+    # ------------------------------------------------------------------ what the trainer feeds
     @property
     def uses_text(self) -> bool:
+        """The model gets the frozen text features of each clip's text (``forward_heads``'s ``text_features``)."""
         return self.contrastive is not None
+
+    @property
+    def uses_gvf(self) -> bool:
+        """The model gets each clip's global video feature (TSP's region head)."""
+        return self.region_gvf
+
+    @property
+    def uses_captions(self) -> bool:
+        """Pre-training attaches the dense captions to the segments (``text_policy`` may pick them)."""
+        return self.use_captions
+
+    @property
+    def retrieval_foreground_only(self) -> bool:
+        """Validation's clip->text R@1 asks foreground clips only (the masked loss ignores background pairs)."""
+        return self.contrastive == "mask"
+
+    # ------------------------------------------------------------------ hooks
+    def build_heads(
+        self,
+        feat_dim: int,
+        num_classes: int,
+        text_dim: Optional[int],
+        gvf_dim: Optional[int],
+        options: HeadOptions,
+    ) -> Dict[str, Any]:
+        """Name -> ``nn.Module`` (or ``nn.Parameter``, or a tensor kept as a buffer) added to the model.
+
+        Built in this order, so that with a given seed the initial weights never change. Names
+        become attributes of ``PretrainModel`` and keys of its checkpoints.
+        """
+        heads: Dict[str, Any] = {}
+        if self.class_head:
+            if num_classes < 1:
+                raise ValueError(f"method {self.name}: a class head needs at least one class")
+            heads["class_head"] = nn.Linear(feat_dim, num_classes)
+        if self.region_head:
+            extra = 0
+            if self.region_gvf:
+                if not gvf_dim:
+                    raise ValueError(f"method {self.name}: region_gvf needs the GVF size (gvf_dim)")
+                extra = gvf_dim
+            heads["region_head"] = nn.Linear(feat_dim + extra, 2)
+        if options.head_init_std is not None:  # TSP's heads: weights from N(0, std), zero bias
+            for head in (heads.get("class_head"), heads.get("region_head")):
+                if head is not None:
+                    nn.init.normal_(head.weight, 0.0, options.head_init_std)
+                    nn.init.zeros_(head.bias)
+        if self.contrastive:
+            if not text_dim:
+                raise ValueError(f"method {self.name}: a contrastive loss needs the text feature size")
+            heads.update(contrastive_heads(feat_dim, text_dim, options))
+        return heads
+
+    def forward_heads(
+        self,
+        model: nn.Module,
+        h: torch.Tensor,
+        text_features: Optional[torch.Tensor] = None,
+        gvf: Optional[torch.Tensor] = None,
+    ) -> Dict[str, torch.Tensor]:
+        """The heads' outputs for the clips' features ``h`` (the backbone's output, (N, feat_dim))."""
+        out: Dict[str, torch.Tensor] = {}
+        if self.class_head:
+            out["class_logits"] = model.class_head(h)
+        if self.region_head:
+            r_in = torch.cat([h, gvf.to(h.dtype)], dim=1) if self.region_gvf else h
+            out["region_logits"] = model.region_head(r_in)
+        if self.contrastive:
+            out["z_v"] = model.video_proj(h)
+            out["z_t"] = model.text_proj(text_features.to(h.dtype))
+        return out
+
+    def loss_terms(
+        self,
+        model: nn.Module,
+        out: Dict[str, torch.Tensor],
+        batch: Dict[str, Any],
+        dist: DistContext,
+    ) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:
+        """(terms, stats): named scalar loss terms (summed with ``loss_weights()``) and named
+        scalar statistics (logged, not trained on) for one batch.
+
+        ``batch``: ``label`` (N,) class index (-1: none), ``region`` (N,) 1 foreground / 0
+        background, ``texts`` (N strings), ``video_ids`` (N strings). ``dist``: see ``DistContext``.
+        """
+        terms, stats = self.head_terms(out, batch)
+        if self.contrastive:
+            c = gathered_contrastive_loss(model, out, batch, dist, masked=self.contrastive == "mask")
+            terms["contrastive"] = c["loss"]
+            stats.update(v2t=c["v2t"], t2v=c["t2v"], temperature=1.0 / model.logit_scale())
+        return terms, stats
+
+    def head_terms(
+        self, out: Dict[str, torch.Tensor], batch: Dict[str, Any]
+    ) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:
+        """Eq. 6's terms of the heads the flags ask for: ``class_ce`` (f_c, foreground clips) and
+        ``region_ce`` (f_r, every clip), with their accuracies as statistics."""
+        label = batch["label"]
+        region = batch["region"]
+        fg = region == 1
+        terms: Dict[str, Any] = {}
+        stats: Dict[str, Any] = {}
+        if self.class_head:
+            logits = out["class_logits"]
+            keep = fg & (label >= 0)
+            terms["class_ce"] = masked_cross_entropy(logits, label.clamp(min=0), keep)
+            if bool(keep.any()):
+                stats["class_acc"] = (logits[keep].argmax(1) == label[keep]).float().mean()
+        if self.region_head:
+            logits = out["region_logits"]
+            terms["region_ce"] = masked_cross_entropy(logits, region, torch.ones_like(fg))
+            stats["region_acc"] = (logits.argmax(1) == region).float().mean()
+        return terms, stats
+
+    def loss_weights(self) -> Dict[str, float]:
+        """Weight of each term of ``loss_terms`` in the loss (terms not named here: 1)."""
+        return {"class_ce": self.class_weight, "region_ce": self.region_weight, "contrastive": self.contrastive_weight}
+
+    def text_policy(self, train_cfg: "TrainConfig") -> Optional["TextPolicy"]:
+        """Which text each clip is paired with (``None``: the method uses no text)."""
+        if not self.uses_text:
+            return None
+        from clap_bench.clips.language import TextPolicy
+
+        return TextPolicy(
+            use_captions=self.use_captions, caption_prob=train_cfg.caption_prob,
+            background_prompts_only=self.background_prompts_only, caption_choice=train_cfg.caption_choice,
+        )
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def projection(in_dim: int, out_dim: int) -> nn.Sequential:
+    """g_v / g_t of the paper (§4.1): batch normalisation followed by a linear layer."""
+    return nn.Sequential(nn.BatchNorm1d(in_dim), nn.Linear(in_dim, out_dim))
+
+
+def contrastive_heads(feat_dim: int, text_dim: int, options: HeadOptions) -> Dict[str, Any]:
+    """g_v, g_t and the (fixed or learned) log logit scale of a contrastive method (§4.1)."""
+    scale = torch.tensor(math.log(1.0 / options.contrastive.temperature))
+    return {
+        "video_proj": projection(feat_dim, options.embed_dim),
+        "text_proj": projection(text_dim, options.embed_dim),
+        "log_logit_scale": nn.Parameter(scale) if options.contrastive.learn_temperature else scale,
+    }
+
+
+def gathered_contrastive_loss(
+    model: nn.Module,
+    out: Dict[str, torch.Tensor],
+    batch: Dict[str, Any],
+    dist: DistContext,
+    masked: bool,
+    **form: Any,
+) -> Dict[str, torch.Tensor]:
+    """Eq. 3 (``masked=False``) or Eq. 5 of ``out["z_v"]``/``out["z_t"]`` against the global batch.
+
+    Every process gathers the embeddings, text ids and foreground flags of all processes and
+    computes the terms of its own pairs (see ``methods.losses``). ``form`` overrides keyword
+    arguments of ``contrastive_loss`` (default: ``pretrain.contrastive`` of the profile).
+    """
+    z_v, z_t = out["z_v"], out["z_t"]
+    fg = batch["region"] == 1
+    ids = text_ids(batch["texts"]).to(z_v.device)
+    rows = dist.local_rows(z_v.shape[0], z_v.device)
+    z_v, z_t = dist.all(z_v), dist.all(z_t)
+    ids, fg_all = dist.all(ids, grad=False), dist.all(fg.to(torch.uint8), grad=False).bool()
+    kwargs = dict(
+        foreground=fg_all if masked else None,
+        rows=rows,
+        world_size=dist.loss_world_size,
+        normalize=model.contrastive.normalize,
+        duplicate_texts=model.contrastive.duplicate_texts,
+    )
+    kwargs.update(form)
+    return contrastive_loss(z_v, z_t, ids, model.logit_scale(), **kwargs)
 
 
 def register_method(name: str):
@@ -67,7 +322,12 @@ def register_method(name: str):
 
     def decorator(cls):
         if not (isinstance(cls, type) and issubclass(cls, MethodConfig)):
-            raise TypeError(f"register_method({name!r}) expects a MethodConfig subclass")
+            what = f"{getattr(cls, '__module__', '?')}.{getattr(cls, '__qualname__', repr(cls))}"
+            raise TypeError(f"register_method({name!r}): {what} is not a method; "
+                            "expected a dataclass subclass of clap_bench.methods.MethodConfig")
+        if not dataclasses.is_dataclass(cls) or "__dataclass_fields__" not in cls.__dict__:
+            raise TypeError(f"register_method({name!r}): {cls.__module__}.{cls.__qualname__} must be decorated "
+                            "with @dataclass (below @register_method), so its fields are config keys")
         cls.name = name
         METHODS.register(name)(cls)
         return cls

@@ -31,12 +31,19 @@ exactly the gradient of the single-process loss on the concatenated batch.
 
 from __future__ import annotations
 
-from typing import Dict, Optional
+import hashlib
+from typing import Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
 
 from clap_bench.config import DUPLICATE_TEXTS
+
+
+def text_ids(texts: List[str]) -> torch.Tensor:
+    """Stable 63-bit ids of strings (equal strings, equal ids, in every process)."""
+    ids = [int.from_bytes(hashlib.blake2b(t.encode("utf-8"), digest_size=8).digest(), "little") >> 1 for t in texts]
+    return torch.tensor(ids, dtype=torch.int64)
 
 
 def contrastive_terms(

@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+from typing import List, Optional
+
 import typer
 
 list_app = typer.Typer(name="list", help="List registered methods, downstream tasks and annotation formats.", no_args_is_help=True, add_completion=False)
@@ -15,28 +17,62 @@ def register(app: typer.Typer) -> None:
     app.add_typer(list_app, name="list")
 
 
-@list_app.command("methods")
-def methods(pattern: str = typer.Argument("*", help="Wildcard filter, e.g. 'clap*'.")) -> None:
-    """Pre-training methods, one line each: name and what it trains."""
-    from clap_bench.methods import list_methods, method_summary
+IMPORT_HELP = "Plug-in module to import first (repeatable), e.g. my_pkg.my_method."
 
-    names = list_methods(pattern)
+
+def _load(imports: Optional[List[str]], profile: Optional[str]) -> None:
+    """Import the plug-ins of ``--import`` and of ``--profile``'s ``imports``; errors name the module."""
+    from clap_bench.config import ConfigError, load_profile
+    from clap_bench.plugins import import_modules, load_profile_imports
+
+    try:
+        if profile:
+            load_profile_imports(load_profile(profile))
+        import_modules(imports or [])
+    except ConfigError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2)
+
+
+@list_app.command("methods")
+def methods(
+    pattern: str = typer.Argument("*", help="Wildcard filter, e.g. 'clap*'."),
+    imports: Optional[List[str]] = typer.Option(None, "--import", help=IMPORT_HELP),
+    profile: Optional[str] = typer.Option(None, "--profile", "-p", help="Also import the profile's plug-ins (imports:)."),
+) -> None:
+    """Pre-training methods, one line each: name, where it comes from, what it trains."""
+    from clap_bench.config import ConfigError
+    from clap_bench.methods import METHODS, list_methods, method_summary
+
+    _load(imports, profile)
+    try:
+        names = list_methods(pattern)
+    except ConfigError as e:  # an entry point that fails to load
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2)
     if not names:
         typer.echo(f"no method matches {pattern!r}", err=True)
         raise typer.Exit(1)
     width = max(len(n) for n in names)
+    origins = {n: METHODS.origin(n) for n in names}
+    owidth = max(len(o) for o in origins.values())
     for name in names:
-        typer.echo(f"{name:<{width}}  {method_summary(name)}")
+        typer.echo(f"{name:<{width}}  {origins[name]:<{owidth}}  {method_summary(name)}")
 
 
 @list_app.command("tasks")
-def tasks(pattern: str = typer.Argument("*", help="Wildcard filter.")) -> None:
-    """Downstream tasks, one line each: name, datasets it reads, what it is."""
-    from clap_bench.downstream.base import get_task, list_tasks
+def tasks(
+    pattern: str = typer.Argument("*", help="Wildcard filter."),
+    imports: Optional[List[str]] = typer.Option(None, "--import", help=IMPORT_HELP),
+    profile: Optional[str] = typer.Option(None, "--profile", "-p", help="Also import the profile's plug-ins (imports:)."),
+) -> None:
+    """Downstream tasks, one line each: name, where it comes from, datasets it reads, what it is."""
+    from clap_bench.downstream.base import get_task, list_tasks, task_origin
 
+    _load(imports, profile)
     for name in list_tasks(pattern):
         spec = get_task(name)
-        typer.echo(f"{name:<6}  {','.join(spec.datasets):<28}  {spec.description}")
+        typer.echo(f"{name:<6}  {task_origin(name):<10}  {','.join(spec.datasets):<28}  {spec.description}")
 
 
 @list_app.command("formats")

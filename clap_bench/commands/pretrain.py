@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -30,17 +30,24 @@ def pretrain_command(
     classes: Optional[str] = typer.Option(None, "--classes", help="Class subset: base, val, test (few-shot split) or a file of class names."),
     init: Optional[str] = typer.Option(None, "--init", help="Initial backbone weights: kinetics400, source, or a .pth / checkpoint path."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    imports: Optional[List[str]] = typer.Option(None, "--import", help="Plug-in module defining methods (repeatable), e.g. my_pkg.my_method."),
 ) -> None:
     """Pre-train a video encoder with one method; resumes from the output folder's checkpoint."""
+    from clap_bench.config import ConfigError
     from clap_bench.methods import list_methods
+    from clap_bench.plugins import with_imports
     from clap_bench.training import pretrain, resolve_classes
 
+    try:
+        prof = with_imports(_profile(profile), imports)
+    except ConfigError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2)
     if method not in list_methods():
         raise typer.BadParameter(f"unknown method {method!r}; known: {', '.join(list_methods())}", param_hint="--method")
     from clap_bench.encoders.video import WeightsNotFoundError
     from clap_bench.io import UnsafeCheckpointError
 
-    prof = _profile(profile)
     out_dir = out or Path("results") / "runs" / prof.name / method / f"seed{seed}" / "pretrain"
     try:
         path = pretrain(prof, method, seed, out_dir, classes=resolve_classes(prof, classes), init=init, progress=progress)

@@ -31,15 +31,20 @@ def _backbone(profile: Profile) -> str:
     return "r3d_18" if profile.encoder.arch == "r3d_18" else "r2plus1d_18"
 
 
+IMPORT_HELP = "plug-in module defining methods or tasks (repeatable; added to the profile's imports), e.g. my_pkg.my_method"
+
+
 def _execute(methods: List[str], seeds: str, tasks: Optional[str], profile: Optional[str], config: Optional[Path],
              executor: str, cluster: Optional[Path], runs_dir: Optional[Path], dry_run: bool, wait: bool,
-             quiet: bool, table_methods: Optional[List[str]], baseline: Optional[str], wait_for_claims: bool = True) -> None:
+             quiet: bool, table_methods: Optional[List[str]], baseline: Optional[str], wait_for_claims: bool = True,
+             imports: Optional[List[str]] = None) -> None:
     from clap_bench.runs import RunStore, load_cluster, make_tables, parse_seeds, parse_tasks, render, run_plan, runs_root
+    from clap_bench.plugins import with_imports
     from clap_bench.runs.plan import plan_factory
     from clap_bench.runs.tables import tables_for_tasks
 
     try:
-        prof = _profile(profile, config)
+        prof = with_imports(_profile(profile, config), imports)  # the profile carries them to every stage's process
         seed_list = parse_seeds(seeds)
         task_list = parse_tasks(tasks)
         plan = plan_factory()(prof, methods, seed_list, task_list)
@@ -98,10 +103,11 @@ def register(app: typer.Typer) -> None:
         wait_for_claims: bool = typer.Option(True, "--wait/--no-wait",
                                              help="a stage another process is running: wait for it and reuse its result (default), "
                                                   "or skip it and the stages below it"),
+        imports: Optional[List[str]] = typer.Option(None, "--import", help=IMPORT_HELP),
     ):
         """Pre-train, extract and run the downstream tasks for one method over several seeds, then print its table."""
         _execute([method], seeds, tasks, profile, config, executor, cluster, runs_dir, dry_run, wait=True, quiet=quiet,
-                 table_methods=[method], baseline=None, wait_for_claims=wait_for_claims)
+                 table_methods=[method], baseline=None, wait_for_claims=wait_for_claims, imports=imports)
 
     @app.command("sweep")
     def sweep_cmd(
@@ -117,11 +123,12 @@ def register(app: typer.Typer) -> None:
         wait: bool = typer.Option(False, "--wait/--no-wait", help="slurm: wait for the jobs and print the tables"),
         baseline: str = typer.Option("tsp", "--baseline", help="method the p-values compare against"),
         quiet: bool = typer.Option(True, "--quiet/--progress"),
+        imports: Optional[List[str]] = typer.Option(None, "--import", help=IMPORT_HELP),
     ):
         """Run several methods x seeds (as SLURM jobs chained by afterok dependencies, or locally)."""
         method_list = [m.strip() for m in methods.split(",") if m.strip()]
         _execute(method_list, seeds, tasks, profile, config, executor, cluster, runs_dir, dry_run, wait=wait or executor != "slurm",
-                 quiet=quiet, table_methods=method_list, baseline=baseline)
+                 quiet=quiet, table_methods=method_list, baseline=baseline, imports=imports)
 
     @app.command("status")
     def status_cmd(

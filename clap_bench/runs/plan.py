@@ -158,15 +158,20 @@ class Plan:
 
 # --------------------------------------------------------------------------- plan building
 def parse_tasks(tasks: Optional[Iterable[str] | str]) -> List[str]:
+    """The tasks to run: the paper's three by default (``all``), or the listed ones, which may be
+    plug-in tasks (registered by an entry point or an imported module, see ``clap_bench.plugins``)."""
     if tasks is None or tasks == "" or tasks == "all":
         return list(TASK_NAMES)
     if isinstance(tasks, str):
         tasks = [t for t in tasks.split(",") if t.strip()]
+    from clap_bench.downstream.base import list_tasks
+
+    known = list(TASK_NAMES) + [t for t in list_tasks() if t not in TASK_NAMES]
     out = []
     for t in tasks:
         t = t.strip()
-        if t not in TASK_NAMES:
-            raise ConfigError(f"--tasks: unknown task {t!r}; expected some of {', '.join(TASK_NAMES)}")
+        if t not in known:
+            raise ConfigError(f"--tasks: unknown task {t!r}; expected some of {', '.join(known)}")
         if t not in out:
             out.append(t)
     return out
@@ -187,6 +192,16 @@ def parse_seeds(seeds: int | str | Sequence[int]) -> List[int]:
         except ValueError:
             raise ConfigError(f"--seeds: expected a count (5) or a list (0,3,4), got {seeds!r}") from None
     return sorted({int(s) for s in seeds})
+
+
+def task_features(task: str) -> tuple:
+    """(encoder variant, dataset keys) a task reads; a plug-in task reads the all-class encoder's
+    features of the datasets its ``TaskSpec`` declares."""
+    if task in TASK_FEATURES:
+        return TASK_FEATURES[task]
+    from clap_bench.downstream.base import get_task
+
+    return ("all", tuple(get_task(task).datasets))
 
 
 def external_feature_files(method: str, datasets: Iterable[str]) -> Dict[str, Path]:
@@ -219,8 +234,10 @@ def validate_run(profile: Profile, methods: Sequence[str], tasks: Sequence[str])
     ``tasks.<name>`` sections (names and keys). Raises ``ConfigError`` listing the known names."""
     from clap_bench.downstream.base import get_task, list_tasks
     from clap_bench.methods import create_method, list_methods
+    from clap_bench.plugins import load_profile_imports
     from clap_bench.training.pretrain import PRETRAIN_DATASET, SOURCE_DATASET
 
+    load_profile_imports(profile)  # plug-in methods and tasks named by imports / --import
     known_methods = list_methods()
     for method in methods:
         if not method.startswith(EXTERNAL_PREFIX) and method not in known_methods:
@@ -282,16 +299,17 @@ def build_plan(profile: Profile, methods: Sequence[str], seeds: Sequence[int], t
     for method in methods:
         external = method.startswith(EXTERNAL_PREFIX)
         if external:
-            needed = sorted({d for t in tasks for d in TASK_FEATURES[t][1]})
+            needed = sorted({d for t in tasks for d in task_features(t)[1]})
             files = external_feature_files(method, needed)
         for seed in seeds:
             if external:
                 for task in tasks:
-                    feats = {d: files[d] for d in TASK_FEATURES[task][1]}
+                    feats = {d: files[d] for d in task_features(task)[1]}
                     plan.add(StageSpec(
                         task, method, seed, run_task_stage,
                         {"task": task, "overrides": p.tasks.get(task, {}), "data": data_identity(p),
-                         "features": {d: _file_identity(f) for d, f in feats.items()}, "runtime": runtime},
+                         "features": {d: _file_identity(f) for d, f in feats.items()}, "runtime": runtime,
+                         **_task_plugin(task)},
                     ))
                 continue
             encoders = {}
@@ -299,19 +317,21 @@ def build_plan(profile: Profile, methods: Sequence[str], seeds: Sequence[int], t
             # A method that does not train (none) has one encoder whatever the seed or class
             # subset: every seed shares its seed-0 pre-training and extraction stages.
             encoder_seed = seed if trains else 0
-            for variant in sorted({TASK_FEATURES[t][0] for t in tasks}):
+            plugin = method_plugin(method, p.methods.get(method, {}))
+            for variant in sorted({task_features(t)[0] for t in tasks}):
                 name = "pretrain" if (variant == "all" or not trains) else "pretrain-base"
                 config = {"data": data_identity(p), "clips": to_dict(p.clips), "encoder": to_dict(p.encoder),
                           "method_overrides": p.methods.get(method, {}), "runtime": runtime}
                 if trains:
                     config.update(train=to_dict(p.pretrain), classes=variant)
+                config.update(plugin)
                 encoders[variant] = plan.add(StageSpec(
                     name, method, encoder_seed, run_pretrain_stage, config,
                     deps=(source_key,) if source_key else (),
                     resources="pretrain",
                 )).key
             for task in tasks:
-                variant, datasets = TASK_FEATURES[task]
+                variant, datasets = task_features(task)
                 extracts = []
                 for d in datasets:
                     name = f"extract-{d}" if (variant == "all" or not trains) else f"extract-base-{d}"
@@ -324,7 +344,8 @@ def build_plan(profile: Profile, methods: Sequence[str], seeds: Sequence[int], t
                     )).key)
                 plan.add(StageSpec(
                     task, method, seed, run_task_stage,
-                    {"task": task, "overrides": p.tasks.get(task, {}), "data": data_identity(p), "runtime": runtime},
+                    {"task": task, "overrides": p.tasks.get(task, {}), "data": data_identity(p), "runtime": runtime,
+                     **_task_plugin(task)},
                     deps=tuple(extracts),
                 ))
     return plan
@@ -345,6 +366,23 @@ def plan_factory() -> Callable[..., Plan]:
         return getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as e:
         raise ConfigError(f"${PLAN_FACTORY_ENV}={name!r}: cannot load it ({e}); expected module:function") from None
+
+
+def method_plugin(method: str, overrides: Optional[dict]) -> Dict[str, Any]:
+    """``{"method_plugin": ...}`` for a plug-in method (its code version and full config, so a
+    changed plug-in gets new stages), ``{}`` for a built-in (whose hashes stay as they were)."""
+    from clap_bench.plugins import method_identity
+
+    identity = method_identity(method, overrides)
+    return {} if identity is None else {"method_plugin": identity}
+
+
+def _task_plugin(task: str) -> Dict[str, Any]:
+    from clap_bench.downstream.base import TASKS
+    from clap_bench.plugins import plugin_identity
+
+    identity = plugin_identity(getattr(TASKS.get(task), "__wrapped_task__", None))
+    return {} if identity is None else {"task_plugin": identity}
 
 
 def _file_identity(path: Path) -> Dict[str, Any]:
@@ -423,6 +461,9 @@ def run_extract_stage(ctx: StageContext) -> Dict[str, Any]:
 
 def run_task_stage(ctx: StageContext) -> Dict[str, Any]:
     from clap_bench.downstream.base import TaskContext, get_task
+    from clap_bench.plugins import load_profile_imports
+
+    load_profile_imports(ctx.profile)  # a plug-in task, in the process that runs the stage
 
     task = ctx.config["task"]
     if "features" in ctx.config:  # external features

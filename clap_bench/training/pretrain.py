@@ -223,7 +223,6 @@ def pretrain(
     ``init`` overrides ``encoder.weights``.
     """
     from clap_bench.clips import SegmentClipDataset, collate_segments, resolve_video_path
-    from clap_bench.clips.language import TextPolicy
     from clap_bench.data import load_dataset
     from clap_bench.data.check import drop_problem_videos
     from clap_bench.data.loading import attach_captions
@@ -231,9 +230,12 @@ def pretrain(
     from clap_bench.features.extract import VideoSource
     from clap_bench.methods import PretrainModel, method_from_profile
 
+    from clap_bench.plugins import load_profile_imports
+
     out_dir = Path(out_dir)
     if (out_dir / FINAL_NAME).exists():
         return out_dir / FINAL_NAME
+    load_profile_imports(profile)  # a plug-in method, in the process that trains it
     method_cfg = method_from_profile(method, profile.methods)
     info = setup_distributed()
     cfg: TrainConfig = profile.pretrain
@@ -268,7 +270,7 @@ def pretrain(
     else:
         class_list = list(ann.classes)
     val_ann = validation_annotations(full_ann, class_list) if cfg.validate else None
-    if method_cfg.use_captions:
+    if method_cfg.uses_captions:
         if CAPTIONS_DATASET not in datasets:
             raise KeyError(f"method {method}: uses captions but profile {profile.name!r} has no {CAPTIONS_DATASET!r} dataset")
         captions = load_dataset(datasets[CAPTIONS_DATASET], CAPTIONS_DATASET)
@@ -291,7 +293,7 @@ def pretrain(
         text_dim = text.dim
     gvf = val_gvf = None
     gvf_dim = None
-    if method_cfg.region_gvf:
+    if method_cfg.uses_gvf:
         videos = [
             VideoSource(v.id, resolve_video_path(ds_cfg.videos, v), float(v.duration))
             for v in sorted(ann.videos.values(), key=lambda v: v.id)
@@ -317,12 +319,7 @@ def pretrain(
         encoder, method_cfg, len(class_list), text_dim, gvf_dim,
         embed_dim=profile.encoder.embed_dim, contrastive=cfg.contrastive, head_init_std=cfg.head_init_std,
     )
-    policy = None
-    if method_cfg.uses_text:
-        policy = TextPolicy(
-            use_captions=method_cfg.use_captions, caption_prob=cfg.caption_prob,
-            background_prompts_only=method_cfg.background_prompts_only, caption_choice=cfg.caption_choice,
-        )
+    policy = method_cfg.text_policy(cfg)
     clip_level = cfg.batch_composition == "clips"
     dataset = SegmentClipDataset(
         ann, ds_cfg.videos, profile.clips, train=True, regions=method_cfg.regions, text_policy=policy,

@@ -308,11 +308,9 @@ class Trainer:
         method = model.method
         if method.uses_text and text_features is None:
             raise ValueError(f"method {method.name} needs text features (text_features=...)")
-        if method.region_gvf and gvf is None:
+        if method.uses_gvf and gvf is None:
             raise ValueError(f"method {method.name} needs global video features (gvf=...)")
-        heads = [p for m in model.head_modules() for p in m.parameters()]
-        if hasattr(model, "log_logit_scale") and isinstance(model.log_logit_scale, nn.Parameter):
-            heads.append(model.log_logit_scale)
+        heads = model.head_parameters()
         self.frozen_modules = frozen_backbone_modules(model.backbone, cfg.freeze_stem, cfg.frozen_stages)
         for module in self.frozen_modules:
             module.requires_grad_(False)
@@ -453,7 +451,7 @@ class Trainer:
         if model.method.uses_text:
             text_feats = self.text_features(list(batch["texts"])).to(self.device)
         gvf = None
-        if model.method.region_gvf:
+        if model.method.uses_gvf:
             try:
                 gvf = torch.stack([self.gvf[v] for v in batch["video_ids"]]).to(self.device)
             except KeyError as e:
@@ -464,7 +462,7 @@ class Trainer:
         losses = compute_losses(
             model,
             out,
-            {"label": label, "region": region, "texts": list(batch["texts"])},
+            {"label": label, "region": region, "texts": list(batch["texts"]), "video_ids": list(batch.get("video_ids") or [])},
             gather=gather_with_grad if self.dist.distributed else None,
             gather_no_grad=gather_no_grad,
             rank=self.dist.rank,
@@ -568,7 +566,7 @@ class Trainer:
             texts = list(batch["texts"])
             text_feats = self.text_features(texts).to(self.device) if method.uses_text else None
             gvf = None
-            if method.region_gvf:
+            if method.uses_gvf:
                 table = self.val_gvf if self.val_gvf is not None else self.gvf
                 try:
                     gvf = torch.stack([table[v] for v in batch["video_ids"]]).to(self.device)
@@ -577,20 +575,20 @@ class Trainer:
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
                 out = model(clips, text_feats, gvf)
             out = {k: v.float() for k, v in out.items()}
-            losses = compute_losses(model, out, {"label": label, "region": region, "texts": texts})
+            losses = compute_losses(model, out, {"label": label, "region": region, "texts": texts, "video_ids": list(batch.get("video_ids") or [])})
             n = int(clips.shape[0])
             for k in [k for k in losses if k not in ("v2t", "t2v", "temperature", "class_acc", "region_acc")]:
                 sums[k] = sums.get(k, 0.0) + float(losses[k]) * n
             weight += n
             fg = region == 1
-            if method.class_head:
+            if "class_logits" in out:
                 keep = fg & (label >= 0)
                 hits["class"][0] += int((out["class_logits"][keep].argmax(1) == label[keep]).sum())
                 hits["class"][1] += int(keep.sum())
-            if method.region_head:
+            if "region_logits" in out:
                 hits["region"][0] += int((out["region_logits"].argmax(1) == region).sum())
                 hits["region"][1] += n
-            if method.contrastive:
+            if "z_v" in out and hasattr(model, "text_proj"):  # retrieval in the space of g_v / g_t
                 z_v_all.append(_similarity_space(model, out["z_v"]).cpu())
                 texts_all.extend(texts)
                 fg_all.append(fg.cpu())
@@ -601,12 +599,12 @@ class Trainer:
         for name, (right, total) in hits.items():
             if total:
                 result[f"{name}_acc"] = right / total
-        if method.class_head and getattr(self.validation, "classes", None):
+        if hits["class"][1] and getattr(self.validation, "classes", None):
             result["class_acc_chance"] = 1.0 / len(self.validation.classes)
         if z_v_all:
             result.update(retrieval_r1(
                 model, torch.cat(z_v_all), texts_all, torch.cat(fg_all), text_cache,
-                foreground_only=method.contrastive == "mask", device=self.device,
+                foreground_only=method.retrieval_foreground_only, device=self.device,
             ))
         model.train(was_training)
         return result
