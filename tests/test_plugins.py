@@ -30,9 +30,10 @@ runner = CliRunner()
 @pytest.fixture
 def plugin_dir(tmp_path, monkeypatch):
     """A folder on the import path for plug-in modules; the registries and modules are restored after."""
-    from clap_bench.downstream.base import TASKS
+    from clap_bench.downstream.base import TASKS, list_tasks
 
-    list_methods()  # discovery done before the snapshot
+    list_methods()  # discovery of both registries done before the snapshot: restoring a snapshot
+    list_tasks()  # taken before it would drop the built-ins that discovery registers
     saved = [(r, dict(r._entries), dict(r._origins), r._discovered) for r in (METHODS, TASKS)]
     folder = tmp_path / "plugins"
     folder.mkdir()
