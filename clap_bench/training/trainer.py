@@ -37,7 +37,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import random
 import signal
 import time
