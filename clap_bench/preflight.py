@@ -264,6 +264,21 @@ def _kinetics_available(profile: Profile) -> bool:
     return profile.encoder.weights != "kinetics400" or hub_checkpoint_path(profile.encoder.arch).is_file()
 
 
+def _text_model_available(name: Optional[str]) -> bool:
+    """Whether a text model (``encoder.text_model``, ``tasks.vlg.text_model``) is on this machine."""
+    from clap_bench.encoders.text import TextModelNotFoundError, resolve_text_model
+
+    try:
+        resolve_text_model(name)
+    except TextModelNotFoundError:
+        return False
+    return True
+
+
+def _glove_available(path: Optional[str]) -> bool:
+    return not path or Path(path).expanduser().is_file()
+
+
 def _device() -> torch.device:
     return torch.device(f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu")
 
@@ -295,6 +310,8 @@ def measure_pretrain(profile: Profile, data: PreflightData, method: str, steps: 
     }
     if not _kinetics_available(profile):
         over["encoder"] = {"weights": None}
+    if not _text_model_available(profile.encoder.text_model):
+        over.setdefault("encoder", {})["text_model"] = None  # the bundled MiniLM stands in (noted in the report)
     raw = to_dict(profile)
     raw["data"]["datasets"] = {}
     from clap_bench.config import deep_merge
@@ -441,7 +458,10 @@ def measure_tan(profile: Profile, data: PreflightData, key: str, steps: int, wor
     ann = subset_set(data.full[key], data.picks[key])
     queries = _repeat(grounding_queries(ann, d.train_subset), steps * batch)
     video_feats = load_video_features(work / "features" / f"{key}.h5", {q.video for q in queries}, d.num_sample_clips, cfg.normalize_features)
-    vectors = build_word_vectors(cfg.glove_path, cfg.text_model, [q.sentence for q in queries])
+    # GloVe or a text model missing on this machine: the bundled MiniLM's word pieces stand in (noted)
+    glove = cfg.glove_path if _glove_available(cfg.glove_path) else None
+    text_model = cfg.text_model if _text_model_available(cfg.text_model) else None
+    vectors = build_word_vectors(glove, text_model, [q.sentence for q in queries])
     words = embed_sentences(vectors, [q.sentence for q in queries])
     device = _device()
     torch.manual_seed(0)
@@ -658,6 +678,12 @@ def run_preflight(profile: Profile, methods: Sequence[str], videos: int = 2, ste
         data = load_data(profile, work, videos, stand_in)
         if not _kinetics_available(profile):
             notes.append("Kinetics-400 weights not in the torch hub cache: the preflight starts from random weights (same cost)")
+        if not _text_model_available(profile.encoder.text_model):
+            notes.append(f"text model {profile.encoder.text_model!r} not on this machine: the bundled all-MiniLM-L6-v2 "
+                         "stands in (384-d instead of BERT's 768-d; the video encoder's cost is the same)")
+        vlg_glove = (profile.tasks.get("vlg") or {}).get("glove_path")
+        if not _glove_available(vlg_glove):
+            notes.append(f"GloVe file {vlg_glove} not found: 2D-TAN reads the text encoder's word pieces instead")
         made = sum(k == "stand-in" for kinds in data.kinds.values() for k in kinds.values())
         if made:
             notes.append(f"{made} stand-in videos ({profile.preflight.stand_in_fps:g} fps, "

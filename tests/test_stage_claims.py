@@ -135,7 +135,7 @@ def test_two_runs_started_together_on_one_store_train_each_stage_once_and_match_
         assert not (stage / CLAIM_FILE).exists()
         if stage.name.startswith("pretrain"):
             epochs = [json.loads(line)["epoch"] for line in (stage / "metrics.jsonl").read_text().splitlines() if line.strip()]
-            assert epochs == [1, 2], f"{stage}: epochs {epochs}"  # each epoch (and its checkpoint) once
+            assert epochs == [0, 1, 2], f"{stage}: epochs {epochs}"  # validation before training (0), each epoch once
         relative = stage.relative_to(together)
         if stage.name == "tal":
             assert read_json(stage / "metrics.json") == read_json(alone / relative / "metrics.json"), relative

@@ -22,7 +22,7 @@ from clap_bench.io import atomic_write_json
 FINGERPRINTS_FILE = "fingerprints.json"
 DIGITS = 16
 # Written by the run store and executors, not by the stage: they differ between any two runs.
-BOOKKEEPING = {"stage.json", "config.yaml", "metrics.json", "error.log", "slurm.json", FINGERPRINTS_FILE}
+BOOKKEEPING = {"stage.json", "config.yaml", "metrics.json", "error.log", "slurm.json", "claim.json", FINGERPRINTS_FILE}
 # ``.jsonl``: training logs, which carry throughput (clips per second) beside the losses; the
 # checkpoints they describe are fingerprinted.
 BOOKKEEPING_SUFFIXES = (".log", ".jsonl", ".lock", ".tmp", ".out", ".err")
