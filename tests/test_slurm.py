@@ -71,6 +71,7 @@ def test_sweep_of_two_methods_and_two_seeds_ends_with_a_table(tmp_path, cluster)
     assert not again.submitted and len(again.reused) == 8
 
 
+@pytest.mark.slow  # 10-15 s against the cluster or two processes; the fast subset keeps the module's other tests
 def test_cancelled_job_shows_failed_and_a_rerun_resubmits_it(tmp_path, cluster, monkeypatch):
     control = tmp_path / "control.json"
     control.write_text(json.dumps({"sleep": 0.5}))
@@ -100,6 +101,7 @@ def test_cancelled_job_shows_failed_and_a_rerun_resubmits_it(tmp_path, cluster, 
     assert metrics["starts"] == 2 and metrics["resumed_from"] >= 2 and metrics["steps"] == 40
 
 
+@pytest.mark.slow  # 10-15 s against the cluster or two processes; the fast subset keeps the module's other tests
 def test_requeued_job_resumes_from_its_checkpoint(tmp_path, cluster):
     control = tmp_path / "control.json"
     control.write_text(json.dumps({"sleep": 0.4}))

@@ -62,6 +62,7 @@ def test_a_claim_excludes_other_processes_until_its_holder_dies(tmp_path):
     assert not (stage / CLAIM_FILE).exists()
 
 
+@pytest.mark.slow  # 10-15 s against the cluster or two processes; the fast subset keeps the module's other tests
 def test_killed_claim_holder_is_taken_over_by_the_waiting_run_which_resumes_its_checkpoint(tmp_path, monkeypatch):
     runs = tmp_path / "runs"
     control = tmp_path / "control.json"
