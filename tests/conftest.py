@@ -131,3 +131,15 @@ def slurm_cluster():
             pytest.fail(f"CI=true and the SLURM cluster is not available: {state['reason']}", pytrace=False)
         pytest.skip(state["reason"])
     return {"partition": "debug", "started_here": state["started_here"]}
+
+
+@pytest.fixture
+def cluster(slurm_cluster):
+    """slurm/local.yaml, with the tests folder on the jobs' PYTHONPATH so they can unpickle test stages."""
+    import dataclasses
+
+    from clap_bench.runs import load_cluster
+
+    profile = load_cluster(SLURM_SCRIPTS / "local.yaml")
+    tests_dir = Path(__file__).resolve().parent
+    return dataclasses.replace(profile, setup=profile.setup + [f"export PYTHONPATH={tests_dir}:${{PYTHONPATH:-}}"])

@@ -91,3 +91,14 @@ def test_toy_plan_is_a_chain_per_method_and_seed():
     # the hash of a downstream stage depends on its upstream stage's config
     other = build_toy_plan(toy_profile(), ["a"], [1], steps=4)
     assert other.hashes["a/seed1/tal"] != plan.hashes["a/seed1/tal"]
+
+
+def wait_until(condition, timeout_s: float, what: str, poll_s: float = 0.5):
+    """``condition()``'s first truthy value, polled every ``poll_s``; fails after ``timeout_s``."""
+    end = time.time() + timeout_s
+    while time.time() < end:
+        value = condition()
+        if value:
+            return value
+        time.sleep(poll_s)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")

@@ -7,40 +7,21 @@ from squeue/sacct, resubmission after scancel, and resume after ``scontrol reque
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from clap_bench.cli import app
-from clap_bench.runs import RunStore, load_cluster, make_tables, plan_status, render, run_plan
+from clap_bench.runs import RunStore, make_tables, plan_status, render, run_plan
 from clap_bench.runs.store import read_json
-from test_runs_toy_plan import TOY_CONTROL_ENV, TOY_STEPS_ENV, build_toy_plan, toy_profile
+from test_runs_toy_plan import TOY_CONTROL_ENV, TOY_STEPS_ENV, build_toy_plan, toy_profile, wait_until
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(300)]
 TESTS_DIR = Path(__file__).resolve().parent
 REPO = TESTS_DIR.parent
-
-
-@pytest.fixture
-def cluster(slurm_cluster):
-    """slurm/local.yaml, with this folder on the jobs' PYTHONPATH so they can unpickle the toy stages."""
-    profile = load_cluster(REPO / "slurm" / "local.yaml")
-    return dataclasses.replace(profile, setup=profile.setup + [f"export PYTHONPATH={TESTS_DIR}:${{PYTHONPATH:-}}"])
-
-
-def _wait_until(condition, timeout_s: float, what: str, poll_s: float = 0.5):
-    end = time.time() + timeout_s
-    while time.time() < end:
-        value = condition()
-        if value:
-            return value
-        time.sleep(poll_s)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
 def _step(stage_dir: Path) -> int:
@@ -83,9 +64,9 @@ def test_cancelled_job_shows_failed_and_a_rerun_resubmits_it(tmp_path, cluster, 
     run_plan(plan, store, executor="slurm", cluster=cluster, wait=False, echo=lambda s: None)
     stage_dir = plan.stage_dir(store, plan.stages["clap/seed0/pretrain"])
     first = read_json(stage_dir / "slurm.json")["job_id"]
-    _wait_until(lambda: _step(stage_dir) >= 2, 60, "the job to checkpoint two steps")
+    wait_until(lambda: _step(stage_dir) >= 2, 60, "the job to checkpoint two steps")
     subprocess.run(["scancel", first], check=True)
-    _wait_until(lambda: {s.key: s.state for s in plan_status(plan, store)}["clap/seed0/pretrain"] == "failed", 90,
+    wait_until(lambda: {s.key: s.state for s in plan_status(plan, store)}["clap/seed0/pretrain"] == "failed", 90,
                 "status to show the cancelled job as failed")
     result = CliRunner().invoke(app, ["status", "--runs-dir", str(store.root), "--profile", "toy"])
     assert result.exit_code == 0, result.output
@@ -110,15 +91,15 @@ def test_requeued_job_resumes_from_its_checkpoint(tmp_path, cluster):
     run_plan(plan, store, executor="slurm", cluster=cluster, wait=False, echo=lambda s: None)
     stage_dir = plan.stage_dir(store, plan.stages["clap/seed0/pretrain"])
     job_id = read_json(stage_dir / "slurm.json")["job_id"]
-    _wait_until(lambda: _step(stage_dir) >= 3, 60, "the job to checkpoint three steps")
+    wait_until(lambda: _step(stage_dir) >= 3, 60, "the job to checkpoint three steps")
     subprocess.run(["scontrol", "requeue", job_id], check=True)
     # the scheduler holds a requeued job back for a while before it may start again; let it start now
-    _wait_until(lambda: _squeue_state(job_id) == "PENDING", 60, "the requeued job to be pending")
+    wait_until(lambda: _squeue_state(job_id) == "PENDING", 60, "the requeued job to be pending")
     subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
-    _wait_until(lambda: (read_json(stage_dir / "toy_checkpoint.json") or {}).get("starts") == 2, 60,
+    wait_until(lambda: (read_json(stage_dir / "toy_checkpoint.json") or {}).get("starts") == 2, 60,
                 "the requeued job to start the stage again")
     control.write_text(json.dumps({"sleep": 0.0}))
-    _wait_until(lambda: all(s.state == "done" for s in plan_status(plan, store)), 120, "the requeued job and its task to finish",
+    wait_until(lambda: all(s.state == "done" for s in plan_status(plan, store)), 120, "the requeued job and its task to finish",
                 poll_s=1.0)
     metrics = read_json(stage_dir / "metrics.json")
     assert metrics["starts"] == 2, metrics  # ran twice: before and after the requeue

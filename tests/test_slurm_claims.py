@@ -24,33 +24,16 @@ from typer.testing import CliRunner
 
 from clap_bench.cli import app
 from clap_bench.io import atomic_write_json
-from clap_bench.runs import RunStore, load_cluster, plan_status, run_plan
+from clap_bench.runs import RunStore, plan_status, run_plan
 from clap_bench.runs.claims import claim_holder
 from clap_bench.runs.executors import START_LINE
 from clap_bench.runs.plan import Plan, StageContext, StageSpec
 from clap_bench.runs.store import read_json
-from test_runs_toy_plan import TOY_CONTROL_ENV, TOY_STEPS_ENV, toy_profile
+from test_runs_toy_plan import TOY_CONTROL_ENV, TOY_STEPS_ENV, toy_profile, wait_until
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(600)]
 TESTS_DIR = Path(__file__).resolve().parent
 REPO = TESTS_DIR.parent
-
-
-@pytest.fixture
-def cluster(slurm_cluster):
-    """slurm/local.yaml, with this folder on the jobs' PYTHONPATH so they can unpickle the test stages."""
-    profile = load_cluster(REPO / "slurm" / "local.yaml")
-    return dataclasses.replace(profile, setup=profile.setup + [f"export PYTHONPATH={TESTS_DIR}:${{PYTHONPATH:-}}"])
-
-
-def _wait_until(condition, timeout_s: float, what: str, poll_s: float = 0.5):
-    end = time.time() + timeout_s
-    while time.time() < end:
-        value = condition()
-        if value:
-            return value
-        time.sleep(poll_s)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
 def _starts(stage_dir: Path) -> int:
@@ -82,7 +65,7 @@ def test_two_sweeps_submitted_together_submit_each_stage_once_and_status_names_t
     assert sorted(re.findall(r"Submitted (\d) job\(s\), (\d) already queued", text)) == [("0", "4"), ("4", "0")], text
 
     stage = runs / "smoke" / "clap" / "seed0" / "pretrain"
-    holder = _wait_until(lambda: (claim_holder(stage) or {}).get("slurm_job_id"), 120, "a job to claim seed 0's pre-training")
+    holder = wait_until(lambda: (claim_holder(stage) or {}).get("slurm_job_id"), 120, "a job to claim seed 0's pre-training")
     status = CliRunner().invoke(app, ["status", "--runs-dir", str(runs), "--profile", "smoke"])
     line = next(line for line in status.output.splitlines() if " 0  pretrain " in f" {line} ")
     assert "running" in line and f"held by SLURM job {holder}" in line, status.output
@@ -95,7 +78,7 @@ def test_two_sweeps_submitted_together_submit_each_stage_once_and_status_names_t
     from test_runs_toy_plan import build_toy_plan
 
     plan = build_toy_plan(toy_profile("smoke"), ["clap"], [0, 1], steps=20, control=str(control))
-    _wait_until(lambda: all(s.state == "done" for s in plan_status(plan, store)), 240, "every stage to finish", poll_s=1.0)
+    wait_until(lambda: all(s.state == "done" for s in plan_status(plan, store)), 240, "every stage to finish", poll_s=1.0)
     for spec in plan:
         assert _starts(plan.stage_dir(store, spec)) == 1, spec.key
 
@@ -145,7 +128,7 @@ def test_stage_past_its_time_limit_is_checkpointed_requeued_and_finishes_like_an
             subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
         return False
 
-    _wait_until(finished_or_released, 420, "the stage to finish across its requeues", poll_s=1.0)
+    wait_until(finished_or_released, 420, "the stage to finish across its requeues", poll_s=1.0)
     metrics = read_json(stage_dir / "metrics.json")
     assert metrics["steps"] == 45
     assert metrics["starts"] >= 2 and 0 < metrics["resumed_from"] < 45, metrics  # resumed, not restarted

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ from clap_bench.cli import app
 from clap_bench.runs.claims import CLAIM_FILE, StageClaim, claim_holder
 from clap_bench.runs.executors import START_LINE
 from clap_bench.runs.store import read_json
+from test_runs_toy_plan import wait_until
 
 TESTS_DIR = Path(__file__).resolve().parent
 
@@ -29,16 +29,6 @@ def _clapbench(*args: str) -> list:
 def _starts(stage_dir: Path) -> int:
     log = stage_dir / "stage.log"
     return sum(START_LINE in line for line in log.read_text().splitlines()) if log.exists() else 0
-
-
-def _wait_until(condition, timeout_s: float, what: str, poll_s: float = 0.1):
-    end = time.time() + timeout_s
-    while time.time() < end:
-        value = condition()
-        if value:
-            return value
-        time.sleep(poll_s)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
 def test_a_claim_excludes_other_processes_until_its_holder_dies(tmp_path):
@@ -77,8 +67,8 @@ def test_killed_claim_holder_is_taken_over_by_the_waiting_run_which_resumes_its_
     waiting_log = tmp_path / "second.err"
     second = None
     try:
-        _wait_until(lambda: (read_json(stage / "toy_checkpoint.json") or {}).get("step", 0) >= 2, 120,
-                    "the first run to checkpoint two steps")
+        wait_until(lambda: (read_json(stage / "toy_checkpoint.json") or {}).get("step", 0) >= 2, 120,
+                   "the first run to checkpoint two steps", poll_s=0.1)
         assert claim_holder(stage)["pid"] == first.pid
         # --no-wait: skips the held stage and the one below it, says so, and exits 0
         skipped = subprocess.run(_clapbench(*args, "--no-wait"), env=env, capture_output=True, text=True, timeout=120)
@@ -91,7 +81,7 @@ def test_killed_claim_holder_is_taken_over_by_the_waiting_run_which_resumes_its_
 
         with open(waiting_log, "w") as err:
             second = subprocess.Popen(_clapbench(*args), env=env, stdout=subprocess.DEVNULL, stderr=err)
-        _wait_until(lambda: "waiting for it" in waiting_log.read_text(), 60, "the second run to wait for the claim")
+        wait_until(lambda: "waiting for it" in waiting_log.read_text(), 60, "the second run to wait for the claim", poll_s=0.1)
         assert f"claimed by pid {first.pid}" in waiting_log.read_text()
         step_at_kill = read_json(stage / "toy_checkpoint.json")["step"]
         first.send_signal(signal.SIGKILL)
