@@ -289,8 +289,9 @@ def test_distractors_never_perform_an_action_motion(smoke):
 # --------------------------------------------------------------------------- determinism and cache
 @pytest.mark.slow
 def test_same_seed_gives_identical_files_and_another_seed_differs(tmp_path, tiny_profile):
-    ensure_synthetic(tiny_profile, 0, tmp_path / "a")
-    ensure_synthetic(tiny_profile, 0, tmp_path / "b")
+    # one rendering process for a, two for b: the files must not depend on it
+    ensure_synthetic(tiny_profile, 0, tmp_path / "a", workers=1)
+    ensure_synthetic(tiny_profile, 0, tmp_path / "b", workers=2)
     ensure_synthetic(tiny_profile, 1, tmp_path / "c")
     a, b, c = (synth_root(tiny_profile, s, tmp_path / d) for s, d in ((0, "a"), (0, "b"), (1, "c")))
     digests_a = _annotation_digests(a)
@@ -299,6 +300,7 @@ def test_same_seed_gives_identical_files_and_another_seed_differs(tmp_path, tiny
     videos_a = {p.relative_to(a): p.read_bytes() for p in a.rglob("*.mp4")}
     videos_b = {p.relative_to(b): p.read_bytes() for p in b.rglob("*.mp4")}
     assert videos_a == videos_b  # bit-exact H.264 too
+    assert (read_manifest(a)["generation_workers"], read_manifest(b)["generation_workers"]) == (1, 2)
 
 
 @pytest.mark.slow

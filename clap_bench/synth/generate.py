@@ -276,17 +276,63 @@ def _repeats(events: List[Instance], event: Instance) -> bool:
     return sum((e.track.shape, e.track.colour, e.track.motion) == key for e in events) > 1
 
 
-class _Writer:
-    """Collects the files of one generation and renders the videos."""
+def _children_cpu() -> float:
+    import resource
 
-    def __init__(self, root: Path, profile: SynthProfile, seed: int, progress: bool):
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _write_scene(item: Tuple[Scene, Path]) -> None:
+    write_video(*item)
+
+
+def default_workers() -> int:
+    """Processes that render videos: the CPUs this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover (not Linux)
+        return max(1, os.cpu_count() or 1)
+
+
+class _Writer:
+    """Collects the files of one generation and renders the videos.
+
+    Videos are rendered by ``workers`` processes: each video is a pure function of its scene (drawn
+    beforehand in this process from the generation's seeded streams) and x264 runs single-threaded
+    and CPU-independent, so the bytes do not depend on the number of workers."""
+
+    def __init__(self, root: Path, profile: SynthProfile, seed: int, progress: bool, workers: int = 1):
         self.root = root
         self.profile = profile
         self.seed = seed
         self.progress = progress
+        self.workers = max(1, int(workers))
+        self._pool = None
         self.scenes: Dict[str, dict] = {}
         self.taken_ids: set = set()
         self.counts: Dict[str, dict] = {}
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
+
+    def _rendered(self, scenes: List[Tuple[Scene, Path]]):
+        """Renders ``scenes`` (in parallel when there are workers), yielding each in order when written."""
+        if self.workers == 1 or len(scenes) < 2:
+            for item in scenes:
+                _write_scene(item)
+                yield item
+            return
+        if self._pool is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            # spawn: the parent may hold torch's thread pools, which do not survive a fork
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+        for item, _ in zip(scenes, self._pool.map(_write_scene, scenes)):
+            yield item
 
     def rng(self, stream: str, *more: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, _STREAMS[stream], *more])
@@ -297,8 +343,7 @@ class _Writer:
             from tqdm import tqdm
 
             bar = tqdm(total=len(scenes), desc=f"synth {what}", unit="video", file=sys.stderr)
-        for scene, path in scenes:
-            write_video(scene, path)
+        for scene, path in self._rendered(scenes):
             self.scenes[f"{scene.dataset}/{scene.video_id}"] = scene.to_dict()
             if bar is not None:
                 bar.update(1)
@@ -594,15 +639,19 @@ def read_manifest(root: Path) -> Optional[dict]:
     return manifest
 
 
-def generate(profile: SynthProfile, seed: int, root: Path, progress: bool = False) -> dict:
-    """Write a whole generation into ``root`` (which should be empty); returns the manifest."""
-    t0, cpu0 = time.perf_counter(), time.process_time()
-    writer = _Writer(root, profile, seed, progress)
-    writer.activitynet()
-    writer.charades()
-    writer.tacos()
-    writer.fewshot()
-    writer.trimmed()
+def generate(profile: SynthProfile, seed: int, root: Path, progress: bool = False, workers: Optional[int] = None) -> dict:
+    """Write a whole generation into ``root`` (which should be empty); returns the manifest.
+    ``workers``: processes rendering videos (default: the usable CPUs); the files do not depend on it."""
+    t0, cpu0, children0 = time.perf_counter(), time.process_time(), _children_cpu()
+    writer = _Writer(root, profile, seed, progress, workers=default_workers() if workers is None else workers)
+    try:
+        writer.activitynet()
+        writer.charades()
+        writer.tacos()
+        writer.fewshot()
+        writer.trimmed()
+    finally:
+        writer.close()
     atomic_write_json(root / "scenes.json", writer.scenes, indent=0)
     files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
     manifest = {
@@ -614,7 +663,9 @@ def generate(profile: SynthProfile, seed: int, root: Path, progress: bool = Fals
         "counts": writer.counts,
         "datasets": _dataset_layout(),
         "generation_seconds": round(time.perf_counter() - t0, 2),
-        "generation_cpu_seconds": round(time.process_time() - cpu0, 2),
+        # this process's and its (finished) rendering workers' CPU time
+        "generation_cpu_seconds": round(time.process_time() - cpu0 + _children_cpu() - children0, 2),
+        "generation_workers": writer.workers,
         "files": [{"path": p.relative_to(root).as_posix(), "bytes": p.stat().st_size} for p in files],
     }
     atomic_write_json(root / "manifest.json", manifest)  # last: marks the folder complete
@@ -626,12 +677,14 @@ def ensure_synthetic(
     seed: int = 0,
     cache_dir: Optional[PathLike] = None,
     progress: bool = False,
+    workers: Optional[int] = None,
 ) -> Dict[str, DatasetConfig]:
     """The synthetic benchmark's dataset configs (absolute paths), generating it on first use.
 
     Cached by (profile, seed) under ``<cache_dir>/synth/<profile>-seed<seed>/``; a folder without
     a complete manifest of this generator version is regenerated. ``cache_dir`` defaults to
     ``$CLAPBENCH_CACHE`` or ``~/.cache/clap_bench`` (``clap_bench.config.default_cache_dir``).
+    ``workers``: processes rendering the videos (default: the usable CPUs; the files are the same).
     """
     if cache_dir is None:
         cache_dir = default_cache_dir()
@@ -646,7 +699,7 @@ def ensure_synthetic(
                 shutil.rmtree(tmp, ignore_errors=True)
                 tmp.mkdir(parents=True)
                 try:
-                    generate(spec, seed, tmp, progress=progress)
+                    generate(spec, seed, tmp, progress=progress, workers=workers)
                     shutil.rmtree(root, ignore_errors=True)
                     os.replace(tmp, root)
                 except BaseException:
