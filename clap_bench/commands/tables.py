@@ -48,6 +48,7 @@ def register(app: typer.Typer) -> None:
     analyze = typer.Typer(help="Analyses of extracted features.", no_args_is_help=True)
     app.add_typer(analyze, name="analyze")
     _register_timelines(analyze)
+    _register_variance(analyze)
 
     @analyze.command("feature-quality")
     def feature_quality_cmd(
@@ -151,6 +152,38 @@ def _register_timelines(analyze: typer.Typer) -> None:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2)
         typer.echo(f"wrote {out} ({len(ids)} videos: {', '.join(ids)})")
+
+
+def _register_variance(analyze: typer.Typer) -> None:
+    @analyze.command("variance")
+    def variance_cmd(
+        method: str = typer.Option(..., "--method", "-m", help="a method with at least 2 finished seeds of the task"),
+        task: str = typer.Option("tal", "--task", help="tal (Table 1), fstal (2a) or vlg (2b, 3)"),
+        profile: str = typer.Option("default", "--profile", "-p"),
+        heads: int = typer.Option(3, "--heads", help="head seeds per pre-training seed (the stage's own run is the first)"),
+        bootstrap: int = typer.Option(200, "--bootstrap", help="resamples of the test set per run (0: skip)"),
+        seeds: Optional[str] = typer.Option(None, "--seeds", help="comma-separated seeds (default: every finished one)"),
+        runs_dir: Optional[Path] = typer.Option(None, "--runs-dir"),
+        quiet: bool = typer.Option(False, "--quiet", "-q"),
+    ):
+        """Split the seed spread of a method's figures into pre-training seed, head seed and test set."""
+        from clap_bench.runs import RunStore, runs_root
+        from clap_bench.runs.variance import format_report, run_variance
+
+        store = RunStore(runs_root(runs_dir))
+        try:
+            chosen = None
+            if seeds:
+                try:
+                    chosen = [int(s) for s in seeds.split(",") if s.strip()]
+                except ValueError:
+                    raise ConfigError(f"--seeds: expected comma-separated integers, got {seeds!r}") from None
+            parts = run_variance(store, profile, method, task, heads=heads, bootstrap=bootstrap, seeds=chosen,
+                                 progress=not quiet, log=(lambda m: None) if quiet else (lambda m: typer.echo(m, err=True)))
+        except (ConfigError, ValueError, KeyError) as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2)
+        typer.echo(format_report(method, task, parts), nl=False)
 
 
 def _recorded_backbone(store, profile: str) -> str:

@@ -1,0 +1,264 @@
+"""Where the spread between seeds comes from (``clapbench analyze variance``).
+
+A downstream figure of one method varies with the pre-training seed (the encoder), with the seed of
+the downstream head trained on its features, and with which test videos or queries happen to be in
+the test set. For ``S`` pre-training seeds, each with ``H`` head seeds, the figures ``y[s, h]`` give
+the first two parts by the balanced one-way random-effects analysis of variance::
+
+    within  = mean over s of the variance of y[s, :]         (ddof 1)  -> sigma2_head
+    between = H * variance of the row means                  (ddof 1)
+    sigma2_pretrain = max(0, (between - within) / H)
+
+``sigma2_pretrain + sigma2_head`` is the variance of one run (one pre-training, one head), the
+spread a table of single-head seeds shows; averaging ``K`` heads per pre-training seed leaves
+``sigma2_pretrain + sigma2_head / K``. The third part does not show in the seed spread at all (every
+run scores the same test set) but bounds what the figures say about the task: its standard
+deviation is estimated by resampling the test videos (TAL) or queries (grounding) with replacement
+(bootstrap) for each run's predictions, averaged over the runs.
+
+The extra head runs (head seed ``seed + 1000 * h`` for ``h >= 1``; ``h = 0`` is the task stage's own
+run) are written under ``<profile>/<method>/_variance/seed<k>/<task>/head<h>/`` of the run store
+(outside the stage folders, so status and tables do not see them) and reused when the command runs
+again: a head run is finished when its ``metrics.json`` exists, which the tasks write last.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+# The figures of each task the decomposition reports (the tables' headline metrics).
+TASK_METRICS = {
+    "tal": ("average_mAP", "mAP@0.5"),
+    "fstal": ("average_mAP", "mAP@0.5"),
+    "vlg": ("charades-sta/R@1@0.5", "charades-sta/mIoU", "tacos/R@1@0.5", "tacos/mIoU"),
+}
+HEAD_SEED_STRIDE = 1000
+
+
+def head_seed(seed: int, head: int) -> int:
+    """The downstream head's seed for pre-training seed ``seed`` and head index ``head`` (0: the stage's own)."""
+    return seed + HEAD_SEED_STRIDE * head
+
+
+@dataclass
+class Decomposition:
+    seeds: int
+    heads: int
+    mean: float
+    run_std: float  # std of single runs over all (seed, head) pairs, ddof 1
+    pretrain_std: float
+    head_std: float
+    test_std: Optional[float]  # bootstrap over the test set; None when not computed
+
+    def seed_mean_std(self, heads_per_seed: int) -> float:
+        """Std of one seed's figure when it averages ``heads_per_seed`` heads."""
+        return math.sqrt(self.pretrain_std ** 2 + self.head_std ** 2 / heads_per_seed)
+
+
+def decompose(scores: np.ndarray, test_std: Optional[float] = None) -> Decomposition:
+    """``scores[s, h]``: the figure of pre-training seed s with head seed h (balanced, S >= 2, H >= 2)."""
+    y = np.asarray(scores, dtype=float)
+    if y.ndim != 2 or y.shape[0] < 2 or y.shape[1] < 2:
+        raise ValueError(f"need a (seeds, heads) table with at least 2 of each, got shape {y.shape}")
+    if not np.isfinite(y).all():
+        raise ValueError("the figures contain NaN or infinity")
+    s, h = y.shape
+    within = float(y.var(axis=1, ddof=1).mean())
+    between = float(h * y.mean(axis=1).var(ddof=1))
+    return Decomposition(
+        seeds=s, heads=h, mean=float(y.mean()), run_std=float(y.ravel().std(ddof=1)),
+        pretrain_std=math.sqrt(max(0.0, (between - within) / h)), head_std=math.sqrt(within), test_std=test_std,
+    )
+
+
+# ------------------------------------------------------------------ bootstrap over the test set
+def bootstrap_std(units: Sequence[str], score: Callable[[List[str]], float], samples: int, seed: int = 0) -> float:
+    """Std of ``score`` over ``samples`` resamples (with replacement) of ``units``, same size."""
+    if samples < 2:
+        raise ValueError(f"bootstrap samples: expected >= 2, got {samples}")
+    units = list(units)
+    if not units:
+        raise ValueError("bootstrap over an empty test set")
+    rng = np.random.default_rng(seed)
+    values = [score([units[i] for i in rng.integers(0, len(units), len(units))]) for _ in range(samples)]
+    return float(np.std(values, ddof=1))
+
+
+def detection_scorer(ground_truth: dict, predictions: dict, subset: str, metric: str) -> tuple:
+    """(test video ids, ``score(ids)``) for ActivityNet detection: a resample is scored as a test
+    set in which a video drawn k times appears k times (renamed ``<id>#<i>``)."""
+    from clap_bench.downstream.gtad.task import detection_metrics
+    from clap_bench.eval.detection import evaluate_detection
+
+    database = ground_truth["database"]
+    videos = sorted(v for v, item in database.items() if item.get("subset") == subset)
+    results = predictions.get("results", {})
+
+    def score(ids: List[str]) -> float:
+        gt = {"database": {f"{v}#{i}": database[v] for i, v in enumerate(ids)}}
+        # a class no drawn video annotates has no AP of its own; its detections cannot match (the
+        # task drops them from its predictions for the same reason)
+        classes = {a["label"] for v in ids for a in database[v]["annotations"]}
+        pred = {"results": {f"{v}#{i}": [d for d in results.get(v, []) if d["label"] in classes]
+                            for i, v in enumerate(ids)}}
+        return detection_metrics(evaluate_detection(gt, pred, subset=subset))[metric]
+
+    return videos, score
+
+
+def grounding_scorer(ground_truth: list, predictions: list, metric: str) -> tuple:
+    """(query ids, ``score(ids)``) for grounding; ``metric`` as ``R@1@0.5`` or ``mIoU``."""
+    from clap_bench.eval.grounding import evaluate_grounding, flatten_metrics
+
+    gt = {str(q["id"]): q for q in ground_truth}
+    pred = {str(p["id"]): p for p in predictions}
+
+    def score(ids: List[str]) -> float:
+        g = [{**gt[q], "id": f"{q}#{i}"} for i, q in enumerate(ids)]
+        p = [{**pred[q], "id": f"{q}#{i}"} for i, q in enumerate(ids) if q in pred]
+        return flatten_metrics(evaluate_grounding(g, p))[metric]
+
+    return sorted(gt), score
+
+
+def stage_bootstrap(task: str, out_dir: Path, metric: str, samples: int, ground_truth: Optional[dict] = None,
+                    subset: str = "validation") -> Optional[float]:
+    """Bootstrap std of ``metric`` of one task run (its output folder), or None where the task's
+    outputs do not allow it (few-shot TAL: its test set is the episodes the head seed draws)."""
+    out_dir = Path(out_dir)
+    if task == "tal":
+        predictions = json.loads((out_dir / "predictions.json").read_text())
+        units, score = detection_scorer(ground_truth, predictions, subset, metric)
+    elif task == "vlg":
+        dataset, name = metric.split("/", 1)
+        folder = out_dir / dataset
+        gt = json.loads((folder / "ground_truth.json").read_text())
+        pred = json.loads((folder / "predictions.json").read_text())
+        units, score = grounding_scorer(gt, pred, name)
+    else:
+        return None
+    return bootstrap_std(units, score, samples)
+
+
+# ------------------------------------------------------------------ the runs
+def variance_dir(store, profile: str, method: str, seed: int, task: str, head: int) -> Path:
+    from clap_bench.runs.store import method_dir_name
+
+    return store.profile_dir(profile) / method_dir_name(method) / "_variance" / f"seed{seed}" / task / f"head{head}"
+
+
+def task_feature_files(store, profile: str, method: str, seed: int, task: str) -> Dict[str, Path]:
+    """The feature files the task stage of (method, seed) read, from the finished extraction stages."""
+    from clap_bench.config import ConfigError
+    from clap_bench.runs.plan import EXTERNAL_PREFIX, external_feature_files, method_trains, task_features
+    from clap_bench.runs.store import METRICS_FILE, read_json
+
+    variant, datasets = task_features(task)
+    if method.startswith(EXTERNAL_PREFIX):  # the same files for every seed
+        return external_feature_files(method, datasets)
+    trains = method_trains(method)
+    files = {}
+    for d in datasets:
+        name = f"extract-{d}" if (variant == "all" or not trains) else f"extract-base-{d}"
+        stage = store.stage_dir(profile, method, seed if trains else 0, name)
+        metrics = read_json(stage / METRICS_FILE)
+        if metrics is None:
+            raise ConfigError(f"{stage}: no finished feature extraction for {method} seed {seed}")
+        files[d] = stage / metrics["features"]
+    return files
+
+
+def run_variance(store, profile_name: str, method: str, task: str, heads: int = 3, bootstrap: int = 200,
+                 seeds: Optional[Sequence[int]] = None, progress: bool = True, log: Callable[[str], None] = print
+                 ) -> Dict[str, Decomposition]:
+    """Train the missing heads, bootstrap every run's test set, and decompose each of the task's
+    metrics over the finished seeds of ``method`` (at least 2)."""
+    import torch
+
+    from clap_bench.config import ConfigError, load_profile, resolve_datasets, resolve_threads
+    from clap_bench.downstream.base import TaskContext, get_task
+    from clap_bench.runs.store import METRICS_FILE, read_json
+
+    if task not in TASK_METRICS:
+        raise ConfigError(f"--task: expected one of {', '.join(TASK_METRICS)}, got {task!r}")
+    if heads < 2:
+        raise ConfigError(f"--heads: expected >= 2 (the head part needs two heads per seed), got {heads}")
+    finished = [s for s in store.seeds(profile_name, method)
+                if (store.stage_dir(profile_name, method, s, task) / METRICS_FILE).is_file()]
+    if seeds is not None:
+        missing = sorted(set(seeds) - set(finished))
+        if missing:
+            raise ConfigError(f"{method}: no finished {task} stage for seed(s) {missing} in {store.profile_dir(profile_name)}")
+        finished = sorted(seeds)
+    if len(finished) < 2:
+        raise ConfigError(f"{method}: {len(finished)} seed(s) with a finished {task} stage in "
+                          f"{store.profile_dir(profile_name)}; the decomposition needs 2 or more "
+                          f"(run: clapbench run --method {method} --tasks {task} --seeds 3 --profile {profile_name})")
+    profile = load_profile(profile_name)
+    datasets = resolve_datasets(profile)
+    overrides = dict(profile.tasks.get(task, {}))
+    spec = get_task(task)
+    torch.set_num_threads(resolve_threads(profile))
+
+    ground_truth, subset = None, "validation"
+    if task == "tal":
+        from clap_bench.config import from_dict
+        from clap_bench.data import load_dataset
+        from clap_bench.downstream.gtad.config import GTADConfig
+        from clap_bench.downstream.gtad.task import ground_truth_database
+
+        subset = from_dict(GTADConfig, overrides, f"tasks.{task}").eval_subset
+        ground_truth = ground_truth_database(load_dataset(datasets["activitynet"], "activitynet"))
+
+    first = read_json(store.stage_dir(profile_name, method, finished[0], task) / METRICS_FILE) or {}
+    metrics = [m for m in TASK_METRICS[task] if m in first]  # e.g. a profile grounding on one dataset
+    if not metrics:
+        raise ConfigError(f"{store.stage_dir(profile_name, method, finished[0], task) / METRICS_FILE}: none of "
+                          f"{', '.join(TASK_METRICS[task])}")
+    table = {m: np.zeros((len(finished), heads)) for m in metrics}
+    boot = {m: [] for m in metrics}
+    for i, seed in enumerate(finished):
+        features = None
+        for h in range(heads):
+            out = store.stage_dir(profile_name, method, seed, task) if h == 0 else variance_dir(store, profile_name, method, seed, task, h)
+            result = read_json(out / METRICS_FILE)
+            if result is None:
+                features = features or task_feature_files(store, profile_name, method, seed, task)
+                log(f"{method} seed {seed}: {task} head {h} (head seed {head_seed(seed, h)}) -> {out}")
+                out.mkdir(parents=True, exist_ok=True)
+                spec.run(TaskContext(features=features, datasets=datasets, out_dir=out, seed=head_seed(seed, h),
+                                     overrides=overrides, progress=progress))
+                result = read_json(out / METRICS_FILE)
+            for m in metrics:
+                if m not in result:
+                    raise ConfigError(f"{out / METRICS_FILE}: no metric {m!r} (has: {', '.join(sorted(result))})")
+                table[m][i, h] = float(result[m])
+                if bootstrap:
+                    b = stage_bootstrap(task, out, m, bootstrap, ground_truth, subset)
+                    if b is not None:
+                        boot[m].append(b)
+    return {m: decompose(table[m], float(np.mean(boot[m])) if boot[m] else None) for m in metrics}
+
+
+# ------------------------------------------------------------------ report
+def format_report(method: str, task: str, parts: Dict[str, Decomposition], heads_per_seed: Sequence[int] = (1, 3, 5)) -> str:
+    """A plain-text table, figures in percent points."""
+    from tabulate import tabulate
+
+    rows = []
+    for metric, d in parts.items():
+        row = [metric, f"{100 * d.mean:.2f}", f"{100 * d.run_std:.2f}", f"{100 * d.pretrain_std:.2f}",
+               f"{100 * d.head_std:.2f}", "-" if d.test_std is None else f"{100 * d.test_std:.2f}"]
+        row += [f"{100 * d.seed_mean_std(k):.2f}" for k in heads_per_seed]
+        rows.append(row)
+    some = next(iter(parts.values()))
+    headers = ["metric", "mean", "std of a run", "pre-training seed", "head seed", "test set (bootstrap)"]
+    headers += [f"seed std, {k} head{'s' if k > 1 else ''}" for k in heads_per_seed]
+    return (f"{method}, {task}: {some.seeds} pre-training seeds x {some.heads} head seeds (std in points)\n"
+            + tabulate(rows, headers=headers, tablefmt="github") + "\n")

@@ -1,0 +1,99 @@
+"""``clapbench analyze variance``: the decomposition against a hand-worked table and a simulation,
+the bootstrap against the binomial formula, and the command on a smoke run store."""
+
+from __future__ import annotations
+
+import math
+
+import h5py
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from clap_bench.cli import app
+from clap_bench.runs.variance import bootstrap_std, decompose, grounding_scorer
+
+
+def test_decomposition_of_a_hand_worked_table():
+    # rows (pre-training seeds) [1, 3] and [5, 7]: row variances 2 and 2 -> head variance 2;
+    # row means 2 and 6 -> between = 2 heads x variance 8 = 16 -> pre-training variance (16 - 2) / 2 = 7
+    d = decompose(np.array([[1.0, 3.0], [5.0, 7.0]]))
+    assert (d.seeds, d.heads, d.mean) == (2, 2, 4.0)
+    assert d.head_std == pytest.approx(math.sqrt(2.0))
+    assert d.pretrain_std == pytest.approx(math.sqrt(7.0))
+    assert d.run_std == pytest.approx(math.sqrt(20.0 / 3.0))  # deviations -3, -1, 1, 3
+    assert d.seed_mean_std(2) == pytest.approx(math.sqrt(7.0 + 1.0))
+
+
+def test_pretraining_part_is_zero_when_rows_differ_less_than_heads_do():
+    d = decompose(np.array([[0.0, 4.0], [1.0, 3.0]]))  # row means equal
+    assert d.pretrain_std == 0.0 and d.head_std == pytest.approx(math.sqrt((8.0 + 2.0) / 2))
+
+
+def test_decomposition_recovers_simulated_parts():
+    rng = np.random.default_rng(0)
+    seeds, heads, sd_pre, sd_head = 400, 4, 2.0, 0.5
+    y = 10 + sd_pre * rng.standard_normal((seeds, 1)) + sd_head * rng.standard_normal((seeds, heads))
+    d = decompose(y)
+    assert d.pretrain_std == pytest.approx(sd_pre, rel=0.1)
+    assert d.head_std == pytest.approx(sd_head, rel=0.1)
+
+
+@pytest.mark.parametrize("bad", [np.ones((1, 3)), np.ones((3, 1)), np.array([[1.0, np.nan], [1.0, 2.0]])])
+def test_decomposition_rejects_tables_it_cannot_split(bad):
+    with pytest.raises(ValueError):
+        decompose(bad)
+
+
+def test_bootstrap_of_a_recall_matches_the_binomial_standard_error():
+    # 200 queries, 60 hits: the bootstrap std of the hit rate is close to sqrt(p (1 - p) / n)
+    ground_truth = [{"id": i, "segment": [0.0, 10.0]} for i in range(200)]
+    predictions = [{"id": i, "segments": [[0.0, 10.0] if i < 60 else [20.0, 30.0]], "scores": [1.0]} for i in range(200)]
+    units, score = grounding_scorer(ground_truth, predictions, "R@1@0.5")
+    assert score(units) == pytest.approx(0.3)
+    std = bootstrap_std(units, score, samples=400, seed=1)
+    assert std == pytest.approx(math.sqrt(0.3 * 0.7 / 200), rel=0.15)
+
+
+def test_variance_command_on_a_smoke_run_store(tmp_path):
+    """Two seeds of G-TAD on the same external features: the second head per seed is trained and
+    stored outside the stages, reused on a second call, and the pre-training part is zero (one
+    feature file for both seeds: the seeds differ only in the head)."""
+    from clap_bench.config import load_profile, resolve_datasets
+    from clap_bench.data import load_dataset
+
+    ann = load_dataset(resolve_datasets(load_profile("smoke"))["activitynet"], "activitynet")
+    folder = tmp_path / "feats"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    with h5py.File(folder / "activitynet.h5", "w") as f:
+        for vid, video in ann.videos.items():
+            f[vid] = rng.standard_normal((max(4, int(video.duration)), 8)).astype(np.float32)
+    runs = tmp_path / "runs"
+    method = f"features:{folder}"
+    run = CliRunner().invoke(app, ["run", "--method", method, "--seeds", "2", "--tasks", "tal", "--profile", "smoke",
+                                   "--runs-dir", str(runs), "-q"])
+    assert run.exit_code == 0, run.output
+    args = ["analyze", "variance", "-m", method, "--task", "tal", "--profile", "smoke", "--heads", "2",
+            "--bootstrap", "5", "--runs-dir", str(runs), "-q"]
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert "2 pre-training seeds x 2 head seeds" in first.output and "average_mAP" in first.output
+    heads = sorted(runs.glob("smoke/*/_variance/seed*/tal/head1/metrics.json"))
+    assert len(heads) == 2
+    stamps = [p.stat().st_mtime_ns for p in heads]
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0 and again.output == first.output  # reused, not retrained
+    assert [p.stat().st_mtime_ns for p in heads] == stamps
+    status = CliRunner().invoke(app, ["status", "--profile", "smoke", "--runs-dir", str(runs)])
+    assert status.exit_code == 0 and "head1" not in status.output and "_variance/" not in status.output
+
+
+def test_variance_command_errors_name_what_is_missing(tmp_path):
+    result = CliRunner().invoke(app, ["analyze", "variance", "-m", "clap", "--profile", "smoke", "--runs-dir", str(tmp_path)])
+    assert result.exit_code == 2 and "0 seed(s) with a finished tal stage" in result.output
+    assert "Traceback" not in result.output
+    bad = CliRunner().invoke(app, ["analyze", "variance", "-m", "clap", "--task", "nope", "--runs-dir", str(tmp_path)])
+    assert bad.exit_code == 2 and "--task: expected one of tal, fstal, vlg" in bad.output
+    heads = CliRunner().invoke(app, ["analyze", "variance", "-m", "clap", "--heads", "1", "--runs-dir", str(tmp_path)])
+    assert heads.exit_code == 2 and "--heads: expected >= 2" in heads.output
