@@ -55,6 +55,7 @@ def test_bootstrap_of_a_recall_matches_the_binomial_standard_error():
     assert std == pytest.approx(math.sqrt(0.3 * 0.7 / 200), rel=0.15)
 
 
+@pytest.mark.slow  # four G-TAD trainings on the smoke set
 def test_variance_command_on_a_smoke_run_store(tmp_path):
     """Two seeds of G-TAD on the same external features: the second head per seed is trained and
     stored outside the stages, reused on a second call, and the pre-training part is zero (one
