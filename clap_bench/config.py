@@ -242,6 +242,15 @@ class Profile:
     # ``--import`` on the command line adds to them.
     imports: List[str] = field(default_factory=list)
 
+    def task_config(self, task: str) -> Dict[str, Any]:
+        """``tasks.<task>`` as the head reads it: without the keys of the task stage itself
+        (``head_seeds``, see ``clap_bench.runs.plan.run_task_stage``)."""
+        return {k: v for k, v in (self.tasks.get(task) or {}).items() if k not in TASK_STAGE_KEYS}
+
+
+# Keys of a ``tasks.<task>`` section that the run's task stage reads, not the head.
+TASK_STAGE_KEYS = ("head_seeds",)
+
 
 # --------------------------------------------------------------------------- generic helpers
 def _is_dataclass_type(tp: Any) -> bool:

@@ -242,7 +242,7 @@ def load_data(profile: Profile, work: Path, videos: int, stand_in: bool) -> Pref
     captions = full.get(CAPTIONS_DATASET)
     picks = {PRETRAIN_DATASET: pick_videos(full[PRETRAIN_DATASET], anet_train, videos, "actions", pcfg.max_video_seconds,
                                            prefer=set(captions.videos) if captions else None)}
-    vlg = from_dict(_vlg_config_cls(), profile.tasks.get("vlg") or {}, "tasks.vlg")
+    vlg = from_dict(_vlg_config_cls(), profile.task_config("vlg"), "tasks.vlg")
     for key in GROUNDING_DATASETS:
         picks[key] = pick_videos(full[key], vlg.for_dataset(key).train_subset, videos, "sentences", pcfg.max_video_seconds)
     kinds, folders = {}, {}
@@ -373,7 +373,7 @@ def measure_gtad(profile: Profile, data: PreflightData, steps: int, work: Path) 
     from clap_bench.downstream.gtad.model import build_gtad
     from clap_bench.downstream.gtad.train import predict_proposals, train_gtad
 
-    cfg = from_dict(GTADConfig, profile.tasks.get("tal") or {}, "tasks.tal")
+    cfg = from_dict(GTADConfig, profile.task_config("tal"), "tasks.tal")
     cfg.validate()
     batch = profile.preflight.task_batch_size or cfg.batch_size
     ann = subset_set(data.full[PRETRAIN_DATASET], data.picks[PRETRAIN_DATASET])
@@ -415,7 +415,7 @@ def measure_qat(profile: Profile, data: PreflightData, steps: int, work: Path) -
     from clap_bench.downstream.qat.protocol import Episode
     from clap_bench.downstream.qat.task import evaluate_episodes, meta_train, snippet_features
 
-    cfg = from_dict(QATConfig, profile.tasks.get("fstal") or {}, "tasks.fstal")
+    cfg = from_dict(QATConfig, profile.task_config("fstal"), "tasks.fstal")
     if profile.preflight.qat_adapt_steps is not None:
         cfg.adapt_steps = profile.preflight.qat_adapt_steps
     cfg.validate()
@@ -452,7 +452,7 @@ def measure_tan(profile: Profile, data: PreflightData, key: str, steps: int, wor
     from clap_bench.downstream.tan2d.task import grounding_queries, predict
     from clap_bench.downstream.tan2d.text import build_word_vectors, embed_sentences, pad_words
 
-    cfg = from_dict(_vlg_config_cls(), profile.tasks.get("vlg") or {}, "tasks.vlg").validate()
+    cfg = from_dict(_vlg_config_cls(), profile.task_config("vlg"), "tasks.vlg").validate()
     d = cfg.for_dataset(key)
     batch = profile.preflight.task_batch_size or cfg.batch_size
     ann = subset_set(data.full[key], data.picks[key])
@@ -509,8 +509,8 @@ def dataset_sizes(profile: Profile, data: PreflightData) -> Dict[str, dict]:
 
     clips, ex = profile.clips, profile.extract
     clip_s, stride_s = clips.frames / clips.fps, ex.stride_frames / clips.fps
-    vlg = from_dict(_vlg_config_cls(), profile.tasks.get("vlg") or {}, "tasks.vlg")
-    gtad = from_dict(GTADConfig, profile.tasks.get("tal") or {}, "tasks.tal")
+    vlg = from_dict(_vlg_config_cls(), profile.task_config("vlg"), "tasks.vlg")
+    gtad = from_dict(GTADConfig, profile.task_config("tal"), "tasks.tal")
     out: Dict[str, dict] = {}
     for key in EXTRACT_DATASETS:
         ann = data.full[key]
@@ -591,13 +591,13 @@ def project(profile: Profile, sizes: Dict[str, dict], measures: Dict[str, Measur
         add(f"extract-{key}", None, sizes[key]["extraction_clips"], "clips", f"extract {key}", "extract")
     if "base_train_segments" in anet:
         add(f"extract-base-{PRETRAIN_DATASET}", None, anet["extraction_clips"], "clips", f"extract {PRETRAIN_DATASET}", "extract")
-    gtad = from_dict(GTADConfig, p.tasks.get("tal") or {}, "tasks.tal")
+    gtad = from_dict(GTADConfig, p.task_config("tal"), "tasks.tal")
     n_train = anet["train_segments"]["videos_with_actions"]
     add("tal: G-TAD training", None, gtad.epochs * n_train, "videos", "G-TAD training (tal)", "task",
         f"{gtad.epochs} epochs x {n_train} videos ({math.ceil(n_train / gtad.batch_size)} iterations of {gtad.batch_size})")
     add("tal: G-TAD inference", None, anet["validation_videos"], "videos", "G-TAD inference (tal)", "task")
     if "base_train_segments" in anet:
-        qat = from_dict(QATConfig, p.tasks.get("fstal") or {}, "tasks.fstal")
+        qat = from_dict(QATConfig, p.task_config("fstal"), "tasks.fstal")
         n_base = anet["base_train_segments"]["videos_with_actions"]
         add("fstal: G-TAD on base classes", None, qat.gtad.epochs * n_base, "videos",
             "G-TAD training (tal)", "task", f"{qat.gtad.epochs} epochs x {n_base} videos, at the tal task's G-TAD rate")
@@ -610,7 +610,7 @@ def project(profile: Profile, sizes: Dict[str, dict], measures: Dict[str, Measur
         add("fstal: selection + test episodes", None, selections * qat.select_episodes + qat.runs * qat.episodes_per_run, "episodes",
             "QAT test episodes (fstal)", "task",
             f"{selections} selections x {qat.select_episodes} + {qat.runs} runs x {qat.episodes_per_run}" + (f"; {shrunk}" if shrunk else ""))
-    vlg = from_dict(_vlg_config_cls(), p.tasks.get("vlg") or {}, "tasks.vlg")
+    vlg = from_dict(_vlg_config_cls(), p.task_config("vlg"), "tasks.vlg")
     for key in GROUNDING_DATASETS:
         d = vlg.for_dataset(key)
         epochs = d.epochs if d.epochs is not None else vlg.epochs
@@ -681,7 +681,7 @@ def run_preflight(profile: Profile, methods: Sequence[str], videos: int = 2, ste
         if not _text_model_available(profile.encoder.text_model):
             notes.append(f"text model {profile.encoder.text_model!r} not on this machine: the bundled all-MiniLM-L6-v2 "
                          "stands in (384-d instead of BERT's 768-d; the video encoder's cost is the same)")
-        vlg_glove = (profile.tasks.get("vlg") or {}).get("glove_path")
+        vlg_glove = (profile.task_config("vlg")).get("glove_path")
         if not _glove_available(vlg_glove):
             notes.append(f"GloVe file {vlg_glove} not found: 2D-TAN reads the text encoder's word pieces instead")
         made = sum(k == "stand-in" for kinds in data.kinds.values() for k in kinds.values())

@@ -56,10 +56,13 @@ def test_bootstrap_of_a_recall_matches_the_binomial_standard_error():
 
 
 @pytest.mark.slow  # four G-TAD trainings on the smoke set
-def test_variance_command_on_a_smoke_run_store(tmp_path):
-    """Two seeds of G-TAD on the same external features: the second head per seed is trained and
-    stored outside the stages, reused on a second call, and the pre-training part is zero (one
-    feature file for both seeds: the seeds differ only in the head)."""
+def test_head_seeds_and_the_variance_command_on_a_smoke_run_store(tmp_path):
+    """Two seeds of G-TAD on the same external features, each stage with ``head_seeds: 2``: the
+    stage's figures are the mean of its two heads. The variance command with 3 heads per seed
+    takes the stage's two and trains the third outside the stages, reuses it on a second call, and
+    finds no pre-training part (one feature file for both seeds: they differ only in the heads)."""
+    import json
+
     from clap_bench.config import load_profile, resolve_datasets
     from clap_bench.data import load_dataset
 
@@ -70,24 +73,49 @@ def test_variance_command_on_a_smoke_run_store(tmp_path):
     with h5py.File(folder / "activitynet.h5", "w") as f:
         for vid, video in ann.videos.items():
             f[vid] = rng.standard_normal((max(4, int(video.duration)), 8)).astype(np.float32)
+    profile = tmp_path / "heads2.yaml"
+    profile.write_text("base: smoke\nname: heads2\ntasks:\n  tal:\n    head_seeds: 2\n")
     runs = tmp_path / "runs"
     method = f"features:{folder}"
-    run = CliRunner().invoke(app, ["run", "--method", method, "--seeds", "2", "--tasks", "tal", "--profile", "smoke",
+    run = CliRunner().invoke(app, ["run", "--method", method, "--seeds", "2", "--tasks", "tal", "--profile", str(profile),
                                    "--runs-dir", str(runs), "-q"])
     assert run.exit_code == 0, run.output
-    args = ["analyze", "variance", "-m", method, "--task", "tal", "--profile", "smoke", "--heads", "2",
+    stage = next(runs.glob("heads2/*/seed1/tal"))
+    heads = json.loads((stage / "heads.json").read_text())
+    assert heads["seeds"] == [1, 1001] and len(heads["metrics"]) == 2
+    assert all((stage / "heads" / f"head{j}" / "predictions.json").is_file() for j in (0, 1))
+    stage_metrics = json.loads((stage / "metrics.json").read_text())
+    assert stage_metrics["average_mAP"] == pytest.approx(np.mean([m["average_mAP"] for m in heads["metrics"]]))
+
+    args = ["analyze", "variance", "-m", method, "--task", "tal", "--profile", str(profile), "--heads", "3",
             "--bootstrap", "5", "--runs-dir", str(runs), "-q"]
     first = CliRunner().invoke(app, args)
     assert first.exit_code == 0, first.output
-    assert "2 pre-training seeds x 2 head seeds" in first.output and "average_mAP" in first.output
-    heads = sorted(runs.glob("smoke/*/_variance/seed*/tal/head1/metrics.json"))
-    assert len(heads) == 2
-    stamps = [p.stat().st_mtime_ns for p in heads]
+    assert "2 pre-training seeds x 3 head seeds" in first.output and "average_mAP" in first.output
+    extra = sorted(runs.glob("heads2/*/_variance/seed*/tal/head*/metrics.json"))
+    assert [p.parent.name for p in extra] == ["head2", "head2"]  # heads 0 and 1 came from the stages
+    stamps = [p.stat().st_mtime_ns for p in extra]
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0 and again.output == first.output  # reused, not retrained
-    assert [p.stat().st_mtime_ns for p in heads] == stamps
-    status = CliRunner().invoke(app, ["status", "--profile", "smoke", "--runs-dir", str(runs)])
-    assert status.exit_code == 0 and "head1" not in status.output and "_variance/" not in status.output
+    assert [p.stat().st_mtime_ns for p in extra] == stamps
+    status = CliRunner().invoke(app, ["status", "--profile", "heads2", "--runs-dir", str(runs)])
+    assert status.exit_code == 0 and "head2" not in status.output and "_variance/" not in status.output
+
+
+def test_head_seeds_must_be_a_positive_integer(tmp_path):
+    from clap_bench.config import ConfigError, load_profile
+    from clap_bench.runs.plan import validate_run
+
+    for bad in ("0", "two", "1.5"):
+        path = tmp_path / "bad.yaml"
+        path.write_text(f"base: smoke\ntasks:\n  tal:\n    head_seeds: {bad}\n")
+        with pytest.raises(ConfigError, match=r"tasks\.tal\.head_seeds: expected an integer >= 1"):
+            validate_run(load_profile(str(path)), ["clap"], ["tal"])
+    ok = tmp_path / "ok.yaml"
+    ok.write_text("base: smoke\ntasks:\n  tal:\n    head_seeds: 3\n")
+    profile = load_profile(str(ok))
+    validate_run(profile, ["clap"], ["tal"])
+    assert "head_seeds" not in profile.task_config("tal")
 
 
 def test_variance_command_errors_name_what_is_missing(tmp_path):

@@ -88,7 +88,7 @@ def run_task_command(
     spec = get_task(task)
     try:
         prof = load_profile(profile)
-        task_overrides = deep_merge(dict(prof.tasks.get(task, {}) or {}), parse_overrides(overrides))
+        task_overrides = deep_merge(prof.task_config(task), parse_overrides(overrides))
         task_overrides.update(extra_overrides or {})
         from_dict(spec.config_cls, task_overrides, f"tasks.{task}").validate()  # fail before any data work
         needed = list(datasets_needed or spec.datasets)

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
-from clap_bench.config import ConfigError, Profile, config_hash, data_identity, from_dict, resolve_threads, to_dict
+from clap_bench.config import TASK_STAGE_KEYS, ConfigError, Profile, config_hash, data_identity, from_dict, resolve_threads, to_dict
 from clap_bench.runs.store import METRICS_FILE, RunStore, read_json
 
 log = logging.getLogger(__name__)
@@ -252,7 +252,8 @@ def validate_run(profile: Profile, methods: Sequence[str], tasks: Sequence[str])
         if name not in known_tasks:
             raise ConfigError(f"profile {profile.name!r}: tasks.{name}: unknown task; known: {', '.join(known_tasks)}")
         spec = get_task(name)
-        from_dict(spec.config_cls, dict(profile.tasks[name] or {}), f"profile {profile.name!r}: tasks.{name}")
+        head_seeds(profile.tasks[name], f"profile {profile.name!r}: tasks.{name}")
+        from_dict(spec.config_cls, task_overrides(profile.tasks[name]), f"profile {profile.name!r}: tasks.{name}")
     needed: Dict[str, str] = {}  # dataset key -> who reads it
     for task in tasks:
         for key in get_task(task).datasets:
@@ -459,9 +460,37 @@ def run_extract_stage(ctx: StageContext) -> Dict[str, Any]:
     return {"features": _relative(path, ctx.out_dir), "dataset": dataset}
 
 
+# ``tasks.<task>.head_seeds``: a key of the task stage, not of the head's config (every task has it).
+HEAD_SEEDS_KEY = TASK_STAGE_KEYS[0]
+HEADS_FILE = "heads.json"
+
+
+def head_seeds(overrides: Optional[dict], where: str) -> int:
+    """``head_seeds`` of a task section (default 1), checked."""
+    value = (overrides or {}).get(HEAD_SEEDS_KEY, 1)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{where}.{HEAD_SEEDS_KEY}: expected an integer >= 1, got {value!r}")
+    return value
+
+
+def task_overrides(overrides: Optional[dict]) -> dict:
+    """A task section without the stage's own keys: what the head's config reads."""
+    return {k: v for k, v in (overrides or {}).items() if k not in TASK_STAGE_KEYS}
+
+
+def head_dir(stage_dir: Path, head: int) -> Path:
+    """Where head ``head`` of a task stage with several head seeds writes its outputs."""
+    return Path(stage_dir) / "heads" / f"head{head}"
+
+
 def run_task_stage(ctx: StageContext) -> Dict[str, Any]:
+    """One downstream head on the stage's features, or with ``tasks.<task>.head_seeds: K`` (K > 1)
+    K heads (seeds ``seed + 1000 * j``; j = 0 is the seed itself) each in ``heads/head<j>/``, the
+    stage's figures their mean and ``heads.json`` each head's. A finished head is not rerun when
+    an interrupted stage resumes."""
     from clap_bench.downstream.base import TaskContext, get_task
     from clap_bench.plugins import load_profile_imports
+    from clap_bench.runs.variance import head_seed
 
     load_profile_imports(ctx.profile)  # a plug-in task, in the process that runs the stage
 
@@ -474,12 +503,37 @@ def run_task_stage(ctx: StageContext) -> Dict[str, Any]:
             metrics = read_json(ctx.inputs[stage] / METRICS_FILE) or {}
             features[metrics.get("dataset", stage.split("-", 1)[-1])] = ctx.input_output(stage, "features")
     spec = get_task(task)
-    metrics = spec.run(TaskContext(
-        features=features, datasets=ctx.datasets, out_dir=ctx.out_dir, seed=ctx.seed,
-        overrides=dict(ctx.config.get("overrides") or {}), device=_device(), progress=ctx.progress,
-    ))
-    # Numbers are metrics; a string says how they were made (e.g. tal's "video_labels").
-    return {k: v if isinstance(v, str) else float(v) for k, v in metrics.items()}
+    section = dict(ctx.config.get("overrides") or {})
+    heads = head_seeds(section, f"tasks.{task}")
+
+    def run_head(out_dir: Path, seed: int) -> Dict[str, Any]:
+        metrics = spec.run(TaskContext(
+            features=features, datasets=ctx.datasets, out_dir=out_dir, seed=seed,
+            overrides=task_overrides(section), device=_device(), progress=ctx.progress,
+        ))
+        # Numbers are metrics; a string says how they were made (e.g. tal's "video_labels").
+        return {k: v if isinstance(v, str) else float(v) for k, v in metrics.items()}
+
+    if heads == 1:
+        return run_head(ctx.out_dir, ctx.seed)
+    per_head = []
+    for j in range(heads):
+        out = head_dir(ctx.out_dir, j)
+        done = read_json(out / METRICS_FILE)  # the tasks write metrics.json last
+        if done is None:
+            out.mkdir(parents=True, exist_ok=True)
+            done = run_head(out, head_seed(ctx.seed, j))
+        per_head.append(done)
+    from clap_bench.io import atomic_write_json
+
+    atomic_write_json(ctx.out_dir / HEADS_FILE, {"seeds": [head_seed(ctx.seed, j) for j in range(heads)], "metrics": per_head})
+    mean = {}
+    for key, value in per_head[0].items():
+        if isinstance(value, str):
+            mean[key] = value
+        elif all(isinstance(h.get(key), (int, float)) for h in per_head):
+            mean[key] = float(sum(h[key] for h in per_head) / heads)
+    return mean
 
 
 def _device() -> str:

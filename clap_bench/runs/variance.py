@@ -17,7 +17,8 @@ deviation is estimated by resampling the test videos (TAL) or queries (grounding
 (bootstrap) for each run's predictions, averaged over the runs.
 
 The extra head runs (head seed ``seed + 1000 * h`` for ``h >= 1``; ``h = 0`` is the task stage's own
-run) are written under ``<profile>/<method>/_variance/seed<k>/<task>/head<h>/`` of the run store
+run, or the stage's own heads where it ran ``tasks.<task>.head_seeds``) are written under
+``<profile>/<method>/_variance/seed<k>/<task>/head<h>/`` of the run store
 (outside the stage folders, so status and tables do not see them) and reused when the command runs
 again: a head run is finished when its ``metrics.json`` exists, which the tasks write last.
 """
@@ -174,7 +175,7 @@ def task_feature_files(store, profile: str, method: str, seed: int, task: str) -
     return files
 
 
-def run_variance(store, profile_name: str, method: str, task: str, heads: int = 3, bootstrap: int = 200,
+def run_variance(store, profile_arg: str, method: str, task: str, heads: int = 3, bootstrap: int = 200,
                  seeds: Optional[Sequence[int]] = None, progress: bool = True, log: Callable[[str], None] = print
                  ) -> Dict[str, Decomposition]:
     """Train the missing heads, bootstrap every run's test set, and decompose each of the task's
@@ -183,12 +184,15 @@ def run_variance(store, profile_name: str, method: str, task: str, heads: int = 
 
     from clap_bench.config import ConfigError, load_profile, resolve_datasets, resolve_threads
     from clap_bench.downstream.base import TaskContext, get_task
+    from clap_bench.runs.plan import HEADS_FILE, head_dir
     from clap_bench.runs.store import METRICS_FILE, read_json
 
     if task not in TASK_METRICS:
         raise ConfigError(f"--task: expected one of {', '.join(TASK_METRICS)}, got {task!r}")
     if heads < 2:
         raise ConfigError(f"--heads: expected >= 2 (the head part needs two heads per seed), got {heads}")
+    profile = load_profile(profile_arg)  # a name or a YAML file; the store files it under its name
+    profile_name = profile.name
     finished = [s for s in store.seeds(profile_name, method)
                 if (store.stage_dir(profile_name, method, s, task) / METRICS_FILE).is_file()]
     if seeds is not None:
@@ -199,10 +203,9 @@ def run_variance(store, profile_name: str, method: str, task: str, heads: int = 
     if len(finished) < 2:
         raise ConfigError(f"{method}: {len(finished)} seed(s) with a finished {task} stage in "
                           f"{store.profile_dir(profile_name)}; the decomposition needs 2 or more "
-                          f"(run: clapbench run --method {method} --tasks {task} --seeds 3 --profile {profile_name})")
-    profile = load_profile(profile_name)
+                          f"(run: clapbench run --method {method} --tasks {task} --seeds 3 --profile {profile_arg})")
     datasets = resolve_datasets(profile)
-    overrides = dict(profile.tasks.get(task, {}))
+    overrides = profile.task_config(task)
     spec = get_task(task)
     torch.set_num_threads(resolve_threads(profile))
 
@@ -225,8 +228,14 @@ def run_variance(store, profile_name: str, method: str, task: str, heads: int = 
     boot = {m: [] for m in metrics}
     for i, seed in enumerate(finished):
         features = None
+        stage = store.stage_dir(profile_name, method, seed, task)
+        # a stage run with tasks.<task>.head_seeds: K already holds K heads
+        stage_heads = len((read_json(stage / HEADS_FILE) or {}).get("metrics", [])) or 1
         for h in range(heads):
-            out = store.stage_dir(profile_name, method, seed, task) if h == 0 else variance_dir(store, profile_name, method, seed, task, h)
+            if h < stage_heads:
+                out = stage if stage_heads == 1 else head_dir(stage, h)
+            else:
+                out = variance_dir(store, profile_name, method, seed, task, h)
             result = read_json(out / METRICS_FILE)
             if result is None:
                 features = features or task_feature_files(store, profile_name, method, seed, task)
