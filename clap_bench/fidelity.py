@@ -47,6 +47,7 @@ CHOICES: tuple = (
     Choice("pretrain.short_segments", ALL_TABLES, "segments shorter than one clip"),
     Choice("pretrain.gvf_scaling", ALL_TABLES, "scaling of the global video feature"),
     Choice("pretrain.caption_choice", ALL_TABLES, "caption given to a clip"),
+    Choice("extract.last_clip", ALL_TABLES, "last clip of a video at extraction"),
     Choice("tasks.tal.video_scores", ("1",), "G-TAD's video labels", _video_scores),
     Choice("tasks.fstal.adapt_steps", ("2a",), "QAT support-adaptation steps"),
     Choice("tasks.vlg.glove_path", ("2b", "3"), "2D-TAN word vectors",
