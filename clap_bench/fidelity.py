@@ -44,6 +44,8 @@ CHOICES: tuple = (
     Choice("pretrain.contrastive.learn_temperature", ALL_TABLES, "learned contrastive temperature"),
     Choice("pretrain.contrastive.duplicate_texts", ALL_TABLES, "other pairs with the same text in a contrastive denominator"),
     Choice("pretrain.head_init_std", ALL_TABLES, "initialisation of the class and region heads"),
+    Choice("pretrain.max_segments_per_epoch", ALL_TABLES, "segments drawn per pre-training epoch",
+           lambda v: "every segment" if v is None else f"{v} segments"),
     Choice("pretrain.short_segments", ALL_TABLES, "segments shorter than one clip"),
     Choice("pretrain.gvf_scaling", ALL_TABLES, "scaling of the global video feature"),
     Choice("pretrain.caption_choice", ALL_TABLES, "caption given to a clip"),
