@@ -179,7 +179,8 @@ def with_our_frames(clips: List[T.ListedClip], reader: FrameIndexReader, video_d
 
 
 def frame_agreement(theirs: List[T.ListedClip], ours: List[T.ListedClip]) -> Counter:
-    """Per clip, the largest difference (in source frames) between the frames the two sides read at the same start."""
+    """Per clip, the largest difference (in source frames) between the frames the two sides read at the same start
+    (-1: a different number of frames)."""
     out = Counter()
     for a, b in zip(theirs, ours):
         out[int(np.abs(np.asarray(a.frames) - np.asarray(b.frames)).max()) if len(a.frames) == len(b.frames) else -1] += 1
@@ -271,7 +272,8 @@ def main(argv=None) -> int:
         short = sum(1 for clip in c.only_ours if clip.segment[1] - clip.segment[0] < clip_seconds)
         if c.only_ours:
             print(f"  only ours: {short} of {len(c.only_ours)} are clips of segments shorter than one clip")
-        ok &= c.all_within and c.label_mismatches == 0 and not c.only_theirs and short == len(c.only_ours) and c.frames_max_diff <= bound
+        ok &= c.all_within and c.label_mismatches == 0 and not c.only_theirs and short == len(c.only_ours)
+        ok &= c.frames_max_diff <= bound and not c.frames_length_mismatches
     if problems_val:
         print(f"  TSP raised on {len(problems_val)} clip(s), e.g. {problems_val[0]}")
 
@@ -291,8 +293,8 @@ def main(argv=None) -> int:
     ok &= r_tsp.outside_range == 0
     agreement = frame_agreement(theirs_train, with_our_frames(theirs_train, reader, ours.video_dir, profile))
     print("frames read at TSP's own random starts (ours by nearest frame, TSP's through read_video): largest difference per clip "
-          + ", ".join(f"{k} frame(s): {v}" for k, v in sorted(agreement.items())))
-    ok &= max(agreement) <= bound
+          + ", ".join(f"{k} frame(s): {v}" if k >= 0 else f"different frame counts: {v}" for k, v in sorted(agreement.items())))
+    ok &= max(agreement) <= bound and -1 not in agreement
     if problems_train:
         print(f"  TSP raised on {len(problems_train)} clip(s), e.g. {problems_train[0]}")
 
@@ -324,7 +326,7 @@ def main(argv=None) -> int:
         c = T.compare_fixed_clips(ours_listed, tsp_listed, tolerance, T.video_index_key)
         for line in T.describe_fixed("  clips paired by video and index", c, tolerance):
             print(line)
-        ok &= c.all_within and c.frames_max_diff <= bound
+        ok &= c.all_within and c.frames_max_diff <= bound and not c.frames_length_mismatches
 
     print(f"\n{'every difference explained' if ok else 'UNEXPLAINED DIFFERENCES (see above)'}; {time.time() - started:.0f} s")
     return 0 if ok else 1

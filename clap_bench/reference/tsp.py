@@ -245,12 +245,13 @@ class SegmentComparison:
 
 
 def _why_segment_differs(segment: SegmentRow, clip_length: int, frame_rate: float, theirs_side: bool, duplicates: Counter) -> str:
+    """Why ``segment`` is only on one side (``theirs_side``: TSP's); ``duplicates`` counts that side's segments."""
     if segment.length * frame_rate < clip_length:
         kind = "action" if segment.label is not None else "background"
         rule = "TSP drops it" if not theirs_side else "we drop it"
         return f"{kind} shorter than one clip ({clip_length / frame_rate:.3f} s): {rule}"
     if duplicates[segment.key()] > 1:
-        return "a repeated csv row: we keep one copy" if theirs_side else "a repeated csv row: TSP keeps every copy"
+        return "a repeated csv row: we keep one copy" if theirs_side else "a repeated csv row: TSP keeps one copy"
     return "unexplained"
 
 
@@ -263,7 +264,7 @@ def compare_segments(ours: Sequence[SegmentRow], theirs: Sequence[SegmentRow], c
     by_key = {s.key(): s for s in list(ours) + list(theirs)}
     for key, n in sorted(left_ours.items(), key=lambda kv: str(kv[0])):
         for _ in range(n):
-            result.only_ours.append((by_key[key], _why_segment_differs(by_key[key], clip_length, frame_rate, False, theirs_count)))
+            result.only_ours.append((by_key[key], _why_segment_differs(by_key[key], clip_length, frame_rate, False, ours_count)))
     for key, n in sorted(left_theirs.items(), key=lambda kv: str(kv[0])):
         for _ in range(n):
             result.only_theirs.append((by_key[key], _why_segment_differs(by_key[key], clip_length, frame_rate, True, theirs_count)))
@@ -285,6 +286,7 @@ class FixedClipComparison:
     frames_compared: int = 0
     frames_same: int = 0
     frames_max_diff: int = 0  # in source frames
+    frames_length_mismatches: int = 0  # clips for which the two sides read a different number of frames
 
     @property
     def all_within(self) -> bool:
@@ -315,7 +317,7 @@ def compare_fixed_clips(
             continue
         result.frames_compared += 1
         if len(a) != len(b):
-            result.frames_max_diff = max(result.frames_max_diff, 10**9)
+            result.frames_length_mismatches += 1
             continue
         d = int(np.abs(np.asarray(a) - np.asarray(b)).max())
         result.frames_same += d == 0
@@ -484,7 +486,7 @@ def describe_fixed(name: str, c: FixedClipComparison, tolerance: float) -> List[
     ]
     if c.frames_compared:
         lines.append(f"  source frames read: identical in {c.frames_same}/{c.frames_compared} clips, "
-                     f"largest difference {c.frames_max_diff} frame(s)")
+                     f"largest difference {c.frames_max_diff} frame(s), different frame counts {c.frames_length_mismatches}")
     return lines
 
 
