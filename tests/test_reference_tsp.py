@@ -215,3 +215,17 @@ def test_frame_bound_and_grid_explanations_follow_tsps_resampling_step():
     # a fractional step (15 -> 4 fps): TSP keeps the span rule, so our frames rule has the extra clip
     why = T.explain_grid_difference(10, 9, "frames", 9.0, 147 / 15, 4, 4.0, 15)
     assert why.startswith("TSP resamples by a fractional step (3.75")
+
+
+def test_clip_lists_are_written_as_csv_one_row_per_clip():
+    import csv
+    import io
+
+    clips = [T.ListedClip("v_a", 1.5, 2.5, "x", (1.0, 4.0), 2, (22, 24)), T.ListedClip("v_a", 0.0, 1.0, None, (0.0, 1.0), 0),
+             T.ListedClip("v_b", 2.0, 3.0, None, None, 3, (30, 32))]
+    rows = list(csv.DictReader(io.StringIO(T.clips_csv(clips))))
+    assert tuple(rows[0]) == T.CSV_COLUMNS
+    assert rows[0] == {"video": "v_a", "start": "1.500000", "end": "2.500000", "label": "x", "region": "action",
+                       "segment_start": "1.000000", "segment_end": "4.000000", "slot": "2", "frames": "22 24"}
+    assert (rows[1]["label"], rows[1]["region"], rows[1]["frames"]) == ("", "background", "")
+    assert (rows[2]["region"], rows[2]["segment_start"], rows[2]["slot"]) == ("", "", "3")

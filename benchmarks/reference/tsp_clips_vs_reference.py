@@ -3,7 +3,7 @@
 Run (the reference is fetched outside the project, never copied into it)::
 
     git clone https://github.com/HumamAlwassel/TSP && git -C TSP checkout 9809875ece714d572e77f09b579a7bbb9d31c73b
-    python benchmarks/reference/tsp_clips_vs_reference.py --reference TSP [--profile default] [--epochs 4]
+    python benchmarks/reference/tsp_clips_vs_reference.py --reference TSP [--profile default] [--epochs 4] [--lists DIR]
 
 Inputs: the pre-training dataset of the profile (``activitynet``; on the synthetic profiles the
 ActivityNet-like set in the cache: real mp4 files and TSP's ground-truth csv files with their
@@ -26,7 +26,9 @@ with every segment, listed without decoding; the frames a clip reads come from o
 Printed: the segment lists (with the profile's ``pretrain.short_segments`` and with ``drop``,
 TSP's rule), validation clips paired by (segment, slot), the training starts' ranges and
 distribution (TSP draws them at random: their range and distribution are compared, and the
-frames both sides read at TSP's own random starts), and the extraction grid per video.
+frames both sides read at TSP's own random starts), and the extraction grid per video. With
+``--lists DIR`` every clip list (each side, each kind) is also written to ``DIR/<side>-<kind>.csv``
+(video, start, end, label, region, segment, slot, source frames).
 """
 
 from __future__ import annotations
@@ -194,6 +196,7 @@ def main(argv=None) -> int:
     parser.add_argument("--profile", default="default", help="profile whose pre-training dataset and clip settings are compared (default: default)")
     parser.add_argument("--epochs", type=int, default=4, help="epochs of random training starts drawn on each side (default: 4)")
     parser.add_argument("--seed", type=int, default=0, help="our pre-training seed (TSP's dataset seeds its own generator with 42)")
+    parser.add_argument("--lists", type=Path, help="folder to write every clip list into, one csv per side and kind")
     args = parser.parse_args(argv)
     try:
         root = require_reference(args.reference, "TSP", T.TSP_URL, T.TSP_COMMIT, T.TSP_MARKER)
@@ -206,6 +209,8 @@ def main(argv=None) -> int:
     clip_seconds = clips_cfg.frames / clips_cfg.fps
     ours = T.our_protocol(profile, seed=args.seed)
     ours_drop = T.our_protocol(profile, short_segments="drop", seed=args.seed) if profile.pretrain.short_segments != "drop" else ours
+    variants = [(f"ours ({profile.pretrain.short_segments})", ours)] + ([("ours (drop)", ours_drop)] if ours_drop is not ours else [])
+    lists: Dict[str, List[T.ListedClip]] = {}  # what --lists writes
     reader = FrameIndexReader()
     untrimmed, evaluation = load_reference(root, reader)
     mappings, names = label_mappings(ours.csv_files["training"].parent)
@@ -244,19 +249,17 @@ def main(argv=None) -> int:
 
     # ---- segments
     print("\n== segments (the deterministic part of pre-training)")
-    for subset, tsp_ds, our_keep, our_drop in (("training", tsp_train, ours.train, ours_drop.train),
-                                              ("validation", tsp_valid, ours.validation, ours_drop.validation)):
+    for subset, tsp_ds in (("training", tsp_train), ("validation", tsp_valid)):
         theirs = tsp_segments(tsp_ds, names)
-        variants = [(f"ours ({profile.pretrain.short_segments})", our_keep)]
-        if ours_drop is not ours:
-            variants.append(("ours (drop)", our_drop))
-        for name, ds in variants:
+        for name, protocol in variants:
+            ds = protocol.train if subset == "training" else protocol.validation
             c = T.compare_segments(T.our_segments(ds), theirs, clips_cfg.frames, clips_cfg.fps)
             for line in T.describe_segments(f"{subset}, {name}", c):
                 print(line)
             ok &= c.unexplained == 0
         print(f"{subset}: clips per epoch: TSP {len(tsp_ds)} ({len(tsp_ds.df)} segments x {tsp_ds.clips_per_segment}), "
-              + ", ".join(f"{name} {len(ds)} ({len(ds.items)} x {ds.clips_per_item})" for name, ds in variants))
+              + ", ".join(f"{name} {len(ds)} ({len(ds.items)} x {ds.clips_per_item})"
+                          for name, ds in ((n, p.train if subset == "training" else p.validation) for n, p in variants)))
     n, same, worst = T.compare_ranges(tsp_segments(tsp_train, names), clip_seconds, ours.durations, 1e-9)
     print(f"training start ranges [lo, hi] of TSP's segments: same on both sides for {same}/{n} (largest difference {worst:.2e} s)")
     ok &= same == n
@@ -264,8 +267,10 @@ def main(argv=None) -> int:
     # ---- validation: fixed positions
     print("\n== validation clips (evenly spaced, deterministic), paired by segment and slot")
     theirs_val, problems_val = tsp_clips(tsp_valid, reader, names, 1)
-    for name, ds in ((f"ours ({profile.pretrain.short_segments})", ours.validation), ("ours (drop)", ours_drop.validation)):
-        ours_val = with_our_frames(T.our_clips(ds), reader, ours.video_dir, profile)
+    lists["tsp-validation"] = theirs_val
+    for name, protocol in variants:
+        ours_val = with_our_frames(T.our_clips(protocol.validation), reader, ours.video_dir, profile)
+        lists[f"{name.replace(' (', '-').rstrip(')')}-validation"] = ours_val
         c = T.compare_fixed_clips(ours_val, theirs_val, tolerance, T.segment_slot_key)
         for line in T.describe_fixed(name, c, tolerance):
             print(line)
@@ -284,8 +289,11 @@ def main(argv=None) -> int:
     tsp_ranges = {s.key(): T.tsp_start_range(s, clip_seconds) for s in tsp_segs}
     r_tsp = T.random_starts(theirs_train, tsp_ranges, args.epochs)
     print(T.describe_random("TSP", r_tsp))
-    for name, ds in ((f"ours ({profile.pretrain.short_segments})", ours.train), ("ours (drop)", ours_drop.train)):
+    lists["tsp-training"] = theirs_train
+    for name, protocol in variants:
+        ds = protocol.train
         mine = T.our_clips(ds, range(args.epochs))
+        lists[f"{name.replace(' (', '-').rstrip(')')}-training"] = mine
         ranges = {s.key(): T.our_start_range(s, clip_seconds, ours.durations[s.video]) for s in T.our_segments(ds)}
         r = T.random_starts(mine, ranges, args.epochs)
         print(T.describe_random(name, r) + f"; same distribution as TSP's: two-sample KS p = {T.two_sample_p(r, r_tsp):.3f}")
@@ -302,6 +310,7 @@ def main(argv=None) -> int:
     print("\n== extraction clips (every clip at the stride), every video of both csv files")
     videos = sorted(ours.extraction)
     tsp_grid, tsp_listed, meta = tsp_extraction(evaluation, reader, ours.video_dir, videos, profile)
+    lists["tsp-extraction"] = tsp_listed
     frames_mismatch = [v for v in videos if ours.annotations.videos[v].num_frames not in (None, meta[v]["video-frames"])]
     print(f"videos: {len(videos)}; csv video-frames equal to the files' frame counts: {len(videos) - len(frames_mismatch)}/{len(videos)}")
 
@@ -323,11 +332,18 @@ def main(argv=None) -> int:
             print(f"  e.g. {vid} ({meta[vid]['video-frames']} frames, {ours.durations[vid]:.3f} s): ours {a}, TSP {b}")
         ok &= all(w != "unexplained" for *_, w in g.count_differences)
         ours_listed = with_our_frames(T.grid_clips(grid, clip_seconds), reader, ours.video_dir, profile)
+        lists[f"ours-{rule}-extraction"] = ours_listed
         c = T.compare_fixed_clips(ours_listed, tsp_listed, tolerance, T.video_index_key)
         for line in T.describe_fixed("  clips paired by video and index", c, tolerance):
             print(line)
         ok &= c.all_within and c.frames_max_diff <= bound and not c.frames_length_mismatches
 
+    if args.lists is not None:
+        from clap_bench.io import atomic_write_text
+
+        for name, clips in sorted(lists.items()):
+            atomic_write_text(args.lists / f"{name}.csv", T.clips_csv(clips))
+        print(f"\nclip lists: {', '.join(sorted(lists))} (.csv) in {args.lists}")
     print(f"\n{'every difference explained' if ok else 'UNEXPLAINED DIFFERENCES (see above)'}; {time.time() - started:.0f} s")
     return 0 if ok else 1
 

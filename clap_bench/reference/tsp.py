@@ -465,6 +465,27 @@ def compare_ranges(
 
 
 # --------------------------------------------------------------------------- report
+CSV_COLUMNS = ("video", "start", "end", "label", "region", "segment_start", "segment_end", "slot", "frames")
+
+
+def clips_csv(clips: Sequence[ListedClip]) -> str:
+    """A clip list as csv: one row per clip; ``region`` action or background (empty for extraction clips, which
+    have no segment); ``frames`` the source frame indices, when known."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for c in clips:
+        seg = c.segment or ("", "")
+        writer.writerow([c.video, f"{c.start:.6f}", f"{c.end:.6f}", c.label or "",
+                         "" if c.segment is None else "action" if c.action else "background",
+                         *(f"{x:.6f}" if x != "" else "" for x in seg), "" if c.slot is None else c.slot,
+                         " ".join(map(str, c.frames)) if c.frames is not None else ""])
+    return buf.getvalue()
+
+
 def count_by(rows: Iterable[Tuple[object, str]]) -> Dict[str, int]:
     """How many rows give each reason."""
     return dict(Counter(why for _, why in rows))
