@@ -181,11 +181,31 @@ class TrainConfig:
             raise ConfigError(f"batch_size: expected a positive number of clips, got {self.batch_size}")
 
 
+LAST_CLIP_RULES = ("span", "frames")
+
+
 @dataclass
 class ExtractConfig:
     stride_frames: int = 16  # in frames at ClipConfig.fps; 16 = non-overlapping clips
     batch_size: int = 32
     num_workers: int = 0
+    # The last clip of a video: "span" (its whole span inside the video) or "frames" (its frames
+    # all shown before the end: TSP's EvalVideoDataset, one more feature on some videos);
+    # see clap_bench.clips.sampling.extraction_clip_starts.
+    last_clip: str = "span"
+
+    def __post_init__(self):
+        if self.last_clip not in LAST_CLIP_RULES:
+            raise ConfigError(f"last_clip: expected one of {', '.join(LAST_CLIP_RULES)}, got {self.last_clip!r}")
+        if self.stride_frames < 1:
+            raise ConfigError(f"stride_frames: expected a positive number of frames, got {self.stride_frames}")
+
+    def clip_starts(self, duration: float, clips: "ClipConfig"):
+        """Start (s) of every clip extraction reads from a video of ``duration`` seconds: one feature each."""
+        from clap_bench.clips.sampling import extraction_clip_starts
+
+        last_frame = (clips.frames - 1) / clips.fps if self.last_clip == "frames" else None
+        return extraction_clip_starts(duration, clips.frames / clips.fps, self.stride_frames / clips.fps, last_frame)
 
 
 @dataclass

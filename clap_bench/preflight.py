@@ -336,14 +336,13 @@ def measure_pretrain(profile: Profile, data: PreflightData, method: str, steps: 
 
 
 def measure_extraction(profile: Profile, data: PreflightData, key: str, work: Path) -> Measure:
-    from clap_bench.clips.sampling import extraction_clip_starts
     from clap_bench.encoders import build_video_encoder
     from clap_bench.features.extract import VideoSource, encode_videos, write_features
 
     pcfg, clips, ex = profile.preflight, profile.clips, profile.extract
     encoder = build_video_encoder(dataclasses.replace(profile.encoder, weights=None), weights=None)
     sources = [VideoSource(v.id, next(data.folders[key].glob(f"{v.id}.*")), float(v.duration)) for v in data.picks[key]]
-    n_clips = sum(len(extraction_clip_starts(s.duration, clips.frames / clips.fps, ex.stride_frames / clips.fps)) for s in sources)
+    n_clips = sum(len(ex.clip_starts(s.duration, clips)) for s in sources)
     batch = pcfg.extract_batch_size or ex.batch_size
     workers = pcfg.num_workers if pcfg.num_workers is not None else ex.num_workers
     out = work / "features" / f"{key}.h5"
@@ -351,7 +350,8 @@ def measure_extraction(profile: Profile, data: PreflightData, key: str, work: Pa
     m = Measure(f"extract {key}", "clips", shape=f"{len(sources)} whole videos, {n_clips} clips, stride {ex.stride_frames}, {batch} clips/batch")
     with measuring(m, device):
         _, errors = write_features(out, {"dataset": key, "checkpoint_hash": "preflight"}, sources,
-                                   lambda todo: encode_videos(encoder, todo, clips, ex.stride_frames, batch, workers, device=str(device)))
+                                   lambda todo: encode_videos(encoder, todo, clips, ex.stride_frames, batch, workers, device=str(device),
+                                                               last_clip=ex.last_clip))
     if errors:
         raise RuntimeError(f"extraction of {key}: {errors[0]}")
     m.units = float(n_clips)
@@ -503,12 +503,10 @@ def measure_tan(profile: Profile, data: PreflightData, key: str, steps: int, wor
 # --------------------------------------------------------------------------- dataset sizes and projection
 def dataset_sizes(profile: Profile, data: PreflightData) -> Dict[str, dict]:
     """What the full run iterates over, counted from the annotation files."""
-    from clap_bench.clips.sampling import extraction_clip_starts
     from clap_bench.clips.segments import contiguous_segments
     from clap_bench.downstream.gtad.config import GTADConfig
 
     clips, ex = profile.clips, profile.extract
-    clip_s, stride_s = clips.frames / clips.fps, ex.stride_frames / clips.fps
     vlg = from_dict(_vlg_config_cls(), profile.task_config("vlg"), "tasks.vlg")
     gtad = from_dict(GTADConfig, profile.task_config("tal"), "tasks.tal")
     out: Dict[str, dict] = {}
@@ -519,7 +517,7 @@ def dataset_sizes(profile: Profile, data: PreflightData) -> Dict[str, dict]:
             "videos": c["videos"],
             "subsets": {s: v["videos"] for s, v in c["subsets"].items()},
             "queries": c["queries"],
-            "extraction_clips": int(sum(len(extraction_clip_starts(float(v.duration), clip_s, stride_s)) for v in ann.videos.values())),
+            "extraction_clips": int(sum(len(ex.clip_starts(float(v.duration), clips)) for v in ann.videos.values())),
             "hours_of_video": sum(float(v.duration) for v in ann.videos.values()) / 3600.0,
         }
     anet = data.full[PRETRAIN_DATASET]

@@ -139,3 +139,18 @@ def test_encode_videos_gives_one_feature_per_clip_at_the_stride(tmp_path):
     # Chunking does not change the features.
     again = dict((v, f) for v, f, _ in encode_videos(encoder, videos[:1], clips, stride_frames=2, batch_size=5, device="cpu"))
     np.testing.assert_allclose(again["v_a"], feats, rtol=1e-4, atol=1e-5)
+
+
+def test_last_clip_frames_adds_the_clip_that_ends_on_the_last_frame(tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "v_b.mp4"
+    _write_mp4(path, seconds=23 / 8)  # 23 frames at 8 fps: 2.875 s
+    clips = ClipConfig(frames=4, fps=4.0, resize=[32, 43], crop=28)
+    encoder = build_video_encoder(EncoderConfig(arch="r2plus1d_tiny", width=0.125))
+    video = [VideoSource("v_b", path, 23 / 8)]
+    span = next(encode_videos(encoder, video, clips, stride_frames=2, batch_size=8, device="cpu"))[1]
+    frames = next(encode_videos(encoder, video, clips, stride_frames=2, batch_size=8, device="cpu", last_clip="frames"))[1]
+    # clips of 1 s every 0.5 s: the span rule stops at 1.5 s (ends at 2.5 s); the clip at 2.0 s runs to
+    # 3.0 s but its frames (2.0, 2.25, 2.5, 2.75 s) are all in the video, the last being its last frame
+    assert span.shape[0] == 4 and frames.shape[0] == 5
+    np.testing.assert_allclose(frames[:4], span, rtol=1e-4, atol=1e-5)

@@ -40,7 +40,7 @@ from torch.utils.data import Dataset
 
 from clap_bench.clips.decode import VideoDecodeError, decode_clips, iter_video_clips
 from clap_bench.clips.language import TextPolicy, assign_caption, clip_prompt
-from clap_bench.clips.sampling import clip_seconds, extraction_clip_starts, sample_clip_starts
+from clap_bench.clips.sampling import clip_seconds, sample_clip_starts
 from clap_bench.clips.segments import contiguous_segments
 from clap_bench.clips.transforms import transform_clips
 from clap_bench.config import ClipConfig
@@ -190,13 +190,15 @@ class _ClipItemDataset(Dataset):
         log.warning("skipping %s (video %s, segment %.2f-%.2f s): %s", path, item.video_id, item.start, item.end, reason)
         return {"skipped": True, "video_id": item.video_id, "path": str(path), "reason": reason}
 
-    def __getitem__(self, index: int) -> dict:
+    def clip_times(self, index: int) -> Tuple[_ClipItem, np.ndarray, np.random.Generator, torch.Generator]:
+        """``(segment item, clip starts (s), numpy and torch generators)`` of item ``index``, without decoding.
+
+        The generators are returned as the draw of the starts left them: :meth:`__getitem__`
+        goes on drawing texts and crops from them.
+        """
         item_index, slot = self.locate(index)
         item = self.items[item_index]
         video = self.annotations.videos[item.video_id]
-        path = self.video_path(item.video_id)
-        if str(path) in self._bad_files:
-            return self._skip(item, path, self._bad_files[str(path)])
         if slot is None:
             np_rng, torch_gen = item_generators(self.seed, self.epoch, item_index)
             starts = sample_clip_starts(
@@ -212,6 +214,14 @@ class _ClipItemDataset(Dataset):
                 starts = sample_clip_starts(
                     item.start, item.end, self.clip_seconds, self.clips_per_item, False, None, video.duration
                 )[slot : slot + 1]
+        return item, starts, np_rng, torch_gen
+
+    def __getitem__(self, index: int) -> dict:
+        item, starts, np_rng, torch_gen = self.clip_times(index)
+        video = self.annotations.videos[item.video_id]
+        path = self.video_path(item.video_id)
+        if str(path) in self._bad_files:
+            return self._skip(item, path, self._bad_files[str(path)])
         try:
             if self.frame_cache is not None:
                 frames = self.frame_cache.clips(path, starts, self.clip_cfg.frames, self.clip_cfg.fps)
@@ -389,7 +399,7 @@ class VideoClipDataset(Dataset):
 
     ``stride_frames`` is in frames at ``clip_cfg.fps`` (16 at 15 fps: non-overlapping clips);
     clip starts come from :func:`~clap_bench.clips.sampling.extraction_clip_starts` over the
-    annotated duration. ``dataset[i]`` is ``(video_id, clips (N, 3, T, crop, crop))``, or
+    annotated duration, the last one chosen by ``last_clip`` (``extract.last_clip``). ``dataset[i]`` is ``(video_id, clips (N, 3, T, crop, crop))``, or
     ``(video_id, None)`` when the file cannot be decoded (logged, counted in ``skipped``);
     :meth:`iter_clips` gives the same clips in chunks and raises :class:`VideoDecodeError`.
     """
@@ -402,9 +412,13 @@ class VideoClipDataset(Dataset):
         stride_frames: int,
         threads: int = 1,
         chunk: int = 64,
+        last_clip: str = "span",
     ):
+        from clap_bench.config import ExtractConfig
+
         if stride_frames < 1:
             raise ValueError(f"stride_frames must be >= 1, got {stride_frames}")
+        self.grid = ExtractConfig(stride_frames=int(stride_frames), last_clip=last_clip)  # which clips a video gives
         self.annotations = annotations
         self.video_dir = Path(video_dir).expanduser()
         self.clip_cfg = clip_cfg
@@ -427,7 +441,7 @@ class VideoClipDataset(Dataset):
     def clip_starts(self, index: int) -> np.ndarray:
         """Start (s) of every clip of video ``index``; one feature per clip."""
         video = self.annotations.videos[self.video_ids[index]]
-        return extraction_clip_starts(float(video.duration), self.clip_seconds, self.stride_seconds)
+        return self.grid.clip_starts(float(video.duration), self.clip_cfg)
 
     def iter_clips(self, index: int, chunk: Optional[int] = None) -> Iterator[Tuple[int, torch.Tensor]]:
         """``(index of the chunk's first clip, float (c, 3, T, crop, crop))`` in one decoding pass."""

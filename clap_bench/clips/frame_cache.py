@@ -47,6 +47,25 @@ PathLike = str | Path
 FORMAT = 1
 
 
+def _midpoints(frame_times: np.ndarray) -> np.ndarray:
+    return (frame_times[1:] + frame_times[:-1]) / 2.0
+
+
+def _nearest_by_midpoints(midpoints: np.ndarray, times: np.ndarray) -> np.ndarray:
+    return np.searchsorted(midpoints, times, side="left")  # ties (a time on a midpoint) go to the earlier frame
+
+
+def nearest_frame_indices(frame_times: Sequence[float] | np.ndarray, times: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Index of the frame (of increasing ``frame_times``, s) that each of ``times`` reads.
+
+    The rule of the cache and of :func:`clap_bench.clips.decode.decode_frames_at`: the frame
+    nearest the time, ties to the earlier frame, the first frame before it, the last after it.
+    """
+    frame_times = np.asarray(frame_times, dtype=np.float64)
+    times = np.asarray(times, dtype=np.float64)
+    return _nearest_by_midpoints(_midpoints(frame_times), times.reshape(-1)).reshape(times.shape)
+
+
 class FrameCache:
     """Frames of whole videos at one size, decoded once into ``root``."""
 
@@ -95,7 +114,7 @@ class FrameCache:
         flat = times.reshape(-1)
         if flat.size and flat.max() > last_t and declared > 0 and last_t + max(1.0, 3 * frame_seconds) < declared:
             raise VideoDecodeError(path, f"truncated: frames stop at {last_t:.2f}s but the container declares {declared:.2f}s")
-        index = np.searchsorted(mid, flat, side="left")  # ties (a time on a midpoint) go to the earlier frame
+        index = _nearest_by_midpoints(mid, flat)
         out = np.asarray(frames[index])
         return out.reshape(times.shape + out.shape[1:])
 
@@ -120,7 +139,7 @@ class FrameCache:
                 f.unlink(missing_ok=True)
             return None
         os.utime(meta_file)  # least-recently-used order for the size bound
-        entry = (frames, (times[1:] + times[:-1]) / 2.0, float(times[-1]), float(meta["declared"]), float(meta["frame_seconds"]))
+        entry = (frames, _midpoints(times), float(times[-1]), float(meta["declared"]), float(meta["frame_seconds"]))
         self._open[key] = entry
         return entry
 

@@ -65,12 +65,20 @@ def sample_clip_starts(
     return np.linspace(lo, hi, n)
 
 
-def extraction_clip_starts(duration: float, clip_seconds: float, stride_seconds: float) -> np.ndarray:
+def extraction_clip_starts(
+    duration: float, clip_seconds: float, stride_seconds: float, last_frame: Optional[float] = None
+) -> np.ndarray:
     """Starts of every clip of a video at a fixed stride: 0, stride, 2*stride, ...
 
-    The last clip is the last one that fits inside the video (a tail shorter than the stride
-    is not covered by a clip of its own); a video shorter than one clip still gets one clip at 0.
-    One feature per start, so a video yields ``floor((duration - clip) / stride) + 1`` features.
+    Which clip is the last (``extract.last_clip``): with ``last_frame`` None (``span``), the
+    last one whose whole span ``[start, start + clip_seconds]`` lies inside the video, so a
+    video yields ``floor((duration - clip) / stride) + 1`` features. With ``last_frame``, the
+    offset of a clip's last frame from its start (``(frames - 1) / fps``; ``frames``), the last
+    one whose frames are all shown before the video ends (``start + last_frame < duration``):
+    TSP's ``EvalVideoDataset`` when the video's frame rate is a multiple of the clip's, where a
+    clip whose last frame is the video's last frame counts even though its span runs one source
+    frame past the end. Either way a tail shorter than the stride has no clip of its own, and a
+    video shorter than one clip still gets one clip at 0.
     """
     if stride_seconds <= 0:
         raise ValueError(f"stride must be positive, got {stride_seconds}")
@@ -78,6 +86,13 @@ def extraction_clip_starts(duration: float, clip_seconds: float, stride_seconds:
         raise ValueError(f"clip_seconds must be positive, got {clip_seconds}")
     if duration < 0:
         raise ValueError(f"duration must be >= 0, got {duration}")
-    last_start = max(0.0, float(duration) - clip_seconds)
-    count = int(np.floor(last_start / stride_seconds + 1e-9)) + 1
+    if last_frame is None:
+        last_start = max(0.0, float(duration) - clip_seconds)
+        count = int(np.floor(last_start / stride_seconds + 1e-9)) + 1
+    else:
+        if not 0 <= last_frame < clip_seconds:
+            raise ValueError(f"last_frame must lie in [0, clip_seconds={clip_seconds}), got {last_frame}")
+        # starts j * stride with j * stride + last_frame < duration (the 1e-6 absorbs rounding of
+        # durations written as frames / fps)
+        count = max(1, int(np.ceil((float(duration) - last_frame) / stride_seconds - 1e-6)))
     return np.arange(count, dtype=np.float64) * float(stride_seconds)

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from clap_bench.io import file_lock
-from clap_bench.config import ClipConfig, EncoderConfig, Profile, from_dict, resolve_datasets
+from clap_bench.config import ClipConfig, EncoderConfig, ExtractConfig, Profile, from_dict, resolve_datasets
 
 FEATURES_FORMAT = "clap_bench.features/1"
 _TMP_PREFIX = "__partial__"
@@ -45,20 +45,21 @@ class VideoSource:
 class _VideoClipChunks(torch.utils.data.IterableDataset):
     """Decodes videos (split over DataLoader workers) into chunks of centre-cropped clips."""
 
-    def __init__(self, videos: Sequence[VideoSource], clips: ClipConfig, stride_frames: int, chunk: int, frame_cache=None):
-        self.videos, self.clips, self.stride_frames, self.chunk = list(videos), clips, stride_frames, chunk
+    def __init__(self, videos: Sequence[VideoSource], clips: ClipConfig, stride_frames: int, chunk: int, frame_cache=None,
+                 last_clip: str = "span"):
+        self.videos, self.clips, self.chunk = list(videos), clips, chunk
+        self.grid = ExtractConfig(stride_frames=stride_frames, last_clip=last_clip)  # which clips a video gives
         self.frame_cache = frame_cache  # clap_bench.clips.frame_cache.FrameCache: frames decoded once per machine
 
     def __iter__(self):
         from clap_bench.clips.decode import VideoDecodeError, iter_video_clips
-        from clap_bench.clips.sampling import extraction_clip_starts
         from clap_bench.clips.transforms import transform_clips
 
         info = torch.utils.data.get_worker_info()
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
         c = self.clips
         for video in self.videos[wid::nw]:
-            starts = extraction_clip_starts(video.duration, c.frames / c.fps, self.stride_frames / c.fps)
+            starts = self.grid.clip_starts(video.duration, c)
             try:
                 if self.frame_cache is not None:
                     blocks = ((i, self.frame_cache.clips(video.path, starts[i : i + self.chunk], c.frames, c.fps))
@@ -83,14 +84,16 @@ def encode_videos(
     progress: bool = False,
     desc: str = "extract",
     frame_cache=None,
+    last_clip: str = "span",
 ) -> Iterator[Tuple[str, Optional[np.ndarray], Optional[str]]]:
     """Yield ``(video_id, (T, D) float32 features, None)`` per video, or ``(id, None, error)``.
 
     Videos come back in the order they complete (workers decode different videos at once).
+    ``last_clip`` is ``extract.last_clip`` (see :meth:`clap_bench.config.ExtractConfig.clip_starts`).
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     encoder = encoder.to(device).eval()
-    data = _VideoClipChunks(videos, clips, stride_frames, batch_size, frame_cache)
+    data = _VideoClipChunks(videos, clips, stride_frames, batch_size, frame_cache, last_clip)
     loader = torch.utils.data.DataLoader(data, batch_size=None, num_workers=num_workers, pin_memory=device.type == "cuda")
     pending: Dict[str, Tuple[int, Dict[int, np.ndarray]]] = {}
     bar = None
@@ -359,6 +362,7 @@ def extract_features(
         "feature_dim": int(encoder.out_dim),
         "stride": int(ex.stride_frames),
         "stride_frames": int(ex.stride_frames),
+        "last_clip": str(ex.last_clip),
         "fps": float(clips.fps),
         "frames": int(clips.frames),
         "size": int(clips.crop),
@@ -371,7 +375,7 @@ def extract_features(
         videos,
         lambda todo: encode_videos(
             encoder, todo, clips, ex.stride_frames, ex.batch_size, ex.num_workers, progress=progress, desc=f"extract {dataset_key}",
-            frame_cache=frame_cache_for(profile),
+            frame_cache=frame_cache_for(profile), last_clip=ex.last_clip,
         ),
     )
     if errors:

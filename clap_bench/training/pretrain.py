@@ -172,6 +172,7 @@ def global_video_features(
                 for vid, feats, error in encode_videos(
                     encoder, videos, profile.clips, profile.extract.stride_frames, profile.extract.batch_size,
                     profile.extract.num_workers, progress=progress, desc="global video features",
+                    last_clip=profile.extract.last_clip,
                 ):
                     if error is not None:
                         failed.append(error)
@@ -185,7 +186,7 @@ def global_video_features(
 
 
 # --------------------------------------------------------------------------- pre-training
-def _short_segment_limits(cfg: TrainConfig, clips) -> dict:
+def short_segment_limits(cfg: TrainConfig, clips) -> dict:
     """``short_segments: drop`` (TSP): no segment shorter than one clip is sampled, action or background."""
     if cfg.short_segments != "drop":
         return {}
@@ -324,7 +325,7 @@ def pretrain(
     dataset = SegmentClipDataset(
         ann, ds_cfg.videos, profile.clips, train=True, regions=method_cfg.regions, text_policy=policy,
         classes=class_list, seed=seed, max_segments=cfg.max_segments_per_epoch, clip_level=clip_level, hflip=cfg.hflip,
-        frame_cache=frame_cache_for(profile), **_short_segment_limits(cfg, profile.clips),
+        frame_cache=frame_cache_for(profile), **short_segment_limits(cfg, profile.clips),
     )
     validation = None
     if val_ann is not None:
@@ -332,7 +333,7 @@ def pretrain(
         validation = SegmentClipDataset(
             val_ann, ds_cfg.videos, profile.clips, train=False, regions=method_cfg.regions, text_policy=policy,
             classes=class_list, seed=0, max_segments=cfg.val_max_segments, clip_level=clip_level,
-            frame_cache=frame_cache_for(profile), **_short_segment_limits(cfg, profile.clips),
+            frame_cache=frame_cache_for(profile), **short_segment_limits(cfg, profile.clips),
         )
         if len(validation) == 0:
             raise ValueError(
