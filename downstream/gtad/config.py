@@ -4,6 +4,9 @@ The defaults are those of G-TAD on ActivityNet v1.3 (temporal scale 100, hidden 
 256/128/512, cardinality 32 with width 4, 32 + 4 aligned samples, Adam 4e-3, weight decay
 1e-4, 10 epochs with the rate divided by 10 after 5, Gaussian soft-NMS, top 100 proposals,
 top 2 video classes). The CPU profiles shrink the temporal scale, the widths and the epochs.
+Three defaults are not G-TAD's and keep what the README's figures were measured with:
+``boundary_anchors``, ``proposal_score`` and ``proposal_candidates`` (the ``paper`` profile sets
+G-TAD's values; FIDELITY.md).
 """
 
 from __future__ import annotations
