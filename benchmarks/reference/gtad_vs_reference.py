@@ -97,7 +97,6 @@ class Reference:
 
     def __init__(self, root: Path):
         self.root = root
-        self._saved = {name: sys.modules.get(name) for name in ("gtad_lib",)}
         package = types.ModuleType("gtad_lib")
         package.__path__ = [str(root / "gtad_lib")]
         sys.modules["gtad_lib"] = package
