@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from clap_bench.downstream.gtad.labels import iou_map_labels, valid_anchor_mask
-from clap_bench.downstream.gtad.losses import map_classification_loss
+from clap_bench.downstream.gtad.losses import map_classification_loss, map_regression_loss
 from clap_bench.reference import ReferenceMissing
 from clap_bench.reference.gtad import (
     GTAD_COMMIT,
@@ -21,11 +21,13 @@ from clap_bench.reference.gtad import (
     max_abs_diff,
     proposal_frame,
     proposals_from_frame,
+    reference_regression_weights,
     reference_uniform_draws,
     render_checks,
     require_gtad,
     sampling_ratios,
     snippet_frame_rate,
+    weighted_regression_loss,
     window_label_input,
 )
 
@@ -151,3 +153,25 @@ def test_detections_grouped_by_label_keep_the_proposal_order_and_compare_row_by_
         compare_detections(a, detections_by_label(theirs))
     with pytest.raises(ValueError, match="detection 0"):
         detections_by_label([{"label": "jump", "score": 1.0}])
+
+
+def test_reference_regression_weights_are_ours_below_ratio_one_and_cover_the_map_above():
+    t = 8
+    mask = torch.from_numpy(valid_anchor_mask(t))
+    gt = torch.from_numpy(np.stack([iou_map_labels(np.array([[0.25, 0.75]]), t), iou_map_labels(np.array([[0.5, 0.625]]), t)]))
+    pred = torch.rand(2, t, t, generator=torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(4)
+    draws = [torch.rand(gt.shape, generator=g) for _ in range(2)]
+    ours = float(map_regression_loss(pred, gt * mask, mask, torch.Generator().manual_seed(4)))
+    weights = reference_regression_weights(gt, mask, draws)
+    assert set(weights.unique().tolist()) <= {0.0, 1.0}
+    assert weighted_regression_loss(pred, gt * mask, weights) == pytest.approx(ours, rel=1e-6)
+
+    # More anchors above 0.7 than in (0.3, 0.7] and in (0, 0.3]: every cell gets both bands' weights,
+    # so anchors above 0.7 weigh 3 and every other cell, off the anchors too, 2.
+    crafted = torch.where(mask.bool(), torch.tensor(0.8), torch.tensor(0.0)).expand(2, t, t).clone()
+    crafted[:, 0, :3] = 0.5
+    crafted[:, 1, :2] = 0.2
+    assert min(sampling_ratios(crafted, mask)) > 1
+    weights = reference_regression_weights(crafted, mask, draws)
+    assert bool((weights[crafted == 0.8] == 3).all()) and bool((weights[crafted != 0.8] == 2).all())

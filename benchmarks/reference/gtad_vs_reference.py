@@ -60,7 +60,7 @@ from clap_bench.config import from_dict, load_profile
 from clap_bench.data import load_dataset
 from clap_bench.downstream.gtad import GTADConfig
 from clap_bench.downstream.gtad.labels import boundary_labels, iou_map_labels, normalise_segments, valid_anchor_mask
-from clap_bench.downstream.gtad.losses import gtad_loss
+from clap_bench.downstream.gtad.losses import boundary_loss, gtad_loss, map_regression_loss
 from clap_bench.downstream.gtad.postprocess import detections_for_video, proposals_from_outputs, soft_nms
 from clap_bench.reference import ReferenceMissing
 from clap_bench.reference.gtad import (
@@ -74,11 +74,13 @@ from clap_bench.reference.gtad import (
     max_abs_diff,
     proposal_frame,
     proposals_from_frame,
+    reference_regression_weights,
     reference_uniform_draws,
     render_checks,
     require_gtad,
     sampling_ratios,
     snippet_frame_rate,
+    weighted_regression_loss,
     window_label_input,
 )
 from clap_bench.synth import ensure_synthetic
@@ -298,6 +300,41 @@ def compare_losses(ref: Reference, videos, cfg: GTADConfig, seed: int) -> tuple:
     return checks, ratios
 
 
+def compare_edge_cases(ref: Reference, cfg: GTADConfig, seed: int) -> tuple:
+    """Two cases the synthetic videos never produce, on constructed inputs: what each side does there."""
+    t = cfg.temporal_scale
+    mask = torch.from_numpy(valid_anchor_mask(t))
+    gen = torch.Generator().manual_seed(seed + 3)
+    # An IoU map with more anchors above 0.7 than in (0.3, 0.7] and in (0, 0.3] (ratios above 1).
+    gt_iou = torch.where(mask.bool(), torch.tensor(0.8), torch.tensor(0.0)).expand(2, t, t).clone()
+    gt_iou[:, 0, :3] = 0.5
+    gt_iou[:, 1, :2] = 0.2
+    pred = torch.rand(2, t, t, generator=gen)
+    ours = float(map_regression_loss(pred, gt_iou, mask, torch.Generator().manual_seed(seed)))
+    draw_gen = torch.Generator().manual_seed(seed)
+    draws = [torch.rand(gt_iou.shape, generator=draw_gen) for _ in range(2)]
+    with reference_runtime(reference_uniform_draws(draws)):
+        theirs = float(ref.loss.pem_reg_loss_func(pred, gt_iou, mask))
+    as_reference = weighted_regression_loss(pred, gt_iou, reference_regression_weights(gt_iou, mask, draws))
+    r_mid, r_low = sampling_ratios(gt_iou, mask)
+    checks = [Check(
+        f"edge: map regression at sampling ratios {r_mid:.1f} / {r_low:.1f} (constructed map)", abs(ours - theirs), FLOAT_TOL,
+        explained="above ratio 1 the reference's draws, compared after multiplying by the band's mask, mark every "
+                  "cell of the map (off the anchors too; anchors above 0.7 then weigh 3); ours keeps the band's "
+                  "anchors only (never reached by the synthetic videos, ratios printed below)",
+        explained_diff=abs(as_reference - theirs),
+    )]
+    # A batch without any positive start label.
+    pred_start = torch.rand(2, t, generator=gen)
+    no_positive = torch.zeros(2, t)
+    with reference_runtime():
+        theirs = float(ref.loss.tem_loss_func(pred_start, pred_start, no_positive, no_positive))
+    ours = float(boundary_loss(pred_start, no_positive) * 2)
+    note = (f"edge: boundary loss of a batch without positive labels: reference {theirs:.4g} (it divides by the "
+            f"number of positives), ours {ours:.4g} (at least one counted); not reached: every training video has an action")
+    return checks, note
+
+
 def compare_soft_nms(ref: Reference, cfg: GTADConfig, seed: int) -> List[Check]:
     t = cfg.temporal_scale
     gen = torch.Generator().manual_seed(seed + 1)
@@ -422,6 +459,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     checks = compare_targets(ref, train, cfg)
     loss_checks, ratios = compare_losses(ref, train, cfg, args.seed)
     checks += loss_checks
+    edge_checks, edge_note = compare_edge_cases(ref, cfg, args.seed)
+    checks += edge_checks
     checks += compare_soft_nms(ref, cfg, args.seed)
     with tempfile.TemporaryDirectory(prefix="gtad-ref-") as tmp:
         checks += compare_postprocessing(ref, val, cfg, args.seed, Path(tmp))
@@ -430,6 +469,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     r_mid = max(r for r, _ in ratios)
     r_low = max(r for _, r in ratios)
     print()
+    print(edge_note)
     print(f"regression-loss sampling ratios over the batches: N_high/N_mid <= {r_mid:.3f}, N_high/N_low <= {r_low:.3f}"
           + ("" if max(r_mid, r_low) <= 1 else
              " (above 1: the reference then weights every cell of the map, ours every anchor of the band; "

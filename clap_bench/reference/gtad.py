@@ -120,6 +120,30 @@ def sampling_ratios(gt_iou: torch.Tensor, mask: torch.Tensor) -> Tuple[float, fl
     return (high / mid if mid else float("inf")), (high / low if low else float("inf"))
 
 
+def reference_regression_weights(gt_iou: torch.Tensor, mask: torch.Tensor, draws: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The anchor weights of the reference's regression loss for our ``draws`` (mid band, then low band).
+
+    Written out to attribute a difference, not to train with: below ratio 1 they are ours (every
+    anchor of IoU > 0.7, each of the other two bands kept when its draw is below the band's
+    ratio); above ratio 1 the reference's comparison ``band * (1 - d) > 1 - ratio`` also holds
+    where ``band`` is 0, so every cell of the map gets the band's weight (see ``sampling_ratios``).
+    """
+    gt_iou = gt_iou * mask
+    high = (gt_iou > 0.7).float()
+    mid = ((gt_iou <= 0.7) & (gt_iou > 0.3)).float()
+    low = ((gt_iou <= 0.3) & (gt_iou > 0.0)).float() * mask
+    weights = high.clone()
+    for band, draw in ((mid, draws[0]), (low, draws[1])):
+        ratio = high.sum() / band.sum()
+        weights += ((band * (1.0 - draw)) > (1.0 - ratio)).float()
+    return weights
+
+
+def weighted_regression_loss(pred: torch.Tensor, gt_iou: torch.Tensor, weights: torch.Tensor) -> float:
+    """``0.5 * sum((w * (pred - gt))^2) / sum(w)``: the reference's form (it weights the difference before squaring)."""
+    return float(0.5 * ((weights * (pred - gt_iou)) ** 2).sum() / weights.sum())
+
+
 def classification_loss_with_count_offset(
     pred: torch.Tensor, gt_iou: torch.Tensor, mask: torch.Tensor, count_offset: float
 ) -> float:
