@@ -176,6 +176,8 @@ def test_paper_tal_labels_come_from_the_external_video_scores(paper):
     cfg = from_dict(GTADConfig, paper.tasks["tal"], "tasks.tal")
     assert cfg.video_scores.endswith("cuhk_val_simp_share.json")
     assert cfg.classes_per_video == 2  # G-TAD's ActivityNet post-processing: top-2 video classes
+    # G-TAD's ActivityNet code (gtad_lib/dataset.py, gtad_inference.py, gtad_postprocess.py)
+    assert (cfg.boundary_anchors, cfg.proposal_candidates, cfg.proposal_score) == ("bmn", "boundary_peaks", "map")
 
 
 def test_paper_grounding_schedule_and_selection(paper):

@@ -61,6 +61,27 @@ def test_proposal_scores_multiply_boundaries_and_both_map_outputs():
     assert dets[0]["segment"] == [5.0, 15.0] and math.isclose(dets[1]["score"], 0.15)
 
 
+
+def test_map_score_and_boundary_peak_candidates_as_gtads_released_inference():
+    t = 4
+    anchor_map = torch.full((2, t, t), 0.5)
+    anchor_map[0, 1, 1] = 0.8  # [1/4, 3/4]
+    anchor_map[1, 1, 1] = 0.9
+    start = torch.tensor([0.1, 0.6, 0.1, 0.1])  # candidates: 0 (always) and 1 (a local maximum)
+    end = torch.tensor([0.2, 0.2, 0.2, 0.3])  # candidates: 3 (always), and 1, 2 (above half the maximum)
+    props = proposals_from_outputs(anchor_map, start, end, score="map", candidates="all")
+    assert len(props) == 6
+    row = props[(props[:, 0] == 0.25) & (props[:, 1] == 0.75)][0]
+    assert math.isclose(row[2], 0.8 * 0.9, rel_tol=1e-6)
+    # Starts 0 and 1 only (2 is neither a peak nor above 0.3); anchors ending at T are never proposals.
+    peaks = proposals_from_outputs(anchor_map, start, end, score="map", candidates="boundary_peaks")
+    assert sorted(map(tuple, peaks[:, :2].tolist())) == [(0.0, 0.25), (0.0, 0.5), (0.0, 0.75), (0.25, 0.5), (0.25, 0.75)]
+    end_low = torch.tensor([0.2, 0.2, 0.2, 0.7])  # now 1 and 2 are neither peaks nor above 0.35: ends at 3 only
+    peaks = proposals_from_outputs(anchor_map, start, end_low, score="boundaries_and_map", candidates="boundary_peaks")
+    np.testing.assert_allclose(peaks, [[0.25, 0.75, 0.6 * 0.7 * 0.8 * 0.9], [0.0, 0.75, 0.1 * 0.7 * 0.25]], rtol=1e-6)
+    with pytest.raises(ValueError, match="proposal score"):
+        proposals_from_outputs(anchor_map, start, end, score="start_end")
+
 # ----------------------------------------------------------------------------- labels
 def test_iou_map_labels_on_a_hand_worked_case():
     gt = normalise_segments([(2.5, 5.0)], duration=10.0)  # [0.25, 0.5]
@@ -89,6 +110,13 @@ def test_start_end_labels_are_ioa_with_three_snippet_boundary_regions():
     np.testing.assert_allclose(end, [0, 0, 0, 1, 1, 1, 0, 0], atol=1e-6)
     start2, end2 = boundary_labels(gt, 8)
     assert end2[7] == pytest.approx(1.0) and start2[7] == pytest.approx(1.0)  # 0.9 +- 0.1875 covers [6.5/8, 7.5/8]
+    # BMN's and G-TAD's ActivityNet intervals: snippet i covers [(i-0.5)/8, (i+1.5)/8], two snippets;
+    # in snippet units the start region is [0.1, 3.1] and the end region [2.5, 5.5].
+    start, end = boundary_labels(gt[:1], 8, boundary_width=3.0, anchors="bmn")
+    np.testing.assert_allclose(start, [0.7, 1, 0.8, 0.3, 0, 0, 0, 0], atol=1e-6)
+    np.testing.assert_allclose(end, [0, 0, 0.5, 1, 1, 0.5, 0, 0], atol=1e-6)
+    with pytest.raises(ValueError, match="boundary anchors"):
+        boundary_labels(gt, 8, anchors="frames")
 
 
 # ----------------------------------------------------------------------------- SGAlign
@@ -184,6 +212,10 @@ def test_config_rejects_unknown_keys_and_bad_values():
         GTADConfig(hidden_dim_1d=10, input_groups=4).validate()
     with pytest.raises(ConfigError, match="head"):
         GTADConfig(head="bmn").validate()
+    with pytest.raises(ConfigError, match="proposal_candidates: expected one of all, boundary_peaks"):
+        GTADConfig(proposal_candidates="peaks").validate()
+    with pytest.raises(ConfigError, match="boundary_anchors"):
+        GTADConfig(boundary_anchors="frames").validate()
 
 
 # ----------------------------------------------------------------------------- features

@@ -4,6 +4,9 @@ The defaults are those of G-TAD on ActivityNet v1.3 (temporal scale 100, hidden 
 256/128/512, cardinality 32 with width 4, 32 + 4 aligned samples, Adam 4e-3, weight decay
 1e-4, 10 epochs with the rate divided by 10 after 5, Gaussian soft-NMS, top 100 proposals,
 top 2 video classes). The CPU profiles shrink the temporal scale, the widths and the epochs.
+Three defaults are not G-TAD's and keep what the README's figures were measured with:
+``boundary_anchors``, ``proposal_score`` and ``proposal_candidates`` (the ``paper`` profile sets
+G-TAD's values; FIDELITY.md).
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from clap_bench.config import ConfigError
+from clap_bench.downstream.gtad.labels import BOUNDARY_ANCHORS
+from clap_bench.downstream.gtad.postprocess import PROPOSAL_CANDIDATES, PROPOSAL_SCORES
 from clap_bench.downstream.video_classifier import VideoClassifierConfig
 
 
@@ -37,6 +42,9 @@ class GTADConfig:
     map_kernel: int = 3
     # labels and losses
     boundary_width: float = 3.0  # start/end regions, in snippets (centred on the boundary)
+    # Interval of snippet i for the start/end labels: "snippet" [(i-0.5)/T, (i+0.5)/T]; "bmn"
+    # [(i-0.5)/T, (i+1.5)/T], as BMN's and G-TAD's ActivityNet code build it (labels.py).
+    boundary_anchors: str = "snippet"
     reg_weight: float = 10.0
     # optimisation
     batch_size: int = 16
@@ -46,6 +54,11 @@ class GTADConfig:
     lr_step_epochs: int = 5
     lr_gamma: float = 0.1
     # inference
+    # Proposal score: "map" (reg * cls, G-TAD's released code) or "boundaries_and_map"
+    # (start * end * reg * cls, BMN); candidates: "all" anchors or "boundary_peaks" (G-TAD's
+    # ActivityNet inference, BMN). See postprocess.py.
+    proposal_score: str = "boundaries_and_map"
+    proposal_candidates: str = "all"
     soft_nms_sigma: float = 0.8  # score * exp(-IoU^2 / sigma)
     soft_nms_iou_threshold: float = 0.0  # decay only proposals overlapping the kept one by more than this
     proposals_per_video: int = 100
@@ -70,6 +83,10 @@ class GTADConfig:
                     "cardinality", "group_width", "align_samples"):
             if getattr(self, key) < 1:
                 problems.append(f"{key}: expected >= 1, got {getattr(self, key)}")
+        for key, allowed in (("boundary_anchors", BOUNDARY_ANCHORS), ("proposal_score", PROPOSAL_SCORES),
+                             ("proposal_candidates", PROPOSAL_CANDIDATES)):
+            if getattr(self, key) not in allowed:
+                problems.append(f"{key}: expected one of {', '.join(allowed)}, got {getattr(self, key)!r}")
         if self.soft_nms_sigma <= 0:
             problems.append(f"soft_nms_sigma: expected > 0, got {self.soft_nms_sigma}")
         if problems:

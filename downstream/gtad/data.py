@@ -79,18 +79,25 @@ def collect_videos(
     return [VideoItem(v, feats[v.id]) for v in videos if v.id in feats]
 
 
-def video_targets(video: Video, temporal_scale: int, boundary_width: float) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+def video_targets(
+    video: Video, temporal_scale: int, boundary_width: float, boundary_anchors: str = "snippet"
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     gt = normalise_segments([(s.start, s.end) for s in video.actions], video.duration)
-    start, end = boundary_labels(gt, temporal_scale, boundary_width)
+    start, end = boundary_labels(gt, temporal_scale, boundary_width, boundary_anchors)
     return iou_map_labels(gt, temporal_scale), start, end
 
 
 class GTADTrainSet(Dataset):
     """Items ``(features (D, T), IoU map (T, T), start labels (T,), end labels (T,))``."""
 
-    def __init__(self, items: Sequence[VideoItem], temporal_scale: int, boundary_width: float = 3.0):
+    def __init__(
+        self, items: Sequence[VideoItem], temporal_scale: int, boundary_width: float = 3.0, boundary_anchors: str = "snippet"
+    ):
         self.items = list(items)
-        self.targets = [tuple(torch.from_numpy(a) for a in video_targets(it.video, temporal_scale, boundary_width)) for it in self.items]
+        self.targets = [
+            tuple(torch.from_numpy(a) for a in video_targets(it.video, temporal_scale, boundary_width, boundary_anchors))
+            for it in self.items
+        ]
 
     def __len__(self) -> int:
         return len(self.items)

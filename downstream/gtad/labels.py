@@ -53,17 +53,24 @@ def iou_map_labels(gt: np.ndarray, temporal_scale: int) -> np.ndarray:
     return (iou * valid).astype(np.float32)
 
 
-def boundary_labels(gt: np.ndarray, temporal_scale: int, boundary_width: float = 3.0) -> Tuple[np.ndarray, np.ndarray]:
+BOUNDARY_ANCHORS = ("snippet", "bmn")
+
+
+def boundary_labels(
+    gt: np.ndarray, temporal_scale: int, boundary_width: float = 3.0, anchors: str = "snippet"
+) -> Tuple[np.ndarray, np.ndarray]:
     """Start and end labels ``(T,)`` float32 of the ``(N, 2)`` normalised ground truth (see module doc)."""
+    if anchors not in BOUNDARY_ANCHORS:
+        raise ValueError(f"boundary anchors: expected one of {BOUNDARY_ANCHORS}, got {anchors!r}")
     gap = 1.0 / temporal_scale
     centre = np.arange(temporal_scale) * gap
-    lo, hi = centre - 0.5 * gap, centre + 0.5 * gap
+    lo, hi = centre - 0.5 * gap, centre + (0.5 if anchors == "snippet" else 1.5) * gap
     half = 0.5 * boundary_width * gap
 
     def ioa(points: np.ndarray) -> np.ndarray:
         if len(points) == 0:
             return np.zeros(temporal_scale, np.float32)
         inter = np.clip(np.minimum(hi[None], points[:, None] + half) - np.maximum(lo[None], points[:, None] - half), 0.0, None)
-        return (inter / gap).max(axis=0).astype(np.float32)
+        return (inter / (hi - lo)[None]).max(axis=0).astype(np.float32)
 
     return ioa(gt[:, 0]), ioa(gt[:, 1])

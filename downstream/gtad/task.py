@@ -106,7 +106,7 @@ def run_gtad_detection(
         external_classes = external.top_classes([it.video.id for it in eval_items], cfg.classes_per_video)
 
     loader = DataLoader(
-        GTADTrainSet(train_items, cfg.temporal_scale, cfg.boundary_width),
+        GTADTrainSet(train_items, cfg.temporal_scale, cfg.boundary_width, cfg.boundary_anchors),
         batch_size=cfg.batch_size, shuffle=True, generator=generator,
     )
     model = build_gtad(cfg, feat_dim)

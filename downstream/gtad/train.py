@@ -76,7 +76,9 @@ def predict_proposals(
         batch = torch.stack(feats[i:i + batch_size]).to(device)
         pred = model(batch)
         for j in range(batch.shape[0]):
-            props = proposals_from_outputs(pred.anchor_map[j], pred.start[j], pred.end[j])
+            props = proposals_from_outputs(
+                pred.anchor_map[j], pred.start[j], pred.end[j], cfg.proposal_score, cfg.proposal_candidates
+            )
             out.append(soft_nms(props, cfg.soft_nms_sigma, cfg.proposals_per_video, cfg.soft_nms_iou_threshold))
     return out
 

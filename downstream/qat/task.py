@@ -118,7 +118,7 @@ def train_backbone(
         raise ValueError(f"{base.source}: none of the {len(base.videos)} base-class videos has features")
     feat_dim = items[0].features.shape[0]
     loader = DataLoader(
-        GTADTrainSet(items, cfg.gtad.temporal_scale, cfg.gtad.boundary_width),
+        GTADTrainSet(items, cfg.gtad.temporal_scale, cfg.gtad.boundary_width, cfg.gtad.boundary_anchors),
         batch_size=cfg.gtad.batch_size, shuffle=True, generator=generator,
     )
     model = build_gtad(cfg.gtad, feat_dim)
