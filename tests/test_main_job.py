@@ -66,23 +66,37 @@ def test_smoke_run_killed_then_rerun_finishes_only_the_missing_stages_and_tables
         assert all(row[f"{m} std"] != "" for m in metrics), row
 
 
-def _trained_and_random_features(dataset: str, tmp_path: Path):
-    """``tmp_path/trained.h5``: the default profile's ``dataset`` through the source-pre-trained
-    encoder (cached after the first run); ``tmp_path/random.h5``: Gaussian features of the same
-    shapes. Returns the profile and its datasets."""
+@pytest.fixture(scope="module")
+def trained_and_random_features(tmp_path_factory):
+    """``features(dataset) -> (profile, datasets, folder)``: ``folder/trained.h5`` holds the default
+    profile's ``dataset`` through the source-pre-trained encoder (cached after the first run),
+    ``folder/random.h5`` Gaussian features of the same shapes. Extracted once per dataset for the
+    module (TAL and few-shot TAL read the same ActivityNet-like features)."""
     from clap_bench.features import extract_features
     from clap_bench.training import source_pretrain
 
-    torch.set_num_threads(min(2, os.cpu_count() or 1))  # the autouse fixture restores the count
-    profile = load_profile("default")
-    datasets = resolve_datasets(profile)
-    checkpoint = source_pretrain(profile, progress=False)
-    trained = extract_features(profile, checkpoint, dataset, tmp_path / "trained.h5", progress=False)
-    rng = np.random.default_rng(0)
-    with h5py.File(trained, "r") as src, h5py.File(tmp_path / "random.h5", "w") as out:
-        for key in src:
-            out[key] = rng.standard_normal(src[key].shape).astype(np.float32)
-    return profile, datasets
+    made = {}
+
+    def features(dataset: str):
+        if dataset not in made:
+            before = torch.get_num_threads()
+            torch.set_num_threads(min(2, os.cpu_count() or 1))
+            try:
+                folder = tmp_path_factory.mktemp(f"features-{dataset}")
+                profile = load_profile("default")
+                datasets = resolve_datasets(profile)
+                checkpoint = source_pretrain(profile, progress=False)
+                trained = extract_features(profile, checkpoint, dataset, folder / "trained.h5", progress=False)
+                rng = np.random.default_rng(0)
+                with h5py.File(trained, "r") as src, h5py.File(folder / "random.h5", "w") as out:
+                    for key in src:
+                        out[key] = rng.standard_normal(src[key].shape).astype(np.float32)
+            finally:
+                torch.set_num_threads(before)
+            made[dataset] = (profile, datasets, folder)
+        return made[dataset]
+
+    return features
 
 
 def _assert_clearly_above(trained: list, random: list, what: str, k: float = 3.0, floor: float = 0.01) -> None:
@@ -100,18 +114,18 @@ HEAD_SEEDS = (0, 1, 2)
 
 
 @pytest.mark.slow
-def test_tal_on_features_of_a_trained_encoder_beats_random_features_through_the_same_head(tmp_path):
+def test_tal_on_features_of_a_trained_encoder_beats_random_features_through_the_same_head(tmp_path, trained_and_random_features):
     """Issue acceptance: G-TAD on synthetic features from a trained encoder (the default profile's
     source-pre-trained R(2+1)D, cached after the first run) clearly beats random features of the
     same shape: over 3 head seeds, by 3 standard errors of the difference. A few minutes on a cold
     cache (benchmark generation + source pre-training)."""
-    profile, datasets = _trained_and_random_features("activitynet", tmp_path)
+    profile, datasets, feats = trained_and_random_features("activitynet")
     task = get_task("tal")
     scores = {"trained": [], "random": []}
     for name in scores:
         for seed in HEAD_SEEDS:
             ctx = TaskContext(
-                features={"activitynet": tmp_path / f"{name}.h5"}, datasets=datasets, out_dir=tmp_path / f"tal-{name}-{seed}",
+                features={"activitynet": feats / f"{name}.h5"}, datasets=datasets, out_dir=tmp_path / f"tal-{name}-{seed}",
                 seed=seed, overrides=profile.tasks.get("tal", {}), progress=False,
             )
             scores[name].append(task.run(ctx))
@@ -120,7 +134,7 @@ def test_tal_on_features_of_a_trained_encoder_beats_random_features_through_the_
 
 
 @pytest.mark.slow
-def test_grounding_on_features_of_a_trained_encoder_beats_random_features_through_the_same_head(tmp_path):
+def test_grounding_on_features_of_a_trained_encoder_beats_random_features_through_the_same_head(tmp_path, trained_and_random_features):
     """Issue acceptance: 2D-TAN on the default profile's Charades-like set ranks moments clearly
     better on features of a trained encoder (the cached source-pre-trained R(2+1)D) than on random
     features of the same shape. One head seed each (a 2D-TAN training takes a minute); the margin is
@@ -128,13 +142,13 @@ def test_grounding_on_features_of_a_trained_encoder_beats_random_features_throug
     from the recalls themselves. About 3 minutes on 2 cores once the source model is cached."""
     import json
 
-    profile, datasets = _trained_and_random_features("charades-sta", tmp_path)
+    profile, datasets, feats = trained_and_random_features("charades-sta")
     task = get_task("vlg")
     overrides = {**profile.tasks.get("vlg", {}), "datasets": ["charades-sta"]}
     scores = {}
     for name in ("trained", "random"):
         ctx = TaskContext(
-            features={"charades-sta": tmp_path / f"{name}.h5"}, datasets=datasets, out_dir=tmp_path / f"vlg-{name}",
+            features={"charades-sta": feats / f"{name}.h5"}, datasets=datasets, out_dir=tmp_path / f"vlg-{name}",
             seed=0, overrides=overrides, progress=False,
         )
         scores[name] = task.run(ctx)
@@ -147,20 +161,20 @@ def test_grounding_on_features_of_a_trained_encoder_beats_random_features_throug
 
 
 @pytest.mark.slow
-def test_fewshot_qat_on_features_of_a_trained_encoder_beats_random_features(tmp_path):
+def test_fewshot_qat_on_features_of_a_trained_encoder_beats_random_features(tmp_path, trained_and_random_features):
     """Issue acceptance: few-shot TAL (QAT, the default profile's fstal settings) on features of the
     source-pre-trained encoder clearly beats random features of the same shape: over 3 task seeds
     (base training, meta-training and test episodes all follow the seed), by 3 standard errors of the
     difference. (Whether QAT beats its own plain prototype on 2 test classes is within noise here;
     ``benchmarks/fewshot_qat_vs_prototype.py`` prints that comparison over seeds, and
     tests/test_qat.py checks that meta-training helps where the query is informative.)"""
-    profile, datasets = _trained_and_random_features("activitynet", tmp_path)
+    profile, datasets, feats = trained_and_random_features("activitynet")
     task = get_task("fstal")
     scores = {"trained": [], "random": []}
     for name in scores:
         for seed in HEAD_SEEDS:
             ctx = TaskContext(
-                features={"activitynet": tmp_path / f"{name}.h5"}, datasets=datasets, out_dir=tmp_path / f"fstal-{name}-{seed}",
+                features={"activitynet": feats / f"{name}.h5"}, datasets=datasets, out_dir=tmp_path / f"fstal-{name}-{seed}",
                 seed=seed, overrides=profile.tasks.get("fstal", {}), progress=False,
             )
             scores[name].append(task.run(ctx))
