@@ -23,6 +23,7 @@ from clap_bench.reference.tan2d import (
     format_comparison,
     format_cross_scores,
     metrics_from_reference,
+    our_state_from_reference,
     predictions_from_reference,
     reference_config,
     reference_eval_inputs,
@@ -224,3 +225,25 @@ def test_missing_reference_says_how_to_fetch(tmp_path):
     (tmp_path / "lib" / "datasets").mkdir(parents=True)
     (tmp_path / "lib" / "datasets" / "charades.py").write_text("")
     assert require_tan2d(tmp_path) == tmp_path
+
+
+def test_reference_parameter_names_cover_our_model():
+    from clap_bench.downstream.tan2d.model import TAN2D
+
+    ours = TAN2D(feature_dim=6, word_dim=5, num_sample_clips=16, num_clips=8, num_scale_layers=[8], hidden_size=4,
+                 text_hidden_size=3, lstm_layers=1, map_kernel_sizes=[3], map_paddings=[1], map_dilations=[1])
+    # The reference TAN's parameters (lib/models: FrameAvgPool.vis_conv, BaseFusion.textual_encoder /
+    # tex_linear / vis_conv, MapConv.convs, TAN.pred_layer), written out by hand.
+    lstm = ["weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"]
+    names = (["frame_layer.vis_conv.weight", "frame_layer.vis_conv.bias"]
+             + [f"fusion_layer.textual_encoder.{n}" for n in lstm]
+             + ["fusion_layer.tex_linear.weight", "fusion_layer.tex_linear.bias",
+                "fusion_layer.vis_conv.weight", "fusion_layer.vis_conv.bias",
+                "map_layer.convs.0.weight", "map_layer.convs.0.bias", "pred_layer.weight", "pred_layer.bias"])
+    shapes = [p.shape for p in ours.parameters()]  # the same order of definition in both models
+    state = {n: torch.full(s, float(i)) for i, (n, s) in enumerate(zip(names, shapes))}
+    missing, unexpected = ours.load_state_dict(our_state_from_reference(state), strict=False)
+    assert missing == ["map_mask"] and unexpected == []
+    assert torch.equal(ours.fusion.text_proj.weight, state["fusion_layer.tex_linear.weight"])
+    with pytest.raises(KeyError, match="attention"):
+        our_state_from_reference({"attention.weight": torch.zeros(1)})

@@ -153,6 +153,38 @@ def worker_train(args) -> None:
     })
 
 
+def worker_forward(args) -> None:
+    """The reference's model, dataset and loss on the first ``args.batch`` test queries, at its initial
+    weights: save the weights, the batch, the logits, the loss and the gradients to ``args.result``."""
+    import torch
+
+    reference = require_tan2d(args.reference)
+    torch.set_num_threads(args.threads)
+    _install_torchtext_stand_in(WordTable.load(args.words))
+    _adapt_torch_for_cpu(args.seed)
+    _reference_on_path(reference)
+    from core.config import config, update_config
+
+    update_config(str(args.cfg))
+    import datasets
+    import models
+    import models.loss as reference_loss
+
+    torch.manual_seed(args.seed)
+    dataset = datasets.Charades("test")
+    batch = datasets.collate_fn([dataset[i] for i in range(min(args.batch, len(dataset)))])
+    model = getattr(models, config.MODEL.NAME)()
+    prediction, map_mask = model(batch["batch_word_vectors"], batch["batch_txt_mask"], batch["batch_vis_input"])
+    loss, _ = getattr(reference_loss, config.LOSS.NAME)(prediction, map_mask, batch["batch_map_gt"], config.LOSS.PARAMS)
+    loss.backward()
+    torch.save({
+        "state": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        "grads": {k: p.grad.detach().clone() for k, p in model.named_parameters()},
+        "anno_idxs": batch["batch_anno_idxs"], "vis_input": batch["batch_vis_input"],
+        "word_vectors": batch["batch_word_vectors"], "logits": prediction.detach()[:, 0], "loss": loss.detach(),
+    }, args.result)
+
+
 def worker_score(args) -> None:
     """The reference's scorer (``core.eval.eval``, configured by ``args.cfg``) on each ``args.inputs`` file."""
     reference = require_tan2d(args.reference)
@@ -196,6 +228,58 @@ def _features(profile, given: Path | None, out: Path) -> Path:
     return extract_features(profile, Path(checkpoint), DATASET, path, progress=False)
 
 
+def forward_check(reference: Path, yaml_path: Path, words_path: Path, table: WordTable, features: Path, test_q,
+                  dataset_cfg, cfg, feature_dim: int, out: Path, threads: int, batch: int = 16) -> dict:
+    """Both models at the reference's initial weights on the same test queries: the largest absolute
+    differences of their inputs, logits, loss and gradients."""
+    import torch
+
+    from clap_bench.downstream.tan2d.features import load_video_features
+    from clap_bench.downstream.tan2d.model import TAN2D
+    from clap_bench.downstream.tan2d.proposals import iou_map, masked_bce_loss, scaled_iou_targets
+    from clap_bench.downstream.tan2d.text import embed_sentences, pad_words
+    from clap_bench.reference.tan2d import our_state_from_reference
+
+    saved = out / "forward.pt"
+    subprocess.run([sys.executable, __file__, "--worker", "forward", "--reference", str(reference), "--cfg", str(yaml_path),
+                    "--words", str(words_path), "--result", str(saved), "--batch", str(batch), "--threads", str(threads)],
+                   check=True, stdout=subprocess.DEVNULL)
+    ref = torch.load(saved, weights_only=False)
+    queries = [test_q[i] for i in ref["anno_idxs"]]
+    model = TAN2D(feature_dim=feature_dim, word_dim=table.dim, num_sample_clips=dataset_cfg.num_sample_clips,
+                  num_clips=dataset_cfg.num_clips, num_scale_layers=dataset_cfg.num_scale_layers,
+                  hidden_size=cfg.hidden_size, text_hidden_size=cfg.text_hidden_size, lstm_layers=cfg.lstm_layers,
+                  map_kernel_sizes=dataset_cfg.map_kernel_sizes, map_paddings=dataset_cfg.map_paddings,
+                  map_dilations=dataset_cfg.map_dilations)
+    missing, unexpected = model.load_state_dict(our_state_from_reference(ref["state"]), strict=False)
+    if missing != ["map_mask"] or unexpected:
+        raise SystemExit(f"forward check: weights do not map one to one (missing {missing}, unexpected {unexpected})")
+    feats = load_video_features(features, {q.video for q in queries}, dataset_cfg.num_sample_clips, cfg.normalize_features)
+    video = torch.stack([feats[q.video] for q in queries])
+    words, lengths = pad_words(embed_sentences(table, [q.sentence for q in queries]))
+    logits = model(video, words, lengths)
+    n = dataset_cfg.num_clips
+    targets = torch.stack([scaled_iou_targets(iou_map(n, q.duration, (q.start, q.end)), dataset_cfg.min_iou,
+                                              dataset_cfg.max_iou) for q in queries])
+    loss = masked_bce_loss(logits, targets, model.map_mask[0])
+    loss.backward()
+    ours_grads = dict(model.named_parameters())
+    names = our_state_from_reference({k: k for k in ref["grads"]})
+    grad_gap = max(float((ours_grads[o].grad - ref["grads"][r]).abs().max()) for o, r in names.items())
+    grad_scale = max(float(g.abs().max()) for g in ref["grads"].values())
+    return {
+        "queries": len(queries),
+        "video": float((video - ref["vis_input"]).abs().max()),
+        "words": float((words - ref["word_vectors"]).abs().max()) if words.shape == ref["word_vectors"].shape else float("inf"),
+        "logits": float((logits.detach() - ref["logits"]).abs().max()),
+        "logit_scale": float(ref["logits"].abs().max()),
+        "loss": abs(float(loss.detach()) - float(ref["loss"])),
+        "loss_value": float(ref["loss"]),
+        "grads": grad_gap,
+        "grad_scale": grad_scale,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reference", type=Path, help="the 2D-TAN folder of a microsoft/VideoX checkout")
@@ -207,7 +291,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads of each of the two training processes")
     parser.add_argument("--alpha", type=float, default=0.05)
     # Internal: the script runs the reference in child processes of itself.
-    parser.add_argument("--worker", choices=("train", "score"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=("train", "score", "forward"), help=argparse.SUPPRESS)
+    parser.add_argument("--batch", type=int, default=16, help=argparse.SUPPRESS)
     parser.add_argument("--cfg", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--words", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
@@ -218,6 +303,8 @@ def main() -> None:
         return worker_train(args)
     if args.worker == "score":
         return worker_score(args)
+    if args.worker == "forward":
+        return worker_forward(args)
     compare(args)
 
 
@@ -279,6 +366,14 @@ def compare(args) -> None:
     for k, ours, theirs in config_differences(ref_yaml, published):
         print(f"  {k}: {ours} / {theirs}")
     sys.stdout.flush()
+
+    check = forward_check(reference, yaml_path, words_path, table, features, test_q, dataset_cfg, cfg, feature_dim,
+                          run_dir, args.threads)
+    print(f"same weights, same first {check['queries']} test queries (largest absolute differences, ours - reference):")
+    print(f"  inputs: features {check['video']:.2e}, word vectors {check['words']:.2e}")
+    print(f"  logits {check['logits']:.2e} (largest |logit| {check['logit_scale']:.3g}); "
+          f"loss {check['loss']:.2e} (loss {check['loss_value']:.4f}); "
+          f"gradients {check['grads']:.2e} (largest |gradient| {check['grad_scale']:.3g})", flush=True)
 
     torch.set_num_threads(args.threads)
     ours_metrics, ref_results, cross_rows = [], [], []

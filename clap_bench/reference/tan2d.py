@@ -395,9 +395,36 @@ def format_cross_scores(rows: Sequence[Tuple[str, Mapping[str, float], Mapping[s
     return "\n".join(lines)
 
 
+
+
+# --------------------------------------------------------------------------- weights
+_PARAMETER_NAMES = (  # the reference's module path -> ours
+    ("frame_layer.vis_conv.", "frame_pool.proj."),
+    ("fusion_layer.textual_encoder.", "fusion.lstm."),
+    ("fusion_layer.tex_linear.", "fusion.text_proj."),
+    ("fusion_layer.vis_conv.", "fusion.map_proj."),
+    ("map_layer.convs.", "map_conv.convs."),
+    ("pred_layer.", "predict."),
+)
+
+
+def our_state_from_reference(reference_state: Mapping) -> Dict[str, object]:
+    """The reference ``TAN``'s ``state_dict`` under our ``TAN2D``'s parameter names (our model's
+    ``map_mask`` buffer is not among them: load with ``strict=False`` and check the missing keys)."""
+    out = {}
+    for name, value in reference_state.items():
+        for theirs, ours in _PARAMETER_NAMES:
+            if name.startswith(theirs):
+                out[ours + name[len(theirs):]] = value
+                break
+        else:
+            raise KeyError(f"reference parameter {name!r} has no counterpart in our TAN2D")
+    return out
+
+
 __all__ = [
     "METRIC_KEYS", "MetricComparison", "PUBLISHED_CONFIG", "REFERENCE_COMMIT", "REFERENCE_URL", "VIS_INPUT_TYPE",
     "WordTable", "compare_runs", "config_differences", "format_comparison", "format_cross_scores",
-    "metrics_from_reference", "predictions_from_reference", "reference_config", "reference_eval_inputs",
+    "metrics_from_reference", "our_state_from_reference", "predictions_from_reference", "reference_config", "reference_eval_inputs",
     "reference_words", "require_tan2d", "write_charades_sta", "write_reference_features",
 ]
