@@ -88,6 +88,13 @@ def test_reference_words_drop_only_the_final_period():
     assert reference_words("") == []
 
 
+@pytest.mark.parametrize("sentence", ["A red wedge zigzags.", "a box. it slides .", "no period", "Two  spaces.", ""])
+def test_our_glove_split_of_charades_sentences_is_the_references(sentence):
+    from clap_bench.downstream.tan2d.text import glove_tokens
+
+    assert glove_tokens(sentence, "whitespace", drop_final_period=True) == reference_words(sentence)
+
+
 @pytest.mark.parametrize("video, sentence, message", [
     ("VID X", "ok.", "splits on spaces"),
     ("VIDX", "one##two", "'##'"),
