@@ -28,6 +28,9 @@ runs it, ``--worker train``):
   and drops ``verbose`` where this torch no longer accepts it (it only printed; the scheduler is
   never stepped on Charades-STA, ``NO_VAL: True``).
 * **Seeds.** ``train.py`` calls ``torch.manual_seed(0)``; it is mapped to the run's seed.
+* **Speed.** ``train.py`` turns on ``torch.autograd.set_detect_anomaly(True)``, which checks every
+  backward op for NaN and records a traceback for every forward op; the call is made a no-op: it
+  changes no number, only the time a step takes.
 * **Outputs.** ``core.eval.eval_predictions`` is wrapped to keep what it is given: its ranked
   moments and annotations of the test set at each evaluation. The experiment YAML sets
   ``TEST.INTERVAL`` so that evaluations fall on epoch ends; the last one is the trained model.
@@ -101,6 +104,7 @@ def _adapt_torch_for_cpu(seed: int) -> None:
     import torch
 
     torch.Tensor.cuda = lambda self, *args, **kwargs: self
+    torch.autograd.set_detect_anomaly = lambda *args, **kwargs: None
     real_seed = torch.manual_seed
     torch.manual_seed = lambda _fixed: real_seed(seed)
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau
