@@ -206,6 +206,28 @@ def worker_score(args) -> None:
 
 
 # --------------------------------------------------------------------------- the comparison
+def resolved_configs(reference: Path, *paths: Path) -> list:
+    """Each experiment YAML as the reference resolves it: its ``core/config.py`` defaults updated by
+    the file (``update_config``), as plain dicts. The reference's modules leave this process after."""
+    import importlib
+
+    saved_path = list(sys.path)
+    _reference_on_path(reference)
+    try:
+        import core.config as reference_config_module
+
+        out = []
+        for path in paths:
+            reference_config_module = importlib.reload(reference_config_module)  # fresh defaults
+            reference_config_module.update_config(str(path))
+            out.append(json.loads(json.dumps(reference_config_module.config)))
+        return out
+    finally:
+        sys.path[:] = saved_path
+        for name in [m for m in sys.modules if m == "core" or m.startswith("core.")]:
+            del sys.modules[name]
+
+
 def _fingerprint(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
@@ -365,9 +387,10 @@ def compare(args) -> None:
     print(f"both: {epochs} epochs, batch {cfg.batch_size}, Adam lr {cfg.lr:g}, {dataset_cfg.num_sample_clips} rows -> "
           f"{dataset_cfg.num_clips} clips, map conv kernels {dataset_cfg.map_kernel_sizes} paddings {dataset_cfg.map_paddings}, "
           f"{cfg.hidden_size} channels; runs in {run_dir}")
-    published = yaml.safe_load((reference / PUBLISHED_CONFIG).read_text())
-    print(f"our profile's settings against the published {PUBLISHED_CONFIG} (key: ours / published):")
-    for k, ours, theirs in config_differences(ref_yaml, published):
+    ours_resolved, published = resolved_configs(reference, yaml_path, reference / PUBLISHED_CONFIG)
+    print(f"our profile's settings against the published {PUBLISHED_CONFIG}, both over the reference's "
+          "config.py defaults (key: ours / published):")
+    for k, ours, theirs in config_differences(ours_resolved, published):
         print(f"  {k}: {ours} / {theirs}")
     sys.stdout.flush()
 
