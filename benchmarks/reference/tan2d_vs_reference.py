@@ -45,7 +45,6 @@ import argparse
 import hashlib
 import inspect
 import json
-import math
 import runpy
 import subprocess
 import sys
@@ -55,9 +54,8 @@ import types
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
-
 from clap_bench.io import atomic_write_json
+from clap_bench.reference import ReferenceMissing
 from clap_bench.reference.tan2d import (
     METRIC_KEYS,
     PUBLISHED_CONFIG,
@@ -331,10 +329,14 @@ def main() -> None:
         return worker_score(args)
     if args.worker == "forward":
         return worker_forward(args)
-    compare(args)
+    try:
+        compare(args)
+    except ReferenceMissing as e:
+        raise SystemExit(str(e)) from None
 
 
 def compare(args) -> None:
+    import h5py
     import torch
     import yaml
 
@@ -369,7 +371,7 @@ def compare(args) -> None:
         word_pieces = WordPieceVectors(cfg.text_model)
         WordTable.from_sentences([q.sentence for q in train_q + test_q], word_pieces).save(words_path)
     table = WordTable.load(words_path)
-    with __import__("h5py").File(feature_copy, "r") as f:
+    with h5py.File(feature_copy, "r") as f:
         feature_dim = int(f[train_q[0].video].shape[1])
     key = _fingerprint(asdict(cfg), epochs, _file_hash(feature_copy), _file_hash(words_path),
                        [(q.id, q.start, q.end, q.sentence) for q in train_q + test_q])

@@ -26,7 +26,6 @@ touch the reference code lives here, so the test suite checks it:
 
 from __future__ import annotations
 
-import csv
 import math
 from dataclasses import dataclass
 from pathlib import Path
