@@ -57,6 +57,7 @@ CHOICES: tuple = (
     Choice("tasks.fstal.adapt_steps", ("2a",), "QAT support-adaptation steps"),
     Choice("tasks.vlg.glove_path", ("2b", "3"), "2D-TAN word vectors",
            lambda v: f"GloVe {v}" if v else "word pieces of the text encoder"),
+    Choice("tasks.vlg.glove_tokenizer", ("2b", "3"), "2D-TAN sentence split into GloVe words"),
     Choice("tasks.vlg.plateau_metric", ("2b", "3"), "2D-TAN plateau schedule stepped on"),
     Choice("tasks.vlg.lr_factor", ("2b", "3"), "2D-TAN plateau factor"),
     Choice("tasks.vlg.lr_patience", ("2b", "3"), "2D-TAN plateau patience"),

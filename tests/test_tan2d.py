@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from clap_bench.config import ConfigError
 from clap_bench.data.schema import AnnotationSet, Sentence, Video
 from clap_bench.downstream.tan2d.features import average_to_fixed_length, fixed_length_bins, load_video_features
 from clap_bench.downstream.tan2d.model import MapConv, TAN2D, sparse_map_mask, sparse_max_pool_map
@@ -165,14 +166,31 @@ def test_vlg_task_is_registered():
     assert spec.datasets == ("charades-sta", "tacos") and spec.config_cls is VLGConfig
 
 
+def test_glove_tokens_follow_2d_tan_or_split_punctuation():
+    # 2D-TAN: [w.lower() for w in sentence.split()]; its Charades-STA reader drops the final period first
+    assert glove_tokens("She took out knife.") == ["she", "took", "out", "knife."]
+    assert glove_tokens("She took out knife.", drop_final_period=True) == ["she", "took", "out", "knife"]
+    assert glove_tokens("a box. it slides .", drop_final_period=True) == ["a", "box.", "it", "slides"]
+    assert glove_tokens("She took out knife.", "words") == ["she", "took", "out", "knife", "."]
+    with pytest.raises(ConfigError, match="tasks.vlg.glove_tokenizer"):
+        VLGConfig(glove_tokenizer="nltk").validate()
+
+
 def test_glove_file_reading(tmp_path):
     path = tmp_path / "g.txt"
     path.write_text("the 0.1 0.2 0.3\ndoor 1 2 3\nopens 4 5 6\nunused 7 8 9\n")
-    vectors = GloveWordVectors(path, {"the", "door", "opens", "person"})
-    assert glove_tokens("The person opens the door.") == ["the", "person", "opens", "the", "door", "."]
+    vectors = GloveWordVectors(path, {"the", "door", "opens", "person"}, tokenizer="words")
+    assert glove_tokens("The person opens the door.", "words") == ["the", "person", "opens", "the", "door", "."]
     rows = vectors("The person opens the door.")
     assert rows.shape == (6, 3) and rows[1].abs().sum() == 0 and rows[4].tolist() == [1.0, 2.0, 3.0]
     assert "unused" not in vectors.vectors
+    # 2D-TAN's split: "door." is not a GloVe word (zero), unless the Charades-STA reader dropped the period
+    rows = GloveWordVectors(path, {"the", "door", "door."})("The door.")
+    assert rows.shape == (2, 3) and rows[1].abs().sum() == 0
+    rows = GloveWordVectors(path, {"the", "door"}, drop_final_period=True)("The door.")
+    assert rows[1].tolist() == [1.0, 2.0, 3.0]
+    with pytest.raises(ValueError, match="unknown GloVe tokenizer 'nltk'"):
+        GloveWordVectors(path, {"door"}, tokenizer="nltk")
     path.write_text("the 0.1 0.2 0.3\ndoor 1 2\n")
     with pytest.raises(ValueError, match="g.txt:2: 2 values, earlier lines have 3"):
         GloveWordVectors(path, {"door"})

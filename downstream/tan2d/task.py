@@ -47,7 +47,7 @@ from clap_bench.downstream.base import TaskContext, get_task, register_task
 from clap_bench.downstream.tan2d.features import load_video_features
 from clap_bench.downstream.tan2d.model import TAN2D, map_conv_output_size, sparse_map_mask
 from clap_bench.downstream.tan2d.proposals import iou_map, masked_bce_loss, rank_moments, scaled_iou_targets
-from clap_bench.downstream.tan2d.text import build_word_vectors, embed_sentences, pad_words
+from clap_bench.downstream.tan2d.text import GLOVE_TOKENIZERS, build_word_vectors, embed_sentences, pad_words
 from clap_bench.eval.grounding import IOU_THRESHOLDS, RANKS, evaluate_grounding, flatten_metrics
 from clap_bench.io import atomic_write_json
 
@@ -102,6 +102,9 @@ class VLGConfig:
     text_hidden_size: int = 512
     lstm_layers: int = 3
     glove_path: Optional[str] = None  # a GloVe text file; None: the text encoder's word-piece embeddings
+    # How sentences are split into GloVe words: "whitespace" (2D-TAN: sentence.split(), punctuation
+    # attached; a Charades-STA sentence loses its final period first) or "words" (punctuation apart).
+    glove_tokenizer: str = "whitespace"
     text_model: Optional[str] = None  # Hugging Face folder for word pieces; None: bundled all-MiniLM-L6-v2
     normalize_features: bool = True  # L2-normalise feature rows before resampling
     epochs: int = 100
@@ -146,6 +149,8 @@ class VLGConfig:
                 raise ConfigError(f"{where}: the map convolutions turn {d.num_clips} clips into {size}; adjust map_paddings")
             if not d.max_iou > d.min_iou:
                 raise ConfigError(f"{where}: max_iou ({d.max_iou}) must be greater than min_iou ({d.min_iou})")
+        if self.glove_tokenizer not in GLOVE_TOKENIZERS:
+            raise ConfigError(f"tasks.vlg.glove_tokenizer: expected one of {', '.join(GLOVE_TOKENIZERS)}, got {self.glove_tokenizer!r}")
         if self.plateau_metric not in PLATEAU_METRICS:
             raise ConfigError(f"tasks.vlg.plateau_metric: expected one of {', '.join(PLATEAU_METRICS)}, got {self.plateau_metric!r}")
         if self.select_metric != "last" and self.select_metric not in SELECT_METRICS:
@@ -243,8 +248,10 @@ def train_and_evaluate(
         features_path, {q.video for q in train_q + val_q}, dataset_cfg.num_sample_clips, cfg.normalize_features
     )
     given_vectors = word_vectors
+    # 2D-TAN's Charades-STA reader drops a sentence's final period before splitting it into words.
+    tokens = {"tokenizer": cfg.glove_tokenizer, "drop_final_period": annotations.format == "charades-sta"}
     if word_vectors is None:
-        word_vectors = build_word_vectors(cfg.glove_path, cfg.text_model, [q.sentence for q in train_q + val_q])
+        word_vectors = build_word_vectors(cfg.glove_path, cfg.text_model, [q.sentence for q in train_q + val_q], **tokens)
     train_words = embed_sentences(word_vectors, [q.sentence for q in train_q])
     val_words = embed_sentences(word_vectors, [q.sentence for q in val_q])
     feature_dim = next(iter(video_feats.values())).shape[1]
@@ -334,7 +341,7 @@ def train_and_evaluate(
         features_path, {q.video for q in test_q}, dataset_cfg.num_sample_clips, cfg.normalize_features
     )
     if given_vectors is None and cfg.glove_path:  # GloVe vectors were read for the training words only
-        word_vectors = build_word_vectors(cfg.glove_path, cfg.text_model, [q.sentence for q in test_q])
+        word_vectors = build_word_vectors(cfg.glove_path, cfg.text_model, [q.sentence for q in test_q], **tokens)
     test_words = embed_sentences(word_vectors, [q.sentence for q in test_q])
     predictions = predict(model, test_q, test_feats, test_words, dataset_cfg.nms_threshold, cfg.top_k,
                           cfg.batch_size, device)

