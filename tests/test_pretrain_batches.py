@@ -236,6 +236,7 @@ def _ddp_worker(rank, world, port, out_dir, result_dir):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow  # two processes (about 10 s); the module's other tests stay in the fast subset
 def test_two_process_gloo_run_scales_rates_by_world_size_and_keeps_the_stem(tmp_path):
     results = tmp_path / "results"
     results.mkdir()
