@@ -74,12 +74,13 @@ def resolve(profile: Mapping[str, Any], key: str) -> Any:
     """
     parts = key.split(".")
     if parts[0] == "tasks" and len(parts) > 2:
-        from clap_bench.config import ConfigError, from_dict, to_dict
+        from clap_bench.config import TASK_STAGE_KEYS, ConfigError, from_dict, to_dict
         from clap_bench.downstream.base import get_task
 
         try:
             spec = get_task(parts[1])
-            node: Any = to_dict(from_dict(spec.config_cls, dict(profile.get("tasks", {}).get(parts[1]) or {}), f"tasks.{parts[1]}"))
+            section = {k: v for k, v in (profile.get("tasks", {}).get(parts[1]) or {}).items() if k not in TASK_STAGE_KEYS}
+            node: Any = to_dict(from_dict(spec.config_cls, section, f"tasks.{parts[1]}"))
         except (KeyError, ConfigError):
             return _MISSING
         parts = parts[2:]

@@ -173,7 +173,7 @@ def test_paper_tal_labels_come_from_the_external_video_scores(paper):
     from clap_bench.config import from_dict
     from clap_bench.downstream.gtad import GTADConfig
 
-    cfg = from_dict(GTADConfig, paper.tasks["tal"], "tasks.tal")
+    cfg = from_dict(GTADConfig, paper.task_config("tal"), "tasks.tal")
     assert cfg.video_scores.endswith("cuhk_val_simp_share.json")
     assert cfg.classes_per_video == 2  # G-TAD's ActivityNet post-processing: top-2 video classes
     # G-TAD's ActivityNet code (gtad_lib/dataset.py, gtad_inference.py, gtad_postprocess.py)
@@ -184,7 +184,7 @@ def test_paper_grounding_schedule_and_selection(paper):
     from clap_bench.config import from_dict
     from clap_bench.downstream.tan2d.task import VLGConfig
 
-    cfg = from_dict(VLGConfig, paper.tasks["vlg"], "tasks.vlg").validate()
+    cfg = from_dict(VLGConfig, paper.task_config("vlg"), "tasks.vlg").validate()
     assert (cfg.lr_factor, cfg.lr_patience) == (0.8, 20)  # 2D-TAN's TRAIN.FACTOR, TRAIN.PATIENCE
     assert cfg.plateau_metric == "negated_val_loss"  # scheduler.step(-val loss) in 2D-TAN's train.py
     assert cfg.tacos.val_subset == "val" and cfg.charades_sta.val_subset is None
@@ -197,8 +197,8 @@ def test_paper_qat_and_2dtan_word_vectors(paper):
     from clap_bench.downstream.qat import QATConfig
     from clap_bench.downstream.tan2d.task import VLGConfig
 
-    assert from_dict(QATConfig, paper.tasks["fstal"], "tasks.fstal").adapt_steps == 49  # fewshotQAT adapt_iter 50
-    assert from_dict(VLGConfig, paper.tasks["vlg"], "tasks.vlg").glove_path.endswith("glove.6B.300d.txt")
+    assert from_dict(QATConfig, paper.task_config("fstal"), "tasks.fstal").adapt_steps == 49  # fewshotQAT adapt_iter 50
+    assert from_dict(VLGConfig, paper.task_config("vlg"), "tasks.vlg").glove_path.endswith("glove.6B.300d.txt")
 
 
 # --------------------------------------------------------------------------- FIDELITY.md and the table notes

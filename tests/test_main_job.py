@@ -126,7 +126,7 @@ def test_tal_on_features_of_a_trained_encoder_beats_random_features_through_the_
         for seed in HEAD_SEEDS:
             ctx = TaskContext(
                 features={"activitynet": feats / f"{name}.h5"}, datasets=datasets, out_dir=tmp_path / f"tal-{name}-{seed}",
-                seed=seed, overrides=profile.tasks.get("tal", {}), progress=False,
+                seed=seed, overrides=profile.task_config("tal"), progress=False,
             )
             scores[name].append(task.run(ctx))
     for metric in ("average_mAP", "mAP@0.5"):
@@ -144,7 +144,7 @@ def test_grounding_on_features_of_a_trained_encoder_beats_random_features_throug
 
     profile, datasets, feats = trained_and_random_features("charades-sta")
     task = get_task("vlg")
-    overrides = {**profile.tasks.get("vlg", {}), "datasets": ["charades-sta"]}
+    overrides = {**profile.task_config("vlg"), "datasets": ["charades-sta"]}
     scores = {}
     for name in ("trained", "random"):
         ctx = TaskContext(
@@ -175,7 +175,7 @@ def test_fewshot_qat_on_features_of_a_trained_encoder_beats_random_features(tmp_
         for seed in HEAD_SEEDS:
             ctx = TaskContext(
                 features={"activitynet": feats / f"{name}.h5"}, datasets=datasets, out_dir=tmp_path / f"fstal-{name}-{seed}",
-                seed=seed, overrides=profile.tasks.get("fstal", {}), progress=False,
+                seed=seed, overrides=profile.task_config("fstal"), progress=False,
             )
             scores[name].append(task.run(ctx))
     _assert_clearly_above([m["average_mAP"] for m in scores["trained"]], [m["average_mAP"] for m in scores["random"]],

@@ -314,7 +314,7 @@ def test_smoke_profile_end_to_end_on_features_of_an_encoder_pre_trained_on_base_
     assert_no_leakage(annotations.subset("training").restrict_classes(trained_on), split, "pre-training")
     features = extract_features(profile, checkpoint, "activitynet", tmp_path / "activitynet.h5", progress=False)
     ctx = TaskContext(features={"activitynet": features}, datasets=datasets, out_dir=tmp_path / "fstal", seed=0,
-                      overrides=profile.tasks.get("fstal", {}), progress=False)
+                      overrides=profile.task_config("fstal"), progress=False)
     metrics = get_task("fstal").run(ctx)
     print("smoke fstal", metrics)
     assert {"mAP@0.5", "mAP@0.75", "mAP@0.95", "average_mAP", "prototype/average_mAP", "average_mAP_std_runs"} <= set(metrics)

@@ -443,7 +443,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ref = Reference(root)
 
     profile = load_profile(args.profile)
-    cfg = from_dict(GTADConfig, profile.tasks.get("tal") or {}, "tasks.tal")
+    cfg = from_dict(GTADConfig, profile.task_config("tal"), "tasks.tal")
     if args.temporal_scale:
         cfg.temporal_scale = args.temporal_scale
     cfg.validate()

@@ -352,7 +352,7 @@ def compare(args) -> None:
     out = args.out.expanduser()
     out.mkdir(parents=True, exist_ok=True)
     profile = load_profile(args.profile)
-    cfg: VLGConfig = from_dict(VLGConfig, profile.tasks.get("vlg", {}), "tasks.vlg").validate()
+    cfg: VLGConfig = from_dict(VLGConfig, profile.task_config("vlg"), "tasks.vlg").validate()
     dataset_cfg = cfg.for_dataset(DATASET)
     epochs = args.epochs or (dataset_cfg.epochs if dataset_cfg.epochs is not None else cfg.epochs)
     dataset_cfg.epochs = epochs
