@@ -263,13 +263,18 @@ class Profile:
     imports: List[str] = field(default_factory=list)
 
     def task_config(self, task: str) -> Dict[str, Any]:
-        """``tasks.<task>`` as the head reads it: without the keys of the task stage itself
-        (``head_seeds``, see ``clap_bench.runs.plan.run_task_stage``)."""
-        return {k: v for k, v in (self.tasks.get(task) or {}).items() if k not in TASK_STAGE_KEYS}
+        """``tasks.<task>`` as the head reads it (``head_config``)."""
+        return head_config(self.tasks.get(task))
 
 
-# Keys of a ``tasks.<task>`` section that the run's task stage reads, not the head.
-TASK_STAGE_KEYS = ("head_seeds",)
+# Keys of a ``tasks.<task>`` section that the run's task stage reads, not the head, with their
+# defaults (``head_seeds``: see ``clap_bench.runs.plan.run_task_stage``).
+TASK_STAGE_KEYS: Dict[str, Any] = {"head_seeds": 1}
+
+
+def head_config(section: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """A ``tasks.<task>`` section without the task stage's own keys: what the head's config reads."""
+    return {k: v for k, v in (section or {}).items() if k not in TASK_STAGE_KEYS}
 
 
 # --------------------------------------------------------------------------- generic helpers

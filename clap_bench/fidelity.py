@@ -50,6 +50,7 @@ CHOICES: tuple = (
     Choice("pretrain.gvf_scaling", ALL_TABLES, "scaling of the global video feature"),
     Choice("pretrain.caption_choice", ALL_TABLES, "caption given to a clip"),
     Choice("extract.last_clip", ALL_TABLES, "last clip of a video at extraction"),
+    Choice("tasks.tal.head_seeds", ("1",), "G-TAD heads averaged per seed"),
     Choice("tasks.tal.video_scores", ("1",), "G-TAD's video labels", _video_scores),
     Choice("tasks.tal.boundary_anchors", ("1",), "G-TAD start/end label intervals"),
     Choice("tasks.tal.proposal_score", ("1",), "G-TAD proposal score"),
@@ -74,13 +75,15 @@ def resolve(profile: Mapping[str, Any], key: str) -> Any:
     """
     parts = key.split(".")
     if parts[0] == "tasks" and len(parts) > 2:
-        from clap_bench.config import TASK_STAGE_KEYS, ConfigError, from_dict, to_dict
+        from clap_bench.config import TASK_STAGE_KEYS, ConfigError, from_dict, head_config, to_dict
         from clap_bench.downstream.base import get_task
 
+        section = profile.get("tasks", {}).get(parts[1]) or {}
+        if len(parts) == 3 and parts[2] in TASK_STAGE_KEYS:  # a key of the task stage, not of the head
+            return section.get(parts[2], TASK_STAGE_KEYS[parts[2]])
         try:
             spec = get_task(parts[1])
-            section = {k: v for k, v in (profile.get("tasks", {}).get(parts[1]) or {}).items() if k not in TASK_STAGE_KEYS}
-            node: Any = to_dict(from_dict(spec.config_cls, section, f"tasks.{parts[1]}"))
+            node: Any = to_dict(from_dict(spec.config_cls, head_config(section), f"tasks.{parts[1]}"))
         except (KeyError, ConfigError):
             return _MISSING
         parts = parts[2:]

@@ -49,10 +49,11 @@ def test_bootstrap_of_a_recall_matches_the_binomial_standard_error():
     # 200 queries, 60 hits: the bootstrap std of the hit rate is close to sqrt(p (1 - p) / n)
     ground_truth = [{"id": i, "segment": [0.0, 10.0]} for i in range(200)]
     predictions = [{"id": i, "segments": [[0.0, 10.0] if i < 60 else [20.0, 30.0]], "scores": [1.0]} for i in range(200)]
-    units, score = grounding_scorer(ground_truth, predictions, "R@1@0.5")
-    assert score(units) == pytest.approx(0.3)
+    units, score = grounding_scorer(ground_truth, predictions)
+    assert score(units)["R@1@0.5"] == pytest.approx(0.3) and score(units)["mIoU"] == pytest.approx(0.3)
     std = bootstrap_std(units, score, samples=150, seed=1)
-    assert std == pytest.approx(math.sqrt(0.3 * 0.7 / 200), rel=0.2)
+    assert std["R@1@0.5"] == pytest.approx(math.sqrt(0.3 * 0.7 / 200), rel=0.2)
+    assert std["R@1@0.5"] == pytest.approx(std["mIoU"])  # IoU here is 1 for a hit and 0 otherwise
 
 
 @pytest.mark.slow  # four G-TAD trainings on the smoke set

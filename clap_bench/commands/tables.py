@@ -136,12 +136,12 @@ def _register_timelines(analyze: typer.Typer) -> None:
                 raise ConfigError(f"--task: expected tal or fstal, got {task!r}")
             predictions = {}
             for m in method:
+                from clap_bench.runs.plan import head_dir
+
                 stage = store.stage_dir(profile, m, seed, task)
                 path = stage / "predictions.json"
-                if not path.is_file():  # a stage with several head seeds: its first head's
-                    from clap_bench.runs.plan import head_dir
-
-                    path = head_dir(stage, 0) / "predictions.json" if head_dir(stage, 0).is_dir() else path
+                if not path.is_file() and head_dir(stage, 0).is_dir():  # several head seeds: the first head's
+                    path = head_dir(stage, 0) / "predictions.json"
                 if not path.is_file():
                     raise ConfigError(f"{path}: no {task} predictions for {m} seed {seed} "
                                       f"(run: clapbench run --method {m} --tasks {task} --profile {profile})")

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
-from clap_bench.config import TASK_STAGE_KEYS, ConfigError, Profile, config_hash, data_identity, from_dict, resolve_threads, to_dict
+from clap_bench.config import TASK_STAGE_KEYS, ConfigError, Profile, head_config, config_hash, data_identity, from_dict, resolve_threads, to_dict
 from clap_bench.runs.store import METRICS_FILE, RunStore, read_json
 
 log = logging.getLogger(__name__)
@@ -253,7 +253,7 @@ def validate_run(profile: Profile, methods: Sequence[str], tasks: Sequence[str])
             raise ConfigError(f"profile {profile.name!r}: tasks.{name}: unknown task; known: {', '.join(known_tasks)}")
         spec = get_task(name)
         head_seeds(profile.tasks[name], f"profile {profile.name!r}: tasks.{name}")
-        from_dict(spec.config_cls, task_overrides(profile.tasks[name]), f"profile {profile.name!r}: tasks.{name}")
+        from_dict(spec.config_cls, head_config(profile.tasks[name]), f"profile {profile.name!r}: tasks.{name}")
     needed: Dict[str, str] = {}  # dataset key -> who reads it
     for task in tasks:
         for key in get_task(task).datasets:
@@ -461,21 +461,16 @@ def run_extract_stage(ctx: StageContext) -> Dict[str, Any]:
 
 
 # ``tasks.<task>.head_seeds``: a key of the task stage, not of the head's config (every task has it).
-HEAD_SEEDS_KEY = TASK_STAGE_KEYS[0]
+HEAD_SEEDS_KEY = "head_seeds"
 HEADS_FILE = "heads.json"
 
 
 def head_seeds(overrides: Optional[dict], where: str) -> int:
     """``head_seeds`` of a task section (default 1), checked."""
-    value = (overrides or {}).get(HEAD_SEEDS_KEY, 1)
+    value = (overrides or {}).get(HEAD_SEEDS_KEY, TASK_STAGE_KEYS[HEAD_SEEDS_KEY])
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"{where}.{HEAD_SEEDS_KEY}: expected an integer >= 1, got {value!r}")
     return value
-
-
-def task_overrides(overrides: Optional[dict]) -> dict:
-    """A task section without the stage's own keys: what the head's config reads."""
-    return {k: v for k, v in (overrides or {}).items() if k not in TASK_STAGE_KEYS}
 
 
 def head_dir(stage_dir: Path, head: int) -> Path:
@@ -509,7 +504,7 @@ def run_task_stage(ctx: StageContext) -> Dict[str, Any]:
     def run_head(out_dir: Path, seed: int) -> Dict[str, Any]:
         metrics = spec.run(TaskContext(
             features=features, datasets=ctx.datasets, out_dir=out_dir, seed=seed,
-            overrides=task_overrides(section), device=_device(), progress=ctx.progress,
+            overrides=head_config(section), device=_device(), progress=ctx.progress,
         ))
         # Numbers are metrics; a string says how they were made (e.g. tal's "video_labels").
         return {k: v if isinstance(v, str) else float(v) for k, v in metrics.items()}

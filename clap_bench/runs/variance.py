@@ -79,21 +79,23 @@ def decompose(scores: np.ndarray, test_std: Optional[float] = None) -> Decomposi
 
 
 # ------------------------------------------------------------------ bootstrap over the test set
-def bootstrap_std(units: Sequence[str], score: Callable[[List[str]], float], samples: int, seed: int = 0) -> float:
-    """Std of ``score`` over ``samples`` resamples (with replacement) of ``units``, same size."""
+def bootstrap_std(units: Sequence[str], score: Callable[[List[str]], Dict[str, float]], samples: int,
+                  seed: int = 0) -> Dict[str, float]:
+    """Std of each figure ``score`` returns, over ``samples`` resamples (with replacement) of
+    ``units`` of the same size (one scoring per resample gives every figure)."""
     if samples < 2:
         raise ValueError(f"bootstrap samples: expected >= 2, got {samples}")
     units = list(units)
     if not units:
         raise ValueError("bootstrap over an empty test set")
     rng = np.random.default_rng(seed)
-    values = [score([units[i] for i in rng.integers(0, len(units), len(units))]) for _ in range(samples)]
-    return float(np.std(values, ddof=1))
+    draws = [score([units[i] for i in rng.integers(0, len(units), len(units))]) for _ in range(samples)]
+    return {k: float(np.std([d[k] for d in draws], ddof=1)) for k in draws[0]}
 
 
-def detection_scorer(ground_truth: dict, predictions: dict, subset: str, metric: str) -> tuple:
-    """(test video ids, ``score(ids)``) for ActivityNet detection: a resample is scored as a test
-    set in which a video drawn k times appears k times (renamed ``<id>#<i>``)."""
+def detection_scorer(ground_truth: dict, predictions: dict, subset: str) -> tuple:
+    """(test video ids, ``score(ids)`` -> the tal task's metrics) for ActivityNet detection: a
+    resample is scored as a test set in which a video drawn k times appears k times (``<id>#<i>``)."""
     from clap_bench.downstream.gtad.task import detection_metrics
     from clap_bench.eval.detection import evaluate_detection
 
@@ -101,50 +103,52 @@ def detection_scorer(ground_truth: dict, predictions: dict, subset: str, metric:
     videos = sorted(v for v, item in database.items() if item.get("subset") == subset)
     results = predictions.get("results", {})
 
-    def score(ids: List[str]) -> float:
+    def score(ids: List[str]) -> Dict[str, float]:
         gt = {"database": {f"{v}#{i}": database[v] for i, v in enumerate(ids)}}
         # a class no drawn video annotates has no AP of its own; its detections cannot match (the
         # task drops them from its predictions for the same reason)
         classes = {a["label"] for v in ids for a in database[v]["annotations"]}
         pred = {"results": {f"{v}#{i}": [d for d in results.get(v, []) if d["label"] in classes]
                             for i, v in enumerate(ids)}}
-        return detection_metrics(evaluate_detection(gt, pred, subset=subset))[metric]
+        return detection_metrics(evaluate_detection(gt, pred, subset=subset))
 
     return videos, score
 
 
-def grounding_scorer(ground_truth: list, predictions: list, metric: str) -> tuple:
-    """(query ids, ``score(ids)``) for grounding; ``metric`` as ``R@1@0.5`` or ``mIoU``."""
+def grounding_scorer(ground_truth: list, predictions: list) -> tuple:
+    """(query ids, ``score(ids)`` -> ``{"R@1@0.5": x, "mIoU": y, ...}``) for grounding."""
     from clap_bench.eval.grounding import evaluate_grounding, flatten_metrics
 
     gt = {str(q["id"]): q for q in ground_truth}
     pred = {str(p["id"]): p for p in predictions}
 
-    def score(ids: List[str]) -> float:
+    def score(ids: List[str]) -> Dict[str, float]:
         g = [{**gt[q], "id": f"{q}#{i}"} for i, q in enumerate(ids)]
         p = [{**pred[q], "id": f"{q}#{i}"} for i, q in enumerate(ids) if q in pred]
-        return flatten_metrics(evaluate_grounding(g, p))[metric]
+        return flatten_metrics(evaluate_grounding(g, p))
 
     return sorted(gt), score
 
 
-def stage_bootstrap(task: str, out_dir: Path, metric: str, samples: int, ground_truth: Optional[dict] = None,
-                    subset: str = "validation") -> Optional[float]:
-    """Bootstrap std of ``metric`` of one task run (its output folder), or None where the task's
-    outputs do not allow it (few-shot TAL: its test set is the episodes the head seed draws)."""
+def stage_bootstrap(task: str, out_dir: Path, metrics: Sequence[str], samples: int,
+                    ground_truth: Optional[dict] = None, subset: str = "validation") -> Dict[str, float]:
+    """Bootstrap std of each of ``metrics`` of one task run (its output folder); empty where the
+    task's outputs do not allow it (few-shot TAL: its test set is the episodes the head seed draws)."""
     out_dir = Path(out_dir)
     if task == "tal":
         predictions = json.loads((out_dir / "predictions.json").read_text())
-        units, score = detection_scorer(ground_truth, predictions, subset, metric)
-    elif task == "vlg":
-        dataset, name = metric.split("/", 1)
+        stds = bootstrap_std(*detection_scorer(ground_truth, predictions, subset), samples)
+        return {m: stds[m] for m in metrics}
+    if task != "vlg":
+        return {}
+    out = {}
+    for dataset in sorted({m.split("/", 1)[0] for m in metrics}):  # one bootstrap per dataset
         folder = out_dir / dataset
         gt = json.loads((folder / "ground_truth.json").read_text())
         pred = json.loads((folder / "predictions.json").read_text())
-        units, score = grounding_scorer(gt, pred, name)
-    else:
-        return None
-    return bootstrap_std(units, score, samples)
+        stds = bootstrap_std(*grounding_scorer(gt, pred), samples)
+        out.update({m: stds[m.split("/", 1)[1]] for m in metrics if m.startswith(dataset + "/")})
+    return out
 
 
 # ------------------------------------------------------------------ the runs
@@ -248,10 +252,9 @@ def run_variance(store, profile_arg: str, method: str, task: str, heads: int = 3
                 if m not in result:
                     raise ConfigError(f"{out / METRICS_FILE}: no metric {m!r} (has: {', '.join(sorted(result))})")
                 table[m][i, h] = float(result[m])
-                if bootstrap:
-                    b = stage_bootstrap(task, out, m, bootstrap, ground_truth, subset)
-                    if b is not None:
-                        boot[m].append(b)
+            if bootstrap:
+                for m, b in stage_bootstrap(task, out, metrics, bootstrap, ground_truth, subset).items():
+                    boot[m].append(b)
     return {m: decompose(table[m], float(np.mean(boot[m])) if boot[m] else None) for m in metrics}
 
 
