@@ -214,6 +214,11 @@ class RuntimeConfig:
     order of floating-point reductions, so the same seed gives other numbers with another count."""
 
     threads: Optional[int] = None  # None: SLURM's allocation ($SLURM_CPUS_PER_TASK), else this machine's cores
+    # Threads per stage kind (source, pretrain, extract, task) of stages run as SLURM jobs: filled
+    # from the cluster profile's cpus_per_task when a sweep is submitted with ``threads`` unset, so
+    # that each job runs as many threads as it was allocated CPUs (the plan is built, and the thread
+    # count hashed, on the submitting machine, whose own core count says nothing about the jobs').
+    job_threads: Dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -368,12 +373,18 @@ def data_identity(profile: "Profile", dataset: Optional[str] = None) -> Dict[str
     return data
 
 
-def resolve_threads(profile: "Profile") -> int:
-    """``runtime.threads``, else ``$SLURM_CPUS_PER_TASK``, else the cores this process may run on."""
+def resolve_threads(profile: "Profile", kind: Optional[str] = None) -> int:
+    """``runtime.threads``, else ``runtime.job_threads[kind]`` (a SLURM job's allocation), else
+    ``$SLURM_CPUS_PER_TASK``, else the cores this process may run on."""
     if profile.runtime.threads is not None:
         if profile.runtime.threads < 1:
             raise ConfigError(f"runtime.threads: expected >= 1, got {profile.runtime.threads}")
         return profile.runtime.threads
+    if kind is not None and kind in profile.runtime.job_threads:
+        threads = profile.runtime.job_threads[kind]
+        if not isinstance(threads, int) or threads < 1:
+            raise ConfigError(f"runtime.job_threads.{kind}: expected an integer >= 1, got {threads!r}")
+        return threads
     allocated = os.environ.get("SLURM_CPUS_PER_TASK", "").strip()
     if allocated.isdigit() and int(allocated) > 0:
         return int(allocated)

@@ -337,6 +337,38 @@ def test_thread_count_is_in_every_product_stage_config_and_hash(monkeypatch):
         resolve_threads(load_profile("smoke", {"runtime": {"threads": 0}}))
 
 
+def test_stages_submitted_to_slurm_run_as_many_threads_as_their_job_has_cpus(tmp_path):
+    """The plan is built on the submitting machine; a stage that will run as a SLURM job is planned
+    (and hashed) with its job's cpus_per_task, per stage kind, not with the submitter's cores (which
+    would oversubscribe the jobs' CPUs). ``runtime.threads`` still pins one count for every stage."""
+    from clap_bench.commands.run import with_job_threads
+    from clap_bench.runs import load_cluster
+
+    repo = Path(__file__).resolve().parent.parent
+    local = load_cluster(repo / "slurm" / "local.yaml")
+    plan = build_plan(with_job_threads(load_profile("smoke"), local), ["clap"], [0], None)
+    assert {spec.config["runtime"]["threads"] for spec in plan.stages.values()} == {local.cpus_per_task}
+
+    cluster = tmp_path / "cluster.yaml"
+    cluster.write_text("partition: gpu\ncpus_per_task: 6\nstages:\n  pretrain: {cpus_per_task: 8}\n  task: {cpus_per_task: 3}\n")
+    prof = with_job_threads(load_profile("smoke"), load_cluster(cluster))
+    assert prof.runtime.job_threads == {"source": 6, "pretrain": 8, "extract": 6, "task": 3}
+    plan = build_plan(prof, ["clap"], [0], None)
+    kinds = {spec.resources: spec.config["runtime"]["threads"] for spec in plan.stages.values()}
+    assert kinds == {"source": 6, "pretrain": 8, "extract": 6, "task": 3}
+    # the recorded profile carries the counts, so `status` rebuilds the same hashes
+    from clap_bench.config import Profile, from_dict, to_dict
+
+    again = build_plan(from_dict(Profile, json.loads(json.dumps(to_dict(prof))), "recorded"), ["clap"], [0], None)
+    assert again.hashes == plan.hashes
+
+    pinned = with_job_threads(load_profile("smoke", {"runtime": {"threads": 2}}), load_cluster(cluster))
+    assert pinned.runtime.job_threads == {}
+    assert {s.config["runtime"]["threads"] for s in build_plan(pinned, ["clap"], [0], None).stages.values()} == {2}
+    with pytest.raises(ConfigError, match=r"runtime\.job_threads: unknown stage kind\(s\) \['gpu'\]"):
+        build_plan(load_profile("smoke", {"runtime": {"job_threads": {"gpu": 2}}}), ["clap"], [0], None)
+
+
 @pytest.mark.slow
 def test_smoke_run_with_the_same_seed_and_thread_count_gives_identical_results(tmp_path):
     """Pre-training, extraction and G-TAD twice from scratch (the shared source model is cached):

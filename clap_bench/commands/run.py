@@ -34,6 +34,19 @@ def _backbone(profile: Profile) -> str:
 IMPORT_HELP = "plug-in module defining methods or tasks (repeatable; added to the profile's imports), e.g. my_pkg.my_method"
 
 
+def with_job_threads(prof: Profile, cluster) -> Profile:
+    """``prof`` with ``runtime.job_threads`` set from the cluster profile's ``cpus_per_task`` per stage
+    kind, unless ``runtime.threads`` pins one count (then jobs with fewer CPUs log a warning)."""
+    import dataclasses
+
+    from clap_bench.runs.slurm import STAGE_KINDS
+
+    if prof.runtime.threads is not None:
+        return prof
+    job_threads = {kind: cluster.for_stage(kind).cpus_per_task for kind in STAGE_KINDS}
+    return dataclasses.replace(prof, runtime=dataclasses.replace(prof.runtime, job_threads=job_threads))
+
+
 def _execute(methods: List[str], seeds: str, tasks: Optional[str], profile: Optional[str], config: Optional[Path],
              executor: str, cluster: Optional[Path], runs_dir: Optional[Path], dry_run: bool, wait: bool,
              quiet: bool, table_methods: Optional[List[str]], baseline: Optional[str], wait_for_claims: bool = True,
@@ -47,10 +60,12 @@ def _execute(methods: List[str], seeds: str, tasks: Optional[str], profile: Opti
         prof = with_imports(_profile(profile, config), imports)  # the profile carries them to every stage's process
         seed_list = parse_seeds(seeds)
         task_list = parse_tasks(tasks)
-        plan = plan_factory()(prof, methods, seed_list, task_list)
         cluster_profile = load_cluster(cluster) if cluster else None
         if executor == "slurm" and cluster_profile is None:
             raise ConfigError("--executor slurm needs --cluster slurm/<profile>.yaml (e.g. slurm/local.yaml)")
+        if executor == "slurm":
+            prof = with_job_threads(prof, cluster_profile)
+        plan = plan_factory()(prof, methods, seed_list, task_list)
     except (ConfigError, KeyError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2)

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 from clap_bench.config import TASK_STAGE_KEYS, ConfigError, Profile, head_config, config_hash, data_identity, from_dict, resolve_threads, to_dict
+from clap_bench.runs.slurm import STAGE_KINDS
 from clap_bench.runs.store import METRICS_FILE, RunStore, read_json
 
 log = logging.getLogger(__name__)
@@ -238,6 +239,10 @@ def validate_run(profile: Profile, methods: Sequence[str], tasks: Sequence[str])
     from clap_bench.training.pretrain import PRETRAIN_DATASET, SOURCE_DATASET
 
     load_profile_imports(profile)  # plug-in methods and tasks named by imports / --import
+    unknown_kinds = sorted(set(profile.runtime.job_threads) - set(STAGE_KINDS))
+    if unknown_kinds:
+        raise ConfigError(f"profile {profile.name!r}: runtime.job_threads: unknown stage kind(s) {unknown_kinds}; "
+                          f"expected some of {list(STAGE_KINDS)}")
     known_methods = list_methods()
     for method in methods:
         if not method.startswith(EXTERNAL_PREFIX) and method not in known_methods:
@@ -287,14 +292,15 @@ def build_plan(profile: Profile, methods: Sequence[str], seeds: Sequence[int], t
     plan = Plan(profile)
     p = profile
     # The thread count changes a stage's numbers, so it is part of every stage's config (and hash);
-    # the stage process sets it (``executors.run_stage``). The default resolves where the plan is built.
-    runtime = {"threads": resolve_threads(p)}
+    # the stage process sets it (``executors.run_stage``). The default resolves where the plan is
+    # built, per stage kind when the stages are to run as SLURM jobs (``runtime.job_threads``).
+    runtimes = {kind: {"threads": resolve_threads(p, kind)} for kind in STAGE_KINDS}
     source_key = None
     if needs_source_stage(p) and any(not m.startswith(EXTERNAL_PREFIX) for m in methods):
         source_key = plan.add(StageSpec(
             "source", None, None, run_source_stage,
             {"data": data_identity(p), "clips": to_dict(p.clips), "encoder": to_dict(p.encoder),
-             "train": to_dict(p.source_pretrain), "seed": SOURCE_SEED, "runtime": runtime},
+             "train": to_dict(p.source_pretrain), "seed": SOURCE_SEED, "runtime": runtimes["source"]},
             resources="source",
         )).key
     for method in methods:
@@ -309,7 +315,7 @@ def build_plan(profile: Profile, methods: Sequence[str], seeds: Sequence[int], t
                     plan.add(StageSpec(
                         task, method, seed, run_task_stage,
                         {"task": task, "overrides": p.tasks.get(task, {}), "data": data_identity(p),
-                         "features": {d: _file_identity(f) for d, f in feats.items()}, "runtime": runtime,
+                         "features": {d: _file_identity(f) for d, f in feats.items()}, "runtime": runtimes["task"],
                          **_task_plugin(task)},
                     ))
                 continue
@@ -322,7 +328,7 @@ def build_plan(profile: Profile, methods: Sequence[str], seeds: Sequence[int], t
             for variant in sorted({task_features(t)[0] for t in tasks}):
                 name = "pretrain" if (variant == "all" or not trains) else "pretrain-base"
                 config = {"data": data_identity(p), "clips": to_dict(p.clips), "encoder": to_dict(p.encoder),
-                          "method_overrides": p.methods.get(method, {}), "runtime": runtime}
+                          "method_overrides": p.methods.get(method, {}), "runtime": runtimes["pretrain"]}
                 if trains:
                     config.update(train=to_dict(p.pretrain), classes=variant)
                 config.update(plugin)
@@ -339,13 +345,13 @@ def build_plan(profile: Profile, methods: Sequence[str], seeds: Sequence[int], t
                     extracts.append(plan.add(StageSpec(
                         name, method, encoder_seed, run_extract_stage,
                         {"dataset": d, "data": data_identity(p, d), "clips": to_dict(p.clips),
-                         "extract": to_dict(p.extract), "runtime": runtime},
+                         "extract": to_dict(p.extract), "runtime": runtimes["extract"]},
                         deps=(encoders[variant],),
                         resources="extract",
                     )).key)
                 plan.add(StageSpec(
                     task, method, seed, run_task_stage,
-                    {"task": task, "overrides": p.tasks.get(task, {}), "data": data_identity(p), "runtime": runtime,
+                    {"task": task, "overrides": p.tasks.get(task, {}), "data": data_identity(p), "runtime": runtimes["task"],
                      **_task_plugin(task)},
                     deps=tuple(extracts),
                 ))
