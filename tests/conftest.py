@@ -51,6 +51,9 @@ def pytest_configure(config):
     runs = tempfile.mkdtemp(prefix="clapbench-test-runs-")
     os.environ["CLAPBENCH_RUNS"] = runs
     _session["runs"] = runs
+    import torch  # the thread count every test ends with (see _restore_torch_threads)
+
+    _session["threads"] = torch.get_num_threads()
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -62,13 +65,16 @@ def pytest_sessionfinish(session, exitstatus):
 
 @pytest.fixture(autouse=True)
 def _restore_torch_threads():
-    """Tests may pin torch's thread count; the next test starts with the count the session had."""
+    """Tests may pin torch's thread count; each test ends with the count the session started with.
+    (Restoring the count a test *started* with is not enough: a module-scoped fixture that pinned one
+    thread once left every later test of the session on one thread, and the default-benchmark
+    acceptance tests 1.4x slower.)"""
     import torch
 
-    before = torch.get_num_threads()
+    session_threads = _session.setdefault("threads", torch.get_num_threads())
     yield
-    if torch.get_num_threads() != before:
-        torch.set_num_threads(before)
+    if torch.get_num_threads() != session_threads:
+        torch.set_num_threads(session_threads)
 
 
 # ---------------------------------------------------------------- real annotation files
