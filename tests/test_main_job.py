@@ -114,6 +114,26 @@ def _assert_clearly_above(trained: list, random: list, what: str, k: float = 3.0
 HEAD_SEEDS = (0, 1, 2)
 
 
+def _run_task_on_threads(name: str, ctx: TaskContext, threads: int) -> dict:
+    torch.set_num_threads(threads)
+    return get_task(name).run(ctx)
+
+
+def _run_side_by_side(name: str, contexts: list) -> list:
+    """``get_task(name).run(ctx)`` for each context, in processes side by side that share the cores
+    out (one after the other on a 1-core machine). On 2 cores, two 2D-TAN trainings of 1 thread each
+    side by side took 19 % less time than the same two one after the other at 2 threads."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if cores < 2 or len(contexts) < 2:
+        return [get_task(name).run(ctx) for ctx in contexts]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    threads = max(1, cores // len(contexts))
+    with ProcessPoolExecutor(len(contexts), mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(_run_task_on_threads, [name] * len(contexts), contexts, [threads] * len(contexts)))
+
+
 @pytest.mark.slow
 @pytest.mark.default_benchmark
 def test_tal_on_features_of_a_trained_encoder_beats_random_features_through_the_same_head(tmp_path, trained_and_random_features):
@@ -147,15 +167,11 @@ def test_grounding_on_features_of_a_trained_encoder_beats_random_features_throug
     import json
 
     profile, datasets, feats = trained_and_random_features("charades-sta")
-    task = get_task("vlg")
     overrides = {**profile.task_config("vlg"), "datasets": ["charades-sta"]}
-    scores = {}
-    for name in ("trained", "random"):
-        ctx = TaskContext(
-            features={"charades-sta": feats / f"{name}.h5"}, datasets=datasets, out_dir=tmp_path / f"vlg-{name}",
-            seed=0, overrides=overrides, progress=False,
-        )
-        scores[name] = task.run(ctx)
+    arms = ("trained", "random")
+    contexts = [TaskContext(features={"charades-sta": feats / f"{name}.h5"}, datasets=datasets, out_dir=tmp_path / f"vlg-{name}",
+                            seed=0, overrides=overrides, progress=False) for name in arms]
+    scores = dict(zip(arms, _run_side_by_side("vlg", contexts)))
     queries = len(json.loads((tmp_path / "vlg-trained" / "charades-sta" / "ground_truth.json").read_text()))
     print({k: {m: v[f"charades-sta/{m}"] for m in ("R@1@0.3", "R@1@0.5", "mIoU")} for k, v in scores.items()}, queries, "queries")
     for metric in ("R@1@0.3", "R@1@0.5"):
