@@ -71,10 +71,9 @@ def _restore_torch_threads():
     acceptance tests 1.4x slower.)"""
     import torch
 
-    session_threads = _session.setdefault("threads", torch.get_num_threads())
     yield
-    if torch.get_num_threads() != session_threads:
-        torch.set_num_threads(session_threads)
+    if torch.get_num_threads() != _session["threads"]:
+        torch.set_num_threads(_session["threads"])
 
 
 # ---------------------------------------------------------------- real annotation files

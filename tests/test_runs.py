@@ -341,8 +341,8 @@ def test_stages_submitted_to_slurm_run_as_many_threads_as_their_job_has_cpus(tmp
     """The plan is built on the submitting machine; a stage that will run as a SLURM job is planned
     (and hashed) with its job's cpus_per_task, per stage kind, not with the submitter's cores (which
     would oversubscribe the jobs' CPUs). ``runtime.threads`` still pins one count for every stage."""
-    from clap_bench.commands.run import with_job_threads
     from clap_bench.runs import load_cluster
+    from clap_bench.runs.slurm import with_job_threads
 
     repo = Path(__file__).resolve().parent.parent
     local = load_cluster(repo / "slurm" / "local.yaml")

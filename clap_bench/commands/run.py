@@ -34,24 +34,12 @@ def _backbone(profile: Profile) -> str:
 IMPORT_HELP = "plug-in module defining methods or tasks (repeatable; added to the profile's imports), e.g. my_pkg.my_method"
 
 
-def with_job_threads(prof: Profile, cluster) -> Profile:
-    """``prof`` with ``runtime.job_threads`` set from the cluster profile's ``cpus_per_task`` per stage
-    kind, unless ``runtime.threads`` pins one count (then jobs with fewer CPUs log a warning)."""
-    import dataclasses
-
-    from clap_bench.runs.slurm import STAGE_KINDS
-
-    if prof.runtime.threads is not None:
-        return prof
-    job_threads = {kind: cluster.for_stage(kind).cpus_per_task for kind in STAGE_KINDS}
-    return dataclasses.replace(prof, runtime=dataclasses.replace(prof.runtime, job_threads=job_threads))
-
-
 def _execute(methods: List[str], seeds: str, tasks: Optional[str], profile: Optional[str], config: Optional[Path],
              executor: str, cluster: Optional[Path], runs_dir: Optional[Path], dry_run: bool, wait: bool,
              quiet: bool, table_methods: Optional[List[str]], baseline: Optional[str], wait_for_claims: bool = True,
              imports: Optional[List[str]] = None) -> None:
     from clap_bench.runs import RunStore, load_cluster, make_tables, parse_seeds, parse_tasks, render, run_plan, runs_root
+    from clap_bench.runs.slurm import with_job_threads
     from clap_bench.plugins import with_imports
     from clap_bench.runs.plan import plan_factory
     from clap_bench.runs.tables import tables_for_tasks

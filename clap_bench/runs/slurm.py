@@ -160,3 +160,12 @@ def _run(cmd: List[str]) -> str:
         return subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.TimeoutExpired):
         return ""
+
+
+def with_job_threads(profile, cluster: "ClusterProfile"):
+    """``profile`` with ``runtime.job_threads`` set from ``cluster``'s ``cpus_per_task`` per stage
+    kind, unless ``runtime.threads`` pins one count (then jobs with fewer CPUs log a warning)."""
+    if profile.runtime.threads is not None:
+        return profile
+    job_threads = {kind: cluster.for_stage(kind).cpus_per_task for kind in STAGE_KINDS}
+    return dataclasses.replace(profile, runtime=dataclasses.replace(profile.runtime, job_threads=job_threads))
