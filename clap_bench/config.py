@@ -163,6 +163,10 @@ class TrainConfig:
     # evenly spaced clips, no augmentation, every loss term, head accuracies and retrieval R@1.
     validate: bool = True
     val_max_segments: Optional[int] = None  # a fixed subset of the validation segments (CPU profiles)
+    # Evenly spaced clips per validation segment; None: clips.clips_per_segment (TSP). One clip
+    # (the segment's centre) on more segments costs the same and measures with less noise: the
+    # clips of one segment are nearly the same sample (FIDELITY.md).
+    val_clips_per_segment: Optional[int] = None
 
     def __post_init__(self) -> None:
         for key, allowed in (("short_segments", ("keep", "drop")), ("gvf_scaling", ("mean_norm", "none")),
@@ -179,6 +183,10 @@ class TrainConfig:
             raise ConfigError(f"frozen_stages: expected 0-4 (backbone stages), got {self.frozen_stages}")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size: expected a positive number of clips, got {self.batch_size}")
+        if self.val_clips_per_segment is not None and self.val_clips_per_segment < 1:
+            raise ConfigError(
+                f"val_clips_per_segment: expected a positive number of clips or null, got {self.val_clips_per_segment}"
+            )
 
 
 LAST_CLIP_RULES = ("span", "frames")

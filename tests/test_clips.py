@@ -179,6 +179,8 @@ def test_training_starts_are_random_inside_the_segment_and_eval_starts_evenly_sp
     b = sample_clip_starts(10.0, 20.0, 1.0, 5, train=True, rng=rng, video_duration=30.0)
     assert len(a) == 5 and np.all((a >= 10.0) & (a <= 19.0)) and not np.allclose(a, b)
     np.testing.assert_allclose(sample_clip_starts(10.0, 20.0, 1.0, 5, train=False), [10, 12.25, 14.5, 16.75, 19])
+    # one evenly spaced clip is the centred one (starts 10..19: 14.5), not the first
+    np.testing.assert_allclose(sample_clip_starts(10.0, 20.0, 1.0, 1, train=False), [14.5])
     with pytest.raises(ValueError, match="rng"):
         sample_clip_starts(10.0, 20.0, 1.0, 5, train=True)
 

@@ -3,6 +3,7 @@ frozen stem, validation before training and after every epoch, and the ``none`` 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import socket
@@ -95,6 +96,39 @@ def test_unknown_batch_composition_is_an_error_naming_the_key():
         load_profile("smoke", {"pretrain": {"batch_composition": "foo"}})
     msg = str(err.value)
     assert "smoke.yaml" in msg and "pretrain" in msg and "batch_composition" in msg and "clips, segments" in msg and "'foo'" in msg
+
+
+def test_non_positive_validation_clips_per_segment_is_an_error_naming_the_key():
+    with pytest.raises(ConfigError) as err:
+        load_profile("smoke", {"pretrain": {"val_clips_per_segment": 0}})
+    msg = str(err.value)
+    assert "val_clips_per_segment" in msg and "positive" in msg and "0" in msg
+
+
+def test_validation_takes_val_clips_per_segment_centred_clips_of_every_segment(tmp_path):
+    """``pretrain.val_clips_per_segment: 1`` (default profile): one centred clip per validation segment."""
+    from clap_bench.config import resolve_datasets
+    from clap_bench.data import load_dataset
+    from clap_bench.training import pretrain
+    from clap_bench.methods import create_method
+    from clap_bench.training.pretrain import PRETRAIN_DATASET, short_segment_limits, validation_annotations
+
+    profile = load_profile("smoke", {"pretrain": {"epochs": 1, "val_clips_per_segment": 1}})
+    ds = resolve_datasets(profile)[PRETRAIN_DATASET]
+    full = load_dataset(ds, PRETRAIN_DATASET)
+    classes = list(full.subset("training").classes)
+    val = validation_annotations(full, classes)
+    same = dict(train=False, regions=create_method("tac").regions, classes=classes, clip_level=True,
+                **short_segment_limits(profile.pretrain, profile.clips))
+    one = SegmentClipDataset(val, ds.videos, dataclasses.replace(profile.clips, clips_per_segment=1), **same)
+    five = SegmentClipDataset(val, ds.videos, profile.clips, **same)
+    assert len(one) == len(one.items) == len(five.items) and len(five) == len(five.items) * profile.clips.clips_per_segment
+    item, starts, _, _ = one.clip_times(0)
+    middle = five.clip_times(2 * len(five.items))[1]  # slot 2 of 5 of segment 0: the centre
+    np.testing.assert_allclose(starts, middle)
+    pretrain(profile, "tac", 0, tmp_path / "tac", progress=False)
+    records = [json.loads(x) for x in (tmp_path / "tac" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["val_clips"] for r in records] == [len(one.items)] * 2
 
 
 def test_validation_subset_without_segments_is_an_error_naming_the_subset():

@@ -51,6 +51,8 @@ def sample_clip_starts(
 ) -> np.ndarray:
     """``n`` clip start times (s) inside a segment: uniform random (train) or evenly spaced (eval).
 
+    Evenly spaced: the first at the earliest start, the last at the latest (TSP); one clip is centred.
+
     Random starts are returned sorted (the clips of a segment are an unordered set; sorted
     starts let the decoder go through them in one forward pass). ``rng`` is required when
     training, so that every draw comes from a stream the caller seeded.
@@ -62,6 +64,8 @@ def sample_clip_starts(
         if rng is None:
             raise ValueError("sample_clip_starts(train=True) needs an rng (numpy.random.Generator)")
         return np.sort(rng.uniform(lo, hi, size=n)) if hi > lo else np.full(n, lo)
+    if n == 1:
+        return np.array([(lo + hi) / 2])  # one evenly spaced clip is the centred one, not the first
     return np.linspace(lo, hi, n)
 
 

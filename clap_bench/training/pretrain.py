@@ -330,8 +330,11 @@ def pretrain(
     validation = None
     if val_ann is not None:
         # The same segments and texts for every seed and epoch (seed 0): figures are comparable.
+        val_clips = profile.clips
+        if cfg.val_clips_per_segment is not None:
+            val_clips = dataclasses.replace(profile.clips, clips_per_segment=cfg.val_clips_per_segment)
         validation = SegmentClipDataset(
-            val_ann, ds_cfg.videos, profile.clips, train=False, regions=method_cfg.regions, text_policy=policy,
+            val_ann, ds_cfg.videos, val_clips, train=False, regions=method_cfg.regions, text_policy=policy,
             classes=class_list, seed=0, max_segments=cfg.val_max_segments, clip_level=clip_level,
             frame_cache=frame_cache_for(profile), **short_segment_limits(cfg, profile.clips),
         )
