@@ -124,8 +124,9 @@ def _start_default_benchmark() -> None:
         return
     log = open(BACKGROUND_LOG, "w")
     # Passive OpenMP waits: with the default spinning, a thread of this idle-priority process that
-    # got a free core spun at each barrier for its sibling, which had none (measured: 0.08 vs 0.38
-    # encoder training steps/s beside one busy core). The wait policy does not change the arithmetic.
+    # got a free core spun at each barrier for its sibling, which had none (beside one busy core,
+    # `python benchmarks/thread_layout.py`: 0.045 vs 0.337 encoder training steps/s, 7.5x). The
+    # wait policy does not change the arithmetic.
     _session["background"] = subprocess.Popen(
         [sys.executable, "-c", PREPARE_DEFAULT_BENCHMARK], stdout=log, stderr=subprocess.STDOUT,
         preexec_fn=_idle_priority, cwd=REPO, env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"},
