@@ -56,8 +56,9 @@ def _encoder_steps(profile_name: str, seconds: float) -> float:
     return steps / (time.perf_counter() - start)
 
 
-def _tan_steps(profile_name: str, steps: int) -> float:
-    """Mean seconds of one 2D-TAN training step (forward, backward) with the profile's Charades-like shapes."""
+def _tan_steps(profile_name: str, steps: int, start_at: float = 0.0) -> float:
+    """Mean seconds of one 2D-TAN training step (forward, backward) with the profile's Charades-like
+    shapes; the timed steps begin at ``start_at`` (epoch seconds) when given, after a warm-up step."""
     import torch
 
     from clap_bench.config import from_dict, load_profile
@@ -81,6 +82,8 @@ def _tan_steps(profile_name: str, steps: int) -> float:
     words = torch.randn(cfg.batch_size, 12, 384)
     lengths = torch.full((cfg.batch_size,), 12)
     model(video, words, lengths).sum().backward()  # warm-up
+    if start_at:  # side-by-side workers start their timed steps together
+        time.sleep(max(0.0, start_at - time.time()))
     start = time.perf_counter()
     for _ in range(steps):
         model(video, words, lengths).sum().backward()
@@ -96,9 +99,7 @@ def _worker(args) -> None:
     if args.worker == "encoder":
         value = _encoder_steps(args.profile, args.seconds)
     elif args.worker == "tan":
-        if args.start_at:  # side-by-side workers start their timed loop together
-            time.sleep(max(0.0, args.start_at - time.time()))
-        value = _tan_steps(args.profile, args.steps)
+        value = _tan_steps(args.profile, args.steps, args.start_at)
     else:  # "busy": the foreground stand-in, one core of pure Python until killed
         while True:
             pass
@@ -141,7 +142,7 @@ def wait_policy(args) -> None:
 
 def side_by_side(args) -> None:
     sequential = [_value(_spawn("tan", args, 2)) for _ in range(2)]
-    start_at = time.time() + 8.0  # both import torch and build the model before the common start
+    start_at = time.time() + 15.0  # time for both to import torch, build the model and warm up
     procs = [_spawn("tan", args, 1, start_at=start_at) for _ in range(2)]
     parallel = [_value(p) for p in procs]
     seq_pair = sum(sequential)

@@ -125,7 +125,7 @@ def _start_default_benchmark() -> None:
     log = open(BACKGROUND_LOG, "w")
     # Passive OpenMP waits: with the default spinning, a thread of this idle-priority process that
     # got a free core spun at each barrier for its sibling, which had none (beside one busy core,
-    # `python benchmarks/thread_layout.py`: 0.045 vs 0.337 encoder training steps/s, 7.5x). The
+    # `python benchmarks/thread_layout.py`: 0.045 vs 0.340 encoder training steps/s, 7.6x). The
     # wait policy does not change the arithmetic.
     _session["background"] = subprocess.Popen(
         [sys.executable, "-c", PREPARE_DEFAULT_BENCHMARK], stdout=log, stderr=subprocess.STDOUT,

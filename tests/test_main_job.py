@@ -122,8 +122,8 @@ def _run_task_on_threads(name: str, ctx: TaskContext, threads: int) -> dict:
 def _run_side_by_side(name: str, contexts: list) -> list:
     """``get_task(name).run(ctx)`` for each context, in processes side by side that share the cores
     out (one after the other on a 1-core machine). On 2 cores, two 2D-TAN trainings of 1 thread each
-    side by side took 19-20 % less time than the same two one after the other at 2 threads
-    (``python benchmarks/thread_layout.py``: 170 ms against 111 + 102 ms per pair of steps)."""
+    side by side took 14-20 % less time than the same two one after the other at 2 threads
+    (``python benchmarks/thread_layout.py``: 165 ms against 97 + 94 ms per pair of steps)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if cores < 2 or len(contexts) < 2:
         return [get_task(name).run(ctx) for ctx in contexts]
