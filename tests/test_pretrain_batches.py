@@ -123,7 +123,7 @@ def test_validation_takes_val_clips_per_segment_centred_clips_of_every_segment(t
     one = SegmentClipDataset(val, ds.videos, dataclasses.replace(profile.clips, clips_per_segment=1), **same)
     five = SegmentClipDataset(val, ds.videos, profile.clips, **same)
     assert len(one) == len(one.items) == len(five.items) and len(five) == len(five.items) * profile.clips.clips_per_segment
-    item, starts, _, _ = one.clip_times(0)
+    _, starts, _, _ = one.clip_times(0)
     middle = five.clip_times(2 * len(five.items))[1]  # slot 2 of 5 of segment 0: the centre
     np.testing.assert_allclose(starts, middle)
     pretrain(profile, "tac", 0, tmp_path / "tac", progress=False)
