@@ -62,8 +62,7 @@ def _tan_steps(profile_name: str, steps: int, start_at: float = 0.0) -> float:
     import torch
 
     from clap_bench.config import from_dict, load_profile
-    from clap_bench.downstream.tan2d.model import TAN2D
-    from clap_bench.downstream.tan2d.task import VLGConfig
+    from clap_bench.downstream.tan2d.task import VLGConfig, build_model
     from clap_bench.encoders import build_video_encoder
 
     profile = load_profile(profile_name)
@@ -72,12 +71,7 @@ def _tan_steps(profile_name: str, steps: int, start_at: float = 0.0) -> float:
     enc_cfg = profile.encoder.__class__(**{**profile.encoder.__dict__, "weights": None})
     feature_dim = build_video_encoder(enc_cfg).out_dim
     torch.manual_seed(0)
-    model = TAN2D(
-        feature_dim=feature_dim, word_dim=384, num_sample_clips=d.num_sample_clips, num_clips=d.num_clips,
-        num_scale_layers=d.num_scale_layers, hidden_size=cfg.hidden_size, text_hidden_size=cfg.text_hidden_size,
-        lstm_layers=cfg.lstm_layers, map_kernel_sizes=d.map_kernel_sizes, map_paddings=d.map_paddings,
-        map_dilations=d.map_dilations,
-    )
+    model = build_model(cfg, d, feature_dim, 384)
     video = torch.randn(cfg.batch_size, d.num_sample_clips, feature_dim)
     words = torch.randn(cfg.batch_size, 12, 384)
     lengths = torch.full((cfg.batch_size,), 12)

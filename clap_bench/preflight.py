@@ -447,9 +447,8 @@ def measure_qat(profile: Profile, data: PreflightData, steps: int, work: Path) -
 
 def measure_tan(profile: Profile, data: PreflightData, key: str, steps: int, work: Path) -> List[Measure]:
     from clap_bench.downstream.tan2d.features import load_video_features
-    from clap_bench.downstream.tan2d.model import TAN2D
     from clap_bench.downstream.tan2d.proposals import iou_map, masked_bce_loss, scaled_iou_targets
-    from clap_bench.downstream.tan2d.task import grounding_queries, predict
+    from clap_bench.downstream.tan2d.task import build_model, grounding_queries, predict
     from clap_bench.downstream.tan2d.text import build_word_vectors, embed_sentences, pad_words
 
     cfg = from_dict(_vlg_config_cls(), profile.task_config("vlg"), "tasks.vlg").validate()
@@ -465,12 +464,7 @@ def measure_tan(profile: Profile, data: PreflightData, key: str, steps: int, wor
     words = embed_sentences(vectors, [q.sentence for q in queries])
     device = _device()
     torch.manual_seed(0)
-    model = TAN2D(
-        feature_dim=next(iter(video_feats.values())).shape[1], word_dim=int(words[0].shape[1]),
-        num_sample_clips=d.num_sample_clips, num_clips=d.num_clips, num_scale_layers=d.num_scale_layers,
-        hidden_size=cfg.hidden_size, text_hidden_size=cfg.text_hidden_size, lstm_layers=cfg.lstm_layers,
-        map_kernel_sizes=d.map_kernel_sizes, map_paddings=d.map_paddings, map_dilations=d.map_dilations,
-    ).to(device)
+    model = build_model(cfg, d, next(iter(video_feats.values())).shape[1], int(words[0].shape[1])).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     shape = f"{d.num_clips}x{d.num_clips} map, hidden {cfg.hidden_size}, {batch} queries/iteration"
     train = Measure(f"2D-TAN training ({key})", "queries", shape=shape)

@@ -257,19 +257,7 @@ def train_and_evaluate(
     feature_dim = next(iter(video_feats.values())).shape[1]
 
     torch.manual_seed(seed)
-    model = TAN2D(
-        feature_dim=feature_dim,
-        word_dim=int(train_words[0].shape[1]),
-        num_sample_clips=dataset_cfg.num_sample_clips,
-        num_clips=dataset_cfg.num_clips,
-        num_scale_layers=dataset_cfg.num_scale_layers,
-        hidden_size=cfg.hidden_size,
-        text_hidden_size=cfg.text_hidden_size,
-        lstm_layers=cfg.lstm_layers,
-        map_kernel_sizes=dataset_cfg.map_kernel_sizes,
-        map_paddings=dataset_cfg.map_paddings,
-        map_dilations=dataset_cfg.map_dilations,
-    ).to(device)
+    model = build_model(cfg, dataset_cfg, feature_dim, int(train_words[0].shape[1])).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = None
     if val_q and cfg.plateau_metric != "none":
@@ -356,6 +344,17 @@ def train_and_evaluate(
     atomic_write_json(out_dir / "predictions.json", predictions)
     atomic_write_json(out_dir / "metrics.json", metrics)
     return metrics
+
+
+def build_model(cfg: "VLGConfig", dataset_cfg, feature_dim: int, word_dim: int) -> TAN2D:
+    """The 2D-TAN of a task config and one dataset's section (``cfg.for_dataset(key)``)."""
+    return TAN2D(
+        feature_dim=feature_dim, word_dim=word_dim, num_sample_clips=dataset_cfg.num_sample_clips,
+        num_clips=dataset_cfg.num_clips, num_scale_layers=dataset_cfg.num_scale_layers,
+        hidden_size=cfg.hidden_size, text_hidden_size=cfg.text_hidden_size, lstm_layers=cfg.lstm_layers,
+        map_kernel_sizes=dataset_cfg.map_kernel_sizes, map_paddings=dataset_cfg.map_paddings,
+        map_dilations=dataset_cfg.map_dilations,
+    )
 
 
 @torch.no_grad()
