@@ -185,6 +185,11 @@ def rgb_to_yuv420p(rgb: np.ndarray) -> np.ndarray:
     return out
 
 
+# cpu-independent: x264's switch for bit-exact output regardless of CPU and memory state
+# (benchmarks/cpu_fingerprints.py encodes with x264's assembly turned off and compares).
+X264_OPTIONS = {"preset": "veryfast", "crf": "23", "x264-params": "cpu-independent=1"}
+
+
 def write_video(scene: Scene, path: Path) -> None:
     """Encode ``scene`` as H.264 (libx264, yuv420p) mp4 at FPS; deterministic (one thread)."""
     import av
@@ -196,8 +201,7 @@ def write_video(scene: Scene, path: Path) -> None:
         stream.width = WIDTH
         stream.height = HEIGHT
         stream.pix_fmt = "yuv420p"
-        # cpu-independent: x264's switch for bit-exact output regardless of CPU and memory state.
-        stream.codec_context.options = {"preset": "veryfast", "crf": "23", "x264-params": "cpu-independent=1"}
+        stream.codec_context.options = dict(X264_OPTIONS)
         stream.codec_context.thread_count = 1
         time_base = Fraction(1, FPS)
         stream.codec_context.time_base = time_base
