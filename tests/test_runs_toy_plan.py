@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 import zlib
 from pathlib import Path
@@ -102,3 +103,35 @@ def wait_until(condition, timeout_s: float, what: str, poll_s: float = 0.5):
             return value
         time.sleep(poll_s)
     raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+# A requeued job is held back until a begin time slurmctld sets its credential lifetime (cred_expire,
+# 120 s by default) ahead, so that slurmd cannot take the launch credential it revoked at the requeue
+# for the new one. Tests bring the start forward, but not to "now": slurmd compares those times to
+# the second, and a restart within the second of the requeue was refused ("Job credential revoked",
+# "Job 27 already killed, do not launch batch job" in slurmd's log) and ended the job.
+REQUEUE_START_DELAY_S = 3
+
+
+def start_requeued_job_soon(job_id: str) -> bool:
+    """Move a pending requeued job's begin time to a few seconds from now, unless it is already that
+    close (so that polling callers do not keep pushing it back); True when it was moved."""
+    from datetime import datetime
+
+    out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T %r %S"], capture_output=True, text=True).stdout.split()
+    if len(out) < 3 or out[0] != "PENDING" or out[1] != "BeginTime":
+        return False
+    try:
+        ahead = (datetime.fromisoformat(out[2]) - datetime.now()).total_seconds()
+    except ValueError:
+        ahead = float("inf")
+    if ahead <= REQUEUE_START_DELAY_S + 5:
+        return False
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", f"StartTime=now+{REQUEUE_START_DELAY_S}"], check=True)
+    return True
+
+
+def slurm_job_report(job_id: str) -> str:
+    """``scontrol show job`` of ``job_id`` (for a failure message)."""
+    proc = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True)
+    return (proc.stdout + proc.stderr).strip()

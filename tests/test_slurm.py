@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from clap_bench.cli import app
 from clap_bench.runs import RunStore, make_tables, plan_status, render, run_plan
 from clap_bench.runs.store import read_json
-from test_runs_toy_plan import TOY_CONTROL_ENV, TOY_STEPS_ENV, build_toy_plan, toy_profile, wait_until
+from test_runs_toy_plan import TOY_CONTROL_ENV, TOY_STEPS_ENV, build_toy_plan, start_requeued_job_soon, toy_profile, wait_until
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(300)]
 TESTS_DIR = Path(__file__).resolve().parent
@@ -93,9 +93,8 @@ def test_requeued_job_resumes_from_its_checkpoint(tmp_path, cluster):
     job_id = read_json(stage_dir / "slurm.json")["job_id"]
     wait_until(lambda: _step(stage_dir) >= 3, 60, "the job to checkpoint three steps")
     subprocess.run(["scontrol", "requeue", job_id], check=True)
-    # the scheduler holds a requeued job back for a while before it may start again; let it start now
-    wait_until(lambda: _squeue_state(job_id) == "PENDING", 60, "the requeued job to be pending")
-    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
+    # the scheduler holds a requeued job back for a while before it may start again; let it start soon
+    wait_until(lambda: start_requeued_job_soon(job_id), 60, "the requeued job to be pending")
     wait_until(lambda: (read_json(stage_dir / "toy_checkpoint.json") or {}).get("starts") == 2, 60,
                 "the requeued job to start the stage again")
     control.write_text(json.dumps({"sleep": 0.0}))
