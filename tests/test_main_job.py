@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import h5py
 import numpy as np
@@ -69,32 +68,24 @@ def test_smoke_run_killed_then_rerun_finishes_only_the_missing_stages_and_tables
 @pytest.fixture(scope="module")
 def trained_and_random_features(tmp_path_factory):
     """``features(dataset) -> (profile, datasets, folder)``: ``folder/trained.h5`` holds the default
-    profile's ``dataset`` through the source-pre-trained encoder (cached after the first run;
-    tests/conftest.py starts building it in the background, with this thread count, when the
-    session begins), ``folder/random.h5`` Gaussian features of the same shapes. Extracted once per
-    dataset for the module (TAL and few-shot TAL read the same ActivityNet-like features)."""
-    from clap_bench.features import extract_features
-    from clap_bench.training import source_pretrain
+    profile's ``dataset`` through the source-pre-trained encoder (extracted into the test cache,
+    usually by the background preparation tests/conftest.py starts when the session begins),
+    ``folder/random.h5`` Gaussian features of the same shapes."""
+    from conftest import default_benchmark_features
 
     made = {}
 
     def features(dataset: str):
         if dataset not in made:
-            before = torch.get_num_threads()
-            torch.set_num_threads(min(2, os.cpu_count() or 1))
-            try:
-                folder = tmp_path_factory.mktemp(f"features-{dataset}")
-                profile = load_profile("default")
-                datasets = resolve_datasets(profile)
-                checkpoint = source_pretrain(profile, progress=False)
-                trained = extract_features(profile, checkpoint, dataset, folder / "trained.h5", progress=False)
-                rng = np.random.default_rng(0)
-                with h5py.File(trained, "r") as src, h5py.File(folder / "random.h5", "w") as out:
-                    for key in src:
-                        out[key] = rng.standard_normal(src[key].shape).astype(np.float32)
-            finally:
-                torch.set_num_threads(before)
-            made[dataset] = (profile, datasets, folder)
+            folder = tmp_path_factory.mktemp(f"features-{dataset}")
+            profile = load_profile("default")
+            trained = default_benchmark_features(dataset)
+            (folder / "trained.h5").symlink_to(trained)
+            rng = np.random.default_rng(0)
+            with h5py.File(trained, "r") as src, h5py.File(folder / "random.h5", "w") as out:
+                for key in src:
+                    out[key] = rng.standard_normal(src[key].shape).astype(np.float32)
+            made[dataset] = (profile, resolve_datasets(profile), folder)
         return made[dataset]
 
     return features
@@ -120,19 +111,33 @@ def _run_task_on_threads(name: str, ctx: TaskContext, threads: int) -> dict:
 
 
 def _run_side_by_side(name: str, contexts: list) -> list:
-    """``get_task(name).run(ctx)`` for each context, in processes side by side that share the cores
-    out (one after the other on a 1-core machine). On 2 cores, two 2D-TAN trainings of 1 thread each
-    side by side took 14-20 % less time than the same two one after the other at 2 threads
-    (``python benchmarks/thread_layout.py``: 165 ms against 97 + 94 ms per pair of steps)."""
+    """``get_task(name).run(ctx)`` for each context, in as many processes side by side as there are
+    cores (one thread each; one after the other on a 1-core machine). On 2 cores, two 2D-TAN
+    trainings of 1 thread each side by side took 14-20 % less time than the same two one after the
+    other at 2 threads (``python benchmarks/thread_layout.py``: 165 ms against 97 + 94 ms per pair
+    of steps)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if cores < 2 or len(contexts) < 2:
         return [get_task(name).run(ctx) for ctx in contexts]
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    threads = max(1, cores // len(contexts))
-    with ProcessPoolExecutor(len(contexts), mp_context=multiprocessing.get_context("spawn")) as pool:
+    workers = min(cores, len(contexts))
+    threads = max(1, cores // workers)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         return list(pool.map(_run_task_on_threads, [name] * len(contexts), contexts, [threads] * len(contexts)))
+
+
+def _head_seeds_side_by_side(name: str, profile, datasets, folders: dict, tmp_path) -> dict:
+    """``{"trained": [metrics per head seed], "random": [...]}`` of task ``name`` on the trained and
+    random feature files of ``folders`` (dataset -> folder), the six runs side by side."""
+    arms = ("trained", "random")
+    contexts = [TaskContext(features={key: folder / f"{arm}.h5" for key, folder in folders.items()}, datasets=datasets,
+                            out_dir=tmp_path / f"{name}-{arm}-{seed}", seed=seed, overrides=profile.task_config(name),
+                            progress=False)
+                for arm in arms for seed in HEAD_SEEDS]
+    results = _run_side_by_side(name, contexts)
+    return {arm: results[i * len(HEAD_SEEDS):(i + 1) * len(HEAD_SEEDS)] for i, arm in enumerate(arms)}
 
 
 @pytest.mark.slow
@@ -143,15 +148,7 @@ def test_tal_on_features_of_a_trained_encoder_beats_random_features_through_the_
     same shape: over 3 head seeds, by 3 standard errors of the difference. A few minutes on a cold
     cache (benchmark generation + source pre-training)."""
     profile, datasets, feats = trained_and_random_features("activitynet")
-    task = get_task("tal")
-    scores = {"trained": [], "random": []}
-    for name in scores:
-        for seed in HEAD_SEEDS:
-            ctx = TaskContext(
-                features={"activitynet": feats / f"{name}.h5"}, datasets=datasets, out_dir=tmp_path / f"tal-{name}-{seed}",
-                seed=seed, overrides=profile.task_config("tal"), progress=False,
-            )
-            scores[name].append(task.run(ctx))
+    scores = _head_seeds_side_by_side("tal", profile, datasets, {"activitynet": feats}, tmp_path)
     for metric in ("average_mAP", "mAP@0.5"):
         _assert_clearly_above([m[metric] for m in scores["trained"]], [m[metric] for m in scores["random"]], f"TAL {metric}")
 
@@ -193,14 +190,6 @@ def test_fewshot_qat_on_features_of_a_trained_encoder_beats_random_features(tmp_
     ``benchmarks/fewshot_qat_vs_prototype.py`` prints that comparison over seeds, and
     tests/test_qat.py checks that meta-training helps where the query is informative.)"""
     profile, datasets, feats = trained_and_random_features("activitynet")
-    task = get_task("fstal")
-    scores = {"trained": [], "random": []}
-    for name in scores:
-        for seed in HEAD_SEEDS:
-            ctx = TaskContext(
-                features={"activitynet": feats / f"{name}.h5"}, datasets=datasets, out_dir=tmp_path / f"fstal-{name}-{seed}",
-                seed=seed, overrides=profile.task_config("fstal"), progress=False,
-            )
-            scores[name].append(task.run(ctx))
+    scores = _head_seeds_side_by_side("fstal", profile, datasets, {"activitynet": feats}, tmp_path)
     _assert_clearly_above([m["average_mAP"] for m in scores["trained"]], [m["average_mAP"] for m in scores["random"]],
                           "few-shot TAL average mAP")

@@ -29,7 +29,8 @@ from clap_bench.runs.claims import claim_holder
 from clap_bench.runs.executors import START_LINE
 from clap_bench.runs.plan import Plan, StageContext, StageSpec
 from clap_bench.runs.store import read_json
-from test_runs_toy_plan import TOY_CONTROL_ENV, TOY_STEPS_ENV, toy_profile, wait_until
+from test_runs_toy_plan import (TOY_CONTROL_ENV, TOY_STEPS_ENV, slurm_job_report, start_requeued_job_soon, toy_profile,
+                                wait_until)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(600)]
 TESTS_DIR = Path(__file__).resolve().parent
@@ -42,6 +43,8 @@ def _starts(stage_dir: Path) -> int:
 
 
 # --------------------------------------------------------------------------- two sweeps at once
+@pytest.mark.slow  # 10-15 s against the cluster; the fast subset keeps tests/test_slurm.py's sweep and the
+# claims of tests/test_stage_claims.py
 def test_two_sweeps_submitted_together_submit_each_stage_once_and_status_names_the_holding_job(tmp_path, cluster, monkeypatch):
     control = tmp_path / "control.json"
     control.write_text(json.dumps({"sleep": 0.3}))
@@ -123,12 +126,13 @@ def test_stage_past_its_time_limit_is_checkpointed_requeued_and_finishes_like_an
     def finished_or_released() -> bool:
         if store.is_done(stage_dir):
             return True
-        # A requeued job waits for a begin time the scheduler sets some minutes ahead; start it now.
-        if _squeue(job_id, "%T") == "PENDING" and _squeue(job_id, "%r") == "BeginTime":
-            subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
+        start_requeued_job_soon(job_id)  # rather than minutes after each requeue
         return False
 
-    wait_until(finished_or_released, 420, "the stage to finish across its requeues", poll_s=1.0)
+    try:
+        wait_until(finished_or_released, 420, "the stage to finish across its requeues", poll_s=1.0)
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{slurm_job_report(job_id)}") from None
     metrics = read_json(stage_dir / "metrics.json")
     assert metrics["steps"] == 45
     assert metrics["starts"] >= 2 and 0 < metrics["resumed_from"] < 45, metrics  # resumed, not restarted
