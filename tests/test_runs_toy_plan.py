@@ -107,27 +107,29 @@ def wait_until(condition, timeout_s: float, what: str, poll_s: float = 0.5):
 
 # A requeued job is held back until a begin time slurmctld sets its credential lifetime (cred_expire,
 # 120 s by default) ahead, so that slurmd cannot take the launch credential it revoked at the requeue
-# for the new one. Tests bring the start forward, but not to "now": slurmd compares those times to
-# the second, and a restart within the second of the requeue was refused ("Job credential revoked",
-# "Job 27 already killed, do not launch batch job" in slurmd's log) and ended the job.
+# for the new one. Tests start it sooner, but not at once: slurmd compares those times to the second,
+# and a restart within the second of the requeue was refused ("Job credential revoked", "Job 27
+# already killed, do not launch batch job" in slurmd's log) and ended the job. Moving the begin time
+# a few seconds ahead instead left the job to the scheduler's next periodic pass (up to a minute).
 REQUEUE_START_DELAY_S = 3
 
 
-def start_requeued_job_soon(job_id: str) -> bool:
-    """Move a pending requeued job's begin time to a few seconds from now, unless it is already that
-    close (so that polling callers do not keep pushing it back); True when it was moved."""
-    from datetime import datetime
+def start_requeued_job_soon(job_id: str, seen: dict) -> bool:
+    """Start a requeued job that waits for its begin time, once it has waited ``REQUEUE_START_DELAY_S``
+    seconds (``seen``: restart count -> when this job was first seen waiting, or None once started, so
+    that callers can poll); True when it was started now."""
+    import re
 
-    out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T %r %S"], capture_output=True, text=True).stdout.split()
-    if len(out) < 3 or out[0] != "PENDING" or out[1] != "BeginTime":
+    state = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T %r"], capture_output=True, text=True).stdout.split()
+    if state != ["PENDING", "BeginTime"]:
         return False
-    try:
-        ahead = (datetime.fromisoformat(out[2]) - datetime.now()).total_seconds()
-    except ValueError:
-        ahead = float("inf")
-    if ahead <= REQUEUE_START_DELAY_S + 5:
+    found = re.search(r"\bRestarts=(\d+)", slurm_job_report(job_id))
+    restarts = int(found.group(1)) if found else -1
+    first = seen.setdefault(restarts, time.time())
+    if first is None or time.time() - first < REQUEUE_START_DELAY_S:
         return False
-    subprocess.run(["scontrol", "update", f"JobId={job_id}", f"StartTime=now+{REQUEUE_START_DELAY_S}"], check=True)
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
+    seen[restarts] = None
     return True
 
 

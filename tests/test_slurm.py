@@ -94,7 +94,8 @@ def test_requeued_job_resumes_from_its_checkpoint(tmp_path, cluster):
     wait_until(lambda: _step(stage_dir) >= 3, 60, "the job to checkpoint three steps")
     subprocess.run(["scontrol", "requeue", job_id], check=True)
     # the scheduler holds a requeued job back for a while before it may start again; let it start soon
-    wait_until(lambda: start_requeued_job_soon(job_id), 60, "the requeued job to be pending")
+    requeues: dict = {}
+    wait_until(lambda: start_requeued_job_soon(job_id, requeues), 60, "the requeued job to be pending")
     wait_until(lambda: (read_json(stage_dir / "toy_checkpoint.json") or {}).get("starts") == 2, 60,
                 "the requeued job to start the stage again")
     control.write_text(json.dumps({"sleep": 0.0}))

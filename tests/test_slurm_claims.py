@@ -123,10 +123,12 @@ def test_stage_past_its_time_limit_is_checkpointed_requeued_and_finishes_like_an
     [job_id] = report.submitted.values()
     stage_dir = plan.stage_dir(store, plan.stages["acc/seed0/pretrain"])
 
+    requeues: dict = {}
+
     def finished_or_released() -> bool:
         if store.is_done(stage_dir):
             return True
-        start_requeued_job_soon(job_id)  # rather than minutes after each requeue
+        start_requeued_job_soon(job_id, requeues)  # rather than minutes after each requeue
         return False
 
     try:
