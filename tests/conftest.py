@@ -55,6 +55,8 @@ def pytest_configure(config):
     import torch  # the thread count every test ends with (see _restore_torch_threads)
 
     _session["threads"] = torch.get_num_threads()
+    _session["deterministic"] = (torch.are_deterministic_algorithms_enabled(),
+                                 torch.is_deterministic_algorithms_warn_only_enabled())
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -69,12 +71,16 @@ def _restore_torch_threads():
     """Tests may pin torch's thread count; each test ends with the count the session started with.
     (Restoring the count a test *started* with is not enough: a module-scoped fixture that pinned one
     thread once left every later test of the session on one thread, and the default-benchmark
-    acceptance tests 1.4x slower.)"""
+    acceptance tests 1.4x slower.) Likewise torch's deterministic-algorithms mode, which the
+    product's ``seed_everything`` turns on for the rest of a stage's process."""
     import torch
 
     yield
     if torch.get_num_threads() != _session["threads"]:
         torch.set_num_threads(_session["threads"])
+    enabled, warn_only = _session["deterministic"]
+    if (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()) != (enabled, warn_only):
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
 
 
 # ---------------------------------------------------------------- real annotation files
