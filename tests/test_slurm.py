@@ -29,10 +29,6 @@ def _step(stage_dir: Path) -> int:
     return state["step"] if state else -1
 
 
-def _squeue_state(job_id: str) -> str:
-    return subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True).stdout.strip()
-
-
 def test_sweep_of_two_methods_and_two_seeds_ends_with_a_table(tmp_path, cluster):
     store, profile = RunStore(tmp_path / "runs"), toy_profile()
     plan = build_toy_plan(profile, ["tsp", "clap"], [0, 1], steps=2)

@@ -109,10 +109,6 @@ def accumulate_plan(steps: int, sleep: float) -> Plan:
     return plan
 
 
-def _squeue(job_id: str, field: str) -> str:
-    return subprocess.run(["squeue", "-h", "-j", job_id, "-o", field], capture_output=True, text=True).stdout.strip()
-
-
 @pytest.mark.slow
 def test_stage_past_its_time_limit_is_checkpointed_requeued_and_finishes_like_an_uninterrupted_run(tmp_path, cluster):
     # 1-minute limit, warning 20 s before it; the stage needs 45 s of steps plus start-up
