@@ -17,7 +17,8 @@ Each of the two processes generates the smoke benchmark into its own cache and r
 ``clapbench run --method M --seeds 1 --profile smoke`` into its own run store, at the same torch
 thread count. The script then prints, per artefact (cache folders, then each stage's
 ``fingerprints.json``), both fingerprints and whether they agree, and for stages that differ the
-largest difference between their metrics. What agrees here is independent of the instruction set
+largest difference between their metrics; then each torch-side switch alone (and
+``MKL_CBWR=COMPATIBLE``) on the text encoder's output, a matrix product and a 3D convolution. What agrees here is independent of the instruction set
 as far as these switches reach; what differs will differ between two CPU types. (What the switches
 do not reach, such as MKL's choices between CPUs of the same instruction set, is not covered.)
 
@@ -92,6 +93,45 @@ def worker(mode: str, root: Path, method: str) -> None:
         (root / "info.json").write_text(json.dumps(info, indent=1))
 
 
+# --------------------------------------------------------------------------- one switch at a time
+# Each torch-side switch alone, in its own process: which of the three libraries changes the bits of
+# the bundled text encoder's output, a matrix product and a 3D convolution.
+SINGLE_SWITCHES = (None, "ATEN_CPU_CAPABILITY=default", "ONEDNN_MAX_CPU_ISA=SSE41", "MKL_ENABLE_INSTRUCTIONS=SSE4_2",
+                   "MKL_CBWR=COMPATIBLE")
+PROBE = """
+import hashlib, torch
+from transformers import AutoModel, AutoTokenizer
+from clap_bench.encoders.text import resolve_text_model
+torch.set_num_threads(THREADS)
+path = resolve_text_model(None)
+tokenizer, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
+batch = tokenizer(["a person opens the door", "someone is cooking pasta in a kitchen"], padding=True, return_tensors="pt")
+g = torch.Generator().manual_seed(0)
+with torch.no_grad():
+    outs = [model(**batch).last_hidden_state,
+            torch.randn(64, 384, generator=g) @ torch.randn(384, 384, generator=g),
+            torch.nn.functional.conv3d(torch.randn(2, 8, 8, 16, 16, generator=g), torch.randn(8, 8, 3, 3, 3, generator=g))]
+print(" ".join(hashlib.sha256(o.numpy().tobytes()).hexdigest()[:10] for o in outs))
+"""
+
+
+def single_switches(threads: int) -> List[list]:
+    rows, base = [], None
+    for switch in SINGLE_SWITCHES:
+        env = {k: v for k, v in os.environ.items() if k not in SIMD_OFF_ENV and k != "MKL_CBWR"}
+        if switch:
+            key, value = switch.split("=")
+            env[key] = value
+        proc = subprocess.run([sys.executable, "-c", PROBE.replace("THREADS", str(threads))], env=env,
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"probe with {switch or 'no switch'} failed:\n{proc.stderr[-2000:]}")
+        hashes = proc.stdout.split()
+        base = base or hashes
+        rows.append([switch or "(none)"] + [h if switch is None else ("same" if h == b else "DIFFERS") for h, b in zip(hashes, base)])
+    return rows
+
+
 # --------------------------------------------------------------------------- the comparison
 def frame_cache_fingerprints(folder: Path) -> Dict[str, str]:
     """The decoded clips of the frame cache, by video file name and frame times: an entry's file
@@ -124,18 +164,13 @@ def cache_fingerprints(cache: Path) -> Dict[str, str]:
 
 
 def stage_records(runs: Path) -> Dict[str, dict]:
+    from clap_bench.runs.store import read_json
+
     out = {}
     for path in sorted(runs.rglob("fingerprints.json")):
         rel = path.parent.relative_to(runs).as_posix()
-        out[rel] = {"record": json.loads(path.read_text()), "metrics": _read_metrics(path.parent / "metrics.json")}
+        out[rel] = {"record": read_json(path), "metrics": read_json(path.parent / "metrics.json") or {}}
     return out
-
-
-def _read_metrics(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def _numbers(tree, prefix: str = "") -> Dict[str, float]:
@@ -233,6 +268,9 @@ def main(argv=None) -> int:
             print(f"# {m}: torch capability {i['torch_cpu_capability']}, {i['torch_threads']} threads{extra}; "
                   f"smoke run of {args.method} {i['seconds']} s")
         print(tabulate(compare(roots), headers=["artefact", "native", "SIMD off", "same", "where they differ"], tablefmt="github"))
+        print(f"\n# one torch-side switch at a time ({infos['native']['torch_threads']} threads)")
+        print(tabulate(single_switches(infos["native"]["torch_threads"]),
+                       headers=["switch", "text encoder output", "matmul", "conv3d"], tablefmt="github"))
     finally:
         if args.keep is None:
             shutil.rmtree(base, ignore_errors=True)
