@@ -231,6 +231,47 @@ def test_product_plan_keeps_only_the_stages_the_tasks_need():
     assert full.hashes["clap/seed0/tal"] == plan.hashes["clap/seed0/tal"]  # --tasks does not change hashes
 
 
+def test_local_executors_run_a_sweep_seed_by_seed_in_a_runnable_order():
+    # none shares its seed-0 encoder with every seed: its seed-1 task depends on a seed-0 stage
+    plan = build_plan(load_profile("smoke"), ["none", "tac", "clap"], [0, 1, 2], ["tal"])
+    order = plan.seed_major()
+    assert sorted(s.key for s in order) == sorted(plan.stages)
+    position = {s.key: i for i, s in enumerate(order)}
+    assert all(position[d] < position[s.key] for s in order for d in s.deps)
+    seeds = [-1 if s.seed is None else s.seed for s in order]
+    assert seeds == sorted(seeds) and order[0].key == "_shared/source"
+    # within a seed, each method's chain in the order the methods were named
+    assert [s.key for s in order if s.seed == 1] == [
+        "none/seed1/tal", "tac/seed1/pretrain", "tac/seed1/extract-activitynet", "tac/seed1/tal",
+        "clap/seed1/pretrain", "clap/seed1/extract-activitynet", "clap/seed1/tal"]
+
+
+def test_a_sweep_stopped_after_a_few_stages_has_balanced_seeds(tmp_path):
+    # the toy plan is built method by method; run seed-major, stopping after 4 of its 8 stages
+    # leaves both methods with seed 0 done and no method with seed 1
+    store, profile = RunStore(tmp_path), toy_profile()
+    plan = build_toy_plan(profile, ["a", "b"], [0, 1])
+    ran = []
+
+    def echo(line):
+        if " done in " in line:  # a stage that ran to its end
+            ran.append(line)
+            if len(ran) == 4:
+                raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        run_plan(plan, store, executor="local", progress=False, echo=echo)
+    tables = make_tables(store, profile.name, ["1"], baseline=None, include_paper=False)
+    assert {r.method: r.seeds for r in tables[0].rows} == {"a": [0], "b": [0]}
+
+
+def test_dry_run_lists_stages_in_the_order_the_executor_runs_them(tmp_path):
+    result = CliRunner().invoke(app, ["sweep", "--methods", "tac,clap", "--seeds", "2", "--profile", "smoke", "--tasks", "tal",
+                                      "--executor", "local", "--runs-dir", str(tmp_path), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    keys = [line.split()[1] for line in result.output.splitlines() if line.startswith("  todo ")]
+    assert keys.index("clap/seed0/tal") < keys.index("tac/seed1/pretrain")
+
+
 def test_external_features_skip_pretraining(tmp_path):
     folder = tmp_path / "videoclip"
     folder.mkdir()

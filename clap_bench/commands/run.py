@@ -60,7 +60,7 @@ def _execute(methods: List[str], seeds: str, tasks: Optional[str], profile: Opti
     store = RunStore(runs_root(runs_dir))
     if dry_run:
         typer.echo(f"Plan ({len(plan)} stages, executor {executor}, runs under {store.root}):")
-        for line in plan.describe(store):
+        for line in plan.describe(store, seed_major=executor != "slurm"):
             done = "done " if store.is_done(plan.stage_dir(store, plan.stages[line.split()[0]]), plan.hashes[line.split()[0]]) else "todo "
             typer.echo(f"  {done}{line}")
         return

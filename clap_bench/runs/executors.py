@@ -253,7 +253,7 @@ def _run_in_process(plan: Plan, store: RunStore, executor: str, progress: bool, 
     if executor == "debug":
         debug_executor = submitit.AutoExecutor(folder=str(store.submitit_dir(plan.profile.name) / "debug" / "%j"), cluster="debug")
     total = len(plan)
-    for i, spec in enumerate(plan, start=1):
+    for i, spec in enumerate(plan.seed_major(), start=1):
         h = plan.hashes[spec.key]
         stage_dir = plan.stage_dir(store, spec)
         where = f"[{i}/{total}] {spec.method or 'shared'}" + (f" seed {spec.seed}" if spec.seed is not None else "") + f": {spec.name}"

@@ -135,6 +135,22 @@ class Plan:
     def __len__(self) -> int:
         return len(self.stages)
 
+    def seed_major(self) -> List[StageSpec]:
+        """The stages with every method's seed k before any method's seed k + 1 (shared stages first),
+        each seed's methods in the order they were added.
+
+        Run one after the other, a sweep of several methods then has the same number of finished
+        seeds for every method whenever it stops, so an interrupted sweep still gives a balanced
+        table. A stage's upstream stages always have a lower or equal seed (``none`` shares its
+        seed-0 encoder), so the order stays runnable; a plan where that does not hold (a plug-in
+        plan factory) keeps the order it was built in."""
+        rank = {key: i for i, key in enumerate(self.stages)}
+        ordered = sorted(self.stages.values(), key=lambda s: (-1 if s.seed is None else s.seed, rank[s.key]))
+        position = {spec.key: i for i, spec in enumerate(ordered)}
+        if any(position[d] > position[spec.key] for spec in ordered for d in spec.deps):
+            return list(self.stages.values())
+        return ordered
+
     def stage_dir(self, store: RunStore, spec: StageSpec) -> Path:
         return store.stage_dir(self.profile.name, spec.method, spec.seed, spec.name)
 
@@ -149,9 +165,10 @@ class Plan:
             "config": spec.config,
         }
 
-    def describe(self, store: RunStore) -> List[str]:
+    def describe(self, store: RunStore, seed_major: bool = False) -> List[str]:
+        """One line per stage, in the order the local executors run them when ``seed_major``."""
         lines = []
-        for spec in self:
+        for spec in (self.seed_major() if seed_major else self):
             deps = ", ".join(self.stages[d].name for d in spec.deps) or "-"
             lines.append(f"{spec.key:<44} hash {self.hashes[spec.key]}  after: {deps}  -> {self.stage_dir(store, spec)}")
         return lines
