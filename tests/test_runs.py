@@ -196,6 +196,43 @@ def test_table_ci_p_value_and_detectable_difference_against_hand_worked_numbers(
     assert "+0.03 [-1.13, +1.20]" in md and "+0.03*" not in md
 
 
+def test_holm_adjustment_against_hand_worked_numbers():
+    from clap_bench.runs.tables import holm
+
+    # sorted: 0.01 x 4 = 0.04; 0.03 x 3 = 0.09; 0.04 x 2 = 0.08 -> 0.09 (never below the previous);
+    # 0.20 x 1 = 0.20; and a large p is capped at 1
+    assert holm([0.01, 0.04, 0.03, 0.20]) == pytest.approx([0.04, 0.09, 0.09, 0.20])
+    assert holm([0.6, 0.5]) == pytest.approx([1.0, 1.0])
+    assert holm([0.02]) == pytest.approx([0.02])
+
+
+def test_table_adjusts_the_p_values_of_every_comparison_with_the_baseline(tmp_path):
+    # clap [4, 5, 6] % and tac [1.5, 2.5, 3.5] % against tsp [1, 2, 3] %: every variance is 1.0, so
+    # both comparisons have 4 degrees of freedom and standard error sqrt(2/3); p from the closed
+    # form of Student's t with 4 degrees of freedom (as above). Holm over the two: the smaller
+    # p doubled, the larger one kept (it is above the doubled smaller one).
+    store = RunStore(tmp_path)
+    _fake_results(store, "p", {"clap": [0.04, 0.05, 0.06], "tac": [0.015, 0.025, 0.035], "tsp": [0.01, 0.02, 0.03]})
+    [table] = make_tables(store, "p", ["1"], baseline="tsp")
+
+    def p_t4(diff):
+        t = diff / (2.0 / 3.0) ** 0.5
+        s_ = t / (4 + t * t) ** 0.5
+        return 2 * (1 - (0.5 + 0.75 * s_ * (1 - s_ * s_ / 3)))
+
+    ours = {r.method: r for r in table.rows if r.source == "ours"}
+    p_clap, p_tac = p_t4(3.0), p_t4(0.5)
+    assert ours["clap"].p_value == pytest.approx(p_clap, rel=1e-6)
+    assert ours["tac"].p_value == pytest.approx(p_tac, rel=1e-6)
+    assert ours["clap"].p_holm == pytest.approx(2 * p_clap, rel=1e-6) and 2 * p_clap < p_tac
+    assert ours["tac"].p_holm == pytest.approx(p_tac, rel=1e-6)
+    assert ours["tsp"].p_holm is None
+    md = render([table], "markdown")
+    assert "Holm p (2 tests)" in md and f"{2 * p_clap:.3f}" in md
+    rows = {r["method"]: r for r in csv.DictReader(io.StringIO(render([table], "csv")))}
+    assert float(rows["clap"]["p_holm"]) == pytest.approx(2 * p_clap, rel=1e-5) and rows["tsp"]["p_holm"] == ""
+
+
 def test_table_command_csv(tmp_path):
     _fake_results(RunStore(tmp_path), "smoke", {"clap": [0.30, 0.32], "tac": [0.25, 0.26]})
     result = CliRunner().invoke(app, ["table", "--format", "csv", "--tables", "1", "--runs-dir", str(tmp_path)])

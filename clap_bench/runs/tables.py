@@ -111,6 +111,7 @@ class Row:
     paper: Dict[str, Optional[float]] = field(default_factory=dict)  # the paper's number for this method
     best: Dict[str, bool] = field(default_factory=dict)
     p_value: Optional[float] = None
+    p_holm: Optional[float] = None  # p_value adjusted over the table's comparisons with the baseline (Holm)
     diff: Optional[float] = None  # mean minus the baseline's mean, key metric (points)
     ci: Optional[tuple] = None  # 95% confidence interval of ``diff`` (Welch)
     expected: Optional[int] = None  # seeds asked for; a row with fewer is marked
@@ -148,6 +149,21 @@ def welch(a: Sequence[float], b: Sequence[float], level: float = 1 - ALPHA) -> D
     half = float(stats.t.ppf(0.5 + level / 2, df)) * se
     p = float(2 * stats.t.sf(abs(diff) / se, df))
     return {"diff": diff, "lo": diff - half, "hi": diff + half, "df": float(df), "p": p}
+
+
+def holm(p_values: Sequence[float]) -> List[float]:
+    """Holm's step-down adjustment of m p-values (same order as given): the i-th smallest becomes
+    ``max_{j <= i} min(1, (m - j + 1) p_(j))``. Comparing several methods with one baseline, a
+    difference whose adjusted p is below the level is significant for the whole family of
+    comparisons at that level (family-wise error), which the raw p-values are not."""
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: p_values[i])
+    adjusted = [0.0] * m
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
 
 
 def minimum_detectable_difference(std: float, n: int, alpha: float = ALPHA, power: float = POWER) -> float:
@@ -213,6 +229,9 @@ def build_table(spec: PaperTable, results: Dict[str, MethodResults], profile: st
                 w = welch(ours, base)
                 r.p_value = None if np.isnan(w["p"]) else w["p"]
                 r.diff, r.ci = w["diff"], (w["lo"], w["hi"])
+        compared = [r for r in rows if r.p_value is not None]
+        for r, adjusted in zip(compared, holm([r.p_value for r in compared])):
+            r.p_holm = adjusted
     # The smallest difference these seeds can detect: the key metric's std pooled over our rows.
     spread = [(len(v), float(np.var(v, ddof=1))) for v in key_values.values() if len(v) >= 2]
     if spread:
@@ -275,7 +294,12 @@ def _header(table: Table) -> List[str]:
     base = f"p vs {table.baseline}" if table.baseline else "p"
     key_label = next(c["label"] for c in table.spec.columns if c["metric"] == table.spec.key_metric)
     diff = f"Δ vs {table.baseline} [95% CI]" if table.baseline else "Δ [95% CI]"
-    return ["Method", "n"] + [c["label"] for c in table.spec.columns] + [f"{diff} ({key_label})", f"{base} ({key_label})"]
+    return (["Method", "n"] + [c["label"] for c in table.spec.columns]
+            + [f"{diff} ({key_label})", f"{base} ({key_label})", f"Holm p ({_n_compared(table)} tests)"])
+
+
+def _n_compared(table: Table) -> int:
+    return sum(r.p_holm is not None for r in table.rows)
 
 
 def _n_cell(row: Row) -> str:
@@ -304,7 +328,9 @@ def _cells(table: Table, row: Row, bold) -> List[str]:
             text += f" [{value:.2f}]" if value is not None else " [N.A.]"
         cells.append(text)
     cells.append(_diff_cell(table, row))
-    cells.append("" if row.source == "paper" or row.method == table.baseline else _fmt_p(row.p_value))
+    ours_compared = row.source != "paper" and row.method != table.baseline
+    cells.append(_fmt_p(row.p_value) if ours_compared else "")
+    cells.append(_fmt_p(row.p_holm) if ours_compared else "")
     return cells
 
 
@@ -313,7 +339,9 @@ def _caption(table: Table) -> str:
             f"(percent), best per column in bold, the paper's number for the same method in [brackets]; "
             f"rows marked [paper] are reported by the paper only; Δ: difference of means on "
             f"{table.spec.key_metric} against {table.baseline or '-'} with its 95% Welch confidence interval, "
-            f"* where Welch's t-test gives p < {ALPHA:g}; n 3/5 (!): fewer seeds finished than asked.")
+            f"* where Welch's t-test gives p < {ALPHA:g}; Holm p: the p-values adjusted by Holm's step-down method "
+            f"over the table's comparisons with {table.baseline or '-'} (below {ALPHA:g}: significant for the family of "
+            f"comparisons); n 3/5 (!): fewer seeds finished than asked.")
 
 
 def render_markdown(tables: Sequence[Table]) -> str:
@@ -392,7 +420,7 @@ def render_csv(tables: Sequence[Table]) -> str:
     header = ["table", "profile", "method", "n", "seeds"]
     for m in all_metrics:
         header += [f"{m} mean", f"{m} std", f"{m} paper", f"{m} best"]
-    header += ["key_metric", "baseline", "diff", "ci_low", "ci_high", "p_value"]
+    header += ["key_metric", "baseline", "diff", "ci_low", "ci_high", "p_value", "p_holm"]
     writer.writerow(header)
     for t in tables:
         for r in t.rows:
@@ -406,7 +434,7 @@ def render_csv(tables: Sequence[Table]) -> str:
                     line += ["", "", "", ""]
             ci = r.ci or (None, None)
             line += [t.spec.key_metric, t.baseline or "", _num(r.diff), _num(ci[0]), _num(ci[1]),
-                     "" if r.p_value is None else f"{r.p_value:.6g}"]
+                     "" if r.p_value is None else f"{r.p_value:.6g}", "" if r.p_holm is None else f"{r.p_holm:.6g}"]
             writer.writerow(line)
     return buf.getvalue()
 

@@ -33,8 +33,10 @@ def plot_timelines(
     title: Optional[str] = None,
 ) -> Dict[str, List[str]]:
     """One panel per video: a ground-truth row, then one row per method with its ``top_k``
-    highest-scoring predictions (class name and score written on each bar). Returns each panel's
-    row labels (``{video_id: ["ground truth", method, ...]}``)."""
+    highest-scoring predictions, each in a lane of its own (highest score on top; top predictions
+    of a method often overlap in time, and their labels would overwrite each other on one line),
+    class name and score written on each bar. Returns each panel's row labels
+    (``{video_id: ["ground truth", method, ...]}``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -43,7 +45,9 @@ def plot_timelines(
     if not videos:
         raise ValueError("no video to draw: none has ground-truth actions and a prediction from every method")
     methods = list(predictions)
-    fig, axes = plt.subplots(len(videos), 1, figsize=(9, 0.55 * (len(methods) + 1) * len(videos) + 1.0), squeeze=False)
+    row_height = 0.55 if top_k <= 1 else 0.25 + 0.22 * top_k
+    fig, axes = plt.subplots(len(videos), 1, figsize=(9, row_height * (len(methods) + 1) * len(videos) + 1.0), squeeze=False)
+    lane = 0.8 / max(top_k, 1)
     labels: Dict[str, List[str]] = {}
     for ax, vid in zip(axes[:, 0], videos):
         video = ground_truth.videos[vid]
@@ -51,14 +55,16 @@ def plot_timelines(
         labels[vid] = rows
         y_of = {name: len(rows) - 1 - i for i, name in enumerate(rows)}
         for seg in video.actions:
-            ax.broken_barh([(seg.start, seg.end - seg.start)], (y_of["ground truth"] - 0.35, 0.7), color="black", alpha=0.75)
-            ax.text(seg.start, y_of["ground truth"], f" {seg.label}", va="center", ha="left", fontsize=7, color="white", clip_on=True)
+            # a light bar and dark text: a short action's name runs past its bar and stays legible
+            ax.broken_barh([(seg.start, seg.end - seg.start)], (y_of["ground truth"] - 0.35, 0.7), color="black", alpha=0.3)
+            ax.text(seg.start, y_of["ground truth"], f" {seg.label}", va="center", ha="left", fontsize=7, color="black", clip_on=True)
         for i, method in enumerate(methods):
             preds = sorted(predictions[method].get("results", {}).get(vid, []), key=lambda d: -float(d["score"]))[:top_k]
-            for d in preds:
+            for rank, d in enumerate(preds):
                 start, end = (float(x) for x in d["segment"])
-                ax.broken_barh([(start, end - start)], (y_of[method] - 0.35, 0.7), color=f"C{i}", alpha=0.45)
-                ax.text(start, y_of[method], f" {d['label']} ({float(d['score']):.2f})", va="center", ha="left", fontsize=6, clip_on=True)
+                centre = y_of[method] + 0.4 - (rank + 0.5) * lane
+                ax.broken_barh([(start, end - start)], (centre - 0.45 * lane, 0.9 * lane), color=f"C{i}", alpha=0.45)
+                ax.text(start, centre, f" {d['label']} ({float(d['score']):.2f})", va="center", ha="left", fontsize=6, clip_on=True)
         ax.set_yticks([y_of[r] for r in rows])
         ax.set_yticklabels(rows, fontsize=8)
         ax.set_xlim(0, max(video.duration, 1e-3))
@@ -66,7 +72,7 @@ def plot_timelines(
         ax.set_title(f"{vid} ({video.duration:.1f} s)", fontsize=9, loc="left")
         ax.grid(axis="x", alpha=0.3)
     axes[-1, 0].set_xlabel("time (s)")
-    handles = [matplotlib.patches.Patch(color="black", alpha=0.75, label="ground truth")]
+    handles = [matplotlib.patches.Patch(color="black", alpha=0.3, label="ground truth")]
     handles += [matplotlib.patches.Patch(color=f"C{i}", alpha=0.45, label=f"{m} (top {top_k})") for i, m in enumerate(methods)]
     fig.legend(handles=handles, loc="upper right", fontsize=8)
     if title:
