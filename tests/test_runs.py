@@ -233,6 +233,25 @@ def test_table_adjusts_the_p_values_of_every_comparison_with_the_baseline(tmp_pa
     assert float(rows["clap"]["p_holm"]) == pytest.approx(2 * p_clap, rel=1e-5) and rows["tsp"]["p_holm"] == ""
 
 
+def test_ordering_against_the_papers_by_hand(tmp_path):
+    # The paper's Table 1 (R(2+1)D-18): TAC 33.87 < TSP 34.71 < CLAP(clip) 34.76 < CLAP 35.23.
+    # Ours swap TSP and CLAP(clip): 1 discordant pair of 6, tau = (5 - 1) / 6 = 2/3. Of the 24
+    # orderings of 4 methods, 1 has no inversion, 3 have one, and as many have 5 or 6: the exact
+    # two-sided p is (1 + 3 + 3 + 1) / 24 = 1/3.
+    store = RunStore(tmp_path)
+    _fake_results(store, "p", {"tac": [0.010, 0.011], "tsp": [0.030, 0.031], "clap-clip": [0.020, 0.021],
+                               "clap": [0.040, 0.041]})
+    [table] = make_tables(store, "p", ["1"], baseline="tsp")
+    assert table.ordering["methods"] == 4
+    assert table.ordering["tau"] == pytest.approx(2 / 3)
+    assert table.ordering["p"] == pytest.approx(1 / 3)
+    assert "Kendall's tau +0.67, exact p 0.333" in render([table], "markdown")
+    # fewer than 3 methods with a paper number: no ordering line
+    _fake_results(store, "q", {"tsp": [0.03, 0.031], "clap": [0.04, 0.041]})
+    [table] = make_tables(store, "q", ["1"], baseline="tsp")
+    assert table.ordering is None and "Kendall" not in render([table], "markdown")
+
+
 def test_table_command_csv(tmp_path):
     _fake_results(RunStore(tmp_path), "smoke", {"clap": [0.30, 0.32], "tac": [0.25, 0.26]})
     result = CliRunner().invoke(app, ["table", "--format", "csv", "--tables", "1", "--runs-dir", str(tmp_path)])

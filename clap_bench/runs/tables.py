@@ -128,6 +128,9 @@ class Table:
     notes: List[str] = field(default_factory=list)
     mdd: Optional[float] = None  # smallest key-metric difference the seeds can detect (80% power, 5% level)
     mdd_n: Optional[int] = None
+    # Kendall's tau between our key-metric means and the paper's numbers for the same methods,
+    # with its exact two-sided p-value under random orderings: {"tau", "p", "methods"}
+    ordering: Optional[Dict[str, Any]] = None
 
 
 ALPHA = 0.05
@@ -249,7 +252,24 @@ def build_table(spec: PaperTable, results: Dict[str, MethodResults], profile: st
     table = Table(spec, profile, baseline, rows, incomplete, notes)
     if spread:
         table.mdd, table.mdd_n = mdd, mdd_n
+    table.ordering = ordering_agreement(rows, spec.key_metric)
     return table
+
+
+def ordering_agreement(rows: Sequence[Row], metric: str) -> Optional[Dict[str, Any]]:
+    """Does our ordering of methods follow the paper's? Kendall's tau between our means and the
+    paper's numbers of ``metric`` over the methods that have both (3 or more), with the exact
+    two-sided p-value of tau under orderings drawn at random. It says whether the two orders go
+    together, not whether any one difference is real: a method's mean carries its seed spread."""
+    from scipy import stats
+
+    pairs = [(r.mean[metric], r.paper[metric]) for r in rows
+             if r.source == "ours" and r.mean.get(metric) is not None and r.paper.get(metric) is not None]
+    if len(pairs) < 3:
+        return None
+    ours, paper = zip(*pairs)
+    result = stats.kendalltau(ours, paper, method="exact" if len(set(ours)) == len(ours) and len(set(paper)) == len(paper) else "auto")
+    return {"tau": float(result.statistic), "p": float(result.pvalue), "methods": len(pairs)}
 
 
 def _backbone_label(backbone: Optional[str]) -> Optional[str]:
@@ -362,6 +382,10 @@ def _footer(t: Table) -> List[str]:
     if t.mdd is not None:
         lines.append(f"Smallest detectable difference ({t.spec.key_metric}, {t.mdd_n} seeds per method, "
                      f"{POWER:.0%} power, {ALPHA:g} level, std pooled over our rows): {t.mdd:.2f} points.")
+    if t.ordering is not None:
+        lines.append(f"Ordering against the paper's ({t.spec.key_metric}, the {t.ordering['methods']} methods with a paper "
+                     f"number): Kendall's tau {t.ordering['tau']:+.2f}, exact p {_fmt_p(t.ordering['p'])} "
+                     f"(+1: the paper's order, 0: unrelated, -1: reversed).")
     lines += [f"Note: {n}" for n in t.notes]
     if t.incomplete:
         lines.append("Incomplete (not aggregated): " + "; ".join(t.incomplete))
