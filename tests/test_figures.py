@@ -126,3 +126,33 @@ def test_curves_print_and_draw_each_methods_validation_figures(tmp_path, saved_f
     assert saved_figures[-1]["legend"] == ["tsp s0", "clap s0"]
     none = CliRunner().invoke(app, ["curves", "-m", "tac", "--runs-dir", str(tmp_path)])
     assert none.exit_code == 2 and "no pretrain stage" in none.output
+
+
+def test_table_plot_draws_every_seed_and_the_mean_of_each_method(tmp_path, saved_figures):
+    from typer.testing import CliRunner
+
+    from clap_bench.cli import app
+    from clap_bench.io import atomic_write_json
+    from clap_bench.runs import RunStore
+
+    store = RunStore(tmp_path / "runs")
+    for method, values in {"none": [0.10, 0.11, 0.12], "tsp": [0.11, 0.12], "clap": [0.13, 0.12, 0.14]}.items():
+        for seed, v in enumerate(values):
+            d = store.stage_dir("p", method, seed, "tal")
+            d.mkdir(parents=True)
+            atomic_write_json(d / "stage.json", {"status": "done", "method": method, "hash": "x"})
+            atomic_write_json(d / "metrics.json", {"mAP@0.5": v, "mAP@0.75": v, "mAP@0.95": v, "average_mAP": v})
+    out = tmp_path / "table1.png"
+    result = CliRunner().invoke(app, ["table", "--tables", "1", "--profile", "p", "--baseline", "none", "--no-paper",
+                                      "--runs-dir", str(tmp_path / "runs"), "--plot", str(out)])
+    assert result.exit_code == 0, result.output
+    assert _is_png(out)
+    fig = saved_figures[-1]
+    # first table row on top: the paper's method order, none, TSP, CLAP
+    assert fig["yticks"] == [["CLAP (n=3)", "TSP (n=2)", "none (initial weights) (n=3)"]]
+    assert sorted(fig["legend"]) == ["mean, 95% CI", "none (initial weights) mean", "one seed"]
+    assert fig["titles"][0].startswith("Table 1: ")
+    # a store with no finished seed: a clear error, no file
+    result = CliRunner().invoke(app, ["table", "--tables", "1", "--profile", "empty", "--runs-dir", str(tmp_path / "runs"),
+                                      "--plot", str(tmp_path / "none.png")])
+    assert result.exit_code == 2 and "no finished seed" in result.output and not (tmp_path / "none.png").exists()

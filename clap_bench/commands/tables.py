@@ -22,6 +22,7 @@ def register(app: typer.Typer) -> None:
         no_paper: bool = typer.Option(False, "--no-paper", help="leave out the paper's reported numbers"),
         seeds: Optional[int] = typer.Option(None, "--seeds", help="seeds asked for per method: rows with fewer finished are marked"),
         runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="run store root (default $CLAPBENCH_RUNS or ./results/runs)"),
+        plot: Optional[Path] = typer.Option(None, "--plot", help="also draw each table's key metric per method (seeds, mean, 95% CI) into this PNG"),
     ):
         """Print Tables 1, 2a, 2b, 3: mean ± std over finished seeds, difference to --baseline with its
         95% CI and Welch p-value, the smallest detectable difference, the paper's numbers beside them."""
@@ -41,6 +42,11 @@ def register(app: typer.Typer) -> None:
                                        include_paper=not no_paper, backbone=_recorded_backbone(store, name),
                                        profile_config=_recorded_profile(store, name), expected_seeds=seeds))
             typer.echo(render(out, fmt), nl=False)
+            if plot is not None:
+                from clap_bench.runs.tables import plot_tables
+
+                plot_tables(out, plot)
+                typer.echo(f"wrote {plot}", err=True)
         except ConfigError as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2)

@@ -108,6 +108,7 @@ class Row:
     seeds: List[int] = field(default_factory=list)
     mean: Dict[str, Optional[float]] = field(default_factory=dict)  # percent
     std: Dict[str, Optional[float]] = field(default_factory=dict)
+    values: Dict[str, List[float]] = field(default_factory=dict)  # percent, one per finished seed (ours)
     paper: Dict[str, Optional[float]] = field(default_factory=dict)  # the paper's number for this method
     best: Dict[str, bool] = field(default_factory=dict)
     p_value: Optional[float] = None
@@ -206,6 +207,7 @@ def build_table(spec: PaperTable, results: Dict[str, MethodResults], profile: st
             values = [100.0 * float(m[metric]) for m in res.seeds.values() if m.get(metric) is not None]
             row.mean[metric] = float(np.mean(values)) if values else None
             row.std[metric] = float(np.std(values, ddof=1)) if len(values) > 1 else None
+            row.values[metric] = values
             if metric == spec.key_metric:
                 key_values[method_dir] = np.asarray(values)
         match = paper_for.get(method_dir)
@@ -475,6 +477,55 @@ def render(tables: Sequence[Table], fmt: str = "markdown") -> str:
     if fmt == "csv":
         return render_csv(tables)
     raise ConfigError(f"--format: unknown {fmt!r}; expected one of {', '.join(FORMATS)}")
+
+
+def plot_tables(tables: Sequence[Table], out: Path) -> List[List[str]]:
+    """One panel per table: each of our methods' key metric, one dot per finished seed, its mean
+    with the 95% t-interval of the mean, and the baseline's mean as a vertical line. Returns each
+    panel's method labels, top to bottom."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from scipy import stats
+
+    tables = [t for t in tables if any(r.source == "ours" for r in t.rows)]
+    if not tables:
+        raise ConfigError("--plot: no finished seed in any of the tables to draw")
+    panels = []
+    heights = [0.35 * sum(r.source == "ours" for r in t.rows) + 1.2 for t in tables]
+    fig, axes = plt.subplots(len(tables), 1, figsize=(8.5, sum(heights)), squeeze=False,
+                             gridspec_kw={"height_ratios": heights})
+    for ax, t in zip(axes[:, 0], tables):
+        metric = t.spec.key_metric
+        label = next(c["label"] for c in t.spec.columns if c["metric"] == metric)
+        ours = [r for r in t.rows if r.source == "ours" and r.values.get(metric)][::-1]  # first row on top
+        for y, r in enumerate(ours):
+            v = np.asarray(r.values[metric])
+            ax.scatter(v, np.full(len(v), y), s=12, color="C0", alpha=0.6, zorder=2,
+                       label="one seed" if y == 0 else None)
+            half = float(stats.t.ppf(0.975, len(v) - 1)) * v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else 0.0
+            ax.errorbar([v.mean()], [y], xerr=[[half], [half]], fmt="D", color="black", ms=4, capsize=3, zorder=3,
+                        label="mean, 95% CI" if y == 0 else None)
+        base = next((r for r in ours if r.method == t.baseline), None)
+        if base is not None:
+            ax.axvline(float(np.mean(base.values[metric])), color="C3", ls="--", lw=1, label=f"{base.label} mean")
+        ax.set_yticks(range(len(ours)))
+        ax.set_yticklabels([f"{r.label} (n={r.n})" for r in ours], fontsize=8)
+        ax.set_ylim(-0.6, len(ours) - 0.4)
+        ax.set_xlabel(f"{label} (%)", fontsize=8)
+        ax.set_title(f"Table {t.spec.table}: {t.spec.title}; profile {t.profile}", fontsize=9, loc="left")
+        ax.grid(axis="x", alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the rows, never over a dot
+        panels.append([f"{r.label} (n={r.n})" for r in ours])
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(out)
+    return panels
 
 
 def tables_for_tasks(tasks: Sequence[str]) -> List[str]:
