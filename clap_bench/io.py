@@ -55,6 +55,19 @@ def atomic_write_json(path: PathLike, obj: Any, indent: int = 2) -> None:
     atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=False, default=_default) + "\n")
 
 
+def save_figure(fig: Any, out: PathLike, dpi: Any = "figure") -> Path:
+    """Save a matplotlib figure as PNG atomically (a reader never sees half an image), then close it."""
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    fig.savefig(tmp, dpi=dpi)
+    plt.close(fig)
+    tmp.replace(out)
+    return out
+
+
 def _default(o: Any) -> Any:
     if isinstance(o, Path):
         return str(o)

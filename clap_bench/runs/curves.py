@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from clap_bench.io import save_figure
 from clap_bench.runs.store import RunStore
 from clap_bench.training.trainer import read_epoch_records
 
@@ -80,8 +81,4 @@ def plot_curves(curves: Dict[Tuple[str, int], List[dict]], out: Path, title: str
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, dpi=110)

@@ -20,6 +20,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from clap_bench.data.schema import AnnotationSet, Video
+from clap_bench.io import save_figure
 
 
 @dataclass(frozen=True)
@@ -147,8 +148,6 @@ def plot_histogram(diffs: Dict[str, np.ndarray], out: Path, title: Optional[str]
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     values = np.concatenate(list(diffs.values()))
     edges = np.linspace(values.min(), values.max(), bins + 1) if values.max() > values.min() else bins
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
@@ -160,8 +159,4 @@ def plot_histogram(diffs: Dict[str, np.ndarray], out: Path, title: Optional[str]
     ax.set_title(title or "Feature similarity (validation videos)")
     ax.legend()
     fig.tight_layout()
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(out)
-    return out
+    return save_figure(fig, out)

@@ -21,6 +21,7 @@ import numpy as np
 import yaml
 
 from clap_bench.config import ConfigError
+from clap_bench.io import save_figure
 from clap_bench.runs.store import METRICS_FILE, STAGE_FILE, RunStore, read_json
 
 TABLE_IDS = ("1", "2a", "2b", "3")
@@ -519,12 +520,7 @@ def plot_tables(tables: Sequence[Table], out: Path) -> List[List[str]]:
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the rows, never over a dot
         panels.append([f"{r.label} (n={r.n})" for r in ours])
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(out)
+    save_figure(fig, out, dpi=110)
     return panels
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from clap_bench.data.schema import AnnotationSet
+from clap_bench.io import save_figure
 
 
 def pick_videos(ground_truth: AnnotationSet, predictions: Dict[str, dict], count: int) -> List[str]:
@@ -78,10 +79,5 @@ def plot_timelines(
     if title:
         fig.suptitle(title, fontsize=10, x=0.01, ha="left")
     fig.tight_layout(rect=(0, 0, 0.85 if len(methods) > 2 else 0.9, 0.97))
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(out)
+    save_figure(fig, out, dpi=110)
     return labels
