@@ -302,6 +302,16 @@ def test_local_executors_run_a_sweep_seed_by_seed_in_a_runnable_order():
         "clap/seed1/pretrain", "clap/seed1/extract-activitynet", "clap/seed1/tal"]
 
 
+def test_a_plan_whose_seeds_cannot_go_in_order_keeps_the_order_it_was_built_in():
+    from clap_bench.runs.plan import Plan, StageSpec
+
+    # a plug-in plan where seed 0's stage reads seed 1's: seed by seed would run it too early
+    plan = Plan(toy_profile())
+    plan.add(StageSpec("pretrain", "a", 1, print, {}))
+    plan.add(StageSpec("tal", "a", 0, print, {}, deps=("a/seed1/pretrain",)))
+    assert [s.key for s in plan.seed_major()] == ["a/seed1/pretrain", "a/seed0/tal"]
+
+
 def test_a_sweep_stopped_after_a_few_stages_has_balanced_seeds(tmp_path):
     # the toy plan is built method by method; run seed-major, stopping after 4 of its 8 stages
     # leaves both methods with seed 0 done and no method with seed 1
