@@ -36,7 +36,8 @@ def _configs(device: str):
         return clip, enc, 32, [("fp32", False, False), ("amp", True, False), ("amp+channels_last", True, True)]
     clip = ClipConfig(frames=8, fps=7.5, resize=[64, 86], crop=56)
     enc = EncoderConfig(arch="r2plus1d_tiny", width=0.25)
-    return clip, enc, 20, [("fp32", False, False), ("fp32+channels_last", False, True)]
+    return clip, enc, 20, [("fp32", False, False), ("fp32+channels_last", False, True),
+                           ("bf16 autocast", True, False), ("bf16+channels_last", True, True)]
 
 
 def _peak_mb(device: str) -> float:
@@ -52,7 +53,8 @@ def time_steps(device, clip, enc_cfg, batch, amp, channels_last, steps):
     if channels_last:
         model = model.to(memory_format=torch.channels_last_3d)
     opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
-    dtype = torch.bfloat16 if (device == "cuda" and torch.cuda.is_bf16_supported()) else torch.float16
+    # CPU autocast runs in bfloat16 (oneDNN: AMX or AVX-512 BF16 where the CPU has them, emulated otherwise).
+    dtype = torch.bfloat16 if (device == "cpu" or torch.cuda.is_bf16_supported()) else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=amp and device == "cuda" and dtype == torch.float16)
     clips = torch.randn(batch, 3, clip.frames, clip.crop, clip.crop, device=device)
     if channels_last:
@@ -65,7 +67,7 @@ def time_steps(device, clip, enc_cfg, batch, amp, channels_last, steps):
         torch.cuda.reset_peak_memory_stats()
 
     def step():
-        with torch.autocast(device, dtype=dtype, enabled=amp and device == "cuda"):
+        with torch.autocast(device, dtype=dtype, enabled=amp):
             out = model(clips, text)
         out = {k: v.float() for k, v in out.items()}
         loss = compute_losses(model, out, {"label": label, "region": region, "texts": texts})["loss"]

@@ -90,6 +90,15 @@ class EncoderConfig:
 
 
 BATCH_COMPOSITIONS = ("clips", "segments")
+
+# Field metadata: a key added after run stores existed is left out of config hashes while it holds
+# its default, so adding it does not orphan every stage already run (``identity_dict``).
+HASH_OMITS_DEFAULT = "hash_omits_default"
+
+
+def added_field(default: Any) -> Any:
+    """A dataclass field that config hashes leave out while it equals ``default``."""
+    return field(default=default, metadata={HASH_OMITS_DEFAULT: True})
 DUPLICATE_TEXTS = ("exclude", "negatives")
 
 
@@ -156,6 +165,13 @@ class TrainConfig:
 
     num_workers: int = 0
     amp: bool = True  # used on CUDA only
+    # bfloat16 autocast on CPU (oneDNN: AMX or AVX-512 BF16 kernels where the CPU has them,
+    # emulated, and slower, where it has not). Off: fp32, as every figure in the README.
+    cpu_bf16: bool = added_field(False)
+    # source_pretrain only: True gives seed k of every method its own source model (trained with
+    # seed k; seed 0 is the shared one), so the seed spread includes the source model's draw. False:
+    # one source model for every seed, as the paper's one set of Kinetics-400 weights.
+    per_seed: bool = added_field(False)
     channels_last: bool = False
     max_segments_per_epoch: Optional[int] = None  # CPU profiles subsample the segment list
     log_every: int = 20
@@ -275,6 +291,13 @@ class Profile:
     # ``--import`` on the command line adds to them.
     imports: List[str] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        if self.pretrain.per_seed:
+            raise ConfigError(
+                "pretrain.per_seed: only the source stage has it (source_pretrain.per_seed: one source model "
+                "per seed); a method's pre-training already runs once per seed"
+            )
+
     def task_config(self, task: str) -> Dict[str, Any]:
         """``tasks.<task>`` as the head reads it (``head_config``)."""
         return head_config(self.tasks.get(task))
@@ -346,6 +369,24 @@ def to_dict(obj: Any) -> Any:
     return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else copy.deepcopy(obj)
 
 
+def identity_dict(obj: Any) -> Any:
+    """``to_dict`` for hashing: the same, except that ``added_field`` keys at their default are left
+    out, so a config that does not use a newer key hashes as it did before the key existed."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        out = {}
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if f.metadata.get(HASH_OMITS_DEFAULT) and value == f.default:
+                continue
+            out[f.name] = identity_dict(value)
+        return out
+    if isinstance(obj, dict):
+        return {k: identity_dict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(identity_dict(v) for v in obj)
+    return copy.deepcopy(obj)
+
+
 def deep_merge(base: dict, override: dict) -> dict:
     out = copy.deepcopy(base)
     for k, v in (override or {}).items():
@@ -358,7 +399,7 @@ def deep_merge(base: dict, override: dict) -> dict:
 
 def config_hash(obj: Any, length: int = 10) -> str:
     """Stable hash of a (resolved) config, used to key run-store stages."""
-    blob = json.dumps(to_dict(obj), sort_keys=True, default=str)
+    blob = json.dumps(identity_dict(obj), sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
 
 
@@ -369,7 +410,7 @@ def data_identity(profile: "Profile", dataset: Optional[str] = None) -> Dict[str
     for the same (profile, seed), and results computed on the old ones must not count as done.
     With ``dataset``, only that dataset's real-path entry is kept.
     """
-    data = to_dict(profile.data)
+    data = identity_dict(profile.data)
     for key in ("cache_dir", "frame_cache", "frame_cache_max_gb"):  # where and how videos are read, not what
         data.pop(key, None)
     if profile.data.synthetic:
@@ -379,6 +420,14 @@ def data_identity(profile: "Profile", dataset: Optional[str] = None) -> Dict[str
     if dataset is not None:
         data["datasets"] = {dataset: data["datasets"][dataset]} if dataset in data["datasets"] else {}
     return data
+
+
+def source_train_identity(profile: "Profile") -> Dict[str, Any]:
+    """What of ``source_pretrain`` decides a source model's weights, for its keys (``per_seed`` only
+    decides how many source models there are: with it, the seed-0 one is still the shared one)."""
+    train = identity_dict(profile.source_pretrain)
+    train.pop("per_seed", None)
+    return train
 
 
 def resolve_threads(profile: "Profile", kind: Optional[str] = None) -> int:

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -66,13 +67,13 @@ def text_features(texts):
     return torch.stack(rows)
 
 
-def train(out_dir, epochs=2, seed=0, nan_at=None, hook=None):
+def train(out_dir, epochs=2, seed=0, nan_at=None, hook=None, **train_kw):
     seed_everything(seed)
     torch.set_num_threads(1)
     method = create_method("clap-mask")
     encoder = build_video_encoder(EncoderConfig(arch="r2plus1d_tiny", width=0.125))
     model = PretrainModel(encoder, method, num_classes=3, text_dim=16, embed_dim=8)
-    cfg = TrainConfig(epochs=epochs, batch_size=4, lr_backbone=1e-2, lr_heads=2e-2, lr_step_epochs=1, lr_gamma=0.5)
+    cfg = TrainConfig(epochs=epochs, batch_size=4, lr_backbone=1e-2, lr_heads=2e-2, lr_step_epochs=1, lr_gamma=0.5, **train_kw)
     trainer = Trainer(model, TinySegments(seed, nan_at, hook), cfg, Path(out_dir), seed, collate_segments, K,
                       text_features=text_features, meta={"method": method.name}, progress=False, device="cpu")
     return trainer.fit()
@@ -130,6 +131,18 @@ def test_same_seed_gives_identical_weights_and_metrics(script, straight, tmp_pat
     # A different seed trains differently.
     other = script.train(tmp_path / "other", seed=1)
     assert not torch.equal(_weights(other)["class_head.weight"], _weights(straight)["class_head.weight"])
+
+
+def test_cpu_bf16_trains_under_bfloat16_autocast_and_is_deterministic(script, straight, tmp_path):
+    first = script.train(tmp_path / "bf16", cpu_bf16=True)
+    again = script.train(tmp_path / "bf16-again", cpu_bf16=True)
+    _assert_same(_weights(first), _weights(again))
+    fp32, bf16 = _weights(straight), _weights(first)
+    assert all(v.dtype == fp32[k].dtype for k, v in bf16.items())  # the weights stay fp32
+    # the forward passes ran in bfloat16: the same seed trains to other weights than in fp32
+    assert not torch.equal(bf16["class_head.weight"], fp32["class_head.weight"])
+    losses = [json.loads(x)["loss"] for x in (first.parent / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 2 and all(np.isfinite(losses))
 
 
 @pytest.mark.slow

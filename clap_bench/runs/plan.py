@@ -34,7 +34,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
-from clap_bench.config import TASK_STAGE_KEYS, ConfigError, Profile, head_config, config_hash, data_identity, from_dict, resolve_threads, to_dict
+from clap_bench.config import (
+    TASK_STAGE_KEYS, ConfigError, Profile, config_hash, data_identity, from_dict, head_config, identity_dict, resolve_threads,
+    source_train_identity,
+)
 from clap_bench.runs.slurm import STAGE_KINDS
 from clap_bench.runs.store import METRICS_FILE, RunStore, read_json
 
@@ -101,7 +104,11 @@ class StageSpec:
 
 
 def stage_key(method: Optional[str], seed: Optional[int], name: str) -> str:
-    return f"_shared/{name}" if method is None else f"{method}/seed{seed}/{name}"
+    """``<method>/seed<k>/<stage>``; a shared stage: ``_shared/<stage>``, or ``_shared/seed<k>/<stage>``
+    when it exists once per seed (``source_pretrain.per_seed``)."""
+    if method is None:
+        return f"_shared/{name}" if seed is None else f"_shared/seed{seed}/{name}"
+    return f"{method}/seed{seed}/{name}"
 
 
 @dataclass
@@ -312,14 +319,24 @@ def build_plan(profile: Profile, methods: Sequence[str], seeds: Sequence[int], t
     # the stage process sets it (``executors.run_stage``). The default resolves where the plan is
     # built, per stage kind when the stages are to run as SLURM jobs (``runtime.job_threads``).
     runtimes = {kind: {"threads": resolve_threads(p, kind)} for kind in STAGE_KINDS}
-    source_key = None
-    if needs_source_stage(p) and any(not m.startswith(EXTERNAL_PREFIX) for m in methods):
-        source_key = plan.add(StageSpec(
-            "source", None, None, run_source_stage,
-            {"data": data_identity(p), "clips": to_dict(p.clips), "encoder": to_dict(p.encoder),
-             "train": to_dict(p.source_pretrain), "seed": SOURCE_SEED, "runtime": runtimes["source"]},
+    wants_source = needs_source_stage(p) and any(not m.startswith(EXTERNAL_PREFIX) for m in methods)
+    per_seed_source = wants_source and p.source_pretrain.per_seed
+
+    def source_key(seed: int) -> Optional[str]:
+        """The source stage seed ``seed`` starts from: the shared one (source seed 0), or with
+        ``source_pretrain.per_seed`` one per seed (``_shared/seed<k>/source``; seed 0 is the shared one)."""
+        if not wants_source:
+            return None
+        source_seed = seed if per_seed_source else SOURCE_SEED
+        return plan.add(StageSpec(
+            "source", None, None if source_seed == SOURCE_SEED else source_seed, run_source_stage,
+            {"data": data_identity(p), "clips": identity_dict(p.clips), "encoder": identity_dict(p.encoder),
+             "train": source_train_identity(p), "seed": source_seed, "runtime": runtimes["source"]},
             resources="source",
         )).key
+
+    if wants_source:
+        source_key(SOURCE_SEED)
     for method in methods:
         external = method.startswith(EXTERNAL_PREFIX)
         if external:
@@ -339,19 +356,21 @@ def build_plan(profile: Profile, methods: Sequence[str], seeds: Sequence[int], t
             encoders = {}
             trains = method_trains(method)
             # A method that does not train (none) has one encoder whatever the seed or class
-            # subset: every seed shares its seed-0 pre-training and extraction stages.
-            encoder_seed = seed if trains else 0
+            # subset: every seed shares its seed-0 pre-training and extraction stages (unless each
+            # seed has its own source model).
+            encoder_seed = seed if (trains or per_seed_source) else 0
             plugin = method_plugin(method, p.methods.get(method, {}))
             for variant in sorted({task_features(t)[0] for t in tasks}):
                 name = "pretrain" if (variant == "all" or not trains) else "pretrain-base"
-                config = {"data": data_identity(p), "clips": to_dict(p.clips), "encoder": to_dict(p.encoder),
+                config = {"data": data_identity(p), "clips": identity_dict(p.clips), "encoder": identity_dict(p.encoder),
                           "method_overrides": p.methods.get(method, {}), "runtime": runtimes["pretrain"]}
                 if trains:
-                    config.update(train=to_dict(p.pretrain), classes=variant)
+                    config.update(train=identity_dict(p.pretrain), classes=variant)
                 config.update(plugin)
+                source = source_key(encoder_seed)
                 encoders[variant] = plan.add(StageSpec(
                     name, method, encoder_seed, run_pretrain_stage, config,
-                    deps=(source_key,) if source_key else (),
+                    deps=(source,) if source else (),
                     resources="pretrain",
                 )).key
             for task in tasks:
@@ -361,8 +380,8 @@ def build_plan(profile: Profile, methods: Sequence[str], seeds: Sequence[int], t
                     name = f"extract-{d}" if (variant == "all" or not trains) else f"extract-base-{d}"
                     extracts.append(plan.add(StageSpec(
                         name, method, encoder_seed, run_extract_stage,
-                        {"dataset": d, "data": data_identity(p, d), "clips": to_dict(p.clips),
-                         "extract": to_dict(p.extract), "runtime": runtimes["extract"]},
+                        {"dataset": d, "data": data_identity(p, d), "clips": identity_dict(p.clips),
+                         "extract": identity_dict(p.extract), "runtime": runtimes["extract"]},
                         deps=(encoders[variant],),
                         resources="extract",
                     )).key)
@@ -425,7 +444,7 @@ def run_source_stage(ctx: StageContext) -> Dict[str, Any]:
     from clap_bench.training import source_pretrain
 
     ctx.datasets  # generate the synthetic data first (cached), so the trainer finds it
-    checkpoint = source_pretrain(ctx.profile, SOURCE_SEED, progress=ctx.progress)
+    checkpoint = source_pretrain(ctx.profile, int(ctx.config.get("seed", SOURCE_SEED)), progress=ctx.progress)
     return {"checkpoint": str(Path(checkpoint).resolve())}
 
 

@@ -78,8 +78,9 @@ class RunStore:
         return self.profile_dir(profile) / method_dir_name(method) / f"seed{seed}"
 
     def stage_dir(self, profile: str, method: Optional[str], seed: Optional[int], stage: str) -> Path:
-        if method is None:
-            return self.profile_dir(profile) / SHARED / stage
+        if method is None:  # shared by every method: once per profile, or once per seed
+            shared = self.profile_dir(profile) / SHARED
+            return shared / stage if seed is None else shared / f"seed{seed}" / stage
         return self.seed_dir(profile, method, seed) / stage
 
     def submitit_dir(self, profile: str) -> Path:

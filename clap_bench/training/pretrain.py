@@ -16,7 +16,9 @@ from typing import Dict, List, Optional
 
 import torch
 
-from clap_bench.config import Profile, TrainConfig, config_hash, data_identity, resolve_datasets, to_dict
+from clap_bench.config import (
+    Profile, TrainConfig, config_hash, data_identity, identity_dict, resolve_datasets, source_train_identity, to_dict,
+)
 from clap_bench.io import file_lock
 from clap_bench.training.distributed import DistInfo, barrier, setup_distributed
 from clap_bench.training.trainer import CHECKPOINT_FORMAT, FINAL_NAME, Trainer, seed_everything
@@ -68,26 +70,29 @@ def resolve_classes(profile: Profile, spec: Optional[str | List[str]]) -> Option
 
 
 # --------------------------------------------------------------------------- source pre-training
-def default_source_dir(profile: Profile) -> Path:
-    key = config_hash(
-        {
-            "data": data_identity(profile),
-            "clips": to_dict(profile.clips),
-            "encoder": [profile.encoder.arch, profile.encoder.width],
-            "train": to_dict(profile.source_pretrain),
-        }
-    )
-    return _cache_dir(profile) / "source_pretrain" / f"{profile.encoder.arch}-{key}"
+def default_source_dir(profile: Profile, seed: int = SOURCE_SEED) -> Path:
+    """``<cache>/source_pretrain/<arch>-<hash>``, the hash over data, clips, encoder, training and,
+    for a seed other than the shared model's, the seed."""
+    identity = {
+        "data": data_identity(profile),
+        "clips": identity_dict(profile.clips),
+        "encoder": [profile.encoder.arch, profile.encoder.width],
+        "train": source_train_identity(profile),
+    }
+    if seed != SOURCE_SEED:
+        identity["seed"] = seed
+    return _cache_dir(profile) / "source_pretrain" / f"{profile.encoder.arch}-{config_hash(identity)}"
 
 
 def source_pretrain(profile: Profile, seed: int = SOURCE_SEED, out_dir: Optional[Path] = None, progress: bool = True) -> Path:
-    """TAC on the ``trimmed`` dataset from random weights; returns its final checkpoint (cached)."""
+    """TAC on the ``trimmed`` dataset from random weights; returns its final checkpoint (cached,
+    one folder per seed)."""
     from clap_bench.clips import TrimmedClipDataset, collate_segments
     from clap_bench.data import load_dataset
     from clap_bench.encoders import build_video_encoder
     from clap_bench.methods import PretrainModel, create_method
 
-    out_dir = Path(out_dir) if out_dir is not None else default_source_dir(profile)
+    out_dir = Path(out_dir) if out_dir is not None else default_source_dir(profile, seed)
     final = out_dir / FINAL_NAME
     if final.exists():
         return final
@@ -126,13 +131,16 @@ def source_pretrain(profile: Profile, seed: int = SOURCE_SEED, out_dir: Optional
         return trainer.fit()
 
 
-def resolve_init_weights(profile: Profile, init: Optional[str | Path] = None, progress: bool = True) -> Optional[str]:
-    """The initial backbone weights: ``init`` or ``encoder.weights``; ``source`` is trained if needed."""
+def resolve_init_weights(profile: Profile, init: Optional[str | Path] = None, progress: bool = True,
+                         seed: int = SOURCE_SEED) -> Optional[str]:
+    """The initial backbone weights: ``init`` or ``encoder.weights``; ``source`` is trained if needed
+    (the shared source model, or seed ``seed``'s with ``source_pretrain.per_seed``)."""
     w = init if init is not None else profile.encoder.weights
     if w is None:
         return None
     if str(w) == "source":
-        return str(source_pretrain(profile, progress=progress))
+        source_seed = seed if profile.source_pretrain.per_seed else SOURCE_SEED
+        return str(source_pretrain(profile, source_seed, progress=progress))
     return str(w)
 
 
@@ -279,7 +287,7 @@ def pretrain(
         if val_ann is not None:
             val_ann = attach_captions(val_ann, captions)
 
-    init_weights = resolve_init_weights(profile, init, progress=progress)
+    init_weights = resolve_init_weights(profile, init, progress=progress, seed=seed)
     seed_everything(seed)
     enc_cfg = dataclasses.replace(profile.encoder, weights=None)
     encoder = build_video_encoder(enc_cfg, weights=init_weights)

@@ -330,8 +330,9 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: lr_factor(cfg, step / self.steps_per_epoch)
         )
-        self.use_amp = bool(cfg.amp and self.device.type == "cuda")
-        self.amp_dtype = torch.bfloat16 if (self.use_amp and torch.cuda.is_bf16_supported()) else torch.float16
+        cuda = self.device.type == "cuda"
+        self.use_amp = bool(cfg.amp and cuda) or bool(cfg.cpu_bf16 and self.device.type == "cpu")
+        self.amp_dtype = torch.bfloat16 if (not cuda or torch.cuda.is_bf16_supported()) else torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
         self.ddp_model: nn.Module = self.model
         if self.dist.distributed:
