@@ -90,6 +90,7 @@ class EncoderConfig:
 
 
 BATCH_COMPOSITIONS = ("clips", "segments")
+DUPLICATE_TEXTS = ("exclude", "negatives")
 
 # Field metadata: a key added after run stores existed is left out of config hashes while it holds
 # its default, so adding it does not orphan every stage already run (``identity_dict``).
@@ -99,7 +100,6 @@ HASH_OMITS_DEFAULT = "hash_omits_default"
 def added_field(default: Any) -> Any:
     """A dataclass field that config hashes leave out while it equals ``default``."""
     return field(default=default, metadata={HASH_OMITS_DEFAULT: True})
-DUPLICATE_TEXTS = ("exclude", "negatives")
 
 
 @dataclass
