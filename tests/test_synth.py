@@ -379,3 +379,39 @@ def test_cli_writes_and_then_reuses(tmp_path, tiny_profile):
     assert again["generated"] is False
     bad = runner.invoke(app, ["data", "synth", "--profile", "huge", "--out", str(tmp_path)])
     assert bad.exit_code != 0
+
+
+def test_a_killed_generation_leaves_nothing_that_the_next_one_keeps(tmp_path, tiny_profile):
+    # A generation killed by SIGTERM or SIGKILL cannot remove its partial folder; the next one does.
+    root = synth_root(tiny_profile, 0, tmp_path)
+    stale = root.parent / f".{root.name}.partial-999999"
+    (stale / "activitynet").mkdir(parents=True)
+    (stale / "activitynet" / "half-written.mp4").write_bytes(b"\0" * 1000)
+    ensure_synthetic(tiny_profile, 0, tmp_path, workers=1)
+    assert read_manifest(root) is not None
+    assert not list(root.parent.glob(".*partial*"))
+
+
+def test_a_script_without_a_main_guard_gets_an_error_not_a_hang(tmp_path):
+    # Under 'spawn', each rendering worker imports the calling script again; without the guard it
+    # would wait forever for the lock its parent holds.
+    import subprocess
+    import sys
+    import textwrap
+
+    script = tmp_path / "unguarded.py"
+    script.write_text(textwrap.dedent(f"""
+        from clap_bench.synth import ensure_synthetic
+        ensure_synthetic("smoke", 0, {str(tmp_path / 'cache')!r}, workers=2)
+    """))
+    import os
+
+    import clap_bench
+
+    # the same code as this process, wherever the package is installed from
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(clap_bench.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    assert proc.returncode != 0
+    assert 'if __name__ == "__main__":' in proc.stderr
+    assert "a process rendering the synthetic videos died" in proc.stderr
+    assert not list((tmp_path / "cache" / "synth").glob(".*partial*"))

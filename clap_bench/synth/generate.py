@@ -335,8 +335,15 @@ class _Writer:
 
             # spawn: the parent may hold torch's thread pools, which do not survive a fork
             self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
-        for item, _ in zip(scenes, self._pool.map(_write_scene, scenes)):
-            yield item
+        from concurrent.futures.process import BrokenProcessPool
+
+        try:
+            for item, _ in zip(scenes, self._pool.map(_write_scene, scenes)):
+                yield item
+        except BrokenProcessPool as e:
+            raise SynthError(
+                f"a process rendering the synthetic videos died ({e}); its own error, printed above, says why"
+            ) from e
 
     def rng(self, stream: str, *more: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, _STREAMS[stream], *more])
@@ -676,6 +683,20 @@ def generate(profile: SynthProfile, seed: int, root: Path, progress: bool = Fals
     return manifest
 
 
+def _refuse_in_spawn_bootstrap(root: Path) -> None:
+    """A script calling for the benchmark at module level runs again in each rendering worker
+    (the 'spawn' start method imports the main module); there it would wait for the lock its
+    parent holds, forever. Say so instead."""
+    import multiprocessing
+
+    if getattr(multiprocessing.current_process(), "_inheriting", False):  # set while spawn imports __main__
+        raise SynthError(
+            f"{root}: the synthetic benchmark was requested while a worker process was starting, so the script "
+            "that requested it is running again inside the worker (multiprocessing's 'spawn' start method "
+            "imports the main module). Put the script's code under `if __name__ == \"__main__\":`."
+        )
+
+
 def ensure_synthetic(
     profile: str = "default",
     seed: int = 0,
@@ -696,11 +717,15 @@ def ensure_synthetic(
     root = synth_root(profile, seed, cache_dir)
     manifest = read_manifest(root)
     if manifest is None:
+        _refuse_in_spawn_bootstrap(root)
         with file_lock(root.parent / f".{root.name}.lock"):
             manifest = read_manifest(root)  # another process may have finished meanwhile
             if manifest is None:
+                # Holding the lock, no other process is generating this folder: any partial one
+                # is left by a generation that was killed (SIGTERM, SIGKILL) before it could clean up.
+                for stale in root.parent.glob(f".{root.name}.partial-*"):
+                    shutil.rmtree(stale, ignore_errors=True)
                 tmp = root.parent / f".{root.name}.partial-{os.getpid()}"
-                shutil.rmtree(tmp, ignore_errors=True)
                 tmp.mkdir(parents=True)
                 try:
                     generate(spec, seed, tmp, progress=progress, workers=workers)
