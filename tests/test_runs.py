@@ -196,6 +196,25 @@ def test_table_ci_p_value_and_detectable_difference_against_hand_worked_numbers(
     assert "+0.03 [-1.13, +1.20]" in md and "+0.03*" not in md
 
 
+def test_detectable_difference_uses_the_seed_count_most_rows_have(tmp_path):
+    # tsp [1, 2, 3] % and clap [4, 5, 6] % (variance 1.0 each), tac [2, 4] % (variance 2.0, one
+    # seed short). Pooled std sqrt((2 * 1 + 2 * 1 + 1 * 2) / 5) = sqrt(1.2) = 1.095445; at 3 seeds
+    # (two rows of three, one of two): (2.776445 + 0.940965) * 1.095445 * sqrt(2/3) = 3.324967.
+    # At the smallest count (2) it would be (t_{0.975, 2} + t_{0.80, 2}) * 1.095445 * 1 =
+    # (4.302653 + 1.060660) * 1.095445 = 5.875, set by one unfinished row.
+    store = RunStore(tmp_path)
+    _fake_results(store, "p", {"clap": [0.04, 0.05, 0.06], "tsp": [0.01, 0.02, 0.03], "tac": [0.02, 0.04]})
+    [table] = make_tables(store, "p", ["1"], baseline="tsp", expected_seeds=3)
+    assert table.mdd_n == 3 and table.mdd_fewer == 1
+    assert table.mdd == pytest.approx(3.324967, abs=1e-4)
+    md = render([table], "markdown")
+    assert "(average_mAP, 3 seeds per method," in md and "3.32 points. 1 row with fewer seeds needs a larger one." in md
+    # A tie between counts goes to the fewer seeds.
+    _fake_results(store, "q", {"clap": [0.04, 0.05, 0.06], "tac": [0.02, 0.04]})
+    [table] = make_tables(store, "q", ["1"], baseline=None, expected_seeds=3)
+    assert table.mdd_n == 2 and table.mdd_fewer == 0
+
+
 def test_holm_adjustment_against_hand_worked_numbers():
     from clap_bench.runs.tables import holm
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -129,7 +130,8 @@ class Table:
     incomplete: List[str]
     notes: List[str] = field(default_factory=list)
     mdd: Optional[float] = None  # smallest key-metric difference the seeds can detect (80% power, 5% level)
-    mdd_n: Optional[int] = None
+    mdd_n: Optional[int] = None  # the seed count most of our rows have
+    mdd_fewer: int = 0  # our rows with fewer seeds than mdd_n (they need a larger difference)
     # Kendall's tau between our key-metric means and the paper's numbers for the same methods,
     # with its exact two-sided p-value under random orderings: {"tau", "p", "methods"}
     ordering: Optional[Dict[str, Any]] = None
@@ -242,8 +244,11 @@ def build_table(spec: PaperTable, results: Dict[str, MethodResults], profile: st
     spread = [(len(v), float(np.var(v, ddof=1))) for v in key_values.values() if len(v) >= 2]
     if spread:
         pooled = math.sqrt(sum((n - 1) * var for n, var in spread) / sum(n - 1 for n, _ in spread))
-        n = min(n for n, _ in spread)
-        mdd, mdd_n = minimum_detectable_difference(pooled, n), n
+        # At the seed count most rows have (a tie: the fewer seeds), so that one unfinished row
+        # does not raise the figure for the whole table; rows with fewer seeds are counted.
+        counts = Counter(n for n, _ in spread)
+        n = max(counts, key=lambda k: (counts[k], -k))
+        mdd, mdd_n, mdd_fewer = minimum_detectable_difference(pooled, n), n, sum(c for k, c in counts.items() if k < n)
     if include_paper:
         for row in spec.rows:
             method = row.get("method")
@@ -254,7 +259,7 @@ def build_table(spec: PaperTable, results: Dict[str, MethodResults], profile: st
                             row.get("seeds"), mean=dict(row["values"]), std=dict(row.get("std") or {})))
     table = Table(spec, profile, baseline, rows, incomplete, notes)
     if spread:
-        table.mdd, table.mdd_n = mdd, mdd_n
+        table.mdd, table.mdd_n, table.mdd_fewer = mdd, mdd_n, mdd_fewer
     table.ordering = ordering_agreement(rows, spec.key_metric)
     return table
 
@@ -383,8 +388,10 @@ def render_markdown(tables: Sequence[Table]) -> str:
 def _footer(t: Table) -> List[str]:
     lines = []
     if t.mdd is not None:
+        fewer = (f" {t.mdd_fewer} row{'s' if t.mdd_fewer > 1 else ''} with fewer seeds need{'' if t.mdd_fewer > 1 else 's'} "
+                 "a larger one.") if t.mdd_fewer else ""
         lines.append(f"Smallest detectable difference ({t.spec.key_metric}, {t.mdd_n} seeds per method, "
-                     f"{POWER:.0%} power, {ALPHA:g} level, std pooled over our rows): {t.mdd:.2f} points.")
+                     f"{POWER:.0%} power, {ALPHA:g} level, std pooled over our rows): {t.mdd:.2f} points.{fewer}")
     if t.ordering is not None:
         lines.append(f"Ordering against the paper's ({t.spec.key_metric}, the {t.ordering['methods']} methods with a paper "
                      f"number): Kendall's tau {t.ordering['tau']:+.2f}, exact p {_fmt_p(t.ordering['p'])} "
