@@ -1,0 +1,130 @@
+"""Does a grounding set reward features at all? 2D-TAN on the source encoder's features against
+Gaussian features of the same shapes, over several head seeds.
+
+The question is about the benchmark, not about any method: the features are those of the
+source model every method starts from (``none``'s features), and the comparison is with noise.
+A set where the two are level cannot rank pre-training methods, whatever they learn.
+
+    python benchmarks/grounding_vs_random.py --dataset tacos --seeds 0,1,2 [--profile default] \\
+        [--set epochs=40] [--set lr=0.003] [--videos 72,12,12]
+
+``--set KEY=VALUE`` overrides a key of the dataset's ``tasks.vlg`` section (``epochs``,
+``num_clips``, ``min_iou``, ...; ``lr`` and ``batch_size`` of ``tasks.vlg`` itself); VALUE is read as
+YAML. ``--videos TRAIN,VAL,TEST`` (TACoS-like set only) generates a variant of the profile's
+synthetic benchmark with that many TACoS-like videos under ``--work`` (the other datasets'
+files are the same bytes: each dataset draws from its own random stream). Prints, per head seed,
+mIoU and R@1 IoU 0.5 on the test subset with both feature sets, then mean ± std and Welch's p.
+The source model must be cached (any ``clapbench run`` on the profile makes it); features and
+generated data go under ``--work`` (default: a temporary folder), never into the run store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+SHARED_KEYS = {"lr", "batch_size", "weight_decay", "hidden_size", "text_hidden_size"}
+
+
+def parse_sets(items):
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def main() -> None:
+    import h5py
+
+    from clap_bench.config import ConfigError, from_dict, load_profile, resolve_datasets
+    from clap_bench.data import load_dataset
+    from clap_bench.downstream.tan2d.task import VLGConfig, train_and_evaluate
+    from clap_bench.features import extract_features
+    from clap_bench.synth import generate as synth
+    from clap_bench.training.pretrain import default_source_dir
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--dataset", default="tacos", choices=["tacos", "charades-sta"])
+    ap.add_argument("--profile", default="default")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--videos", default=None, help="TRAIN,VAL,TEST TACoS-like videos (a generated variant)")
+    ap.add_argument("--work", default=None, help="folder for features and generated data (default: temporary)")
+    args = ap.parse_args()
+
+    profile = load_profile(args.profile)
+    if not profile.data.synthetic:
+        raise SystemExit(f"profile {args.profile!r} is not synthetic: this benchmark compares against the synthetic source model")
+    work = Path(args.work or tempfile.mkdtemp(prefix="grounding-vs-random-"))
+    checkpoint = default_source_dir(profile) / "final.pt"
+    if not checkpoint.is_file():
+        raise SystemExit(f"{checkpoint}: no source model; make it first, e.g. clapbench run --method none --seeds 1 "
+                         f"--tasks vlg --profile {args.profile}")
+    label = "as profiled"
+    if args.videos:
+        if args.dataset != "tacos":
+            raise SystemExit("--videos applies to the TACoS-like set only")
+        train, val, test = (int(x) for x in args.videos.split(","))
+        base = synth.get_profile(profile.data.synth_profile)
+        name = f"{base.name}-tacos{train}-{val}-{test}"
+        synth.PROFILES[name] = dataclasses.replace(base, name=name, tacos_train=train, tacos_val=val, tacos_test=test)
+        profile = dataclasses.replace(profile, data=dataclasses.replace(
+            profile.data, synth_profile=name, cache_dir=str(work / "cache"), frame_cache=False))
+        label = f"{train} / {val} / {test} videos"
+    datasets = resolve_datasets(profile)
+    annotations = load_dataset(datasets[args.dataset], key=args.dataset)
+
+    trained = work / f"{args.dataset}-{profile.data.synth_profile}-source.h5"
+    t0 = time.perf_counter()
+    extract_features(profile, checkpoint, args.dataset, trained, progress=False)
+    random = work / f"{args.dataset}-{profile.data.synth_profile}-random.h5"
+    rng = np.random.default_rng(0)
+    with h5py.File(trained, "r") as src, h5py.File(random, "w") as out:
+        for key in src:
+            out[key] = rng.standard_normal(src[key].shape).astype(np.float32)
+    print(f"features of {args.dataset} ({label}): {trained} ({time.perf_counter() - t0:.0f} s)")
+
+    sets = parse_sets(args.set)
+    raw = profile.task_config("vlg")
+    section = args.dataset.replace("-", "_")
+    raw[section] = {**raw.get(section, {}), **{k: v for k, v in sets.items() if k not in SHARED_KEYS}}
+    raw.update({k: v for k, v in sets.items() if k in SHARED_KEYS})
+    try:
+        cfg = from_dict(VLGConfig, raw, "tasks.vlg").validate()
+    except ConfigError as e:
+        raise SystemExit(f"--set: {e}")
+    d = cfg.for_dataset(args.dataset)
+    print(f"tasks.vlg.{section} with {sets or 'no overrides'}: epochs {d.epochs or cfg.epochs}, lr {cfg.lr}")
+
+    figures = {"source": [], "random": []}
+    for seed in (int(s) for s in args.seeds.split(",")):
+        for name, path in (("source", trained), ("random", random)):
+            t0 = time.perf_counter()
+            m = train_and_evaluate(annotations, path, d, cfg, work / f"heads/{name}-{seed}", seed=seed, label=args.dataset)
+            figures[name].append((100 * m["mIoU"], 100 * m["R@1"]["0.5"]))
+            print(f"  seed {seed} {name:<6} mIoU {100 * m['mIoU']:6.2f}  R@1 IoU 0.5 {100 * m['R@1']['0.5']:6.2f}  "
+                  f"({m['num_train_queries']} training queries, {m['num_queries']} test; {time.perf_counter() - t0:.0f} s)",
+                  flush=True)
+    from scipy import stats
+
+    for i, metric in enumerate(("mIoU", "R@1 IoU 0.5")):
+        s = np.array([f[i] for f in figures["source"]])
+        r = np.array([f[i] for f in figures["random"]])
+        line = f"{metric}: source {s.mean():.2f} ± {s.std(ddof=1) if len(s) > 1 else 0:.2f}, random {r.mean():.2f} ± " \
+               f"{r.std(ddof=1) if len(r) > 1 else 0:.2f}, difference {s.mean() - r.mean():+.2f}"
+        if len(s) > 1:
+            line += f", Welch p {stats.ttest_ind(s, r, equal_var=False).pvalue:.3f}"
+        print(line)
+
+
+if __name__ == "__main__":
+    main()
