@@ -422,6 +422,16 @@ def data_identity(profile: "Profile", dataset: Optional[str] = None) -> Dict[str
     return data
 
 
+# The seed of the shared source model (the synthetic stand-in for the one set of Kinetics-400 weights).
+SOURCE_SEED = 0
+
+
+def source_seed(profile: "Profile", seed: int) -> int:
+    """The seed of the source model that seed ``seed`` of a method starts from: the shared one, or
+    with ``source_pretrain.per_seed`` its own (seed 0's is still the shared one)."""
+    return seed if profile.source_pretrain.per_seed else SOURCE_SEED
+
+
 def source_train_identity(profile: "Profile") -> Dict[str, Any]:
     """What of ``source_pretrain`` decides a source model's weights, for its keys (``per_seed`` only
     decides how many source models there are: with it, the seed-0 one is still the shared one)."""

@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 from clap_bench.config import (
-    TASK_STAGE_KEYS, ConfigError, Profile, config_hash, data_identity, from_dict, head_config, identity_dict, resolve_threads,
-    source_train_identity,
+    SOURCE_SEED, TASK_STAGE_KEYS, ConfigError, Profile, config_hash, data_identity, from_dict, head_config, identity_dict,
+    resolve_threads, source_seed, source_train_identity,
 )
 from clap_bench.runs.slurm import STAGE_KINDS
 from clap_bench.runs.store import METRICS_FILE, RunStore, read_json
@@ -52,7 +52,6 @@ TASK_FEATURES: Dict[str, tuple] = {
     "vlg": ("all", ("charades-sta", "tacos")),
 }
 EXTERNAL_PREFIX = "features:"
-SOURCE_SEED = 0  # the source ("Kinetics") stage is run once per profile, shared by every method and seed
 
 
 # --------------------------------------------------------------------------- data structures
@@ -327,11 +326,11 @@ def build_plan(profile: Profile, methods: Sequence[str], seeds: Sequence[int], t
         ``source_pretrain.per_seed`` one per seed (``_shared/seed<k>/source``; seed 0 is the shared one)."""
         if not wants_source:
             return None
-        source_seed = seed if per_seed_source else SOURCE_SEED
+        k = source_seed(p, seed)
         return plan.add(StageSpec(
-            "source", None, None if source_seed == SOURCE_SEED else source_seed, run_source_stage,
+            "source", None, None if k == SOURCE_SEED else k, run_source_stage,
             {"data": data_identity(p), "clips": identity_dict(p.clips), "encoder": identity_dict(p.encoder),
-             "train": source_train_identity(p), "seed": source_seed, "runtime": runtimes["source"]},
+             "train": source_train_identity(p), "seed": k, "runtime": runtimes["source"]},
             resources="source",
         )).key
 

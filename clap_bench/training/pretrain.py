@@ -17,7 +17,8 @@ from typing import Dict, List, Optional
 import torch
 
 from clap_bench.config import (
-    Profile, TrainConfig, config_hash, data_identity, identity_dict, resolve_datasets, source_train_identity, to_dict,
+    SOURCE_SEED, Profile, TrainConfig, config_hash, data_identity, identity_dict, resolve_datasets, source_seed,
+    source_train_identity, to_dict,
 )
 from clap_bench.io import file_lock
 from clap_bench.training.distributed import DistInfo, barrier, setup_distributed
@@ -26,7 +27,6 @@ from clap_bench.training.trainer import CHECKPOINT_FORMAT, FINAL_NAME, Trainer, 
 PRETRAIN_DATASET = "activitynet"
 CAPTIONS_DATASET = "activitynet-captions"
 SOURCE_DATASET = "trimmed"
-SOURCE_SEED = 0  # one source model per profile, like the one set of Kinetics-400 weights
 
 
 def _cache_dir(profile: Profile) -> Path:
@@ -139,8 +139,7 @@ def resolve_init_weights(profile: Profile, init: Optional[str | Path] = None, pr
     if w is None:
         return None
     if str(w) == "source":
-        source_seed = seed if profile.source_pretrain.per_seed else SOURCE_SEED
-        return str(source_pretrain(profile, source_seed, progress=progress))
+        return str(source_pretrain(profile, source_seed(profile, seed), progress=progress))
     return str(w)
 
 
