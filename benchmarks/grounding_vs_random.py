@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -95,11 +96,13 @@ def main() -> None:
     def gaussian_features(draw: int) -> Path:
         """Gaussian features of the source file's shapes, one file per draw."""
         path = work / f"{args.dataset}-{profile.data.synth_profile}-random{draw}.h5"
-        if not path.is_file():
+        if not path.is_file():  # written beside, then renamed: an interrupted draw is never reused
             rng = np.random.default_rng(draw)
-            with h5py.File(trained, "r") as src, h5py.File(path, "w") as out:
+            partial = path.with_name(path.name + ".partial")
+            with h5py.File(trained, "r") as src, h5py.File(partial, "w") as out:
                 for key in src:
                     out[key] = rng.standard_normal(src[key].shape).astype(np.float32)
+            os.replace(partial, path)
         return path
 
     sets = parse_sets(args.set)
@@ -119,10 +122,11 @@ def main() -> None:
         # One draw of noise is itself a loose baseline (two draws gave 6.40 and 6.92 mIoU on the
         # TACoS-like set): by default each head seed gets its own draw, so the random arm's
         # spread holds the draw's part too. --one-draw: draw 0 for every head seed.
-        random = gaussian_features(0 if args.one_draw else seed)
-        for name, path in (("source", trained), ("random", random)):
+        draw = 0 if args.one_draw else seed
+        arms = (("source", trained, f"source-{seed}"), ("random", gaussian_features(draw), f"random{draw}-{seed}"))
+        for name, path, head_dir in arms:
             t0 = time.perf_counter()
-            m = train_and_evaluate(annotations, path, d, cfg, work / f"heads/{name}-{seed}", seed=seed, label=args.dataset)
+            m = train_and_evaluate(annotations, path, d, cfg, work / "heads" / head_dir, seed=seed, label=args.dataset)
             figures[name].append((100 * m["mIoU"], 100 * m["R@1"]["0.5"]))
             print(f"  seed {seed} {name:<6} mIoU {100 * m['mIoU']:6.2f}  R@1 IoU 0.5 {100 * m['R@1']['0.5']:6.2f}  "
                   f"({m['num_train_queries']} training queries, {m['num_queries']} test; {time.perf_counter() - t0:.0f} s)",
