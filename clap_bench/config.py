@@ -408,7 +408,9 @@ def data_identity(profile: "Profile", dataset: Optional[str] = None) -> Dict[str
 
     A synthetic profile includes the generator version: a new generator writes different videos
     for the same (profile, seed), and results computed on the old ones must not count as done.
-    With ``dataset``, only that dataset's real-path entry is kept.
+    With ``dataset``, only that dataset's real-path entry is kept, and a generated dataset's
+    revision (``clap_bench.synth.DATASET_REVISIONS``) is added when it is above 1, so that a
+    dataset generated anew reruns its own stages while every other key stays as it was.
     """
     data = identity_dict(profile.data)
     for key in ("cache_dir", "frame_cache", "frame_cache_max_gb"):  # where and how videos are read, not what
@@ -419,6 +421,11 @@ def data_identity(profile: "Profile", dataset: Optional[str] = None) -> Dict[str
         data["generator_version"] = GENERATOR_VERSION
     if dataset is not None:
         data["datasets"] = {dataset: data["datasets"][dataset]} if dataset in data["datasets"] else {}
+        if profile.data.synthetic and not data["datasets"]:  # generated, not a real-path entry
+            from clap_bench.synth import dataset_revision
+
+            if dataset_revision(dataset) > 1:
+                data["dataset_revision"] = dataset_revision(dataset)
     return data
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
 import re
@@ -22,6 +23,7 @@ from clap_bench.synth import (
     SynthError,
     SynthProfile,
     action_at,
+    dataset_keys,
     ensure_synthetic,
     ground_truth_mask,
     load_scenes,
@@ -29,6 +31,7 @@ from clap_bench.synth import (
     read_manifest,
     synth_root,
 )
+from clap_bench.config import DatasetConfig
 from clap_bench.synth import generate as synth_generate
 
 TSP_HEADER = ["video-name", "t-start", "t-end", "action-label", "video-duration", "filename", "fps", "video-frames", "temporal-region-label"]
@@ -415,3 +418,56 @@ def test_a_script_without_a_main_guard_gets_an_error_not_a_hang(tmp_path):
     assert 'if __name__ == "__main__":' in proc.stderr
     assert "a process rendering the synthetic videos died" in proc.stderr
     assert not list((tmp_path / "cache" / "synth").glob(".*partial*"))
+
+
+# --------------------------------------------------------------------------- dataset revisions
+def test_a_dataset_revision_gives_new_keys_to_that_datasets_stages_only(monkeypatch):
+    from clap_bench.config import data_identity, load_profile
+    from clap_bench.runs.plan import build_plan
+
+    profile = load_profile("smoke")
+    monkeypatch.setattr(synth_generate, "DATASET_REVISIONS", {})
+    before = build_plan(profile, ["none", "clap"], [0], ["tal", "vlg"]).hashes
+    assert "dataset_revision" not in data_identity(profile, "tacos")  # revision 1 adds nothing: old keys hold
+    monkeypatch.setattr(synth_generate, "DATASET_REVISIONS", {"tacos": 2})
+    after = build_plan(profile, ["none", "clap"], [0], ["tal", "vlg"]).hashes
+    assert data_identity(profile, "tacos")["dataset_revision"] == 2
+    changed = sorted(k for k in before if before[k] != after[k])
+    # extract-tacos, and through its upstream hash the grounding stage; nothing else.
+    assert changed == ["clap/seed0/extract-tacos", "clap/seed0/vlg", "none/seed0/extract-tacos", "none/seed0/vlg"]
+    # A real-path TACoS entry is not generated: no revision in its key.
+    real = dataclasses.replace(profile, data=dataclasses.replace(
+        profile.data, datasets={"tacos": DatasetConfig(format="tacos", annotations=["/data/tacos/train.json"], videos="/data/v")}))
+    assert "dataset_revision" not in data_identity(real, "tacos")
+
+
+@pytest.mark.slow
+def test_a_folder_of_another_dataset_revision_or_other_sizes_is_regenerated(tmp_path, tiny_profile, monkeypatch):
+    monkeypatch.setattr(synth_generate, "DATASET_REVISIONS", {})
+    ensure_synthetic(tiny_profile, 0, tmp_path)
+    root = synth_root(tiny_profile, 0, tmp_path)
+    manifest = read_manifest(root)
+    assert manifest["dataset_revisions"] == {k: 1 for k in dataset_keys()}
+    old_charades = {p.name: p.read_bytes() for p in (root / "charades-sta").rglob("*") if p.is_file()}
+    calls = []
+    real_generate = synth_generate.generate
+    monkeypatch.setattr(synth_generate, "generate", lambda *a, **k: calls.append(1) or real_generate(*a, **k))
+
+    # A manifest written before revisions were recorded reads as revision 1 throughout.
+    legacy = {k: v for k, v in manifest.items() if k != "dataset_revisions"}
+    (root / "manifest.json").write_text(json.dumps(legacy))
+    assert read_manifest(root) is not None
+    ensure_synthetic(tiny_profile, 0, tmp_path)
+    assert calls == []
+
+    monkeypatch.setattr(synth_generate, "DATASET_REVISIONS", {"tacos": 2})
+    assert read_manifest(root) is None
+    ensure_synthetic(tiny_profile, 0, tmp_path)
+    assert calls == [1] and read_manifest(root)["dataset_revisions"]["tacos"] == 2
+    # The other datasets draw from their own streams: the same bytes after regeneration.
+    assert {p.name: p.read_bytes() for p in (root / "charades-sta").rglob("*") if p.is_file()} == old_charades
+
+    # The profile edited under the same name: stale as well.
+    monkeypatch.setitem(PROFILES, tiny_profile, dataclasses.replace(TINY, tacos_train=2))
+    ensure_synthetic(tiny_profile, 0, tmp_path)
+    assert calls == [1, 1] and read_manifest(root)["sizes"]["tacos_train"] == 2

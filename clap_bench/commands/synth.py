@@ -14,6 +14,7 @@ from tabulate import tabulate
 from clap_bench.commands.data import data_app
 from clap_bench.config import DataConfig
 from clap_bench.synth import PROFILES, ensure_synthetic, read_manifest, synth_root
+from clap_bench.synth.generate import current_manifest
 
 
 def register(app: typer.Typer) -> None:
@@ -36,7 +37,7 @@ def synth(
         raise typer.BadParameter(f"unknown profile {profile!r}; known: {', '.join(PROFILES)}", param_hint="--profile")
     cache_dir = out if out is not None else Path(DataConfig().cache_dir)
     root = synth_root(profile, seed, cache_dir)
-    cached = read_manifest(root) is not None
+    cached = current_manifest(root, PROFILES[profile]) is not None
     t0 = time.perf_counter()
     datasets = ensure_synthetic(profile, seed, cache_dir, progress=progress and not as_json)
     seconds = time.perf_counter() - t0

@@ -13,7 +13,8 @@
     scenes.json            how each video was drawn (for tests and inspection; no stage reads it)
     manifest.json          written last: generator version, files and sizes
 
-A folder without a matching manifest (an interrupted run, an older generator) is regenerated.
+A folder without a matching manifest (an interrupted run, an older generator or dataset revision,
+other sizes) is regenerated.
 Generation happens in a sibling temporary folder that is renamed into place at the end, under
 a file lock, so concurrent jobs never see half a dataset.
 """
@@ -61,6 +62,21 @@ from clap_bench.synth.world import (
 
 # Bump when the output for a given (profile, seed) changes; older caches are then regenerated.
 GENERATOR_VERSION = "4"
+
+# Bump a dataset's revision when only that dataset's files change (its sizes or its scenes): the
+# cache is regenerated, but since each dataset draws from its own random stream the other
+# datasets' files are the same bytes, and only the changed dataset's run-store stages get new
+# keys (``clap_bench.config.data_identity``). A dataset not listed is at revision 1.
+DATASET_REVISIONS: Dict[str, int] = {}
+
+
+def dataset_revision(key: str) -> int:
+    """The generation revision of synthetic dataset ``key`` (1 unless ``DATASET_REVISIONS`` says more)."""
+    return DATASET_REVISIONS.get(key, 1)
+
+
+def dataset_revisions() -> Dict[str, int]:
+    return {key: dataset_revision(key) for key in sorted(_dataset_layout())}
 
 PathLike = Union[str, Path]
 
@@ -643,10 +659,22 @@ def read_manifest(root: Path) -> Optional[dict]:
         return None
     if not isinstance(manifest, dict) or manifest.get("generator_version") != GENERATOR_VERSION:
         return None
+    # A manifest from before revisions were recorded is of revision 1 throughout.
+    if manifest.get("dataset_revisions", {k: 1 for k in dataset_revisions()}) != dataset_revisions():
+        return None
     for entry in manifest.get("files", []):
         f = root / entry["path"]
         if not f.is_file() or f.stat().st_size != entry["bytes"]:
             return None
+    return manifest
+
+
+def current_manifest(root: Path, profile: SynthProfile) -> Optional[dict]:
+    """``read_manifest(root)`` if it was generated with ``profile``'s sizes, else None: a folder of a
+    profile's name made before the profile was edited is stale too."""
+    manifest = read_manifest(root)
+    if manifest is None or manifest.get("sizes") != json.loads(json.dumps(asdict(profile))):
+        return None
     return manifest
 
 
@@ -667,6 +695,7 @@ def generate(profile: SynthProfile, seed: int, root: Path, progress: bool = Fals
     files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
     manifest = {
         "generator_version": GENERATOR_VERSION,
+        "dataset_revisions": dataset_revisions(),
         "profile": profile.name,
         "seed": seed,
         "sizes": asdict(profile),
@@ -715,11 +744,11 @@ def ensure_synthetic(
         cache_dir = default_cache_dir()
     spec = get_profile(profile)
     root = synth_root(profile, seed, cache_dir)
-    manifest = read_manifest(root)
+    manifest = current_manifest(root, spec)
     if manifest is None:
         _refuse_in_spawn_bootstrap(root)
         with file_lock(root.parent / f".{root.name}.lock"):
-            manifest = read_manifest(root)  # another process may have finished meanwhile
+            manifest = current_manifest(root, spec)  # another process may have finished meanwhile
             if manifest is None:
                 # Holding the lock, no other process is generating this folder: any partial one
                 # is left by a generation that was killed (SIGTERM, SIGKILL) before it could clean up.
@@ -734,7 +763,7 @@ def ensure_synthetic(
                 except BaseException:
                     shutil.rmtree(tmp, ignore_errors=True)
                     raise
-                manifest = read_manifest(root)
+                manifest = current_manifest(root, spec)
                 if manifest is None:
                     raise SynthError(f"{root}: generation finished but its manifest does not check out")
     return _absolute(root, manifest["datasets"])
