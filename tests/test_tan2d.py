@@ -1,5 +1,6 @@
 """2D-TAN pieces against hand-worked cases, and the head end to end on tiny synthetic features."""
 
+import dataclasses
 import json
 
 import h5py
@@ -391,3 +392,29 @@ def test_schedule_keys_are_checked():
     with pytest.raises(ConfigError, match="tasks.vlg.select_metric"):
         VLGConfig(select_metric="R@1@0.6").validate()
     assert TACoSGroundingConfig().val_subset == "val" and GroundingDatasetConfig().val_subset is None
+
+
+def test_channels_last_lays_out_the_map_convolutions_and_trains_the_same_model(one_thread):
+    from clap_bench.downstream.tan2d.task import build_model
+
+    cfg = VLGConfig(hidden_size=16, text_hidden_size=16, lstm_layers=1)
+    d = GroundingDatasetConfig(num_sample_clips=16, num_clips=8, num_scale_layers=[8], map_kernel_sizes=[3, 3],
+                               map_paddings=[2, 0], map_dilations=[1, 1])
+    g = torch.Generator().manual_seed(0)
+    video, words = torch.randn(4, 16, 12, generator=g), torch.randn(4, 5, 10, generator=g)
+    lengths, targets = torch.tensor([5, 3, 4, 5]), torch.rand(4, 8, 8, generator=g)
+    params = {}
+    for layout in (False, True):
+        torch.manual_seed(0)
+        model = build_model(dataclasses.replace(cfg, channels_last=layout), d, 12, 10)
+        weights = [c.weight for c in model.map_conv.convs]
+        assert all(w.is_contiguous(memory_format=torch.channels_last) for w in weights) == layout
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        for _ in range(3):
+            loss = masked_bce_loss(model(video, words, lengths), targets, model.map_mask[0])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        params[layout] = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    for key, value in params[False].items():  # the same model: only the order of the sums differs
+        torch.testing.assert_close(params[True][key], value, rtol=1e-5, atol=1e-6, msg=key)

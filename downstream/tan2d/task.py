@@ -119,6 +119,10 @@ class VLGConfig:
     select_metric: str = "R@1@0.5"  # validation metric that picks the kept epoch (higher is better); "last": no selection
     top_k: int = 5
     max_train_queries: Optional[int] = None  # CPU profiles: a seeded subsample of the training queries
+    # Map convolution weights in channels_last memory: the same model, its sums in another order
+    # (parameters within ~1e-8 of the default layout's after 10 steps); on a CPU with oneDNN it trains
+    # faster (python benchmarks/tan2d_step.py prints both).
+    channels_last: bool = False
     log_every_epochs: int = 1
     charades_sta: CharadesSTAGroundingConfig = field(default_factory=CharadesSTAGroundingConfig)
     tacos: TACoSGroundingConfig = field(default_factory=TACoSGroundingConfig)
@@ -348,13 +352,15 @@ def train_and_evaluate(
 
 def build_model(cfg: "VLGConfig", dataset_cfg, feature_dim: int, word_dim: int) -> TAN2D:
     """The 2D-TAN of a task config and one dataset's section (``cfg.for_dataset(key)``)."""
-    return TAN2D(
+    model = TAN2D(
         feature_dim=feature_dim, word_dim=word_dim, num_sample_clips=dataset_cfg.num_sample_clips,
         num_clips=dataset_cfg.num_clips, num_scale_layers=dataset_cfg.num_scale_layers,
         hidden_size=cfg.hidden_size, text_hidden_size=cfg.text_hidden_size, lstm_layers=cfg.lstm_layers,
         map_kernel_sizes=dataset_cfg.map_kernel_sizes, map_paddings=dataset_cfg.map_paddings,
         map_dilations=dataset_cfg.map_dilations,
     )
+    # Only 4-d tensors take the layout: the map convolutions' weights (the LSTM and 1-d layers keep theirs).
+    return model.to(memory_format=torch.channels_last) if cfg.channels_last else model
 
 
 @torch.no_grad()
