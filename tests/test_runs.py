@@ -17,6 +17,7 @@ from clap_bench.cli import app
 from clap_bench.config import ConfigError, load_profile
 from clap_bench.io import atomic_write_json
 from clap_bench.runs import RunStore, build_plan, make_tables, parse_seeds, plan_status, render, run_plan
+from clap_bench.runs.claims import StageClaim
 from clap_bench.runs.fingerprints import read_stage_fingerprints
 from clap_bench.runs.store import method_dir_name
 from clap_bench.runs.tables import load_paper_tables
@@ -149,6 +150,14 @@ def test_table_mean_std_best_and_welch_p_value(tmp_path):
     assert ours["clap"].best["average_mAP"] and not ours["tsp"].best["average_mAP"]
     assert ours["clap"].paper["average_mAP"] == 35.23  # the R(2+1)D-18 row of the paper, not Res3D-18
     assert any(r.source == "paper" and r.label.startswith("VideoCLIP") for r in table.rows)
+    # Its record says running but no process holds the stage (the run was killed): interrupted.
+    assert table.incomplete == ["clap: seed 3 (interrupted)"]
+    claim = StageClaim(store.stage_dir("p", "clap", 3, "tal"))
+    assert claim.try_acquire()
+    try:
+        [table] = make_tables(store, "p", ["1"], baseline="tsp")
+    finally:
+        claim.release()
     assert table.incomplete == ["clap: seed 3 (running)"]
 
     md = render([table], "markdown")

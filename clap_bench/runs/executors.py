@@ -144,7 +144,7 @@ def _run_claimed(store: RunStore, profile: Profile, spec: StageSpec, config_hash
         metrics = spec.fn(ctx)
         if not isinstance(metrics, dict):
             raise TypeError(f"stage {spec.key}: {spec.fn.__module__}.{spec.fn.__name__} returned {type(metrics).__name__}, expected a dict")
-    except BaseException as e:
+    except BaseException:
         if record:
             store.mark_failed(stage_dir, traceback.format_exc())
         raise

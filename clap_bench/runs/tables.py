@@ -23,6 +23,7 @@ import yaml
 
 from clap_bench.config import ConfigError
 from clap_bench.io import save_figure
+from clap_bench.runs.claims import claim_holder
 from clap_bench.runs.store import METRICS_FILE, STAGE_FILE, RunStore, read_json
 
 TABLE_IDS = ("1", "2a", "2b", "3")
@@ -92,7 +93,10 @@ def collect_task_results(store: RunStore, profile: str, task: str, methods: Opti
             if metrics is not None:
                 res.seeds[seed] = metrics
             elif stage_dir.is_dir():
-                res.incomplete[seed] = (read_json(stage_dir / STAGE_FILE) or {}).get("status", "incomplete")
+                why = (read_json(stage_dir / STAGE_FILE) or {}).get("status", "incomplete")
+                if why == "running" and claim_holder(stage_dir) is None:
+                    why = "interrupted"  # its record says running, but no live process holds the stage
+                res.incomplete[seed] = why
             elif any(p.is_dir() for p in seed_dir.iterdir()):
                 res.incomplete[seed] = "not started"
         if res.seeds or res.incomplete:
