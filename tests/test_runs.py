@@ -163,6 +163,9 @@ def test_table_mean_std_best_and_welch_p_value(tmp_path):
     md = render([table], "markdown")
     assert f"**{100 * np.mean(clap):.2f} ± {100 * np.std(clap, ddof=1):.2f}** [35.23]" in md
     assert f"{expected_p:.3f}" in md and "Incomplete (not aggregated): clap: seed 3 (running)" in md
+    [bare] = make_tables(store, "p", ["1"], baseline="tsp", include_paper=False)  # --no-paper
+    assert all(r.source == "ours" and not r.paper for r in bare.rows) and bare.ordering is None
+    assert "[35.23]" not in render([bare], "markdown") and "VideoCLIP" not in render([bare], "markdown")
     tex = render([table], "latex")
     assert r"\textbf{" in tex and r"$\pm$" in tex and r"\begin{tabular}" in tex and "±" not in tex.split("%")[0]
     rows = list(csv.DictReader(io.StringIO(render([table], "csv"))))

@@ -217,7 +217,7 @@ def build_table(spec: PaperTable, results: Dict[str, MethodResults], profile: st
             row.values[metric] = values
             if metric == spec.key_metric:
                 key_values[method_dir] = np.asarray(values)
-        match = paper_for.get(method_dir)
+        match = paper_for.get(method_dir) if include_paper else None
         if match:
             row.paper = dict(match["values"])
         rows.append(row)
