@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-SHARED_KEYS = {"lr", "batch_size", "weight_decay", "hidden_size", "text_hidden_size"}
+SHARED_KEYS = {"lr", "batch_size", "weight_decay", "hidden_size", "text_hidden_size", "channels_last", "max_train_queries"}
 
 
 def parse_sets(items):

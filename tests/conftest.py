@@ -115,14 +115,15 @@ def default_benchmark_threads() -> int:
 def default_benchmark_features(dataset: str) -> Path:
     """The default profile's ``dataset`` through its source-pre-trained encoder, as an HDF5 file in
     the test cache, extracted on first use (under a lock: the background preparation and a test may
-    ask at once). Keyed by the checkpoint's content, the profile's clip and extraction settings and
-    the code that extracts, so that a change to any of them extracts again."""
+    ask at once). Keyed by the checkpoint's content, the dataset's identity (generator version and
+    revision), the profile's clip and extraction settings and the code that extracts, so that a
+    change to any of them extracts again."""
     import hashlib
     import json
 
     import torch
 
-    from clap_bench.config import load_profile
+    from clap_bench.config import data_identity, load_profile
     from clap_bench.encoders import file_hash
     from clap_bench.features import extract_features
     from clap_bench.io import file_lock
@@ -134,7 +135,8 @@ def default_benchmark_features(dataset: str) -> Path:
         profile = load_profile("default")
         checkpoint = source_pretrain(profile, progress=False)
         key = hashlib.sha256()
-        key.update(json.dumps({"checkpoint": file_hash(checkpoint), "dataset": dataset, "threads": torch.get_num_threads(),
+        key.update(json.dumps({"checkpoint": file_hash(checkpoint), "dataset": dataset, "data": data_identity(profile, dataset),
+                               "threads": torch.get_num_threads(),
                                "clips": vars(profile.clips), "extract": vars(profile.extract)}, sort_keys=True, default=str).encode())
         for folder in FEATURE_CODE:
             for source in sorted((REPO / folder).rglob("*.py")):
