@@ -56,8 +56,8 @@ def load_scenes(root: Union[str, Path]) -> Dict[str, Scene]:
 
 
 __all__ = [
-    "DATASET_REVISIONS", "GENERATOR_VERSION", "PROFILES", "dataset_revision", "SynthError", "SynthProfile", "dataset_keys", "ensure_synthetic", "get_profile",
-    "read_manifest", "synth_root", "load_scenes",
+    "DATASET_REVISIONS", "GENERATOR_VERSION", "PROFILES", "SynthError", "SynthProfile", "dataset_keys", "dataset_revision",
+    "ensure_synthetic", "get_profile", "read_manifest", "synth_root", "load_scenes",
     "CLASS_TABLES", "FPS", "HEIGHT", "WIDTH", "ActionClass", "Scene", "Track", "VisibleObject",
     "action_at", "ground_truth_mask", "object_layers", "render_frames",
 ]

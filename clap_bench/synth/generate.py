@@ -66,7 +66,8 @@ GENERATOR_VERSION = "4"
 # Bump a dataset's revision when only that dataset's files change (its sizes or its scenes): the
 # cache is regenerated, but since each dataset draws from its own random stream the other
 # datasets' files are the same bytes, and only the changed dataset's run-store stages get new
-# keys (``clap_bench.config.data_identity``). A dataset not listed is at revision 1.
+# keys (``clap_bench.config.data_identity``). A dataset not listed is at revision 1. A revision
+# holds for every profile (the smoke profile's TACoS-like set is regenerated and re-keyed too).
 DATASET_REVISIONS: Dict[str, int] = {
     # 2: the default profile's TACoS-like set grew from 18 / 6 / 6 to 240 / 30 / 30 videos.
     "tacos": 2,
@@ -79,7 +80,9 @@ def dataset_revision(key: str) -> int:
 
 
 def dataset_revisions() -> Dict[str, int]:
+    """Every synthetic dataset's revision, as a manifest records them."""
     return {key: dataset_revision(key) for key in sorted(_dataset_layout())}
+
 
 PathLike = Union[str, Path]
 
