@@ -99,6 +99,9 @@ def test_head_seeds_and_the_variance_command_on_a_smoke_run_store(tmp_path):
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0 and again.output == first.output  # reused, not retrained
     assert [p.stat().st_mtime_ns for p in extra] == stamps
+    # The profile's name as the store files it: the config its runs were recorded with.
+    by_name = CliRunner().invoke(app, [a if a != str(profile) else "heads2" for a in args])
+    assert by_name.exit_code == 0 and by_name.output == first.output, by_name.output
     status = CliRunner().invoke(app, ["status", "--profile", "heads2", "--runs-dir", str(runs)])
     assert status.exit_code == 0 and "head2" not in status.output and "_variance/" not in status.output
 

@@ -164,22 +164,13 @@ def register(app: typer.Typer) -> None:
 
 
 def _status_profiles(store, profile: Optional[str], config: Optional[Path]) -> List[Profile]:
-    import json
-
-    from clap_bench.config import from_dict
-
     if profile and not config:
-        recorded = store.profile_file(profile)
-        if recorded.is_file():  # the config the runs were made with
-            return [from_dict(Profile, json.loads(recorded.read_text()), str(recorded))]
+        recorded = store.recorded_profile(profile)
+        if recorded is not None:  # the config the runs were made with
+            return [recorded]
     if config or profile:
         return [load_profile(str(config) if config else profile)]
-    out = []
-    for name in store.profiles():
-        recorded = store.profile_file(name)
-        if recorded.is_file():
-            out.append(from_dict(Profile, json.loads(recorded.read_text()), str(recorded)))
-    return out
+    return [p for p in (store.recorded_profile(name) for name in store.profiles()) if p is not None]
 
 
 def _print_status(store, prof: Profile, methods: Optional[str], seeds: Optional[str], tasks: Optional[str], lines: int) -> None:

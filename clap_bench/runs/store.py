@@ -89,6 +89,13 @@ class RunStore:
     def profile_file(self, profile: str) -> Path:
         return self.profile_dir(profile) / "profile.json"
 
+    def recorded_profile(self, profile: str):
+        """The resolved profile the last run of ``profile`` used (``clap_bench.config.Profile``), or None."""
+        from clap_bench.config import Profile, from_dict
+
+        path = self.profile_file(profile)
+        return from_dict(Profile, json.loads(path.read_text()), str(path)) if path.is_file() else None
+
     # ------------------------------------------------------------------ listing
     def profiles(self) -> List[str]:
         if not self.root.is_dir():

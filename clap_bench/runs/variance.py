@@ -195,7 +195,10 @@ def run_variance(store, profile_arg: str, method: str, task: str, heads: int = 3
         raise ConfigError(f"--task: expected one of {', '.join(TASK_METRICS)}, got {task!r}")
     if heads < 2:
         raise ConfigError(f"--heads: expected >= 2 (the head part needs two heads per seed), got {heads}")
-    profile = load_profile(profile_arg)  # a name or a YAML file; the store files it under its name
+    # A profile name the store has runs of: the config those runs were made with (a profile made
+    # from a YAML file is filed under the file's stem); otherwise a built-in name or a YAML file.
+    recorded = store.recorded_profile(profile_arg) if not Path(profile_arg).suffix else None
+    profile = recorded if recorded is not None else load_profile(profile_arg)
     profile_name = profile.name
     finished = [s for s in store.seeds(profile_name, method)
                 if (store.stage_dir(profile_name, method, s, task) / METRICS_FILE).is_file()]
