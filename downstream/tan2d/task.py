@@ -120,7 +120,7 @@ class VLGConfig:
     top_k: int = 5
     max_train_queries: Optional[int] = None  # CPU profiles: a seeded subsample of the training queries
     # Map convolution weights in channels_last memory: the same model, its sums in another order
-    # (parameters within ~1e-8 of the default layout's after 10 steps); on a CPU with oneDNN it trains
+    # (parameters within 3e-8 of the default layout's after 20 steps); on a CPU with oneDNN it trains
     # faster (python benchmarks/tan2d_step.py prints both).
     channels_last: bool = False
     log_every_epochs: int = 1
