@@ -294,6 +294,28 @@ def test_table_command_csv(tmp_path):
     assert bad.exit_code == 2 and "unknown table '4'" in bad.output
 
 
+def test_table_shows_each_seed_of_the_key_metric(tmp_path):
+    # Seeds 0, 2 and 10 written out of order: the column lists them in seed order, each with its
+    # value in percent, and only when asked (markdown); csv always carries them.
+    store = RunStore(tmp_path)
+    for seed, v in ((10, 0.125), (0, 0.0375), (2, 0.5)):
+        d = store.stage_dir("p", "clap", seed, "tal")
+        d.mkdir(parents=True)
+        atomic_write_json(d / "metrics.json", {"mAP@0.5": v, "mAP@0.75": v, "mAP@0.95": v, "average_mAP": v})
+    [plain] = make_tables(store, "p", ["1"], baseline=None, include_paper=False)
+    assert "per seed" not in render([plain], "markdown")
+    [table] = make_tables(store, "p", ["1"], baseline=None, include_paper=False, per_seed=True)
+    md = render([table], "markdown")
+    assert "per seed (Avg. mAP)" in md
+    assert "0: 3.75, 2: 50.00, 10: 12.50" in md
+    assert "0: 3.75, 2: 50.00, 10: 12.50" in render([table], "latex")
+    [row] = list(csv.DictReader(io.StringIO(render([plain], "csv"))))
+    assert row["key_metric per seed"] == "0:3.7500 2:50.0000 10:12.5000" and row["seeds"] == "0 2 10"
+    result = CliRunner().invoke(app, ["table", "--tables", "1", "--no-paper", "--per-seed", "--runs-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "0: 3.75, 2: 50.00, 10: 12.50" in result.output
+
+
 def test_paper_tables_transcribed():
     t = load_paper_tables()
     clap = next(r for r in t["1"].rows if r.get("method") == "clap" and r["backbone"] == "r2plus1d_18")

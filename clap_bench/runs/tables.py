@@ -115,6 +115,7 @@ class Row:
     mean: Dict[str, Optional[float]] = field(default_factory=dict)  # percent
     std: Dict[str, Optional[float]] = field(default_factory=dict)
     values: Dict[str, List[float]] = field(default_factory=dict)  # percent, one per finished seed (ours)
+    by_seed: Dict[str, Dict[int, float]] = field(default_factory=dict)  # percent, seed -> value (ours)
     paper: Dict[str, Optional[float]] = field(default_factory=dict)  # the paper's number for this method
     best: Dict[str, bool] = field(default_factory=dict)
     p_value: Optional[float] = None
@@ -139,6 +140,7 @@ class Table:
     # Kendall's tau between our key-metric means and the paper's numbers for the same methods,
     # with its exact two-sided p-value under random orderings: {"tau", "p", "methods"}
     ordering: Optional[Dict[str, Any]] = None
+    per_seed: bool = False  # markdown / LaTeX: a column with each seed's key metric
 
 
 ALPHA = 0.05
@@ -211,7 +213,9 @@ def build_table(spec: PaperTable, results: Dict[str, MethodResults], profile: st
             continue
         row = Row(names.get(method_dir, res.method), "ours", method_dir, len(res.seeds), sorted(res.seeds), expected=expected_seeds)
         for metric in spec.metrics:
-            values = [100.0 * float(m[metric]) for m in res.seeds.values() if m.get(metric) is not None]
+            row.by_seed[metric] = {seed: 100.0 * float(res.seeds[seed][metric]) for seed in sorted(res.seeds)
+                                   if res.seeds[seed].get(metric) is not None}
+            values = list(row.by_seed[metric].values())
             row.mean[metric] = float(np.mean(values)) if values else None
             row.std[metric] = float(np.std(values, ddof=1)) if len(values) > 1 else None
             row.values[metric] = values
@@ -290,7 +294,8 @@ def _backbone_label(backbone: Optional[str]) -> Optional[str]:
 
 def make_tables(store: RunStore, profile: str, table_ids: Sequence[str] = TABLE_IDS, baseline: Optional[str] = "tsp",
                 methods: Optional[Sequence[str]] = None, include_paper: bool = True, backbone: str = "r2plus1d_18",
-                profile_config: Optional[Dict[str, Any]] = None, expected_seeds: Optional[int] = None) -> List[Table]:
+                profile_config: Optional[Dict[str, Any]] = None, expected_seeds: Optional[int] = None,
+                per_seed: bool = False) -> List[Table]:
     """The tables of ``profile``; with ``profile_config`` (the resolved profile the runs used), each
     table also notes the choices of its stages on which that profile departs from ``paper`` (FIDELITY.md)."""
     from clap_bench.fidelity import departures, paper_profile_dict
@@ -304,6 +309,7 @@ def make_tables(store: RunStore, profile: str, table_ids: Sequence[str] = TABLE_
         spec = specs[table_id]
         results = collect_task_results(store, profile, spec.task, methods)
         table = build_table(spec, results, profile, baseline, backbone, include_paper, expected_seeds=expected_seeds)
+        table.per_seed = per_seed
         if paper is not None:
             table.notes.extend(f"differs from the paper's protocol (FIDELITY.md): {line}"
                                for line in departures(profile_config, paper, table_id))
@@ -326,8 +332,14 @@ def _header(table: Table) -> List[str]:
     base = f"p vs {table.baseline}" if table.baseline else "p"
     key_label = next(c["label"] for c in table.spec.columns if c["metric"] == table.spec.key_metric)
     diff = f"Δ vs {table.baseline} [95% CI]" if table.baseline else "Δ [95% CI]"
-    return (["Method", "n"] + [c["label"] for c in table.spec.columns]
+    per_seed = [f"per seed ({key_label})"] if table.per_seed else []
+    return (["Method", "n"] + [c["label"] for c in table.spec.columns] + per_seed
             + [f"{diff} ({key_label})", f"{base} ({key_label})", f"Holm p ({_n_compared(table)} tests)"])
+
+
+def _per_seed_cell(values: Dict[int, float], sep: str = ", ") -> str:
+    """Each finished seed's value, in seed order: ``0: 27.13, 1: 22.19``."""
+    return sep.join(f"{seed}: {v:.2f}" for seed, v in sorted(values.items()))
 
 
 def _n_compared(table: Table) -> int:
@@ -359,6 +371,8 @@ def _cells(table: Table, row: Row, bold) -> List[str]:
             value = row.paper[metric]
             text += f" [{value:.2f}]" if value is not None else " [N.A.]"
         cells.append(text)
+    if table.per_seed:
+        cells.append(_per_seed_cell(row.by_seed.get(table.spec.key_metric, {})) if row.source == "ours" else "")
     cells.append(_diff_cell(table, row))
     ours_compared = row.source != "paper" and row.method != table.baseline
     cells.append(_fmt_p(row.p_value) if ours_compared else "")
@@ -458,7 +472,7 @@ def render_csv(tables: Sequence[Table]) -> str:
     header = ["table", "profile", "method", "n", "seeds"]
     for m in all_metrics:
         header += [f"{m} mean", f"{m} std", f"{m} paper", f"{m} best"]
-    header += ["key_metric", "baseline", "diff", "ci_low", "ci_high", "p_value", "p_holm"]
+    header += ["key_metric", "key_metric per seed", "baseline", "diff", "ci_low", "ci_high", "p_value", "p_holm"]
     writer.writerow(header)
     for t in tables:
         for r in t.rows:
@@ -471,7 +485,8 @@ def render_csv(tables: Sequence[Table]) -> str:
                 else:
                     line += ["", "", "", ""]
             ci = r.ci or (None, None)
-            line += [t.spec.key_metric, t.baseline or "", _num(r.diff), _num(ci[0]), _num(ci[1]),
+            per_seed = " ".join(f"{seed}:{v:.4f}" for seed, v in sorted(r.by_seed.get(t.spec.key_metric, {}).items()))
+            line += [t.spec.key_metric, per_seed, t.baseline or "", _num(r.diff), _num(ci[0]), _num(ci[1]),
                      "" if r.p_value is None else f"{r.p_value:.6g}", "" if r.p_holm is None else f"{r.p_holm:.6g}"]
             writer.writerow(line)
     return buf.getvalue()
