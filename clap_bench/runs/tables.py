@@ -114,7 +114,6 @@ class Row:
     seeds: List[int] = field(default_factory=list)
     mean: Dict[str, Optional[float]] = field(default_factory=dict)  # percent
     std: Dict[str, Optional[float]] = field(default_factory=dict)
-    values: Dict[str, List[float]] = field(default_factory=dict)  # percent, one per finished seed (ours)
     by_seed: Dict[str, Dict[int, float]] = field(default_factory=dict)  # percent, seed -> value (ours)
     paper: Dict[str, Optional[float]] = field(default_factory=dict)  # the paper's number for this method
     best: Dict[str, bool] = field(default_factory=dict)
@@ -124,6 +123,10 @@ class Row:
     ci: Optional[tuple] = None  # 95% confidence interval of ``diff`` (Welch)
     expected: Optional[int] = None  # seeds asked for; a row with fewer is marked
     note: str = ""
+
+    def values(self, metric: str) -> List[float]:
+        """Percent, one per finished seed in seed order (ours; empty for the paper's rows)."""
+        return list(self.by_seed.get(metric, {}).values())
 
 
 @dataclass
@@ -218,7 +221,6 @@ def build_table(spec: PaperTable, results: Dict[str, MethodResults], profile: st
             values = list(row.by_seed[metric].values())
             row.mean[metric] = float(np.mean(values)) if values else None
             row.std[metric] = float(np.std(values, ddof=1)) if len(values) > 1 else None
-            row.values[metric] = values
             if metric == spec.key_metric:
                 key_values[method_dir] = np.asarray(values)
         match = paper_for.get(method_dir) if include_paper else None
@@ -337,9 +339,9 @@ def _header(table: Table) -> List[str]:
             + [f"{diff} ({key_label})", f"{base} ({key_label})", f"Holm p ({_n_compared(table)} tests)"])
 
 
-def _per_seed_cell(values: Dict[int, float], sep: str = ", ") -> str:
+def _per_seed_cell(values: Dict[int, float]) -> str:
     """Each finished seed's value, in seed order: ``0: 27.13, 1: 22.19``."""
-    return sep.join(f"{seed}: {v:.2f}" for seed, v in sorted(values.items()))
+    return ", ".join(f"{seed}: {v:.2f}" for seed, v in sorted(values.items()))
 
 
 def _n_compared(table: Table) -> int:
@@ -526,9 +528,9 @@ def plot_tables(tables: Sequence[Table], out: Path) -> List[List[str]]:
     for ax, t in zip(axes[:, 0], tables):
         metric = t.spec.key_metric
         label = next(c["label"] for c in t.spec.columns if c["metric"] == metric)
-        ours = [r for r in t.rows if r.source == "ours" and r.values.get(metric)][::-1]  # first row on top
+        ours = [r for r in t.rows if r.source == "ours" and r.values(metric)][::-1]  # first row on top
         for y, r in enumerate(ours):
-            v = np.asarray(r.values[metric])
+            v = np.asarray(r.values(metric))
             ax.scatter(v, np.full(len(v), y), s=12, color="C0", alpha=0.6, zorder=2,
                        label="one seed" if y == 0 else None)
             half = float(stats.t.ppf(0.975, len(v) - 1)) * v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else 0.0
@@ -536,7 +538,7 @@ def plot_tables(tables: Sequence[Table], out: Path) -> List[List[str]]:
                         label="mean, 95% CI" if y == 0 else None)
         base = next((r for r in ours if r.method == t.baseline), None)
         if base is not None:
-            ax.axvline(float(np.mean(base.values[metric])), color="C3", ls="--", lw=1, label=f"{base.label} mean")
+            ax.axvline(float(np.mean(base.values(metric))), color="C3", ls="--", lw=1, label=f"{base.label} mean")
         ax.set_yticks(range(len(ours)))
         ax.set_yticklabels([f"{r.label} (n={r.n})" for r in ours], fontsize=8)
         ax.set_ylim(-0.6, len(ours) - 0.4)
