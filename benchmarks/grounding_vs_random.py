@@ -10,10 +10,18 @@ A set where the two are level cannot rank pre-training methods, whatever they le
 
 ``--set KEY=VALUE`` overrides a key of the dataset's ``tasks.vlg`` section (``epochs``,
 ``num_clips``, ``min_iou``, ...; ``lr`` and ``batch_size`` of ``tasks.vlg`` itself); VALUE is read as
-YAML. ``--videos TRAIN,VAL,TEST`` (TACoS-like set only) generates a variant of the profile's
-synthetic benchmark with that many TACoS-like videos under ``--work`` (the other datasets'
-files are the same bytes: each dataset draws from its own random stream). Prints, per head seed,
-mIoU and R@1 IoU 0.5 on the test subset with both feature sets, then mean ± std and Welch's p.
+YAML. ``--videos TRAIN,VAL,TEST`` (TACoS-like set) or ``--videos TRAIN,TEST`` (Charades-like set)
+generates a variant of the profile's synthetic benchmark with that many videos of the dataset under
+``--work`` (the other datasets' files are the same bytes: each dataset draws from its own random
+stream; within a dataset each video draws from its own stream, by its place in the generation order,
+training videos first, so a variant with more test videos has the same training videos and the
+profile's test videos as its first ones). Prints, per head seed, mIoU and R@1 IoU 0.5 on the test
+subset with both feature sets, then mean ± std and Welch's p.
+
+``--test-parts K`` also scores each head on K disjoint parts of the test videos (in the order the
+annotation file lists them, equal counts) and prints, per arm and metric, the spread over head seeds
+on the whole test subset beside the spread on one part (the mean over parts of the head seeds'
+variance): how much of the head seed's spread is the size of the test set.
 The Gaussian features are drawn anew for each head seed (the draw's own seed is the head seed;
 ``--one-draw``: draw 0 for all, as the figures of the README's TACoS table were made).
 The source model must be cached (any ``clapbench run`` on the profile makes it); features and
@@ -24,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import tempfile
 import time
@@ -51,6 +60,7 @@ def main() -> None:
     from clap_bench.config import ConfigError, from_dict, load_profile, resolve_datasets
     from clap_bench.data import load_dataset
     from clap_bench.downstream.tan2d.task import VLGConfig, train_and_evaluate
+    from clap_bench.eval.grounding import evaluate_grounding
     from clap_bench.features import extract_features
     from clap_bench.synth import generate as synth
     from clap_bench.training.pretrain import default_source_dir
@@ -60,7 +70,8 @@ def main() -> None:
     ap.add_argument("--profile", default="default")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    ap.add_argument("--videos", default=None, help="TRAIN,VAL,TEST TACoS-like videos (a generated variant)")
+    ap.add_argument("--videos", default=None, help="TRAIN,VAL,TEST TACoS-like or TRAIN,TEST Charades-like videos (a generated variant)")
+    ap.add_argument("--test-parts", type=int, default=1, help="also score each head on this many disjoint parts of the test videos")
     ap.add_argument("--one-draw", action="store_true",
                     help="one draw of Gaussian features (seed 0) for every head seed, instead of a draw per head seed")
     ap.add_argument("--work", default=None, help="folder for features and generated data (default: temporary)")
@@ -76,15 +87,16 @@ def main() -> None:
                          f"--tasks vlg --profile {args.profile}")
     label = "as profiled"
     if args.videos:
-        if args.dataset != "tacos":
-            raise SystemExit("--videos applies to the TACoS-like set only")
-        train, val, test = (int(x) for x in args.videos.split(","))
+        counts = [int(x) for x in args.videos.split(",")]
+        fields = {"tacos": ("tacos_train", "tacos_val", "tacos_test"), "charades-sta": ("charades_train", "charades_test")}[args.dataset]
+        if len(counts) != len(fields):
+            raise SystemExit(f"--videos {args.videos}: the {args.dataset} set takes {len(fields)} counts ({', '.join(fields)})")
         base = synth.get_profile(profile.data.synth_profile)
-        name = f"{base.name}-tacos{train}-{val}-{test}"
-        synth.PROFILES[name] = dataclasses.replace(base, name=name, tacos_train=train, tacos_val=val, tacos_test=test)
+        name = f"{base.name}-{args.dataset}{'-'.join(map(str, counts))}"
+        synth.PROFILES[name] = dataclasses.replace(base, name=name, **dict(zip(fields, counts)))
         profile = dataclasses.replace(profile, data=dataclasses.replace(
             profile.data, synth_profile=name, cache_dir=str(work / "cache"), frame_cache=False))
-        label = f"{train} / {val} / {test} videos"
+        label = " / ".join(map(str, counts)) + " videos"
     datasets = resolve_datasets(profile)
     annotations = load_dataset(datasets[args.dataset], key=args.dataset)
 
@@ -117,6 +129,25 @@ def main() -> None:
     d = cfg.for_dataset(args.dataset)
     print(f"tasks.vlg.{section} with {sets or 'no overrides'}: epochs {d.epochs or cfg.epochs}, lr {cfg.lr}")
 
+    # The test videos in the order the annotation file lists them (the generation order), cut into
+    # --test-parts equal parts; each head is also scored on every part.
+    test_videos = [v for v in annotations.videos if annotations.videos[v].subset == d.test_subset]
+    if not 1 <= args.test_parts <= len(test_videos):
+        raise SystemExit(f"--test-parts {args.test_parts}: expected 1 to {len(test_videos)} (test videos)")
+    size = len(test_videos) // args.test_parts
+    part_of = {v: i // size for i, v in enumerate(test_videos[:size * args.test_parts])}
+    parts = {"source": [], "random": []}  # per arm, per head seed: [(mIoU, R@1 IoU 0.5) per part]
+
+    def score_parts(head_dir: Path):
+        truth = json.loads((head_dir / "ground_truth.json").read_text())
+        predictions = {p["id"]: p for p in json.loads((head_dir / "predictions.json").read_text())}
+        out = []
+        for k in range(args.test_parts):
+            gt = [g for g in truth if part_of.get(g["video"]) == k]
+            m = evaluate_grounding(gt, [predictions[g["id"]] for g in gt])
+            out.append((100 * m["mIoU"], 100 * m["R@1"]["0.5"]))
+        return out
+
     figures = {"source": [], "random": []}
     for seed in (int(s) for s in args.seeds.split(",")):
         # One draw of noise is itself a loose baseline (two draws gave 6.40 and 6.92 mIoU on the
@@ -128,6 +159,8 @@ def main() -> None:
             t0 = time.perf_counter()
             m = train_and_evaluate(annotations, path, d, cfg, work / "heads" / head_dir, seed=seed, label=args.dataset)
             figures[name].append((100 * m["mIoU"], 100 * m["R@1"]["0.5"]))
+            if args.test_parts > 1:
+                parts[name].append(score_parts(work / "heads" / head_dir))
             print(f"  seed {seed} {name:<6} mIoU {100 * m['mIoU']:6.2f}  R@1 IoU 0.5 {100 * m['R@1']['0.5']:6.2f}  "
                   f"({m['num_train_queries']} training queries, {m['num_queries']} test; {time.perf_counter() - t0:.0f} s)",
                   flush=True)
@@ -141,6 +174,18 @@ def main() -> None:
         if len(s) > 1:
             line += f", Welch p {stats.ttest_ind(s, r, equal_var=False).pvalue:.3f}"
         print(line)
+    if args.test_parts > 1 and len(figures["source"]) > 1:
+        # One part is a test set of 1/K the size: the head seeds' variance within a part, averaged
+        # over the K parts, is what a test set of that size would show.
+        print(f"head-seed spread (std over {len(figures['source'])} head seeds) on the whole test subset "
+              f"({len(test_videos)} videos) and on one of {args.test_parts} parts ({size} videos each; mean variance over parts):")
+        for name in ("source", "random"):
+            for i, metric in enumerate(("mIoU", "R@1 IoU 0.5")):
+                whole = np.array([f[i] for f in figures[name]])
+                per_part = np.array([[heads[k][i] for heads in parts[name]] for k in range(args.test_parts)])  # (K, seeds)
+                one_part = float(np.sqrt(per_part.var(axis=1, ddof=1).mean()))
+                print(f"  {name:<6} {metric:<12} whole {whole.std(ddof=1):.2f}, one part {one_part:.2f} "
+                      f"(part means {', '.join(f'{x:.2f}' for x in per_part.mean(axis=1))})")
 
 
 if __name__ == "__main__":
