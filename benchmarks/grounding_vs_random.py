@@ -22,6 +22,12 @@ subset with both feature sets, then mean ± std and Welch's p.
 annotation file lists them, equal counts) and prints, per arm and metric, the spread over head seeds
 on the whole test subset beside the spread on one part (the mean over parts of the head seeds'
 variance): how much of the head seed's spread is the size of the test set.
+
+``--curves`` scores the test subset after every epoch of every head (a diagnosis: the task stage
+reads the test subset once, after training) and prints, per arm and epoch, mean ± std over the head
+seeds of R@1 IoU 0.5 and mIoU. Without a schedule (no validation subset, as on the Charades-like
+set) the first E epochs of a longer run are an E-epoch run, so one run shows what every shorter
+budget would give. ``--arms source`` trains the source arm only.
 The Gaussian features are drawn anew for each head seed (the draw's own seed is the head seed;
 ``--one-draw``: draw 0 for all, as the figures of the README's TACoS table were made).
 The source model must be cached (any ``clapbench run`` on the profile makes it); features and
@@ -74,6 +80,8 @@ def main() -> None:
     ap.add_argument("--test-parts", type=int, default=1, help="also score each head on this many disjoint parts of the test videos")
     ap.add_argument("--one-draw", action="store_true",
                     help="one draw of Gaussian features (seed 0) for every head seed, instead of a draw per head seed")
+    ap.add_argument("--curves", action="store_true", help="score the test subset after every epoch (a diagnosis)")
+    ap.add_argument("--arms", default="source,random", help="source, random or both (default)")
     ap.add_argument("--work", default=None, help="folder for features and generated data (default: temporary)")
     args = ap.parse_args()
 
@@ -148,16 +156,47 @@ def main() -> None:
             out.append((100 * m["mIoU"], 100 * m["R@1"]["0.5"]))
         return out
 
+    wanted = [a.strip() for a in args.arms.split(",")]
+    if not wanted or set(wanted) - {"source", "random"}:
+        raise SystemExit(f"--arms {args.arms}: expected source, random or source,random")
+    curves = {"source": [], "random": []}  # per arm, per head seed: [(mIoU, R@1 IoU 0.5) per epoch]
+    if args.curves:
+        from clap_bench.downstream.tan2d import task as tan2d_task
+
+        test_q = tan2d_task.grounding_queries(annotations, d.test_subset)
+        test_truth = tan2d_task.ground_truth_entries(test_q)
+        vectors = tan2d_task.build_word_vectors(
+            cfg.glove_path, cfg.text_model, [q.sentence for q in test_q],
+            tokenizer=cfg.glove_tokenizer, drop_final_period=annotations.format == "charades-sta")
+        test_words = tan2d_task.embed_sentences(vectors, [q.sentence for q in test_q])
+
+    def curve_hook(features_path: Path, into: list):
+        """after_epoch hook: score the test subset with the model as it is (no random draw)."""
+        if not args.curves:
+            return None
+        from clap_bench.downstream.tan2d import task as tan2d_task
+
+        feats = tan2d_task.load_video_features(features_path, {q.video for q in test_q}, d.num_sample_clips, cfg.normalize_features)
+
+        def hook(epoch, model):
+            m = evaluate_grounding(test_truth, tan2d_task.predict(model, test_q, feats, test_words, d.nms_threshold,
+                                                                  cfg.top_k, cfg.batch_size, "cpu"))
+            into.append((100 * m["mIoU"], 100 * m["R@1"]["0.5"]))
+        return hook
+
     figures = {"source": [], "random": []}
     for seed in (int(s) for s in args.seeds.split(",")):
         # One draw of noise is itself a loose baseline (two draws gave 6.40 and 6.92 mIoU on the
         # TACoS-like set): by default each head seed gets its own draw, so the random arm's
         # spread holds the draw's part too. --one-draw: draw 0 for every head seed.
         draw = 0 if args.one_draw else seed
-        arms = (("source", trained, f"source-{seed}"), ("random", gaussian_features(draw), f"random{draw}-{seed}"))
-        for name, path, head_dir in arms:
+        arms = [("source", lambda: trained, f"source-{seed}"), ("random", lambda: gaussian_features(draw), f"random{draw}-{seed}")]
+        for name, path_of, head_dir in (a for a in arms if a[0] in wanted):
             t0 = time.perf_counter()
-            m = train_and_evaluate(annotations, path, d, cfg, work / "heads" / head_dir, seed=seed, label=args.dataset)
+            path = path_of()
+            curves[name].append([])
+            m = train_and_evaluate(annotations, path, d, cfg, work / "heads" / head_dir, seed=seed, label=args.dataset,
+                                   after_epoch=curve_hook(path, curves[name][-1]))
             figures[name].append((100 * m["mIoU"], 100 * m["R@1"]["0.5"]))
             if args.test_parts > 1:
                 parts[name].append(score_parts(work / "heads" / head_dir))
@@ -166,6 +205,19 @@ def main() -> None:
                   flush=True)
     from scipy import stats
 
+    if args.curves:
+        print("test subset after each epoch, mean ± std over head seeds (percent):")
+        print("| epoch | " + " | ".join(f"{name} R@1 IoU 0.5 | {name} mIoU" for name in wanted) + " |")
+        print("|---|" + "---|---|" * len(wanted))
+        for e in range(len(curves[wanted[0]][0])):
+            cells = []
+            for name in wanted:
+                for i in (1, 0):
+                    v = np.array([c[e][i] for c in curves[name]])
+                    cells.append(f"{v.mean():.2f} ± {v.std(ddof=1):.2f}" if len(v) > 1 else f"{v.mean():.2f}")
+            print(f"| {e + 1} | " + " | ".join(cells) + " |")
+    if wanted != ["source", "random"]:
+        return
     for i, metric in enumerate(("mIoU", "R@1 IoU 0.5")):
         s = np.array([f[i] for f in figures["source"]])
         r = np.array([f[i] for f in figures["random"]])

@@ -384,6 +384,33 @@ def test_without_val_the_last_epoch_is_scored_and_the_rate_stays(tmp_path, one_t
     assert "validation" not in metrics
 
 
+def test_an_after_epoch_hook_that_scores_the_test_set_leaves_the_trained_head_as_it_was(tmp_path, one_thread):
+    # The diagnosis hook of benchmarks/grounding_vs_random.py --curves: scoring the test subset
+    # after each epoch must not change what is trained (no random draw, the mode restored).
+    from clap_bench.downstream.tan2d.task import ground_truth_entries, grounding_queries, predict
+    from clap_bench.downstream.tan2d.text import embed_sentences
+    from clap_bench.eval.grounding import evaluate_grounding
+
+    ann, features, words = _grounding_set(tmp_path, informative=True)
+    cfg = VLGConfig(hidden_size=16, text_hidden_size=16, lstm_layers=1, epochs=3, batch_size=16, lr=3e-3)
+    dataset_cfg = GroundingDatasetConfig(num_sample_clips=32, num_clips=8, num_scale_layers=[8],
+                                         map_kernel_sizes=[3, 3], map_paddings=[2, 0], map_dilations=[1, 1])
+    plain = train_and_evaluate(ann, features, dataset_cfg, cfg, tmp_path / "plain", seed=0, word_vectors=words)
+    test_q = grounding_queries(ann, "test")
+    feats = load_video_features(features, {q.video for q in test_q}, 32, True)
+    test_words = embed_sentences(words, [q.sentence for q in test_q])
+    seen = []
+
+    def hook(epoch, model):
+        preds = predict(model, test_q, feats, test_words, dataset_cfg.nms_threshold, cfg.top_k, cfg.batch_size, "cpu")
+        seen.append((epoch, evaluate_grounding(ground_truth_entries(test_q), preds)["mIoU"]))
+
+    hooked = train_and_evaluate(ann, features, dataset_cfg, cfg, tmp_path / "hooked", seed=0, word_vectors=words, after_epoch=hook)
+    assert [e for e, _ in seen] == [1, 2, 3]
+    assert seen[-1][1] == pytest.approx(hooked["mIoU"])  # the last epoch's score is the stage's
+    assert hooked["mIoU"] == plain["mIoU"] and hooked["R@1"] == plain["R@1"] and hooked["train_loss"] == plain["train_loss"]
+
+
 def test_schedule_keys_are_checked():
     from clap_bench.config import ConfigError
 

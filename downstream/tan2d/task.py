@@ -36,7 +36,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -225,6 +225,7 @@ def train_and_evaluate(
     progress: bool = False,
     word_vectors=None,
     label: str = "",
+    after_epoch: Optional[Callable[[int, TAN2D], None]] = None,
 ) -> Dict[str, object]:
     """Train 2D-TAN on ``train_subset`` queries, rank moments for ``test_subset``, score, write files.
 
@@ -232,7 +233,9 @@ def train_and_evaluate(
     the epoch best on ``select_metric`` is the one kept. The test subset is read only after
     training (queries, sentences, features), so nothing about it can reach training or selection.
     Returns the scorer's nested metrics. ``word_vectors`` (a callable ``text -> (L, E)``) overrides
-    the ones ``cfg`` names (tests use it).
+    the ones ``cfg`` names (tests use it). ``after_epoch(epoch, model)`` is called after each epoch's
+    training and validation (a diagnosis hook for benchmarks; the task stage never passes one, and
+    it must leave the model and the random streams as it found them).
     """
     out_dir = Path(out_dir)
     label = label or annotations.source
@@ -316,6 +319,8 @@ def train_and_evaluate(
                     best_score = score
                     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
                     selected = {"epoch": epoch + 1, "on": f"{dataset_cfg.val_subset} {cfg.select_metric}", "value": score}
+        if after_epoch is not None:
+            after_epoch(epoch + 1, model)
         if progress and ((epoch + 1) % max(1, cfg.log_every_epochs) == 0 or epoch + 1 == epochs):
             extra = f" val loss {val_history[-1]['loss']:.4f}" if val_q else ""
             print(f"[vlg {label}] epoch {epoch + 1}/{epochs} loss {history[-1]:.4f}{extra} ({time.time() - t0:.0f}s)", flush=True)
