@@ -9,7 +9,7 @@ A set where the two are level cannot rank pre-training methods, whatever they le
         [--set epochs=40] [--set lr=0.003] [--videos 72,12,12]
 
 ``--set KEY=VALUE`` overrides a key of the dataset's ``tasks.vlg`` section (``epochs``,
-``num_clips``, ``min_iou``, ...; ``lr`` and ``batch_size`` of ``tasks.vlg`` itself); VALUE is read as
+``num_clips``, ``lr``, ``min_iou``, ...; ``batch_size`` and the other keys of ``tasks.vlg`` itself); VALUE is read as
 YAML. ``--videos TRAIN,VAL,TEST`` (TACoS-like set) or ``--videos TRAIN,TEST`` (Charades-like set)
 generates a variant of the profile's synthetic benchmark with that many videos of the dataset under
 ``--work`` (the other datasets' files are the same bytes: each dataset draws from its own random
@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-SHARED_KEYS = {"lr", "batch_size", "weight_decay", "hidden_size", "text_hidden_size", "channels_last", "max_train_queries"}
+SHARED_KEYS = {"batch_size", "weight_decay", "hidden_size", "text_hidden_size", "channels_last", "max_train_queries"}
 
 
 def parse_sets(items):
@@ -135,7 +135,7 @@ def main() -> None:
     except ConfigError as e:
         raise SystemExit(f"--set: {e}")
     d = cfg.for_dataset(args.dataset)
-    print(f"tasks.vlg.{section} with {sets or 'no overrides'}: epochs {d.epochs or cfg.epochs}, lr {cfg.lr}")
+    print(f"tasks.vlg.{section} with {sets or 'no overrides'}: epochs {d.epochs or cfg.epochs}, lr {d.lr if d.lr is not None else cfg.lr}")
 
     # The test videos in the order the annotation file lists them (the generation order), cut into
     # --test-parts equal parts; each head is also scored on every part.

@@ -471,3 +471,23 @@ def test_a_folder_of_another_dataset_revision_or_other_sizes_is_regenerated(tmp_
     monkeypatch.setitem(PROFILES, tiny_profile, dataclasses.replace(TINY, tacos_train=2))
     ensure_synthetic(tiny_profile, 0, tmp_path)
     assert calls == [1, 1] and read_manifest(root)["sizes"]["tacos_train"] == 2
+
+
+@pytest.mark.slow
+def test_more_test_videos_leave_the_training_videos_and_the_first_test_videos_as_they_were(tmp_path, tiny_profile, monkeypatch):
+    # What a bigger test split (the default Charades-like set's revision 2) relies on: each video
+    # draws from its own stream, by its place in the generation order (training videos first).
+    ensure_synthetic(tiny_profile, 0, tmp_path / "one")
+    monkeypatch.setitem(PROFILES, tiny_profile, dataclasses.replace(TINY, charades_test=3))
+    ensure_synthetic(tiny_profile, 0, tmp_path / "three")
+    one, three = (synth_root(tiny_profile, 0, tmp_path / name) / "charades-sta" for name in ("one", "three"))
+    for name in ("charades_sta_train.txt", "Charades_v1_train.csv"):
+        assert (one / name).read_bytes() == (three / name).read_bytes()
+    old_test = (one / "charades_sta_test.txt").read_text().splitlines()
+    new_test = (three / "charades_sta_test.txt").read_text().splitlines()
+    assert new_test[:len(old_test)] == old_test and len({line.split()[0] for line in new_test}) == 3
+    old_rows = (one / "Charades_v1_test.csv").read_text().splitlines()
+    assert (three / "Charades_v1_test.csv").read_text().splitlines()[:len(old_rows)] == old_rows
+    for video in (one / "videos").iterdir():
+        assert (three / "videos" / video.name).read_bytes() == video.read_bytes()
+    assert len(list((three / "videos").iterdir())) == len(list((one / "videos").iterdir())) + 2

@@ -411,6 +411,24 @@ def test_an_after_epoch_hook_that_scores_the_test_set_leaves_the_trained_head_as
     assert hooked["mIoU"] == plain["mIoU"] and hooked["R@1"] == plain["R@1"] and hooked["train_loss"] == plain["train_loss"]
 
 
+def test_a_datasets_own_rate_replaces_the_shared_one(tmp_path, one_thread):
+    ann, features, words = _grounding_set(tmp_path, informative=True)
+    dataset_cfg = GroundingDatasetConfig(num_sample_clips=32, num_clips=8, num_scale_layers=[8],
+                                         map_kernel_sizes=[3, 3], map_paddings=[2, 0], map_dilations=[1, 1])
+    shared = dict(hidden_size=16, text_hidden_size=16, lstm_layers=1, epochs=2, batch_size=16)
+
+    def run(name, cfg, d):
+        return train_and_evaluate(ann, features, d, cfg, tmp_path / name, seed=0, word_vectors=words)["train_loss"]
+
+    own = run("own", VLGConfig(lr=1e-4, **shared), dataclasses.replace(dataset_cfg, lr=3e-3))
+    assert own == run("shared", VLGConfig(lr=3e-3, **shared), dataset_cfg)
+    assert own != run("other", VLGConfig(lr=1e-4, **shared), dataset_cfg)
+    with pytest.raises(ConfigError, match=r"tasks.vlg.charades_sta.lr"):
+        from clap_bench.config import from_dict
+
+        from_dict(VLGConfig, {"datasets": ["charades-sta"], "charades_sta": {"lr": 0}}).validate()
+
+
 def test_schedule_keys_are_checked():
     from clap_bench.config import ConfigError
 

@@ -74,6 +74,7 @@ class GroundingDatasetConfig:
     val_subset: Optional[str] = None  # drives the schedule and selects the epoch; None: last epoch
     test_subset: str = "test"
     epochs: Optional[int] = None  # None: VLGConfig.epochs
+    lr: Optional[float] = None  # None: VLGConfig.lr
 
 
 @dataclass
@@ -151,6 +152,8 @@ class VLGConfig:
             size = map_conv_output_size(d.num_clips, d.map_kernel_sizes, d.map_paddings, d.map_dilations)
             if size != d.num_clips:
                 raise ConfigError(f"{where}: the map convolutions turn {d.num_clips} clips into {size}; adjust map_paddings")
+            if d.lr is not None and not d.lr > 0:
+                raise ConfigError(f"{where}.lr: expected a number > 0 or null (tasks.vlg.lr), got {d.lr}")
             if not d.max_iou > d.min_iou:
                 raise ConfigError(f"{where}: max_iou ({d.max_iou}) must be greater than min_iou ({d.min_iou})")
         if self.glove_tokenizer not in GLOVE_TOKENIZERS:
@@ -265,7 +268,8 @@ def train_and_evaluate(
 
     torch.manual_seed(seed)
     model = build_model(cfg, dataset_cfg, feature_dim, int(train_words[0].shape[1])).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    lr = dataset_cfg.lr if dataset_cfg.lr is not None else cfg.lr
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
     scheduler = None
     if val_q and cfg.plateau_metric != "none":
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
