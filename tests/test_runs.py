@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -338,6 +339,19 @@ def test_product_plan_keeps_only_the_stages_the_tasks_need():
         "extract-tacos", "tal", "fstal", "vlg"}
     assert full.stages["clap/seed0/fstal"].deps == ("clap/seed0/extract-base-activitynet",)
     assert full.hashes["clap/seed0/tal"] == plan.hashes["clap/seed0/tal"]  # --tasks does not change hashes
+
+
+def test_a_task_limited_to_some_datasets_extracts_only_those():
+    profile = load_profile("smoke")
+    only = dataclasses.replace(profile, tasks={**profile.tasks, "vlg": {**profile.tasks.get("vlg", {}), "datasets": ["charades-sta"]}})
+    plan = build_plan(only, ["clap"], [0], ["vlg"])
+    assert [s.name for s in plan if s.method == "clap"] == ["pretrain", "extract-charades-sta", "vlg"]
+    assert plan.stages["clap/seed0/vlg"].deps == ("clap/seed0/extract-charades-sta",)
+    both = build_plan(profile, ["clap"], [0], ["vlg"])  # a profile that does not say keeps every dataset
+    assert both.stages["clap/seed0/vlg"].deps == ("clap/seed0/extract-charades-sta", "clap/seed0/extract-tacos")
+    wrong = dataclasses.replace(profile, tasks={**profile.tasks, "vlg": {"datasets": ["charades"]}})
+    with pytest.raises(ConfigError, match="tasks.vlg.datasets: expected some of charades-sta, tacos"):
+        build_plan(wrong, ["clap"], [0], ["vlg"])
 
 
 def test_local_executors_run_a_sweep_seed_by_seed_in_a_runnable_order():

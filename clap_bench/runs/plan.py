@@ -218,14 +218,24 @@ def parse_seeds(seeds: int | str | Sequence[int]) -> List[int]:
     return sorted({int(s) for s in seeds})
 
 
-def task_features(task: str) -> tuple:
+def task_features(task: str, profile: Optional[Profile] = None) -> tuple:
     """(encoder variant, dataset keys) a task reads; a plug-in task reads the all-class encoder's
-    features of the datasets its ``TaskSpec`` declares."""
+    features of the datasets its ``TaskSpec`` declares. With a ``profile`` whose ``tasks.<task>``
+    section lists ``datasets`` (``tasks.vlg.datasets: [charades-sta]``), only those: nothing is
+    extracted for a dataset the head will not read."""
     if task in TASK_FEATURES:
-        return TASK_FEATURES[task]
-    from clap_bench.downstream.base import get_task
+        variant, datasets = TASK_FEATURES[task]
+    else:
+        from clap_bench.downstream.base import get_task
 
-    return ("all", tuple(get_task(task).datasets))
+        variant, datasets = "all", tuple(get_task(task).datasets)
+    chosen = (profile.tasks.get(task) or {}).get("datasets") if profile is not None else None
+    if chosen is None:
+        return variant, datasets
+    unknown = [d for d in chosen if d not in datasets]
+    if unknown or not chosen:
+        raise ConfigError(f"tasks.{task}.datasets: expected some of {', '.join(datasets)}, got {list(chosen)}")
+    return variant, tuple(d for d in datasets if d in chosen)
 
 
 def external_feature_files(method: str, datasets: Iterable[str]) -> Dict[str, Path]:
@@ -339,12 +349,12 @@ def build_plan(profile: Profile, methods: Sequence[str], seeds: Sequence[int], t
     for method in methods:
         external = method.startswith(EXTERNAL_PREFIX)
         if external:
-            needed = sorted({d for t in tasks for d in task_features(t)[1]})
+            needed = sorted({d for t in tasks for d in task_features(t, p)[1]})
             files = external_feature_files(method, needed)
         for seed in seeds:
             if external:
                 for task in tasks:
-                    feats = {d: files[d] for d in task_features(task)[1]}
+                    feats = {d: files[d] for d in task_features(task, p)[1]}
                     plan.add(StageSpec(
                         task, method, seed, run_task_stage,
                         {"task": task, "overrides": p.tasks.get(task, {}), "data": data_identity(p),
@@ -359,7 +369,7 @@ def build_plan(profile: Profile, methods: Sequence[str], seeds: Sequence[int], t
             # seed has its own source model).
             encoder_seed = seed if (trains or per_seed_source) else 0
             plugin = method_plugin(method, p.methods.get(method, {}))
-            for variant in sorted({task_features(t)[0] for t in tasks}):
+            for variant in sorted({task_features(t, p)[0] for t in tasks}):
                 name = "pretrain" if (variant == "all" or not trains) else "pretrain-base"
                 config = {"data": data_identity(p), "clips": identity_dict(p.clips), "encoder": identity_dict(p.encoder),
                           "method_overrides": p.methods.get(method, {}), "runtime": runtimes["pretrain"]}
@@ -373,7 +383,7 @@ def build_plan(profile: Profile, methods: Sequence[str], seeds: Sequence[int], t
                     resources="pretrain",
                 )).key
             for task in tasks:
-                variant, datasets = task_features(task)
+                variant, datasets = task_features(task, p)
                 extracts = []
                 for d in datasets:
                     name = f"extract-{d}" if (variant == "all" or not trains) else f"extract-base-{d}"

@@ -158,13 +158,13 @@ def variance_dir(store, profile: str, method: str, seed: int, task: str, head: i
     return store.profile_dir(profile) / method_dir_name(method) / "_variance" / f"seed{seed}" / task / f"head{head}"
 
 
-def task_feature_files(store, profile: str, method: str, seed: int, task: str) -> Dict[str, Path]:
+def task_feature_files(store, profile: str, method: str, seed: int, task: str, config=None) -> Dict[str, Path]:
     """The feature files the task stage of (method, seed) read, from the finished extraction stages."""
     from clap_bench.config import ConfigError
     from clap_bench.runs.plan import EXTERNAL_PREFIX, external_feature_files, method_trains, task_features
     from clap_bench.runs.store import METRICS_FILE, read_json
 
-    variant, datasets = task_features(task)
+    variant, datasets = task_features(task, config)  # config: the resolved profile, for tasks.<task>.datasets
     if method.startswith(EXTERNAL_PREFIX):  # the same files for every seed
         return external_feature_files(method, datasets)
     trains = method_trains(method)
@@ -245,7 +245,7 @@ def run_variance(store, profile_arg: str, method: str, task: str, heads: int = 3
                 out = variance_dir(store, profile_name, method, seed, task, h)
             result = read_json(out / METRICS_FILE)
             if result is None:
-                features = features or task_feature_files(store, profile_name, method, seed, task)
+                features = features or task_feature_files(store, profile_name, method, seed, task, profile)
                 log(f"{method} seed {seed}: {task} head {h} (head seed {head_seed(seed, h)}) -> {out}")
                 out.mkdir(parents=True, exist_ok=True)
                 spec.run(TaskContext(features=features, datasets=datasets, out_dir=out, seed=head_seed(seed, h),
