@@ -480,10 +480,26 @@ class Trainer:
             )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        if self.use_amp and self.device.type == "cpu":
+            self._check_cpu_bf16_gradients()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
         return {k: float(v.detach()) for k, v in losses.items() if v.dim() == 0}
+
+    def _check_cpu_bf16_gradients(self) -> None:
+        """Stop before a step that would write NaN into the weights. With a finite loss, non-finite
+        gradients under CPU bfloat16 autocast come from the CPU's bf16 kernels: with torch 2.14.1 on
+        an AVX-512-BF16 CPU without AMX, a Conv3d of temporal kernel 3 on an input of 2 frames gives a
+        NaN weight gradient (R(2+1)D's third stage sees 2 frames of an 8-frame clip)."""
+        bad = [name for name, p in self._unwrapped.named_parameters() if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
+        if any_process(bool(bad), self.device):
+            raise NonFiniteLossError(
+                f"non-finite gradients with a finite loss at epoch {self.epoch + 1}, batch {self.batch_in_epoch + 1}, under "
+                f"bfloat16 autocast on the CPU (pretrain.cpu_bf16 / source_pretrain.cpu_bf16), in {', '.join(bad[:4])}"
+                f"{f' and {len(bad) - 4} more' if len(bad) > 4 else ''}: this CPU's bfloat16 kernels fail on these shapes. "
+                "Training stopped before the step; set cpu_bf16: false."
+            )
 
     @property
     def _unwrapped(self) -> PretrainModel:
