@@ -65,7 +65,9 @@ def main() -> None:
 
     from clap_bench.config import ConfigError, from_dict, load_profile, resolve_datasets
     from clap_bench.data import load_dataset
-    from clap_bench.downstream.tan2d.task import VLGConfig, train_and_evaluate
+    from clap_bench.downstream.tan2d.features import load_video_features
+    from clap_bench.downstream.tan2d.task import VLGConfig, ground_truth_entries, grounding_queries, predict, train_and_evaluate
+    from clap_bench.downstream.tan2d.text import build_word_vectors, embed_sentences
     from clap_bench.eval.grounding import evaluate_grounding
     from clap_bench.features import extract_features
     from clap_bench.synth import generate as synth
@@ -161,26 +163,21 @@ def main() -> None:
         raise SystemExit(f"--arms {args.arms}: expected source, random or source,random")
     curves = {"source": [], "random": []}  # per arm, per head seed: [(mIoU, R@1 IoU 0.5) per epoch]
     if args.curves:
-        from clap_bench.downstream.tan2d import task as tan2d_task
-
-        test_q = tan2d_task.grounding_queries(annotations, d.test_subset)
-        test_truth = tan2d_task.ground_truth_entries(test_q)
-        vectors = tan2d_task.build_word_vectors(
-            cfg.glove_path, cfg.text_model, [q.sentence for q in test_q],
-            tokenizer=cfg.glove_tokenizer, drop_final_period=annotations.format == "charades-sta")
-        test_words = tan2d_task.embed_sentences(vectors, [q.sentence for q in test_q])
+        test_q = grounding_queries(annotations, d.test_subset)
+        test_truth = ground_truth_entries(test_q)
+        vectors = build_word_vectors(cfg.glove_path, cfg.text_model, [q.sentence for q in test_q],
+                                     tokenizer=cfg.glove_tokenizer, drop_final_period=annotations.format == "charades-sta")
+        test_words = embed_sentences(vectors, [q.sentence for q in test_q])
 
     def curve_hook(features_path: Path, into: list):
-        """after_epoch hook: score the test subset with the model as it is (no random draw)."""
+        """after_epoch hook (with --curves): score the test subset with the model as it is (no random draw)."""
         if not args.curves:
             return None
-        from clap_bench.downstream.tan2d import task as tan2d_task
-
-        feats = tan2d_task.load_video_features(features_path, {q.video for q in test_q}, d.num_sample_clips, cfg.normalize_features)
+        feats = load_video_features(features_path, {q.video for q in test_q}, d.num_sample_clips, cfg.normalize_features)
 
         def hook(epoch, model):
-            m = evaluate_grounding(test_truth, tan2d_task.predict(model, test_q, feats, test_words, d.nms_threshold,
-                                                                  cfg.top_k, cfg.batch_size, "cpu"))
+            preds = predict(model, test_q, feats, test_words, d.nms_threshold, cfg.top_k, cfg.batch_size, "cpu")
+            m = evaluate_grounding(test_truth, preds)
             into.append((100 * m["mIoU"], 100 * m["R@1"]["0.5"]))
         return hook
 

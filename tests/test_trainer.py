@@ -23,8 +23,6 @@ SCRIPT = r'''
 import hashlib, os, signal, sys, time
 from pathlib import Path
 import torch
-
-from clap_bench.training import NonFiniteLossError
 from clap_bench.config import EncoderConfig, TrainConfig
 from clap_bench.encoders import build_video_encoder
 from clap_bench.methods import PretrainModel, create_method
