@@ -317,6 +317,27 @@ def test_table_shows_each_seed_of_the_key_metric(tmp_path):
     assert "0: 3.75, 2: 50.00, 10: 12.50" in result.output
 
 
+
+def test_a_grounding_run_on_one_dataset_fills_only_its_table(tmp_path):
+    # Tables 2b and 3 read the same vlg stage. Seeds that grounded only the Charades-like set
+    # (tasks.vlg.datasets: [charades-sta]) are rows of 2b; in 3 they are no row (not n seeds of
+    # N.A.), and a note says why. A seed that has TACoS figures is a row of 3 with n counting it alone.
+    store = RunStore(tmp_path)
+    charades = {"charades-sta/R@1@0.5": 0.4, "charades-sta/R@1@0.7": 0.2, "charades-sta/mIoU": 0.35}
+    tacos = {f"tacos/R@1@{iou}": 0.1 for iou in ("0.1", "0.3", "0.5", "0.7")} | {"tacos/mIoU": 0.2}
+    for method, seeds in {"none": (0, 1), "tsp": (0, 1)}.items():
+        for seed in seeds:
+            d = store.stage_dir("p", method, seed, "vlg")
+            d.mkdir(parents=True)
+            both = method == "tsp" and seed == 1
+            atomic_write_json(d / "metrics.json", charades | tacos if both else charades)
+    t2b, t3 = make_tables(store, "p", ["2b", "3"], baseline=None, include_paper=False)
+    assert [(r.method, r.n) for r in t2b.rows] == [("none", 2), ("tsp", 2)] and not t2b.notes
+    assert [(r.method, r.n, r.seeds) for r in t3.rows] == [("tsp", 1, [1])]
+    assert t3.notes == ["no row for none: their finished vlg stages hold no tacos figures "
+                        "(the run's tasks.vlg.datasets left it out)"]
+    assert "N.A. ± " not in render([t3], "markdown") and "no row for none" in render([t3], "markdown")
+
 def test_paper_tables_transcribed():
     t = load_paper_tables()
     clap = next(r for r in t["1"].rows if r.get("method") == "clap" and r["backbone"] == "r2plus1d_18")

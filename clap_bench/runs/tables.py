@@ -208,16 +208,22 @@ def build_table(spec: PaperTable, results: Dict[str, MethodResults], profile: st
     rows: List[Row] = []
     incomplete: List[str] = []
     key_values: Dict[str, np.ndarray] = {}
+    unmeasured: List[str] = []  # methods whose finished seeds hold none of this table's metrics
     for method_dir in sorted(results, key=lambda m: _method_order(m, names)):
         res = results[method_dir]
         if res.incomplete:
             incomplete.append(f"{res.method}: " + ", ".join(f"seed {s} ({why})" for s, why in sorted(res.incomplete.items())))
-        if not res.seeds:
+        # Tables 2b and 3 read the same task stage; a run that grounded one dataset only
+        # (tasks.vlg.datasets) has finished seeds with nothing for the other table.
+        seeds = {s: m for s, m in res.seeds.items() if any(m.get(k) is not None for k in spec.metrics)}
+        if res.seeds and not seeds:
+            unmeasured.append(res.method)
+        if not seeds:
             continue
-        row = Row(names.get(method_dir, res.method), "ours", method_dir, len(res.seeds), sorted(res.seeds), expected=expected_seeds)
+        row = Row(names.get(method_dir, res.method), "ours", method_dir, len(seeds), sorted(seeds), expected=expected_seeds)
         for metric in spec.metrics:
-            row.by_seed[metric] = {seed: 100.0 * float(res.seeds[seed][metric]) for seed in sorted(res.seeds)
-                                   if res.seeds[seed].get(metric) is not None}
+            row.by_seed[metric] = {seed: 100.0 * float(seeds[seed][metric]) for seed in sorted(seeds)
+                                   if seeds[seed].get(metric) is not None}
             values = list(row.by_seed[metric].values())
             row.mean[metric] = float(np.mean(values)) if values else None
             row.std[metric] = float(np.std(values, ddof=1)) if len(values) > 1 else None
@@ -235,6 +241,10 @@ def build_table(spec: PaperTable, results: Dict[str, MethodResults], profile: st
             for r in rows:
                 r.best[metric] = r.mean.get(metric) is not None and math.isclose(r.mean[metric], top, rel_tol=0, abs_tol=1e-9)
     notes = []
+    if unmeasured:
+        datasets = ", ".join(sorted({m.split("/")[0] for m in spec.metrics}))
+        notes.append(f"no row for {', '.join(unmeasured)}: their finished {spec.task} stages hold no {datasets} "
+                     f"figures (the run's tasks.{spec.task}.datasets left it out)")
     if baseline:
         base = key_values.get(baseline)
         if base is None:
