@@ -4,6 +4,7 @@ the bootstrap against the binomial formula, and the command on a smoke run store
 from __future__ import annotations
 
 import math
+from typing import List
 
 import h5py
 import numpy as np
@@ -130,3 +131,91 @@ def test_variance_command_errors_name_what_is_missing(tmp_path):
     assert bad.exit_code == 2 and "--task: expected one of tal, fstal, vlg" in bad.output
     heads = CliRunner().invoke(app, ["analyze", "variance", "-m", "clap", "--heads", "1", "--runs-dir", str(tmp_path)])
     assert heads.exit_code == 2 and "--heads: expected >= 2" in heads.output
+
+
+@pytest.fixture
+def toy_grounding_task():
+    """A task named ``toy-grounding`` over both grounding datasets, whose figure on a dataset is the
+    head seed plus the dataset's place in the list; records every call. The registry is restored after."""
+    import json
+    from dataclasses import dataclass, field
+
+    from clap_bench.downstream.base import TASKS, list_tasks, register_task
+
+    list_tasks()  # built-ins discovered before the snapshot
+    saved = dict(TASKS._entries), dict(TASKS._origins)
+    calls = []
+
+    @dataclass
+    class ToyConfig:
+        datasets: List[str] = field(default_factory=lambda: ["charades-sta", "tacos"])
+
+    @register_task("toy-grounding", ToyConfig, ("charades-sta", "tacos"))
+    def toy(ctx):
+        cfg = ctx.config(TASKS.get("toy-grounding")())
+        calls.append((ctx.seed, list(cfg.datasets)))
+        metrics = {f"{d}/R@1@0.5": float(ctx.seed + k) for k, d in enumerate(cfg.datasets)}
+        (ctx.out_dir / "metrics.json").write_text(json.dumps(metrics))
+        return metrics
+
+    yield calls
+    TASKS._entries, TASKS._origins = saved
+
+
+def _toy_stage(tmp_path, head_seeds):
+    from clap_bench.config import load_profile
+    from clap_bench.runs.plan import StageContext
+
+    out = tmp_path / "stage"
+    out.mkdir(parents=True, exist_ok=True)
+    features = {d: {"path": str(tmp_path / f"{d}.h5")} for d in ("charades-sta", "tacos")}
+    return StageContext(profile=load_profile("smoke"), stage="toy-grounding", method="m", seed=3, out_dir=out, inputs={},
+                        config={"task": "toy-grounding", "features": features, "overrides": {"head_seeds": head_seeds}},
+                        progress=False, _datasets={})
+
+
+def test_head_seeds_per_dataset_average_one_dataset_and_train_the_other_once(tmp_path, toy_grounding_task):
+    """``head_seeds: {charades-sta: 3}``: three heads on the Charades-like set, one on TACoS (not
+    named: 1); each figure is the mean of the heads that made it, and a resumed stage reruns none."""
+    import json
+
+    from clap_bench.runs.plan import run_task_stage
+
+    ctx = _toy_stage(tmp_path, {"charades-sta": 3})
+    metrics = run_task_stage(ctx)
+    assert toy_grounding_task == [(3, ["charades-sta", "tacos"]), (1003, ["charades-sta"]), (2003, ["charades-sta"])]
+    assert metrics == {"charades-sta/R@1@0.5": (3 + 1003 + 2003) / 3, "tacos/R@1@0.5": 3 + 1}
+    heads = json.loads((ctx.out_dir / "heads.json").read_text())
+    assert heads["seeds"] == [3, 1003, 2003]
+    assert heads["datasets"] == [["charades-sta", "tacos"], ["charades-sta"], ["charades-sta"]]
+    assert run_task_stage(ctx) == metrics and len(toy_grounding_task) == 3  # every head reused
+
+    # One count for all: every head on every dataset, as before.
+    toy_grounding_task.clear()
+    ctx = _toy_stage(tmp_path / "all", 2)
+    assert run_task_stage(ctx) == {"charades-sta/R@1@0.5": 503.0, "tacos/R@1@0.5": 504.0}
+    assert toy_grounding_task == [(3, ["charades-sta", "tacos"]), (1003, ["charades-sta", "tacos"])]
+    assert "datasets" not in json.loads((ctx.out_dir / "heads.json").read_text())
+
+
+def test_head_seeds_per_dataset_is_checked(tmp_path):
+    from clap_bench.config import ConfigError, load_profile
+    from clap_bench.runs.plan import head_plan, validate_run
+
+    assert head_plan({"head_seeds": {"charades-sta": 3}}, "vlg", "tasks.vlg") == [
+        ["charades-sta", "tacos"], ["charades-sta"], ["charades-sta"]]
+    # a dataset the run does not ground on adds no head
+    assert head_plan({"head_seeds": {"tacos": 2}, "datasets": ["charades-sta"]}, "vlg", "tasks.vlg") == [["charades-sta"]]
+    for bad, message in (
+        ("{charades: 3}", r"tasks\.vlg\.head_seeds: unknown dataset 'charades'; expected some of charades-sta, tacos"),
+        ("{charades-sta: 0}", r"tasks\.vlg\.head_seeds\.charades-sta: expected an integer >= 1, got 0"),
+        ("[3]", r"tasks\.vlg\.head_seeds: expected an integer >= 1 or a mapping"),
+    ):
+        path = tmp_path / "bad.yaml"
+        path.write_text(f"base: smoke\ntasks:\n  vlg:\n    head_seeds: {bad}\n")
+        with pytest.raises(ConfigError, match=message):
+            validate_run(load_profile(str(path)), ["clap"], ["vlg"])
+    path = tmp_path / "tal.yaml"
+    path.write_text("base: smoke\ntasks:\n  tal:\n    head_seeds: {activitynet: 2}\n")
+    with pytest.raises(ConfigError, match=r"tasks\.tal\.head_seeds: a mapping per dataset needs a task with a datasets list"):
+        validate_run(load_profile(str(path)), ["clap"], ["tal"])

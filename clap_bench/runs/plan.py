@@ -290,7 +290,7 @@ def validate_run(profile: Profile, methods: Sequence[str], tasks: Sequence[str])
         if name not in known_tasks:
             raise ConfigError(f"profile {profile.name!r}: tasks.{name}: unknown task; known: {', '.join(known_tasks)}")
         spec = get_task(name)
-        head_seeds(profile.tasks[name], f"profile {profile.name!r}: tasks.{name}")
+        head_plan(profile.tasks[name], name, f"profile {profile.name!r}: tasks.{name}")
         from_dict(spec.config_cls, head_config(profile.tasks[name]), f"profile {profile.name!r}: tasks.{name}")
     needed: Dict[str, str] = {}  # dataset key -> who reads it
     for task in tasks:
@@ -516,12 +516,46 @@ HEAD_SEEDS_KEY = "head_seeds"
 HEADS_FILE = "heads.json"
 
 
-def head_seeds(overrides: Optional[dict], where: str) -> int:
-    """``head_seeds`` of a task section (default 1), checked."""
+def head_plan(overrides: Optional[dict], task: str, where: str) -> List[Optional[List[str]]]:
+    """The heads of a task stage: per head, the datasets it trains on (``None``: the task's own list).
+
+    ``head_seeds: K`` (default 1) gives K heads on every dataset. ``head_seeds: {dataset: K, ...}``,
+    for a task whose config has a ``datasets`` list (vlg), gives K heads on each named dataset and
+    one on the others: head j trains on the datasets whose count exceeds j. That lets a cheap,
+    noisy head (the Charades-like 2D-TAN) be averaged without multiplying a costly one (TACoS').
+    """
+    from clap_bench.downstream.base import get_task
+
     value = (overrides or {}).get(HEAD_SEEDS_KEY, TASK_STAGE_KEYS[HEAD_SEEDS_KEY])
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{where}.{HEAD_SEEDS_KEY}: expected an integer >= 1, got {value!r}")
-    return value
+    key = f"{where}.{HEAD_SEEDS_KEY}"
+
+    def count(v, at: str) -> int:
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ConfigError(f"{at}: expected an integer >= 1, got {v!r}")
+        return v
+
+    if not isinstance(value, dict):
+        try:
+            return [None] * count(value, key)
+        except ConfigError:
+            raise ConfigError(f"{key}: expected an integer >= 1 or a mapping dataset -> integer >= 1, got {value!r}") from None
+    spec = get_task(task)
+    active = getattr(from_dict(spec.config_cls, head_config(overrides), where), "datasets", None)
+    if not isinstance(active, list):
+        raise ConfigError(f"{key}: a mapping per dataset needs a task with a datasets list; "
+                          f"{task} has none, give an integer >= 1")
+    counts = {}
+    for name, v in value.items():
+        if name not in spec.datasets:
+            raise ConfigError(f"{key}: unknown dataset {name!r}; expected some of {', '.join(spec.datasets)}")
+        counts[name] = count(v, f"{key}.{name}")
+    heads = max(counts.get(d, 1) for d in active) if active else 1
+    return [[d for d in active if counts.get(d, 1) > j] for j in range(heads)]
+
+
+def head_seeds(overrides: Optional[dict], task: str, where: str) -> int:
+    """How many heads a task stage trains (``tasks.<task>.head_seeds``, checked)."""
+    return len(head_plan(overrides, task, where))
 
 
 def head_dir(stage_dir: Path, head: int) -> Path:
@@ -550,35 +584,48 @@ def run_task_stage(ctx: StageContext) -> Dict[str, Any]:
             features[metrics.get("dataset", stage.split("-", 1)[-1])] = ctx.input_output(stage, "features")
     spec = get_task(task)
     section = dict(ctx.config.get("overrides") or {})
-    heads = head_seeds(section, f"tasks.{task}")
+    plan = head_plan(section, task, f"tasks.{task}")
 
-    def run_head(out_dir: Path, seed: int) -> Dict[str, Any]:
+    def run_head(out_dir: Path, seed: int, datasets: Optional[List[str]] = None) -> Dict[str, Any]:
+        overrides = head_config(section)
+        if datasets is not None:
+            overrides["datasets"] = datasets
         metrics = spec.run(TaskContext(
             features=features, datasets=ctx.datasets, out_dir=out_dir, seed=seed,
-            overrides=head_config(section), device=_device(), progress=ctx.progress,
+            overrides=overrides, device=_device(), progress=ctx.progress,
         ))
         # Numbers are metrics; a string says how they were made (e.g. tal's "video_labels").
         return {k: v if isinstance(v, str) else float(v) for k, v in metrics.items()}
 
-    if heads == 1:
+    if len(plan) == 1:
         return run_head(ctx.out_dir, ctx.seed)
     per_head = []
-    for j in range(heads):
+    for j, datasets in enumerate(plan):
         out = head_dir(ctx.out_dir, j)
         done = read_json(out / METRICS_FILE)  # the tasks write metrics.json last
         if done is None:
             out.mkdir(parents=True, exist_ok=True)
-            done = run_head(out, head_seed(ctx.seed, j))
+            done = run_head(out, head_seed(ctx.seed, j), datasets)
         per_head.append(done)
     from clap_bench.io import atomic_write_json
 
-    atomic_write_json(ctx.out_dir / HEADS_FILE, {"seeds": [head_seed(ctx.seed, j) for j in range(heads)], "metrics": per_head})
-    mean = {}
-    for key, value in per_head[0].items():
-        if isinstance(value, str):
-            mean[key] = value
-        elif all(isinstance(h.get(key), (int, float)) for h in per_head):
-            mean[key] = float(sum(h[key] for h in per_head) / heads)
+    record = {"seeds": [head_seed(ctx.seed, j) for j in range(len(plan))], "metrics": per_head}
+    if any(d is not None for d in plan):
+        record["datasets"] = plan
+    atomic_write_json(ctx.out_dir / HEADS_FILE, record)
+    # A figure is the mean of the heads that made it: with per-dataset counts, a dataset's figures
+    # come from its own heads only; with one count, every head makes every figure.
+    mean: Dict[str, Any] = {}
+    for head in per_head:
+        for key, value in head.items():
+            if key in mean:
+                continue
+            if isinstance(value, str):
+                mean[key] = value
+                continue
+            values = [h[key] for h in per_head if isinstance(h.get(key), (int, float))]
+            if len(values) == len(per_head) or any(d is not None for d in plan):
+                mean[key] = float(sum(values) / len(values))
     return mean
 
 

@@ -239,11 +239,14 @@ def run_variance(store, profile_arg: str, method: str, task: str, heads: int = 3
         # a stage run with tasks.<task>.head_seeds: K already holds K heads
         stage_heads = len((read_json(stage / HEADS_FILE) or {}).get("metrics", [])) or 1
         for h in range(heads):
+            result = None
             if h < stage_heads:
                 out = stage if stage_heads == 1 else head_dir(stage, h)
-            else:
+                result = read_json(out / METRICS_FILE)
+            # a stage head with per-dataset head seeds may lack a dataset's figures: train it whole here
+            if h >= stage_heads or (stage_heads > 1 and any(m not in (result or {}) for m in metrics)):
                 out = variance_dir(store, profile_name, method, seed, task, h)
-            result = read_json(out / METRICS_FILE)
+                result = read_json(out / METRICS_FILE)
             if result is None:
                 features = features or task_feature_files(store, profile_name, method, seed, task, profile)
                 log(f"{method} seed {seed}: {task} head {h} (head seed {head_seed(seed, h)}) -> {out}")
