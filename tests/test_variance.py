@@ -24,6 +24,7 @@ def test_decomposition_of_a_hand_worked_table():
     assert d.pretrain_std == pytest.approx(math.sqrt(7.0))
     assert d.run_std == pytest.approx(math.sqrt(20.0 / 3.0))  # deviations -3, -1, 1, 3
     assert d.seed_mean_std(2) == pytest.approx(math.sqrt(7.0 + 1.0))
+    assert d.observed_seed_std == pytest.approx(math.sqrt(8.0))  # row means 2 and 6
 
 
 def test_pretraining_part_is_zero_when_rows_differ_less_than_heads_do():

@@ -56,6 +56,9 @@ class Decomposition:
     pretrain_std: float
     head_std: float
     test_std: Optional[float]  # bootstrap over the test set; None when not computed
+    # std over the seeds of each seed's mean of its H heads (ddof 1): what a table of
+    # ``head_seeds: H`` stages shows, observed rather than modelled
+    observed_seed_std: float = float("nan")
 
     def seed_mean_std(self, heads_per_seed: int) -> float:
         """Std of one seed's figure when it averages ``heads_per_seed`` heads."""
@@ -75,6 +78,7 @@ def decompose(scores: np.ndarray, test_std: Optional[float] = None) -> Decomposi
     return Decomposition(
         seeds=s, heads=h, mean=float(y.mean()), run_std=float(y.ravel().std(ddof=1)),
         pretrain_std=math.sqrt(max(0.0, (between - within) / h)), head_std=math.sqrt(within), test_std=test_std,
+        observed_seed_std=float(y.mean(axis=1).std(ddof=1)),
     )
 
 
@@ -274,9 +278,11 @@ def format_report(method: str, task: str, parts: Dict[str, Decomposition], heads
         row = [metric, f"{100 * d.mean:.2f}", f"{100 * d.run_std:.2f}", f"{100 * d.pretrain_std:.2f}",
                f"{100 * d.head_std:.2f}", "-" if d.test_std is None else f"{100 * d.test_std:.2f}"]
         row += [f"{100 * d.seed_mean_std(k):.2f}" for k in heads_per_seed]
+        row.append(f"{100 * d.observed_seed_std:.2f}")
         rows.append(row)
     some = next(iter(parts.values()))
     headers = ["metric", "mean", "std of a run", "pre-training seed", "head seed", "test set (bootstrap)"]
     headers += [f"seed std, {k} head{'s' if k > 1 else ''}" for k in heads_per_seed]
+    headers.append(f"seed std of the {some.heads}-head means (observed)")
     return (f"{method}, {task}: {some.seeds} pre-training seeds x {some.heads} head seeds (std in points)\n"
             + tabulate(rows, headers=headers, tablefmt="github") + "\n")
