@@ -338,6 +338,55 @@ def test_a_grounding_run_on_one_dataset_fills_only_its_table(tmp_path):
                         "(the run's tasks.vlg.datasets left it out)"]
     assert "N.A. ± " not in render([t3], "markdown") and "no row for none" in render([t3], "markdown")
 
+def test_table_with_heads_averages_the_stage_and_variance_heads_and_leaves_out_seeds_lacking_one(tmp_path):
+    # --heads 3: seed 0's figure is the mean of the stage's own head and the two heads analyze
+    # variance trained beside it; seed 1 has only one extra head (2 of 3), so it is not counted (and the
+    # table says which command trains the rest). A stage of per-dataset head seeds gives its own
+    # Charades-like heads, and for the TACoS-like figures (its heads 1, 2 lack them) the variance heads.
+    from clap_bench.runs.plan import HEADS_FILE, head_dir
+    from clap_bench.runs.variance import variance_dir
+
+    store = RunStore(tmp_path)
+
+    def figures(x):
+        return {"charades-sta/R@1@0.5": x, "charades-sta/R@1@0.7": x / 2, "charades-sta/mIoU": x}
+
+    for seed, extra in ((0, 2), (1, 1)):
+        d = store.stage_dir("p", "tsp", seed, "vlg")
+        d.mkdir(parents=True)
+        atomic_write_json(d / "metrics.json", figures(0.30))
+        for h in range(1, extra + 1):
+            v = variance_dir(store, "p", "tsp", seed, "vlg", h)
+            v.mkdir(parents=True)
+            atomic_write_json(v / "metrics.json", figures(0.30 + 0.03 * h))
+    tacos = {f"tacos/R@1@{iou}": 0.1 for iou in ("0.1", "0.3", "0.5", "0.7")} | {"tacos/mIoU": 0.1}
+    stage = store.stage_dir("p", "clap", 0, "vlg")
+    stage.mkdir(parents=True)
+    per_head = [figures(0.40) | tacos, figures(0.43), figures(0.46)]
+    for h, m in enumerate(per_head):
+        head_dir(stage, h).mkdir(parents=True)
+        atomic_write_json(head_dir(stage, h) / "metrics.json", m)
+    atomic_write_json(stage / HEADS_FILE, {"seeds": [0, 1000, 2000], "metrics": per_head})
+    atomic_write_json(stage / "metrics.json", figures(0.43) | tacos)
+    for h in (1, 2):  # analyze variance's whole heads (both datasets)
+        v = variance_dir(store, "p", "clap", 0, "vlg", h)
+        v.mkdir(parents=True)
+        atomic_write_json(v / "metrics.json", figures(0.0) | {k: 0.1 + 0.3 * h for k in tacos})
+
+    t2b, t3 = make_tables(store, "p", ["2b", "3"], baseline=None, include_paper=False, heads=3)
+    rows = {r.method: r for r in t2b.rows}
+    assert rows["tsp"].seeds == [0] and rows["tsp"].mean["charades-sta/mIoU"] == pytest.approx(33.0)
+    assert rows["clap"].mean["charades-sta/mIoU"] == pytest.approx(43.0)  # the stage's own three heads
+    assert next(r for r in t3.rows if r.method == "clap").mean["tacos/mIoU"] == pytest.approx(100 * (0.1 + 0.4 + 0.7) / 3)
+    assert any("tsp: seed 1 (2 of 3 heads; clapbench analyze variance -m tsp --task vlg --heads 3 --profile p" in n
+               for n in t2b.incomplete)
+    assert any("the mean of its first 3 downstream heads" in n for n in t2b.notes)
+    one = make_tables(store, "p", ["2b"], baseline=None, include_paper=False)[0]
+    assert {r.method: r.n for r in one.rows} == {"tsp": 2, "clap": 1}  # --heads 1: the stages' own figures
+    with pytest.raises(ConfigError, match="--heads: expected an integer >= 1"):
+        make_tables(store, "p", ["2b"], heads=0)
+
+
 def test_paper_tables_transcribed():
     t = load_paper_tables()
     clap = next(r for r in t["1"].rows if r.get("method") == "clap" and r["backbone"] == "r2plus1d_18")

@@ -24,6 +24,7 @@ def register(app: typer.Typer) -> None:
         runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="run store root (default $CLAPBENCH_RUNS or ./results/runs)"),
         plot: Optional[Path] = typer.Option(None, "--plot", help="also draw each table's key metric per method (seeds, mean, 95% CI) into this PNG"),
         per_seed: bool = typer.Option(False, "--per-seed", help="add a column with each seed's key metric (markdown, latex; csv always has it)"),
+        heads: int = typer.Option(1, "--heads", help="H > 1: each seed's figure is the mean of its first H downstream heads (the stage's, then those analyze variance trained); a seed lacking one is left out"),
     ):
         """Print Tables 1, 2a, 2b, 3: mean ± std over finished seeds, difference to --baseline with its
         95% CI and Welch p-value, the smallest detectable difference, the paper's numbers beside them."""
@@ -42,7 +43,7 @@ def register(app: typer.Typer) -> None:
                                        methods=[m for m in methods.split(",") if m] if methods else None,
                                        include_paper=not no_paper, backbone=_recorded_backbone(store, name),
                                        profile_config=_recorded_profile(store, name), expected_seeds=seeds,
-                                       per_seed=per_seed))
+                                       per_seed=per_seed, heads=heads))
             typer.echo(render(out, fmt), nl=False)
             if plot is not None:
                 from clap_bench.runs.tables import plot_tables

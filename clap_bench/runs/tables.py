@@ -76,8 +76,14 @@ class MethodResults:
     incomplete: Dict[int, str] = field(default_factory=dict)  # seed -> why (status of its stage)
 
 
-def collect_task_results(store: RunStore, profile: str, task: str, methods: Optional[Sequence[str]] = None) -> Dict[str, MethodResults]:
-    """Per method folder: metrics of each seed whose ``task`` stage finished, and the unfinished seeds."""
+def collect_task_results(store: RunStore, profile: str, task: str, methods: Optional[Sequence[str]] = None,
+                         heads: int = 1) -> Dict[str, MethodResults]:
+    """Per method folder: metrics of each seed whose ``task`` stage finished, and the unfinished seeds.
+
+    ``heads`` > 1: a seed's metrics are the mean of its first ``heads`` downstream heads, those its
+    stage trained (``head_seeds``) and those ``clapbench analyze variance`` trained beside it (the
+    same head seeds a ``head_seeds: heads`` stage would train); a seed lacking one is not finished.
+    """
     from clap_bench.runs.store import method_dir_name
 
     wanted = {method_dir_name(m) for m in methods} if methods else None
@@ -90,6 +96,11 @@ def collect_task_results(store: RunStore, profile: str, task: str, methods: Opti
             seed_dir = store.seed_dir(profile, method_dir, seed)
             stage_dir = seed_dir / task
             metrics = read_json(stage_dir / METRICS_FILE)
+            if metrics is not None and heads > 1:
+                metrics, why = _mean_of_heads(store, profile, method_dir, seed, task, heads, metrics)
+                if metrics is None:
+                    res.incomplete[seed] = why
+                    continue
             if metrics is not None:
                 res.seeds[seed] = metrics
             elif stage_dir.is_dir():
@@ -102,6 +113,27 @@ def collect_task_results(store: RunStore, profile: str, task: str, methods: Opti
         if res.seeds or res.incomplete:
             out[method_dir] = res
     return out
+
+
+def _mean_of_heads(store: RunStore, profile: str, method_dir: str, seed: int, task: str, heads: int,
+                   stage_metrics: Dict[str, Any]) -> tuple:
+    """``(metrics, None)``: each of the stage's figures averaged over the first ``heads`` heads, a
+    head's value taken from the stage's own head where it has it, else from the head analyze variance
+    trained; ``(None, why)`` when some head has no value for some figure."""
+    from clap_bench.runs.variance import stage_head, variance_dir
+
+    needed = [k for k, v in stage_metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    values: Dict[str, List[float]] = {k: [] for k in needed}
+    for h in range(heads):
+        own = stage_head(store, profile, method_dir, seed, task, h)[1] or {}
+        extra = read_json(variance_dir(store, profile, method_dir, seed, task, h) / METRICS_FILE) or {}
+        for k in needed:
+            value = own.get(k, extra.get(k))
+            if value is None:
+                return None, (f"{h} of {heads} heads; clapbench analyze variance -m {method_dir} --task {task} "
+                              f"--heads {heads} --profile {profile} trains the rest")
+            values[k].append(float(value))
+    return {k: float(np.mean(v)) for k, v in values.items()}, None
 
 
 # --------------------------------------------------------------------------- table model
@@ -307,9 +339,12 @@ def _backbone_label(backbone: Optional[str]) -> Optional[str]:
 def make_tables(store: RunStore, profile: str, table_ids: Sequence[str] = TABLE_IDS, baseline: Optional[str] = "tsp",
                 methods: Optional[Sequence[str]] = None, include_paper: bool = True, backbone: str = "r2plus1d_18",
                 profile_config: Optional[Dict[str, Any]] = None, expected_seeds: Optional[int] = None,
-                per_seed: bool = False) -> List[Table]:
+                per_seed: bool = False, heads: int = 1) -> List[Table]:
     """The tables of ``profile``; with ``profile_config`` (the resolved profile the runs used), each
-    table also notes the choices of its stages on which that profile departs from ``paper`` (FIDELITY.md)."""
+    table also notes the choices of its stages on which that profile departs from ``paper`` (FIDELITY.md).
+    ``heads`` > 1: each seed's figures are the mean of its first ``heads`` heads (``collect_task_results``)."""
+    if heads < 1:
+        raise ConfigError(f"--heads: expected an integer >= 1, got {heads}")
     from clap_bench.fidelity import departures, paper_profile_dict
 
     specs = load_paper_tables()
@@ -319,9 +354,12 @@ def make_tables(store: RunStore, profile: str, table_ids: Sequence[str] = TABLE_
         if table_id not in specs:
             raise ConfigError(f"--tables: unknown table {table_id!r}; expected some of {', '.join(TABLE_IDS)}")
         spec = specs[table_id]
-        results = collect_task_results(store, profile, spec.task, methods)
+        results = collect_task_results(store, profile, spec.task, methods, heads=heads)
         table = build_table(spec, results, profile, baseline, backbone, include_paper, expected_seeds=expected_seeds)
         table.per_seed = per_seed
+        if heads > 1:
+            table.notes.append(f"each seed's figures: the mean of its first {heads} downstream heads "
+                               f"(head seeds seed + 1000 j, j < {heads}; the stage's and analyze variance's)")
         if paper is not None:
             table.notes.extend(f"differs from the paper's protocol (FIDELITY.md): {line}"
                                for line in departures(profile_config, paper, table_id))

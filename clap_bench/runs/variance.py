@@ -162,6 +162,37 @@ def variance_dir(store, profile: str, method: str, seed: int, task: str, head: i
     return store.profile_dir(profile) / method_dir_name(method) / "_variance" / f"seed{seed}" / task / f"head{head}"
 
 
+def stage_head(store, profile: str, method: str, seed: int, task: str, head: int) -> tuple:
+    """``(folder, metrics or None)`` of head ``head`` as the task stage of (method, seed) trained it
+    (``heads/head<h>/`` of a ``head_seeds`` stage; the stage's folder for head 0 of a one-head
+    stage), or ``(None, None)`` when the stage trained fewer heads."""
+    from clap_bench.runs.plan import HEADS_FILE, head_dir
+    from clap_bench.runs.store import METRICS_FILE, read_json
+
+    stage = store.stage_dir(profile, method, seed, task)
+    stage_heads = len((read_json(stage / HEADS_FILE) or {}).get("metrics", [])) or 1
+    if head >= stage_heads:
+        return None, None
+    out = stage if stage_heads == 1 else head_dir(stage, head)
+    return out, read_json(out / METRICS_FILE)
+
+
+def locate_head(store, profile: str, method: str, seed: int, task: str, head: int,
+                needed: Sequence[str] = ()) -> tuple:
+    """``(folder, metrics or None)`` of head ``head`` of (method, seed)'s ``task`` stage for the
+    decomposition: the stage's own head when it holds every metric of ``needed`` (a head of
+    per-dataset head seeds may lack a dataset's figures), else the head under ``_variance/``
+    (trained there on every dataset). ``metrics`` is ``None`` while that head is not finished (its
+    ``metrics.json`` is written last)."""
+    from clap_bench.runs.store import METRICS_FILE, read_json
+
+    out, result = stage_head(store, profile, method, seed, task, head)
+    if out is not None and (result is None or all(m in result for m in needed)):
+        return out, result
+    out = variance_dir(store, profile, method, seed, task, head)
+    return out, read_json(out / METRICS_FILE)
+
+
 def task_feature_files(store, profile: str, method: str, seed: int, task: str, config=None) -> Dict[str, Path]:
     """The feature files the task stage of (method, seed) read, from the finished extraction stages."""
     from clap_bench.config import ConfigError
@@ -192,7 +223,6 @@ def run_variance(store, profile_arg: str, method: str, task: str, heads: int = 3
 
     from clap_bench.config import ConfigError, load_profile, resolve_datasets, resolve_threads
     from clap_bench.downstream.base import TaskContext, get_task
-    from clap_bench.runs.plan import HEADS_FILE, head_dir
     from clap_bench.runs.store import METRICS_FILE, read_json
 
     if task not in TASK_METRICS:
@@ -239,18 +269,8 @@ def run_variance(store, profile_arg: str, method: str, task: str, heads: int = 3
     boot = {m: [] for m in metrics}
     for i, seed in enumerate(finished):
         features = None
-        stage = store.stage_dir(profile_name, method, seed, task)
-        # a stage run with tasks.<task>.head_seeds: K already holds K heads
-        stage_heads = len((read_json(stage / HEADS_FILE) or {}).get("metrics", [])) or 1
         for h in range(heads):
-            result = None
-            if h < stage_heads:
-                out = stage if stage_heads == 1 else head_dir(stage, h)
-                result = read_json(out / METRICS_FILE)
-            # a stage head with per-dataset head seeds may lack a dataset's figures: train it whole here
-            if h >= stage_heads or (stage_heads > 1 and any(m not in (result or {}) for m in metrics)):
-                out = variance_dir(store, profile_name, method, seed, task, h)
-                result = read_json(out / METRICS_FILE)
+            out, result = locate_head(store, profile_name, method, seed, task, h, metrics)
             if result is None:
                 features = features or task_feature_files(store, profile_name, method, seed, task, profile)
                 log(f"{method} seed {seed}: {task} head {h} (head seed {head_seed(seed, h)}) -> {out}")
