@@ -214,6 +214,11 @@ def main() -> None:
                     cells.append(f"{v.mean():.2f} ± {v.std(ddof=1):.2f}" if len(v) > 1 else f"{v.mean():.2f}")
             print(f"| {e + 1} | " + " | ".join(cells) + " |")
     if wanted != ["source", "random"]:
+        for name in wanted:  # one arm: its mean ± std over the head seeds
+            for i, metric in enumerate(("mIoU", "R@1 IoU 0.5")):
+                v = np.array([f[i] for f in figures[name]])
+                print(f"{metric}: {name} {v.mean():.2f} ± {v.std(ddof=1) if len(v) > 1 else 0:.2f} "
+                      f"over {len(v)} head seed{'s' if len(v) > 1 else ''}")
         return
     for i, metric in enumerate(("mIoU", "R@1 IoU 0.5")):
         s = np.array([f[i] for f in figures["source"]])

@@ -553,11 +553,6 @@ def head_plan(overrides: Optional[dict], task: str, where: str) -> List[Optional
     return [[d for d in active if counts.get(d, 1) > j] for j in range(heads)]
 
 
-def head_seeds(overrides: Optional[dict], task: str, where: str) -> int:
-    """How many heads a task stage trains (``tasks.<task>.head_seeds``, checked)."""
-    return len(head_plan(overrides, task, where))
-
-
 def head_dir(stage_dir: Path, head: int) -> Path:
     """Where head ``head`` of a task stage with several head seeds writes its outputs."""
     return Path(stage_dir) / "heads" / f"head{head}"
