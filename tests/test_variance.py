@@ -220,3 +220,29 @@ def test_head_seeds_per_dataset_is_checked(tmp_path):
     path.write_text("base: smoke\ntasks:\n  tal:\n    head_seeds: {activitynet: 2}\n")
     with pytest.raises(ConfigError, match=r"tasks\.tal\.head_seeds: a mapping per dataset needs a task with a datasets list"):
         validate_run(load_profile(str(path)), ["clap"], ["tal"])
+
+
+def test_locate_head_takes_a_stage_head_only_when_it_holds_every_figure(tmp_path):
+    """A stage of ``head_seeds: {charades-sta: 2}``: its head 1 has no TACoS-like figures, so the
+    decomposition of both datasets trains (and then reads) head 1 under ``_variance/``; of the
+    Charades-like set alone it reads the stage's own head 1. Head 2 is always ``_variance/``'s."""
+    import json
+
+    from clap_bench.runs import RunStore
+    from clap_bench.runs.plan import HEADS_FILE, head_dir
+    from clap_bench.runs.variance import locate_head, stage_head, variance_dir
+
+    store = RunStore(tmp_path)
+    stage = store.stage_dir("p", "clap", 0, "vlg")
+    per_head = [{"charades-sta/mIoU": 0.3, "tacos/mIoU": 0.1}, {"charades-sta/mIoU": 0.4}]
+    for h, m in enumerate(per_head):
+        head_dir(stage, h).mkdir(parents=True)
+        (head_dir(stage, h) / "metrics.json").write_text(json.dumps(m))
+    (stage / HEADS_FILE).write_text(json.dumps({"seeds": [0, 1000], "metrics": per_head}))
+    both, charades = ["charades-sta/mIoU", "tacos/mIoU"], ["charades-sta/mIoU"]
+
+    assert locate_head(store, "p", "clap", 0, "vlg", 0, both) == (head_dir(stage, 0), per_head[0])
+    assert locate_head(store, "p", "clap", 0, "vlg", 1, charades) == (head_dir(stage, 1), per_head[1])
+    assert locate_head(store, "p", "clap", 0, "vlg", 1, both) == (variance_dir(store, "p", "clap", 0, "vlg", 1), None)
+    assert locate_head(store, "p", "clap", 0, "vlg", 2, charades) == (variance_dir(store, "p", "clap", 0, "vlg", 2), None)
+    assert stage_head(store, "p", "clap", 0, "vlg", 2) == (None, None)

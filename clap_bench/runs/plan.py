@@ -604,23 +604,20 @@ def run_task_stage(ctx: StageContext) -> Dict[str, Any]:
         per_head.append(done)
     from clap_bench.io import atomic_write_json
 
+    per_dataset = plan[0] is not None
     record = {"seeds": [head_seed(ctx.seed, j) for j in range(len(plan))], "metrics": per_head}
-    if any(d is not None for d in plan):
+    if per_dataset:
         record["datasets"] = plan
     atomic_write_json(ctx.out_dir / HEADS_FILE, record)
     # A figure is the mean of the heads that made it: with per-dataset counts, a dataset's figures
     # come from its own heads only; with one count, every head makes every figure.
     mean: Dict[str, Any] = {}
-    for head in per_head:
-        for key, value in head.items():
-            if key in mean:
-                continue
-            if isinstance(value, str):
-                mean[key] = value
-                continue
-            values = [h[key] for h in per_head if isinstance(h.get(key), (int, float))]
-            if len(values) == len(per_head) or any(d is not None for d in plan):
-                mean[key] = float(sum(values) / len(values))
+    for key in dict.fromkeys(k for head in per_head for k in head):
+        values = [h[key] for h in per_head if key in h]
+        if isinstance(values[0], str):
+            mean[key] = values[0]
+        elif per_dataset or len(values) == len(per_head):
+            mean[key] = float(sum(values) / len(values))
     return mean
 
 

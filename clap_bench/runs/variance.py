@@ -55,10 +55,10 @@ class Decomposition:
     run_std: float  # std of single runs over all (seed, head) pairs, ddof 1
     pretrain_std: float
     head_std: float
-    test_std: Optional[float]  # bootstrap over the test set; None when not computed
     # std over the seeds of each seed's mean of its H heads (ddof 1): what a table of
     # ``head_seeds: H`` stages shows, observed rather than modelled
-    observed_seed_std: float = float("nan")
+    observed_seed_std: float
+    test_std: Optional[float]  # bootstrap over the test set; None when not computed
 
     def seed_mean_std(self, heads_per_seed: int) -> float:
         """Std of one seed's figure when it averages ``heads_per_seed`` heads."""
