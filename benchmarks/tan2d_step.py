@@ -1,7 +1,9 @@
 """2D-TAN training steps per second with the map convolutions' weights in the default memory layout
-and in channels_last (``tasks.vlg.channels_last``), at a profile's shapes, measured in the same run.
+and in channels_last (``tasks.vlg.channels_last``), at a profile's shapes, measured in the same run;
+with ``--bf16`` also channels_last under bfloat16 autocast (a measurement only: the task has no
+such switch, and bf16 trains other weights).
 
-    python benchmarks/tan2d_step.py [--profile default] [--steps 20] [--threads 2] [--repeats 2]
+    python benchmarks/tan2d_step.py [--profile default] [--steps 20] [--threads 2] [--repeats 2] [--bf16]
 
 For each grounding dataset of the profile's ``tasks.vlg`` it builds the head with ``build_model``
 (the task's own constructor), feeds random batches of the profile's batch size (features of
@@ -9,9 +11,10 @@ For each grounding dataset of the profile's ``tasks.vlg`` it builds the head wit
 targets) and times ``--steps`` whole steps (forward, masked BCE, backward, gradient clipping, Adam)
 after 3 warm-up steps. The two layouts alternate ``--repeats`` times (A B A B ...), so that a
 machine that speeds up or slows down during the run moves both; the figure is the median. Both
-layouts start from the same weights and see the same batches; the largest difference between their
-parameters after the timed steps is printed too (the layouts sum in different orders, so it is
-rounding, not zero).
+arms start from the same weights and see the same batches; the largest difference between each arm's
+parameters and the default layout's after the timed steps is printed too (the layouts sum in
+different orders, so for channels_last it is rounding, not zero; for bf16 it is bf16's rounding
+carried through the steps).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import time
 import torch
 
 
-def _step_rate(cfg, d, feature_dim: int, words: int, steps: int, channels_last: bool):
+def _step_rate(cfg, d, feature_dim: int, words: int, steps: int, channels_last: bool, bf16: bool = False):
     from clap_bench.downstream.tan2d.proposals import masked_bce_loss
     from clap_bench.downstream.tan2d.task import build_model
 
@@ -40,7 +43,9 @@ def _step_rate(cfg, d, feature_dim: int, words: int, steps: int, channels_last: 
     targets = torch.rand(b, n, n, generator=g)
 
     def step():
-        loss = masked_bce_loss(model(video, text, lengths), targets, model.map_mask[0])
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = model(video, text, lengths)
+        loss = masked_bce_loss(logits.float(), targets, model.map_mask[0])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -66,6 +71,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--feature-dim", type=int, default=128, help="feature channels (the default profile's encoder: 128)")
     ap.add_argument("--words", type=int, default=12)
+    ap.add_argument("--bf16", action="store_true", help="add a third arm: channels_last under CPU bfloat16 autocast")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -73,20 +79,29 @@ def main() -> None:
     cfg = from_dict(VLGConfig, profile.task_config("vlg"), "tasks.vlg").validate()
     print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"profile {args.profile}: batch {cfg.batch_size}, hidden {cfg.hidden_size}, profile's channels_last {cfg.channels_last}")
-    print("| dataset | map | default layout, steps/s | channels_last, steps/s | ratio | max param difference |")
-    print("|---|---|---|---|---|---|")
+    arms = [("default layout", False, False), ("channels_last", True, False)]
+    if args.bf16:
+        arms.append(("channels_last + bf16 autocast", True, True))
+    print("| dataset | map | " + " | ".join(f"{name}, steps/s" for name, _, _ in arms) + " | "
+          + " | ".join(f"{name} / default" for name, _, _ in arms[1:]) + " | "
+          + " | ".join(f"max param difference, {name}" for name, _, _ in arms[1:]) + " |")
+    print("|---|---|" + "---|" * (3 * len(arms) - 2))
     for key in cfg.datasets:
         d = cfg.for_dataset(key)
-        rates = {False: [], True: []}
+        rates = {name: [] for name, _, _ in arms}
         params = {}
         for _ in range(args.repeats):
-            for layout in (False, True):
-                rate, params[layout] = _step_rate(cfg, d, args.feature_dim, args.words, args.steps, layout)
-                rates[layout].append(rate)
-        a, b = statistics.median(rates[False]), statistics.median(rates[True])
-        diff = max(float((params[False][k] - params[True][k]).abs().max()) for k in params[False])
-        print(f"| {key} | {d.num_clips}x{d.num_clips}, {len(d.map_kernel_sizes)} convs | {a:.2f} | {b:.2f} | {b / a:.2f}x | {diff:.1e} |",
-              flush=True)
+            for name, channels_last, bf16 in arms:
+                rate, params[name] = _step_rate(cfg, d, args.feature_dim, args.words, args.steps, channels_last, bf16)
+                rates[name].append(rate)
+        median = {name: statistics.median(r) for name, r in rates.items()}
+        base = arms[0][0]
+        ratios = [f"{median[name] / median[base]:.2f}x" for name, _, _ in arms[1:]]
+        diffs = [f"{max(float((params[base][k] - params[name][k]).abs().max()) for k in params[base]):.1e}"
+                 for name, _, _ in arms[1:]]
+        print(f"| {key} | {d.num_clips}x{d.num_clips}, {len(d.map_kernel_sizes)} convs | "
+              + " | ".join(f"{median[name]:.2f}" for name, _, _ in arms) + " | " + " | ".join(ratios) + " | "
+              + " | ".join(diffs) + " |", flush=True)
 
 
 if __name__ == "__main__":
