@@ -9,8 +9,9 @@ For each grounding dataset of the profile's ``tasks.vlg`` it builds the head wit
 (the task's own constructor), feeds random batches of the profile's batch size (features of
 ``--feature-dim`` channels, sentences of ``--words`` word vectors of 384 dimensions, scaled-IoU
 targets) and times ``--steps`` whole steps (forward, masked BCE, backward, gradient clipping, Adam)
-after 3 warm-up steps. The two layouts alternate ``--repeats`` times (A B A B ...), so that a
-machine that speeds up or slows down during the run moves both; the figure is the median. Both
+after 3 warm-up steps. The arms alternate ``--repeats`` times (A B A B ...), so that a machine
+that speeds up or slows down during the run moves all of them; the figure is the median, and each
+arm's ratio is to the arm before it (channels_last to the default layout, bf16 to channels_last). All
 arms start from the same weights and see the same batches; the largest difference between each arm's
 parameters and the default layout's after the timed steps is printed too (the layouts sum in
 different orders, so for channels_last it is rounding, not zero; for bf16 it is bf16's rounding
@@ -83,7 +84,7 @@ def main() -> None:
     if args.bf16:
         arms.append(("channels_last + bf16 autocast", True, True))
     print("| dataset | map | " + " | ".join(f"{name}, steps/s" for name, _, _ in arms) + " | "
-          + " | ".join(f"{name} / default" for name, _, _ in arms[1:]) + " | "
+          + " | ".join(f"{name} / {before}" for (before, _, _), (name, _, _) in zip(arms, arms[1:])) + " | "
           + " | ".join(f"max param difference, {name}" for name, _, _ in arms[1:]) + " |")
     print("|---|---|" + "---|" * (3 * len(arms) - 2))
     for key in cfg.datasets:
@@ -96,7 +97,7 @@ def main() -> None:
                 rates[name].append(rate)
         median = {name: statistics.median(r) for name, r in rates.items()}
         base = arms[0][0]
-        ratios = [f"{median[name] / median[base]:.2f}x" for name, _, _ in arms[1:]]
+        ratios = [f"{median[name] / median[before]:.2f}x" for (before, _, _), (name, _, _) in zip(arms, arms[1:])]
         diffs = [f"{max(float((params[base][k] - params[name][k]).abs().max()) for k in params[base]):.1e}"
                  for name, _, _ in arms[1:]]
         print(f"| {key} | {d.num_clips}x{d.num_clips}, {len(d.map_kernel_sizes)} convs | "
