@@ -209,6 +209,28 @@ def test_table_ci_p_value_and_detectable_difference_against_hand_worked_numbers(
     assert "+0.03 [-1.13, +1.20]" in md and "+0.03*" not in md
 
 
+def test_table_without_comparisons_has_no_comparison_columns_and_a_legend_of_what_it_shows(tmp_path):
+    # One method and the baseline absent (what `clapbench run --method clap` prints on a fresh store):
+    # no Δ / p / Holm columns, no caption clause about them; the (!) legend only where a row is marked.
+    store = RunStore(tmp_path)
+    _fake_results(store, "p", {"clap": [0.04, 0.05, 0.06]})
+    [table] = make_tables(store, "p", ["1"], baseline="tsp", expected_seeds=3)
+    md = render([table], "markdown")
+    header = next(line for line in md.splitlines() if line.startswith("| Method"))
+    assert "Holm p" not in header and "Δ" not in header and "p vs" not in header
+    assert "Δ:" not in md and "(!)" not in md
+    assert "p-values: baseline 'tsp' has no finished seeds" in md  # the note says why there are none
+    assert header.count("|") == next(line for line in md.splitlines() if line.startswith("| CLAP ")).count("|")
+    [short] = make_tables(store, "p", ["1"], baseline="tsp", expected_seeds=5)
+    assert "3/5 (!)" in render([short], "markdown") and "fewer seeds finished than asked" in render([short], "markdown")
+    assert r"\begin{tabular}{l" + "r" * (len(header.split("|")) - 3) + "}" in render([table], "latex")
+    # With a comparison, the columns and the caption's clause are back.
+    _fake_results(store, "q", {"clap": [0.04, 0.05, 0.06], "tsp": [0.01, 0.02, 0.03]})
+    [compared] = make_tables(store, "q", ["1"], baseline="tsp")
+    md = render([compared], "markdown")
+    assert "Holm p (1 tests)" in md and "Δ: difference of means on average_mAP against tsp" in md
+
+
 def test_detectable_difference_uses_the_seed_count_most_rows_have(tmp_path):
     # tsp [1, 2, 3] % and clap [4, 5, 6] % (variance 1.0 each), tac [2, 4] % (variance 2.0, one
     # seed short). Pooled std sqrt((2 * 1 + 2 * 1 + 1 * 2) / 5) = sqrt(1.2) = 1.095445; at 3 seeds

@@ -383,8 +383,8 @@ def _header(table: Table) -> List[str]:
     key_label = next(c["label"] for c in table.spec.columns if c["metric"] == table.spec.key_metric)
     diff = f"Δ vs {table.baseline} [95% CI]" if table.baseline else "Δ [95% CI]"
     per_seed = [f"per seed ({key_label})"] if table.per_seed else []
-    return (["Method", "n"] + [c["label"] for c in table.spec.columns] + per_seed
-            + [f"{diff} ({key_label})", f"{base} ({key_label})", f"Holm p ({_n_compared(table)} tests)"])
+    compared = [f"{diff} ({key_label})", f"{base} ({key_label})", f"Holm p ({_n_compared(table)} tests)"]
+    return ["Method", "n"] + [c["label"] for c in table.spec.columns] + per_seed + (compared if _n_compared(table) else [])
 
 
 def _per_seed_cell(values: Dict[int, float]) -> str:
@@ -423,6 +423,8 @@ def _cells(table: Table, row: Row, bold) -> List[str]:
         cells.append(text)
     if table.per_seed:
         cells.append(_per_seed_cell(row.by_seed.get(table.spec.key_metric, {})) if row.source == "ours" else "")
+    if not _n_compared(table):  # no comparison in the table (one method, or no baseline): no empty columns
+        return cells
     cells.append(_diff_cell(table, row))
     ours_compared = row.source != "paper" and row.method != table.baseline
     cells.append(_fmt_p(row.p_value) if ours_compared else "")
@@ -431,13 +433,19 @@ def _cells(table: Table, row: Row, bold) -> List[str]:
 
 
 def _caption(table: Table) -> str:
-    return (f"Table {table.spec.table}: {table.spec.title}; profile {table.profile}. Ours: mean ± std over n seeds "
-            f"(percent), best per column in bold, the paper's number for the same method in [brackets]; "
-            f"rows marked [paper] are reported by the paper only; Δ: difference of means on "
-            f"{table.spec.key_metric} against {table.baseline or '-'} with its 95% Welch confidence interval, "
-            f"* where Welch's t-test gives p < {ALPHA:g}; Holm p: the p-values adjusted by Holm's step-down method "
-            f"over the table's comparisons with {table.baseline or '-'} (below {ALPHA:g}: significant for the family of "
-            f"comparisons); n 3/5 (!): fewer seeds finished than asked.")
+    # The legend explains only what the table shows: the comparison columns and the (!) mark
+    # appear where some row has them.
+    parts = [f"Table {table.spec.table}: {table.spec.title}; profile {table.profile}. Ours: mean ± std over n seeds "
+             f"(percent), best per column in bold, the paper's number for the same method in [brackets]; "
+             f"rows marked [paper] are reported by the paper only"]
+    if _n_compared(table):
+        parts.append(f"Δ: difference of means on {table.spec.key_metric} against {table.baseline} with its 95% Welch "
+                     f"confidence interval, * where Welch's t-test gives p < {ALPHA:g}; Holm p: the p-values adjusted by "
+                     f"Holm's step-down method over the table's comparisons with {table.baseline} (below {ALPHA:g}: "
+                     f"significant for the family of comparisons)")
+    if any(_n_cell(r).endswith("(!)") for r in table.rows):
+        parts.append("n 3/5 (!): fewer seeds finished than asked")
+    return "; ".join(parts) + "."
 
 
 def render_markdown(tables: Sequence[Table]) -> str:
