@@ -383,8 +383,9 @@ def _header(table: Table) -> List[str]:
     key_label = next(c["label"] for c in table.spec.columns if c["metric"] == table.spec.key_metric)
     diff = f"Δ vs {table.baseline} [95% CI]" if table.baseline else "Δ [95% CI]"
     per_seed = [f"per seed ({key_label})"] if table.per_seed else []
-    compared = [f"{diff} ({key_label})", f"{base} ({key_label})", f"Holm p ({_n_compared(table)} tests)"]
-    return ["Method", "n"] + [c["label"] for c in table.spec.columns] + per_seed + (compared if _n_compared(table) else [])
+    n_compared = _n_compared(table)
+    compared = [f"{diff} ({key_label})", f"{base} ({key_label})", f"Holm p ({n_compared} tests)"] if n_compared else []
+    return ["Method", "n"] + [c["label"] for c in table.spec.columns] + per_seed + compared
 
 
 def _per_seed_cell(values: Dict[int, float]) -> str:
@@ -396,12 +397,14 @@ def _n_compared(table: Table) -> int:
     return sum(r.p_holm is not None for r in table.rows)
 
 
+def _fewer_seeds_than_asked(row: Row) -> bool:
+    return row.source == "ours" and row.n is not None and row.expected is not None and row.n < row.expected
+
+
 def _n_cell(row: Row) -> str:
     if row.n is None:
         return ""
-    if row.source == "ours" and row.expected is not None and row.n < row.expected:
-        return f"{row.n}/{row.expected} (!)"  # fewer seeds finished than asked
-    return str(row.n)
+    return f"{row.n}/{row.expected} (!)" if _fewer_seeds_than_asked(row) else str(row.n)
 
 
 def _diff_cell(table: Table, row: Row) -> str:
@@ -443,7 +446,7 @@ def _caption(table: Table) -> str:
                      f"confidence interval, * where Welch's t-test gives p < {ALPHA:g}; Holm p: the p-values adjusted by "
                      f"Holm's step-down method over the table's comparisons with {table.baseline} (below {ALPHA:g}: "
                      f"significant for the family of comparisons)")
-    if any(_n_cell(r).endswith("(!)") for r in table.rows):
+    if any(_fewer_seeds_than_asked(r) for r in table.rows):
         parts.append("n 3/5 (!): fewer seeds finished than asked")
     return "; ".join(parts) + "."
 
