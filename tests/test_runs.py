@@ -6,6 +6,7 @@ import csv
 import dataclasses
 import io
 import json
+import math
 from pathlib import Path
 
 import h5py
@@ -669,3 +670,57 @@ def test_smoke_run_with_the_same_seed_and_thread_count_gives_identical_results(t
     shown = CliRunner().invoke(app, ["status", "--fingerprints", "--profile", "smoke", "--runs-dir", str(tmp_path / "a")])
     assert shown.exit_code == 0, shown.output
     assert "synthetic data " in shown.output and p_a["tsp/seed0/tal"]["stage"] in shown.output
+
+
+def test_paired_test_by_seed_against_hand_worked_numbers(tmp_path):
+    # clap [10, 12, 11, 13] % and tsp [9, 10, 10, 11] %, seeds 0-3: the seed-by-seed differences are
+    # 1, 2, 1, 2: mean 1.5, std sqrt(4 * 0.25 / 3) = 0.577350, standard error 0.288675, t = 3 sqrt(3)
+    # with 3 degrees of freedom. Student's t with 3 degrees of freedom has the closed form
+    # P(|T| > t) = 1 - (2 / pi) (theta + sin(theta) cos(theta)), theta = atan(t / sqrt(3)) = atan(3),
+    # sin cos = tan / (1 + tan^2) = 0.3, so p = 1 - (2 / pi) (atan(3) + 0.3) = 0.013847.
+    # t_{0.975, 3} = 3.182446 (t table): 95% CI 1.5 +- 0.918693. Welch's test on the same numbers
+    # sees the seeds' shared part as noise (standard error 0.763763, p about 0.1).
+    store = RunStore(tmp_path)
+    _fake_results(store, "p", {"clap": [0.10, 0.12, 0.11, 0.13], "tsp": [0.09, 0.10, 0.10, 0.11]})
+    [table] = make_tables(store, "p", ["1"], baseline="tsp", test="paired")
+    clap = next(r for r in table.rows if r.method == "clap" and r.source == "ours")
+    p_hand = 1 - (2 / math.pi) * (math.atan(3.0) + 0.3)
+    assert clap.diff == pytest.approx(1.5) and clap.n_paired == 4
+    assert clap.p_value == pytest.approx(p_hand, rel=1e-6) and clap.p_value == pytest.approx(0.013847, abs=1e-6)
+    assert clap.ci == pytest.approx((1.5 - 3.182446 * 0.288675, 1.5 + 3.182446 * 0.288675), abs=1e-5)
+    # Smallest detectable difference, paired, 4 seeds, std of the differences 0.577350:
+    # (t_{0.975, 3} + t_{0.80, 3}) * 0.577350 / sqrt(4) = (3.182446 + 0.978472) * 0.288675 = 1.201154
+    assert table.mdd == pytest.approx(1.201154, abs=1e-4) and table.mdd_n == 4 and table.mdd_paired
+    md = render([table], "markdown")
+    assert "+1.50* [+0.58, +2.42]" in md and "p vs tsp, paired" in md and "95% paired-t confidence interval" in md
+    assert "(average_mAP, paired by seed, 4 seeds," in md and "1.20 points" in md
+    row = next(r for r in csv.DictReader(io.StringIO(render([table], "csv"))) if r["method"] == "clap")
+    assert row["test"] == "paired" and row["n_paired"] == "4" and float(row["p_value"]) == pytest.approx(p_hand, rel=1e-5)
+    [welch_table] = make_tables(store, "p", ["1"], baseline="tsp")
+    welch_clap = next(r for r in welch_table.rows if r.method == "clap" and r.source == "ours")
+    assert welch_clap.diff == pytest.approx(1.5) and welch_clap.p_value > 0.05 and welch_clap.n_paired is None
+    assert "p vs tsp, paired" not in render([welch_table], "markdown")
+
+
+def test_paired_test_uses_the_seeds_both_finished_and_says_so(tmp_path):
+    # tac has seeds 0-2 and 5, tsp 0-3: the pairs are seeds 0, 1, 2, differences 1, 1, 4
+    # (mean 2, std sqrt(3)); tac's seed 5 and tsp's seed 3 take no part in the test.
+    store = RunStore(tmp_path)
+    _fake_results(store, "p", {"tsp": [0.09, 0.10, 0.10, 0.11], "tac": [0.10, 0.11, 0.14]})
+    d = store.stage_dir("p", "tac", 5, "tal")
+    d.mkdir(parents=True)
+    atomic_write_json(d / "metrics.json", {"mAP@0.5": 0.5, "mAP@0.75": 0.5, "mAP@0.95": 0.5, "average_mAP": 0.5})
+    [table] = make_tables(store, "p", ["1"], baseline="tsp", test="paired")
+    tac = next(r for r in table.rows if r.method == "tac" and r.source == "ours")
+    assert tac.n == 4 and tac.n_paired == 3 and tac.diff == pytest.approx(2.0)
+    # t = 2 / (sqrt(3) / sqrt(3)) = 2 with 2 degrees of freedom: P(|T| > t) = 1 - t / sqrt(2 + t^2)
+    assert tac.p_value == pytest.approx(1 - 2 / math.sqrt(6), rel=1e-6)
+    assert "paired test on the seeds both a row and tsp finished" in render([table], "markdown")
+    assert "TAC 0, 1, 2" in render([table], "markdown")
+    with pytest.raises(ConfigError, match="--test: unknown 'anova'"):
+        make_tables(store, "p", ["1"], baseline="tsp", test="anova")
+    result = CliRunner().invoke(app, ["table", "--tables", "1", "--test", "paired", "--runs-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "p vs tsp, paired" in result.output
+    bad = CliRunner().invoke(app, ["table", "--tables", "1", "--test", "anova", "--runs-dir", str(tmp_path)])
+    assert bad.exit_code == 2 and "--test: unknown 'anova'" in bad.output

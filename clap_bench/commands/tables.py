@@ -17,7 +17,8 @@ def register(app: typer.Typer) -> None:
         fmt: str = typer.Option("markdown", "--format", "-f", help="markdown | latex | csv"),
         tables: str = typer.Option("1,2a,2b,3", "--tables", help="comma-separated: 1 (TAL), 2a (few-shot TAL), 2b (Charades-STA), 3 (TACoS)"),
         profile: Optional[str] = typer.Option(None, "--profile", "-p", help="profile name (default: every profile in the store)"),
-        baseline: str = typer.Option("tsp", "--baseline", help="method the Welch t-test compares each method against"),
+        baseline: str = typer.Option("tsp", "--baseline", help="method the t-test compares each method against"),
+        test: str = typer.Option("welch", "--test", help="welch: rows as independent samples; paired: seed k of a method against seed k of the baseline (the seeds both finished)"),
         methods: Optional[str] = typer.Option(None, "--methods", help="comma-separated subset of methods"),
         no_paper: bool = typer.Option(False, "--no-paper", help="leave out the paper's reported numbers"),
         seeds: Optional[int] = typer.Option(None, "--seeds", help="seeds asked for per method: rows with fewer finished are marked"),
@@ -27,7 +28,8 @@ def register(app: typer.Typer) -> None:
         heads: int = typer.Option(1, "--heads", help="H > 1: each seed's figure is the mean of its first H downstream heads (the stage's, then those analyze variance trained); a seed lacking one is left out"),
     ):
         """Print Tables 1, 2a, 2b, 3: mean ± std over finished seeds, difference to --baseline with its
-        95% CI and Welch p-value, the smallest detectable difference, the paper's numbers beside them."""
+        95% CI and t-test p-value (Welch's, or --test paired), Holm's adjustment, the smallest detectable
+        difference, the paper's numbers beside them."""
         from clap_bench.runs import RunStore, make_tables, render, runs_root
 
         store = RunStore(runs_root(runs_dir))
@@ -43,7 +45,7 @@ def register(app: typer.Typer) -> None:
                                        methods=[m for m in methods.split(",") if m] if methods else None,
                                        include_paper=not no_paper, backbone=_recorded_backbone(store, name),
                                        profile_config=_recorded_profile(store, name), expected_seeds=seeds,
-                                       per_seed=per_seed, heads=heads))
+                                       per_seed=per_seed, heads=heads, test=test))
             typer.echo(render(out, fmt), nl=False)
             if plot is not None:
                 from clap_bench.runs.tables import plot_tables

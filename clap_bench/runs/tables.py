@@ -1,5 +1,6 @@
 """The paper's tables from the run store: mean ± std over finished seeds, best per column marked,
-the paper's reported numbers beside ours, and a Welch t-test against a baseline method.
+the paper's reported numbers beside ours, and a t-test against a baseline method: Welch's, or
+paired by seed (``test="paired"``: seed k of a method against seed k of the baseline).
 
 The paper's numbers and each table's columns are data (``results/paper/table*.yaml``); a
 column's ``metric`` is the key the downstream task writes in its ``metrics.json`` (fractions;
@@ -151,8 +152,9 @@ class Row:
     best: Dict[str, bool] = field(default_factory=dict)
     p_value: Optional[float] = None
     p_holm: Optional[float] = None  # p_value adjusted over the table's comparisons with the baseline (Holm)
-    diff: Optional[float] = None  # mean minus the baseline's mean, key metric (points)
-    ci: Optional[tuple] = None  # 95% confidence interval of ``diff`` (Welch)
+    diff: Optional[float] = None  # mean minus the baseline's mean, key metric (points); paired: over common seeds
+    ci: Optional[tuple] = None  # 95% confidence interval of ``diff`` (Welch, or paired t)
+    n_paired: Optional[int] = None  # paired test: the seeds this row and the baseline both finished
     expected: Optional[int] = None  # seeds asked for; a row with fewer is marked
     note: str = ""
 
@@ -175,7 +177,12 @@ class Table:
     # Kendall's tau between our key-metric means and the paper's numbers for the same methods,
     # with its exact two-sided p-value under random orderings: {"tau", "p", "methods"}
     ordering: Optional[Dict[str, Any]] = None
+    mdd_paired: bool = False  # the detectable difference is the paired test's
     per_seed: bool = False  # markdown / LaTeX: a column with each seed's key metric
+    test: str = "welch"  # "welch" | "paired" (by seed)
+
+
+TESTS = ("welch", "paired")
 
 
 ALPHA = 0.05
@@ -199,6 +206,26 @@ def welch(a: Sequence[float], b: Sequence[float], level: float = 1 - ALPHA) -> D
     return {"diff": diff, "lo": diff - half, "hi": diff + half, "df": float(df), "p": p}
 
 
+def paired(a: Dict[int, float], b: Dict[int, float], level: float = 1 - ALPHA) -> Dict[str, float]:
+    """Paired t-test of two methods by seed: the differences ``a[k] - b[k]`` over the seeds both
+    have, their mean, its ``level`` confidence interval, ``n - 1`` degrees of freedom and the
+    two-sided p-value. Seeds fix more than the pre-training here (the downstream heads' seeds,
+    few-shot TAL's test episodes), so what a seed does to every method cancels in the difference."""
+    from scipy import stats
+
+    common = sorted(set(a) & set(b))
+    d = np.asarray([a[k] - b[k] for k in common], float)
+    n = len(d)
+    diff = float(d.mean())
+    sd = float(d.std(ddof=1))
+    if sd == 0:
+        return {"diff": diff, "lo": diff, "hi": diff, "df": float(n - 1), "p": 0.0 if diff else 1.0, "n": n, "sd": 0.0}
+    se = sd / math.sqrt(n)
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * se
+    p = float(2 * stats.t.sf(abs(diff) / se, n - 1))
+    return {"diff": diff, "lo": diff - half, "hi": diff + half, "df": float(n - 1), "p": p, "n": n, "sd": sd}
+
+
 def holm(p_values: Sequence[float]) -> List[float]:
     """Holm's step-down adjustment of m p-values (same order as given): the i-th smallest becomes
     ``max_{j <= i} min(1, (m - j + 1) p_(j))``. Comparing several methods with one baseline, a
@@ -214,14 +241,32 @@ def holm(p_values: Sequence[float]) -> List[float]:
     return adjusted
 
 
-def minimum_detectable_difference(std: float, n: int, alpha: float = ALPHA, power: float = POWER) -> float:
+def minimum_detectable_difference(std: float, n: int, alpha: float = ALPHA, power: float = POWER,
+                                  paired: bool = False) -> float:
     """Smallest difference of two means of ``n`` seeds each, with standard deviation ``std``, that a
     two-sided t-test at level ``alpha`` detects with probability ``power``:
-    ``(t_{1-alpha/2, 2n-2} + t_{power, 2n-2}) * std * sqrt(2 / n)``."""
+    ``(t_{1-alpha/2, 2n-2} + t_{power, 2n-2}) * std * sqrt(2 / n)``. ``paired``: ``std`` is that of
+    the seed-by-seed differences, ``(t_{1-alpha/2, n-1} + t_{power, n-1}) * std / sqrt(n)``."""
     from scipy import stats
 
+    if paired:
+        df = n - 1
+        return float((stats.t.ppf(1 - alpha / 2, df) + stats.t.ppf(power, df)) * std / math.sqrt(n))
     df = 2 * n - 2
     return float((stats.t.ppf(1 - alpha / 2, df) + stats.t.ppf(power, df)) * std * math.sqrt(2.0 / n))
+
+
+def _pooled_std(spread: Sequence[tuple]) -> float:
+    """``spread``: (n, variance) pairs; the standard deviation pooled over them (n - 1 weights)."""
+    return math.sqrt(sum((n - 1) * var for n, var in spread) / sum(n - 1 for n, _ in spread))
+
+
+def _typical_count(counts: Sequence[int]) -> tuple:
+    """The count most samples have (a tie: the fewer), and how many samples have fewer, so that one
+    unfinished row does not raise the detectable difference of the whole table."""
+    tally = Counter(counts)
+    n = max(tally, key=lambda k: (tally[k], -k))
+    return n, sum(c for k, c in tally.items() if k < n)
 
 
 def _method_order(method_dir: str, names: Dict[str, str]) -> tuple:
@@ -231,7 +276,9 @@ def _method_order(method_dir: str, names: Dict[str, str]) -> tuple:
 
 def build_table(spec: PaperTable, results: Dict[str, MethodResults], profile: str, baseline: Optional[str] = "tsp",
                 backbone: str = "r2plus1d_18", include_paper: bool = True, names: Optional[Dict[str, str]] = None,
-                expected_seeds: Optional[int] = None) -> Table:
+                expected_seeds: Optional[int] = None, test: str = "welch") -> Table:
+    if test not in TESTS:
+        raise ConfigError(f"--test: unknown {test!r}; expected one of {', '.join(TESTS)}")
     names = names if names is not None else paper_method_names()
     paper_for = {}
     for row in spec.rows:
@@ -240,6 +287,7 @@ def build_table(spec: PaperTable, results: Dict[str, MethodResults], profile: st
     rows: List[Row] = []
     incomplete: List[str] = []
     key_values: Dict[str, np.ndarray] = {}
+    key_by_seed: Dict[str, Dict[int, float]] = {}
     unmeasured: List[str] = []  # methods whose finished seeds hold none of this table's metrics
     for method_dir in sorted(results, key=lambda m: _method_order(m, names)):
         res = results[method_dir]
@@ -261,6 +309,7 @@ def build_table(spec: PaperTable, results: Dict[str, MethodResults], profile: st
             row.std[metric] = float(np.std(values, ddof=1)) if len(values) > 1 else None
             if metric == spec.key_metric:
                 key_values[method_dir] = np.asarray(values)
+                key_by_seed[method_dir] = row.by_seed[metric]
         match = paper_for.get(method_dir) if include_paper else None
         if match:
             row.paper = dict(match["values"])
@@ -277,30 +326,42 @@ def build_table(spec: PaperTable, results: Dict[str, MethodResults], profile: st
         datasets = ", ".join(sorted({m.split("/")[0] for m in spec.metrics}))
         notes.append(f"no row for {', '.join(unmeasured)}: their finished {spec.task} stages hold no {datasets} "
                      f"figures (the run's tasks.{spec.task}.datasets left it out)")
+    paired_spread = []  # (n, variance of the seed-by-seed differences) per compared row
     if baseline:
         base = key_values.get(baseline)
         if base is None:
             notes.append(f"p-values: baseline {baseline!r} has no finished seeds in this table")
+        unpaired = []
         for r in rows:
             if r.method == baseline or base is None:
                 continue
             ours = key_values.get(r.method)
-            if ours is not None and len(ours) >= 2 and len(base) >= 2:
+            if test == "paired" and ours is not None:
+                common = set(key_by_seed[r.method]) & set(key_by_seed[baseline])
+                if len(common) < len(ours) or len(common) < len(base):
+                    unpaired.append(f"{r.label} {', '.join(map(str, sorted(common))) or 'none'}")
+                if len(common) >= 2:
+                    w = paired(key_by_seed[r.method], key_by_seed[baseline])
+                    r.p_value = None if np.isnan(w["p"]) else w["p"]
+                    r.diff, r.ci, r.n_paired = w["diff"], (w["lo"], w["hi"]), w["n"]
+                    paired_spread.append((w["n"], w["sd"] ** 2))
+            elif ours is not None and len(ours) >= 2 and len(base) >= 2:
                 w = welch(ours, base)
                 r.p_value = None if np.isnan(w["p"]) else w["p"]
                 r.diff, r.ci = w["diff"], (w["lo"], w["hi"])
+        if unpaired:
+            notes.append(f"paired test on the seeds both a row and {baseline} finished, where that is not all of "
+                         f"either's: " + "; ".join(unpaired) + " (Δ over those seeds; fewer than 2: no test)")
         compared = [r for r in rows if r.p_value is not None]
         for r, adjusted in zip(compared, holm([r.p_value for r in compared])):
             r.p_holm = adjusted
-    # The smallest difference these seeds can detect: the key metric's std pooled over our rows.
-    spread = [(len(v), float(np.var(v, ddof=1))) for v in key_values.values() if len(v) >= 2]
+    # The smallest difference these seeds can detect: the key metric's std pooled over our rows
+    # (paired: the std of the seed-by-seed differences, pooled over the compared rows).
+    spread = paired_spread or [(len(v), float(np.var(v, ddof=1))) for v in key_values.values() if len(v) >= 2]
     if spread:
-        pooled = math.sqrt(sum((n - 1) * var for n, var in spread) / sum(n - 1 for n, _ in spread))
-        # At the seed count most rows have (a tie: the fewer seeds), so that one unfinished row
-        # does not raise the figure for the whole table; rows with fewer seeds are counted.
-        counts = Counter(n for n, _ in spread)
-        n = max(counts, key=lambda k: (counts[k], -k))
-        mdd, mdd_n, mdd_fewer = minimum_detectable_difference(pooled, n), n, sum(c for k, c in counts.items() if k < n)
+        n, fewer = _typical_count([n for n, _ in spread])
+        mdd = minimum_detectable_difference(_pooled_std(spread), n, paired=bool(paired_spread))
+        mdd_n, mdd_fewer = n, fewer
     if include_paper:
         for row in spec.rows:
             method = row.get("method")
@@ -309,9 +370,10 @@ def build_table(spec: PaperTable, results: Dict[str, MethodResults], profile: st
             variant = ", ".join(x for x in (row.get("pretrain"), _backbone_label(row.get("backbone"))) if x and x != "-")
             rows.append(Row(f"{row['name']} ({variant})" if variant else row["name"], "paper", method,
                             row.get("seeds"), mean=dict(row["values"]), std=dict(row.get("std") or {})))
-    table = Table(spec, profile, baseline, rows, incomplete, notes)
+    table = Table(spec, profile, baseline, rows, incomplete, notes, test=test)
     if spread:
         table.mdd, table.mdd_n, table.mdd_fewer = mdd, mdd_n, mdd_fewer
+        table.mdd_paired = bool(paired_spread)
     table.ordering = ordering_agreement(rows, spec.key_metric)
     return table
 
@@ -339,10 +401,11 @@ def _backbone_label(backbone: Optional[str]) -> Optional[str]:
 def make_tables(store: RunStore, profile: str, table_ids: Sequence[str] = TABLE_IDS, baseline: Optional[str] = "tsp",
                 methods: Optional[Sequence[str]] = None, include_paper: bool = True, backbone: str = "r2plus1d_18",
                 profile_config: Optional[Dict[str, Any]] = None, expected_seeds: Optional[int] = None,
-                per_seed: bool = False, heads: int = 1) -> List[Table]:
+                per_seed: bool = False, heads: int = 1, test: str = "welch") -> List[Table]:
     """The tables of ``profile``; with ``profile_config`` (the resolved profile the runs used), each
     table also notes the choices of its stages on which that profile departs from ``paper`` (FIDELITY.md).
-    ``heads`` > 1: each seed's figures are the mean of its first ``heads`` heads (``collect_task_results``)."""
+    ``heads`` > 1: each seed's figures are the mean of its first ``heads`` heads (``collect_task_results``).
+    ``test``: ``welch`` (the rows as independent samples) or ``paired`` (seed k against the baseline's seed k)."""
     if heads < 1:
         raise ConfigError(f"--heads: expected an integer >= 1, got {heads}")
     from clap_bench.fidelity import departures, paper_profile_dict
@@ -355,7 +418,8 @@ def make_tables(store: RunStore, profile: str, table_ids: Sequence[str] = TABLE_
             raise ConfigError(f"--tables: unknown table {table_id!r}; expected some of {', '.join(TABLE_IDS)}")
         spec = specs[table_id]
         results = collect_task_results(store, profile, spec.task, methods, heads=heads)
-        table = build_table(spec, results, profile, baseline, backbone, include_paper, expected_seeds=expected_seeds)
+        table = build_table(spec, results, profile, baseline, backbone, include_paper, expected_seeds=expected_seeds,
+                            test=test)
         table.per_seed = per_seed
         if heads > 1:
             table.notes.append(f"each seed's figures: the mean of its first {heads} downstream heads "
@@ -380,6 +444,8 @@ def _fmt_p(p: Optional[float]) -> str:
 
 def _header(table: Table) -> List[str]:
     base = f"p vs {table.baseline}" if table.baseline else "p"
+    if table.test == "paired":
+        base += ", paired"
     key_label = next(c["label"] for c in table.spec.columns if c["metric"] == table.spec.key_metric)
     diff = f"Δ vs {table.baseline} [95% CI]" if table.baseline else "Δ [95% CI]"
     per_seed = [f"per seed ({key_label})"] if table.per_seed else []
@@ -442,8 +508,14 @@ def _caption(table: Table) -> str:
              f"(percent), best per column in bold, the paper's number for the same method in [brackets]; "
              f"rows marked [paper] are reported by the paper only"]
     if _n_compared(table):
-        parts.append(f"Δ: difference of means on {table.spec.key_metric} against {table.baseline} with its 95% Welch "
-                     f"confidence interval, * where Welch's t-test gives p < {ALPHA:g}; Holm p: the p-values adjusted by "
+        if table.test == "paired":
+            parts.append(f"Δ: mean difference on {table.spec.key_metric} from {table.baseline}, seed k against its seed k "
+                         f"(the seeds both finished), with its 95% paired-t confidence interval, * where the paired "
+                         f"t-test gives p < {ALPHA:g}")
+        else:
+            parts.append(f"Δ: difference of means on {table.spec.key_metric} against {table.baseline} with its 95% "
+                         f"Welch confidence interval, * where Welch's t-test gives p < {ALPHA:g}")
+        parts.append(f"Holm p: the p-values adjusted by "
                      f"Holm's step-down method over the table's comparisons with {table.baseline} (below {ALPHA:g}: "
                      f"significant for the family of comparisons)")
     if any(_fewer_seeds_than_asked(r) for r in table.rows):
@@ -467,10 +539,17 @@ def render_markdown(tables: Sequence[Table]) -> str:
 def _footer(t: Table) -> List[str]:
     lines = []
     if t.mdd is not None:
-        fewer = (f" {t.mdd_fewer} row{'s' if t.mdd_fewer > 1 else ''} with fewer seeds need{'' if t.mdd_fewer > 1 else 's'} "
-                 "a larger one.") if t.mdd_fewer else ""
-        lines.append(f"Smallest detectable difference ({t.spec.key_metric}, {t.mdd_n} seeds per method, "
-                     f"{POWER:.0%} power, {ALPHA:g} level, std pooled over our rows): {t.mdd:.2f} points.{fewer}")
+        what = "comparison" if t.mdd_paired else "row"
+        verb = "on" if t.mdd_paired else "with"
+        fewer = (f" {t.mdd_fewer} {what}{'s' if t.mdd_fewer > 1 else ''} {verb} fewer seeds "
+                 f"need{'' if t.mdd_fewer > 1 else 's'} a larger one.") if t.mdd_fewer else ""
+        if t.mdd_paired:
+            lines.append(f"Smallest detectable difference ({t.spec.key_metric}, paired by seed, {t.mdd_n} seeds, "
+                         f"{POWER:.0%} power, {ALPHA:g} level, std of the seed-by-seed differences from {t.baseline} "
+                         f"pooled over the compared rows): {t.mdd:.2f} points.{fewer}")
+        else:
+            lines.append(f"Smallest detectable difference ({t.spec.key_metric}, {t.mdd_n} seeds per method, "
+                         f"{POWER:.0%} power, {ALPHA:g} level, std pooled over our rows): {t.mdd:.2f} points.{fewer}")
     if t.ordering is not None:
         lines.append(f"Ordering against the paper's ({t.spec.key_metric}, the {t.ordering['methods']} methods with a paper "
                      f"number): Kendall's tau {t.ordering['tau']:+.2f}, exact p {_fmt_p(t.ordering['p'])} "
@@ -533,7 +612,8 @@ def render_csv(tables: Sequence[Table]) -> str:
     header = ["table", "profile", "method", "n", "seeds"]
     for m in all_metrics:
         header += [f"{m} mean", f"{m} std", f"{m} paper", f"{m} best"]
-    header += ["key_metric", "key_metric per seed", "baseline", "diff", "ci_low", "ci_high", "p_value", "p_holm"]
+    header += ["key_metric", "key_metric per seed", "baseline", "diff", "ci_low", "ci_high", "p_value", "p_holm", "test",
+               "n_paired"]
     writer.writerow(header)
     for t in tables:
         for r in t.rows:
@@ -548,7 +628,8 @@ def render_csv(tables: Sequence[Table]) -> str:
             ci = r.ci or (None, None)
             per_seed = " ".join(f"{seed}:{v:.4f}" for seed, v in sorted(r.by_seed.get(t.spec.key_metric, {}).items()))
             line += [t.spec.key_metric, per_seed, t.baseline or "", _num(r.diff), _num(ci[0]), _num(ci[1]),
-                     "" if r.p_value is None else f"{r.p_value:.6g}", "" if r.p_holm is None else f"{r.p_holm:.6g}"]
+                     "" if r.p_value is None else f"{r.p_value:.6g}", "" if r.p_holm is None else f"{r.p_holm:.6g}",
+                     t.test if r.p_value is not None else "", "" if r.n_paired is None else r.n_paired]
             writer.writerow(line)
     return buf.getvalue()
 
