@@ -724,3 +724,32 @@ def test_paired_test_uses_the_seeds_both_finished_and_says_so(tmp_path):
     assert "p vs tsp, paired" in result.output
     bad = CliRunner().invoke(app, ["table", "--tables", "1", "--test", "anova", "--runs-dir", str(tmp_path)])
     assert bad.exit_code == 2 and "--test: unknown 'anova'" in bad.output
+
+
+def test_table_seeds_selects_the_seeds_it_aggregates_as_run_does(tmp_path):
+    # tsp has seeds 0-4, clap seeds 0-2 and 5-6 (a later, confirmatory run in the same store).
+    # --seeds 5 means seeds 0..4 as in `clapbench run`: clap's 5 and 6 are left out (and said so),
+    # its row has 3 of 5 and is marked; --seeds 5,6 takes those two only.
+    store = RunStore(tmp_path)
+    _fake_results(store, "p", {"tsp": [0.10, 0.11, 0.12, 0.13, 0.14], "clap": [0.20, 0.21, 0.22]})
+    for seed, v in ((5, 0.50), (6, 0.52)):
+        d = store.stage_dir("p", "clap", seed, "tal")
+        d.mkdir(parents=True)
+        atomic_write_json(d / "metrics.json", {"mAP@0.5": v, "mAP@0.75": v, "mAP@0.95": v, "average_mAP": v})
+    [everything] = make_tables(store, "p", ["1"], baseline="tsp")
+    assert next(r for r in everything.rows if r.method == "clap").seeds == [0, 1, 2, 5, 6]
+    [first] = make_tables(store, "p", ["1"], baseline="tsp", seeds=[0, 1, 2, 3, 4])
+    clap = next(r for r in first.rows if r.method == "clap")
+    assert clap.seeds == [0, 1, 2] and clap.mean["average_mAP"] == pytest.approx(21.0) and clap.expected == 5
+    md = render([first], "markdown")
+    assert "3/5 (!)" in md and "seeds in the store but not asked for (--seeds), left out: clap 5, 6" in md
+    [later] = make_tables(store, "p", ["1"], baseline="tsp", seeds=[5, 6])
+    rows = {r.method: r for r in later.rows if r.source == "ours"}
+    assert set(rows) == {"clap"} and rows["clap"].seeds == [5, 6] and rows["clap"].mean["average_mAP"] == pytest.approx(51.0)
+    assert "left out: tsp 0, 1, 2, 3, 4; clap 0, 1, 2" in render([later], "markdown")
+    result = CliRunner().invoke(app, ["table", "--tables", "1", "--seeds", "5,6", "--format", "csv", "--runs-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    [row] = list(csv.DictReader(io.StringIO(result.output)))
+    assert row["method"] == "clap" and row["seeds"] == "5 6"
+    bad = CliRunner().invoke(app, ["table", "--tables", "1", "--seeds", "five", "--runs-dir", str(tmp_path)])
+    assert bad.exit_code == 2 and "--seeds: expected a count (5) or a list (0,3,4), got 'five'" in bad.output

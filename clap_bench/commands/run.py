@@ -78,7 +78,7 @@ def _execute(methods: List[str], seeds: str, tasks: Optional[str], profile: Opti
                    f"Follow with: clapbench status --profile {prof.name}" + (f" --runs-dir {runs_dir}" if runs_dir else ""))
         return
     tables = make_tables(store, prof.name, tables_for_tasks(task_list), baseline=baseline, methods=table_methods,
-                         backbone=_backbone(prof), expected_seeds=len(seed_list))
+                         backbone=_backbone(prof), seeds=seed_list)
     typer.echo(render(tables, "markdown"))
     if report.held:
         typer.echo(f"{len(report.held)} stage(s) skipped (--no-wait) because another process holds them or a stage "

@@ -21,7 +21,7 @@ def register(app: typer.Typer) -> None:
         test: str = typer.Option("welch", "--test", help="welch: rows as independent samples; paired: seed k of a method against seed k of the baseline (the seeds both finished)"),
         methods: Optional[str] = typer.Option(None, "--methods", help="comma-separated subset of methods"),
         no_paper: bool = typer.Option(False, "--no-paper", help="leave out the paper's reported numbers"),
-        seeds: Optional[int] = typer.Option(None, "--seeds", help="seeds asked for per method: rows with fewer finished are marked"),
+        seeds: Optional[str] = typer.Option(None, "--seeds", help="seeds to aggregate, as in clapbench run: 5 -> seeds 0..4, or a list (5,6,7); rows with fewer finished are marked (default: every finished seed)"),
         runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="run store root (default $CLAPBENCH_RUNS or ./results/runs)"),
         plot: Optional[Path] = typer.Option(None, "--plot", help="also draw each table's key metric per method (seeds, mean, 95% CI) into this PNG"),
         per_seed: bool = typer.Option(False, "--per-seed", help="add a column with each seed's key metric (markdown, latex; csv always has it)"),
@@ -30,7 +30,7 @@ def register(app: typer.Typer) -> None:
         """Print Tables 1, 2a, 2b, 3: mean ± std over finished seeds, difference to --baseline with its
         95% CI and t-test p-value (Welch's, or --test paired), Holm's adjustment, the smallest detectable
         difference, the paper's numbers beside them."""
-        from clap_bench.runs import RunStore, make_tables, render, runs_root
+        from clap_bench.runs import RunStore, make_tables, parse_seeds, render, runs_root
 
         store = RunStore(runs_root(runs_dir))
         profiles = [profile] if profile else store.profiles()
@@ -44,7 +44,8 @@ def register(app: typer.Typer) -> None:
                 out.extend(make_tables(store, name, ids, baseline=baseline or None,
                                        methods=[m for m in methods.split(",") if m] if methods else None,
                                        include_paper=not no_paper, backbone=_recorded_backbone(store, name),
-                                       profile_config=_recorded_profile(store, name), expected_seeds=seeds,
+                                       profile_config=_recorded_profile(store, name),
+                                       seeds=parse_seeds(seeds) if seeds is not None else None,
                                        per_seed=per_seed, heads=heads, test=test))
             typer.echo(render(out, fmt), nl=False)
             if plot is not None:

@@ -75,11 +75,13 @@ class MethodResults:
     method_dir: str
     seeds: Dict[int, Dict[str, float]] = field(default_factory=dict)  # finished seeds -> metrics
     incomplete: Dict[int, str] = field(default_factory=dict)  # seed -> why (status of its stage)
+    left_out: List[int] = field(default_factory=list)  # seeds in the store but not among those asked for
 
 
 def collect_task_results(store: RunStore, profile: str, task: str, methods: Optional[Sequence[str]] = None,
-                         heads: int = 1) -> Dict[str, MethodResults]:
+                         heads: int = 1, seeds: Optional[Sequence[int]] = None) -> Dict[str, MethodResults]:
     """Per method folder: metrics of each seed whose ``task`` stage finished, and the unfinished seeds.
+    ``seeds``: only those (the others a method has in the store are listed as left out).
 
     ``heads`` > 1: a seed's metrics are the mean of its first ``heads`` downstream heads, those its
     stage trained (``head_seeds``) and those ``clapbench analyze variance`` trained beside it (the
@@ -94,6 +96,10 @@ def collect_task_results(store: RunStore, profile: str, task: str, methods: Opti
             continue
         res = MethodResults(store.method_label(profile, method_dir), method_dir)
         for seed in store.seeds(profile, method_dir):
+            if seeds is not None and seed not in seeds:
+                if (store.seed_dir(profile, method_dir, seed) / task).is_dir():
+                    res.left_out.append(seed)
+                continue
             seed_dir = store.seed_dir(profile, method_dir, seed)
             stage_dir = seed_dir / task
             metrics = read_json(stage_dir / METRICS_FILE)
@@ -111,7 +117,7 @@ def collect_task_results(store: RunStore, profile: str, task: str, methods: Opti
                 res.incomplete[seed] = why
             elif any(p.is_dir() for p in seed_dir.iterdir()):
                 res.incomplete[seed] = "not started"
-        if res.seeds or res.incomplete:
+        if res.seeds or res.incomplete or res.left_out:
             out[method_dir] = res
     return out
 
@@ -289,8 +295,11 @@ def build_table(spec: PaperTable, results: Dict[str, MethodResults], profile: st
     key_values: Dict[str, np.ndarray] = {}
     key_by_seed: Dict[str, Dict[int, float]] = {}
     unmeasured: List[str] = []  # methods whose finished seeds hold none of this table's metrics
+    left_out = []
     for method_dir in sorted(results, key=lambda m: _method_order(m, names)):
         res = results[method_dir]
+        if res.left_out:
+            left_out.append(f"{res.method} {', '.join(map(str, res.left_out))}")
         if res.incomplete:
             incomplete.append(f"{res.method}: " + ", ".join(f"seed {s} ({why})" for s, why in sorted(res.incomplete.items())))
         # Tables 2b and 3 read the same task stage; a run that grounded one dataset only
@@ -322,6 +331,8 @@ def build_table(spec: PaperTable, results: Dict[str, MethodResults], profile: st
             for r in rows:
                 r.best[metric] = r.mean.get(metric) is not None and math.isclose(r.mean[metric], top, rel_tol=0, abs_tol=1e-9)
     notes = []
+    if left_out:
+        notes.append("seeds in the store but not asked for (--seeds), left out: " + "; ".join(left_out))
     if unmeasured:
         datasets = ", ".join(sorted({m.split("/")[0] for m in spec.metrics}))
         notes.append(f"no row for {', '.join(unmeasured)}: their finished {spec.task} stages hold no {datasets} "
@@ -401,13 +412,17 @@ def _backbone_label(backbone: Optional[str]) -> Optional[str]:
 def make_tables(store: RunStore, profile: str, table_ids: Sequence[str] = TABLE_IDS, baseline: Optional[str] = "tsp",
                 methods: Optional[Sequence[str]] = None, include_paper: bool = True, backbone: str = "r2plus1d_18",
                 profile_config: Optional[Dict[str, Any]] = None, expected_seeds: Optional[int] = None,
-                per_seed: bool = False, heads: int = 1, test: str = "welch") -> List[Table]:
+                per_seed: bool = False, heads: int = 1, test: str = "welch",
+                seeds: Optional[Sequence[int]] = None) -> List[Table]:
     """The tables of ``profile``; with ``profile_config`` (the resolved profile the runs used), each
     table also notes the choices of its stages on which that profile departs from ``paper`` (FIDELITY.md).
     ``heads`` > 1: each seed's figures are the mean of its first ``heads`` heads (``collect_task_results``).
-    ``test``: ``welch`` (the rows as independent samples) or ``paired`` (seed k against the baseline's seed k)."""
+    ``test``: ``welch`` (the rows as independent samples) or ``paired`` (seed k against the baseline's seed k).
+    ``seeds``: aggregate those seeds only (``expected_seeds`` defaults to their number); None: every finished one."""
     if heads < 1:
         raise ConfigError(f"--heads: expected an integer >= 1, got {heads}")
+    if seeds is not None and expected_seeds is None:
+        expected_seeds = len(set(seeds))
     from clap_bench.fidelity import departures, paper_profile_dict
 
     specs = load_paper_tables()
@@ -417,7 +432,8 @@ def make_tables(store: RunStore, profile: str, table_ids: Sequence[str] = TABLE_
         if table_id not in specs:
             raise ConfigError(f"--tables: unknown table {table_id!r}; expected some of {', '.join(TABLE_IDS)}")
         spec = specs[table_id]
-        results = collect_task_results(store, profile, spec.task, methods, heads=heads)
+        results = collect_task_results(store, profile, spec.task, methods, heads=heads,
+                                       seeds=set(seeds) if seeds is not None else None)
         table = build_table(spec, results, profile, baseline, backbone, include_paper, expected_seeds=expected_seeds,
                             test=test)
         table.per_seed = per_seed
