@@ -156,3 +156,34 @@ def test_table_plot_draws_every_seed_and_the_mean_of_each_method(tmp_path, saved
     result = CliRunner().invoke(app, ["table", "--tables", "1", "--profile", "empty", "--runs-dir", str(tmp_path / "runs"),
                                       "--plot", str(tmp_path / "none.png")])
     assert result.exit_code == 2 and "no finished seed" in result.output and not (tmp_path / "none.png").exists()
+
+
+def test_table_plot_paired_draws_the_seed_by_seed_differences_from_the_baseline(tmp_path, saved_figures, monkeypatch):
+    import clap_bench.runs.tables as tables_module
+    from clap_bench.io import atomic_write_json
+    from clap_bench.runs import RunStore, make_tables
+    from clap_bench.runs.tables import plot_tables
+
+    store = RunStore(tmp_path / "runs")
+    for method, values in {"tsp": [0.09, 0.10, 0.10, 0.11], "clap": [0.10, 0.12, 0.11, 0.13], "tac": [0.08, 0.11]}.items():
+        for seed, v in enumerate(values):
+            d = store.stage_dir("p", method, seed, "tal")
+            d.mkdir(parents=True)
+            atomic_write_json(d / "metrics.json", {"mAP@0.5": v, "mAP@0.75": v, "mAP@0.95": v, "average_mAP": v})
+    drawn = []
+    save = tables_module.save_figure
+    monkeypatch.setattr(tables_module, "save_figure", lambda fig, out, **kw: (drawn.append(fig), save(fig, out, **kw)))
+    out = tmp_path / "paired.png"
+    [labels] = plot_tables(make_tables(store, "p", ["1"], baseline="tsp", include_paper=False, test="paired"), out)
+    assert _is_png(out)
+    # the compared rows only, the first table row on top; the baseline has no row of its own
+    assert labels == ["CLAP (n=4)", "TAC (n=2)"] and saved_figures[-1]["yticks"] == [labels]  # bottom to top
+    assert sorted(saved_figures[-1]["legend"]) == ["mean difference, paired 95% CI", "no difference from TSP",
+                                                   "one seed: minus the baseline's same seed"]
+    # the dots are the seed-by-seed differences in points: clap 1, 2, 1, 2 (y 0), tac -1, +1 (y 1, on top)
+    [ax] = drawn[-1].axes
+    dots = np.concatenate([c.get_offsets() for c in ax.collections if len(c.get_offsets()) in (2, 4)])
+    assert sorted(map(tuple, np.round(dots, 6))) == [(-1.0, 1.0), (1.0, 0.0), (1.0, 0.0), (1.0, 1.0), (2.0, 0.0), (2.0, 0.0)]
+    # Welch's table keeps the drawing of every seed's figure, the baseline's row included
+    [welch_labels] = plot_tables(make_tables(store, "p", ["1"], baseline="tsp", include_paper=False), tmp_path / "w.png")
+    assert welch_labels == ["CLAP (n=4)", "TSP (n=4)", "TAC (n=2)"]

@@ -666,13 +666,14 @@ def render(tables: Sequence[Table], fmt: str = "markdown") -> str:
 
 def plot_tables(tables: Sequence[Table], out: Path) -> List[List[str]]:
     """One panel per table: each of our methods' key metric, one dot per finished seed, its mean
-    with the 95% t-interval of the mean, and the baseline's mean as a vertical line. Returns each
-    panel's method labels, top to bottom."""
+    with the 95% t-interval of the mean, and the baseline's mean as a vertical line. A table compared
+    ``paired`` draws what its test saw instead: each row's seed-by-seed differences from the
+    baseline, their mean with the paired 95% interval, and zero. Returns each panel's method labels,
+    bottom to top (the table's first row is drawn on top)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from scipy import stats
 
     tables = [t for t in tables if any(r.source == "ours" for r in t.rows)]
     if not tables:
@@ -684,28 +685,56 @@ def plot_tables(tables: Sequence[Table], out: Path) -> List[List[str]]:
     for ax, t in zip(axes[:, 0], tables):
         metric = t.spec.key_metric
         label = next(c["label"] for c in t.spec.columns if c["metric"] == metric)
-        ours = [r for r in t.rows if r.source == "ours" and r.values(metric)][::-1]  # first row on top
-        for y, r in enumerate(ours):
-            v = np.asarray(r.values(metric))
-            ax.scatter(v, np.full(len(v), y), s=12, color="C0", alpha=0.6, zorder=2,
-                       label="one seed" if y == 0 else None)
-            half = float(stats.t.ppf(0.975, len(v) - 1)) * v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else 0.0
-            ax.errorbar([v.mean()], [y], xerr=[[half], [half]], fmt="D", color="black", ms=4, capsize=3, zorder=3,
-                        label="mean, 95% CI" if y == 0 else None)
-        base = next((r for r in ours if r.method == t.baseline), None)
-        if base is not None:
-            ax.axvline(float(np.mean(base.values(metric))), color="C3", ls="--", lw=1, label=f"{base.label} mean")
-        ax.set_yticks(range(len(ours)))
-        ax.set_yticklabels([f"{r.label} (n={r.n})" for r in ours], fontsize=8)
-        ax.set_ylim(-0.6, len(ours) - 0.4)
-        ax.set_xlabel(f"{label} (%)", fontsize=8)
+        if t.test == "paired" and any(r.n_paired for r in t.rows):
+            labels = _plot_paired_panel(ax, t, metric, label)
+        else:
+            labels = _plot_seeds_panel(ax, t, metric, label)
         ax.set_title(f"Table {t.spec.table}: {t.spec.title}; profile {t.profile}", fontsize=9, loc="left")
         ax.grid(axis="x", alpha=0.3)
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the rows, never over a dot
-        panels.append([f"{r.label} (n={r.n})" for r in ours])
+        panels.append(labels)
     fig.tight_layout()
     save_figure(fig, out, dpi=110)
     return panels
+
+
+def _plot_rows(ax, rows: Sequence[Row]) -> List[str]:
+    labels = [f"{r.label} (n={r.n})" for r in rows]
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels(labels, fontsize=8)
+    ax.set_ylim(-0.6, len(rows) - 0.4)
+    return labels
+
+
+def _plot_seeds_panel(ax, t: Table, metric: str, label: str) -> List[str]:
+    from scipy import stats
+
+    ours = [r for r in t.rows if r.source == "ours" and r.values(metric)][::-1]  # first row on top
+    for y, r in enumerate(ours):
+        v = np.asarray(r.values(metric))
+        ax.scatter(v, np.full(len(v), y), s=12, color="C0", alpha=0.6, zorder=2, label="one seed" if y == 0 else None)
+        half = float(stats.t.ppf(0.975, len(v) - 1)) * v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else 0.0
+        ax.errorbar([v.mean()], [y], xerr=[[half], [half]], fmt="D", color="black", ms=4, capsize=3, zorder=3,
+                    label="mean, 95% CI" if y == 0 else None)
+    base = next((r for r in ours if r.method == t.baseline), None)
+    if base is not None:
+        ax.axvline(float(np.mean(base.values(metric))), color="C3", ls="--", lw=1, label=f"{base.label} mean")
+    ax.set_xlabel(f"{label} (%)", fontsize=8)
+    return _plot_rows(ax, ours)
+
+
+def _plot_paired_panel(ax, t: Table, metric: str, label: str) -> List[str]:
+    base = next(r for r in t.rows if r.source == "ours" and r.method == t.baseline)
+    compared = [r for r in t.rows if r.source == "ours" and r.n_paired][::-1]  # first row on top
+    for y, r in enumerate(compared):
+        d = np.asarray([v - base.by_seed[metric][k] for k, v in r.by_seed[metric].items() if k in base.by_seed[metric]])
+        ax.scatter(d, np.full(len(d), y), s=12, color="C0", alpha=0.6, zorder=2,
+                   label="one seed: minus the baseline's same seed" if y == 0 else None)
+        ax.errorbar([r.diff], [y], xerr=[[r.diff - r.ci[0]], [r.ci[1] - r.diff]], fmt="D", color="black", ms=4,
+                    capsize=3, zorder=3, label="mean difference, paired 95% CI" if y == 0 else None)
+    ax.axvline(0.0, color="C3", ls="--", lw=1, label=f"no difference from {base.label}")
+    ax.set_xlabel(f"{label}: difference from {base.label} (points), paired by seed", fontsize=8)
+    return _plot_rows(ax, compared)
 
 
 def tables_for_tasks(tasks: Sequence[str]) -> List[str]:
