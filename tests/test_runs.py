@@ -531,6 +531,18 @@ def test_run_command_on_the_toy_plan_prints_its_table(tmp_path, monkeypatch):
     assert again.exit_code == 0 and again.output.count("(done, reused)") == 4
 
 
+def test_sweep_prints_its_table_with_the_test_asked_for_and_rejects_an_unknown_one_before_running(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLAPBENCH_PLAN_FACTORY", "test_runs_toy_plan:build_toy_plan")
+    args = ["sweep", "--methods", "a,b", "--seeds", "3", "--profile", "smoke", "--executor", "local",
+            "--runs-dir", str(tmp_path), "--baseline", "a"]
+    bad = CliRunner().invoke(app, args + ["--test", "anova"])
+    assert bad.exit_code == 2 and "--test: unknown 'anova'; expected one of welch, paired" in bad.output
+    assert not (tmp_path / "smoke").exists()  # nothing ran
+    result = CliRunner().invoke(app, args + ["--test", "paired"])
+    assert result.exit_code == 0, result.output
+    assert "p vs a, paired" in result.output and "paired by seed, 3 seeds" in result.output
+
+
 # --------------------------------------------------------------------------- Fig. 2a
 def test_feature_quality_separates_foreground_from_background_features(tmp_path):
     from clap_bench.data.schema import AnnotationSet, Segment, Video

@@ -37,17 +37,19 @@ IMPORT_HELP = "plug-in module defining methods or tasks (repeatable; added to th
 def _execute(methods: List[str], seeds: str, tasks: Optional[str], profile: Optional[str], config: Optional[Path],
              executor: str, cluster: Optional[Path], runs_dir: Optional[Path], dry_run: bool, wait: bool,
              quiet: bool, table_methods: Optional[List[str]], baseline: Optional[str], wait_for_claims: bool = True,
-             imports: Optional[List[str]] = None) -> None:
+             imports: Optional[List[str]] = None, test: str = "welch") -> None:
     from clap_bench.runs import RunStore, load_cluster, make_tables, parse_seeds, parse_tasks, render, run_plan, runs_root
     from clap_bench.runs.slurm import with_job_threads
     from clap_bench.plugins import with_imports
     from clap_bench.runs.plan import plan_factory
-    from clap_bench.runs.tables import tables_for_tasks
+    from clap_bench.runs.tables import TESTS, tables_for_tasks
 
     try:
         prof = with_imports(_profile(profile, config), imports)  # the profile carries them to every stage's process
         seed_list = parse_seeds(seeds)
         task_list = parse_tasks(tasks)
+        if test not in TESTS:  # before any stage runs, not when the table is printed at the end
+            raise ConfigError(f"--test: unknown {test!r}; expected one of {', '.join(TESTS)}")
         cluster_profile = load_cluster(cluster) if cluster else None
         if executor == "slurm" and cluster_profile is None:
             raise ConfigError("--executor slurm needs --cluster slurm/<profile>.yaml (e.g. slurm/local.yaml)")
@@ -78,7 +80,7 @@ def _execute(methods: List[str], seeds: str, tasks: Optional[str], profile: Opti
                    f"Follow with: clapbench status --profile {prof.name}" + (f" --runs-dir {runs_dir}" if runs_dir else ""))
         return
     tables = make_tables(store, prof.name, tables_for_tasks(task_list), baseline=baseline, methods=table_methods,
-                         backbone=_backbone(prof), seeds=seed_list)
+                         backbone=_backbone(prof), seeds=seed_list, test=test)
     typer.echo(render(tables, "markdown"))
     if report.held:
         typer.echo(f"{len(report.held)} stage(s) skipped (--no-wait) because another process holds them or a stage "
@@ -125,13 +127,14 @@ def register(app: typer.Typer) -> None:
         dry_run: bool = typer.Option(False, "--dry-run"),
         wait: bool = typer.Option(False, "--wait/--no-wait", help="slurm: wait for the jobs and print the tables"),
         baseline: str = typer.Option("tsp", "--baseline", help="method the p-values compare against"),
+        test: str = typer.Option("welch", "--test", help="welch | paired (seed k against the baseline's seed k), as clapbench table"),
         quiet: bool = typer.Option(True, "--quiet/--progress"),
         imports: Optional[List[str]] = typer.Option(None, "--import", help=IMPORT_HELP),
     ):
         """Run several methods x seeds (as SLURM jobs chained by afterok dependencies, or locally)."""
         method_list = [m.strip() for m in methods.split(",") if m.strip()]
         _execute(method_list, seeds, tasks, profile, config, executor, cluster, runs_dir, dry_run, wait=wait or executor != "slurm",
-                 quiet=quiet, table_methods=method_list, baseline=baseline, imports=imports)
+                 quiet=quiet, table_methods=method_list, baseline=baseline, imports=imports, test=test)
 
     @app.command("status")
     def status_cmd(
