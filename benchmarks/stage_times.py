@@ -1,6 +1,7 @@
 """Print how long each stage of a finished run took, from the run store's ``stage.json`` files.
 
     python benchmarks/stage_times.py results/runs --profile default --method clap
+    python benchmarks/stage_times.py results/runs --profile default --method tsp,clap-no-cls   # or --method all
 
 For each stage: its wall time per seed (``finished - started``, to the second) and the mean; for each
 seed, the span from its first stage's start to its last stage's end; and the span of all seeds. A
@@ -34,15 +35,8 @@ def stage_times(method_dir: Path) -> dict:
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", type=Path, help="the run store (e.g. results/runs)")
-    parser.add_argument("--profile", default="default")
-    parser.add_argument("--method", default="clap")
-    parser.add_argument("--cache", type=Path, help="the run's cache folder, for the benchmark's generation time")
-    args = parser.parse_args()
-
-    method_dir = args.runs / args.profile / args.method
+def print_method(method_dir: Path) -> None:
+    """The per-stage, per-seed wall times of one method folder, then its seeds' spans."""
     times = stage_times(method_dir)
     if not times:
         raise SystemExit(f"{method_dir}: no seed<k>/<stage>/stage.json")
@@ -79,6 +73,28 @@ def main() -> None:
         print(f"{'seed (first start to last end)':28s}" + cells)
         first, last = min(s for s, _ in spans), max(e for _, e in spans)
         print(f"all finished seeds: {(last - first).total_seconds():.0f} s, from {first:%H:%M:%S} to {last:%H:%M:%S}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", type=Path, help="the run store (e.g. results/runs)")
+    parser.add_argument("--profile", default="default")
+    parser.add_argument("--method", default="clap", help="a method folder, several comma-separated, or all")
+    parser.add_argument("--cache", type=Path, help="the run's cache folder, for the benchmark's generation time")
+    args = parser.parse_args()
+
+    profile_dir = args.runs / args.profile
+    if args.method == "all":
+        methods = sorted(p.name for p in profile_dir.iterdir() if p.is_dir() and not p.name.startswith("_")) \
+            if profile_dir.is_dir() else []
+        if not methods:
+            raise SystemExit(f"{profile_dir}: no method folders")
+    else:
+        methods = [m.strip() for m in args.method.split(",") if m.strip()]
+    for i, method in enumerate(methods):
+        if i:
+            print()
+        print_method(profile_dir / method)
 
     if args.cache:
         manifests = sorted(args.cache.glob("synth/*/manifest.json"))
