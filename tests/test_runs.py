@@ -764,4 +764,13 @@ def test_table_seeds_selects_the_seeds_it_aggregates_as_run_does(tmp_path):
     [row] = list(csv.DictReader(io.StringIO(result.output)))
     assert row["method"] == "clap" and row["seeds"] == "5 6"
     bad = CliRunner().invoke(app, ["table", "--tables", "1", "--seeds", "five", "--runs-dir", str(tmp_path)])
-    assert bad.exit_code == 2 and "--seeds: expected a count (5) or a list (0,3,4), got 'five'" in bad.output
+    assert bad.exit_code == 2 and "--seeds: expected a count (5), a list (0,3,4) or a range (5-9), got 'five'" in bad.output
+
+
+def test_seeds_are_a_count_a_list_or_a_range():
+    assert parse_seeds(3) == parse_seeds("3") == [0, 1, 2]
+    assert parse_seeds("4,0,3") == [0, 3, 4] and parse_seeds("7,") == [7]
+    assert parse_seeds("5-9") == [5, 6, 7, 8, 9] and parse_seeds("0,5-7") == [0, 5, 6, 7] and parse_seeds("7-7") == [7]
+    for bad in ("9-5", "-3", "1-2-3", "a-b", ",", "0"):
+        with pytest.raises(ConfigError, match="--seeds: expected a count"):
+            parse_seeds(bad)

@@ -13,7 +13,7 @@ def register(app: typer.Typer) -> None:
     def curves_cmd(
         method: List[str] = typer.Option(..., "--method", "-m", help="a method in the run store; repeat to compare"),
         profile: str = typer.Option("default", "--profile", "-p"),
-        seeds: Optional[str] = typer.Option(None, "--seeds", help="a count (5) or a list (0,3); default: every seed found"),
+        seeds: Optional[str] = typer.Option(None, "--seeds", help="a count (5), a list (0,3) or a range (5-9); default: every seed found"),
         stage: str = typer.Option("pretrain", "--stage", help="pretrain or pretrain-base"),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="also draw the curves into this PNG"),
         runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="run store root (default $CLAPBENCH_RUNS or ./results/runs)"),

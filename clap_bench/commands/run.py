@@ -96,7 +96,7 @@ def register(app: typer.Typer) -> None:
     @app.command("run")
     def run_cmd(
         method: str = typer.Option("clap", "--method", "-m", help="pre-training method (clapbench list methods) or features:PATH.h5 / features:DIR"),
-        seeds: str = typer.Option("5", "--seeds", help="number of seeds (5 -> seeds 0..4) or a list (0,3,4); finished seeds are reused"),
+        seeds: str = typer.Option("5", "--seeds", help="number of seeds (5 -> seeds 0..4), a list (0,3,4) or a range (5-9); finished seeds are reused"),
         tasks: Optional[str] = typer.Option(None, "--tasks", help="downstream tasks, comma-separated: tal,fstal,vlg (default: all)"),
         profile: Optional[str] = typer.Option(None, "--profile", "-p", help="smoke | default | paper (default: the synthetic default)"),
         config: Optional[Path] = typer.Option(None, "--config", help="a profile YAML file instead of --profile"),
@@ -117,7 +117,7 @@ def register(app: typer.Typer) -> None:
     @app.command("sweep")
     def sweep_cmd(
         methods: str = typer.Option(..., "--methods", help="comma-separated methods, e.g. tac,tsp,clap-clip,clap-mask,clap,clap-no-cls"),
-        seeds: str = typer.Option("5", "--seeds"),
+        seeds: str = typer.Option("5", "--seeds", help="a count (5 -> seeds 0..4), a list (0,3,4) or a range (5-9)"),
         tasks: Optional[str] = typer.Option(None, "--tasks"),
         profile: Optional[str] = typer.Option(None, "--profile", "-p"),
         config: Optional[Path] = typer.Option(None, "--config"),
@@ -141,7 +141,7 @@ def register(app: typer.Typer) -> None:
         profile: Optional[str] = typer.Option(None, "--profile", "-p", help="profile name (default: every profile in the store)"),
         config: Optional[Path] = typer.Option(None, "--config"),
         methods: Optional[str] = typer.Option(None, "--methods", help="comma-separated (default: those in the store)"),
-        seeds: Optional[str] = typer.Option(None, "--seeds", help="count or list (default: those in the store)"),
+        seeds: Optional[str] = typer.Option(None, "--seeds", help="count, list or range (default: those in the store)"),
         tasks: Optional[str] = typer.Option(None, "--tasks"),
         runs_dir: Optional[Path] = typer.Option(None, "--runs-dir"),
         lines: int = typer.Option(5, "--lines", help="error lines shown per failed stage"),

@@ -21,7 +21,7 @@ def register(app: typer.Typer) -> None:
         test: str = typer.Option("welch", "--test", help="welch: rows as independent samples; paired: seed k of a method against seed k of the baseline (the seeds both finished)"),
         methods: Optional[str] = typer.Option(None, "--methods", help="comma-separated subset of methods"),
         no_paper: bool = typer.Option(False, "--no-paper", help="leave out the paper's reported numbers"),
-        seeds: Optional[str] = typer.Option(None, "--seeds", help="seeds to aggregate, as in clapbench run: 5 -> seeds 0..4, or a list (5,6,7); rows with fewer finished are marked (default: every finished seed)"),
+        seeds: Optional[str] = typer.Option(None, "--seeds", help="seeds to aggregate, as in clapbench run: 5 -> seeds 0..4, a list (5,6,7) or a range (5-9); rows with fewer finished are marked (default: every finished seed)"),
         runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="run store root (default $CLAPBENCH_RUNS or ./results/runs)"),
         plot: Optional[Path] = typer.Option(None, "--plot", help="also draw each table's key metric per method (seeds, mean, 95% CI) into this PNG; with --test paired, each method's seed-by-seed differences from the baseline"),
         per_seed: bool = typer.Option(False, "--per-seed", help="add a column with each seed's key metric (markdown, latex; csv always has it)"),

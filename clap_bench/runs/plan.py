@@ -202,7 +202,8 @@ def parse_tasks(tasks: Optional[Iterable[str] | str]) -> List[str]:
 
 
 def parse_seeds(seeds: int | str | Sequence[int]) -> List[int]:
-    """``5`` -> seeds 0..4; ``"0,3,4"`` -> exactly those; a list passes through."""
+    """``5`` -> seeds 0..4; ``"0,3,4"`` -> exactly those; ``"5-9"`` -> seeds 5..9 (ranges may be
+    listed: ``"0,5-7"``); a list passes through."""
     if isinstance(seeds, int):
         if seeds < 1:
             raise ConfigError(f"--seeds: expected a positive count, got {seeds}")
@@ -210,11 +211,22 @@ def parse_seeds(seeds: int | str | Sequence[int]) -> List[int]:
     if isinstance(seeds, str):
         text = seeds.strip()
         try:
-            if "," in text:
-                return sorted({int(s) for s in text.split(",") if s.strip()})
-            return parse_seeds(int(text))
+            if "," not in text and "-" not in text:
+                return parse_seeds(int(text))
+            out = set()
+            for part in (p.strip() for p in text.split(",")):
+                if "-" in part:
+                    first, last = (int(x) for x in part.split("-"))
+                    if first < 0 or last < first:
+                        raise ValueError(part)
+                    out.update(range(first, last + 1))
+                elif part:
+                    out.add(int(part))
+            if not out:
+                raise ValueError(text)
+            return sorted(out)
         except ValueError:
-            raise ConfigError(f"--seeds: expected a count (5) or a list (0,3,4), got {seeds!r}") from None
+            raise ConfigError(f"--seeds: expected a count (5), a list (0,3,4) or a range (5-9), got {seeds!r}") from None
     return sorted({int(s) for s in seeds})
 
 
