@@ -702,7 +702,7 @@ def test_paired_test_by_seed_against_hand_worked_numbers(tmp_path):
     assert clap.ci == pytest.approx((1.5 - 3.182446 * 0.288675, 1.5 + 3.182446 * 0.288675), abs=1e-5)
     # Smallest detectable difference, paired, 4 seeds, std of the differences 0.577350:
     # (t_{0.975, 3} + t_{0.80, 3}) * 0.577350 / sqrt(4) = (3.182446 + 0.978472) * 0.288675 = 1.201154
-    assert table.mdd == pytest.approx(1.201154, abs=1e-4) and table.mdd_n == 4 and table.mdd_paired
+    assert table.mdd == pytest.approx(1.201154, abs=1e-4) and table.mdd_n == 4 and table.paired_rows
     md = render([table], "markdown")
     assert "+1.50* [+0.58, +2.42]" in md and "p vs tsp, paired" in md and "95% paired-t confidence interval" in md
     assert "(average_mAP, paired by seed, 4 seeds," in md and "1.20 points" in md

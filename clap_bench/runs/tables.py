@@ -183,9 +183,13 @@ class Table:
     # Kendall's tau between our key-metric means and the paper's numbers for the same methods,
     # with its exact two-sided p-value under random orderings: {"tau", "p", "methods"}
     ordering: Optional[Dict[str, Any]] = None
-    mdd_paired: bool = False  # the detectable difference is the paired test's
     per_seed: bool = False  # markdown / LaTeX: a column with each seed's key metric
     test: str = "welch"  # "welch" | "paired" (by seed)
+
+    @property
+    def paired_rows(self) -> bool:
+        """Some row was compared paired by seed (its Δ, CI, p and the detectable difference are paired)."""
+        return self.test == "paired" and any(r.n_paired for r in self.rows)
 
 
 TESTS = ("welch", "paired")
@@ -195,41 +199,37 @@ ALPHA = 0.05
 POWER = 0.80
 
 
-def welch(a: Sequence[float], b: Sequence[float], level: float = 1 - ALPHA) -> Dict[str, float]:
-    """Welch's comparison of two samples: difference of means, its ``level`` confidence interval,
-    the Welch-Satterthwaite degrees of freedom and the two-sided p-value."""
+def _t_comparison(diff: float, se: float, df: float, level: float) -> Dict[str, float]:
+    """A difference with standard error ``se`` and ``df`` degrees of freedom: its ``level`` t-interval
+    and two-sided p-value (a zero standard error: the point itself, p 0 or 1)."""
     from scipy import stats
 
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
-    diff = float(a.mean() - b.mean())
-    se = math.sqrt(va + vb)
     if se == 0:
-        return {"diff": diff, "lo": diff, "hi": diff, "df": float(len(a) + len(b) - 2), "p": 0.0 if diff else 1.0}
-    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+        return {"diff": diff, "lo": diff, "hi": diff, "df": float(df), "p": 0.0 if diff else 1.0}
     half = float(stats.t.ppf(0.5 + level / 2, df)) * se
     p = float(2 * stats.t.sf(abs(diff) / se, df))
     return {"diff": diff, "lo": diff - half, "hi": diff + half, "df": float(df), "p": p}
 
 
+def welch(a: Sequence[float], b: Sequence[float], level: float = 1 - ALPHA) -> Dict[str, float]:
+    """Welch's comparison of two samples: difference of means, its ``level`` confidence interval,
+    the Welch-Satterthwaite degrees of freedom and the two-sided p-value."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    se = math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1)) if se else len(a) + len(b) - 2
+    return _t_comparison(float(a.mean() - b.mean()), se, df, level)
+
+
 def paired(a: Dict[int, float], b: Dict[int, float], level: float = 1 - ALPHA) -> Dict[str, float]:
     """Paired t-test of two methods by seed: the differences ``a[k] - b[k]`` over the seeds both
     have, their mean, its ``level`` confidence interval, ``n - 1`` degrees of freedom and the
-    two-sided p-value. Seeds fix more than the pre-training here (the downstream heads' seeds,
-    few-shot TAL's test episodes), so what a seed does to every method cancels in the difference."""
-    from scipy import stats
-
-    common = sorted(set(a) & set(b))
-    d = np.asarray([a[k] - b[k] for k in common], float)
-    n = len(d)
-    diff = float(d.mean())
-    sd = float(d.std(ddof=1))
-    if sd == 0:
-        return {"diff": diff, "lo": diff, "hi": diff, "df": float(n - 1), "p": 0.0 if diff else 1.0, "n": n, "sd": 0.0}
-    se = sd / math.sqrt(n)
-    half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * se
-    p = float(2 * stats.t.sf(abs(diff) / se, n - 1))
-    return {"diff": diff, "lo": diff - half, "hi": diff + half, "df": float(n - 1), "p": p, "n": n, "sd": sd}
+    two-sided p-value, with ``n`` and the differences' std ``sd``. Seeds fix more than the
+    pre-training here (the downstream heads' seeds, few-shot TAL's test episodes), so what a seed
+    does to every method cancels in the difference."""
+    d = np.asarray([a[k] - b[k] for k in sorted(set(a) & set(b))], float)
+    n, sd = len(d), float(d.std(ddof=1))
+    return {**_t_comparison(float(d.mean()), sd / math.sqrt(n), n - 1, level), "n": n, "sd": sd}
 
 
 def holm(p_values: Sequence[float]) -> List[float]:
@@ -255,11 +255,8 @@ def minimum_detectable_difference(std: float, n: int, alpha: float = ALPHA, powe
     the seed-by-seed differences, ``(t_{1-alpha/2, n-1} + t_{power, n-1}) * std / sqrt(n)``."""
     from scipy import stats
 
-    if paired:
-        df = n - 1
-        return float((stats.t.ppf(1 - alpha / 2, df) + stats.t.ppf(power, df)) * std / math.sqrt(n))
-    df = 2 * n - 2
-    return float((stats.t.ppf(1 - alpha / 2, df) + stats.t.ppf(power, df)) * std * math.sqrt(2.0 / n))
+    df, scale = (n - 1, math.sqrt(1.0 / n)) if paired else (2 * n - 2, math.sqrt(2.0 / n))
+    return float((stats.t.ppf(1 - alpha / 2, df) + stats.t.ppf(power, df)) * std * scale)
 
 
 def _pooled_std(spread: Sequence[tuple]) -> float:
@@ -292,8 +289,7 @@ def build_table(spec: PaperTable, results: Dict[str, MethodResults], profile: st
             paper_for[row["method"]] = row
     rows: List[Row] = []
     incomplete: List[str] = []
-    key_values: Dict[str, np.ndarray] = {}
-    key_by_seed: Dict[str, Dict[int, float]] = {}
+    key_by_seed: Dict[str, Dict[int, float]] = {}  # method -> seed -> key metric (percent)
     unmeasured: List[str] = []  # methods whose finished seeds hold none of this table's metrics
     left_out = []
     for method_dir in sorted(results, key=lambda m: _method_order(m, names)):
@@ -317,7 +313,6 @@ def build_table(spec: PaperTable, results: Dict[str, MethodResults], profile: st
             row.mean[metric] = float(np.mean(values)) if values else None
             row.std[metric] = float(np.std(values, ddof=1)) if len(values) > 1 else None
             if metric == spec.key_metric:
-                key_values[method_dir] = np.asarray(values)
                 key_by_seed[method_dir] = row.by_seed[metric]
         match = paper_for.get(method_dir) if include_paper else None
         if match:
@@ -330,6 +325,7 @@ def build_table(spec: PaperTable, results: Dict[str, MethodResults], profile: st
             top = max(means)
             for r in rows:
                 r.best[metric] = r.mean.get(metric) is not None and math.isclose(r.mean[metric], top, rel_tol=0, abs_tol=1e-9)
+    key_values = {m: np.asarray(list(v.values())) for m, v in key_by_seed.items()}
     notes = []
     if left_out:
         notes.append("seeds in the store but not asked for (--seeds), left out: " + "; ".join(left_out))
@@ -384,7 +380,6 @@ def build_table(spec: PaperTable, results: Dict[str, MethodResults], profile: st
     table = Table(spec, profile, baseline, rows, incomplete, notes, test=test)
     if spread:
         table.mdd, table.mdd_n, table.mdd_fewer = mdd, mdd_n, mdd_fewer
-        table.mdd_paired = bool(paired_spread)
     table.ordering = ordering_agreement(rows, spec.key_metric)
     return table
 
@@ -555,11 +550,11 @@ def render_markdown(tables: Sequence[Table]) -> str:
 def _footer(t: Table) -> List[str]:
     lines = []
     if t.mdd is not None:
-        what = "comparison" if t.mdd_paired else "row"
-        verb = "on" if t.mdd_paired else "with"
+        what = "comparison" if t.paired_rows else "row"
+        verb = "on" if t.paired_rows else "with"
         fewer = (f" {t.mdd_fewer} {what}{'s' if t.mdd_fewer > 1 else ''} {verb} fewer seeds "
                  f"need{'' if t.mdd_fewer > 1 else 's'} a larger one.") if t.mdd_fewer else ""
-        if t.mdd_paired:
+        if t.paired_rows:
             lines.append(f"Smallest detectable difference ({t.spec.key_metric}, paired by seed, {t.mdd_n} seeds, "
                          f"{POWER:.0%} power, {ALPHA:g} level, std of the seed-by-seed differences from {t.baseline} "
                          f"pooled over the compared rows): {t.mdd:.2f} points.{fewer}")
@@ -685,7 +680,7 @@ def plot_tables(tables: Sequence[Table], out: Path) -> List[List[str]]:
     for ax, t in zip(axes[:, 0], tables):
         metric = t.spec.key_metric
         label = next(c["label"] for c in t.spec.columns if c["metric"] == metric)
-        if t.test == "paired" and any(r.n_paired for r in t.rows):
+        if t.paired_rows:
             labels = _plot_paired_panel(ax, t, metric, label)
         else:
             labels = _plot_seeds_panel(ax, t, metric, label)
