@@ -132,6 +132,13 @@ def test_variance_command_errors_name_what_is_missing(tmp_path):
     assert bad.exit_code == 2 and "--task: expected one of tal, fstal, vlg" in bad.output
     heads = CliRunner().invoke(app, ["analyze", "variance", "-m", "clap", "--heads", "1", "--runs-dir", str(tmp_path)])
     assert heads.exit_code == 2 and "--heads: expected >= 2" in heads.output
+    # --seeds reads as in clapbench run: a count, a list or a range.
+    for given, named in (("3", "[0, 1, 2]"), ("5,7", "[5, 7]"), ("8-9", "[8, 9]")):
+        chosen = CliRunner().invoke(app, ["analyze", "variance", "-m", "clap", "--profile", "smoke", "--seeds", given,
+                                          "--runs-dir", str(tmp_path)])
+        assert chosen.exit_code == 2 and f"no finished tal stage for seed(s) {named}" in chosen.output, chosen.output
+    unreadable = CliRunner().invoke(app, ["analyze", "variance", "-m", "clap", "--seeds", "two", "--runs-dir", str(tmp_path)])
+    assert unreadable.exit_code == 2 and "--seeds: expected a count (5), a list (0,3,4) or a range (5-9)" in unreadable.output
 
 
 @pytest.fixture

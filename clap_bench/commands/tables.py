@@ -179,22 +179,19 @@ def _register_variance(analyze: typer.Typer) -> None:
         profile: str = typer.Option("default", "--profile", "-p"),
         heads: int = typer.Option(3, "--heads", help="head seeds per pre-training seed (the stage's own run is the first)"),
         bootstrap: int = typer.Option(200, "--bootstrap", help="resamples of the test set per run (0: skip)"),
-        seeds: Optional[str] = typer.Option(None, "--seeds", help="comma-separated seeds (default: every finished one)"),
+        seeds: Optional[str] = typer.Option(None, "--seeds", help="as in clapbench run: a count (5 -> seeds 0..4), a list (5,6,7) or a range (5-9) (default: every finished one)"),
         runs_dir: Optional[Path] = typer.Option(None, "--runs-dir"),
         quiet: bool = typer.Option(False, "--quiet", "-q"),
     ):
         """Split the seed spread of a method's figures into pre-training seed, head seed and test set."""
-        from clap_bench.runs import RunStore, runs_root
+        from clap_bench.runs import RunStore, parse_seeds, runs_root
         from clap_bench.runs.variance import format_report, run_variance
 
         store = RunStore(runs_root(runs_dir))
         try:
-            chosen = None
-            if seeds:
-                try:
-                    chosen = [int(s) for s in seeds.split(",") if s.strip()]
-                except ValueError:
-                    raise ConfigError(f"--seeds: expected comma-separated integers, got {seeds!r}") from None
+            # One grammar for every command's --seeds: a bare number is a count here too (it used to
+            # name one seed, which the decomposition, needing two or more, always refused).
+            chosen = parse_seeds(seeds) if seeds else None
             parts = run_variance(store, profile, method, task, heads=heads, bootstrap=bootstrap, seeds=chosen,
                                  progress=not quiet, log=(lambda m: None) if quiet else (lambda m: typer.echo(m, err=True)))
         except (ConfigError, ValueError, KeyError) as e:
