@@ -309,11 +309,9 @@ def train_and_evaluate(
         if not math.isfinite(history[-1]):
             raise FloatingPointError(f"{label}: training loss is {history[-1]} at epoch {epoch + 1}")
         if val_q:
-            val_loss = validation_loss(model, val_q, video_feats, val_words, targets_for, cfg.batch_size, device)
-            val_metrics = flatten_metrics(evaluate_grounding(
-                ground_truth_entries(val_q),
-                predict(model, val_q, video_feats, val_words, dataset_cfg.nms_threshold, cfg.top_k, cfg.batch_size, device),
-            ))
+            val_loss, val_predictions = validation_pass(model, val_q, video_feats, val_words, targets_for,
+                                                        dataset_cfg.nms_threshold, cfg.top_k, cfg.batch_size, device)
+            val_metrics = flatten_metrics(evaluate_grounding(ground_truth_entries(val_q), val_predictions))
             val_history.append({"epoch": epoch + 1, "loss": val_loss, "lr": optimizer.param_groups[0]["lr"], **val_metrics})
             if scheduler is not None:
                 scheduler.step(-val_loss if cfg.plateau_metric == "negated_val_loss" else val_loss)
@@ -372,32 +370,46 @@ def build_model(cfg: "VLGConfig", dataset_cfg, feature_dim: int, word_dim: int) 
     return model.to(memory_format=torch.channels_last) if cfg.channels_last else model
 
 
-@torch.no_grad()
-def validation_loss(model: TAN2D, queries: List[Query], video_feats, words, targets_for, batch_size: int, device: str) -> float:
-    """Mean training loss (masked BCE) over ``queries``, in eval mode: what 2D-TAN's plateau scheduler sees."""
+def _scored_batches(model: TAN2D, queries: List[Query], video_feats, words, batch_size: int, device: str):
+    """``(indices, logits)`` of every batch of ``queries`` in order, the model in eval mode."""
     model.eval()
-    total, count = 0.0, 0
     for idx in _batches(len(queries), batch_size, None):
         video, padded, lengths = _collate(queries, idx, video_feats, words, device)
-        loss = masked_bce_loss(model(video, padded, lengths), targets_for(queries, idx).to(device), model.map_mask[0])
-        total += float(loss) * len(idx)
+        yield idx, model(video, padded, lengths)
+
+
+def _ranked(model: TAN2D, queries: List[Query], idx: List[int], logits: torch.Tensor, nms_threshold: float,
+            top_k: int) -> List[dict]:
+    scores = torch.sigmoid(logits) * model.map_mask[0]
+    mask = model.map_mask[0, 0] > 0
+    out = []
+    for row, i in enumerate(idx):
+        segs, s = rank_moments(scores[row], mask, queries[i].duration, nms_threshold, top_k)
+        out.append({"id": queries[i].id, "segments": segs, "scores": s})
+    return out
+
+
+@torch.no_grad()
+def validation_pass(model: TAN2D, queries: List[Query], video_feats, words, targets_for, nms_threshold: float,
+                    top_k: int, batch_size: int, device: str):
+    """The validation loss (masked BCE, what 2D-TAN's plateau scheduler sees) and the ranked moments
+    of ``queries``, from one forward pass per batch: the figures of a loss pass and a ranking pass,
+    with half the forward passes."""
+    total, count, predictions = 0.0, 0, []
+    for idx, logits in _scored_batches(model, queries, video_feats, words, batch_size, device):
+        total += float(masked_bce_loss(logits, targets_for(queries, idx).to(device), model.map_mask[0])) * len(idx)
         count += len(idx)
-    return total / max(1, count)
+        predictions += _ranked(model, queries, idx, logits, nms_threshold, top_k)
+    return total / max(1, count), predictions
 
 
 @torch.no_grad()
 def predict(model: TAN2D, queries: List[Query], video_feats, words, nms_threshold: float, top_k: int,
             batch_size: int, device: str) -> List[dict]:
     """Top-``top_k`` moments (seconds) per query after NMS, in the scorer's prediction format."""
-    model.eval()
-    mask = model.map_mask[0, 0] > 0
     out = []
-    for idx in _batches(len(queries), batch_size, None):
-        video, padded, lengths = _collate(queries, idx, video_feats, words, device)
-        scores = torch.sigmoid(model(video, padded, lengths)) * model.map_mask[0]
-        for row, i in enumerate(idx):
-            segs, s = rank_moments(scores[row], mask, queries[i].duration, nms_threshold, top_k)
-            out.append({"id": queries[i].id, "segments": segs, "scores": s})
+    for idx, logits in _scored_batches(model, queries, video_feats, words, batch_size, device):
+        out += _ranked(model, queries, idx, logits, nms_threshold, top_k)
     return out
 
 
