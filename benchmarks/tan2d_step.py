@@ -1,7 +1,7 @@
 """2D-TAN training steps per second with the map convolutions' weights in the default memory layout
 and in channels_last (``tasks.vlg.channels_last``), at a profile's shapes, measured in the same run;
-with ``--bf16`` also channels_last under bfloat16 autocast (a measurement only: the task has no
-such switch, and bf16 trains other weights).
+with ``--bf16`` also channels_last under bfloat16 autocast (``tasks.vlg.cpu_bf16``, off in every
+profile: bf16 trains other weights).
 
     python benchmarks/tan2d_step.py [--profile default] [--steps 20] [--threads 2] [--repeats 2] [--bf16]
 
@@ -9,7 +9,7 @@ For each grounding dataset of the profile's ``tasks.vlg`` it builds the head wit
 (the task's own constructor), feeds random batches of the profile's batch size (features of
 ``--feature-dim`` channels, sentences of ``--words`` word vectors of 384 dimensions, scaled-IoU
 targets) and times ``--steps`` whole steps (forward, masked BCE, backward, gradient clipping, Adam)
-after 3 warm-up steps. The arms alternate ``--repeats`` times (A B A B ...), so that a machine
+after 3 warm-up steps, each one the task's own ``train_step``. The arms alternate ``--repeats`` times (A B A B ...), so that a machine
 that speeds up or slows down during the run moves all of them; the figure is the median, and each
 arm's ratio is to the arm before it (channels_last to the default layout, bf16 to channels_last). All
 arms start from the same weights and see the same batches; the largest difference between each arm's
@@ -30,8 +30,7 @@ import torch
 
 
 def _step_rate(cfg, d, feature_dim: int, words: int, steps: int, channels_last: bool, bf16: bool = False):
-    from clap_bench.downstream.tan2d.proposals import masked_bce_loss
-    from clap_bench.downstream.tan2d.task import build_model
+    from clap_bench.downstream.tan2d.task import build_model, train_step
 
     torch.manual_seed(0)
     model = build_model(dataclasses.replace(cfg, channels_last=channels_last), d, feature_dim, 384)
@@ -44,13 +43,7 @@ def _step_rate(cfg, d, feature_dim: int, words: int, steps: int, channels_last: 
     targets = torch.rand(b, n, n, generator=g)
 
     def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            logits = model(video, text, lengths)
-        loss = masked_bce_loss(logits.float(), targets, model.map_mask[0])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
+        train_step(model, optimizer, video, text, lengths, targets, cfg.grad_clip, bf16=bf16)
 
     for _ in range(3):
         step()

@@ -68,6 +68,7 @@ CHOICES: tuple = (
     Choice("tasks.vlg.select_metric", ("2b", "3"), "2D-TAN epoch selected on validation by"),
     Choice("tasks.vlg.tacos.val_subset", ("3",), "TACoS validation subset for schedule and selection"),
     Choice("tasks.vlg.channels_last", ("2b", "3"), "2D-TAN map convolutions in channels_last memory"),
+    Choice("tasks.vlg.cpu_bf16", ("2b", "3"), "bfloat16 autocast of 2D-TAN training on CPU"),
     Choice("tasks.vlg.head_seeds", ("2b", "3"), "2D-TAN heads averaged per seed"),
 )
 

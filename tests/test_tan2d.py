@@ -1,6 +1,7 @@
 """2D-TAN pieces against hand-worked cases, and the head end to end on tiny synthetic features."""
 
 import dataclasses
+import math
 import json
 
 import h5py
@@ -427,6 +428,38 @@ def test_a_datasets_own_rate_replaces_the_shared_one(tmp_path, one_thread):
         from clap_bench.config import from_dict
 
         from_dict(VLGConfig, {"datasets": ["charades-sta"], "charades_sta": {"lr": 0}}).validate()
+
+
+def test_cpu_bf16_trains_under_autocast_and_scores_in_fp32(tmp_path, one_thread, monkeypatch):
+    """tasks.vlg.cpu_bf16: every training forward pass under bfloat16 autocast (the map convolutions
+    give bf16), every validation and test pass in fp32; off (the default), every pass fp32."""
+    from clap_bench.downstream.tan2d.model import MapConv
+
+    ann, features, words = _grounding_set(tmp_path, informative=True)
+    ann = _with_val_split(ann)
+    dataset_cfg = GroundingDatasetConfig(num_sample_clips=32, num_clips=8, num_scale_layers=[8], val_subset="val",
+                                         map_kernel_sizes=[3, 3], map_paddings=[2, 0], map_dilations=[1, 1])
+    real_forward = MapConv.forward
+    seen = []
+
+    def spy_forward(self, *args, **kwargs):
+        out = real_forward(self, *args, **kwargs)
+        seen.append(("train" if torch.is_grad_enabled() else "eval", out.dtype))
+        return out
+
+    monkeypatch.setattr(MapConv, "forward", spy_forward)
+    runs = {}
+    for bf16 in (True, False):
+        seen.clear()
+        cfg = VLGConfig(hidden_size=16, text_hidden_size=16, lstm_layers=1, epochs=2, batch_size=16, lr=3e-3, cpu_bf16=bf16)
+        runs[bf16] = train_and_evaluate(ann, features, dataset_cfg, cfg, tmp_path / f"bf16-{bf16}", seed=0, word_vectors=words)
+        train = {dtype for mode, dtype in seen if mode == "train"}
+        scoring = {dtype for mode, dtype in seen if mode == "eval"}
+        assert train == {torch.bfloat16 if bf16 else torch.float32} and scoring == {torch.float32}, seen
+        # 100 training queries (50 videos, two each) in batches of 16: 7 steps per epoch; validation and test scored too.
+        assert sum(mode == "train" for mode, _ in seen) == 14 and sum(mode == "eval" for mode, _ in seen) > 0
+    assert all(math.isfinite(x) for x in runs[True]["train_loss"])
+    assert runs[True]["train_loss"] != runs[False]["train_loss"]  # bf16 rounding: other weights
 
 
 def test_schedule_keys_are_checked():

@@ -124,6 +124,11 @@ class VLGConfig:
     # (parameters within 3e-8 of the default layout's after 20 steps); on a CPU with oneDNN it trains
     # faster (python benchmarks/tan2d_step.py prints both).
     channels_last: bool = False
+    # bfloat16 autocast of the training steps on a CPU (oneDNN's AMX or AVX-512-BF16 kernels; emulated,
+    # and slower, where the CPU has none). It trains other weights (bf16 rounding), so it is off in every
+    # profile and no README figure uses it; validation and test scoring stay fp32, where bf16 logits
+    # would tie many map cells. Ignored on CUDA. python benchmarks/tan2d_step.py --bf16 times it.
+    cpu_bf16: bool = False
     log_every_epochs: int = 1
     charades_sta: CharadesSTAGroundingConfig = field(default_factory=CharadesSTAGroundingConfig)
     tacos: TACoSGroundingConfig = field(default_factory=TACoSGroundingConfig)
@@ -286,6 +291,7 @@ def train_and_evaluate(
         ])
 
     epochs = dataset_cfg.epochs if dataset_cfg.epochs is not None else cfg.epochs
+    bf16 = cfg.cpu_bf16 and torch.device(device).type == "cpu"
     generator = torch.Generator().manual_seed(seed)
     history, val_history = [], []
     selected = {"epoch": epochs, "on": "last epoch (no validation subset)" if not val_q else "last epoch"}
@@ -296,18 +302,14 @@ def train_and_evaluate(
         total, steps = 0.0, 0
         for idx in _batches(len(train_q), cfg.batch_size, generator):
             video, words, lengths = _collate(train_q, idx, video_feats, train_words, device)
-            logits = model(video, words, lengths)
-            loss = masked_bce_loss(logits, targets_for(train_q, idx).to(device), model.map_mask[0])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            total += float(loss.detach())
+            loss = train_step(model, optimizer, video, words, lengths, targets_for(train_q, idx).to(device),
+                              cfg.grad_clip, bf16=bf16)
+            total += float(loss)
             steps += 1
         history.append(total / max(1, steps))
         if not math.isfinite(history[-1]):
-            raise FloatingPointError(f"{label}: training loss is {history[-1]} at epoch {epoch + 1}")
+            hint = " (under tasks.vlg.cpu_bf16: this CPU's bfloat16 kernels may fail on these shapes; set it to false)" if bf16 else ""
+            raise FloatingPointError(f"{label}: training loss is {history[-1]} at epoch {epoch + 1}{hint}")
         if val_q:
             val_loss, val_predictions = validation_pass(model, val_q, video_feats, val_words, targets_for,
                                                         dataset_cfg.nms_threshold, cfg.top_k, cfg.batch_size, device)
@@ -355,6 +357,21 @@ def train_and_evaluate(
     atomic_write_json(out_dir / "predictions.json", predictions)
     atomic_write_json(out_dir / "metrics.json", metrics)
     return metrics
+
+
+def train_step(model: TAN2D, optimizer: torch.optim.Optimizer, video: torch.Tensor, words: torch.Tensor,
+               lengths: torch.Tensor, targets: torch.Tensor, grad_clip: float, bf16: bool = False) -> torch.Tensor:
+    """One training step (forward, masked BCE, backward, gradient clipping, the optimizer's step); returns the
+    loss. ``bf16``: the forward pass under CPU bfloat16 autocast, the loss on its logits taken in fp32."""
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        logits = model(video, words, lengths)
+    loss = masked_bce_loss(logits.float(), targets, model.map_mask[0])
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    return loss.detach()
 
 
 def build_model(cfg: "VLGConfig", dataset_cfg, feature_dim: int, word_dim: int) -> TAN2D:
