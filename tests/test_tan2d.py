@@ -1,8 +1,8 @@
 """2D-TAN pieces against hand-worked cases, and the head end to end on tiny synthetic features."""
 
 import dataclasses
-import math
 import json
+import math
 
 import h5py
 import numpy as np
@@ -428,6 +428,38 @@ def test_a_datasets_own_rate_replaces_the_shared_one(tmp_path, one_thread):
         from clap_bench.config import from_dict
 
         from_dict(VLGConfig, {"datasets": ["charades-sta"], "charades_sta": {"lr": 0}}).validate()
+
+
+def test_validation_pass_gives_the_loss_and_the_moments_of_separate_passes(tmp_path, one_thread):
+    """One forward pass per batch for both: the same loss as a loss-only pass (query-weighted mean of the
+    batches' masked BCE) and the same moments as predict()."""
+    from clap_bench.downstream.tan2d.task import build_model, grounding_queries, predict, validation_pass
+    from clap_bench.downstream.tan2d.text import embed_sentences, pad_words
+
+    ann, features, words = _grounding_set(tmp_path, informative=True)
+    cfg = VLGConfig(hidden_size=16, text_hidden_size=16, lstm_layers=1, batch_size=16)
+    d = GroundingDatasetConfig(num_sample_clips=32, num_clips=8, num_scale_layers=[8],
+                               map_kernel_sizes=[3, 3], map_paddings=[2, 0], map_dilations=[1, 1])
+    queries = grounding_queries(ann, "test")  # 40 queries: batches of 16, 16 and 8
+    feats = load_video_features(features, {q.video for q in queries}, 32, True)
+    vectors = embed_sentences(words, [q.sentence for q in queries])
+    torch.manual_seed(0)
+    model = build_model(cfg, d, 16, int(vectors[0].shape[1]))
+
+    def targets_for(qs, idx):
+        return torch.stack([scaled_iou_targets(iou_map(8, qs[i].duration, (qs[i].start, qs[i].end)), d.min_iou, d.max_iou)
+                            for i in idx])
+
+    loss, moments = validation_pass(model, queries, feats, vectors, targets_for, d.nms_threshold, 5, 16, "cpu")
+    assert moments == predict(model, queries, feats, vectors, d.nms_threshold, 5, 16, "cpu")
+    with torch.no_grad():
+        expected = 0.0
+        for start in range(0, len(queries), 16):
+            idx = list(range(start, min(start + 16, len(queries))))
+            video = torch.stack([feats[queries[i].video] for i in idx])
+            padded, lengths = pad_words([vectors[i] for i in idx])
+            expected += float(masked_bce_loss(model(video, padded, lengths), targets_for(queries, idx), model.map_mask[0])) * len(idx)
+    assert loss == pytest.approx(expected / len(queries), rel=1e-6)
 
 
 def test_cpu_bf16_trains_under_autocast_and_scores_in_fp32(tmp_path, one_thread, monkeypatch):
