@@ -92,6 +92,48 @@ def test_debug_executor_runs_the_same_plan_through_submitit(tmp_path):
     assert store.is_done(store.stage_dir("toy", "a", 1, "tal"))
 
 
+def _one_head_task(ctx):
+    """What a task of one head does: it writes metrics.json into the stage's own folder itself."""
+    metrics = {"mAP@0.5": 0.4, "mAP@0.75": 0.3, "mAP@0.95": 0.1, "average_mAP": 0.28}
+    atomic_write_json(ctx.out_dir / "metrics.json", metrics)
+    return metrics
+
+
+def test_a_stage_killed_after_its_task_wrote_metrics_but_before_the_store_recorded_it_is_not_done(tmp_path, monkeypatch):
+    # A one-head task writes metrics.json itself; the store then writes the fingerprints and the
+    # record. A process killed in between (a time limit, Ctrl-C) leaves metrics.json beside a record
+    # that says running: that stage must not count as done, nor enter a table, and the next run redoes it.
+    import clap_bench.runs.executors as executors
+
+    store = RunStore(tmp_path)
+    plan = build_toy_plan(toy_profile(), ["a"], [0])
+    tal = plan.stages["a/seed0/tal"]
+    plan.stages["a/seed0/tal"] = dataclasses.replace(tal, fn=_one_head_task)
+    real = executors.write_stage_fingerprints
+
+    def killed(stage_dir, metrics):
+        if stage_dir.name == "tal":
+            raise KeyboardInterrupt("killed while the stage was being recorded")
+        return real(stage_dir, metrics)
+
+    monkeypatch.setattr(executors, "write_stage_fingerprints", killed)
+    with pytest.raises(KeyboardInterrupt):
+        _run(plan, store)
+    tal_dir = plan.stage_dir(store, plan.stages["a/seed0/tal"])
+    assert (tal_dir / "metrics.json").is_file()
+    assert json.loads((tal_dir / "stage.json").read_text())["status"] == "running"
+    assert not store.is_done(tal_dir) and not store.is_done(tal_dir, plan.hashes["a/seed0/tal"])
+    states = {s.key: s.state for s in plan_status(plan, store)}
+    assert states["a/seed0/pretrain"] == "done" and states["a/seed0/tal"] != "done"
+    [table] = make_tables(store, "toy", ["1"], baseline=None, include_paper=False)
+    assert not [r for r in table.rows if r.source == "ours"]
+    assert any("a: seed 0 (interrupted)" in n for n in table.incomplete)
+    monkeypatch.setattr(executors, "write_stage_fingerprints", real)
+    report = _run(plan, store)
+    assert report.ran == ["a/seed0/tal"] and report.reused == ["a/seed0/pretrain"]
+    assert store.is_done(tal_dir, plan.hashes["a/seed0/tal"])
+
+
 # --------------------------------------------------------------------------- status
 def test_status_reports_done_failed_stale_and_missing(tmp_path):
     store, profile = RunStore(tmp_path), toy_profile()

@@ -78,7 +78,7 @@ def register(app: typer.Typer) -> None:
         from clap_bench.data import load_dataset
         from clap_bench.runs import RunStore, runs_root
         from clap_bench.runs.feature_quality import feature_quality, plot_histogram, summary
-        from clap_bench.runs.store import METRICS_FILE, read_json
+        from clap_bench.runs.store import finished_metrics
 
         store = RunStore(runs_root(runs_dir))
         files = {}
@@ -93,7 +93,7 @@ def register(app: typer.Typer) -> None:
 
                     # a method that does not train (none) has one extraction, under seed 0
                     stage = store.stage_dir(profile, m, seed if method_trains(m) else 0, "extract-activitynet")
-                    metrics = read_json(stage / METRICS_FILE)
+                    metrics = finished_metrics(stage)
                     if metrics is None:
                         raise ConfigError(f"{stage}: no finished feature extraction for {m} seed {seed} "
                                           f"(run: clapbench run --method {m} --tasks tal --profile {profile})")

@@ -37,7 +37,7 @@ from clap_bench.runs.fingerprints import write_stage_fingerprints
 from clap_bench.runs.plan import Plan, StageContext, StageSpec
 from clap_bench.runs.slurm import ACTIVE_STATES, ClusterProfile, cancel, job_states, slurm_available
 from clap_bench.runs.claims import StageClaim, claim_holder, describe_owner, owner_record
-from clap_bench.runs.store import LOG_FILE, METRICS_FILE, SLURM_FILE, RunStore, read_json
+from clap_bench.runs.store import LOG_FILE, METRICS_FILE, SLURM_FILE, RunStore, finished_metrics, read_json
 
 EXECUTORS = ("local", "debug", "slurm")
 START_LINE = "stage started:"  # the first line a stage writes to its stage.log, once per start
@@ -125,8 +125,8 @@ def _run_claimed(store: RunStore, profile: Profile, spec: StageSpec, config_hash
                  stage_dir: Path, progress: bool, record: bool) -> Dict[str, Any]:
     stage_dir.mkdir(parents=True, exist_ok=True)
     for name, folder in inputs.items():  # never read an upstream stage's files before it finished
-        if not (Path(folder) / METRICS_FILE).is_file():
-            raise RuntimeError(f"stage {spec.key}: upstream stage {name!r} has not finished ({folder} has no {METRICS_FILE})")
+        if finished_metrics(Path(folder)) is None:
+            raise RuntimeError(f"stage {spec.key}: upstream stage {name!r} has not finished ({folder}: no {METRICS_FILE} beside a record that says done)")
     if record:
         store.mark_running(stage_dir, {"slurm_job_id": os.environ.get("SLURM_JOB_ID")})
     handler = logging.FileHandler(stage_dir / LOG_FILE)

@@ -19,7 +19,7 @@ from typing import List, Optional
 from clap_bench.runs.claims import claim_holder, describe_owner
 from clap_bench.runs.plan import Plan
 from clap_bench.runs.slurm import ACTIVE_STATES, job_states
-from clap_bench.runs.store import ERROR_FILE, METRICS_FILE, SLURM_FILE, STAGE_FILE, RunStore, read_json, tail_lines
+from clap_bench.runs.store import ERROR_FILE, SLURM_FILE, STAGE_FILE, RunStore, finished_metrics, read_json, tail_lines
 
 STATES = ("done", "stale", "running", "failed", "missing")
 
@@ -66,7 +66,7 @@ def plan_status(plan: Plan, store: RunStore) -> List[StageStatus]:
             status.job_id = info.get("job_id")
             status.job_state = states.get(status.job_id)
         holder = holders[key]
-        if (stage_dir / METRICS_FILE).is_file():
+        if finished_metrics(stage_dir) is not None:
             status.state = "done" if record.get("hash") == h else "stale"
         elif holder is not None:  # a live process holds the claim, whatever the records say
             status.state = "running"

@@ -11,7 +11,8 @@ Layout (the one place these paths are built)::
         slurm.json    job id(s) when submitted to SLURM
         claim.json    who runs the stage now (host, pid, SLURM job): present while it runs, or left by one that died
         stage.log     the stage's own log lines; error.log on failure
-        metrics.json  written atomically and LAST: its presence (with a matching hash) means done
+        metrics.json  written atomically and LAST: its presence, with ``stage.json`` saying done under a
+                      matching hash, means done (``finished_metrics``)
     <root>/<profile>/_submitit/                        submitit's job folders (stdout/stderr per job)
 
 A stage is keyed by the hash of its resolved config (see ``plan.py``). When a stage is prepared
@@ -170,7 +171,7 @@ class RunStore:
         atomic_write_json(stage_dir / METRICS_FILE, metrics)
 
     def is_done(self, stage_dir: Path, config_hash: Optional[str] = None) -> bool:
-        if not (stage_dir / METRICS_FILE).is_file():
+        if finished_metrics(stage_dir) is None:
             return False
         if config_hash is None:
             return True
@@ -197,6 +198,18 @@ def archive_stage(stage_dir: Path, old_hash: str) -> Path:
         target = stage_dir.with_name(f"{stage_dir.name}@{old_hash}.{n}")
     stage_dir.rename(target)
     return target
+
+
+def finished_metrics(stage_dir: Path) -> Optional[Dict[str, Any]]:
+    """A stage's metrics if it finished, else None. Finished: ``metrics.json`` is there and the
+    stage's record, where it has one, says ``done``. A task of one head writes ``metrics.json`` into
+    the stage's own folder before ``RunStore.finish`` records the stage: a process killed between the
+    two leaves the file beside a record that still says running, and that stage is not finished."""
+    metrics = read_json(Path(stage_dir) / METRICS_FILE)
+    if metrics is None:
+        return None
+    record = read_json(Path(stage_dir) / STAGE_FILE)
+    return metrics if record is None or record.get("status") == "done" else None
 
 
 def read_json(path: Path) -> Optional[Dict[str, Any]]:

@@ -25,7 +25,7 @@ import yaml
 from clap_bench.config import ConfigError
 from clap_bench.io import save_figure
 from clap_bench.runs.claims import claim_holder
-from clap_bench.runs.store import METRICS_FILE, STAGE_FILE, RunStore, read_json
+from clap_bench.runs.store import METRICS_FILE, STAGE_FILE, RunStore, finished_metrics, read_json
 
 TABLE_IDS = ("1", "2a", "2b", "3")
 FORMATS = ("markdown", "latex", "csv")
@@ -102,7 +102,7 @@ def collect_task_results(store: RunStore, profile: str, task: str, methods: Opti
                 continue
             seed_dir = store.seed_dir(profile, method_dir, seed)
             stage_dir = seed_dir / task
-            metrics = read_json(stage_dir / METRICS_FILE)
+            metrics = finished_metrics(stage_dir)
             if metrics is not None and heads > 1:
                 metrics, why = _mean_of_heads(store, profile, method_dir, seed, task, heads, metrics)
                 if metrics is None:

@@ -167,13 +167,15 @@ def stage_head(store, profile: str, method: str, seed: int, task: str, head: int
     (``heads/head<h>/`` of a ``head_seeds`` stage; the stage's folder for head 0 of a one-head
     stage), or ``(None, None)`` when the stage trained fewer heads."""
     from clap_bench.runs.plan import HEADS_FILE, head_dir
-    from clap_bench.runs.store import METRICS_FILE, read_json
+    from clap_bench.runs.store import METRICS_FILE, finished_metrics, read_json
 
     stage = store.stage_dir(profile, method, seed, task)
     stage_heads = len((read_json(stage / HEADS_FILE) or {}).get("metrics", [])) or 1
     if head >= stage_heads:
         return None, None
-    out = stage if stage_heads == 1 else head_dir(stage, head)
+    if stage_heads == 1:
+        return stage, finished_metrics(stage)
+    out = head_dir(stage, head)
     return out, read_json(out / METRICS_FILE)
 
 
@@ -197,7 +199,7 @@ def task_feature_files(store, profile: str, method: str, seed: int, task: str, c
     """The feature files the task stage of (method, seed) read, from the finished extraction stages."""
     from clap_bench.config import ConfigError
     from clap_bench.runs.plan import EXTERNAL_PREFIX, external_feature_files, method_trains, task_features
-    from clap_bench.runs.store import METRICS_FILE, read_json
+    from clap_bench.runs.store import finished_metrics
 
     variant, datasets = task_features(task, config)  # config: the resolved profile, for tasks.<task>.datasets
     if method.startswith(EXTERNAL_PREFIX):  # the same files for every seed
@@ -207,7 +209,7 @@ def task_feature_files(store, profile: str, method: str, seed: int, task: str, c
     for d in datasets:
         name = f"extract-{d}" if (variant == "all" or not trains) else f"extract-base-{d}"
         stage = store.stage_dir(profile, method, seed if trains else 0, name)
-        metrics = read_json(stage / METRICS_FILE)
+        metrics = finished_metrics(stage)
         if metrics is None:
             raise ConfigError(f"{stage}: no finished feature extraction for {method} seed {seed}")
         files[d] = stage / metrics["features"]
@@ -223,7 +225,7 @@ def run_variance(store, profile_arg: str, method: str, task: str, heads: int = 3
 
     from clap_bench.config import ConfigError, load_profile, resolve_datasets, resolve_threads
     from clap_bench.downstream.base import TaskContext, get_task
-    from clap_bench.runs.store import METRICS_FILE, read_json
+    from clap_bench.runs.store import METRICS_FILE, finished_metrics, read_json
 
     if task not in TASK_METRICS:
         raise ConfigError(f"--task: expected one of {', '.join(TASK_METRICS)}, got {task!r}")
@@ -235,7 +237,7 @@ def run_variance(store, profile_arg: str, method: str, task: str, heads: int = 3
     profile = recorded if recorded is not None else load_profile(profile_arg)
     profile_name = profile.name
     finished = [s for s in store.seeds(profile_name, method)
-                if (store.stage_dir(profile_name, method, s, task) / METRICS_FILE).is_file()]
+                if finished_metrics(store.stage_dir(profile_name, method, s, task)) is not None]
     if seeds is not None:
         missing = sorted(set(seeds) - set(finished))
         if missing:
@@ -260,7 +262,7 @@ def run_variance(store, profile_arg: str, method: str, task: str, heads: int = 3
         subset = from_dict(GTADConfig, overrides, f"tasks.{task}").eval_subset
         ground_truth = ground_truth_database(load_dataset(datasets["activitynet"], "activitynet"))
 
-    first = read_json(store.stage_dir(profile_name, method, finished[0], task) / METRICS_FILE) or {}
+    first = finished_metrics(store.stage_dir(profile_name, method, finished[0], task)) or {}
     metrics = [m for m in TASK_METRICS[task] if m in first]  # e.g. a profile grounding on one dataset
     if not metrics:
         raise ConfigError(f"{store.stage_dir(profile_name, method, finished[0], task) / METRICS_FILE}: none of "
