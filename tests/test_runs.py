@@ -360,6 +360,30 @@ def test_table_command_csv(tmp_path):
     assert bad.exit_code == 2 and "unknown table '4'" in bad.output
 
 
+def test_a_damaged_metrics_file_leaves_its_seed_out_and_names_the_file(tmp_path):
+    store = RunStore(tmp_path)
+    _fake_results(store, "smoke", {"clap": [0.30, 0.32, 0.31], "tac": [0.25, 0.26]})
+    damaged = store.stage_dir("smoke", "clap", 1, "tal") / "metrics.json"
+    damaged.write_text('{"average_mAP": 0.3')  # cut short
+    result = CliRunner().invoke(app, ["table", "--tables", "1", "--runs-dir", str(tmp_path), "--baseline", "tac"])
+    assert result.exit_code == 0, result.output
+    assert "clap: seed 1 (unreadable: " in result.output and str(damaged) in result.output
+    [table] = make_tables(store, "smoke", ["1"], baseline=None, include_paper=False)
+    assert {r.method: r.seeds for r in table.rows} == {"clap": [0, 2], "tac": [0, 1]}
+
+
+def test_a_baseline_named_as_a_feature_file_is_the_row_of_that_file(tmp_path):
+    # Rows of external features are filed under their folder name (features-videoclip); --baseline
+    # may name them as --methods does, by the file.
+    store = RunStore(tmp_path)
+    _fake_results(store, "p", {"clap": [0.351, 0.349, 0.353], "features:/data/videoclip.h5": [0.330, 0.331, 0.329]})
+    by_file, by_folder = (make_tables(store, "p", ["1"], baseline=b, include_paper=False)[0]
+                          for b in ("features:/data/videoclip.h5", "features-videoclip"))
+    clap = [next(r for r in t.rows if r.method == "clap") for t in (by_file, by_folder)]
+    assert clap[0].diff == pytest.approx(2.1) and clap[0].p_value == pytest.approx(clap[1].p_value)
+    assert not any("has no finished seeds" in n for n in by_file.notes)
+
+
 def test_table_shows_each_seed_of_the_key_metric(tmp_path):
     # Seeds 0, 2 and 10 written out of order: the column lists them in seed order, each with its
     # value in percent, and only when asked (markdown); csv always carries them.

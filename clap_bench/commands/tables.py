@@ -53,7 +53,7 @@ def register(app: typer.Typer) -> None:
 
                 plot_tables(out, plot)
                 typer.echo(f"wrote {plot}", err=True)
-        except ConfigError as e:
+        except (ConfigError, ValueError) as e:  # ValueError: a damaged record, named by read_json
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2)
 

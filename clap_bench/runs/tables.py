@@ -25,7 +25,7 @@ import yaml
 from clap_bench.config import ConfigError
 from clap_bench.io import save_figure
 from clap_bench.runs.claims import claim_holder
-from clap_bench.runs.store import METRICS_FILE, STAGE_FILE, RunStore, finished_metrics, read_json
+from clap_bench.runs.store import METRICS_FILE, STAGE_FILE, RunStore, finished_metrics, method_dir_name, read_json
 
 TABLE_IDS = ("1", "2a", "2b", "3")
 FORMATS = ("markdown", "latex", "csv")
@@ -87,7 +87,6 @@ def collect_task_results(store: RunStore, profile: str, task: str, methods: Opti
     stage trained (``head_seeds``) and those ``clapbench analyze variance`` trained beside it (the
     same head seeds a ``head_seeds: heads`` stage would train); a seed lacking one is not finished.
     """
-    from clap_bench.runs.store import method_dir_name
 
     wanted = {method_dir_name(m) for m in methods} if methods else None
     out: Dict[str, MethodResults] = {}
@@ -102,16 +101,21 @@ def collect_task_results(store: RunStore, profile: str, task: str, methods: Opti
                 continue
             seed_dir = store.seed_dir(profile, method_dir, seed)
             stage_dir = seed_dir / task
-            metrics = finished_metrics(stage_dir)
-            if metrics is not None and heads > 1:
-                metrics, why = _mean_of_heads(store, profile, method_dir, seed, task, heads, metrics)
-                if metrics is None:
-                    res.incomplete[seed] = why
-                    continue
+            try:
+                metrics = finished_metrics(stage_dir)
+                if metrics is not None and heads > 1:
+                    metrics, why = _mean_of_heads(store, profile, method_dir, seed, task, heads, metrics)
+                    if metrics is None:
+                        res.incomplete[seed] = why
+                        continue
+                status = (read_json(stage_dir / STAGE_FILE) or {}).get("status", "incomplete") if metrics is None else None
+            except ValueError as e:  # a damaged record (read_json names the file): that seed is left out
+                res.incomplete[seed] = f"unreadable: {e}"
+                continue
             if metrics is not None:
                 res.seeds[seed] = metrics
             elif stage_dir.is_dir():
-                why = (read_json(stage_dir / STAGE_FILE) or {}).get("status", "incomplete")
+                why = status
                 if why == "running" and claim_holder(stage_dir) is None:
                     why = "interrupted"  # its record says running, but no live process holds the stage
                 res.incomplete[seed] = why
@@ -418,6 +422,8 @@ def make_tables(store: RunStore, profile: str, table_ids: Sequence[str] = TABLE_
         raise ConfigError(f"--heads: expected an integer >= 1, got {heads}")
     if seeds is not None and expected_seeds is None:
         expected_seeds = len(set(seeds))
+    if baseline:  # rows are keyed by method folder: features:/x/videoclip.h5 is features-videoclip
+        baseline = method_dir_name(baseline)
     from clap_bench.fidelity import departures, paper_profile_dict
 
     specs = load_paper_tables()
