@@ -39,6 +39,20 @@ def test_store_builds_every_path_from_profile_method_seed_stage(tmp_path):
     assert method_dir_name("features:/x/feats") == "features-feats"
 
 
+def test_atomic_writes_give_files_the_mode_the_umask_gives_a_plain_open(tmp_path):
+    # A run store shared by a group needs its records group-readable (and writable where the umask
+    # says so), not owner-only as the temporary file of an atomic write starts out.
+    import subprocess
+    import sys
+
+    for umask, mode in ((0o022, 0o644), (0o002, 0o664)):
+        out = tmp_path / f"m{umask:o}.json"
+        code = (f"import os; os.umask({umask}); from clap_bench.io import atomic_write_json; "
+                f"atomic_write_json({str(out)!r}, {{'a': 1}})")
+        subprocess.run([sys.executable, "-c", code], check=True)
+        assert out.stat().st_mode & 0o777 == mode, oct(out.stat().st_mode)
+
+
 def test_metrics_written_last_and_only_on_success(tmp_path):
     store, profile = RunStore(tmp_path), toy_profile()
     control = tmp_path / "control.json"
