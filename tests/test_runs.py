@@ -225,7 +225,9 @@ def test_table_mean_std_best_and_welch_p_value(tmp_path):
     assert all(r.source == "ours" and not r.paper for r in bare.rows) and bare.ordering is None
     assert "[35.23]" not in render([bare], "markdown") and "VideoCLIP" not in render([bare], "markdown")
     tex = render([table], "latex")
-    assert r"\textbf{" in tex and r"$\pm$" in tex and r"\begin{tabular}" in tex and "±" not in tex.split("%")[0]
+    assert r"\textbf{" in tex and r"$\pm$" in tex and r"\begin{tabular}" in tex
+    body = [line for line in tex.splitlines() if not line.startswith("% ")]  # the footer is in comments
+    assert r"$\Delta$ vs tsp" in tex and all(line.isascii() for line in body)  # pdflatex takes no raw Unicode
     rows = list(csv.DictReader(io.StringIO(render([table], "csv"))))
     assert [r["method"] for r in rows] == ["tsp", "clap"]  # ours only, in the paper's method order
     clap_row = next(r for r in rows if r["method"] == "clap")
@@ -357,6 +359,12 @@ def test_ordering_against_the_papers_by_hand(tmp_path):
     assert table.ordering["tau"] == pytest.approx(2 / 3)
     assert table.ordering["p"] == pytest.approx(1 / 3)
     assert "Kendall's tau +0.67, exact p 0.333" in render([table], "markdown")
+    # Tied means have no exact null distribution here: the p is the asymptotic one, and says so.
+    _fake_results(store, "t", {"tac": [0.010, 0.011], "tsp": [0.030, 0.031], "clap-clip": [0.010, 0.011],
+                               "clap": [0.040, 0.041]})
+    [table] = make_tables(store, "t", ["1"], baseline="tsp")
+    md = render([table], "markdown")
+    assert "asymptotic, tied values p" in md and "exact p" not in md
     # fewer than 3 methods with a paper number: no ordering line
     _fake_results(store, "q", {"tsp": [0.03, 0.031], "clap": [0.04, 0.041]})
     [table] = make_tables(store, "q", ["1"], baseline="tsp")

@@ -400,8 +400,11 @@ def ordering_agreement(rows: Sequence[Row], metric: str) -> Optional[Dict[str, A
     if len(pairs) < 3:
         return None
     ours, paper = zip(*pairs)
-    result = stats.kendalltau(ours, paper, method="exact" if len(set(ours)) == len(ours) and len(set(paper)) == len(paper) else "auto")
-    return {"tau": float(result.statistic), "p": float(result.pvalue), "methods": len(pairs)}
+    # The exact null distribution assumes no ties; with ties scipy's asymptotic p (and the footer says so).
+    exact = len(set(ours)) == len(ours) and len(set(paper)) == len(paper)
+    result = stats.kendalltau(ours, paper, method="exact" if exact else "asymptotic")
+    return {"tau": float(result.statistic), "p": float(result.pvalue), "methods": len(pairs),
+            "p_method": "exact" if exact else "asymptotic, tied values"}
 
 
 def _backbone_label(backbone: Optional[str]) -> Optional[str]:
@@ -569,7 +572,7 @@ def _footer(t: Table) -> List[str]:
                          f"{POWER:.0%} power, {ALPHA:g} level, std pooled over our rows): {t.mdd:.2f} points.{fewer}")
     if t.ordering is not None:
         lines.append(f"Ordering against the paper's ({t.spec.key_metric}, the {t.ordering['methods']} methods with a paper "
-                     f"number): Kendall's tau {t.ordering['tau']:+.2f}, exact p {_fmt_p(t.ordering['p'])} "
+                     f"number): Kendall's tau {t.ordering['tau']:+.2f}, {t.ordering.get('p_method', 'exact')} p {_fmt_p(t.ordering['p'])} "
                      f"(+1: the paper's order, 0: unrelated, -1: reversed).")
     lines += [f"Note: {n}" for n in t.notes]
     if t.incomplete:
@@ -578,7 +581,8 @@ def _footer(t: Table) -> List[str]:
 
 
 _LATEX_ESCAPES = {"&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#", "$": r"\$", "{": r"\{", "}": r"\}", "†": r"$^\dagger$",
-                  "±": r"$\pm$", "–": "--", "~": r"\textasciitilde{}", "^": r"\^{}"}
+                  "±": r"$\pm$", "–": "--", "~": r"\textasciitilde{}", "^": r"\^{}", "Δ": r"$\Delta$",
+                  "τ": r"$\tau$", "−": "-"}
 
 
 def _latex_escape(text: str) -> str:
