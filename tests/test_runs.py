@@ -99,6 +99,25 @@ def test_changed_config_makes_a_new_stage_and_archives_the_old(tmp_path):
     assert [t.rows[0].n for t in make_tables(store, "toy", ["1"], baseline=None, include_paper=False)] == [1]
 
 
+def test_heads_trained_beside_a_stage_move_aside_with_it_when_its_config_changes(tmp_path):
+    # analyze variance's extra heads are trained on the stage's inputs: after a config change they
+    # belong to the archived stage, and a table of several heads must not average them with the new one.
+    store, profile = RunStore(tmp_path), toy_profile()
+    plan3 = build_toy_plan(profile, ["a"], [0], steps=3)
+    _run(plan3, store)
+    extra = store.variance_dir("toy", "a", 0, "tal", 1)
+    extra.mkdir(parents=True)
+    atomic_write_json(extra / "metrics.json", {"mAP@0.5": 0.1, "mAP@0.75": 0.1, "mAP@0.95": 0.1, "average_mAP": 0.1})
+    [table] = make_tables(store, "toy", ["1"], baseline=None, include_paper=False, heads=2)
+    assert [r.seeds for r in table.rows if r.source == "ours"] == [[0]]
+    _run(build_toy_plan(profile, ["a"], [0], steps=5), store)
+    old = plan3.hashes["a/seed0/tal"]
+    assert not extra.exists()
+    assert (tmp_path / "toy" / "a" / "_variance" / "seed0" / f"tal@{old}" / "head1" / "metrics.json").is_file()
+    [table] = make_tables(store, "toy", ["1"], baseline=None, include_paper=False, heads=2)
+    assert not [r for r in table.rows if r.source == "ours"] and any("1 of 2 heads" in n for n in table.incomplete)
+
+
 def test_debug_executor_runs_the_same_plan_through_submitit(tmp_path):
     store = RunStore(tmp_path)
     report = _run(build_toy_plan(toy_profile(), ["a"], [0, 1]), store, executor="debug")

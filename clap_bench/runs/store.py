@@ -6,6 +6,8 @@ Layout (the one place these paths are built)::
     <root>/<profile>/_shared/<stage>/                  stages run once per profile (source pre-training)
     <root>/<profile>/<method>/seed<k>/<stage>/         everything else
     <root>/<profile>/<method>/seed<k>/.<stage>.lock    the stage's claim (``claims.py``), beside its folder
+    <root>/<profile>/<method>/_variance/seed<k>/<task>/head<h>/   heads ``analyze variance`` trained on
+                                                       that task stage's inputs (``variance_dir``)
         config.yaml   the stage's resolved config (what its hash covers)
         stage.json    {"hash", "status", "stage", "method", "seed", times, host/pid, error tail}
         slurm.json    job id(s) when submitted to SLURM
@@ -19,6 +21,7 @@ A stage is keyed by the hash of its resolved config (see ``plan.py``). When a st
 with a hash that differs from the one recorded in its folder, the old folder is kept but renamed
 to ``<stage>@<old hash>`` (never read again, never aggregated) and the stage starts afresh in
 ``<stage>/``: so ``<stage>/`` always holds the latest config's run, and nothing is silently mixed.
+The heads ``analyze variance`` trained beside a task stage move aside with it, under the same name.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ RUNS_ENV = "CLAPBENCH_RUNS"
 DEFAULT_RUNS_DIR = Path("results") / "runs"
 SHARED = "_shared"
 SUBMITIT = "_submitit"
+VARIANCE = "_variance"
 
 METRICS_FILE = "metrics.json"
 STAGE_FILE = "stage.json"
@@ -83,6 +87,10 @@ class RunStore:
             shared = self.profile_dir(profile) / SHARED
             return shared / stage if seed is None else shared / f"seed{seed}" / stage
         return self.seed_dir(profile, method, seed) / stage
+
+    def variance_dir(self, profile: str, method: str, seed: int, task: str, head: int) -> Path:
+        """Where ``analyze variance`` trains head ``head`` of (method, seed)'s ``task`` stage."""
+        return self.profile_dir(profile) / method_dir_name(method) / VARIANCE / f"seed{seed}" / task / f"head{head}"
 
     def submitit_dir(self, profile: str) -> Path:
         return self.profile_dir(profile) / SUBMITIT
@@ -138,11 +146,11 @@ class RunStore:
         then write the resolved config and a ``stage.json`` with status ``pending`` if none is there."""
         current = read_json(stage_dir / STAGE_FILE)
         if current is not None and current.get("hash") != config_hash:
-            archive_stage(stage_dir, current.get("hash") or "unknown")
+            _archive_with_variance_heads(stage_dir, current.get("hash") or "unknown")
             current = None
         elif current is None and stage_dir.is_dir() and any(stage_dir.iterdir()):
             # files without a record (e.g. a crash before the record was written): keep them aside
-            archive_stage(stage_dir, "unrecorded")
+            _archive_with_variance_heads(stage_dir, "unrecorded")
         stage_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(stage_dir / CONFIG_FILE, yaml.safe_dump(config, sort_keys=True))
         if current is None:
@@ -188,6 +196,16 @@ class RunStore:
                 for stage in sorted(self.seed_dir(profile, method, seed).iterdir()):
                     if stage.is_dir() and "@" not in stage.name:
                         yield stage
+
+
+def _archive_with_variance_heads(stage_dir: Path, old_hash: str) -> None:
+    """Archive a stage and the heads ``analyze variance`` trained on its inputs: those heads belong to
+    the old config, and a table averaging them with the new stage's head would mix two configs."""
+    archive_stage(stage_dir, old_hash)
+    seed_dir = stage_dir.parent
+    heads = seed_dir.parent / VARIANCE / seed_dir.name / stage_dir.name
+    if re.fullmatch(r"seed\d+", seed_dir.name) and heads.is_dir():
+        archive_stage(heads, old_hash)
 
 
 def archive_stage(stage_dir: Path, old_hash: str) -> Path:

@@ -157,9 +157,7 @@ def stage_bootstrap(task: str, out_dir: Path, metrics: Sequence[str], samples: i
 
 # ------------------------------------------------------------------ the runs
 def variance_dir(store, profile: str, method: str, seed: int, task: str, head: int) -> Path:
-    from clap_bench.runs.store import method_dir_name
-
-    return store.profile_dir(profile) / method_dir_name(method) / "_variance" / f"seed{seed}" / task / f"head{head}"
+    return store.variance_dir(profile, method, seed, task, head)
 
 
 def stage_head(store, profile: str, method: str, seed: int, task: str, head: int) -> tuple:
