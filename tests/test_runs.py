@@ -118,6 +118,37 @@ def test_heads_trained_beside_a_stage_move_aside_with_it_when_its_config_changes
     assert not [r for r in table.rows if r.source == "ours"] and any("1 of 2 heads" in n for n in table.incomplete)
 
 
+def test_seeds_made_under_an_earlier_config_stay_out_of_the_tables(tmp_path, monkeypatch):
+    # Seeds 0 and 1 run with 3 steps; then seed 0 alone with 5 (the profile's last run). Seed 1's
+    # stages are left in place under the old config (status: stale): a table must not average them
+    # with seed 0's, and says why it left seed 1 out.
+    import yaml
+
+    monkeypatch.setenv("CLAPBENCH_PLAN_FACTORY", "test_runs_toy_plan:build_toy_plan")
+    store, profile = RunStore(tmp_path), toy_profile()
+
+    def seeds_in_table():
+        [table] = make_tables(store, "toy", ["1"], baseline=None, include_paper=False)
+        return [r.seeds for r in table.rows if r.source == "ours"], table.incomplete
+
+    monkeypatch.setenv("CLAPBENCH_TOY_STEPS", "3")
+    _run(build_toy_plan(profile, ["a"], [0, 1]), store)
+    assert seeds_in_table() == ([[0, 1]], [])
+    monkeypatch.setenv("CLAPBENCH_TOY_STEPS", "5")
+    _run(build_toy_plan(profile, ["a"], [0]), store)
+    seeds, incomplete = seeds_in_table()
+    assert seeds == [[0]]
+    assert incomplete == ["a: seed 1 (stale: its tal stage was made under another config than the profile's "
+                          "last run (clapbench status lists it; rerunning that seed redoes it))"]
+    # An upstream stage that holds another run than the one the task read (its hash differs from
+    # the one the task recorded): the task's figures are not of the stages in the store.
+    pretrain = store.stage_dir("toy", "a", 0, "pretrain") / "config.yaml"
+    record = yaml.safe_load(pretrain.read_text())
+    pretrain.write_text(yaml.safe_dump({**record, "hash": "0000000000"}))
+    seeds, incomplete = seeds_in_table()
+    assert seeds == [] and incomplete[0].startswith("a: seed 0 (stale: pretrain was rerun (hash 0000000000) after the tal")
+
+
 def test_debug_executor_runs_the_same_plan_through_submitit(tmp_path):
     store = RunStore(tmp_path)
     report = _run(build_toy_plan(toy_profile(), ["a"], [0, 1]), store, executor="debug")

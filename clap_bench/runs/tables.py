@@ -25,7 +25,7 @@ import yaml
 from clap_bench.config import ConfigError
 from clap_bench.io import save_figure
 from clap_bench.runs.claims import claim_holder
-from clap_bench.runs.store import METRICS_FILE, STAGE_FILE, RunStore, finished_metrics, method_dir_name, read_json
+from clap_bench.runs.store import CONFIG_FILE, METRICS_FILE, STAGE_FILE, RunStore, finished_metrics, method_dir_name, read_json
 
 TABLE_IDS = ("1", "2a", "2b", "3")
 FORMATS = ("markdown", "latex", "csv")
@@ -78,10 +78,75 @@ class MethodResults:
     left_out: List[int] = field(default_factory=list)  # seeds in the store but not among those asked for
 
 
+class ConfigCheck:
+    """Whether a finished task stage, and every stage it read, was made under the config the
+    profile's last run recorded (``profile.json``): a run of some seeds after the profile changed
+    leaves the other seeds' stages of the old config in place (``clapbench status`` calls them
+    stale), and a table must not average the two configs.
+
+    Configs are compared without their ``runtime`` section (the thread count resolves where a plan
+    is built: a table made on another machine than the runs would otherwise call every stage
+    stale), and each upstream stage's hash with the one the stage after it recorded reading."""
+
+    def __init__(self, store: RunStore, profile: str):
+        self.store, self.profile = store, profile
+        self.recorded = store.recorded_profile(profile)
+        self._plans: Dict[tuple, Any] = {}
+        self.unchecked: List[str] = []
+
+    def why_stale(self, method: str, seeds: Sequence[int], seed: int, task: str) -> Optional[str]:
+        """None when (method, seed)'s ``task`` stage matches the recorded profile (or cannot be
+        checked: no recorded profile, or a method or plan the recorded profile cannot build)."""
+        if self.recorded is None:
+            return None
+        from clap_bench.runs.plan import plan_factory, stage_key
+
+        key = (method, task)
+        if key not in self._plans:
+            try:
+                self._plans[key] = plan_factory()(self.recorded, [method], sorted(seeds), [task])
+            except (ConfigError, ValueError, KeyError, ImportError) as e:
+                self._plans[key] = None
+                self.unchecked.append(f"{method} ({e})")
+        plan = self._plans[key]
+        spec = plan.stages.get(stage_key(method, seed, task)) if plan is not None else None
+        if spec is None:
+            return None
+        todo = [(spec, None)]
+        while todo:
+            spec, read_hash = todo.pop()
+            folder = plan.stage_dir(self.store, spec)
+            path = folder / CONFIG_FILE
+            recorded = yaml.safe_load(path.read_text()) if path.is_file() else None
+            if not isinstance(recorded, dict):
+                return f"stale: {path} missing"
+            if read_hash is not None and recorded.get("hash") != read_hash:
+                return f"stale: {spec.name} was rerun (hash {recorded.get('hash')}) after the {task} stage read it ({read_hash})"
+            if _without_runtime(recorded.get("config")) != _without_runtime(spec.config):
+                return (f"stale: its {spec.name} stage was made under another config than the profile's last run "
+                        f"(clapbench status lists it; rerunning that seed redoes it)")
+            upstream = recorded.get("upstream") or {}
+            todo.extend((plan.stages[d], upstream.get(plan.stages[d].name)) for d in spec.deps)
+        return None
+
+
+def _without_runtime(config: Any) -> Any:
+    """A stage config as JSON would give it back, less its ``runtime`` section."""
+    import json
+
+    config = json.loads(json.dumps(config, sort_keys=True, default=str)) if config is not None else None
+    if isinstance(config, dict):
+        config.pop("runtime", None)
+    return config
+
+
 def collect_task_results(store: RunStore, profile: str, task: str, methods: Optional[Sequence[str]] = None,
-                         heads: int = 1, seeds: Optional[Sequence[int]] = None) -> Dict[str, MethodResults]:
+                         heads: int = 1, seeds: Optional[Sequence[int]] = None,
+                         check: Optional[ConfigCheck] = None) -> Dict[str, MethodResults]:
     """Per method folder: metrics of each seed whose ``task`` stage finished, and the unfinished seeds.
     ``seeds``: only those (the others a method has in the store are listed as left out).
+    ``check``: seeds whose stages were made under another config than the profile's last run are
+    not finished either (``ConfigCheck``).
 
     ``heads`` > 1: a seed's metrics are the mean of its first ``heads`` downstream heads, those its
     stage trained (``head_seeds``) and those ``clapbench analyze variance`` trained beside it (the
@@ -112,7 +177,11 @@ def collect_task_results(store: RunStore, profile: str, task: str, methods: Opti
             except ValueError as e:  # a damaged record (read_json names the file): that seed is left out
                 res.incomplete[seed] = f"unreadable: {e}"
                 continue
-            if metrics is not None:
+            stale = check.why_stale(res.method, store.seeds(profile, method_dir), seed, task) if (
+                check is not None and metrics is not None) else None
+            if stale is not None:
+                res.incomplete[seed] = stale
+            elif metrics is not None:
                 res.seeds[seed] = metrics
             elif stage_dir.is_dir():
                 why = status
@@ -431,19 +500,23 @@ def make_tables(store: RunStore, profile: str, table_ids: Sequence[str] = TABLE_
 
     specs = load_paper_tables()
     paper = paper_profile_dict() if profile_config is not None else None
+    check = ConfigCheck(store, profile)
     out = []
     for table_id in table_ids:
         if table_id not in specs:
             raise ConfigError(f"--tables: unknown table {table_id!r}; expected some of {', '.join(TABLE_IDS)}")
         spec = specs[table_id]
         results = collect_task_results(store, profile, spec.task, methods, heads=heads,
-                                       seeds=set(seeds) if seeds is not None else None)
+                                       seeds=set(seeds) if seeds is not None else None, check=check)
         table = build_table(spec, results, profile, baseline, backbone, include_paper, expected_seeds=expected_seeds,
                             test=test)
         table.per_seed = per_seed
         if heads > 1:
             table.notes.append(f"each seed's figures: the mean of its first {heads} downstream heads "
                                f"(head seeds seed + 1000 j, j < {heads}; the stage's and analyze variance's)")
+        if check.unchecked:
+            table.notes.append("not checked against the profile's last run (its plan could not be built): "
+                               + "; ".join(check.unchecked))
         if paper is not None:
             table.notes.extend(f"differs from the paper's protocol (FIDELITY.md): {line}"
                                for line in departures(profile_config, paper, table_id))
