@@ -310,7 +310,13 @@ def test_table_ci_p_value_and_detectable_difference_against_hand_worked_numbers(
     md = render([table], "markdown")
     assert "+3.00* [+0.73, +5.27]" in md  # significant at the 5% level: starred
     assert "3/5 (!)" in md  # fewer seeds finished than asked
-    assert "Smallest detectable difference (average_mAP, 3 seeds per method, 80% power, 0.05 level" in md and "3.04 points" in md
+    assert ("Smallest detectable difference (average_mAP, 3 seeds per method, 80% power by the t approximation, 0.05 level"
+            in md and "3.04 points" in md)
+    # What "the t approximation" means: the exact power of that difference (noncentral t, the same
+    # 4 degrees of freedom and noncentrality 3.035265 / sqrt(2/3)) is a little under 80 %.
+    df, ncp = 4, 3.035265 / (2.0 / 3.0) ** 0.5
+    exact_power = stats.nct.sf(2.776445, df, ncp) + stats.nct.cdf(-2.776445, df, ncp)
+    assert 0.78 < exact_power < 0.80
     # Not significant: overlapping samples give no star.
     _fake_results(store, "q", {"clap": [0.020, 0.031, 0.025], "tsp": [0.021, 0.030, 0.024]})
     [table] = make_tables(store, "q", ["1"], baseline="tsp")

@@ -325,7 +325,12 @@ def minimum_detectable_difference(std: float, n: int, alpha: float = ALPHA, powe
     """Smallest difference of two means of ``n`` seeds each, with standard deviation ``std``, that a
     two-sided t-test at level ``alpha`` detects with probability ``power``:
     ``(t_{1-alpha/2, 2n-2} + t_{power, 2n-2}) * std * sqrt(2 / n)``. ``paired``: ``std`` is that of
-    the seed-by-seed differences, ``(t_{1-alpha/2, n-1} + t_{power, n-1}) * std / sqrt(n)``."""
+    the seed-by-seed differences, ``(t_{1-alpha/2, n-1} + t_{power, n-1}) * std / sqrt(n)``.
+
+    The usual approximation (it treats the test statistic under the alternative as a shifted
+    central t): the exact power of that difference, from the noncentral t, is a little lower at few
+    seeds (at 80 % asked: 79.9 % with 5 seeds a side, 79.1 % paired over 5, 76.6 % paired over 3),
+    so the footer says "by the t approximation"."""
     from scipy import stats
 
     df, scale = (n - 1, math.sqrt(1.0 / n)) if paired else (2 * n - 2, math.sqrt(2.0 / n))
@@ -638,11 +643,11 @@ def _footer(t: Table) -> List[str]:
                  f"need{'' if t.mdd_fewer > 1 else 's'} a larger one.") if t.mdd_fewer else ""
         if t.paired_rows:
             lines.append(f"Smallest detectable difference ({t.spec.key_metric}, paired by seed, {t.mdd_n} seeds, "
-                         f"{POWER:.0%} power, {ALPHA:g} level, std of the seed-by-seed differences from {t.baseline} "
+                         f"{POWER:.0%} power by the t approximation, {ALPHA:g} level, std of the seed-by-seed differences from {t.baseline} "
                          f"pooled over the compared rows): {t.mdd:.2f} points.{fewer}")
         else:
             lines.append(f"Smallest detectable difference ({t.spec.key_metric}, {t.mdd_n} seeds per method, "
-                         f"{POWER:.0%} power, {ALPHA:g} level, std pooled over our rows): {t.mdd:.2f} points.{fewer}")
+                         f"{POWER:.0%} power by the t approximation, {ALPHA:g} level, std pooled over our rows): {t.mdd:.2f} points.{fewer}")
     if t.ordering is not None:
         lines.append(f"Ordering against the paper's ({t.spec.key_metric}, the {t.ordering['methods']} methods with a paper "
                      f"number): Kendall's tau {t.ordering['tau']:+.2f}, {t.ordering.get('p_method', 'exact')} p {_fmt_p(t.ordering['p'])} "
