@@ -109,7 +109,13 @@ def test_activitynet_json_adds_v_prefix_and_keeps_subsets(tmp_path):
         (json.dumps(anet_database(a={"subset": "training", "duration": 9, "annotations": [{"segment": [1, 2], "label": ""}]})),
          'key ["database"]["a"]["annotations"][0]["label"]', ("class name",)),
         ('{"database": {"a": {"subset": "training", "duration": 1, "annotations": []}, '
-         '"a": {"subset": "training", "duration": 2, "annotations": []}}}', 'key ["a"]', ("twice",)),
+         '"a": {"subset": "training", "duration": 2, "annotations": []}}}', 'key ["database"]["a"]', ("twice",)),
+        ('{"database": {"a": {"subset": "training", "duration": 1, "annotations": []}, '
+         '"v_x": {"subset": "training", "duration": 1, "duration": 2, "annotations": []}}}',
+         'key ["database"]["v_x"]["duration"]', ("twice",)),
+        ('{"database": {"a": {"subset": "training", "duration": 9, "annotations": '
+         '[{"segment": [1, 2], "label": "R"}, {"segment": [1, 2], "label": "R", "label": "S"}]}}}',
+         'key ["database"]["a"]["annotations"][1]["label"]', ("twice",)),
         (json.dumps(anet_database(a={"subset": "training", "duration": 1, "annotations": []},
                                   v_a={"subset": "training", "duration": 1, "annotations": []})),
          'key ["database"]["v_a"]', ("v_a", "unique")),

@@ -90,32 +90,53 @@ def _read_text(path: Path, expected: str) -> str:
     return text
 
 
-class _DuplicateKey(ValueError):
-    def __init__(self, key: str):
-        super().__init__(key)
-        self.key = key
+class _ObjectWithDuplicate(dict):
+    """A JSON object in which ``key`` appeared twice (the parse goes on, so the key's path can be found)."""
+
+    def __init__(self, pairs: List[Tuple[str, Any]], key: str):
+        super().__init__(pairs)
+        self.duplicate = key
 
 
-def _unique_keys(pairs: List[Tuple[str, Any]]) -> dict:
-    out = dict(pairs)
-    if len(out) != len(pairs):
-        seen = set()
-        for k, _ in pairs:
-            if k in seen:
-                raise _DuplicateKey(k)
-            seen.add(k)
-    return out
+def _duplicate_path(node: Any, path: tuple = ()) -> Optional[tuple]:
+    """The key path of the first duplicated key under ``node``."""
+    if isinstance(node, _ObjectWithDuplicate):
+        return path + (node.duplicate,)
+    children = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, child in children:
+        if isinstance(child, (dict, list)):
+            found = _duplicate_path(child, path + (key,))
+            if found is not None:
+                return found
+    return None
 
 
 def _load_json(path: Path, expected: str) -> Any:
     text = _read_text(path, expected)
+    duplicated: List[str] = []
+
+    def unique_keys(pairs: List[Tuple[str, Any]]) -> dict:
+        out = dict(pairs)
+        if len(out) == len(pairs):
+            return out
+        seen = set()
+        for k, _ in pairs:
+            if k in seen:
+                duplicated.append(k)
+                return _ObjectWithDuplicate(pairs, k)
+            seen.add(k)
+        return out  # pragma: no cover - a shorter dict always has a repeated key
+
     try:
         # A duplicated video id would otherwise silently keep only its last entry.
-        return json.loads(text, object_pairs_hook=_unique_keys)
+        data = json.loads(text, object_pairs_hook=unique_keys)
     except json.JSONDecodeError as e:
         raise AnnotationError(path, f"line {e.lineno} column {e.colno}", f"not valid JSON ({e.msg}); expected {expected}") from None
-    except _DuplicateKey as e:
-        raise AnnotationError(path, json_key(e.key), "appears twice in the same JSON object; expected unique keys") from None
+    if duplicated:
+        # Objects are built innermost first, so the hook cannot know where one sits: find it in the tree
+        # (walked only then: ActivityNet Captions' train.json is large).
+        raise AnnotationError(path, json_key(*_duplicate_path(data)), "appears twice in the same JSON object; expected unique keys")
+    return data
 
 
 def _number(value: Any, path: Path, where: str, name: str, *, nonnegative: bool = True) -> float:
