@@ -484,6 +484,18 @@ def test_attach_captions_copies_sentences_by_id(tmp_path):
     assert any("1 of 2 videos captioned" in n for n in joined.notes)
 
 
+def test_attach_captions_counts_clipped_and_dropped_captions(tmp_path):
+    videos = read_tsp_csv(write(tmp_path / "anet_train.csv", tsp_rows("a,0,4,Run,4,v_a.mp4,30,120,Action")))
+    captions = read_anet_captions(write_json(tmp_path / "train.json", {
+        "v_a": {"duration": 5, "timestamps": [[0, 1], [2, 4.5], [4.2, 5]], "sentences": ["kept", "clipped", "empty once clipped"]},
+    }))
+    joined = attach_captions(videos, captions)
+    assert [q.text for q in joined.videos["v_a"].sentences] == ["kept", "clipped"]
+    assert joined.dropped == 1
+    assert any("1 captions dropped because start >= end" in n for n in joined.notes), joined.notes
+    assert any("2 caption end times past the video's duration" in n for n in joined.notes), joined.notes
+
+
 # --------------------------------------------------------------------------- CLI
 def test_inspect_cli_prints_counts_and_reports_broken_files(tmp_path):
     good = write(tmp_path / "thumos14_valid_tsp.csv", tsp_rows(

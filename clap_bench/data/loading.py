@@ -14,6 +14,7 @@ from clap_bench.data.readers import (
     SUBSETS,
     FewShotSplit,
     check_disjoint,
+    clip_sentences,
     detect_format,
     read_charades_lengths,
     read_class_split,
@@ -297,24 +298,31 @@ def attach_captions(videos: AnnotationSet, captions: AnnotationSet) -> Annotatio
     """A copy of ``videos`` whose videos carry the sentences of the caption video with the same id.
 
     Caption times are clipped to the action video's duration (the two sources round durations
-    differently); a caption that ends up empty is dropped. Videos without captions keep theirs.
+    differently); a caption that ends up empty is dropped. As the readers do with queries, the
+    clipped ends are counted in a note and the dropped captions in ``dropped`` and a note.
+    Videos without captions keep theirs.
     """
     out = AnnotationSet(videos.format, videos.source, {}, list(videos.classes), videos.dropped, list(videos.notes))
-    matched = 0
+    matched = clipped = dropped = 0
     for vid, video in videos.videos.items():
         copy_video = copy.copy(video)
         copy_video.segments = list(video.segments)
         cap = captions.videos.get(vid)
         if cap is not None and cap.sentences:
             matched += 1
-            copy_video.sentences = [
-                type(s)(s.start, min(s.end, video.duration), s.text) for s in cap.sentences if s.start < min(s.end, video.duration)
-            ]
+            copy_video.sentences, c, d = clip_sentences(((s.start, s.end, s.text) for s in cap.sentences), video.duration)
+            clipped += c
+            dropped += d
         else:
             copy_video.sentences = list(video.sentences)
         out.videos[vid] = copy_video
     unmatched = sum(1 for vid in captions.videos if vid not in videos.videos)
     out.notes.append(f"captions from {captions.source}: {matched} of {len(videos.videos)} videos captioned; {unmatched} caption videos not in this set")
+    if clipped:
+        out.notes.append(f"captions from {captions.source}: {clipped} caption end times past the video's duration in this set clipped to it")
+    if dropped:
+        out.dropped += dropped
+        out.notes.append(f"captions from {captions.source}: {dropped} captions dropped because start >= end after clipping to the video's duration in this set")
     return out
 
 

@@ -263,7 +263,7 @@ def _check_subset(path: Path, fmt: str, subset: str, where: str) -> None:
 
 
 # --------------------------------------------------------------------------- sentences
-def _clip_sentences(
+def clip_sentences(
     raw: Iterable[Tuple[float, float, str]], duration: float
 ) -> Tuple[List[Sentence], int, int]:
     """Clip query ends to the duration; drop queries with start >= end. Returns (kept, clipped, dropped)."""
@@ -480,7 +480,7 @@ def read_anet_captions(path: PathLike, subset: Optional[str] = None) -> Annotati
         _expect_keys(entry, ("duration", "timestamps", "sentences"), path, (raw_id,))
         duration = _positive(entry["duration"], path, json_key(raw_id, "duration"), "duration")
         raw = _timed_sentences(path, raw_id, entry, scale=1.0, unit="seconds")
-        sentences, c, d = _clip_sentences(raw, duration)
+        sentences, c, d = clip_sentences(raw, duration)
         clipped += c
         dropped += d
         video_id = with_v_prefix(str(raw_id))
@@ -535,7 +535,7 @@ def read_tacos(path: PathLike, subset: Optional[str] = None) -> AnnotationSet:
             raise AnnotationError(path, json_key(key, "num_frames"), f"is {num_frames}; expected a number of frames > 0")
         duration = num_frames / fps
         raw = _timed_sentences(path, key, entry, scale=1.0 / fps, unit="frames")
-        sentences, c, d = _clip_sentences(raw, duration)
+        sentences, c, d = clip_sentences(raw, duration)
         clipped += c
         dropped += d
         key_path = Path(key)
@@ -629,7 +629,7 @@ def read_charades_sta(
     clipped = dropped = 0
     for vid, queries in raw.items():
         duration = length_map[vid][0]
-        sentences, c, d = _clip_sentences(queries, duration)
+        sentences, c, d = clip_sentences(queries, duration)
         clipped += c
         dropped += d
         videos[vid] = Video(vid, duration, video_subset, filename=_default_filename(vid), sentences=sentences)
