@@ -118,6 +118,29 @@ def test_pretraining_skips_the_listed_videos_up_front_with_one_warning(broken_fo
     assert metrics[-1]["skipped_segments"] == 0 and metrics[-1]["clips"] > 0
 
 
+def test_a_caption_duration_mismatch_is_reported_but_does_not_leave_out_the_activitynet_video(broken_folder, tmp_path):
+    from clap_bench.data.check import check_data
+
+    # Captions have no video folder: they are checked against ActivityNet's files with their own
+    # durations, which come from another source (v_good: 6 s in ActivityNet's file and on disk, 9 s here).
+    captions = tmp_path / "train.json"
+    captions.write_text(json.dumps({
+        "v_good": {"duration": 9.0, "timestamps": [[1.0, 3.0]], "sentences": ["a person jumps"]},
+        "v_gone": {"duration": 6.0, "timestamps": [[1.0, 3.0]], "sentences": ["a person runs"]},
+    }))
+    profile = yaml.safe_load((broken_folder / "profile.yaml").read_text())
+    profile["data"]["cache_dir"] = str(tmp_path / "cache")
+    profile["data"]["datasets"]["activitynet-captions"] = {"format": "anet-captions", "annotations": [str(captions)]}
+    (tmp_path / "profile.yaml").write_text(yaml.safe_dump(profile))
+    profile = load_profile(str(tmp_path / "profile.yaml"))
+    result = check_data(profile, progress=False)
+    rows = {(r["video"], r["dataset"]): r["problem"] for r in read_problems(result.problems_csv)}
+    assert rows[("v_good", "activitynet-captions")] == DURATION_MISMATCH  # the report keeps it
+    assert rows[("v_gone", "activitynet-captions")] == MISSING
+    assert load_problem_videos(profile, "activitynet") == set(EXPECTED)  # v_good's file matches ActivityNet
+    assert load_problem_videos(profile, "activitynet-captions") == {"v_good"} | {v for v, k in EXPECTED.items() if k != DURATION_MISMATCH}
+
+
 def test_without_a_problem_list_nothing_is_left_out(tmp_path):
     profile = load_profile("smoke", {"data": {"cache_dir": str(tmp_path)}})
     assert load_problem_videos(profile, "activitynet") == set()

@@ -14,7 +14,9 @@ CSV (``video,dataset,problem,detail``; ``check.problems_file``, by default
 ``<data.cache_dir>/data_check/<profile>-problems.csv``), and every video's measurements to a
 second CSV beside it (``...-videos.csv``). Pre-training and feature extraction read the problem
 list when it exists (:func:`drop_problem_videos`) and leave those videos out up front, with one
-warning giving the count, instead of meeting them mid-epoch.
+warning giving the count, instead of meeting them mid-epoch. A dataset checked through another
+one's video folder shares its missing and unreadable files, not its duration mismatches
+(:func:`load_problem_videos`).
 """
 
 from __future__ import annotations
@@ -290,12 +292,22 @@ def read_problems(path: Path) -> List[Dict[str, str]]:
 
 
 def load_problem_videos(profile: Profile, dataset: str) -> Set[str]:
-    """Ids of ``dataset``'s videos that ``clapbench data check`` found a problem with (empty when it never ran)."""
+    """Ids of ``dataset``'s videos that ``clapbench data check`` found a problem with (empty when it never ran).
+
+    A dataset checked through another one's video folder (``VIDEO_FOLDER_FALLBACK``: Captions through
+    ActivityNet's) shares that folder's files, so a file found missing or unreadable under either
+    counts for both. A duration mismatch counts only for the dataset it was found under: it compares
+    the file with that dataset's own annotated duration, and Captions' durations come from another
+    source than ActivityNet's (30 real videos differ by more than 2 s while matching ActivityNet's).
+    """
     path = problems_path(profile)
     if not path.exists():
         return set()
-    keys = {dataset, VIDEO_FOLDER_FALLBACK.get(dataset, dataset)} | {k for k, v in VIDEO_FOLDER_FALLBACK.items() if v == dataset}
-    return {row["video"] for row in read_problems(path) if row["dataset"] in keys}
+    sharing = ({VIDEO_FOLDER_FALLBACK.get(dataset, dataset)} | {k for k, v in VIDEO_FOLDER_FALLBACK.items() if v == dataset}) - {dataset}
+    return {
+        row["video"] for row in read_problems(path)
+        if row["dataset"] == dataset or (row["dataset"] in sharing and row["problem"] != DURATION_MISMATCH)
+    }
 
 
 def drop_problem_videos(profile: Profile, dataset: str, annotations: AnnotationSet, stage: str) -> AnnotationSet:
