@@ -449,6 +449,54 @@ def test_merging_a_video_in_two_subsets_asks_for_one_subset(tmp_path):
     assert read_annotations(tmp_path, subset="test").subsets == ["test"]
 
 
+# A damaged file in a folder sniffs as no format, as a side file does; it must not vanish with its subset.
+def _charades_folder(folder: Path, test_line_1: str) -> None:
+    write(folder / "charades_sta_train.txt", "AAA 0.0 5.0##x.\n")
+    write(folder / "charades_sta_test.txt", test_line_1 + "\nBBB 1.0 2.0##z.\n")
+    write(folder / "Charades_v1_train.csv", "id,length\nAAA,10\n")
+    write(folder / "Charades_v1_test.csv", "id,length\nBBB,5\n")
+
+
+def _tsp_folder(folder: Path, test_header: str) -> None:
+    write(folder / "thumos14_valid_tsp_groundtruth.csv", tsp_rows("video_validation_1,0,2,Run,9,video_validation_1.mp4,30,270,Action"))
+    write(folder / "thumos14_test_tsp_groundtruth.csv",
+          test_header + "\nvideo_test_1,0,2,Run,9,video_test_1.mp4,30,270,Action\n")
+
+
+@pytest.mark.parametrize(
+    "make, where, says",
+    [
+        (lambda d: _charades_folder(d, "BBB 1.0##y."), "line 1", ("'BBB 1.0##y.'", "VIDEO start end##sentence")),
+        (lambda d: _charades_folder(d, "BBB 1.0 2.0 y."), "line 1", ("VIDEO start end##sentence",)),  # named like the train txt
+        (lambda d: _tsp_folder(d, TSP_HEADER.replace("t-end", "t_end")), "line 1", ("lacks column(s) t-end",)),
+        (lambda d: _tsp_folder(d, "garbage"), "line 1", ("lacks column(s)",)),  # named like the valid csv
+        (lambda d: (write_json(d / "train.json", {"v_a": {"duration": 3, "timestamps": [[0, 1]], "sentences": ["x"]}}),
+                    write_json(d / "val_1.json", {"v_b": {"timestamps": [[0, 1]], "sentences": ["y"]}})),
+         'key ["v_b"]', ("'duration'",)),  # carries the Captions marks
+    ],
+    ids=["charades-line-1", "charades-named-like", "tsp-renamed-column", "tsp-named-like", "captions-first-entry"],
+)
+def test_a_damaged_file_in_a_folder_is_read_and_its_line_named(tmp_path, make, where, says):
+    make(tmp_path)
+    err = expect_error(read_annotations, tmp_path, where=where, says=says)
+    assert Path(err.path).name in ("charades_sta_test.txt", "thumos14_test_tsp_groundtruth.csv", "val_1.json")
+
+
+def test_a_damaged_file_given_explicitly_is_read_and_its_line_named(tmp_path):
+    _charades_folder(tmp_path, "BBB 1.0##y.")
+    err = expect_error(read_annotations, tmp_path / "charades_sta_test.txt", where="line 1", says=("VIDEO start end##sentence",))
+    assert "no known annotation format" not in str(err)
+
+
+def test_side_files_beside_annotations_are_still_ignored(tmp_path):
+    _tsp_folder(tmp_path, TSP_HEADER)
+    write(tmp_path / "thumos14_test_metadata.csv", "filename,video-duration,fps,video-frames\nvideo_test_1.mp4,9,30,270\n")
+    write(tmp_path / "gtad_video_info_new.csv", "video,numFrame,seconds,fps,rfps,subset,featureFrame\nv_a,1,1,30,30,training,1\n")
+    write_json(tmp_path / "thumos14_action_label_mapping.json", ["Run"])
+    s = read_annotations(tmp_path)
+    assert sorted(s.videos) == ["video_test_1", "video_validation_1"]
+
+
 def test_load_dataset_charades_lengths_and_fewshot_split_from_extra(tmp_path):
     write(tmp_path / "sta" / "charades_sta_train.txt", "AAA 0.0 12.0##x.\n")
     write(tmp_path / "sta" / "charades_sta_test.txt", "BBB 1.0 2.0##y.\n")

@@ -158,3 +158,15 @@ def test_inspect_cli_on_a_real_file_and_a_broken_one(real_annotations, tmp_path)
     assert result.exit_code == 1
     error = json.loads(result.stdout)["error"]
     assert error["path"] == str(broken) and error["where"].endswith('["fps"]') and "expected a number" in error["problem"]
+
+
+def test_real_folders_read_their_annotation_files_and_ignore_the_side_files(real_annotations):
+    # Metadata csvs, label maps and G-TAD's files sniff as no format and are not damaged annotation files.
+    expected = {
+        "activitynet": ["activitynet_v1-3_train_tsp_groundtruth.csv", "activitynet_v1-3_valid_tsp_groundtruth.csv"],
+        "thumos14": ["thumos14_test_tsp_groundtruth.csv", "thumos14_valid_tsp_groundtruth.csv"],
+        "charades-sta": ["charades_sta_test.txt", "charades_sta_train.txt"],
+        "tacos": ["test.json", "train.json", "val.json"],
+    }
+    for folder, names in expected.items():
+        assert [s.source.rsplit("/", 1)[-1] for s in read_annotation_files(real_annotations / folder)] == names, folder

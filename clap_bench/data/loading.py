@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Union
 
@@ -11,11 +12,13 @@ from clap_bench.config import DatasetConfig
 from clap_bench.data.readers import (
     DURATION_TOLERANCE,
     READERS,
+    SUBSET_WORDS,
     SUBSETS,
     FewShotSplit,
     check_disjoint,
     clip_sentences,
     detect_format,
+    marked_format,
     read_charades_lengths,
     read_class_split,
     read_fewshot_split,
@@ -94,8 +97,9 @@ def read_annotation_files(
     """Read annotation files of one format (auto-detected when ``format`` is None), one set per file.
 
     Directories are expanded to the files in them whose format is recognised (label maps,
-    metadata and the like are ignored). For Charades-STA, ``Charades_v1_*.csv`` files among
-    ``paths`` are the video lengths. ``subset`` selects: files whose name announces another
+    metadata and the like are ignored) and to damaged files of that format (named like them, or
+    carrying its marks), which its reader then rejects naming the line. For Charades-STA,
+    ``Charades_v1_*.csv`` files among ``paths`` are the video lengths. ``subset`` selects: files whose name announces another
     subset are skipped, a file whose name announces none is read as that subset, and formats
     that store the subset per video keep only its videos.
     """
@@ -110,10 +114,12 @@ def read_annotation_files(
         raise AnnotationError(named, "paths", "no annotation files found; expected files or folders holding them")
     kinds: Dict[Path, Optional[str]] = {}
     for f in files:
-        if f not in explicit:  # inside a folder: keep what is recognised, ignore the rest
+        if f not in explicit:  # inside a folder: keep what is recognised; the rest is decided below
             kinds[f] = sniff_format(f)
         elif format is None:
-            kinds[f] = sniff_format(f) or detect_format(f)  # detect_format raises with the explanation
+            # A damaged file of a known format goes to its reader, which names the line; detect_format
+            # raises with the explanation when the file carries no format's marks.
+            kinds[f] = sniff_format(f) or marked_format(f) or detect_format(f)
         elif format == "charades-sta" and f.suffix.lower() == ".csv" and sniff_format(f) == "charades-lengths":
             kinds[f] = "charades-lengths"
         else:
@@ -132,6 +138,9 @@ def read_annotation_files(
         listing = "; ".join(f"{k}: {', '.join(f.name for f in annotation_files if kinds[f] == k)}" for k in found)
         raise AnnotationError(named, "paths", f"hold several formats ({listing}); expected files of one format")
     fmt = found[0]
+    damaged = set(_damaged_in_folder(kinds, fmt, annotation_files))
+    if damaged:
+        annotation_files = [f for f in kinds if f in damaged or f in annotation_files]  # in the folder's order
     reader = READERS.get(fmt)
     if fmt == "charades-sta":
         if "lengths" not in options and length_files:
@@ -152,6 +161,30 @@ def read_annotation_files(
     if fmt == "class-split" and len(sets) > 1:
         check_disjoint({Path(s.source): s.classes for s in sets})
     return sets
+
+
+def _name_pattern(path: Path) -> tuple:
+    """A file name's words with the subset word replaced (``thumos14_test_tsp_groundtruth.csv`` and
+    ``thumos14_valid_tsp_groundtruth.csv`` share one pattern), and its suffix."""
+    words = [w for w in re.split(r"[^a-z0-9]+", path.stem.lower()) if w]
+    return tuple("*" if w in SUBSET_WORDS else w for w in words) + (path.suffix.lower(),)
+
+
+def _damaged_in_folder(kinds: Dict[Path, Optional[str]], fmt: str, annotation_files: List[Path]) -> List[Path]:
+    """Files of a folder that sniff as no format but are damaged files of the folder's format ``fmt``.
+
+    A side file (a label map, a metadata csv, G-TAD's csvs beside TSP's) sniffs as no format too and
+    is ignored; a damaged annotation file must not be, or a whole subset would vanish without a word.
+    One is told from the other by its name (named like the folder's annotation files but for the
+    subset word) or by its content (it carries ``fmt``'s marks, see ``marked_format``). Such files go
+    to ``fmt``'s reader, which names the line or key that is wrong.
+    """
+    patterns = {_name_pattern(f) for f in annotation_files}
+    suffixes = {f.suffix.lower() for f in annotation_files}
+    return [
+        f for f, k in kinds.items()
+        if k is None and f.suffix.lower() in suffixes and (_name_pattern(f) in patterns or marked_format(f) == fmt)
+    ]
 
 
 # Formats whose files hold one subset each, announced by the file name.

@@ -197,7 +197,7 @@ def _default_filename(video_id: str) -> str:
 
 
 # --------------------------------------------------------------------------- subsets
-_SUBSET_WORDS = {
+SUBSET_WORDS = {
     "train": "train", "training": "train",
     "val": "val", "valid": "val", "validation": "val",
     "test": "test", "testing": "test",
@@ -222,9 +222,9 @@ def subset_from_name(path: PathLike, fmt: str) -> Optional[str]:
     words = [w for w in re.split(r"[^a-z0-9]+", path.stem.lower()) if w]
     found = []
     for i, w in enumerate(words):
-        if w not in _SUBSET_WORDS:
+        if w not in SUBSET_WORDS:
             continue
-        canonical = _SUBSET_WORDS[w]
+        canonical = SUBSET_WORDS[w]
         # ActivityNet Captions ships val_1 / val_2; the grounding benchmarks test on val_2.
         if fmt == "anet-captions" and canonical == "val" and i + 1 < len(words) and words[i + 1] == "2":
             canonical = "test"
@@ -802,6 +802,42 @@ def sniff_format(path: PathLike) -> Optional[str]:
         return "charades-sta"
     if path.suffix.lower() == ".txt" and "##" not in first_line and not re.search(r"\d+\.\d+\s+\d+\.\d+", first_line):
         return "class-split"
+    return None
+
+
+# Columns that only a format's annotation rows have (a metadata csv shares video-duration, fps, ...).
+_TSP_MARKS = {"video-name", "t-start", "t-end", "action-label", "temporal-region-label"}
+_KINETICS_MARKS = {"youtube_id", "time_start", "time_end"}
+
+
+def marked_format(path: PathLike) -> Optional[str]:
+    """The format a file carries the marks of though it does not sniff as one (a damaged header,
+    first line or first entry), or None.
+
+    Its reader then says what is wrong on which line or key, where detection could only say that
+    nothing matched. Label maps (JSON lists), metadata csvs and the like carry no format's marks.
+    """
+    path = Path(path)
+    text = _read_text(path, "an annotation file")
+    head = text.lstrip()
+    if head[:1] in "{[":
+        data = _load_json(path, "an annotation JSON file")
+        if not isinstance(data, dict):
+            return None
+        if "database" in data or "taxonomy" in data:
+            return "activitynet-json"
+        first = next(iter(data.values()), None)
+        if isinstance(first, dict) and {"timestamps", "sentences"} & set(first):
+            return "tacos" if {"fps", "num_frames"} & set(first) else "anet-captions"
+        return None
+    first_line = head.splitlines()[0].strip()
+    header = {h.strip() for h in first_line.split(",")}
+    if header & _TSP_MARKS:
+        return "tsp-csv"
+    if header & _KINETICS_MARKS:
+        return "kinetics-csv"
+    if "##" in first_line:
+        return "charades-sta"
     return None
 
 
