@@ -200,7 +200,7 @@ def place_videos(videos: Sequence[Video], video_dir: Optional[str], folder: Path
 
 def subset_set(ann: AnnotationSet, videos: Sequence[Video]) -> AnnotationSet:
     return AnnotationSet(ann.format, f"{ann.source} (preflight: {len(videos)} videos)", {v.id: v for v in videos},
-                         list(ann.classes), 0, [])
+                         list(ann.classes), 0, [], ann.lists_background)
 
 
 def _write_captions(path: Path, videos: Sequence[Video]) -> None:
@@ -520,7 +520,7 @@ def dataset_sizes(profile: Profile, data: PreflightData) -> Dict[str, dict]:
     def segment_counts(a: AnnotationSet) -> Dict[str, int]:
         fg = bg = 0
         for v in a.videos.values():
-            for s in contiguous_segments(v):
+            for s in contiguous_segments(v, lists_background=a.lists_background):
                 fg += s.label is not None
                 bg += s.label is None
         return {"foreground": fg, "all": fg + bg, "videos": len(a.videos),

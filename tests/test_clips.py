@@ -215,8 +215,32 @@ def test_background_is_derived_from_the_gaps_between_actions():
 
 def test_given_background_is_used_clamped_and_short_background_dropped():
     video = Video("v", 10.0, "training", segments=[Segment(-1, 3, None), Segment(3, 9.9, "a"), Segment(9.9, 12, None)])
-    assert [(s.start, s.end, s.label) for s in contiguous_segments(video)] == [(0, 3, None), (3, 9.9, "a"), (9.9, 10, None)]
-    assert [s.label for s in contiguous_segments(video, min_length=0.5)] == [None, "a"]
+    listed = contiguous_segments(video, lists_background=True)
+    assert [(s.start, s.end, s.label) for s in listed] == [(0, 3, None), (3, 9.9, "a"), (9.9, 10, None)]
+    assert [s.label for s in contiguous_segments(video, min_length=0.5, lists_background=True)] == [None, "a"]
+    with pytest.raises(ValueError, match="video v has background segments"):
+        contiguous_segments(video)  # a source read as listing no background cannot have some
+
+
+def test_a_format_that_lists_background_never_falls_back_to_the_gaps(tmp_path):
+    # TSP's csv leaves short background out: a video without background rows has no background.
+    csv = tmp_path / "anet_train_tsp.csv"
+    csv.write_text(
+        "video-name,t-start,t-end,action-label,video-duration,filename,fps,video-frames,temporal-region-label\n"
+        "a,0.0,6.0,,10.0,v_a.mp4,30,300,No action\n"
+        "a,6.0,10.0,run,10.0,v_a.mp4,30,300,Action\n"
+        "b,2.0,7.0,jump,10.0,v_b.mp4,30,300,Action\n"
+    )
+    from clap_bench.data import read_tsp_csv
+
+    ann = read_tsp_csv(csv)
+    assert ann.lists_background and ann.subset("training").lists_background
+    segments = {vid: [(s.start, s.end, s.label) for s in contiguous_segments(v, lists_background=ann.lists_background)]
+                for vid, v in ann.videos.items()}
+    assert segments == {"v_a": [(0.0, 6.0, None), (6.0, 10.0, "run")], "v_b": [(2.0, 7.0, "jump")]}
+    # A format without background rows keeps the gap rule.
+    gaps = contiguous_segments(Video("v_b", 10.0, "training", segments=[Segment(2.0, 7.0, "jump")]))
+    assert [(s.start, s.end, s.label) for s in gaps] == [(0.0, 2.0, None), (2.0, 7.0, "jump"), (7.0, 10.0, None)]
 
 
 # --------------------------------------------------------------------------- language
@@ -291,6 +315,17 @@ def _segment_annotations(videos: dict) -> AnnotationSet:
         Video("v_twelve", 6.0, "training", filename="v_twelve.mp4",
               segments=[Segment(0.0, 1.0, "swim"), Segment(4.0, 4.3, "jump")]),
     ])
+
+
+def test_segment_dataset_takes_background_as_the_format_lists_it(videos):
+    ann = annotation_set([
+        Video("v_thirty", 4.0, "training", filename="v_thirty.mp4", segments=[Segment(1.0, 2.5, "jump"), Segment(2.5, 4.0, None)]),
+        Video("v_twelve", 6.0, "training", filename="v_twelve.mp4", segments=[Segment(0.0, 1.0, "swim")]),
+    ])
+    ann.lists_background = True  # as TSP's csv: v_twelve has no background row, so no background
+    ds = SegmentClipDataset(ann, videos["root"], CLIP, train=False)
+    assert [(it.video_id, it.start, it.label) for it in ds.items] == [
+        ("v_thirty", 1.0, "jump"), ("v_thirty", 2.5, None), ("v_twelve", 0.0, "swim")]
 
 
 def test_segment_dataset_items_have_clips_labels_regions_and_texts(videos):

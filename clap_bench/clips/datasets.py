@@ -311,7 +311,10 @@ class SegmentClipDataset(_ClipItemDataset):
         self.excluded_segments = 0
         for video_id in sorted(annotations.videos):
             video = annotations.videos[video_id]
-            for segment in contiguous_segments(video, min_length=min_background, min_action_length=min_action):
+            segments = contiguous_segments(
+                video, min_length=min_background, min_action_length=min_action, lists_background=annotations.lists_background,
+            )
+            for segment in segments:
                 if segment.label is None:
                     if regions == "all":
                         self.items.append(_ClipItem(video_id, segment.start, segment.end, None, BACKGROUND_LABEL))

@@ -70,7 +70,8 @@ def merge_sets(sets: Sequence[AnnotationSet]) -> AnnotationSet:
             seen.sentences = seen.sentences + video.sentences
     classes = sorted({c for s in sets for c in s.classes})
     notes = [n for s in sets for n in s.notes]
-    return AnnotationSet(formats[0], ", ".join(s.source for s in sets), videos, classes, sum(s.dropped for s in sets), notes)
+    return AnnotationSet(formats[0], ", ".join(s.source for s in sets), videos, classes, sum(s.dropped for s in sets), notes,
+                         all(s.lists_background for s in sets))
 
 
 def _expand(paths: Iterable[PathLike]) -> List[Path]:
@@ -335,7 +336,8 @@ def attach_captions(videos: AnnotationSet, captions: AnnotationSet) -> Annotatio
     clipped ends are counted in a note and the dropped captions in ``dropped`` and a note.
     Videos without captions keep theirs.
     """
-    out = AnnotationSet(videos.format, videos.source, {}, list(videos.classes), videos.dropped, list(videos.notes))
+    out = AnnotationSet(videos.format, videos.source, {}, list(videos.classes), videos.dropped, list(videos.notes),
+                        videos.lists_background)
     matched = clipped = dropped = 0
     for vid, video in videos.videos.items():
         copy_video = copy.copy(video)

@@ -456,7 +456,7 @@ def read_tsp_csv(path: PathLike, subset: Optional[str] = None) -> AnnotationSet:
         if video.id in out:
             raise AnnotationError(path, _line(first_line[video_id]), f"video {video.id} appears under two names; expected one name per video")
         out[video.id] = video
-    return AnnotationSet(fmt, str(path), out, _classes(out), 0, _segments_past_end_note(path, out))
+    return AnnotationSet(fmt, str(path), out, _classes(out), 0, _segments_past_end_note(path, out), lists_background=True)
 
 
 # --------------------------------------------------------------------------- ActivityNet Captions

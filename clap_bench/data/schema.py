@@ -71,10 +71,15 @@ class AnnotationSet:
     classes: List[str] = field(default_factory=list)  # sorted action class names
     dropped: int = 0  # rows/queries dropped by the reader (reason in notes)
     notes: List[str] = field(default_factory=list)
+    # True when the format lists background regions itself (TSP csv): a video without background rows
+    # then has none (TSP's csv leaves short background out on purpose). False: background is the gaps
+    # between actions. Decided per format, never per video.
+    lists_background: bool = False
 
     def subset(self, *names: str) -> "AnnotationSet":
         keep = {k: v for k, v in self.videos.items() if v.subset in names}
-        return AnnotationSet(self.format, self.source, keep, list(self.classes), self.dropped, list(self.notes))
+        return AnnotationSet(self.format, self.source, keep, list(self.classes), self.dropped, list(self.notes),
+                             self.lists_background)
 
     def restrict_classes(self, classes: Iterable[str]) -> "AnnotationSet":
         """Videos whose every action belongs to ``classes`` (a video with any other action is dropped).
@@ -87,7 +92,8 @@ class AnnotationSet:
             for k, v in self.videos.items()
             if v.actions and all(s.label in allowed for s in v.actions)
         }
-        return AnnotationSet(self.format, self.source, keep, sorted(allowed & set(self.classes)), self.dropped, list(self.notes))
+        return AnnotationSet(self.format, self.source, keep, sorted(allowed & set(self.classes)), self.dropped, list(self.notes),
+                             self.lists_background)
 
     @property
     def subsets(self) -> List[str]:
