@@ -236,3 +236,17 @@ def test_finished_run_is_not_trained_again(script, straight):
     stamp = straight.stat().st_mtime_ns
     assert script.train(straight.parent) == straight
     assert straight.stat().st_mtime_ns == stamp
+
+
+def test_tsp_schedule_warms_up_from_factor_1e5_as_tsps_warmup_multistep_lr():
+    from clap_bench.config import TrainConfig
+    from clap_bench.training.trainer import lr_factor
+
+    cfg = TrainConfig(schedule="tsp", warmup_epochs=2, milestones=[4, 6], lr_gamma=0.01)
+    # TSP common/scheduler.py with warmup_factor=1e-5: 1e-5 * (1 - a) + a, a = epoch / warmup_epochs
+    for epoch in (0.0, 0.001, 0.5, 1.0, 1.999):
+        a = epoch / 2
+        assert lr_factor(cfg, epoch) == pytest.approx(1e-5 * (1 - a) + a, rel=1e-12, abs=0), epoch
+    assert lr_factor(cfg, 0.0) == pytest.approx(1e-5)
+    assert lr_factor(cfg, 2.0) == 1.0 and lr_factor(cfg, 3.9) == 1.0
+    assert lr_factor(cfg, 4.0) == pytest.approx(0.01) and lr_factor(cfg, 6.5) == pytest.approx(1e-4)

@@ -17,8 +17,9 @@ among the validation texts (with their chance levels). The figures go into the e
 with a ``val_`` prefix.
 
 Schedules (``TrainConfig``): ``step``: lr x ``lr_gamma`` every ``lr_step_epochs`` epochs (paper
-§4.1: x0.01 every 2 epochs); ``tsp``: linear warm-up over ``warmup_epochs``, then x ``lr_gamma``
-at each of ``milestones`` (TSP's own schedule). Backbone and heads have their own learning rates.
+§4.1: x0.01 every 2 epochs); ``tsp``: linear warm-up over ``warmup_epochs`` from factor 1e-5, then
+x ``lr_gamma`` at each of ``milestones`` (TSP's own schedule, ``WarmupMultiStepLR``). Backbone and
+heads have their own learning rates.
 
 Checkpoints (``<out>/checkpoint.pt``, written atomically) after every epoch and when SIGTERM or
 SIGUSR2 arrives (then mid-epoch, with the number of batches done; the previous handler, e.g.
@@ -113,14 +114,21 @@ def set_rng_state(state: Dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+TSP_WARMUP_FACTOR = 1e-5  # the rate factor at the start of TSP's warm-up
+
+
 def lr_factor(cfg: TrainConfig, epoch_float: float) -> float:
     """Multiplier of the base learning rates at a (fractional) epoch."""
     if cfg.schedule == "step":
         return cfg.lr_gamma ** int(epoch_float // max(1, cfg.lr_step_epochs))
     if cfg.schedule == "tsp":
+        # TSP's WarmupMultiStepLR (common/scheduler.py, warmup_factor=1e-5 in train.py): a linear
+        # ramp from 1e-5 to 1 over the warm-up, times gamma per milestone passed.
+        warmup = 1.0
         if epoch_float < cfg.warmup_epochs:
-            return max(1e-3, epoch_float / cfg.warmup_epochs)
-        return cfg.lr_gamma ** sum(1 for m in cfg.milestones if epoch_float >= m)
+            alpha = epoch_float / cfg.warmup_epochs
+            warmup = TSP_WARMUP_FACTOR * (1 - alpha) + alpha
+        return warmup * cfg.lr_gamma ** sum(1 for m in cfg.milestones if epoch_float >= m)
     raise ValueError(f"train.schedule: expected 'step' or 'tsp', got {cfg.schedule!r}")
 
 
