@@ -120,6 +120,12 @@ class ContrastiveConfig:
             )
         if not self.temperature > 0:
             raise ConfigError(f"contrastive.temperature: expected a number > 0, got {self.temperature!r}")
+        if self.learn_temperature and self.temperature < 0.01:
+            raise ConfigError(
+                f"contrastive.temperature: a learned temperature is kept >= 0.01 (logit scale <= 100, as CLIP), "
+                f"so it cannot start at {self.temperature!r}; start it at 0.01 or more, or set "
+                "contrastive.learn_temperature: false to use a fixed temperature as given"
+            )
 
 
 @dataclass

@@ -21,6 +21,7 @@ from clap_bench.methods.losses import text_ids
 __all__ = ["PretrainModel", "compute_losses", "projection", "text_ids", "PluginError"]
 
 RESERVED = ("backbone", "method", "contrastive", "loss")
+MAX_LOGIT_SCALE = 100.0  # the bound of a learned logit scale (CLIP): temperature >= 0.01
 
 
 class PluginError(ValueError):
@@ -73,8 +74,12 @@ class PretrainModel(nn.Module):
         return [p for m in self.head_modules() for p in m.parameters()] + list(self.parameters(recurse=False))
 
     def logit_scale(self) -> torch.Tensor:
-        # Upper bound 100 (temperature >= 0.01), as CLIP does, keeps a learned temperature stable.
-        return self.log_logit_scale.exp().clamp(max=100.0)
+        scale = self.log_logit_scale.exp()
+        if isinstance(self.log_logit_scale, nn.Parameter):
+            # A learned temperature: upper bound 100 (temperature >= 0.01), as CLIP does, keeps it
+            # stable. A fixed temperature is used exactly as configured.
+            return scale.clamp(max=MAX_LOGIT_SCALE)
+        return scale
 
     def forward(
         self,

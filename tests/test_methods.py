@@ -121,3 +121,23 @@ def test_harness_checkpoint_backbone_loads_into_a_fresh_encoder(tmp_path):
         assert torch.equal(a, b), k
     with pytest.raises(ValueError, match="shapes do not match"):
         build_video_encoder(EncoderConfig(arch="r2plus1d_tiny", width=0.25), weights=tmp_path / "c.pt")
+
+
+def test_fixed_temperature_below_001_is_used_as_given_and_learned_one_is_bounded():
+    import math
+
+    from clap_bench.config import ConfigError
+
+    encoder = build_video_encoder(EncoderConfig(arch="r2plus1d_tiny", width=0.125))
+    fixed = PretrainModel(encoder, create_method("clap"), 2, text_dim=4, contrastive=ContrastiveConfig(temperature=0.005))
+    assert fixed.logit_scale().item() == pytest.approx(200.0)  # 1 / 0.005, not clamped to 100
+    paper = PretrainModel(encoder, create_method("clap"), 2, text_dim=4, contrastive=ContrastiveConfig(temperature=0.07))
+    assert torch.equal(paper.logit_scale(), paper.log_logit_scale.exp())
+    learned = PretrainModel(
+        encoder, create_method("clap"), 2, text_dim=4, contrastive=ContrastiveConfig(temperature=0.01, learn_temperature=True)
+    )
+    with torch.no_grad():
+        learned.log_logit_scale.fill_(math.log(1000.0))  # where training could push it
+    assert learned.logit_scale().item() == pytest.approx(100.0)
+    with pytest.raises(ConfigError, match="learn_temperature: false"):
+        ContrastiveConfig(temperature=0.005, learn_temperature=True)
