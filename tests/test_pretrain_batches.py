@@ -181,7 +181,7 @@ def _text_features(texts):
     return torch.stack(rows)
 
 
-def _trainer(out_dir, method="clap-mask", epochs=2, dist_info=None, validation=True, **cfg_kw):
+def _trainer(out_dir, method="clap-mask", epochs=2, dist_info=None, validation=True, data=None, **cfg_kw):
     from clap_bench.clips import collate_segments
     from clap_bench.encoders import build_video_encoder
     from clap_bench.methods import PretrainModel, create_method
@@ -193,7 +193,7 @@ def _trainer(out_dir, method="clap-mask", epochs=2, dist_info=None, validation=T
     model = PretrainModel(encoder, m, num_classes=3, text_dim=16 if m.uses_text else None, embed_dim=8)
     cfg = TrainConfig(**{"epochs": epochs, "batch_size": 6, "lr_backbone": 1e-2, "lr_heads": 2e-2, "lr_step_epochs": 1,
                          "lr_gamma": 0.5, **cfg_kw})
-    return Trainer(model, TinyClips(), cfg, Path(out_dir), 0, collate_segments, 1,
+    return Trainer(model, data if data is not None else TinyClips(), cfg, Path(out_dir), 0, collate_segments, 1,
                    text_features=_text_features if m.uses_text else None, progress=False, device="cpu",
                    dist_info=dist_info, validation=TinyClips(8, seed=7, train=False) if validation else None)
 
@@ -239,6 +239,53 @@ def test_stem_is_frozen_and_rates_are_as_configured_single_process(tmp_path):
         assert torch.equal(before[1][k], after[1][k]), f"layer1 {k} changed"
     assert any(not torch.equal(before[2][k], after[2][k]) for k in before[2]), "layer2 did not train"
     assert {g["name"]: g["initial_lr"] for g in trainer.optimizer.param_groups} == {"backbone": 1e-2, "heads": 2e-2}
+
+
+class UnreadableClips(TinyClips):
+    """TinyClips whose items in ``unreadable`` come back as skip markers (an undecodable video)."""
+
+    def __init__(self, n, unreadable):
+        super().__init__(n)
+        self.unreadable = set(unreadable)
+
+    def __getitem__(self, i):
+        if i in self.unreadable:
+            return {"skipped": True, "video_id": f"v{i % 4}", "reason": "unreadable"}
+        return super().__getitem__(i)
+
+
+def test_a_last_batch_of_one_clip_is_dropped_for_batchnorm_heads_and_kept_for_tac(tmp_path):
+    from clap_bench.training.distributed import shard_order
+
+    # 13 clips in batches of 6: 6, 6 and 1. g_v and g_t (BatchNorm) cannot train on one clip.
+    clap = _trainer(tmp_path / "clap", epochs=1, validation=False, data=TinyClips(13))
+    clap.fit()  # was: "Expected more than 1 value per channel when training"
+    assert clap.min_batch_clips == 2 and clap.steps_per_epoch == 2
+    assert [len(b) for b in clap._batches(0)] == [6, 6]
+    assert json.loads((tmp_path / "clap" / "metrics.jsonl").read_text().splitlines()[-1])["clips"] == 12
+    # TAC's heads have no BatchNorm: its last clip trains, as TSP keeps its last short batch.
+    tac = _trainer(tmp_path / "tac", method="tac", epochs=1, validation=False, data=TinyClips(13))
+    assert tac.min_batch_clips == 1 and tac.steps_per_epoch == 3
+    assert [len(b) for b in tac._batches(0)] == [6, 6, 1]
+    # Two processes pad the 13 items to 7 each (shard_order), so both drop their last clip together.
+    clap.dist.world_size = 2
+    for rank in (0, 1):
+        clap.dist.rank = rank
+        assert len(shard_order(13, 0, 0, rank, 2)) == 7 and [len(b) for b in clap._batches(0)] == [6]
+
+
+def test_a_batch_left_with_one_clip_after_unreadable_segments_is_skipped_with_a_log_line(tmp_path, caplog):
+    import logging
+
+    from clap_bench.training.distributed import shard_order
+
+    order = shard_order(12, 0, 0)  # the first batch of epoch 0 is order[:6]: all but one unreadable
+    trainer = _trainer(tmp_path / "run", epochs=1, validation=False, data=UnreadableClips(12, order[1:6]))
+    with caplog.at_level(logging.WARNING, logger="clap_bench.training.trainer"):
+        trainer.fit()
+    assert any("1 clip left after 5 unreadable segment(s)" in r.getMessage() for r in caplog.records)
+    record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record["clips"] == 6 and record["skipped_segments"] == 5
 
 
 def _free_port() -> int:

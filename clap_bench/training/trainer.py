@@ -8,7 +8,10 @@ the method's loss terms, stop on a non-finite loss, step SGD and the per-step le
 schedule. ``batch_size`` counts clips per process (TSP); with ``scale_lr_by_world_size`` both
 rates are multiplied by the number of processes (TSP); with ``freeze_stem`` the backbone's stem
 is not trained (TSP: lr 0), and ``frozen_stages`` freezes the lowest backbone stages as well (a
-CPU budget option; frozen stages also keep their BatchNorm statistics).
+CPU budget option; frozen stages also keep their BatchNorm statistics). When the method's heads
+hold a BatchNorm (g_v, g_t of the contrastive methods), a batch needs two clips: a last batch of
+one clip is dropped, and a batch left with one clip after unreadable segments is skipped (logged);
+other methods keep every batch, as TSP keeps its last short one.
 
 Validation (``validation=`` a dataset of held-out segments, evenly spaced clips, no augmentation)
 runs before the first epoch (recorded as epoch 0) and after every epoch: every loss term of the
@@ -37,7 +40,7 @@ from __future__ import annotations
 
 import io
 import json
-import math
+import logging
 import random
 import signal
 import time
@@ -66,6 +69,8 @@ CHECKPOINT_FORMAT = "clap_bench.pretrain/1"
 CHECKPOINT_NAME = "checkpoint.pt"
 FINAL_NAME = "final.pt"
 METRICS_NAME = "metrics.jsonl"
+
+log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -101,6 +106,12 @@ def rng_state() -> Dict[str, Any]:
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
+
+
+def head_batch_norm(model: nn.Module) -> bool:
+    """Whether the model's heads (everything outside the backbone) hold a BatchNorm."""
+    heads = model.head_modules() if hasattr(model, "head_modules") else []
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for head in heads for m in head.modules())
 
 
 def set_rng_state(state: Dict[str, Any]) -> None:
@@ -309,6 +320,9 @@ class Trainer:
         self.device = torch.device(device)
         # batch_size counts clips per process (TSP's --batch-size is per GPU).
         self.items_per_batch = max(1, cfg.batch_size // self.clips_per_item)
+        # A BatchNorm in the method's heads (the projections g_v, g_t of contrastive methods) cannot
+        # train on one clip; heads without one (TAC, TSP) train on any batch, as TSP keeps its last one.
+        self.min_batch_clips = 2 if head_batch_norm(model) else 1
         self.model = model.to(self.device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last_3d)
@@ -334,7 +348,7 @@ class Trainer:
             self.optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
         else:
             raise ValueError(f"optimizer: expected 'sgd' or 'adamw', got {cfg.optimizer!r}")
-        self.steps_per_epoch = max(1, math.ceil(len(shard_order(len(dataset), 0, 0, 0, self.dist.world_size)) / self.items_per_batch))
+        self.steps_per_epoch = max(1, len(self._batch_slices(len(shard_order(len(dataset), 0, 0, 0, self.dist.world_size)))))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: lr_factor(cfg, step / self.steps_per_epoch)
         )
@@ -431,9 +445,18 @@ class Trainer:
         return self.final_path
 
     # ------------------------------------------------------------------ steps
+    def _batch_slices(self, num_items: int) -> List[slice]:
+        """Consecutive batches of ``items_per_batch`` items out of ``num_items``. A last batch of fewer
+        than ``min_batch_clips`` clips is dropped; every process has as many items (``shard_order``
+        pads), so all drop it together."""
+        slices = [slice(i, min(i + self.items_per_batch, num_items)) for i in range(0, num_items, self.items_per_batch)]
+        if slices and (slices[-1].stop - slices[-1].start) * self.clips_per_item < self.min_batch_clips:
+            slices.pop()
+        return slices
+
     def _batches(self, epoch: int) -> List[List[int]]:
         order = shard_order(len(self.dataset), self.seed, epoch, self.dist.rank, self.dist.world_size)
-        return [order[i : i + self.items_per_batch] for i in range(0, len(order), self.items_per_batch)]
+        return [order[b] for b in self._batch_slices(len(order))]
 
     def _loader(self, epoch: int, skip: int):
         if hasattr(self.dataset, "set_epoch"):
@@ -698,8 +721,15 @@ class Trainer:
                 t_prev = time.perf_counter()
                 for batch in loader:
                     self.running["skipped_segments"] = self.running.get("skipped_segments", 0.0) + float(batch.get("num_skipped", 0))
-                    # A batch whose every segment was unreadable is skipped by all processes together.
-                    if not any_process(batch.get("clips") is None, self.device):
+                    # A batch whose every segment was unreadable (or, with BatchNorm in the heads, all
+                    # but one clip) is skipped by all processes together.
+                    kept = 0 if batch.get("clips") is None else int(batch["clips"].shape[0])
+                    if 0 < kept < self.min_batch_clips:
+                        log.warning("epoch %d, batch %d: %d clip left after %d unreadable segment(s) were skipped; the "
+                                    "method's heads need %d clips (BatchNorm), so the batch is skipped",
+                                    self.epoch + 1, self.batch_in_epoch + 1, kept, int(batch.get("num_skipped", 0)),
+                                    self.min_batch_clips)
+                    if not any_process(kept < self.min_batch_clips, self.device):
                         values = self._step(batch)
                         now = time.perf_counter()
                         self._accumulate(values, int(batch["clips"].shape[0]), now - t_prev)
