@@ -180,7 +180,7 @@ class TrainConfig:
     per_seed: bool = added_field(False)
     channels_last: bool = False
     max_segments_per_epoch: Optional[int] = None  # CPU profiles subsample the segment list
-    log_every: int = 20
+    log_every: int = 20  # the main process logs the epoch's running loss every this many steps (0: never)
     # Validation after every epoch (and before the first, as epoch 0) on held-out segments:
     # evenly spaced clips, no augmentation, every loss term, head accuracies and retrieval R@1.
     validate: bool = True
@@ -201,6 +201,8 @@ class TrainConfig:
             raise ConfigError(
                 f"batch_composition: expected one of {', '.join(BATCH_COMPOSITIONS)}, got {self.batch_composition!r}"
             )
+        if self.log_every < 0:
+            raise ConfigError(f"log_every: expected a number of steps >= 0 (0: no running-loss lines), got {self.log_every}")
         if not 0 <= self.frozen_stages <= 4:
             raise ConfigError(f"frozen_stages: expected 0-4 (backbone stages), got {self.frozen_stages}")
         if self.batch_size < 1:

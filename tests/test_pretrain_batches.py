@@ -366,3 +366,23 @@ def test_none_shares_one_encoder_and_extraction_over_seeds_and_class_subsets():
     assert {"none/seed1/tal", "none/seed1/fstal", "none/seed1/vlg"} <= keys
     assert plan.stages["none/seed1/fstal"].deps == ("none/seed0/extract-activitynet",)
     assert "tac/seed1/pretrain-base" in keys
+
+
+def test_log_every_logs_the_running_loss_and_changes_nothing_else(tmp_path, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="clap_bench.training.trainer"):
+        logged = _trainer(tmp_path / "logged", epochs=1, validation=False, log_every=1)
+        logged.fit()
+    lines = [r.getMessage() for r in caplog.records if "running loss" in r.getMessage()]
+    assert len(lines) == 2  # 12 clips in batches of 6
+    assert lines[0].startswith("epoch 1/1, batch 1/2: running loss ") and "contrastive " in lines[0]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="clap_bench.training.trainer"):
+        quiet = _trainer(tmp_path / "quiet", epochs=1, validation=False, log_every=0)
+        quiet.fit()
+    assert not any("running loss" in r.getMessage() for r in caplog.records)
+    for (k, a), b in zip(logged.model.state_dict().items(), quiet.model.state_dict().values()):
+        assert torch.equal(a, b), k
+    with pytest.raises(ConfigError, match="log_every"):
+        TrainConfig(log_every=-1)

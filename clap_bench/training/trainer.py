@@ -545,6 +545,19 @@ class Trainer:
             r[f"sum_{k}"] = r.get(f"sum_{k}", 0.0) + v
             r[f"n_{k}"] = r.get(f"n_{k}", 0.0) + 1
 
+    def _log_progress(self, batches: int) -> None:
+        """Every ``log_every`` batches, the main process logs the epoch's running loss (this process's
+        steps so far; the epoch's record averages over processes). Reads, never changes, the sums."""
+        every = self.cfg.log_every
+        if every <= 0 or not self.dist.is_main or self.batch_in_epoch % every:
+            return
+        r = self.running
+        terms = sorted(k[4:] for k in r if k.startswith("sum_") and k != "sum_loss")
+        parts = [f"{k} {r[f'sum_{k}'] / max(1.0, r[f'n_{k}']):.4f}" for k in terms]
+        loss = f"{r['sum_loss'] / max(1.0, r['n_loss']):.4f}" if "sum_loss" in r else "n/a"
+        log.info("epoch %d/%d, batch %d/%d: running loss %s (%s)", self.epoch + 1, self.cfg.epochs, self.batch_in_epoch,
+                 batches, loss, ", ".join(parts))
+
     def _epoch_record(self) -> Dict[str, Any]:
         r = self.running
         keys = sorted(k[4:] for k in r if k.startswith("sum_"))
@@ -713,6 +726,7 @@ class Trainer:
             while self.epoch < self.cfg.epochs:
                 self._train_mode()
                 loader, total = self._loader(self.epoch, self.batch_in_epoch)
+                epoch_batches = total + self.batch_in_epoch
                 bar = None
                 if self.progress and self.dist.is_main:
                     from tqdm import tqdm
@@ -737,6 +751,7 @@ class Trainer:
                     else:
                         values = {"loss": float("nan")}
                     self.batch_in_epoch += 1
+                    self._log_progress(epoch_batches)
                     if bar is not None:
                         bar.update(1)
                         bar.set_postfix(loss=f"{values['loss']:.3f}")
