@@ -36,6 +36,10 @@ def _video_scores(value: Any) -> str:
     return f"external scores {value}" if value else "built-in video classifier"
 
 
+def _method_lr_heads(value: Any) -> str:
+    return "pretrain.lr_heads (every method's)" if value is None else f"{value:g}"
+
+
 CHOICES: tuple = (
     Choice("encoder.text_model", ALL_TABLES, "text encoder", _text_model),
     Choice("pretrain.bn_reestimate", ALL_TABLES, "BatchNorm re-estimation after pre-training"),
@@ -49,6 +53,8 @@ CHOICES: tuple = (
     Choice("pretrain.short_segments", ALL_TABLES, "segments shorter than one clip"),
     Choice("pretrain.gvf_scaling", ALL_TABLES, "scaling of the global video feature"),
     Choice("pretrain.caption_choice", ALL_TABLES, "caption given to a clip"),
+    Choice("methods.tsp.lr_heads", ALL_TABLES, "TSP's head learning rate", _method_lr_heads),
+    Choice("methods.tac.lr_heads", ALL_TABLES, "TAC's head learning rate", _method_lr_heads),
     Choice("extract.last_clip", ALL_TABLES, "last clip of a video at extraction"),
     Choice("source_pretrain.per_seed", ALL_TABLES, "a source model per seed (initial weights)"),
     Choice("pretrain.cpu_bf16", ALL_TABLES, "bfloat16 autocast of pre-training on CPU"),
@@ -74,12 +80,22 @@ CHOICES: tuple = (
 
 
 def resolve(profile: Mapping[str, Any], key: str) -> Any:
-    """The value of dotted ``key`` in a profile dict (``to_dict(Profile)``); ``tasks.*`` through the task's defaults.
+    """The value of dotted ``key`` in a profile dict (``to_dict(Profile)``); ``tasks.*`` through the task's
+    defaults, ``methods.<name>.<key>`` through the method's.
 
     A key the profile does not have (e.g. one a newer version added) resolves to a sentinel
     that ``departures`` skips.
     """
     parts = key.split(".")
+    if parts[0] == "methods" and len(parts) == 3:  # a method's key, through the method's defaults
+        from clap_bench.config import ConfigError
+        from clap_bench.methods import create_method
+
+        try:
+            method = create_method(parts[1], **dict((profile.get("methods") or {}).get(parts[1]) or {}))
+        except (KeyError, ValueError, ConfigError):
+            return _MISSING
+        return getattr(method, parts[2], _MISSING)
     if parts[0] == "tasks" and len(parts) > 2:
         from clap_bench.config import TASK_STAGE_KEYS, ConfigError, from_dict, head_config, to_dict
         from clap_bench.downstream.base import get_task

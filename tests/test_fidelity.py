@@ -234,3 +234,21 @@ def test_table_notes_list_the_departures_of_each_tables_stages(tmp_path):
 
     paper = to_dict(load_profile("paper"))
     assert not any("FIDELITY" in n for t in make_tables(store, "paper", ["1", "3"], profile_config=paper) for n in t.notes)
+
+
+def test_paper_trains_tsp_and_tac_heads_at_tsps_rate_and_clap_at_the_papers(paper):
+    from clap_bench.config import TrainConfig
+    from clap_bench.fidelity import paper_profile_dict, resolve
+    from clap_bench.methods import method_from_profile
+    from clap_bench.training.pretrain import method_train_config
+
+    rates = {m: method_train_config(paper.pretrain, method_from_profile(m, paper.methods)).lr_heads
+             for m in ("tsp", "tac", "clap", "clap-mask")}
+    assert rates == {"tsp": 2e-3, "tac": 2e-3, "clap": 2e-2, "clap-mask": 2e-2}  # TSP --fc-lr 0.002; §4.1: 2e-2
+    assert method_train_config(paper.pretrain, method_from_profile("tsp", paper.methods)).lr_backbone == 1e-4
+    assert resolve(paper_profile_dict(), "methods.tsp.lr_heads") == 2e-3
+    smoke = load_profile("smoke")
+    assert method_train_config(smoke.pretrain, method_from_profile("tsp", smoke.methods)) is smoke.pretrain
+    with pytest.raises(ValueError, match="methods.tsp.lr_heads"):
+        method_from_profile("tsp", {"tsp": {"lr_heads": 0.0}})
+    assert TrainConfig().lr_heads == 2e-2

@@ -201,6 +201,13 @@ def short_segment_limits(cfg: TrainConfig, clips) -> dict:
     return {"min_background": clip_seconds, "min_action": clip_seconds}
 
 
+def method_train_config(cfg: TrainConfig, method) -> TrainConfig:
+    """``pretrain`` as ``method`` trains with it: its own head rate (``methods.<name>.lr_heads``) when it sets one."""
+    if getattr(method, "lr_heads", None) is None:
+        return cfg
+    return dataclasses.replace(cfg, lr_heads=method.lr_heads)
+
+
 def _meta(profile: Profile, method, enc_cfg, classes, init, dataset: str) -> dict:
     return {
         "format": CHECKPOINT_FORMAT,
@@ -246,7 +253,7 @@ def pretrain(
     load_profile_imports(profile)  # a plug-in method, in the process that trains it
     method_cfg = method_from_profile(method, profile.methods)
     info = setup_distributed()
-    cfg: TrainConfig = profile.pretrain
+    cfg = method_train_config(profile.pretrain, method_cfg)
     if info.is_main:
         resolve_datasets(profile, progress=progress)  # generate synthetic data once, before the others read it
     barrier()
