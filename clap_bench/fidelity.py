@@ -65,6 +65,8 @@ CHOICES: tuple = (
     Choice("tasks.tal.proposal_score", ("1",), "G-TAD proposal score"),
     Choice("tasks.tal.proposal_candidates", ("1",), "G-TAD proposal anchors"),
     Choice("tasks.fstal.adapt_steps", ("2a",), "QAT support-adaptation steps"),
+    Choice("tasks.fstal.gtad.boundary_anchors", ("2a",), "QAT stage-1 G-TAD start/end label intervals"),
+    Choice("tasks.fstal.gtad.batch_size", ("2a",), "QAT stage-1 G-TAD videos per batch"),
     Choice("tasks.vlg.glove_path", ("2b", "3"), "2D-TAN word vectors",
            lambda v: f"GloVe {v}" if v else "word pieces of the text encoder"),
     Choice("tasks.vlg.glove_tokenizer", ("2b", "3"), "2D-TAN sentence split into GloVe words"),

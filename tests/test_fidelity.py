@@ -252,3 +252,20 @@ def test_paper_trains_tsp_and_tac_heads_at_tsps_rate_and_clap_at_the_papers(pape
     with pytest.raises(ValueError, match="methods.tsp.lr_heads"):
         method_from_profile("tsp", {"tsp": {"lr_heads": 0.0}})
     assert TrainConfig().lr_heads == 2e-2
+
+
+def test_paper_qat_stage_1_takes_qats_labels_and_batch_size(paper):
+    from clap_bench.config import from_dict
+    from clap_bench.downstream.qat import QATConfig
+    from clap_bench.fidelity import departures, paper_profile_dict
+
+    cfg = from_dict(QATConfig, paper.task_config("fstal"), "tasks.fstal")
+    cfg.validate()
+    # fewshotQAT gtad_lib/dataset_fs.py: anchor_xmax = gap * (i + 0.5) for i in 1..T (BMN); opts.py --batch_size 5
+    assert (cfg.gtad.boundary_anchors, cfg.gtad.batch_size) == ("bmn", 5)
+    assert (cfg.gtad.temporal_scale, cfg.gtad.lr, cfg.gtad.epochs, cfg.gtad.lr_step_epochs) == (100, 4e-3, 10, 5)
+    from clap_bench.config import to_dict
+
+    notes = departures(to_dict(load_profile("default")), paper_profile_dict(), "2a")
+    assert any("(tasks.fstal.gtad.boundary_anchors)" in n for n in notes)
+    assert any("(tasks.fstal.gtad.batch_size)" in n for n in notes)
