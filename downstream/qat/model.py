@@ -151,8 +151,9 @@ class QueryAdaptiveTransformer(nn.Module):
             raise ValueError(f"feature size {dim} is not divisible by {heads} attention heads")
         self.attention = nn.MultiheadAttention(dim, heads, dropout=attention_dropout, batch_first=True)
         # Start from "add nothing": with a zero output projection the refined prototype is the
-        # LayerNorm of the plain one, which on normalised snippets scores exactly as it does;
-        # meta-training then learns what to take from the query.
+        # LayerNorm of the plain one (the direction the cosine logits read is nearly unchanged;
+        # refine_prototype still re-fits the bias, so its scores are close to, not equal to, the
+        # plain prototype's); meta-training then learns what to take from the query.
         nn.init.zeros_(self.attention.out_proj.weight)
         nn.init.zeros_(self.attention.out_proj.bias)
         self.dropout = nn.Dropout(dropout)

@@ -10,8 +10,11 @@ Stages, all on one feature file (an encoder pre-trained on base classes only):
    (as at test time), the transformer refines the prototype with the query's snippets, and the
    class-balanced cross-entropy of the query's foreground probabilities is minimised. The
    transformer is scored (average mAP) on ``select_episodes`` episodes of the validation
-   classes before the first step and every ``select_every`` steps, and its best state is kept;
-   the untrained transformer is the identity, so this can fall back to the plain prototype.
+   classes before the first step and every ``select_every`` steps, and its best state is kept.
+   The untrained transformer adds nothing to the prototype (a LayerNorm of it), but the bias is
+   still re-fitted on the support for ``adapt_steps`` more steps, so the state before meta-training
+   is close to the plain prototype, not the same: selection can fall back to near it, and the
+   ``prototype/`` metrics stay the plain prototype's own figures.
 3. **Test.** ``runs`` x ``episodes_per_run`` ``shots``-shot episodes of the test classes drawn
    from ``episode_subsets`` (the validation subset), deterministic from the seed. Each query is
    localised with the refined prototype (QAT) and with the support-adapted prototype alone
@@ -156,8 +159,10 @@ def meta_train(
     With ``select`` (a score, higher is better: average mAP on validation-class episodes), the
     transformer is scored before the first step, every ``cfg.select_every`` steps and after the
     last, and ends in its best-scoring state (the earliest on ties). Before the first step the
-    transformer is the identity (its attention output starts at zero), so a meta-training that
-    only hurts on validation classes falls back to the plain prototype.
+    transformer adds nothing (its attention output starts at zero: the refined prototype is the
+    LayerNorm of the plain one), so a meta-training that only hurts on validation classes falls
+    back to that state. It is close to the plain prototype but not the same classifier:
+    ``refine_prototype`` re-fits the bias on the support for ``adapt_steps`` more steps.
     """
     transformer.to(device).train()
     opt = torch.optim.Adam(transformer.parameters(), lr=cfg.meta_lr, weight_decay=cfg.meta_weight_decay)
