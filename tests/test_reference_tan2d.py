@@ -151,6 +151,10 @@ def test_reference_yaml_matches_our_profile_shapes():
     assert y["TAN"]["FUSION_MODULE"]["PARAMS"]["TXT_INPUT_SIZE"] == 384
     assert y["LOSS"]["PARAMS"] == {"MIN_IOU": 0.5, "MAX_IOU": 1.0, "BIAS": 0.0}
     assert y["DATASET"]["NO_VAL"] is True and y["TRAIN"]["MAX_EPOCH"] == 20 and y["TEST"]["NMS_THRESH"] == 0.45
+    assert y["TRAIN"]["LR"] == 1e-3
+    d.lr = 2e-3  # a dataset's own rate (the default profile's Charades-STA has one): both train at it
+    assert reference_config(cfg, d, feature_dim=128, word_dim=384, num_train_queries=1357, data_dir="D", work_dir="W",
+                            epochs=20)["TRAIN"]["LR"] == 2e-3
 
 
 @pytest.mark.parametrize("n, batch", [(1357, 16), (1360, 16), (17, 32), (1, 1), (999, 7), (100, 3)])

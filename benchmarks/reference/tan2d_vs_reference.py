@@ -386,7 +386,7 @@ def compare(args) -> None:
     print(f"reference: {reference} (compared at commit {REFERENCE_COMMIT})")
     print(f"data: {len(train_q)} training and {len(test_q)} test queries of the {args.profile} synthetic {DATASET}; "
           f"features {features} (dim {feature_dim}); word table {len(table.words)} words x {table.dim}")
-    print(f"both: {epochs} epochs, batch {cfg.batch_size}, Adam lr {cfg.lr:g}, {dataset_cfg.num_sample_clips} rows -> "
+    print(f"both: {epochs} epochs, batch {cfg.batch_size}, Adam lr {cfg.training_lr(dataset_cfg):g}, {dataset_cfg.num_sample_clips} rows -> "
           f"{dataset_cfg.num_clips} clips, map conv kernels {dataset_cfg.map_kernel_sizes} paddings {dataset_cfg.map_paddings}, "
           f"{cfg.hidden_size} channels; runs in {run_dir}")
     ours_resolved, published = resolved_configs(reference, yaml_path, reference / PUBLISHED_CONFIG)

@@ -222,7 +222,7 @@ def reference_config(
         "CUDNN": {"DETERMINISTIC": False, "BENCHMARK": True},
         "TRAIN": {
             "BATCH_SIZE": cfg.batch_size,
-            "LR": cfg.lr,
+            "LR": cfg.training_lr(dataset_cfg),  # the dataset's own rate where it has one, as ours trains
             "WEIGHT_DECAY": cfg.weight_decay,
             "MAX_EPOCH": epochs,
             "CONTINUE": False,

@@ -133,6 +133,10 @@ class VLGConfig:
     charades_sta: CharadesSTAGroundingConfig = field(default_factory=CharadesSTAGroundingConfig)
     tacos: TACoSGroundingConfig = field(default_factory=TACoSGroundingConfig)
 
+    def training_lr(self, dataset_cfg: GroundingDatasetConfig) -> float:
+        """Adam's learning rate on a dataset: its own (``tasks.vlg.<dataset>.lr``), else ``tasks.vlg.lr``."""
+        return dataset_cfg.lr if dataset_cfg.lr is not None else self.lr
+
     def for_dataset(self, key: str) -> GroundingDatasetConfig:
         if key not in DATASETS:
             raise ConfigError(f"tasks.vlg.datasets: unknown grounding dataset {key!r}; expected some of {', '.join(DATASETS)}")
@@ -273,8 +277,7 @@ def train_and_evaluate(
 
     torch.manual_seed(seed)
     model = build_model(cfg, dataset_cfg, feature_dim, int(train_words[0].shape[1])).to(device)
-    lr = dataset_cfg.lr if dataset_cfg.lr is not None else cfg.lr
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.training_lr(dataset_cfg), weight_decay=cfg.weight_decay)
     scheduler = None
     if val_q and cfg.plateau_metric != "none":
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
