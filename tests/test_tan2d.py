@@ -99,6 +99,9 @@ def test_average_to_fixed_length_bins_hand_cases():
     # T=2 -> 4: empty bins repeat a row
     assert fixed_length_bins(2, 4).tolist() == [0, 0, 1, 1, 1]
     assert average_to_fixed_length(torch.tensor([[1.0], [3.0]]), 4)[:, 0].tolist() == [1.0, 1.0, 3.0, 3.0]
+    # T=45 -> 100, edge 70: 70 / 100 * 45 is 31.5 in float32 (2D-TAN's arithmetic), so half to even
+    # gives 32; in float64 it is 31.499999999999996, which would give 31.
+    assert fixed_length_bins(45, 100)[70] == 32
 
 
 def test_load_video_features_normalises_and_names_missing_videos(tmp_path):

@@ -4,7 +4,7 @@
 
 1. each row of the ``(T, D)`` feature matrix is L2-normalised (``DATASET.NORMALIZE: True``);
 2. the sequence is *averaged to a fixed length* of ``num_sample_clips`` rows (256 for both
-   Charades-STA and TACoS): bin edges ``round(arange(S + 1) / S * T)`` clipped to ``T - 1``,
+   Charades-STA and TACoS): bin edges ``round(arange(S + 1) / S * T)`` in float32, clipped to ``T - 1``,
    each output row the mean of the rows in its bin, or the single row at the bin's start when
    the bin is empty (fewer input rows than output rows);
 3. inside the model, a 1x1 convolution + ReLU and an average pooling with kernel = stride =
@@ -31,7 +31,10 @@ def fixed_length_bins(num_rows: int, num_samples: int) -> np.ndarray:
         raise ValueError(f"cannot resample an empty feature sequence (0 rows) to {num_samples} rows")
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    edges = np.round(np.arange(num_samples + 1, dtype=np.float64) / num_samples * num_rows).astype(np.int64)
+    # float32 as 2D-TAN's ``torch.arange(0, S + 1, 1.0) / S * T``: in float64 the products of an S
+    # that is not a power of two land on the other side of .5 for some T, and rows change bins.
+    steps = np.arange(num_samples + 1, dtype=np.float32) / np.float32(num_samples) * np.float32(num_rows)
+    edges = np.round(steps).astype(np.int64)
     return np.minimum(edges, num_rows - 1)
 
 
