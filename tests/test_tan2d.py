@@ -434,8 +434,8 @@ def test_a_datasets_own_rate_replaces_the_shared_one(tmp_path, one_thread):
 
 
 def test_validation_pass_gives_the_loss_and_the_moments_of_separate_passes(tmp_path, one_thread):
-    """One forward pass per batch for both: the same loss as a loss-only pass (query-weighted mean of the
-    batches' masked BCE) and the same moments as predict()."""
+    """One forward pass per batch for both: the same loss as a loss-only pass (the mean of the batches'
+    masked BCE, a short batch counting as a full one, as 2D-TAN's engine.test) and the same moments as predict()."""
     from clap_bench.downstream.tan2d.task import build_model, grounding_queries, predict, validation_pass
     from clap_bench.downstream.tan2d.text import embed_sentences, pad_words
 
@@ -461,8 +461,8 @@ def test_validation_pass_gives_the_loss_and_the_moments_of_separate_passes(tmp_p
             idx = list(range(start, min(start + 16, len(queries))))
             video = torch.stack([feats[queries[i].video] for i in idx])
             padded, lengths = pad_words([vectors[i] for i in idx])
-            expected += float(masked_bce_loss(model(video, padded, lengths), targets_for(queries, idx), model.map_mask[0])) * len(idx)
-    assert loss == pytest.approx(expected / len(queries), rel=1e-6)
+            expected += float(masked_bce_loss(model(video, padded, lengths), targets_for(queries, idx), model.map_mask[0]))
+    assert loss == pytest.approx(expected / 3, rel=1e-6)  # 3 batches
 
 
 def test_cpu_bf16_trains_under_autocast_and_scores_in_fp32(tmp_path, one_thread, monkeypatch):

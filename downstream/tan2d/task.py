@@ -414,13 +414,14 @@ def validation_pass(model: TAN2D, queries: List[Query], video_feats, words, targ
                     top_k: int, batch_size: int, device: str):
     """The validation loss (masked BCE, what 2D-TAN's plateau scheduler sees) and the ranked moments
     of ``queries``, from one forward pass per batch: the figures of a loss pass and a ranking pass,
-    with half the forward passes."""
-    total, count, predictions = 0.0, 0, []
+    with half the forward passes. The loss is the mean of the batches' losses, a short last batch
+    counting as much as a full one, as 2D-TAN's ``engine.test`` averages it (``loss_meter.update(loss, 1)``)."""
+    total, batches, predictions = 0.0, 0, []
     for idx, logits in _scored_batches(model, queries, video_feats, words, batch_size, device):
-        total += float(masked_bce_loss(logits, targets_for(queries, idx).to(device), model.map_mask[0])) * len(idx)
-        count += len(idx)
+        total += float(masked_bce_loss(logits, targets_for(queries, idx).to(device), model.map_mask[0]))
+        batches += 1
         predictions += _ranked(model, queries, idx, logits, nms_threshold, top_k)
-    return total / max(1, count), predictions
+    return total / max(1, batches), predictions
 
 
 @torch.no_grad()
