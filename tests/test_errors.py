@@ -50,6 +50,11 @@ def test_wrong_type_names_the_key_and_the_value(tmp_path):
     bad.write_text("base: smoke\nruntime:\n  threads: many\n")
     with pytest.raises(ConfigError, match=r"runtime\.threads: expected int, got 'many'"):
         load_profile(str(bad))
+    bad.write_text("base: smoke\npretrain:\n  lr_backbone: fast\n")
+    with pytest.raises(ConfigError, match=r"pretrain\.lr_backbone: expected a number, got 'fast'"):
+        load_profile(str(bad))
+    bad.write_text("base: smoke\npretrain:\n  lr_backbone: 1e-3\n")  # YAML 1.1 reads it as a string
+    assert load_profile(str(bad)).pretrain.lr_backbone == 1e-3
 
 
 def test_base_loop_names_the_files_in_the_loop(tmp_path):
