@@ -91,10 +91,10 @@ def resolve(profile: Mapping[str, Any], key: str) -> Any:
     parts = key.split(".")
     if parts[0] == "methods" and len(parts) == 3:  # a method's key, through the method's defaults
         from clap_bench.config import ConfigError
-        from clap_bench.methods import create_method
+        from clap_bench.methods import method_from_profile
 
         try:
-            method = create_method(parts[1], **dict((profile.get("methods") or {}).get(parts[1]) or {}))
+            method = method_from_profile(parts[1], profile.get("methods") or {})
         except (KeyError, ValueError, ConfigError):
             return _MISSING
         return getattr(method, parts[2], _MISSING)

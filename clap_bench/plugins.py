@@ -193,10 +193,10 @@ def _is_editable(dist: metadata.Distribution) -> bool:
 
 def method_identity(name: str, overrides: Optional[dict] = None) -> Optional[Dict[str, Any]]:
     """A plug-in method's code identity and its full resolved config (``None`` for a built-in)."""
-    from clap_bench.methods import METHODS, create_method
+    from clap_bench.methods import METHODS, method_from_profile
 
     cls = METHODS.get(name)
     code = plugin_identity(cls)
     if code is None:
         return None
-    return {"code": code, "config": create_method(name, **dict(overrides or {})).to_dict()}
+    return {"code": code, "config": method_from_profile(name, {name: overrides}).to_dict()}

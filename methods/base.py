@@ -350,7 +350,10 @@ def create_method(name: str, **overrides: Any) -> MethodConfig:
 
 
 def method_from_profile(name: str, profile_methods: Dict[str, Dict[str, Any]]) -> MethodConfig:
-    return create_method(name, **dict(profile_methods.get(name) or {}))
+    """Method ``name`` with the profile's ``methods.<name>`` section applied as written: there a
+    ``null`` is a value (``contrastive: null`` turns the contrastive term off; a field that takes
+    no null says so), not "not given" as a ``None`` keyword is to ``create_method``."""
+    return from_dict(METHODS.get(name), dict(profile_methods.get(name) or {}), f"methods.{name}")
 
 
 def list_methods(pattern: str = "*") -> List[str]:

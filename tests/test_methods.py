@@ -27,6 +27,21 @@ def test_create_method_drops_none_and_rejects_unknown_keys():
         create_method("tac", region_head=True)
 
 
+def test_a_null_in_the_profiles_method_section_is_a_value_not_a_missing_key():
+    # contrastive: null turns CLAP's contrastive term off (create_method's None means "not given");
+    # a field that takes no null says so instead of being silently left at its default.
+    from clap_bench.config import ConfigError, load_profile
+    from clap_bench.methods import method_from_profile
+
+    profile = load_profile("smoke", overrides={"methods": {"clap": {"contrastive": None}}})
+    assert method_from_profile("clap", profile.methods).contrastive is None
+    assert method_from_profile("clap", {}).contrastive == "mask"
+    with pytest.raises(ValueError, match="needs at least one head or a contrastive loss"):
+        method_from_profile("clap-clip", {"clap-clip": {"contrastive": None, "class_head": False, "region_head": False}})
+    with pytest.raises(ConfigError, match=r"methods\.clap\.class_weight: expected a number, got None"):
+        method_from_profile("clap", {"clap": {"class_weight": None}})
+
+
 @pytest.mark.parametrize(
     "name, regions, heads, loss_terms, captions, bg_prompts",
     [

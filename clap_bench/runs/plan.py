@@ -279,7 +279,7 @@ def validate_run(profile: Profile, methods: Sequence[str], tasks: Sequence[str])
     the tasks, the dataset keys their stages read, and the profile's ``methods.<name>`` /
     ``tasks.<name>`` sections (names and keys). Raises ``ConfigError`` listing the known names."""
     from clap_bench.downstream.base import get_task, list_tasks
-    from clap_bench.methods import create_method, list_methods
+    from clap_bench.methods import list_methods, method_from_profile
     from clap_bench.plugins import load_profile_imports
     from clap_bench.training.pretrain import PRETRAIN_DATASET, SOURCE_DATASET
 
@@ -296,7 +296,7 @@ def validate_run(profile: Profile, methods: Sequence[str], tasks: Sequence[str])
     for name in profile.methods:
         if name not in known_methods:
             raise ConfigError(f"profile {profile.name!r}: methods.{name}: unknown method; known: {', '.join(known_methods)}")
-        create_method(name, **dict(profile.methods[name] or {}))  # unknown keys: ConfigError naming methods.<name>.<key>
+        method_from_profile(name, profile.methods)  # unknown keys: ConfigError naming methods.<name>.<key>
     known_tasks = list_tasks()
     for name in profile.tasks:
         if name not in known_tasks:

@@ -90,7 +90,7 @@ def source_pretrain(profile: Profile, seed: int = SOURCE_SEED, out_dir: Optional
     from clap_bench.clips import TrimmedClipDataset, collate_segments
     from clap_bench.data import load_dataset
     from clap_bench.encoders import build_video_encoder
-    from clap_bench.methods import PretrainModel, create_method
+    from clap_bench.methods import PretrainModel, method_from_profile
 
     out_dir = Path(out_dir) if out_dir is not None else default_source_dir(profile, seed)
     final = out_dir / FINAL_NAME
@@ -110,7 +110,7 @@ def source_pretrain(profile: Profile, seed: int = SOURCE_SEED, out_dir: Optional
         ann = load_dataset(cfg, SOURCE_DATASET)
         if "train" in ann.subsets or "training" in ann.subsets:
             ann = ann.subset(*[s for s in ("train", "training") if s in ann.subsets])
-        method = create_method("tac", **dict(profile.methods.get("tac") or {}))
+        method = method_from_profile("tac", profile.methods)
         seed_everything(seed)
         enc_cfg = dataclasses.replace(profile.encoder, weights=None)
         encoder = build_video_encoder(enc_cfg, weights=None)
