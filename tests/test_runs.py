@@ -828,6 +828,25 @@ def test_smoke_run_with_the_same_seed_and_thread_count_gives_identical_results(t
     assert "synthetic data " in shown.output and p_a["tsp/seed0/tal"]["stage"] in shown.output
 
 
+def test_a_stage_that_records_a_file_elsewhere_is_fingerprinted_by_its_content_not_its_path(tmp_path):
+    # The source stage records its model's absolute path in the machine-wide cache: two machines
+    # with the same model in different folders must show the same fingerprint, and another model
+    # another one.
+    from clap_bench.runs.fingerprints import write_stage_fingerprints
+
+    records = []
+    for name, content in (("a", b"weights"), ("b", b"weights"), ("c", b"other weights")):
+        model = tmp_path / f"cache-{name}" / "source.pt"
+        model.parent.mkdir()
+        model.write_bytes(content)
+        stage = tmp_path / f"store-{name}" / "_shared" / "source"
+        stage.mkdir(parents=True)
+        records.append(write_stage_fingerprints(stage, {"checkpoint": str(model)}))
+    a, b, c = records
+    assert a["stage"] == b["stage"] and a["files"] == b["files"] and a["metrics"] == b["metrics"]
+    assert c["stage"] != a["stage"]
+
+
 def test_paired_test_by_seed_against_hand_worked_numbers(tmp_path):
     # clap [10, 12, 11, 13] % and tsp [9, 10, 10, 11] %, seeds 0-3: the seed-by-seed differences are
     # 1, 2, 1, 2: mean 1.5, std sqrt(4 * 0.25 / 3) = 0.577350, standard error 0.288675, t = 3 sqrt(3)

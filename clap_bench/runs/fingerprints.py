@@ -86,10 +86,12 @@ def combined(fingerprints: Dict[str, str]) -> str:
 def write_stage_fingerprints(stage_dir: Path, metrics: Dict[str, Any]) -> Dict[str, Any]:
     """Fingerprint a finished stage's outputs and metrics into ``fingerprints.json`` (before ``metrics.json``)."""
     files = folder_fingerprints(stage_dir)
+    hashed = dict(metrics)
     for key, value in metrics.items():  # e.g. the source stage's model, which lives in the shared cache
         if isinstance(value, str) and Path(value).is_absolute() and Path(value).is_file():
-            files[f"{key}:{value}"] = file_fingerprint(Path(value))
-    record = {"metrics": metrics_fingerprint(metrics), "files": files}
+            # by content, not by path: two machines' caches live in different folders
+            files[f"{key}:"] = hashed[key] = file_fingerprint(Path(value))
+    record = {"metrics": metrics_fingerprint(hashed), "files": files}
     record["stage"] = combined({"metrics": record["metrics"], **files})
     atomic_write_json(Path(stage_dir) / FINGERPRINTS_FILE, record)
     return record
