@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import inspect
+import json
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -184,11 +185,12 @@ def plugin_identity(obj: Any) -> Optional[Dict[str, Any]]:
 
 
 def _is_editable(dist: metadata.Distribution) -> bool:
+    """PEP 610's ``direct_url.json``: ``{"dir_info": {"editable": true}}``, however an installer spaces it."""
     try:
-        direct = dist.read_text("direct_url.json") or ""
-    except Exception:  # pragma: no cover
+        direct = json.loads(dist.read_text("direct_url.json") or "{}")
+    except (OSError, ValueError):
         return False
-    return '"editable": true' in direct.replace("'", '"')
+    return isinstance(direct, dict) and bool((direct.get("dir_info") or {}).get("editable"))
 
 
 def method_identity(name: str, overrides: Optional[dict] = None) -> Optional[Dict[str, Any]]:

@@ -106,6 +106,24 @@ def test_entry_point_class_is_registered_under_its_name_with_the_distribution(pl
 
 
 # ---------------------------------------------------------------- bad plug-ins
+@pytest.mark.parametrize("direct_url, editable", [
+    ('{"url": "file:///src/p", "dir_info": {"editable": true}}', True),  # pip
+    ('{"url":"file:///src/p","dir_info":{"editable":true}}', True),  # compact, as other installers write it
+    ('{"url": "file:///src/p", "dir_info": {}}', False),
+    ('{"url": "https://x/p-1.0.tar.gz", "archive_info": {}}', False),
+    ("not json", False),
+])
+def test_an_editable_install_is_read_from_its_direct_url_record_however_it_is_spaced(direct_url, editable):
+    # An editable plug-in is identified by its source (so editing it makes new stages); others by version.
+    from clap_bench.plugins import _is_editable
+
+    class Dist:
+        def read_text(self, name):
+            return direct_url if name == "direct_url.json" else None
+
+    assert _is_editable(Dist()) is editable
+
+
 def test_module_raising_on_import_is_an_error_naming_it(plugin_dir):
     _write(plugin_dir, "broken_plugin", "raise RuntimeError('no GPU here')\n")
     with pytest.raises(PluginImportError, match=r"plug-in module 'broken_plugin' \(--import\) failed to import: RuntimeError: no GPU here"):
