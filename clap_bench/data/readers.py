@@ -772,13 +772,17 @@ def read_class_split_set(
 
 
 # --------------------------------------------------------------------------- format detection
+def _head_and_json(path: Path) -> tuple:
+    """``(text without leading blanks, the parsed JSON or None)``: JSON when the text opens as JSON."""
+    head = _read_text(path, "an annotation file").lstrip()
+    return head, (_load_json(path, "an annotation JSON file") if head[:1] in "{[" else None)
+
+
 def sniff_format(path: PathLike) -> Optional[str]:
     """The format a file's content looks like, ``"charades-lengths"`` for a Charades_v1 csv, or None."""
     path = Path(path)
-    text = _read_text(path, "an annotation file")
-    head = text.lstrip()
-    if head[:1] in "{[":
-        data = _load_json(path, "an annotation JSON file")
+    head, data = _head_and_json(path)
+    if data is not None:
         if not isinstance(data, dict):
             return None
         if "database" in data and isinstance(data["database"], dict):
@@ -818,10 +822,8 @@ def marked_format(path: PathLike) -> Optional[str]:
     nothing matched. Label maps (JSON lists), metadata csvs and the like carry no format's marks.
     """
     path = Path(path)
-    text = _read_text(path, "an annotation file")
-    head = text.lstrip()
-    if head[:1] in "{[":
-        data = _load_json(path, "an annotation JSON file")
+    head, data = _head_and_json(path)
+    if data is not None:
         if not isinstance(data, dict):
             return None
         if "database" in data or "taxonomy" in data:
