@@ -39,6 +39,7 @@ from clap_bench.clips import (
     seed_worker,
     transform_clips,
 )
+from clap_bench.clips.transforms import crop_offsets
 from clap_bench.config import ClipConfig
 from clap_bench.data.schema import AnnotationSet, Segment, Sentence, Video
 
@@ -291,6 +292,21 @@ def test_transform_shapes_centre_crop_and_kinetics_normalisation():
     assert out[0, 0, 0, 0, 0].item() == pytest.approx((1.0 - KINETICS_MEAN[0]) / KINETICS_STD[0], rel=1e-5)
     assert out[0, 2, 0, 0, 0].item() == pytest.approx(-KINETICS_MEAN[2] / KINETICS_STD[2], rel=1e-5)
     assert out[0, 1, 1, 1, 1].item() == pytest.approx(((200 / 255) - KINETICS_MEAN[1]) / KINETICS_STD[1], rel=1e-5)
+
+
+@pytest.mark.parametrize("height,width,crop", [(128, 171, 112), (64, 86, 56), (32, 43, 28), (10, 13, 8), (9, 11, 4), (8, 8, 8)])
+def test_eval_centre_crop_is_placed_as_tsp_and_torchvision_place_it(height, width, crop):
+    """TSP's center_crop and torchvision's round an odd margin's half (half to even): 128x171 -> 112
+    starts at column 30, not 29."""
+    from torchvision.transforms.functional import center_crop
+
+    frames = torch.arange(height * width, dtype=torch.int64).reshape(height, width)
+    want = center_crop(frames[None], [crop, crop])[0]
+    top, left, flip = crop_offsets(height, width, crop, train=False, generator=None)
+    assert not flip and torch.equal(frames[top:top + crop, left:left + crop], want)
+    clip = (frames % 251).to(torch.uint8)[None, :, :, None].expand(1, height, width, 3).numpy()  # (T, H, W, 3)
+    out = transform_clips(clip, crop, train=False, mean=(0.0,) * 3, std=(1.0 / 255,) * 3)
+    assert torch.equal(out[0, 0].round().long(), want % 251)  # (3, T, crop, crop): channel 0, frame 0
 
 
 def test_training_crops_vary_flip_mirrors_and_frames_share_a_window():

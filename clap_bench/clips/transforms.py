@@ -3,7 +3,8 @@
 Frames arrive already resized (the decoder scales them to ``ClipConfig.resize``, 128x171 in the
 paper). Training takes a random ``crop`` x ``crop`` window and flips it horizontally with
 probability 0.5, the same window and flip for every frame of a clip; evaluation takes the
-centre window. Crop and flip work on the uint8 frames; one strided copy per clip turns the
+centre window, placed as TSP's ``center_crop`` places it (``round(margin / 2)``: 30 columns left of
+112 in 171, 29 right). Crop and flip work on the uint8 frames; one strided copy per clip turns the
 window into float in the encoders' layout, then one in-place pass normalises, giving
 ``(3, T, crop, crop)`` per clip.
 """
@@ -37,8 +38,8 @@ def crop_offsets(
     so the crop windows do not depend on it)."""
     if crop > height or crop > width:
         raise ValueError(f"crop {crop} is larger than the frames ({height}x{width}); resize must be >= crop")
-    if not train:
-        return (height - crop) // 2, (width - crop) // 2, False
+    if not train:  # TSP's center_crop (and torchvision's): an odd margin rounds half to even
+        return int(round((height - crop) / 2.0)), int(round((width - crop) / 2.0)), False
     top = int(torch.randint(0, height - crop + 1, (1,), generator=generator))
     left = int(torch.randint(0, width - crop + 1, (1,), generator=generator))
     flip = bool(torch.rand((), generator=generator) < 0.5) and hflip
