@@ -225,6 +225,11 @@ class ExtractConfig:
     # all shown before the end: TSP's EvalVideoDataset, one more feature on some videos);
     # see clap_bench.clips.sampling.extraction_clip_starts.
     last_clip: str = "span"
+    # The duration the grid is laid over: false, the annotated one; true, the one the video's
+    # source frames give (TSP: its real frame count), from the annotation's fps and frame count or,
+    # when it has no fps, the video stream's rate. Lengths rounded to 0.01 s otherwise lose or add a
+    # last clip on some videos (FIDELITY.md); see clap_bench.clips.sampling.frame_grid_duration.
+    snap_duration_to_frames: bool = added_field(False)
 
     def __post_init__(self):
         if self.last_clip not in LAST_CLIP_RULES:
@@ -232,12 +237,33 @@ class ExtractConfig:
         if self.stride_frames < 1:
             raise ConfigError(f"stride_frames: expected a positive number of frames, got {self.stride_frames}")
 
-    def clip_starts(self, duration: float, clips: "ClipConfig"):
-        """Start (s) of every clip extraction reads from a video of ``duration`` seconds: one feature each."""
-        from clap_bench.clips.sampling import extraction_clip_starts
+    def clip_starts(
+        self, duration: float, clips: "ClipConfig", source_fps: Optional[float] = None, num_frames: Optional[int] = None
+    ):
+        """Start (s) of every clip extraction reads from a video of ``duration`` seconds: one feature each.
 
+        ``source_fps`` and ``num_frames`` (the video's own, where known) are read only with
+        ``snap_duration_to_frames``.
+        """
+        from clap_bench.clips.sampling import extraction_clip_starts, frame_grid_duration
+
+        if self.snap_duration_to_frames:
+            duration = frame_grid_duration(duration, source_fps, num_frames)
         last_frame = (clips.frames - 1) / clips.fps if self.last_clip == "frames" else None
         return extraction_clip_starts(duration, clips.frames / clips.fps, self.stride_frames / clips.fps, last_frame)
+
+    def video_clip_starts(
+        self, duration: float, clips: "ClipConfig", path=None, source_fps: Optional[float] = None,
+        num_frames: Optional[int] = None,
+    ):
+        """:meth:`clip_starts` of one video file: with ``snap_duration_to_frames`` and no ``source_fps``
+        from the annotation, the rate of the file's video stream (raises ``VideoDecodeError`` when the
+        file cannot be opened)."""
+        if self.snap_duration_to_frames and not source_fps and path is not None:
+            from clap_bench.clips.decode import probe_video
+
+            source_fps = probe_video(path).fps
+        return self.clip_starts(duration, clips, source_fps, num_frames)
 
 
 @dataclass

@@ -56,6 +56,7 @@ CHOICES: tuple = (
     Choice("methods.tsp.lr_heads", ALL_TABLES, "TSP's head learning rate", _method_lr_heads),
     Choice("methods.tac.lr_heads", ALL_TABLES, "TAC's head learning rate", _method_lr_heads),
     Choice("extract.last_clip", ALL_TABLES, "last clip of a video at extraction"),
+    Choice("extract.snap_duration_to_frames", ALL_TABLES, "extraction grid over the source frames' duration (not the annotated one)"),
     Choice("source_pretrain.per_seed", ALL_TABLES, "a source model per seed (initial weights)"),
     Choice("pretrain.cpu_bf16", ALL_TABLES, "bfloat16 autocast of pre-training on CPU"),
     Choice("source_pretrain.cpu_bf16", ALL_TABLES, "bfloat16 autocast of the source pre-training on CPU"),

@@ -341,8 +341,9 @@ def measure_extraction(profile: Profile, data: PreflightData, key: str, work: Pa
 
     pcfg, clips, ex = profile.preflight, profile.clips, profile.extract
     encoder = build_video_encoder(dataclasses.replace(profile.encoder, weights=None), weights=None)
-    sources = [VideoSource(v.id, next(data.folders[key].glob(f"{v.id}.*")), float(v.duration)) for v in data.picks[key]]
-    n_clips = sum(len(ex.clip_starts(s.duration, clips)) for s in sources)
+    sources = [VideoSource(v.id, next(data.folders[key].glob(f"{v.id}.*")), float(v.duration), v.fps, v.num_frames)
+               for v in data.picks[key]]
+    n_clips = sum(len(ex.video_clip_starts(s.duration, clips, s.path, s.fps, s.num_frames)) for s in sources)
     batch = pcfg.extract_batch_size or ex.batch_size
     workers = pcfg.num_workers if pcfg.num_workers is not None else ex.num_workers
     out = work / "features" / f"{key}.h5"
@@ -351,7 +352,8 @@ def measure_extraction(profile: Profile, data: PreflightData, key: str, work: Pa
     with measuring(m, device):
         _, errors = write_features(out, {"dataset": key, "checkpoint_hash": "preflight"}, sources,
                                    lambda todo: encode_videos(encoder, todo, clips, ex.stride_frames, batch, workers, device=str(device),
-                                                               last_clip=ex.last_clip))
+                                                               last_clip=ex.last_clip,
+                                                               snap_duration_to_frames=ex.snap_duration_to_frames))
     if errors:
         raise RuntimeError(f"extraction of {key}: {errors[0]}")
     m.units = float(n_clips)
@@ -511,7 +513,8 @@ def dataset_sizes(profile: Profile, data: PreflightData) -> Dict[str, dict]:
             "videos": c["videos"],
             "subsets": {s: v["videos"] for s, v in c["subsets"].items()},
             "queries": c["queries"],
-            "extraction_clips": int(sum(len(ex.clip_starts(float(v.duration), clips)) for v in ann.videos.values())),
+            # the annotation's fps where it has one (the files are not opened here)
+            "extraction_clips": int(sum(len(ex.clip_starts(float(v.duration), clips, v.fps, v.num_frames)) for v in ann.videos.values())),
             "hours_of_video": sum(float(v.duration) for v in ann.videos.values()) / 3600.0,
         }
     anet = data.full[PRETRAIN_DATASET]

@@ -141,6 +141,35 @@ def test_encode_videos_gives_one_feature_per_clip_at_the_stride(tmp_path):
     np.testing.assert_allclose(again["v_a"], feats, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("rule,frames,snapped,annotated", [("span", 272, 17, 16), ("frames", 238, 14, 15)])
+def test_snapped_grid_reads_the_stream_rate_when_a_rounded_duration_is_off_the_frame_grid(tmp_path, rule, frames, snapped, annotated):
+    """A 15 fps video annotated to 0.01 s (as Charades' lengths): with ``snap_duration_to_frames`` the
+    grid is laid over its frames (the rate from the annotation or, without one, the stream)."""
+    from clap_bench.clips import VideoClipDataset
+    from clap_bench.clips.decode import probe_video
+    from clap_bench.data.schema import AnnotationSet, Video
+
+    path = tmp_path / "v_c.mp4"
+    _write_mp4(path, seconds=frames / 15 + 1e-9, fps=15, size=(16, 22))
+    assert probe_video(path).num_frames == frames
+    clips = ClipConfig(frames=8, fps=7.5, resize=[16, 22], crop=16)
+    encoder = build_video_encoder(EncoderConfig(arch="r2plus1d_tiny", width=0.125))
+    duration = round(frames / 15, 2)
+    counts = {}
+    for name, video, snap in (("stream", VideoSource("v_c", path, duration), True),
+                              ("annotation", VideoSource("v_c", path, duration, 15.0, frames), True),
+                              ("off", VideoSource("v_c", path, duration, 15.0, frames), False)):
+        vid, feats, err = next(encode_videos(encoder, [video], clips, stride_frames=8, batch_size=32, device="cpu",
+                                             last_clip=rule, snap_duration_to_frames=snap))
+        assert err is None, err
+        counts[name] = feats.shape[0]
+    assert counts == {"stream": snapped, "annotation": snapped, "off": annotated}
+    ann = AnnotationSet("test", "test", {"v_c": Video("v_c", duration, "test", filename="v_c.mp4")})
+    for snap, want in ((True, snapped), (False, annotated)):
+        ds = VideoClipDataset(ann, tmp_path, clips, stride_frames=8, last_clip=rule, snap_duration_to_frames=snap)
+        assert len(ds.clip_starts(0)) == want
+
+
 def test_last_clip_frames_adds_the_clip_that_ends_on_the_last_frame(tmp_path):
     torch.manual_seed(0)
     path = tmp_path / "v_b.mp4"

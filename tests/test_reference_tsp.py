@@ -92,6 +92,46 @@ def test_last_clip_is_a_checked_profile_key_and_paper_takes_tsps_rule():
     assert len(frames.clip_starts(10.0, clips)) >= len(load_profile("smoke").extract.clip_starts(10.0, clips))
 
 
+def _tsp_clip_count(frames: int) -> int:
+    """TSP's EvalVideoDataset on a 15 fps video of ``frames`` frames, 8-frame clips at 7.5 fps, stride 8."""
+    return (math.ceil(frames / 2) - 8) // 8 + 1
+
+
+@pytest.mark.parametrize("rule", ["span", "frames"])
+def test_snapped_grid_counts_the_source_frames_where_a_rounded_duration_loses_or_adds_a_clip(rule):
+    from clap_bench.config import identity_dict
+
+    profile = load_profile("default", {"extract": {"last_clip": rule}})  # 8 frames at 7.5 fps, stride 8
+    off = profile.extract
+    assert off.snap_duration_to_frames is False
+    on = load_profile("default", {"extract": {"last_clip": rule, "snap_duration_to_frames": True}}).extract
+    clips = profile.clips
+    exact = {n: len(off.clip_starts(n / 15, clips)) for n in (238, 272)}
+    # span: 272 frames (18.13 s) lose a clip that fits; frames: 238 frames (15.87 s) get one that reads past the end
+    rounded_off = {n: len(off.clip_starts(round(n / 15, 2), clips)) for n in (238, 272)}
+    assert rounded_off == ({238: 14, 272: 16} if rule == "span" else {238: 15, 272: 17})
+    assert exact == ({238: 14, 272: 17} if rule == "span" else {238: 14, 272: 17})
+    for n in range(225, 901):
+        for digits in (2, 3):
+            d = round(n / 15, digits)
+            want = off.clip_starts(n / 15, clips)
+            np.testing.assert_allclose(on.clip_starts(d, clips, source_fps=15.0), want, err_msg=f"{n} frames, {d} s")
+            np.testing.assert_allclose(on.clip_starts(d, clips, source_fps=15.0, num_frames=n), want)
+            if rule == "frames":
+                assert len(want) == _tsp_clip_count(n), n
+        assert len(on.clip_starts(n / 15, clips)) == len(off.clip_starts(n / 15, clips))  # no frame rate: no snap
+    # off, a profile that does not set the key hashes as before the key existed
+    assert "snap_duration_to_frames" not in identity_dict(off) and identity_dict(on)["snap_duration_to_frames"] is True
+
+
+def test_paper_snaps_the_extraction_grid_to_the_source_frames_and_the_synthetic_profiles_do_not():
+    assert load_profile("paper").extract.snap_duration_to_frames is True
+    assert load_profile("default").extract.snap_duration_to_frames is False
+    assert load_profile("smoke").extract.snap_duration_to_frames is False
+    with pytest.raises(ConfigError, match="snap_duration_to_frames"):
+        load_profile("smoke", {"extract": {"snap_duration_to_frames": "yes"}})
+
+
 # --------------------------------------------------------------------------- comparisons
 def seg(video, start, end, label=None):
     return T.SegmentRow(video, start, end, label)

@@ -27,7 +27,7 @@ from clap_bench.clips.language import (
     foreground_prompt,
     nearest_action,
 )
-from clap_bench.clips.sampling import clip_seconds, extraction_clip_starts, sample_clip_starts, start_range
+from clap_bench.clips.sampling import clip_seconds, extraction_clip_starts, frame_grid_duration, sample_clip_starts, start_range
 from clap_bench.clips.segments import background_gaps, contiguous_segments
 from clap_bench.clips.transforms import KINETICS_MEAN, KINETICS_STD, ClipTransform, transform_clips
 
@@ -53,6 +53,7 @@ __all__ = [
     "decode_clips",
     "decode_frames_at",
     "extraction_clip_starts",
+    "frame_grid_duration",
     "foreground_prompt",
     "item_generators",
     "iter_video_clips",

@@ -402,7 +402,8 @@ class VideoClipDataset(Dataset):
 
     ``stride_frames`` is in frames at ``clip_cfg.fps`` (16 at 15 fps: non-overlapping clips);
     clip starts come from :func:`~clap_bench.clips.sampling.extraction_clip_starts` over the
-    annotated duration, the last one chosen by ``last_clip`` (``extract.last_clip``). ``dataset[i]`` is ``(video_id, clips (N, 3, T, crop, crop))``, or
+    annotated duration (or the source frames' with ``snap_duration_to_frames``), the last one chosen by
+    ``last_clip`` (``extract.last_clip``). ``dataset[i]`` is ``(video_id, clips (N, 3, T, crop, crop))``, or
     ``(video_id, None)`` when the file cannot be decoded (logged, counted in ``skipped``);
     :meth:`iter_clips` gives the same clips in chunks and raises :class:`VideoDecodeError`.
     """
@@ -416,12 +417,14 @@ class VideoClipDataset(Dataset):
         threads: int = 1,
         chunk: int = 64,
         last_clip: str = "span",
+        snap_duration_to_frames: bool = False,
     ):
         from clap_bench.config import ExtractConfig
 
         if stride_frames < 1:
             raise ValueError(f"stride_frames must be >= 1, got {stride_frames}")
-        self.grid = ExtractConfig(stride_frames=int(stride_frames), last_clip=last_clip)  # which clips a video gives
+        # which clips a video gives
+        self.grid = ExtractConfig(stride_frames=int(stride_frames), last_clip=last_clip, snap_duration_to_frames=snap_duration_to_frames)
         self.annotations = annotations
         self.video_dir = Path(video_dir).expanduser()
         self.clip_cfg = clip_cfg
@@ -444,7 +447,8 @@ class VideoClipDataset(Dataset):
     def clip_starts(self, index: int) -> np.ndarray:
         """Start (s) of every clip of video ``index``; one feature per clip."""
         video = self.annotations.videos[self.video_ids[index]]
-        return self.grid.clip_starts(float(video.duration), self.clip_cfg)
+        path = self.video_path(index) if self.grid.snap_duration_to_frames else None  # the file is opened only to snap
+        return self.grid.video_clip_starts(float(video.duration), self.clip_cfg, path, video.fps, video.num_frames)
 
     def iter_clips(self, index: int, chunk: Optional[int] = None) -> Iterator[Tuple[int, torch.Tensor]]:
         """``(index of the chunk's first clip, float (c, 3, T, crop, crop))`` in one decoding pass."""

@@ -69,6 +69,23 @@ def sample_clip_starts(
     return np.linspace(lo, hi, n)
 
 
+def frame_grid_duration(duration: float, fps: Optional[float] = None, num_frames: Optional[int] = None) -> float:
+    """A video's duration as its source frames give it (``extract.snap_duration_to_frames``).
+
+    TSP lays the extraction grid over the video's real frame count. ``num_frames / fps`` when both
+    are known; with ``fps`` alone, ``duration`` moved to the nearest whole number of source frames
+    (an annotation that rounds lengths to 0.01 s is within half a frame of it); with neither,
+    ``duration`` as it is.
+    """
+    duration = float(duration)
+    if fps is None or not fps > 0:
+        return duration
+    fps = float(fps)
+    if num_frames is not None and num_frames > 0:
+        return int(num_frames) / fps
+    return round(duration * fps) / fps
+
+
 def extraction_clip_starts(
     duration: float, clip_seconds: float, stride_seconds: float, last_frame: Optional[float] = None
 ) -> np.ndarray:

@@ -39,6 +39,8 @@ class VideoSource:
     id: str
     path: Path
     duration: float
+    fps: Optional[float] = None  # the source frame rate, where the annotation gives it
+    num_frames: Optional[int] = None  # the source frame count, where the annotation gives it
 
 
 # --------------------------------------------------------------------------- encoding
@@ -46,9 +48,10 @@ class _VideoClipChunks(torch.utils.data.IterableDataset):
     """Decodes videos (split over DataLoader workers) into chunks of centre-cropped clips."""
 
     def __init__(self, videos: Sequence[VideoSource], clips: ClipConfig, stride_frames: int, chunk: int, frame_cache=None,
-                 last_clip: str = "span"):
+                 last_clip: str = "span", snap_duration_to_frames: bool = False):
         self.videos, self.clips, self.chunk = list(videos), clips, chunk
-        self.grid = ExtractConfig(stride_frames=stride_frames, last_clip=last_clip)  # which clips a video gives
+        # which clips a video gives
+        self.grid = ExtractConfig(stride_frames=stride_frames, last_clip=last_clip, snap_duration_to_frames=snap_duration_to_frames)
         self.frame_cache = frame_cache  # clap_bench.clips.frame_cache.FrameCache: frames decoded once per machine
 
     def __iter__(self):
@@ -59,8 +62,9 @@ class _VideoClipChunks(torch.utils.data.IterableDataset):
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
         c = self.clips
         for video in self.videos[wid::nw]:
-            starts = self.grid.clip_starts(video.duration, c)
+            starts = ()
             try:
+                starts = self.grid.video_clip_starts(video.duration, c, video.path, video.fps, video.num_frames)
                 if self.frame_cache is not None:
                     blocks = ((i, self.frame_cache.clips(video.path, starts[i : i + self.chunk], c.frames, c.fps))
                               for i in range(0, len(starts), self.chunk))
@@ -85,15 +89,17 @@ def encode_videos(
     desc: str = "extract",
     frame_cache=None,
     last_clip: str = "span",
+    snap_duration_to_frames: bool = False,
 ) -> Iterator[Tuple[str, Optional[np.ndarray], Optional[str]]]:
     """Yield ``(video_id, (T, D) float32 features, None)`` per video, or ``(id, None, error)``.
 
     Videos come back in the order they complete (workers decode different videos at once).
-    ``last_clip`` is ``extract.last_clip`` (see :meth:`clap_bench.config.ExtractConfig.clip_starts`).
+    ``last_clip`` and ``snap_duration_to_frames`` are ``extract.last_clip`` and
+    ``extract.snap_duration_to_frames`` (see :meth:`clap_bench.config.ExtractConfig.clip_starts`).
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     encoder = encoder.to(device).eval()
-    data = _VideoClipChunks(videos, clips, stride_frames, batch_size, frame_cache, last_clip)
+    data = _VideoClipChunks(videos, clips, stride_frames, batch_size, frame_cache, last_clip, snap_duration_to_frames)
     loader = torch.utils.data.DataLoader(data, batch_size=None, num_workers=num_workers, pin_memory=device.type == "cuda")
     pending: Dict[str, Tuple[int, Dict[int, np.ndarray]]] = {}
     bar = None
@@ -315,7 +321,7 @@ def dataset_videos(profile: Profile, dataset_key: str, subsets: Optional[Sequenc
     out = []
     for vid in sorted(ann.videos):
         v = ann.videos[vid]
-        out.append(VideoSource(vid, resolve_video_path(video_dir, v), float(v.duration)))
+        out.append(VideoSource(vid, resolve_video_path(video_dir, v), float(v.duration), v.fps, v.num_frames))
     return out
 
 
@@ -369,13 +375,15 @@ def extract_features(
         "resize": list(clips.resize),
         "profile": profile.name,
     }
+    if ex.snap_duration_to_frames:  # only when on: files made without the key keep their bytes
+        attrs["snap_duration_to_frames"] = True
     _, errors = write_features(
         target,
         attrs,
         videos,
         lambda todo: encode_videos(
             encoder, todo, clips, ex.stride_frames, ex.batch_size, ex.num_workers, progress=progress, desc=f"extract {dataset_key}",
-            frame_cache=frame_cache_for(profile), last_clip=ex.last_clip,
+            frame_cache=frame_cache_for(profile), last_clip=ex.last_clip, snap_duration_to_frames=ex.snap_duration_to_frames,
         ),
     )
     if errors:

@@ -202,7 +202,7 @@ def our_protocol(profile, short_segments: Optional[str] = None, last_clip: Optio
     # the durations and rule of clap_bench.features.extract (dataset_videos, encode_videos)
     durations = {vid: float(full.videos[vid].duration) for vid in sorted(full.videos)}
     grid = profile.extract if last_clip is None else dataclasses.replace(profile.extract, last_clip=last_clip)
-    extraction = {vid: grid.clip_starts(d, clips) for vid, d in durations.items()}
+    extraction = {vid: grid.clip_starts(d, clips, full.videos[vid].fps, full.videos[vid].num_frames) for vid, d in durations.items()}
     csv_files = {}
     for path in ds_cfg.annotations:
         name = Path(path).name

@@ -166,8 +166,10 @@ def global_video_features(
     from clap_bench.training.trainer import save_atomic
 
     info = info or DistInfo()
-    key = config_hash({"w": _weights_key(init_weights), "arch": [profile.encoder.arch, profile.encoder.width],
-                       "clips": to_dict(profile.clips), "stride": profile.extract.stride_frames,
+    grid = {"clips": to_dict(profile.clips), "stride": profile.extract.stride_frames}
+    if profile.extract.snap_duration_to_frames:  # only when on: caches made without the key stay valid
+        grid["snap_duration_to_frames"] = True
+    key = config_hash({"w": _weights_key(init_weights), "arch": [profile.encoder.arch, profile.encoder.width], **grid,
                        "videos": hashlib.sha256(",".join(v.id for v in videos).encode()).hexdigest()})
     path = _cache_dir(profile) / "gvf" / f"{dataset_key}-{key}.pt"
     if not path.exists() and info.is_main:
@@ -179,7 +181,7 @@ def global_video_features(
                 for vid, feats, error in encode_videos(
                     encoder, videos, profile.clips, profile.extract.stride_frames, profile.extract.batch_size,
                     profile.extract.num_workers, progress=progress, desc="global video features",
-                    last_clip=profile.extract.last_clip,
+                    last_clip=profile.extract.last_clip, snap_duration_to_frames=profile.extract.snap_duration_to_frames,
                 ):
                     if error is not None:
                         failed.append(error)
@@ -310,7 +312,7 @@ def pretrain(
     gvf_dim = None
     if method_cfg.uses_gvf:
         videos = [
-            VideoSource(v.id, resolve_video_path(ds_cfg.videos, v), float(v.duration))
+            VideoSource(v.id, resolve_video_path(ds_cfg.videos, v), float(v.duration), v.fps, v.num_frames)
             for v in sorted(ann.videos.values(), key=lambda v: v.id)
         ]
         gvf = global_video_features(profile, init_weights, videos, PRETRAIN_DATASET, progress=progress, info=info)
@@ -324,7 +326,7 @@ def pretrain(
         gvf_dim = encoder.out_dim
         if val_ann is not None:
             val_videos = [
-                VideoSource(v.id, resolve_video_path(ds_cfg.videos, v), float(v.duration))
+                VideoSource(v.id, resolve_video_path(ds_cfg.videos, v), float(v.duration), v.fps, v.num_frames)
                 for v in sorted(val_ann.videos.values(), key=lambda v: v.id)
             ]
             val_gvf = global_video_features(profile, init_weights, val_videos, PRETRAIN_DATASET, progress=progress, info=info)
