@@ -1,5 +1,6 @@
 """Two runs on one run store: each stage is claimed by one process, the other waits and reuses it,
-and a claim whose holder was killed is taken over (the stage resumes from its checkpoint)."""
+and a claim whose holder was killed is taken over (the stage resumes from its checkpoint). The other
+DDP ranks of a SLURM job follow their rank 0, which holds the claim for the job."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -153,3 +156,114 @@ def test_a_feature_file_held_by_a_writer_is_neither_read_nor_moved_aside(tmp_pat
     finally:
         writer.kill()
         writer.wait()
+
+
+# --------------------------------------------------------------------------- DDP ranks of one job
+class _RankOne:
+    """Rank 1 of SLURM job 4242 of two tasks, in a thread: ``claim_and_run(record=False)`` on a stage of one
+    step whose function records when it runs (a real one would block in ``init_process_group``)."""
+
+    def __init__(self, tmp_path, monkeypatch):
+        from clap_bench.runs import RunStore, executors
+        from clap_bench.runs.plan import Plan, StageSpec
+        from test_runs_toy_plan import toy_profile
+
+        monkeypatch.setattr(executors, "RANK_POLL_S", 0.05)
+        self.calls, self.lines, self.result = [], [], {}
+        self.plan = Plan(toy_profile())
+        self.spec = self.plan.add(StageSpec("pretrain", "a", 0, self._stage, {}, resources="pretrain"))
+        self.hash = self.plan.hashes[self.spec.key]
+        self.store = RunStore(tmp_path / "runs")
+        self.stage_dir = self.plan.stage_dir(self.store, self.spec)
+        self._executors = executors
+
+    def _stage(self, ctx):
+        self.calls.append(time.monotonic())
+        return {"by": "rank 1"}
+
+    def start(self):
+        def run():
+            try:
+                self.result["outcome"] = self._executors.claim_and_run(
+                    str(self.store.root), self.plan.profile, self.spec, self.hash, {}, progress=False, record=False,
+                    echo=self.lines.append)
+            except Exception as e:  # noqa: BLE001 - handed to the test
+                self.result["error"] = e
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        return self
+
+    def join(self):
+        self.thread.join(timeout=10)
+        assert not self.thread.is_alive()
+        if "error" in self.result:
+            raise self.result["error"]
+        return self.result["outcome"]
+
+    def prepare(self):
+        from clap_bench.runs.executors import _prepare_args
+
+        self.store.prepare(self.stage_dir, self.hash, *_prepare_args(self.plan, self.spec))
+
+
+def _slurm_task(monkeypatch, job_id="4242", restart=None):
+    for name in ("SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_RESTART_COUNT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SLURM_JOB_ID", job_id)
+    if restart is not None:
+        monkeypatch.setenv("SLURM_RESTART_COUNT", restart)
+
+
+def test_a_ddp_rank_other_than_0_waits_for_the_claim_and_reuses_the_result_rank_0_reuses(tmp_path, monkeypatch):
+    # A local run holds the stage; rank 0 of the job waits for it, then reuses its result. Rank 1 must
+    # do the same: run alone, it would block in init_process_group and fail the job (and its afterok chain).
+    rank1 = _RankOne(tmp_path, monkeypatch)
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    local = StageClaim(rank1.stage_dir)
+    assert local.acquire(wait=False)
+    rank1.prepare()
+    local.record_owner()
+    _slurm_task(monkeypatch)
+    rank1.start()
+    time.sleep(0.5)
+    assert rank1.calls == [] and rank1.thread.is_alive()
+    assert any("claimed by pid" in line and "waiting for rank 0" in line for line in rank1.lines), rank1.lines
+    rank1.store.finish(rank1.stage_dir, {"by": "local run"})
+    local.release()
+    outcome = rank1.join()
+    assert outcome.action == "reused" and outcome.metrics == {"by": "local run"} and rank1.calls == []
+
+
+def test_a_ddp_rank_other_than_0_runs_the_stage_once_rank_0_of_its_own_job_holds_the_claim(tmp_path, monkeypatch):
+    from clap_bench.runs.claims import held_by_this_job, owner_record
+
+    _slurm_task(monkeypatch, restart="1")
+    assert held_by_this_job(owner_record())
+    assert not held_by_this_job({**owner_record(), "slurm_restart": None})  # left by the job's start before its requeue
+    assert not held_by_this_job({**owner_record(), "slurm_job_id": "4243"})
+    rank1 = _RankOne(tmp_path, monkeypatch).start()
+    time.sleep(0.5)
+    assert rank1.calls == [] and any("not claimed yet" in line for line in rank1.lines), rank1.lines
+    rank0 = StageClaim(rank1.stage_dir)  # rank 0 takes the claim (a holder died: it takes over), prepares, says who it is
+    assert rank0.acquire(wait=False)
+    rank1.prepare()
+    claimed_at = time.monotonic()
+    rank0.record_owner()
+    try:
+        outcome = rank1.join()
+    finally:
+        rank0.release()
+    assert outcome.action == "ran" and len(rank1.calls) == 1 and rank1.calls[0] >= claimed_at
+
+
+def test_a_ddp_rank_other_than_0_gives_up_when_nobody_claims_the_stage(tmp_path, monkeypatch):
+    from clap_bench.runs import executors
+
+    _slurm_task(monkeypatch)
+    rank1 = _RankOne(tmp_path, monkeypatch)
+    monkeypatch.setattr(executors, "RANK_ORPHAN_S", 0.3)
+    rank1.start()
+    with pytest.raises(RuntimeError, match="nobody has claimed the stage .* rank 0 of job 4242 is gone"):
+        rank1.join()
+    assert rank1.calls == []

@@ -38,11 +38,21 @@ def lock_path(stage_dir: Path) -> Path:
 
 def owner_record() -> Dict[str, Any]:
     """Who this process is, as written into ``claim.json``."""
-    return {"host": socket.gethostname(), "pid": os.getpid(), "slurm_job_id": _slurm_job_id(),
+    return {"host": socket.gethostname(), "pid": os.getpid(), "slurm_job_id": slurm_job_id(),
+            "slurm_restart": os.environ.get("SLURM_RESTART_COUNT"),
             "since": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 
-def _slurm_job_id() -> Optional[str]:
+def held_by_this_job(owner: Optional[Dict[str, Any]]) -> bool:
+    """Whether ``owner`` (a claim record) is this SLURM job, in this start of it: the other tasks of a
+    job of several tasks run a stage once their rank 0 holds its claim. The restart count tells a
+    record left by an earlier start of a requeued job (same job id) from the current one."""
+    job = slurm_job_id()
+    return bool(owner and job and owner.get("slurm_job_id") == job
+                and owner.get("slurm_restart") == os.environ.get("SLURM_RESTART_COUNT"))
+
+
+def slurm_job_id() -> Optional[str]:
     # An array task is known to squeue as <array job>_<task>; a plain job by its id.
     array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
     if array and task:

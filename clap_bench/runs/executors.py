@@ -14,7 +14,9 @@ Jobs are ``Checkpointable``: on timeout or preemption submitit requeues the same
 stage resumes from its last checkpoint; a job requeued by the scheduler (``scontrol requeue``)
 restarts the same call and resumes the same way. A job with several tasks (``tasks_per_node``
 > 1 in the cluster profile, used for pre-training) exports the ``torch.distributed`` environment
-of the job (``TorchDistributedEnvironment``) before the stage runs, so the trainer runs DDP.
+of the job (``TorchDistributedEnvironment``) before the stage runs, so the trainer runs DDP; its
+rank 0 claims the stage, and the other ranks run it only once ``claim.json`` names their job (or
+reuse the result rank 0 reuses).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from clap_bench.io import atomic_write_json, file_lock
 from clap_bench.runs.fingerprints import write_stage_fingerprints
 from clap_bench.runs.plan import Plan, StageContext, StageSpec
 from clap_bench.runs.slurm import ACTIVE_STATES, ClusterProfile, cancel, job_states, slurm_available
-from clap_bench.runs.claims import StageClaim, claim_holder, describe_owner, owner_record
+from clap_bench.runs.claims import StageClaim, claim_holder, describe_owner, held_by_this_job, owner_record, slurm_job_id
 from clap_bench.runs.store import LOG_FILE, METRICS_FILE, SLURM_FILE, RunStore, finished_metrics, read_json
 
 EXECUTORS = ("local", "debug", "slurm")
@@ -77,7 +79,8 @@ def claim_and_run(store_root: str, profile: Profile, spec: StageSpec, config_has
     """Claim the stage's folder, then run it unless it is done; see ``clap_bench.runs.claims``.
 
     ``prepare=(record, resolved_config)`` prepares the folder (``RunStore.prepare``) under the claim.
-    ``record=False`` (non-zero DDP ranks of a job) neither claims nor records: rank 0 does both.
+    ``record=False`` (non-zero DDP ranks of a job) neither claims nor records: rank 0 does both, and
+    these ranks follow it (``_follow_rank_zero``).
     """
     echo = echo or _to_stderr  # in a SLURM job: its stderr log
     store = RunStore(store_root)
@@ -85,6 +88,9 @@ def claim_and_run(store_root: str, profile: Profile, spec: StageSpec, config_has
     if store.is_done(stage_dir, config_hash):  # e.g. a requeued job whose stage had already finished
         return StageOutcome("reused", store.read_metrics(stage_dir) or {})
     if not record:
+        reused = _follow_rank_zero(store, spec, config_hash, stage_dir, echo)
+        if reused is not None:
+            return StageOutcome("reused", reused)
         return StageOutcome("ran", _run_claimed(store, profile, spec, config_hash, inputs, stage_dir, progress, record=False))
     claim = StageClaim(stage_dir)
     holder: Dict[str, Any] = {}
@@ -109,6 +115,48 @@ def claim_and_run(store_root: str, profile: Profile, spec: StageSpec, config_has
         return StageOutcome("ran", metrics, holder=holder or None, took_over=claim.previous_owner)
     finally:
         claim.release()
+
+
+RANK_POLL_S = 2.0  # how often a DDP rank other than 0 looks at the stage's claim
+RANK_ORPHAN_S = 600.0  # ... and how long it waits for a claim nobody holds before it gives up
+
+
+def _follow_rank_zero(store: RunStore, spec: StageSpec, config_hash: str, stage_dir: Path,
+                      echo: Callable[[str], None]) -> Optional[Dict[str, Any]]:
+    """On a DDP rank other than 0: wait for what rank 0 does with the stage's claim.
+
+    Rank 0 may first wait for another holder, then reuse the result (returns its metrics: this rank
+    reuses it too and its task exits 0, so the job succeeds) or run the stage, which it does once
+    ``claim.json`` names this job (returns None: this rank runs the stage beside it and meets it in
+    ``init_process_group``). A claim that nobody holds for ``RANK_ORPHAN_S`` while the stage is not done
+    means rank 0 is gone (it failed before claiming): this rank fails instead of waiting for the time limit.
+    """
+    if slurm_job_id() is None:
+        raise RuntimeError(f"stage {spec.key}: a rank other than 0 runs only in a SLURM job of several tasks "
+                           "(it follows rank 0 by the job id in claim.json)")
+    told: Optional[str] = None
+    free_since: Optional[float] = None
+    while True:
+        if store.is_done(stage_dir, config_hash):
+            if told is not None:
+                echo(f"{spec.key}: done meanwhile; rank 0 reuses it, so does this rank")
+            return store.read_metrics(stage_dir) or {}
+        holder = claim_holder(stage_dir)
+        if held_by_this_job(holder):
+            echo(f"{spec.key}: rank 0 of this job holds the claim; running the stage with it")
+            return None
+        if holder is None:
+            free_since = free_since or time.monotonic()
+            if time.monotonic() - free_since > RANK_ORPHAN_S:
+                raise RuntimeError(f"stage {spec.key}: nobody has claimed the stage for {RANK_ORPHAN_S:.0f} s and it is not "
+                                   f"done ({stage_dir}); rank 0 of job {slurm_job_id()} is gone")
+        else:
+            free_since = None
+        waiting = f"claimed by {describe_owner(holder)}" if holder is not None else "not claimed yet"
+        if waiting != told:
+            echo(f"{spec.key}: {waiting}; waiting for rank 0 of this job to claim it or to reuse its result")
+            told = waiting
+        time.sleep(RANK_POLL_S)
 
 
 def _to_stderr(text: str) -> None:
