@@ -279,20 +279,6 @@ def _prepare_args(plan: Plan, spec: StageSpec) -> tuple:
             plan.resolved_config(spec))
 
 
-def _prepare_unless_claimed(plan: Plan, store: RunStore, spec: StageSpec) -> bool:
-    """Prepare a stage's folder at submission time, unless another process holds its claim (then
-    the job prepares it when it gets the claim). Returns whether it was prepared."""
-    stage_dir = plan.stage_dir(store, spec)
-    claim = StageClaim(stage_dir)
-    if not claim.try_acquire():
-        return False
-    try:
-        store.prepare(stage_dir, plan.hashes[spec.key], *_prepare_args(plan, spec))
-    finally:
-        claim.release()
-    return True
-
-
 def _run_in_process(plan: Plan, store: RunStore, executor: str, progress: bool, echo, wait_for_claims: bool = True) -> RunReport:
     report = RunReport()
     bad: set = set()
@@ -400,29 +386,54 @@ def _submit(plan: Plan, store: RunStore, cluster: ClusterProfile, echo) -> tuple
                 echo(f"{spec.key}: job {prev['job_id']} already {live[prev['job_id']].lower()}")
                 continue
             cancel([prev["job_id"]])  # its upstream is being rerun: it would wait on a dead job
-        if not _prepare_unless_claimed(plan, store, spec):
-            echo(f"{spec.key}: claimed by {describe_owner(holder)}; its job will wait for the claim and reuse the result")
-        deps = [job_of[d] for d in spec.deps if d in job_of]
-        params = cluster.for_stage(spec.resources).submitit_parameters(
-            name=f"{(spec.method or 'shared').replace('/', '_')}-s{spec.seed if spec.seed is not None else 'x'}-{spec.name}",
-            dependency="afterok:" + ":".join(deps) if deps else None,
-        )
-        executor.update_parameters(**params)
-        job = executor.submit(StageJob(str(store.root), plan.profile, spec, h, _inputs(plan, store, spec),
-                                       prepare=_prepare_args(plan, spec)))
-        history = ((prev or {}).get("history") or []) + ([prev["job_id"]] if prev else [])
-        stage_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(stage_dir / SLURM_FILE, {
-            "job_id": str(job.job_id), "hash": h, "submitted": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr), "after": deps, "history": history,
-        })
-        if not holder:
-            store.update_record(stage_dir, {"status": "submitted", "slurm_job_id": str(job.job_id)})
+        # The stage is submitted under its claim when the claim is free: while this process holds it
+        # nobody can finish the stage, so "not done" is checked again, the job submitted and the record
+        # set to "submitted" with no gap in which a local run could finish the stage and then see its
+        # "done" overwritten (the job itself waits for the claim, released just after). A claim held by
+        # another process (a local run) is left alone: the job is submitted all the same (it waits for
+        # the claim and reuses the result, keeping the afterok chain below it) and the holder keeps the record.
+        claim = StageClaim(stage_dir)
+        claimed = claim.try_acquire()
+        try:
+            if claimed and store.is_done(stage_dir, h):
+                report.reused.append(spec.key)
+                echo(f"{spec.key}: finished meanwhile, not submitted")
+                continue
+            if claimed:
+                store.prepare(stage_dir, h, *_prepare_args(plan, spec))
+            else:
+                echo(f"{spec.key}: claimed by {describe_owner(claim_holder(stage_dir))}; its job will wait for the claim "
+                     "and reuse the result")
+            job, deps = _submit_stage(plan, store, cluster, executor, spec, job_of)
+            history = ((prev or {}).get("history") or []) + ([prev["job_id"]] if prev else [])
+            stage_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(stage_dir / SLURM_FILE, {
+                "job_id": str(job.job_id), "hash": h, "submitted": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr), "after": deps, "history": history,
+            })
+            if claimed:
+                store.update_record(stage_dir, {"status": "submitted", "slurm_job_id": str(job.job_id)})
+        finally:
+            claim.release()
         job_of[spec.key] = str(job.job_id)
         fresh.add(spec.key)
         report.submitted[spec.key] = str(job.job_id)
         echo(f"{spec.key}: submitted job {job.job_id}" + (f" (after {', '.join(deps)})" if deps else ""))
     return report, job_of
+
+
+def _submit_stage(plan: Plan, store: RunStore, cluster: ClusterProfile, executor, spec: StageSpec,
+                  job_of: Dict[str, str]) -> tuple:
+    """Submit one stage's job, after the jobs of its upstream stages (``afterok``); returns (job, their ids)."""
+    deps = [job_of[d] for d in spec.deps if d in job_of]
+    params = cluster.for_stage(spec.resources).submitit_parameters(
+        name=f"{(spec.method or 'shared').replace('/', '_')}-s{spec.seed if spec.seed is not None else 'x'}-{spec.name}",
+        dependency="afterok:" + ":".join(deps) if deps else None,
+    )
+    executor.update_parameters(**params)
+    job = executor.submit(StageJob(str(store.root), plan.profile, spec, plan.hashes[spec.key], _inputs(plan, store, spec),
+                                   prepare=_prepare_args(plan, spec)))
+    return job, deps
 
 
 def _wait_for_jobs(plan: Plan, store: RunStore, job_of: Dict[str, str], report: RunReport, echo, poll_s: float) -> None:

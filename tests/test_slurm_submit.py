@@ -1,0 +1,108 @@
+"""Submission to SLURM and waiting for the jobs, without a cluster: submitit's executor, squeue and
+scancel are replaced by fakes, and a "job" is its ``StageJob`` called in this process."""
+
+from __future__ import annotations
+
+import types
+from pathlib import Path
+
+import pytest
+
+from clap_bench.runs import RunStore, load_cluster
+from clap_bench.runs import executors
+from clap_bench.runs.store import read_json
+from test_runs_toy_plan import build_toy_plan, toy_profile
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class FakeSlurm:
+    """submitit's AutoExecutor (jobs 100, 101, ... kept in ``jobs``), ``job_states`` and ``cancel``."""
+
+    def __init__(self, monkeypatch, states=None):
+        self.jobs, self.cancelled, self.states = {}, [], dict(states or {})
+        self.on_submit = None  # called with the StageJob while "sbatch" runs
+        fake = self
+
+        class Executor:
+            def __init__(self, **kw):
+                pass
+
+            def update_parameters(self, **kw):
+                pass
+
+            def submit(self, job):
+                if fake.on_submit is not None:
+                    fake.on_submit(job)
+                job_id = str(100 + len(fake.jobs))
+                fake.jobs[job_id] = job
+                return types.SimpleNamespace(job_id=job_id, paths=types.SimpleNamespace(stdout="out", stderr="err"))
+
+        monkeypatch.setattr(executors.submitit, "AutoExecutor", Executor)
+        monkeypatch.setattr(executors, "job_states", lambda ids: {j: self.states.get(j, "UNKNOWN") for j in ids if j})
+        monkeypatch.setattr(executors, "cancel", lambda ids: self.cancelled.extend(ids))
+
+    def submit(self, plan, store, echo=None):
+        lines = []
+        report, job_of = executors._submit(plan, store, load_cluster(REPO / "slurm" / "local.yaml"), echo or lines.append)
+        return report, job_of, lines
+
+
+def _local_run(plan, store, key, wait=True):
+    spec = plan.stages[key]
+    return executors.claim_and_run(str(store.root), plan.profile, spec, plan.hashes[key], executors._inputs(plan, store, spec),
+                                   progress=False, prepare=executors._prepare_args(plan, spec), wait=wait, echo=lambda s: None)
+
+
+def _status(plan, store, key):
+    return (read_json(plan.stage_dir(store, plan.stages[key]) / "stage.json") or {}).get("status")
+
+
+# --------------------------------------------------------------------------- the "submitted" record
+def test_a_local_run_cannot_finish_a_stage_while_it_is_submitted_and_then_see_its_record_say_submitted(tmp_path, monkeypatch):
+    store, plan = RunStore(tmp_path / "runs"), build_toy_plan(toy_profile(), ["a"], [0], steps=2)
+    key = "a/seed0/pretrain"
+    stage_dir = plan.stage_dir(store, plan.stages[key])
+    slurm, local = FakeSlurm(monkeypatch), {}
+
+    def local_run_meanwhile(job):  # a `clapbench run` on the same store while sbatch takes its time
+        if job.spec.key == key:
+            local["outcome"] = _local_run(plan, store, key, wait=False)
+
+    slurm.on_submit = local_run_meanwhile
+    report, _, _ = slurm.submit(plan, store)
+    assert local["outcome"].action == "held"  # the stage is claimed while it is submitted
+    assert sorted(report.submitted) == [key, "a/seed0/tal"]
+    # never metrics.json beside a record that is not done (the job would run the stage again)
+    assert not (stage_dir / "metrics.json").exists() and _status(plan, store, key) == "submitted"
+    assert read_json(stage_dir / "stage.json")["slurm_job_id"] == report.submitted[key]
+    # the job runs it; a local run of the stage below then finds it done
+    assert slurm.jobs[report.submitted[key]]() == {"steps": 2, "starts": 1, "resumed_from": 0, "checkpoint": "toy_checkpoint.json"}
+    assert store.is_done(stage_dir, plan.hashes[key]) and _status(plan, store, key) == "done"
+    assert _local_run(plan, store, "a/seed0/tal").action == "ran"
+
+
+def test_a_stage_finished_by_a_local_run_just_before_its_submission_is_not_submitted_nor_marked_submitted(tmp_path, monkeypatch):
+    plan = build_toy_plan(toy_profile(), ["a"], [0], steps=2)
+    key = "a/seed0/pretrain"
+    finished = []
+
+    class LateStore(RunStore):
+        """Answers "not done" once for the stage, and a local run finishes it right after that answer."""
+
+        def is_done(self, stage_dir, config_hash=None):
+            done = super().is_done(stage_dir, config_hash)
+            if not done and not finished and stage_dir == plan.stage_dir(self, plan.stages[key]):
+                finished.append(_local_run(plan, RunStore(self.root), key).action)
+            return done
+
+    store = LateStore(tmp_path / "runs")
+    slurm = FakeSlurm(monkeypatch)
+    report, job_of, lines = slurm.submit(plan, store)
+    assert finished == ["ran"]
+    assert report.reused == [key] and key not in report.submitted and key not in job_of
+    assert f"{key}: finished meanwhile, not submitted" in lines
+    assert store.is_done(plan.stage_dir(store, plan.stages[key]), plan.hashes[key]) and _status(plan, store, key) == "done"
+    assert list(report.submitted) == ["a/seed0/tal"]
+    tal = slurm.jobs[report.submitted["a/seed0/tal"]]
+    assert tal()["average_mAP"] > 0  # no afterok on a job that was never submitted: it runs at once
