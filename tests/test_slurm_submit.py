@@ -106,3 +106,40 @@ def test_a_stage_finished_by_a_local_run_just_before_its_submission_is_not_submi
     assert list(report.submitted) == ["a/seed0/tal"]
     tal = slurm.jobs[report.submitted["a/seed0/tal"]]
     assert tal()["average_mAP"] > 0  # no afterok on a job that was never submitted: it runs at once
+
+
+# --------------------------------------------------------------------------- jobs of another config
+def test_jobs_still_queued_under_an_earlier_config_are_cancelled_when_the_new_config_is_submitted(tmp_path, monkeypatch):
+    store = RunStore(tmp_path / "runs")
+    old, new = (build_toy_plan(toy_profile(), ["a"], [0], steps=n) for n in (3, 5))
+    slurm = FakeSlurm(monkeypatch)
+    first, _, _ = slurm.submit(old, store)
+    slurm.states = {job: "PENDING" for job in first.submitted.values()}
+    report, _, lines = slurm.submit(new, store)
+    assert sorted(slurm.cancelled) == sorted(first.submitted.values())
+    for key in ("a/seed0/pretrain", "a/seed0/tal"):
+        assert report.submitted[key] not in first.submitted.values()
+        assert any(line.startswith(f"{key}: cancelled job(s) {first.submitted[key]} (config hash {old.hashes[key]})")
+                   and new.hashes[key] in line for line in lines), lines
+    assert report.submitted["a/seed0/pretrain"] in read_json(new.stage_dir(store, new.stages["a/seed0/tal"]) / "slurm.json")["after"]
+
+
+def test_a_stage_job_refuses_an_upstream_folder_made_under_another_config(tmp_path, monkeypatch):
+    # An earlier config's job that ran anyway (scancel failed; it was already running) moved the new
+    # config's pre-training aside and left its own: the new config's task job must not read it.
+    store = RunStore(tmp_path / "runs")
+    old, new = (build_toy_plan(toy_profile(), ["a"], [0], steps=n) for n in (3, 5))
+    slurm = FakeSlurm(monkeypatch)
+    stale, _, _ = slurm.submit(old, store)
+    fresh, _, _ = slurm.submit(new, store)
+    slurm.jobs[fresh.submitted["a/seed0/pretrain"]]()
+    slurm.jobs[stale.submitted["a/seed0/pretrain"]]()
+    pre = new.stage_dir(store, new.stages["a/seed0/pretrain"])
+    assert read_json(pre / "stage.json")["hash"] == old.hashes["a/seed0/pretrain"]
+    with pytest.raises(RuntimeError, match=(rf"stage a/seed0/tal: upstream stage 'pretrain' in {pre} was made under config "
+                                            rf"hash {old.hashes['a/seed0/pretrain']}, not {new.hashes['a/seed0/pretrain']}")):
+        slurm.jobs[fresh.submitted["a/seed0/tal"]]()
+    tal = new.stage_dir(store, new.stages["a/seed0/tal"])
+    assert not (tal / "metrics.json").exists()
+    # a local run of the plan redoes the pre-training under its config first
+    assert executors.run_plan(new, store, progress=False, echo=lambda s: None).ok

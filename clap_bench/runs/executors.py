@@ -39,7 +39,7 @@ from clap_bench.runs.fingerprints import write_stage_fingerprints
 from clap_bench.runs.plan import Plan, StageContext, StageSpec
 from clap_bench.runs.slurm import ACTIVE_STATES, ClusterProfile, cancel, job_states, slurm_available
 from clap_bench.runs.claims import StageClaim, claim_holder, describe_owner, held_by_this_job, owner_record, slurm_job_id
-from clap_bench.runs.store import LOG_FILE, METRICS_FILE, SLURM_FILE, RunStore, finished_metrics, read_json
+from clap_bench.runs.store import LOG_FILE, METRICS_FILE, SLURM_FILE, STAGE_FILE, RunStore, finished_metrics, read_json
 
 EXECUTORS = ("local", "debug", "slurm")
 START_LINE = "stage started:"  # the first line a stage writes to its stage.log, once per start
@@ -75,10 +75,12 @@ class StageOutcome:
 
 def claim_and_run(store_root: str, profile: Profile, spec: StageSpec, config_hash: str, inputs: Dict[str, str],
                   progress: bool = True, record: bool = True, prepare: Optional[tuple] = None, wait: bool = True,
-                  echo: Optional[Callable[[str], None]] = None) -> StageOutcome:
+                  echo: Optional[Callable[[str], None]] = None, input_hashes: Optional[Dict[str, str]] = None) -> StageOutcome:
     """Claim the stage's folder, then run it unless it is done; see ``clap_bench.runs.claims``.
 
     ``prepare=(record, resolved_config)`` prepares the folder (``RunStore.prepare``) under the claim.
+    ``input_hashes`` (upstream stage name -> the plan's config hash of it): an upstream folder made
+    under another config is not read (the stage fails, naming both hashes).
     ``record=False`` (non-zero DDP ranks of a job) neither claims nor records: rank 0 does both, and
     these ranks follow it (``_follow_rank_zero``).
     """
@@ -91,7 +93,8 @@ def claim_and_run(store_root: str, profile: Profile, spec: StageSpec, config_has
         reused = _follow_rank_zero(store, spec, config_hash, stage_dir, echo)
         if reused is not None:
             return StageOutcome("reused", reused)
-        return StageOutcome("ran", _run_claimed(store, profile, spec, config_hash, inputs, stage_dir, progress, record=False))
+        return StageOutcome("ran", _run_claimed(store, profile, spec, config_hash, inputs, stage_dir, progress, record=False,
+                                                input_hashes=input_hashes))
     claim = StageClaim(stage_dir)
     holder: Dict[str, Any] = {}
 
@@ -111,7 +114,8 @@ def claim_and_run(store_root: str, profile: Profile, spec: StageSpec, config_has
             store.prepare(stage_dir, config_hash, *prepare)
         stage_dir.mkdir(parents=True, exist_ok=True)
         claim.record_owner()
-        metrics = _run_claimed(store, profile, spec, config_hash, inputs, stage_dir, progress, record=True)
+        metrics = _run_claimed(store, profile, spec, config_hash, inputs, stage_dir, progress, record=True,
+                               input_hashes=input_hashes)
         return StageOutcome("ran", metrics, holder=holder or None, took_over=claim.previous_owner)
     finally:
         claim.release()
@@ -164,17 +168,24 @@ def _to_stderr(text: str) -> None:
 
 
 def run_stage(store_root: str, profile: Profile, spec: StageSpec, config_hash: str, inputs: Dict[str, str],
-              progress: bool = True, record: bool = True, prepare: Optional[tuple] = None) -> Dict[str, Any]:
+              progress: bool = True, record: bool = True, prepare: Optional[tuple] = None,
+              input_hashes: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
     """Run one stage in this process (waiting for another holder of its claim) and return its metrics."""
-    return claim_and_run(store_root, profile, spec, config_hash, inputs, progress, record, prepare).metrics
+    return claim_and_run(store_root, profile, spec, config_hash, inputs, progress, record, prepare,
+                         input_hashes=input_hashes).metrics
 
 
 def _run_claimed(store: RunStore, profile: Profile, spec: StageSpec, config_hash: str, inputs: Dict[str, str],
-                 stage_dir: Path, progress: bool, record: bool) -> Dict[str, Any]:
+                 stage_dir: Path, progress: bool, record: bool, input_hashes: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
     stage_dir.mkdir(parents=True, exist_ok=True)
-    for name, folder in inputs.items():  # never read an upstream stage's files before it finished
+    for name, folder in inputs.items():  # never read an upstream stage's files before it finished, nor another config's
         if finished_metrics(Path(folder)) is None:
             raise RuntimeError(f"stage {spec.key}: upstream stage {name!r} has not finished ({folder}: no {METRICS_FILE} beside a record that says done)")
+        expected = (input_hashes or {}).get(name)
+        if expected is not None and not store.is_done(Path(folder), expected):
+            recorded = (read_json(Path(folder) / STAGE_FILE) or {}).get("hash")
+            raise RuntimeError(f"stage {spec.key}: upstream stage {name!r} in {folder} was made under config hash {recorded}, "
+                               f"not {expected} as this plan's; rerun the plan to redo it under this config")
     if record:
         store.mark_running(stage_dir, {"slurm_job_id": os.environ.get("SLURM_JOB_ID")})
     handler = logging.FileHandler(stage_dir / LOG_FILE)
@@ -223,7 +234,7 @@ class StageJob(Checkpointable):
     """One stage as a submitit job; requeued with the same arguments on timeout or preemption."""
 
     def __init__(self, store_root: str, profile: Profile, spec: StageSpec, config_hash: str, inputs: Dict[str, str],
-                 progress: bool = False, prepare: Optional[tuple] = None):
+                 progress: bool = False, prepare: Optional[tuple] = None, input_hashes: Optional[Dict[str, str]] = None):
         self.store_root = store_root
         self.profile = profile
         self.spec = spec
@@ -231,6 +242,7 @@ class StageJob(Checkpointable):
         self.inputs = inputs
         self.progress = progress
         self.prepare = prepare  # (record, resolved config): the folder is prepared again under the claim
+        self.input_hashes = input_hashes  # upstream stage name -> the config hash this stage reads it under
 
     def __call__(self) -> Dict[str, Any]:
         rank = 0
@@ -242,7 +254,8 @@ class StageJob(Checkpointable):
         except RuntimeError:  # not inside a submitit job (called directly)
             pass
         return run_stage(self.store_root, self.profile, self.spec, self.config_hash, self.inputs,
-                         progress=self.progress, record=rank == 0, prepare=getattr(self, "prepare", None))
+                         progress=self.progress, record=rank == 0, prepare=getattr(self, "prepare", None),
+                         input_hashes=getattr(self, "input_hashes", None))  # getattr: jobs pickled before these existed
 
 
 # --------------------------------------------------------------------------- whole plans
@@ -272,6 +285,10 @@ def _record_profile(plan: Plan, store: RunStore) -> None:
 
 def _inputs(plan: Plan, store: RunStore, spec: StageSpec) -> Dict[str, str]:
     return {plan.stages[d].name: str(plan.stage_dir(store, plan.stages[d])) for d in spec.deps}
+
+
+def _input_hashes(plan: Plan, spec: StageSpec) -> Dict[str, str]:
+    return {plan.stages[d].name: plan.hashes[d] for d in spec.deps}
 
 
 def _prepare_args(plan: Plan, spec: StageSpec) -> tuple:
@@ -311,10 +328,11 @@ def _run_in_process(plan: Plan, store: RunStore, executor: str, progress: bool, 
             if debug_executor is None:
                 outcome = claim_and_run(str(store.root), plan.profile, spec, h, _inputs(plan, store, spec), progress=progress,
                                         prepare=_prepare_args(plan, spec), wait=wait_for_claims,
+                                        input_hashes=_input_hashes(plan, spec),
                                         echo=lambda s, where=where: echo(f"{where}: {s.split(': ', 1)[-1]}"))
             else:
                 job = debug_executor.submit(StageJob(str(store.root), plan.profile, spec, h, _inputs(plan, store, spec), progress,
-                                                     prepare=_prepare_args(plan, spec)))
+                                                     prepare=_prepare_args(plan, spec), input_hashes=_input_hashes(plan, spec)))
                 outcome = StageOutcome("ran", job.result())
         except KeyboardInterrupt:
             echo(f"{where} interrupted; rerun the same command to resume")
@@ -354,7 +372,8 @@ def _submit(plan: Plan, store: RunStore, cluster: ClusterProfile, echo) -> tuple
     Another job is known from the store: ``slurm.json`` (the job a submission recorded, while
     squeue/sacct call it active) and ``claim.json`` (the job or process holding the stage now).
     A stage held by a local process (no SLURM job) is submitted all the same: its job waits for the
-    claim and then reuses the result, which keeps the ``afterok`` chain below it intact.
+    claim and then reuses the result, which keeps the ``afterok`` chain below it intact. A job still
+    queued or running for the stage under another config hash (an earlier profile) is cancelled.
     """
     report = RunReport()
     folder = store.submitit_dir(plan.profile.name) / "%j"
@@ -374,18 +393,31 @@ def _submit(plan: Plan, store: RunStore, cluster: ClusterProfile, echo) -> tuple
         prev = previous.get(spec.key)
         holder = holders.get(spec.key) or {}
         holder_job = holder.get("slurm_job_id")
-        if holder_job and live.get(holder_job) in ACTIVE_STATES and (read_json(stage_dir / "stage.json") or {}).get("hash") == h:
-            job_of[spec.key] = holder_job
-            report.kept[spec.key] = holder_job
-            echo(f"{spec.key}: running under job {holder_job} ({describe_owner(holder)}), not submitted again")
-            continue
-        if prev and prev.get("hash") == h and live.get(prev["job_id"]) in ACTIVE_STATES:
-            if not any(d in fresh for d in spec.deps):
+        other_config: Dict[str, str] = {}  # active job of the stage under another config -> its config hash
+        if holder_job and live.get(holder_job) in ACTIVE_STATES:
+            running = (read_json(stage_dir / STAGE_FILE) or {}).get("hash")
+            if running == h:
+                job_of[spec.key] = holder_job
+                report.kept[spec.key] = holder_job
+                echo(f"{spec.key}: running under job {holder_job} ({describe_owner(holder)}), not submitted again")
+                continue
+            other_config[holder_job] = running
+        if prev and live.get(prev["job_id"]) in ACTIVE_STATES:
+            if prev.get("hash") != h:
+                other_config.setdefault(prev["job_id"], prev.get("hash"))
+            elif not any(d in fresh for d in spec.deps):
                 job_of[spec.key] = prev["job_id"]
                 report.kept[spec.key] = prev["job_id"]
                 echo(f"{spec.key}: job {prev['job_id']} already {live[prev['job_id']].lower()}")
                 continue
-            cancel([prev["job_id"]])  # its upstream is being rerun: it would wait on a dead job
+            else:
+                cancel([prev["job_id"]])  # its upstream is being rerun: it would wait on a dead job
+        if other_config:
+            # A job of another config would, when it runs, move this config's folder aside and leave
+            # its own outputs there, for the jobs of the stages below to read.
+            cancel(list(other_config))
+            echo(f"{spec.key}: cancelled job(s) " + ", ".join(f"{j} (config hash {c})" for j, c in other_config.items())
+                 + f" of another config than the plan's ({h})")
         # The stage is submitted under its claim when the claim is free: while this process holds it
         # nobody can finish the stage, so "not done" is checked again, the job submitted and the record
         # set to "submitted" with no gap in which a local run could finish the stage and then see its
@@ -432,7 +464,7 @@ def _submit_stage(plan: Plan, store: RunStore, cluster: ClusterProfile, executor
     )
     executor.update_parameters(**params)
     job = executor.submit(StageJob(str(store.root), plan.profile, spec, plan.hashes[spec.key], _inputs(plan, store, spec),
-                                   prepare=_prepare_args(plan, spec)))
+                                   prepare=_prepare_args(plan, spec), input_hashes=_input_hashes(plan, spec)))
     return job, deps
 
 
