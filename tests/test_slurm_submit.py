@@ -3,13 +3,17 @@ scancel are replaced by fakes, and a "job" is its ``StageJob`` called in this pr
 
 from __future__ import annotations
 
+import subprocess
+import time
 import types
 from pathlib import Path
 
 import pytest
 
 from clap_bench.runs import RunStore, load_cluster
-from clap_bench.runs import executors
+from clap_bench.io import atomic_write_json
+from clap_bench.runs import executors, slurm
+from clap_bench.runs.slurm import SlurmQueryError
 from clap_bench.runs.store import read_json
 from test_runs_toy_plan import build_toy_plan, toy_profile
 
@@ -17,9 +21,10 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 class FakeSlurm:
-    """submitit's AutoExecutor (jobs 100, 101, ... kept in ``jobs``), ``job_states`` and ``cancel``."""
+    """submitit's AutoExecutor (jobs 100, 101, ... kept in ``jobs``), ``job_states`` (from ``states``,
+    unless ``squeue=False``: then the real one, on whatever ``subprocess.run`` the test gives it) and ``cancel``."""
 
-    def __init__(self, monkeypatch, states=None):
+    def __init__(self, monkeypatch, states=None, squeue=True):
         self.jobs, self.cancelled, self.states = {}, [], dict(states or {})
         self.on_submit = None  # called with the StageJob while "sbatch" runs
         fake = self
@@ -39,12 +44,14 @@ class FakeSlurm:
                 return types.SimpleNamespace(job_id=job_id, paths=types.SimpleNamespace(stdout="out", stderr="err"))
 
         monkeypatch.setattr(executors.submitit, "AutoExecutor", Executor)
-        monkeypatch.setattr(executors, "job_states", lambda ids: {j: self.states.get(j, "UNKNOWN") for j in ids if j})
-        monkeypatch.setattr(executors, "cancel", lambda ids: self.cancelled.extend(ids))
+        if squeue:
+            monkeypatch.setattr(executors, "job_states", lambda ids: {j: self.states.get(j, "UNKNOWN") for j in ids if j})
+        monkeypatch.setattr(executors, "cancel", lambda ids: self.cancelled.extend(ids) or True)
 
     def submit(self, plan, store, echo=None):
         lines = []
-        report, job_of = executors._submit(plan, store, load_cluster(REPO / "slurm" / "local.yaml"), echo or lines.append)
+        report, job_of = executors._submit(plan, store, load_cluster(REPO / "slurm" / "local.yaml"), echo or lines.append,
+                                           poll_s=0.01)
         return report, job_of, lines
 
 
@@ -143,3 +150,110 @@ def test_a_stage_job_refuses_an_upstream_folder_made_under_another_config(tmp_pa
     assert not (tal / "metrics.json").exists()
     # a local run of the plan redoes the pre-training under its config first
     assert executors.run_plan(new, store, progress=False, echo=lambda s: None).ok
+
+
+# --------------------------------------------------------------------------- squeue failing
+class FlakySlurm:
+    """``subprocess.run`` for squeue/sacct: squeue times out ``fail`` times (a busy controller), then lists
+    ``queue`` (job id -> state); sacct knows the jobs in ``accounting``. ``then`` runs once squeue answers."""
+
+    def __init__(self, monkeypatch, fail, queue=None, accounting=None, then=None):
+        self.fail, self.queue, self.accounting, self.then, self.calls = fail, dict(queue or {}), dict(accounting or {}), then, []
+        monkeypatch.setattr(slurm.subprocess, "run", self)
+
+    def __call__(self, cmd, **kw):
+        self.calls.append(cmd[0])
+        if cmd[0] == "squeue":
+            if self.fail:
+                self.fail -= 1
+                raise subprocess.TimeoutExpired(cmd, 30)
+            then, self.then = self.then, None
+            if then is not None:
+                then()
+            return subprocess.CompletedProcess(cmd, 0, "".join(f"{j} {s}\n" for j, s in self.queue.items()), "")
+        if cmd[0] == "sacct":  # a running job may have no row yet; here accounting knows what the test says
+            return subprocess.CompletedProcess(cmd, 0, "".join(f"{j}|{s}\n" for j, s in self.accounting.items()), "")
+        raise AssertionError(cmd)
+
+
+def test_a_failed_squeue_says_nothing_about_the_jobs_instead_of_calling_them_unknown(monkeypatch):
+    FlakySlurm(monkeypatch, fail=1)
+    with pytest.raises(SlurmQueryError, match="`squeue -h -o %A %T` timed out after 30 s"):
+        slurm.job_states(["4242"])
+
+    def down(cmd, **kw):
+        return subprocess.CompletedProcess(cmd, 1, "", "slurm_load_jobs error: Unable to contact slurm controller")
+
+    monkeypatch.setattr(slurm.subprocess, "run", down)
+    with pytest.raises(SlurmQueryError, match="`squeue -h -o %A %T` failed \\(exit 1\\): slurm_load_jobs error: Unable to contact"):
+        slurm.job_states(["4242"])
+    assert not slurm.cancel(["4242"])  # scancel failing too: a warning, not an exception
+
+    def no_accounting(cmd, **kw):  # squeue answers; sacct fails: the jobs squeue does not list are not live
+        if cmd[0] == "squeue":
+            return subprocess.CompletedProcess(cmd, 0, "4242 RUNNING\n", "")
+        return subprocess.CompletedProcess(cmd, 1, "", "Slurm accounting storage is disabled")
+
+    monkeypatch.setattr(slurm.subprocess, "run", no_accounting)
+    assert slurm.job_states(["4242", "4243"]) == {"4242": "RUNNING", "4243": "UNKNOWN"}
+
+
+def _submitted_long_ago(plan, store, key, job_id):
+    atomic_write_json(plan.stage_dir(store, plan.stages[key]) / "slurm.json", {
+        "job_id": job_id, "hash": plan.hashes[key],
+        "submitted": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 120))})  # past the grace
+
+
+def test_waiting_for_jobs_goes_on_through_failed_squeue_calls(tmp_path, monkeypatch):
+    store, plan = RunStore(tmp_path / "runs"), build_toy_plan(toy_profile(), ["a"], [0], steps=2)
+    key = "a/seed0/pretrain"
+    _submitted_long_ago(plan, store, key, "4242")
+    lines = []
+    # squeue fails three times while the job runs (accounting has no row for it yet); when squeue
+    # answers again, the job has finished the stage and left the queue
+
+    def job_finished():
+        _local_run(plan, store, key)
+        flaky.accounting["4242"] = "COMPLETED"
+
+    flaky = FlakySlurm(monkeypatch, fail=3, then=job_finished)
+    report = executors.RunReport()
+    executors._wait_for_jobs(plan, store, {key: "4242"}, report, lines.append, poll_s=0.01)
+    assert report.ok and report.ran == [key], report.failed
+    assert flaky.calls[:4] == ["squeue"] * 4
+    assert any(line.startswith("cannot read the job states: `squeue -h -o %A %T` timed out") for line in lines), lines
+    assert "job states read again after 3 failed tries" in lines
+
+
+def test_waiting_for_jobs_gives_up_naming_the_command_when_squeue_keeps_failing(tmp_path, monkeypatch):
+    store, plan = RunStore(tmp_path / "runs"), build_toy_plan(toy_profile(), ["a"], [0], steps=2)
+    key = "a/seed0/pretrain"
+    _submitted_long_ago(plan, store, key, "4242")
+    FlakySlurm(monkeypatch, fail=10 ** 6)
+    monkeypatch.setattr(executors, "QUERY_PATIENCE_S", 0.2)
+    report = executors.RunReport()
+    with pytest.raises(SlurmQueryError, match=r"`squeue -h -o %A %T` timed out after 30 s; still failing after \d+ tries"):
+        executors._wait_for_jobs(plan, store, {key: "4242"}, report, lambda s: None, poll_s=0.01)
+    assert not report.failed  # nothing decided about the job
+
+
+def test_a_submission_keeps_a_queued_job_through_a_failed_squeue_call(tmp_path, monkeypatch):
+    store, plan = RunStore(tmp_path / "runs"), build_toy_plan(toy_profile(), ["a"], [0], steps=2)
+    key = "a/seed0/pretrain"
+    _submitted_long_ago(plan, store, key, "4242")
+    fake = FakeSlurm(monkeypatch, squeue=False)
+    FlakySlurm(monkeypatch, fail=2, queue={"4242": "PENDING"})
+    report, job_of, lines = fake.submit(plan, store)
+    assert report.kept == {key: "4242"} and key not in report.submitted and job_of[key] == "4242"
+    assert read_json(plan.stage_dir(store, plan.stages["a/seed0/tal"]) / "slurm.json")["after"] == ["4242"]
+
+
+
+def test_status_during_a_failed_squeue_still_shows_a_submitted_stage_as_running(tmp_path, monkeypatch):
+    from clap_bench.runs import plan_status
+
+    store, plan = RunStore(tmp_path / "runs"), build_toy_plan(toy_profile(), ["a"], [0], steps=2)
+    FakeSlurm(monkeypatch).submit(plan, store)
+    FlakySlurm(monkeypatch, fail=1)
+    states = {s.key: (s.state, s.job_id, s.job_state) for s in plan_status(plan, store)}
+    assert states == {"a/seed0/pretrain": ("running", "100", None), "a/seed0/tal": ("running", "101", None)}

@@ -73,8 +73,14 @@ def _execute(methods: List[str], seeds: str, tasks: Optional[str], profile: Opti
 
         typer.echo("Preparing the synthetic datasets (cached after the first run) ...", err=True)
         resolve_datasets(prof, progress=not quiet)
-    report = run_plan(plan, store, executor=executor, cluster=cluster_profile, wait=wait, progress=not quiet,
-                      echo=lambda s: typer.echo(s, err=True), wait_for_claims=wait_for_claims)
+    from clap_bench.runs.slurm import SlurmQueryError
+
+    try:
+        report = run_plan(plan, store, executor=executor, cluster=cluster_profile, wait=wait, progress=not quiet,
+                          echo=lambda s: typer.echo(s, err=True), wait_for_claims=wait_for_claims)
+    except SlurmQueryError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1)
     if executor == "slurm" and not wait:
         typer.echo(f"Submitted {len(report.submitted)} job(s), {len(report.kept)} already queued, {len(report.reused)} stage(s) done. "
                    f"Follow with: clapbench status --profile {prof.name}" + (f" --runs-dir {runs_dir}" if runs_dir else ""))

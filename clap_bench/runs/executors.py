@@ -37,7 +37,7 @@ from clap_bench.config import ConfigError, Profile
 from clap_bench.io import atomic_write_json, file_lock
 from clap_bench.runs.fingerprints import write_stage_fingerprints
 from clap_bench.runs.plan import Plan, StageContext, StageSpec
-from clap_bench.runs.slurm import ACTIVE_STATES, ClusterProfile, cancel, job_states, slurm_available
+from clap_bench.runs.slurm import ACTIVE_STATES, ClusterProfile, SlurmQueryError, cancel, job_states, slurm_available
 from clap_bench.runs.claims import StageClaim, claim_holder, describe_owner, held_by_this_job, owner_record, slurm_job_id
 from clap_bench.runs.store import LOG_FILE, METRICS_FILE, SLURM_FILE, STAGE_FILE, RunStore, finished_metrics, read_json
 
@@ -360,13 +360,13 @@ def _run_slurm(plan: Plan, store: RunStore, cluster: ClusterProfile, wait: bool,
         raise ConfigError("--executor slurm: sbatch/squeue not found (start a local cluster with slurm/start_cluster.sh)")
     # One submission at a time per profile: two sweeps started together must each see the other's jobs.
     with file_lock(store.profile_dir(plan.profile.name) / ".submit.lock"):
-        report, job_of = _submit(plan, store, cluster, echo)
+        report, job_of = _submit(plan, store, cluster, echo, poll_s)
     if wait and job_of:
         _wait_for_jobs(plan, store, job_of, report, echo, poll_s)
     return report
 
 
-def _submit(plan: Plan, store: RunStore, cluster: ClusterProfile, echo) -> tuple:
+def _submit(plan: Plan, store: RunStore, cluster: ClusterProfile, echo, poll_s: float = 2.0) -> tuple:
     """Submit every stage that is neither done nor queued or running under another job.
 
     Another job is known from the store: ``slurm.json`` (the job a submission recorded, while
@@ -380,8 +380,8 @@ def _submit(plan: Plan, store: RunStore, cluster: ClusterProfile, echo) -> tuple
     executor = submitit.AutoExecutor(folder=str(folder), cluster="slurm")
     previous = {key: read_json(plan.stage_dir(store, spec) / SLURM_FILE) for key, spec in plan.stages.items()}
     holders = {key: claim_holder(plan.stage_dir(store, spec)) for key, spec in plan.stages.items()}
-    live = job_states([p["job_id"] for p in previous.values() if p]
-                      + [h["slurm_job_id"] for h in holders.values() if h and h.get("slurm_job_id")])
+    live = _ask_job_states([p["job_id"] for p in previous.values() if p]
+                           + [h["slurm_job_id"] for h in holders.values() if h and h.get("slurm_job_id")], echo, poll_s)
     job_of: Dict[str, str] = {}  # stage key -> id of the job that will produce it
     fresh: set = set()  # stages (re)submitted now
     for spec in plan:
@@ -415,9 +415,9 @@ def _submit(plan: Plan, store: RunStore, cluster: ClusterProfile, echo) -> tuple
         if other_config:
             # A job of another config would, when it runs, move this config's folder aside and leave
             # its own outputs there, for the jobs of the stages below to read.
-            cancel(list(other_config))
-            echo(f"{spec.key}: cancelled job(s) " + ", ".join(f"{j} (config hash {c})" for j, c in other_config.items())
-                 + f" of another config than the plan's ({h})")
+            cancelled = cancel(list(other_config))
+            echo(f"{spec.key}: {'cancelled' if cancelled else 'could not cancel'} job(s) "
+                 + ", ".join(f"{j} (config hash {c})" for j, c in other_config.items()) + f" of another config than the plan's ({h})")
         # The stage is submitted under its claim when the claim is free: while this process holds it
         # nobody can finish the stage, so "not done" is checked again, the job submitted and the record
         # set to "submitted" with no gap in which a local run could finish the stage and then see its
@@ -472,7 +472,7 @@ def _wait_for_jobs(plan: Plan, store: RunStore, job_of: Dict[str, str], report: 
     pending = dict(job_of)
     last: Dict[str, str] = {}
     while pending:
-        states = job_states(pending.values())
+        states = _ask_job_states(pending.values(), echo, poll_s)
         for key, job_id in list(pending.items()):
             state = states.get(job_id, "UNKNOWN")
             spec = plan.stages[key]
@@ -489,6 +489,33 @@ def _wait_for_jobs(plan: Plan, store: RunStore, job_of: Dict[str, str], report: 
                 echo(f"{key}: job {job_id} ended {state} without metrics")
         if pending:
             time.sleep(poll_s)
+
+
+QUERY_PATIENCE_S = 600.0  # how long squeue may keep failing before a submission or a wait gives up
+
+
+def _ask_job_states(job_ids, echo, poll_s: float) -> Dict[str, str]:
+    """``job_states``, asked again while squeue cannot be reached (a busy or restarting controller):
+    a failed query says nothing about the jobs, so nothing is decided on it. After ``QUERY_PATIENCE_S``
+    of failures in a row, ``SlurmQueryError`` names the command and its last error."""
+    job_ids = list(job_ids)
+    tries, since = 0, time.monotonic()
+    while True:
+        try:
+            states = job_states(job_ids)
+        except SlurmQueryError as e:
+            tries += 1
+            waited = time.monotonic() - since
+            if waited >= QUERY_PATIENCE_S:
+                raise SlurmQueryError(f"{e}; still failing after {tries} tries over {waited:.0f} s, so the job states are "
+                                      "unknown (the jobs may still be running: see clapbench status)") from None
+            if tries == 1:
+                echo(f"cannot read the job states: {e}; asking again every {poll_s:g} s")
+            time.sleep(poll_s)
+            continue
+        if tries:
+            echo(f"job states read again after {tries} failed tries")
+        return states
 
 
 def _grace_over(store: RunStore, plan: Plan, spec: StageSpec, grace_s: float = 60.0) -> bool:

@@ -20,6 +20,7 @@ parameters. ``stages`` overrides them per kind of stage (``source``, ``pretrain`
 from __future__ import annotations
 
 import dataclasses
+import logging
 import shutil
 import subprocess
 from dataclasses import dataclass, field
@@ -29,6 +30,8 @@ from typing import Any, Dict, Iterable, List, Optional
 import yaml
 
 from clap_bench.config import ConfigError, deep_merge, from_dict
+
+log = logging.getLogger(__name__)
 
 STAGE_KINDS = ("source", "pretrain", "extract", "task")
 # States in which a job still holds its stage (it may yet finish).
@@ -125,10 +128,17 @@ def slurm_available() -> bool:
     return shutil.which("sbatch") is not None and shutil.which("squeue") is not None
 
 
+class SlurmQueryError(RuntimeError):
+    """A SLURM command could not be run or failed (a busy or restarting controller): no information
+    about the jobs, which is not the same as jobs SLURM does not know."""
+
+
 def job_states(job_ids: Iterable[str]) -> Dict[str, str]:
     """Current state of each job id: ``squeue`` for live jobs, ``sacct`` for finished ones.
 
-    A job the controller and the accounting database both ignore is ``UNKNOWN``.
+    A job the controller and the accounting database both ignore is ``UNKNOWN``. When ``squeue``
+    fails, nothing is known and ``SlurmQueryError`` is raised. When only ``sacct`` fails (no
+    accounting, slurmdbd down), the jobs squeue does not list are ``UNKNOWN``: not queued nor running.
     """
     ids = [str(j) for j in job_ids if j]
     if not ids:
@@ -141,7 +151,11 @@ def job_states(job_ids: Iterable[str]) -> Dict[str, str]:
             states[parts[0]] = parts[1]
     rest = [j for j in ids if j not in states]
     if rest:
-        out = _run(["sacct", "-X", "-n", "-P", "-o", "JobIDRaw,State", "-j", ",".join(rest)])
+        try:
+            out = _run(["sacct", "-X", "-n", "-P", "-o", "JobIDRaw,State", "-j", ",".join(rest)])
+        except SlurmQueryError as e:
+            log.warning("%s; jobs squeue does not list count as UNKNOWN", e)
+            out = ""
         for line in out.splitlines():
             parts = line.split("|")
             if len(parts) >= 2 and parts[0] in rest:
@@ -149,17 +163,31 @@ def job_states(job_ids: Iterable[str]) -> Dict[str, str]:
     return {j: states.get(j, "UNKNOWN") for j in ids}
 
 
-def cancel(job_ids: Iterable[str]) -> None:
+def cancel(job_ids: Iterable[str]) -> bool:
+    """``scancel`` the jobs; False (with a warning) when scancel failed."""
     ids = [str(j) for j in job_ids if j]
-    if ids:
-        _run(["scancel", *ids])
-
-
-def _run(cmd: List[str]) -> str:
+    if not ids:
+        return True
     try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return ""
+        _run(["scancel", *ids])
+    except SlurmQueryError as e:
+        log.warning("%s", e)
+        return False
+    return True
+
+
+def _run(cmd: List[str], timeout_s: float = 30) -> str:
+    """The command's stdout; ``SlurmQueryError`` naming the command when it cannot run, times out or fails."""
+    what = " ".join(cmd)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        raise SlurmQueryError(f"`{what}` timed out after {timeout_s:g} s") from None
+    except OSError as e:
+        raise SlurmQueryError(f"`{what}` could not run: {e}") from None
+    if proc.returncode != 0:
+        raise SlurmQueryError(f"`{what}` failed (exit {proc.returncode}): {proc.stderr.strip()[-500:] or 'no message'}")
+    return proc.stdout
 
 
 def with_job_threads(profile, cluster: "ClusterProfile"):

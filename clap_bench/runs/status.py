@@ -10,6 +10,7 @@ missing  nothing yet (or an interrupted local run: the next run resumes it)
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from dataclasses import dataclass, field
@@ -18,10 +19,11 @@ from typing import List, Optional
 
 from clap_bench.runs.claims import claim_holder, describe_owner
 from clap_bench.runs.plan import Plan
-from clap_bench.runs.slurm import ACTIVE_STATES, job_states
+from clap_bench.runs.slurm import ACTIVE_STATES, SlurmQueryError, job_states
 from clap_bench.runs.store import ERROR_FILE, SLURM_FILE, STAGE_FILE, RunStore, finished_metrics, read_json, tail_lines
 
 STATES = ("done", "stale", "running", "failed", "missing")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -53,8 +55,12 @@ class StageStatus:
 def plan_status(plan: Plan, store: RunStore) -> List[StageStatus]:
     slurm = {key: read_json(plan.stage_dir(store, spec) / SLURM_FILE) for key, spec in plan.stages.items()}
     holders = {key: claim_holder(plan.stage_dir(store, spec)) for key, spec in plan.stages.items()}
-    states = job_states([s["job_id"] for s in slurm.values() if s and s.get("job_id")]
-                        + [h["slurm_job_id"] for h in holders.values() if h and h.get("slurm_job_id")])
+    try:
+        states = job_states([s["job_id"] for s in slurm.values() if s and s.get("job_id")]
+                            + [h["slurm_job_id"] for h in holders.values() if h and h.get("slurm_job_id")])
+    except SlurmQueryError as e:
+        log.warning("%s; the jobs' states are not shown", e)
+        states = {}  # no information: a job is then neither running nor ended by its state
     out = []
     for key, spec in plan.stages.items():
         h = plan.hashes[key]
@@ -92,8 +98,8 @@ def plan_status(plan: Plan, store: RunStore) -> List[StageStatus]:
             status.error_tail = tail_lines(status.log_path) or list(record.get("error_tail") or [])
         elif record.get("status") == "running" and _local_process_alive(record):
             status.state = "running"
-        elif status.job_id and status.job_state == "UNKNOWN" and record.get("status") == "submitted":
-            status.state = "running"  # just submitted: not yet visible to squeue/sacct
+        elif status.job_id and status.job_state in (None, "UNKNOWN") and record.get("status") == "submitted":
+            status.state = "running"  # just submitted (not yet visible to squeue/sacct), or squeue failed
         out.append(status)
     return out
 
