@@ -66,6 +66,34 @@ def write_indexed_video(path: Path, num_frames: int, fps: int, faststart: bool =
     return path
 
 
+def write_indexed_vfr_video(path: Path, gaps: np.ndarray, gop: int = 12) -> np.ndarray:
+    """A variable-frame-rate file: frame i shown ``gaps[i]`` ticks of 1/15 s after frame i-1, with
+    B-frames (x264, 3) and several GOPs; returns the frames' times (s)."""
+    from fractions import Fraction
+
+    tick = Fraction(1, 15)
+    container = av.open(str(path), "w")
+    stream = container.add_stream("libx264", rate=15)
+    stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+    stream.codec_context.time_base = tick
+    stream.options = {"g": str(gop), "keyint_min": str(gop), "bf": "3", "sc_threshold": "0", "crf": "4"}
+    ticks = np.concatenate([[0], np.cumsum(gaps[1:])]).astype(int)
+    bar = WIDTH // 8
+    for i, pts in enumerate(ticks):
+        img = np.zeros((HEIGHT, WIDTH, 3), np.uint8)
+        for b in range(8):
+            if (i >> b) & 1:
+                img[:, b * bar : (b + 1) * bar] = 255
+        frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+        frame.pts, frame.time_base = int(pts), tick
+        for packet in stream.encode(frame):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+    container.close()
+    return ticks / 15.0
+
+
 def frame_index(image: np.ndarray) -> int:
     """Read the index back from an RGB frame (any size)."""
     width = image.shape[1]
@@ -123,6 +151,23 @@ def test_sparse_times_across_keyframes_take_the_nearest_frames(videos, name, fps
     for _ in range(6):
         times = rng.uniform(-0.2, count / fps + 0.2, size=int(rng.integers(1, 12)))
         np.testing.assert_array_equal(indices(decode_frames_at(videos[name], times)), expected_indices(times, fps, count))
+
+
+def test_variable_frame_rate_times_take_the_nearest_frame_even_far_from_the_nominal_rate(tmp_path):
+    gaps = np.random.default_rng(3).integers(1, 7, size=90)  # 1 to 6 ticks of 1/15 s between frames
+    frame_times = write_indexed_vfr_video(tmp_path / "v_vfr.mp4", gaps)
+    # 45% of the way to the next frame: the nearest is the earlier frame, often more than 0.75
+    # nominal frame durations away and often a B-frame
+    times = frame_times[:-1] + 0.45 * np.diff(frame_times)
+    want = np.arange(len(times))
+    np.testing.assert_array_equal(indices(decode_frames_at(tmp_path / "v_vfr.mp4", times)), want)
+    for t, i in zip(times[::7], want[::7]):  # one time per call: its own seek and GOP
+        assert frame_index(decode_frames_at(tmp_path / "v_vfr.mp4", [t])[0]) == i
+    starts = np.arange(0.013, frame_times[-1] - 1.0, 0.8)  # no time halfway between two frames
+    clips = np.concatenate([c for _, c in iter_video_clips(tmp_path / "v_vfr.mp4", starts, 8, 7.5, chunk=2)])
+    times = clip_frame_times(starts, 8, 7.5)
+    nearest = np.searchsorted((frame_times[1:] + frame_times[:-1]) / 2, times, side="left")
+    np.testing.assert_array_equal(indices(clips), nearest)
 
 
 def test_decode_resizes_while_decoding_and_keeps_timing(videos):

@@ -12,7 +12,7 @@ import pytest
 
 from clap_bench.clips import VideoDecodeError, decode_clips, decode_frames_at
 from clap_bench.clips.frame_cache import FrameCache
-from test_clips import HEIGHT, WIDTH, expected_indices, indices, write_indexed_video
+from test_clips import HEIGHT, WIDTH, expected_indices, indices, write_indexed_vfr_video, write_indexed_video
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +36,20 @@ def test_cached_frames_are_the_decoders_frames(videos, tmp_path, name, fps, coun
     np.testing.assert_array_equal(got, decode_frames_at(videos[name], times, size=(HEIGHT, WIDTH)))
     starts = np.array([0.0, 0.37, 1.51, 2.2])
     np.testing.assert_array_equal(cache.clips(videos[name], starts, 8, 7.5), decode_clips(videos[name], starts, 8, 7.5, (HEIGHT, WIDTH)))
+
+
+def test_variable_frame_rate_cached_frames_are_the_decoders_frames(tmp_path):
+    gaps = np.random.default_rng(7).integers(1, 7, size=80)
+    frame_times = write_indexed_vfr_video(tmp_path / "v_vfr.mp4", gaps, gop=9)
+    cache = FrameCache(tmp_path / "frames", (HEIGHT, WIDTH))
+    rng = np.random.default_rng(2)
+    for _ in range(10):
+        times = rng.uniform(-0.2, frame_times[-1] + 0.2, int(rng.integers(1, 20)))
+        got = cache.frames_at(tmp_path / "v_vfr.mp4", times)
+        np.testing.assert_array_equal(got, decode_frames_at(tmp_path / "v_vfr.mp4", times, size=(HEIGHT, WIDTH)))
+    halfway = (frame_times[1:] + frame_times[:-1]) / 2  # ties go to the earlier frame in both
+    np.testing.assert_array_equal(cache.frames_at(tmp_path / "v_vfr.mp4", halfway),
+                                  decode_frames_at(tmp_path / "v_vfr.mp4", halfway, size=(HEIGHT, WIDTH)))
 
 
 def test_miss_then_hit_and_a_new_instance_reads_the_entry(videos, tmp_path):

@@ -13,9 +13,13 @@ How the cost is kept down (the figures are in ``benchmarks/clip_loading.py``):
   clip of it, in chunks, so a long video never sits in memory at once.
 * Packets are read group of pictures (GOP) by GOP; a GOP that holds no wanted frame is
   dropped before it reaches the decoder, and a GOP is left as soon as its wanted frames are
-  out (what a seek to the next clip would save, without the seek). Inside a GOP, frames
-  nobody asked for are decoded only when later frames reference them (``skip_frame =
-  NONREF`` for their packets).
+  out (what a seek to the next clip would save, without the seek). Inside a GOP, the packet
+  whose timestamp is nearest each pending time is decoded; frames nobody asked for are
+  decoded only when later frames reference them (``skip_frame = NONREF`` for their packets).
+  The nearest packet is found among the GOP's buffered packets, not within a fixed window of
+  the nominal frame duration, and a seek goes back until it lands on a keyframe before the
+  earliest time, so a variable-frame-rate file reads the same frames as the frame cache,
+  which decodes every frame.
 * Only the wanted frames are converted to RGB, each once, and they are resized in that same
   conversion (one swscale call at the target size, with one reusable scaler: building a new
   scaler for each frame costs more than decoding the frame).
@@ -27,6 +31,7 @@ the item.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from dataclasses import dataclass
@@ -39,12 +44,6 @@ from av.video.reformatter import VideoReformatter
 
 PathLike = Union[str, Path]
 Size = Optional[Tuple[int, int]]  # (height, width); None keeps the source size
-
-# A frame is decoded when its time is within this many (nominal) frame durations of a wanted
-# time. Half a frame duration would do for a constant frame rate; the margin keeps the nearest
-# frame among the decoded ones when timestamps jitter.
-_NEAR_WINDOW_FRAMES = 0.75
-
 
 class VideoDecodeError(RuntimeError):
     """A video file that cannot be decoded. ``path`` names the file, ``reason`` says why."""
@@ -158,6 +157,39 @@ class _Converter:
         return out.to_ndarray()
 
 
+def _seek_before(path: PathLike, container, stream, t0: float) -> Iterator["av.Packet"]:
+    """Seek to a keyframe at or before ``t0`` and demux from there (the packets read to check
+    where the seek landed come first).
+
+    The first try seeks one nominal frame duration before ``t0``; each time the keyframe it
+    lands on lies after ``t0``, the frame before ``t0`` (perhaps the nearest) is in an earlier
+    GOP, and the next try goes twice as far back, down to the start. At a variable frame rate
+    that frame can lie many nominal frame durations before ``t0``.
+    """
+    time_base, zero_pts, frame_seconds = _stream_timing(stream)
+    back = frame_seconds
+    while True:
+        target = t0 - back
+        try:
+            container.seek(zero_pts + int(math.floor(max(target, 0.0) / time_base)), stream=stream, backward=True,
+                           any_frame=False)
+        except av.error.FFmpegError as e:
+            raise VideoDecodeError(path, f"cannot seek to {t0:.2f}s ({e})") from None
+        demux = container.demux(stream)
+        head: List["av.Packet"] = []
+        try:
+            for packet in demux:
+                head.append(packet)
+                if packet.pts is not None or packet.size == 0:
+                    break
+        except av.error.FFmpegError as e:
+            raise VideoDecodeError(path, f"cannot read packets ({e})") from None
+        first = head[-1] if head else None
+        if first is None or first.pts is None or (first.pts - zero_pts) * time_base <= t0 or target <= 0:
+            return itertools.chain(head, demux)
+        back *= 2
+
+
 def _nearest_frames(
     path: PathLike,
     container,
@@ -179,23 +211,34 @@ def _nearest_frames(
     if time_base <= 0:
         raise VideoDecodeError(path, "video stream has no time base")
     ctx = stream.codec_context
-    window = _NEAR_WINDOW_FRAMES * frame_seconds
 
+    demuxed: Iterator["av.Packet"] = container.demux(stream)
     if seek and times[0] - frame_seconds > 0:
-        target_pts = zero_pts + int(math.floor((times[0] - frame_seconds) / time_base))
-        try:
-            container.seek(target_pts, stream=stream, backward=True, any_frame=False)
-        except av.error.FFmpegError as e:
-            raise VideoDecodeError(path, f"cannot seek to {times[0]:.2f}s ({e})") from None
+        demuxed = _seek_before(path, container, stream, float(times[0]))
 
     def pts_time(pts: Optional[int]) -> Optional[float]:
         return None if pts is None else (pts - zero_pts) * time_base
 
-    def wanted(t: Optional[float]) -> bool:
-        if t is None:
-            return True
-        k = int(np.searchsorted(times, t))
-        return (k < n and times[k] - t <= window) or (k > 0 and t - times[k - 1] <= window)
+    def marked(packets: List["av.Packet"], hi: Optional[float]) -> List[bool]:
+        """Which of a GOP's packets to decode in full: for each pending time, the packet whose
+        time is nearest it (ties to the earlier one), unless the next keyframe (at ``hi``) is
+        nearer; packets without a timestamp always."""
+        keep = [p.pts is None for p in packets]
+        known = sorted((pts_time(p.pts), k) for k, p in enumerate(packets) if p.pts is not None)
+        if not known:
+            return keep
+        cand = np.array([t for t, _ in known] + ([hi] if hi is not None else []), dtype=np.float64)
+        which = [k for _, k in known]
+        j = state["j"]
+        # pending times the GOP can serve: before the next keyframe, or up to just past its last packet
+        end = np.searchsorted(times, hi, side="left") if hi is not None else np.searchsorted(times, cand[-1], side="right") + 1
+        pending = times[j : max(j, min(int(end), n))]
+        if len(pending):
+            nearest = np.searchsorted((cand[1:] + cand[:-1]) / 2.0, pending, side="left")
+            for c in np.unique(nearest):
+                if c < len(which):
+                    keep[which[c]] = True
+        return keep
 
     def gop_has_wanted(hi: Optional[float]) -> bool:
         """Whether a GOP ending at ``hi`` (the next keyframe's time) can serve a pending time.
@@ -232,12 +275,13 @@ def _nearest_frames(
 
     def decode_packets(packets: List["av.Packet"], hi: Optional[float] = None) -> Iterator[Tuple[int, np.ndarray]]:
         """Decode a GOP's packets; ``hi``: the next keyframe's time, when known."""
-        for packet in packets:
+        keep = marked(packets, hi)
+        for packet, full in zip(packets, keep):
             if hi is not None and not gop_has_wanted(hi):
                 # Every wanted time before the next keyframe has its frame: the rest of this
                 # GOP serves nobody (frames still in the decoder's delay come out later).
                 return
-            ctx.skip_frame = "DEFAULT" if (packet.size == 0 or wanted(pts_time(packet.pts))) else "NONREF"
+            ctx.skip_frame = "DEFAULT" if (packet.size == 0 or full) else "NONREF"
             try:
                 frames = packet.decode()
             except av.error.FFmpegError as e:
@@ -252,7 +296,7 @@ def _nearest_frames(
     gop: List["av.Packet"] = []
     reached_end = False
     try:
-        for packet in container.demux(stream):
+        for packet in demuxed:
             if packet.size == 0:  # end of stream: decode what is left, then flush the decoder
                 if gop and gop_has_wanted(None):
                     yield from decode_packets(gop)
