@@ -42,7 +42,20 @@ class ConfigError(ValueError):
     pass
 
 
+# Field metadata: a key added after run stores existed is left out of config hashes while it holds
+# its default, so adding it does not orphan every stage already run (``identity_dict``).
+HASH_OMITS_DEFAULT = "hash_omits_default"
+
+
+def added_field(default: Any) -> Any:
+    """A dataclass field that config hashes leave out while it equals ``default``."""
+    return field(default=default, metadata={HASH_OMITS_DEFAULT: True})
+
+
 # --------------------------------------------------------------------------- sections
+RESIZE_FILTERS = ("swscale", "bilinear")  # clap_bench.clips.decode.RESIZE_FILTERS
+
+
 @dataclass
 class ClipConfig:
     """How clips are cut from videos (TSP protocol: 16 frames at 15 fps, 128x171 -> 112)."""
@@ -52,6 +65,15 @@ class ClipConfig:
     resize: List[int] = field(default_factory=lambda: [128, 171])  # (height, width)
     crop: int = 112
     clips_per_segment: int = 5
+    # How frames are scaled to ``resize``: "swscale" (bilinear in the uint8 RGB conversion, which
+    # averages over the source pixels when downscaling) or "bilinear" (TSP's T.Resize:
+    # F.interpolate(bilinear, align_corners=False, no antialias) of the full-size RGB frame in
+    # float, rounded back to uint8); see clap_bench.clips.decode.
+    resize_filter: str = added_field("swscale")
+
+    def __post_init__(self):
+        if self.resize_filter not in RESIZE_FILTERS:
+            raise ConfigError(f"resize_filter: expected one of {', '.join(RESIZE_FILTERS)}, got {self.resize_filter!r}")
 
 
 @dataclass
@@ -91,16 +113,6 @@ class EncoderConfig:
 
 BATCH_COMPOSITIONS = ("clips", "segments")
 DUPLICATE_TEXTS = ("exclude", "negatives")
-
-# Field metadata: a key added after run stores existed is left out of config hashes while it holds
-# its default, so adding it does not orphan every stage already run (``identity_dict``).
-HASH_OMITS_DEFAULT = "hash_omits_default"
-
-
-def added_field(default: Any) -> Any:
-    """A dataclass field that config hashes leave out while it equals ``default``."""
-    return field(default=default, metadata={HASH_OMITS_DEFAULT: True})
-
 
 @dataclass
 class ContrastiveConfig:

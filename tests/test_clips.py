@@ -177,6 +177,42 @@ def test_decode_resizes_while_decoding_and_keeps_timing(videos):
     np.testing.assert_array_equal(indices(frames), expected_indices(times, 12, 72))
 
 
+def write_textured_video(path: Path, num_frames: int = 12, fps: int = 12, size=(72, 96)) -> Path:
+    rng = np.random.default_rng(0)
+    container = av.open(str(path), "w")
+    stream = container.add_stream("libx264", rate=fps)
+    stream.height, stream.width = size
+    stream.pix_fmt = "yuv420p"
+    y, x = np.mgrid[0 : size[0], 0 : size[1]]
+    for i in range(num_frames):
+        img = 127 + 60 * np.sin(x / 1.7 + i) + 40 * np.cos(y / 1.3) + rng.normal(0, 20, size)
+        img = np.clip(img[..., None] + np.array([0, 20, -20]), 0, 255).astype(np.uint8)
+        for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+    container.close()
+    return path
+
+
+def test_bilinear_resize_filter_is_tsps_interpolation_of_the_full_size_frame(tmp_path):
+    path = write_textured_video(tmp_path / "v_texture.mp4")
+    times = np.array([0.0, 0.26, 0.71])
+    full = decode_frames_at(path, times)  # (3, 72, 96, 3): no scaling
+    x = torch.from_numpy(full).permute(0, 3, 1, 2).float()
+    tsp = torch.nn.functional.interpolate(x, size=(40, 53), mode="bilinear", align_corners=False, antialias=False)
+    want = tsp.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    got = decode_frames_at(path, times, size=(40, 53), resize_filter="bilinear")
+    np.testing.assert_array_equal(got, want)
+    clips = decode_clips(path, [0.1], 3, 6.0, size=(40, 53), resize_filter="bilinear")
+    one_pass = next(iter_video_clips(path, [0.1], 3, 6.0, size=(40, 53), resize_filter="bilinear"))[1]
+    np.testing.assert_array_equal(clips, one_pass)
+    swscale = decode_frames_at(path, times, size=(40, 53))  # the default: swscale's (area-like) filter
+    assert np.abs(swscale.astype(float) - want).mean() > 2
+    with pytest.raises(ValueError, match="resize_filter"):
+        decode_frames_at(path, times, size=(40, 53), resize_filter="area")
+
+
 def test_times_past_the_end_or_before_the_start_are_clamped(videos):
     frames = decode_clips(videos["v30"], [-0.5, 3.9], frames=4, fps=5.0)  # times -0.5..0.1 s, 3.9..4.5 s
     np.testing.assert_array_equal(indices(frames[0]), [0, 0, 0, 3])

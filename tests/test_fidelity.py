@@ -167,6 +167,18 @@ def test_paper_tsp_details(paper):
     assert paper.pretrain.short_segments == "drop"  # TSP: segments shorter than clip_length frames removed
     assert paper.pretrain.gvf_scaling == "none"  # TSP reads the max-pooled GVF as is
     assert paper.pretrain.caption_choice == "nearest_centre"  # §3.2: "temporally closest caption"
+    assert paper.clips.resize_filter == "bilinear"  # TSP common/transforms.py: F.interpolate, align_corners=False
+
+
+def test_resize_filter_switch_is_checked_and_left_out_of_default_hashes():
+    from clap_bench.config import ClipConfig, ConfigError, identity_dict
+
+    with pytest.raises(ConfigError, match="resize_filter"):
+        ClipConfig(resize_filter="bicubic")
+    for name in ("default", "smoke"):
+        profile = load_profile(name)
+        assert profile.clips.resize_filter == "swscale" and "resize_filter" not in identity_dict(profile.clips)
+    assert identity_dict(ClipConfig(resize_filter="bilinear"))["resize_filter"] == "bilinear"
 
 
 def test_paper_tal_labels_come_from_the_external_video_scores(paper):

@@ -52,6 +52,22 @@ def test_variable_frame_rate_cached_frames_are_the_decoders_frames(tmp_path):
                                   decode_frames_at(tmp_path / "v_vfr.mp4", halfway, size=(HEIGHT, WIDTH)))
 
 
+def test_the_resize_filter_is_part_of_the_entry(tmp_path):
+    from test_clips import write_textured_video
+
+    path = write_textured_video(tmp_path / "v_texture.mp4")
+    times = np.array([0.0, 0.3, 0.8])
+    swscale = FrameCache(tmp_path / "frames", (40, 53))
+    bilinear = FrameCache(tmp_path / "frames", (40, 53), resize_filter="bilinear")  # the same folder
+    a = swscale.frames_at(path, times)
+    b = bilinear.frames_at(path, times)  # a miss: never the swscale entry
+    assert bilinear.misses == 1 and swscale.key(path) != bilinear.key(path)
+    np.testing.assert_array_equal(a, decode_frames_at(path, times, size=(40, 53)))
+    np.testing.assert_array_equal(b, decode_frames_at(path, times, size=(40, 53), resize_filter="bilinear"))
+    assert not np.array_equal(a, b)
+    np.testing.assert_array_equal(FrameCache(tmp_path / "frames", (40, 53), resize_filter="bilinear").frames_at(path, times), b)
+
+
 def test_miss_then_hit_and_a_new_instance_reads_the_entry(videos, tmp_path):
     cache = FrameCache(tmp_path / "frames", (HEIGHT, WIDTH))
     cache.clips(videos["v30"], [0.0], 4, 7.5)

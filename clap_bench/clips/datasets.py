@@ -134,6 +134,11 @@ class _ClipItemDataset(Dataset):
         self.clip_level = bool(clip_level)
         self.hflip = bool(hflip)
         self.frame_cache = frame_cache  # a clap_bench.clips.frame_cache.FrameCache, or None: decode each time
+        if frame_cache is not None and (getattr(frame_cache, "resize_filter", "swscale"), tuple(frame_cache.size)) != (
+                clip_cfg.resize_filter, (int(clip_cfg.resize[0]), int(clip_cfg.resize[1]))):
+            raise ValueError(f"frame cache {frame_cache.root} holds frames at {frame_cache.size} by "
+                             f"{getattr(frame_cache, 'resize_filter', 'swscale')}, the clips want {clip_cfg.resize} "
+                             f"by {clip_cfg.resize_filter}")
         self.clip_seconds = clip_seconds(clip_cfg.frames, clip_cfg.fps)
         self.size = (int(clip_cfg.resize[0]), int(clip_cfg.resize[1]))
         self.epoch = 0
@@ -226,7 +231,8 @@ class _ClipItemDataset(Dataset):
             if self.frame_cache is not None:
                 frames = self.frame_cache.clips(path, starts, self.clip_cfg.frames, self.clip_cfg.fps)
             else:
-                frames = decode_clips(path, starts, self.clip_cfg.frames, self.clip_cfg.fps, self.size, threads=self.threads)
+                frames = decode_clips(path, starts, self.clip_cfg.frames, self.clip_cfg.fps, self.size, threads=self.threads,
+                                      resize_filter=self.clip_cfg.resize_filter)
         except VideoDecodeError as e:
             self._bad_files[str(path)] = e.reason
             return self._skip(item, path, e.reason)
@@ -455,7 +461,7 @@ class VideoClipDataset(Dataset):
         path = self.video_path(index)
         for first, frames in iter_video_clips(
             path, self.clip_starts(index), self.clip_cfg.frames, self.clip_cfg.fps, self.size,
-            chunk=chunk or self.chunk, threads=self.threads,
+            chunk=chunk or self.chunk, threads=self.threads, resize_filter=self.clip_cfg.resize_filter,
         ):
             yield first, transform_clips(frames, self.clip_cfg.crop, train=False)
 

@@ -24,6 +24,14 @@ How the cost is kept down (the figures are in ``benchmarks/clip_loading.py``):
   conversion (one swscale call at the target size, with one reusable scaler: building a new
   scaler for each frame costs more than decoding the frame).
 
+How frames are resized (``resize_filter``, the profile's ``clips.resize_filter``):
+
+* ``swscale``: swscale's BILINEAR in the RGB conversion, to uint8. When downscaling it averages
+  over every source pixel under an output pixel (an antialiased, area-like filter).
+* ``bilinear``: TSP's ``T.Resize`` (``F.interpolate(..., mode="bilinear",
+  align_corners=False)``, no antialiasing) of the full-size RGB frame in float, rounded to the
+  nearest uint8 (TSP keeps the float; the rounding moves a value by at most 0.5/255).
+
 A file that cannot be read (missing, empty, corrupt, truncated, without a video stream)
 raises :class:`VideoDecodeError` naming the file and the reason; datasets catch it and skip
 the item.
@@ -44,6 +52,7 @@ from av.video.reformatter import VideoReformatter
 
 PathLike = Union[str, Path]
 Size = Optional[Tuple[int, int]]  # (height, width); None keeps the source size
+RESIZE_FILTERS = ("swscale", "bilinear")
 
 class VideoDecodeError(RuntimeError):
     """A video file that cannot be decoded. ``path`` names the file, ``reason`` says why."""
@@ -138,12 +147,30 @@ def probe_video(path: PathLike) -> VideoInfo:
 
 
 # --------------------------------------------------------------------------- the core pass
+def check_resize_filter(resize_filter: str) -> str:
+    if resize_filter not in RESIZE_FILTERS:
+        raise ValueError(f"resize_filter: expected one of {', '.join(RESIZE_FILTERS)}, got {resize_filter!r}")
+    return resize_filter
+
+
+def bilinear_resize(rgb: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
+    """uint8 ``(H, W, 3)`` -> uint8 ``(h, w, 3)`` by TSP's ``T.Resize``: ``F.interpolate`` bilinear,
+    ``align_corners=False``, no antialiasing, in float; rounded to the nearest integer."""
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float()
+    y = F.interpolate(x, size=(int(size[0]), int(size[1])), mode="bilinear", align_corners=False, antialias=False)
+    return y[0].round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+
+
 class _Converter:
     """Frame -> uint8 RGB array at the target size, with one reusable swscale context."""
 
-    def __init__(self, size: Size, threads: int = 1):
+    def __init__(self, size: Size, threads: int = 1, resize_filter: str = "swscale"):
         self.size = size
         self.threads = int(threads)  # swscale threads; 0 lets it pick (costs CPU time on small frames)
+        self.resize_filter = check_resize_filter(resize_filter)
         self.reformatter = VideoReformatter()
 
     def __call__(self, frame: "av.VideoFrame") -> np.ndarray:
@@ -151,6 +178,9 @@ class _Converter:
             width, height = frame.width, frame.height
         else:
             height, width = int(self.size[0]), int(self.size[1])
+        if self.resize_filter == "bilinear":
+            rgb = self.reformatter.reformat(frame, format="rgb24", interpolation="BILINEAR", threads=self.threads).to_ndarray()
+            return rgb if rgb.shape[:2] == (height, width) else bilinear_resize(rgb, (height, width))
         out = self.reformatter.reformat(
             frame, width=width, height=height, format="rgb24", interpolation="BILINEAR", threads=self.threads
         )
@@ -346,11 +376,13 @@ def _nearest_frames(
 
 # --------------------------------------------------------------------------- public API
 def decode_frames_at(
-    path: PathLike, times: Sequence[float] | np.ndarray, size: Size = None, threads: int = 1
+    path: PathLike, times: Sequence[float] | np.ndarray, size: Size = None, threads: int = 1,
+    resize_filter: str = "swscale",
 ) -> np.ndarray:
     """The source frames nearest ``times`` (any order, any shape), as uint8 ``(*times.shape, H, W, 3)``.
 
-    One seek to the keyframe before the earliest time, then one forward pass.
+    One seek to the keyframe before the earliest time, then one forward pass. ``resize_filter``:
+    how frames are scaled to ``size`` (``swscale`` | ``bilinear``, see the module docstring).
     """
     times = np.asarray(times, dtype=np.float64)
     flat = times.reshape(-1)
@@ -362,9 +394,10 @@ def decode_frames_at(
     positions = np.argsort(inverse, kind="stable")
     bounds = np.searchsorted(inverse[positions], np.arange(len(unique) + 1))
     out: Optional[np.ndarray] = None
+    convert = _Converter(size, threads, resize_filter)
     container, stream = _open(path, threads)
     try:
-        for i, rgb in _nearest_frames(path, container, stream, unique, _Converter(size, threads), seek=True):
+        for i, rgb in _nearest_frames(path, container, stream, unique, convert, seek=True):
             if out is None:
                 out = np.empty((flat.size,) + rgb.shape, np.uint8)
             out[positions[bounds[i] : bounds[i + 1]]] = rgb
@@ -380,13 +413,15 @@ def decode_clips(
     fps: float,
     size: Size = None,
     threads: int = 1,
+    resize_filter: str = "swscale",
 ) -> np.ndarray:
     """Clips starting at ``starts`` (s), decoded together: uint8 ``(K, frames, H, W, 3)``.
 
     The clips of one segment share one seek and one forward pass; GOPs between clips that
     hold none of their frames are skipped without being decoded.
     """
-    return decode_frames_at(path, clip_frame_times(starts, frames, fps), size=size, threads=threads)
+    return decode_frames_at(path, clip_frame_times(starts, frames, fps), size=size, threads=threads,
+                            resize_filter=resize_filter)
 
 
 def iter_video_clips(
@@ -397,6 +432,7 @@ def iter_video_clips(
     size: Size = None,
     chunk: int = 64,
     threads: int = 1,
+    resize_filter: str = "swscale",
 ) -> Iterator[Tuple[int, np.ndarray]]:
     """Every clip of a video in ONE sequential pass, ``chunk`` clips at a time.
 
@@ -416,12 +452,13 @@ def iter_video_clips(
     inverse = inverse.reshape(times.shape)
     last_needed = inverse.max(axis=1)  # per clip: the last wanted-time index it uses
     first_needed = inverse.min(axis=1)
+    convert = _Converter(size, threads, resize_filter)
     container, stream = _open(path, threads)
     try:
         held: dict = {}
         c0 = 0
         num = len(starts)
-        for i, rgb in _nearest_frames(path, container, stream, unique, _Converter(size, threads), seek=True):
+        for i, rgb in _nearest_frames(path, container, stream, unique, convert, seek=True):
             held[i] = rgb
             c1 = min(c0 + chunk, num)
             while c0 < num and last_needed[c1 - 1] <= i:

@@ -11,9 +11,10 @@ Same frames as decoding: a wanted time takes the frame whose timestamp is neares
 earlier frame), times before the first frame take the first, after the last the last, exactly
 the rule of :func:`clap_bench.clips.decode.decode_frames_at`; a truncated file raises the same
 ``VideoDecodeError`` when a clip reaches past its last frame. Frames are converted by the same
-swscale call at the same size, so cached and decoded clips are identical arrays.
+call at the same size (the same ``resize_filter``), so cached and decoded clips are identical arrays.
 
-Entries are keyed by the file (resolved path, size, mtime) and the frame size, written to a
+Entries are keyed by the file (resolved path, size, mtime), the frame size and the resize filter
+(an entry made with one filter is never read for the other), written to a
 temporary name and renamed into place (concurrent writers of one entry are harmless: the last
 rename wins and both wrote the same bytes). An entry that cannot be read (a crash, a full disk)
 is rebuilt. ``max_bytes`` bounds the folder: the least recently used entries are removed first.
@@ -38,6 +39,7 @@ from clap_bench.clips.decode import (
     _declared_duration,
     _open,
     _stream_timing,
+    check_resize_filter,
     clip_frame_times,
 )
 
@@ -69,10 +71,13 @@ def nearest_frame_indices(frame_times: Sequence[float] | np.ndarray, times: Sequ
 class FrameCache:
     """Frames of whole videos at one size, decoded once into ``root``."""
 
-    def __init__(self, root: PathLike, size: Tuple[int, int], max_bytes: Optional[int] = None):
-        """``size``: (height, width) of the stored frames (the profile's ``clips.resize``)."""
+    def __init__(self, root: PathLike, size: Tuple[int, int], max_bytes: Optional[int] = None,
+                 resize_filter: str = "swscale"):
+        """``size``: (height, width) of the stored frames (the profile's ``clips.resize``);
+        ``resize_filter``: how they are scaled to it (``clips.resize_filter``)."""
         self.root = Path(root).expanduser()
         self.size = (int(size[0]), int(size[1]))
+        self.resize_filter = check_resize_filter(resize_filter)
         self.max_bytes = None if max_bytes is None else int(max_bytes)
         self.hits = 0
         self.misses = 0
@@ -87,7 +92,10 @@ class FrameCache:
     def key(self, path: PathLike) -> str:
         path = Path(path).resolve()
         st = path.stat()
-        blob = json.dumps([FORMAT, str(path), st.st_size, st.st_mtime_ns, self.size])
+        ident = [FORMAT, str(path), st.st_size, st.st_mtime_ns, self.size]
+        if self.resize_filter != "swscale":  # swscale entries keep the keys they had before the filter was a choice
+            ident.append(self.resize_filter)
+        blob = json.dumps(ident)
         return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
     def _files(self, key: str) -> Tuple[Path, Path]:
@@ -133,6 +141,8 @@ class FrameCache:
             times = np.asarray(meta["times"], dtype=np.float64)
             if frames.shape[0] != len(times) or tuple(frames.shape[1:3]) != self.size or len(times) == 0:
                 raise ValueError(f"shape {frames.shape} does not match {len(times)} frames of {self.size}")
+            if meta.get("resize_filter", "swscale") != self.resize_filter:
+                raise ValueError(f"made with resize filter {meta.get('resize_filter', 'swscale')!r}, not {self.resize_filter!r}")
         except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
             log.warning("frame cache entry %s is unreadable (%s); decoding the video again", frames_file, e)
             for f in (frames_file, meta_file):
@@ -150,7 +160,7 @@ class FrameCache:
             if time_base <= 0:
                 raise VideoDecodeError(path, "video stream has no time base")
             declared = _declared_duration(container, stream, time_base)
-            convert = _Converter(self.size, 1)
+            convert = _Converter(self.size, 1, self.resize_filter)
             times, images = [], []
             prev_t = None
             try:
@@ -183,7 +193,8 @@ class FrameCache:
             np.save(f, frames)
         tmp_meta = meta_file.with_name(meta_file.name + tag)
         tmp_meta.write_text(json.dumps({"video": str(path.resolve()), "times": times, "declared": declared,
-                                        "frame_seconds": frame_seconds, "size": self.size}))
+                                        "frame_seconds": frame_seconds, "size": self.size,
+                                        **({} if self.resize_filter == "swscale" else {"resize_filter": self.resize_filter})}))
         os.replace(tmp_frames, frames_file)  # frames first: an entry counts only once its meta exists
         os.replace(tmp_meta, meta_file)
 
@@ -217,4 +228,5 @@ def frame_cache_for(profile) -> Optional[FrameCache]:
         return None
     size = (int(profile.clips.resize[0]), int(profile.clips.resize[1]))
     root = Path(profile.data.cache_dir).expanduser() / "frames" / f"{size[0]}x{size[1]}"
-    return FrameCache(root, size, max_bytes=int(profile.data.frame_cache_max_gb * 1e9))
+    return FrameCache(root, size, max_bytes=int(profile.data.frame_cache_max_gb * 1e9),
+                      resize_filter=profile.clips.resize_filter)

@@ -69,7 +69,8 @@ class _VideoClipChunks(torch.utils.data.IterableDataset):
                     blocks = ((i, self.frame_cache.clips(video.path, starts[i : i + self.chunk], c.frames, c.fps))
                               for i in range(0, len(starts), self.chunk))
                 else:
-                    blocks = iter_video_clips(video.path, starts, c.frames, c.fps, size=tuple(c.resize), chunk=self.chunk)
+                    blocks = iter_video_clips(video.path, starts, c.frames, c.fps, size=tuple(c.resize), chunk=self.chunk,
+                                              resize_filter=c.resize_filter)
                 for first, block in blocks:
                     yield video.id, first, len(starts), transform_clips(block, c.crop, train=False), None
             except VideoDecodeError as e:
