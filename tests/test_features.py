@@ -54,7 +54,7 @@ def test_resume_skips_done_videos_and_drops_a_half_written_one(tmp_path):
     out = tmp_path / "f.h5"
     # The state a crash leaves: two videos in, one under its temporary name, not complete.
     with h5py.File(out, "w") as f:
-        f.attrs["checkpoint_hash"] = "abc"
+        f.attrs.update(ATTRS)  # written before the first video
         f.attrs["complete"] = False
         f.create_dataset("v_00", data=np.zeros((2, 5), np.float32))
         f.create_dataset("v_01", data=np.zeros((3, 5), np.float32))
@@ -81,6 +81,79 @@ def test_other_checkpoint_refuses_to_mix(tmp_path):
     write_features(out, ATTRS, _videos(1), _fake_encode())
     with pytest.raises(ValueError, match="checkpoint abc"):
         write_features(out, {**ATTRS, "checkpoint_hash": "def"}, _videos(2), _fake_encode())
+
+
+def _grid_attrs(profile, checkpoint, dataset="activitynet"):
+    from clap_bench.encoders import file_hash
+    from clap_bench.features.extract import FEATURES_FORMAT
+
+    c, ex = profile.clips, profile.extract
+    return {"format": FEATURES_FORMAT, "dataset": dataset, "checkpoint_hash": file_hash(checkpoint),
+            "stride": ex.stride_frames, "stride_frames": ex.stride_frames, "last_clip": ex.last_clip, "fps": c.fps,
+            "frames": c.frames, "size": c.crop, "resize": list(c.resize), "resize_filter": c.resize_filter}
+
+
+@pytest.mark.parametrize("key,other", [("checkpoint_hash", "0123456789ab"), ("stride_frames", 3), ("fps", 5.0),
+                                       ("frames", 8), ("last_clip", "frames"), ("resize", [10, 12]), ("size", 9),
+                                       ("resize_filter", "bilinear")])
+def test_a_complete_file_made_otherwise_is_refused_not_returned(tmp_path, key, other):
+    from clap_bench.config import load_profile
+    from clap_bench.features.extract import extract_features
+
+    profile = load_profile("smoke")
+    checkpoint = tmp_path / "model.pt"
+    checkpoint.write_bytes(b"not loaded when the file is reused or refused")
+    same = _grid_attrs(profile, checkpoint)
+    out = tmp_path / "same.h5"
+    write_features(out, same, _videos(2), _fake_encode())
+    assert extract_features(profile, checkpoint, "activitynet", out, progress=False) == out  # reused
+    out = tmp_path / "other.h5"
+    write_features(out, {**same, key: other}, _videos(2), _fake_encode())
+    with pytest.raises(ValueError) as e:
+        extract_features(profile, checkpoint, "activitynet", out, progress=False)
+    msg = str(e.value)
+    assert str(out) in msg and "delete the file or choose another --out" in msg
+    assert (key in msg and repr(other) in msg) if key != "checkpoint_hash" else f"checkpoint {other}, not {same[key]}" in msg
+
+
+def test_a_partial_file_made_otherwise_is_not_resumed(tmp_path):
+    out = tmp_path / "f.h5"
+
+    def crash_after_one(todo):
+        yield next(_fake_encode()(todo[:1]))
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_features(out, {**ATTRS, "stride_frames": 8}, _videos(3), crash_after_one)
+    with pytest.raises(ValueError, match=r"stride_frames=8, this extraction wants stride_frames=16.*delete the file"):
+        write_features(out, {**ATTRS, "stride_frames": 16}, _videos(3), _fake_encode())
+    with h5py.File(out, "r") as f:  # left as it was
+        assert f.attrs["stride_frames"] == 8 and list(f.keys()) == ["v_00"] and not f.attrs["complete"]
+    written, _ = write_features(out, {**ATTRS, "stride_frames": 8}, _videos(3), _fake_encode())
+    assert written == 2
+
+
+def test_a_file_with_skipped_videos_is_not_complete_and_a_rerun_tries_them_again(tmp_path):
+    out = tmp_path / "f.h5"
+    broken = {"v_01"}
+    asked = []
+
+    def encode(todo):
+        for v in todo:
+            asked.append(v.id)
+            yield (v.id, None, "corrupt video data") if v.id in broken else next(_fake_encode()([v]))
+
+    write_features(out, ATTRS, _videos(3), encode)
+    with h5py.File(out, "r") as f:
+        assert f.attrs["finished"] and not f.attrs["complete"] and json.loads(f.attrs["skipped_videos"]) == ["v_01"]
+    with read_features(out) as ff:  # readers take a finished file
+        assert sorted(ff.keys()) == ["v_00", "v_02"]
+    broken.clear()
+    asked.clear()
+    written, errors = write_features(out, ATTRS, _videos(3), encode)
+    assert asked == ["v_01"] and (written, errors) == (1, [])
+    with h5py.File(out, "r") as f:
+        assert f.attrs["complete"] and json.loads(f.attrs["skipped_videos"]) == []
 
 
 def test_shards_merge_into_one_file_when_all_are_complete(tmp_path):

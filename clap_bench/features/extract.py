@@ -4,11 +4,15 @@ Layout (the one of TSP's released feature files, read as-is by the G-TAD / 2D-TA
 flat HDF5 file, one float32 dataset of shape ``(T, D)`` per video, named by the video id; clip
 ``t`` starts at ``t * stride_frames / fps`` seconds and covers ``frames / fps`` seconds. File
 attributes say how the features were made (method, seed, checkpoint hash, stride, fps, frames,
-crop size, ...) and ``complete=True`` is set only once every video is in.
+crop size, ...). ``finished=True`` is set once every video has been tried (readers accept the file
+from then on; ``skipped_videos`` lists those that could not be read), ``complete=True`` only once
+every video is in: a run on a finished file that skipped videos tries those again.
 
 Crash safety and resuming: each video is written under a temporary name, flushed, then renamed to
 its id, so a dataset named by a video id is always whole; temporary entries left by a crash are
-deleted on the next start and videos already present are skipped.
+deleted on the next start and videos already present are skipped. A file is reused or resumed
+only when it was made the same way: the checkpoint hash and every grid and preprocessing
+attribute (``IDENTITY_ATTRS``) must match, else the run stops naming the file and the attribute.
 
 Sharding (``shard=(i, n)``): shard ``i`` of ``n`` writes the videos ``i, i+n, i+2n, ...`` of the
 sorted id list into ``<out>.shard-i-of-n.h5``. The shard that finishes last (all shard files
@@ -32,6 +36,45 @@ from clap_bench.config import ClipConfig, EncoderConfig, ExtractConfig, Profile,
 
 FEATURES_FORMAT = "clap_bench.features/1"
 _TMP_PREFIX = "__partial__"
+# Attributes a file must share with an extraction to be reused or resumed by it (those the
+# extraction states): which features, of which videos, on which clip grid, from which pixels.
+IDENTITY_ATTRS = ("format", "dataset", "checkpoint_hash", "encoder", "feature_dim", "stride", "stride_frames",
+                  "last_clip", "fps", "frames", "size", "resize", "resize_filter")
+# The value of an identity attribute in files written before the attribute existed.
+_LEGACY_ATTRS = {"resize_filter": "swscale", "last_clip": "span"}
+
+
+def _attr_value(value: object) -> object:
+    """An attribute as plain Python (h5py gives numpy scalars and arrays back)."""
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, (np.ndarray, list, tuple)):
+        return np.asarray(value).tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def check_identity(path: Path, found: Dict[str, object], wanted: Dict[str, object]) -> None:
+    """Raise ValueError when a file's attributes ``found`` differ from ``wanted`` on an identity attribute."""
+    for key in IDENTITY_ATTRS:
+        if key not in wanted:
+            continue
+        want = _attr_value(wanted[key])
+        if key not in found and key not in _LEGACY_ATTRS:
+            what = f"does not record {key} (this extraction wants {key}={want!r})"
+        else:
+            have = _attr_value(found[key]) if key in found else _LEGACY_ATTRS[key]
+            if have == want:
+                continue
+            what = (f"holds features of checkpoint {have}, not {want}" if key == "checkpoint_hash"
+                    else f"made with {key}={have!r}, this extraction wants {key}={want!r}")
+        raise ValueError(f"{path}: {what}; its features cannot be reused or resumed: delete the file or choose another --out")
+
+
+def _is_finished(attrs) -> bool:
+    """Every video tried (files written before ``finished`` existed: ``complete``)."""
+    return bool(attrs.get("finished", attrs.get("complete", False)))
 
 
 @dataclass(frozen=True)
@@ -150,13 +193,11 @@ def _open_for_append(path: Path, attrs: Dict[str, object]) -> h5py.File:
             print(f"{path}: unreadable ({e}); moved to {broken}, starting the file again")
             f = h5py.File(path, "w")
         else:
-            old = f.attrs.get("checkpoint_hash")
-            if old is not None and old != attrs["checkpoint_hash"]:
+            try:
+                check_identity(path, dict(f.attrs), attrs)
+            except ValueError:
                 f.close()
-                raise ValueError(
-                    f"{path}: holds features of checkpoint {old}, not {attrs['checkpoint_hash']}; "
-                    "remove it or choose another --out"
-                )
+                raise
             for name in [k for k in f.keys() if k.startswith(_TMP_PREFIX)]:
                 del f[name]  # a video whose write a crash interrupted
     else:
@@ -165,6 +206,7 @@ def _open_for_append(path: Path, attrs: Dict[str, object]) -> h5py.File:
     for k, v in attrs.items():
         f.attrs[k] = v
     f.attrs["complete"] = False
+    f.attrs["finished"] = False
     f.flush()
     return f
 
@@ -177,7 +219,10 @@ def write_features(
 ) -> Tuple[int, List[str]]:
     """Append the features of ``videos`` missing from ``path``; ``encode(todo)`` yields (id, feats, err).
 
-    Returns (number of videos written now, errors). Marks the file complete when nothing failed.
+    An existing file must have been made as ``attrs`` say (``check_identity``). Returns (number of
+    videos written now, errors). Marks the file finished once every video was tried, and complete
+    when every video is in (nothing failed, now or before); the videos that failed are listed in
+    ``skipped_videos`` and tried again by the next call.
     """
     f = _open_for_append(path, attrs)
     errors: List[str] = []
@@ -194,8 +239,10 @@ def write_features(
             f.move(tmp, vid)
             f.flush()
             written += 1
-        f.attrs["skipped_videos"] = json.dumps(sorted(e.split(":", 1)[0] for e in errors))
-        f.attrs["complete"] = True
+        skipped = sorted(e.split(":", 1)[0] for e in errors)
+        f.attrs["skipped_videos"] = json.dumps(skipped)
+        f.attrs["finished"] = True
+        f.attrs["complete"] = not skipped and all(v.id in f for v in videos)
         f.flush()
     finally:
         f.close()
@@ -203,15 +250,18 @@ def write_features(
 
 
 def merge_feature_shards(out_path: Path, num_shards: int) -> Optional[Path]:
-    """Merge complete shard files into ``out_path`` (atomically); None while a shard is unfinished."""
+    """Merge finished shard files into ``out_path`` (atomically); None while a shard is unfinished.
+
+    The merged file is complete when every shard is; a shard's skipped videos stay listed."""
     out_path = Path(out_path)
     shards = [shard_path(out_path, (i, num_shards)) for i in range(num_shards)]
     with file_lock(out_path.with_name(out_path.name + ".lock")):
         if out_path.exists() and _is_complete(out_path):
             return out_path
         for s in shards:
-            if not s.exists() or not _is_complete(s):
+            if not s.exists() or not _is_finished(_read_attrs(s)):
                 return None
+        complete = all(_is_complete(s) for s in shards)
         tmp = out_path.with_name(f".{out_path.name}.merging")
         skipped: List[str] = []
         with h5py.File(tmp, "w") as dst:
@@ -225,19 +275,27 @@ def merge_feature_shards(out_path: Path, num_shards: int) -> Optional[Path]:
                         src.copy(src[vid], dst, name=vid)
             dst.attrs["skipped_videos"] = json.dumps(sorted(skipped))
             dst.attrs["shards"] = num_shards
-            dst.attrs["complete"] = True
+            dst.attrs["finished"] = True
+            dst.attrs["complete"] = complete
         os.replace(tmp, out_path)
         for s in shards:
             s.unlink()
         return out_path
 
 
-def _is_complete(path: Path) -> bool:
+def _read_attrs(path: Path) -> Dict[str, object]:
+    """A feature file's attributes; empty when it cannot be read."""
     try:
         with h5py.File(path, "r") as f:
-            return bool(f.attrs.get("complete", False))
+            return dict(f.attrs)
     except OSError:
-        return False
+        return {}
+
+
+def _is_complete(path: Path) -> bool:
+    """Every video in: finished, and none skipped."""
+    attrs = _read_attrs(path)
+    return bool(attrs.get("complete", False)) and not json.loads(_attr_value(attrs.get("skipped_videos", "[]")) or "[]")
 
 
 class FeatureFile:
@@ -253,7 +311,7 @@ class FeatureFile:
             raise RuntimeError(f"{self.path}: being written by another process (HDF5 file lock held); "
                                "read it once its extraction stage is done") from None
         self.attrs = dict(self._file.attrs)
-        if not allow_partial and not bool(self.attrs.get("complete", False)):
+        if not allow_partial and not _is_finished(self.attrs):
             self._file.close()
             raise ValueError(f"{self.path}: feature file is incomplete (extraction not finished; run it again to resume)")
 
@@ -337,8 +395,9 @@ def extract_features(
     """Extract h_v of every clip of every video of ``dataset_key`` with the backbone of ``checkpoint``.
 
     Returns the merged file (or this shard's file while other shards are unfinished). Resumes a
-    partial file, skips a finished one. Videos that cannot be decoded are skipped and listed in
-    the file's ``skipped_videos`` attribute.
+    partial file, returns a complete one, and refuses one made otherwise (another checkpoint,
+    clip grid or preprocessing: ``check_identity``). Videos that cannot be decoded are skipped
+    and listed in the file's ``skipped_videos`` attribute; a later run tries them again.
     """
     from clap_bench.clips.frame_cache import frame_cache_for
     from clap_bench.encoders import build_video_encoder, file_hash
@@ -349,24 +408,11 @@ def extract_features(
     if not (0 <= i < n):
         raise ValueError(f"shard {i}/{n}: expected 0 <= i < n")
     target = out_path if n == 1 else shard_path(out_path, shard)
-    if out_path.exists() and _is_complete(out_path):
-        return out_path
-    ckpt = load_checkpoint(checkpoint)
-    meta = ckpt.get("meta", {})
-    enc_cfg = from_dict(EncoderConfig, meta.get("encoder"), f"{checkpoint}: meta.encoder")
-    encoder = build_video_encoder(enc_cfg, weights=None)
-    encoder.load_weights(checkpoint)
-    videos = dataset_videos(profile, dataset_key)[i::n]
     clips, ex = profile.clips, profile.extract
-    attrs = {
+    grid = {
         "format": FEATURES_FORMAT,
         "dataset": dataset_key,
-        "method": str(meta.get("method", "")),
-        "seed": int(ckpt.get("seed", -1)),
-        "checkpoint": str(checkpoint),
         "checkpoint_hash": file_hash(checkpoint),
-        "encoder": enc_cfg.arch,
-        "feature_dim": int(encoder.out_dim),
         "stride": int(ex.stride_frames),
         "stride_frames": int(ex.stride_frames),
         "last_clip": str(ex.last_clip),
@@ -374,6 +420,28 @@ def extract_features(
         "frames": int(clips.frames),
         "size": int(clips.crop),
         "resize": list(clips.resize),
+        "resize_filter": str(clips.resize_filter),
+    }
+    if out_path.exists():
+        found = _read_attrs(out_path)
+        if found:
+            check_identity(out_path, found, grid)
+        # A merged file is not extracted again shard by shard: its skipped videos stay listed.
+        if _is_complete(out_path) or (n > 1 and _is_finished(found)):
+            return out_path
+    ckpt = load_checkpoint(checkpoint)
+    meta = ckpt.get("meta", {})
+    enc_cfg = from_dict(EncoderConfig, meta.get("encoder"), f"{checkpoint}: meta.encoder")
+    encoder = build_video_encoder(enc_cfg, weights=None)
+    encoder.load_weights(checkpoint)
+    videos = dataset_videos(profile, dataset_key)[i::n]
+    attrs = {
+        **grid,
+        "method": str(meta.get("method", "")),
+        "seed": int(ckpt.get("seed", -1)),
+        "checkpoint": str(checkpoint),
+        "encoder": enc_cfg.arch,
+        "feature_dim": int(encoder.out_dim),
         "profile": profile.name,
     }
     if ex.snap_duration_to_frames:  # only when on: files made without the key keep their bytes
