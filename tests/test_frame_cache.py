@@ -131,3 +131,80 @@ def test_unreadable_videos_raise_the_decoders_errors(videos, tmp_path):
         cache.clips(videos["root"] / "v_missing.mp4", [0.0], 4, 7.5)
     with pytest.raises(VideoDecodeError, match="truncated"):
         cache.clips(videos["root"] / "v_truncated.mp4", [3.5], 4, 7.5)
+
+
+def test_temporary_files_of_dead_writers_are_removed_and_live_ones_counted(videos, tmp_path):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from clap_bench.clips.frame_cache import _host
+
+    one = FrameCache(tmp_path / "probe", (HEIGHT, WIDTH))
+    one.clips(videos["v30"], [0.0], 4, 7.5)
+    size_v30 = one.disk_bytes()
+    root = tmp_path / "frames"
+    cache = FrameCache(root, (HEIGHT, WIDTH), max_bytes=int(size_v30 * 2.5))
+    cache.clips(videos["v30"], [0.0], 4, 7.5)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    crashed = root / f"abc.frames.npy.tmp-{_host()}-{dead_pid}"  # a writer killed before its rename
+    crashed.write_bytes(b"x" * 1000)
+    old = root / "def.frames.npy.tmp-4242"  # an older name, or another host's writer, hours ago
+    old.write_bytes(b"x" * 1000)
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    live = root / f"ghi.frames.npy.tmp-{_host()}-{os.getpid()}"  # a writer at work (this process)
+    live.write_bytes(b"x" * size_v30)
+    cache.clips(videos["v12"], [0.0], 4, 7.5)  # v30 + the live file + v12 exceed the bound: v30 goes
+    assert not crashed.exists() and not old.exists() and live.exists()
+    metas = [json.loads(m.read_text())["video"] for m in root.glob("*.meta.json")]
+    assert metas == [str(Path(videos["v12"]).resolve())]
+
+
+def test_an_entry_removed_by_another_process_is_a_miss_not_an_error(videos, tmp_path, monkeypatch):
+    import os
+
+    import clap_bench.clips.frame_cache as fc
+
+    want = decode_clips(videos["v12"], [0.5], 4, 4.0, (HEIGHT, WIDTH))
+    FrameCache(tmp_path / "frames", (HEIGHT, WIDTH)).clips(videos["v12"], [0.5], 4, 4.0)
+    real_utime = os.utime
+    evicted = []
+
+    def evicted_meanwhile(path, *args, **kwargs):  # another process's size bound removes the entry first
+        if not evicted:
+            evicted.append(path)
+            for f in (tmp_path / "frames").glob("*"):
+                f.unlink()
+        return real_utime(path, *args, **kwargs)
+
+    monkeypatch.setattr(fc.os, "utime", evicted_meanwhile)
+    cache = FrameCache(tmp_path / "frames", (HEIGHT, WIDTH))
+    np.testing.assert_array_equal(cache.clips(videos["v12"], [0.5], 4, 4.0), want)
+    assert evicted and cache.misses == 1
+
+
+def test_hits_served_from_open_entries_refresh_their_recency(videos, tmp_path):
+    import os
+    import shutil
+    import time
+
+    sizes = {}
+    for name in ("v30", "v12"):
+        probe = FrameCache(tmp_path / f"probe_{name}", (HEIGHT, WIDTH))
+        probe.clips(videos[name], [0.0], 4, 7.5)
+        sizes[name] = probe.disk_bytes()
+    third = tmp_path / "v_twelve_copy.mp4"
+    shutil.copy(videos["v12"], third)
+    root = tmp_path / "frames"
+    cache = FrameCache(root, (HEIGHT, WIDTH), max_bytes=int(sizes["v30"] + 1.5 * sizes["v12"]))
+    cache.touch_every = 0.0
+    cache.clips(videos["v30"], [0.0], 4, 7.5)
+    cache.clips(videos["v12"], [0.0], 4, 7.5)
+    for age, name in ((300, "v30"), (200, "v12")):  # v30 loaded first
+        os.utime(root / f"{cache.key(videos[name])}.meta.json", (time.time() - age, time.time() - age))
+    cache.clips(videos["v30"], [1.0], 4, 7.5)  # a hit from the open entry: v30 is now the most recent
+    cache.clips(third, [0.0], 4, 7.5)  # one entry must go: the least recently used, v12
+    metas = sorted(json.loads(m.read_text())["video"] for m in root.glob("*.meta.json"))
+    assert metas == sorted([str(Path(videos["v30"]).resolve()), str(third.resolve())])

@@ -15,9 +15,13 @@ call at the same size (the same ``resize_filter``), so cached and decoded clips 
 
 Entries are keyed by the file (resolved path, size, mtime), the frame size and the resize filter
 (an entry made with one filter is never read for the other), written to a
-temporary name and renamed into place (concurrent writers of one entry are harmless: the last
-rename wins and both wrote the same bytes). An entry that cannot be read (a crash, a full disk)
-is rebuilt. ``max_bytes`` bounds the folder: the least recently used entries are removed first.
+temporary name (``.tmp-<host>-<pid>``) and renamed into place (concurrent writers of one entry
+are harmless: the last rename wins and both wrote the same bytes). Temporary files a crashed
+writer left are deleted by the next writer: those of a process no longer alive on this host, and
+any older than ``STALE_TMP_SECONDS``. An entry that cannot be read (a crash, a full disk) is
+rebuilt; one another process removed meanwhile is a miss. ``max_bytes`` bounds the folder,
+temporary files included: the least recently used entries are removed first (a hit marks an
+entry used, at most once per ``touch_every`` seconds per process).
 Real datasets are far too large for this (ActivityNet is thousands of hours); the ``paper``
 profile keeps it off.
 """
@@ -28,6 +32,8 @@ import hashlib
 import json
 import logging
 import os
+import socket
+import time
 from pathlib import Path
 from typing import Optional, Sequence, Tuple
 
@@ -47,6 +53,42 @@ log = logging.getLogger(__name__)
 
 PathLike = str | Path
 FORMAT = 1
+STALE_TMP_SECONDS = 3600.0  # a temporary file this old is a crashed writer's, whoever wrote it
+
+
+def _host() -> str:
+    return socket.gethostname().replace("-", "_") or "host"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def _is_stale_tmp(path: Path, now: float) -> bool:
+    """A temporary entry file no live writer will rename: its writer's process (on this host) is
+    gone, or it is older than ``STALE_TMP_SECONDS``."""
+    try:
+        age = now - path.stat().st_mtime
+    except FileNotFoundError:
+        return False
+    if age > STALE_TMP_SECONDS:
+        return True
+    tag = path.name.rsplit(".tmp-", 1)[-1]
+    host, _, pid = tag.rpartition("-")
+    return host == _host() and pid.isdigit() and not _pid_alive(int(pid))
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:  # removed by another process meanwhile
+        return 0
 
 
 def _midpoints(frame_times: np.ndarray) -> np.ndarray:
@@ -81,11 +123,14 @@ class FrameCache:
         self.max_bytes = None if max_bytes is None else int(max_bytes)
         self.hits = 0
         self.misses = 0
+        self.touch_every = 60.0  # seconds between two recency marks of one entry by this process
         self._open: dict = {}  # key -> (frames memmap, midpoints, last_t, declared, frame_seconds)
+        self._touched: dict = {}  # key -> time.monotonic() of this process's last recency mark
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state["_open"] = {}  # DataLoader workers map the files themselves (a memmap would be copied)
+        state["_touched"] = {}
         return state
 
     # ------------------------------------------------------------------ keys and files
@@ -108,7 +153,10 @@ class FrameCache:
         if not path.is_file():
             _open(path, 1)  # raises the decoder's own error (missing, directory, empty)
         key = self.key(path)
-        entry = self._open.get(key) or self._load(key)
+        entry = self._open.get(key)
+        if entry is not None and not self._touch(key):
+            entry = None  # another process removed it: a miss
+        entry = entry or self._load(key)
         if entry is None:
             self.misses += 1
             self._build(path, key)
@@ -131,6 +179,21 @@ class FrameCache:
         return self.frames_at(path, clip_frame_times(starts, frames, fps))
 
     # ------------------------------------------------------------------ entries
+    def _touch(self, key: str, force: bool = False) -> bool:
+        """Mark an entry used (its meta file's mtime orders the size bound's evictions), at most
+        once per ``touch_every`` seconds; False when the entry no longer exists."""
+        now = time.monotonic()
+        if not force and now - self._touched.get(key, -float("inf")) < self.touch_every:
+            return True
+        try:
+            os.utime(self._files(key)[1])
+        except FileNotFoundError:
+            self._open.pop(key, None)
+            self._touched.pop(key, None)
+            return False
+        self._touched[key] = now
+        return True
+
     def _load(self, key: str):
         frames_file, meta_file = self._files(key)
         if not (frames_file.exists() and meta_file.exists()):
@@ -143,14 +206,17 @@ class FrameCache:
                 raise ValueError(f"shape {frames.shape} does not match {len(times)} frames of {self.size}")
             if meta.get("resize_filter", "swscale") != self.resize_filter:
                 raise ValueError(f"made with resize filter {meta.get('resize_filter', 'swscale')!r}, not {self.resize_filter!r}")
+        except FileNotFoundError:  # removed by another process since the check: a miss
+            return None
         except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
             log.warning("frame cache entry %s is unreadable (%s); decoding the video again", frames_file, e)
             for f in (frames_file, meta_file):
                 f.unlink(missing_ok=True)
             return None
-        os.utime(meta_file)  # least-recently-used order for the size bound
         entry = (frames, _midpoints(times), float(times[-1]), float(meta["declared"]), float(meta["frame_seconds"]))
         self._open[key] = entry
+        if not self._touch(key, force=True):  # least-recently-used order for the size bound
+            return None
         return entry
 
     def _build(self, path: Path, key: str) -> None:
@@ -184,10 +250,11 @@ class FrameCache:
         if not images:
             raise VideoDecodeError(path, "no frames could be decoded")
         frames = np.stack(images)
+        self._remove_stale_tmp()
         self._make_room(frames.nbytes)
         self.root.mkdir(parents=True, exist_ok=True)
         frames_file, meta_file = self._files(key)
-        tag = f".tmp-{os.getpid()}"
+        tag = f".tmp-{_host()}-{os.getpid()}"
         tmp_frames = frames_file.with_name(frames_file.name + tag)
         with open(tmp_frames, "wb") as f:
             np.save(f, frames)
@@ -198,18 +265,37 @@ class FrameCache:
         os.replace(tmp_frames, frames_file)  # frames first: an entry counts only once its meta exists
         os.replace(tmp_meta, meta_file)
 
+    def _tmp_files(self) -> list:
+        return sorted(self.root.glob("*.tmp-*")) if self.root.is_dir() else []
+
+    def _remove_stale_tmp(self) -> None:
+        """Delete the temporary files of writers that crashed between writing and renaming."""
+        now = time.time()
+        for tmp in self._tmp_files():
+            if _is_stale_tmp(tmp, now):
+                log.info("frame cache: removing %s, left by a writer that did not finish", tmp)
+                tmp.unlink(missing_ok=True)
+
     def _make_room(self, incoming: int) -> None:
-        """Remove least recently used entries until ``incoming`` more bytes fit under ``max_bytes``."""
+        """Remove least recently used entries until ``incoming`` more bytes fit under ``max_bytes``
+        (temporary files of writers at work count, but are not removed)."""
         if self.max_bytes is None or not self.root.is_dir():
             return
-        metas = sorted(self.root.glob("*.meta.json"), key=lambda p: p.stat().st_mtime)
+
+        def used(meta: Path) -> float:
+            try:
+                return meta.stat().st_mtime
+            except FileNotFoundError:
+                return -1.0
+
+        metas = sorted(self.root.glob("*.meta.json"), key=used)
         sizes = {m: (m.with_name(m.name.replace(".meta.json", ".frames.npy"))) for m in metas}
-        total = sum(f.stat().st_size for f in sizes.values() if f.exists())
+        total = sum(_size(f) for f in sizes.values()) + sum(_size(t) for t in self._tmp_files())
         for meta in metas:
             if total + incoming <= self.max_bytes:
                 break
             frames_file = sizes[meta]
-            freed = frames_file.stat().st_size if frames_file.exists() else 0
+            freed = _size(frames_file)
             meta.unlink(missing_ok=True)
             frames_file.unlink(missing_ok=True)
             self._open = {k: v for k, v in self._open.items() if not str(frames_file).startswith(str(self.root / k))}
@@ -219,7 +305,10 @@ class FrameCache:
                         self.root, incoming / 1e6, self.max_bytes / 1e9)
 
     def disk_bytes(self) -> int:
-        return sum(f.stat().st_size for f in self.root.glob("*.frames.npy")) if self.root.is_dir() else 0
+        """Bytes of the stored frames, temporary files included."""
+        if not self.root.is_dir():
+            return 0
+        return sum(_size(f) for f in self.root.glob("*.frames.npy")) + sum(_size(t) for t in self._tmp_files())
 
 
 def frame_cache_for(profile) -> Optional[FrameCache]:
