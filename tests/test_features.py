@@ -95,7 +95,7 @@ def _grid_attrs(profile, checkpoint, dataset="activitynet"):
 
 @pytest.mark.parametrize("key,other", [("checkpoint_hash", "0123456789ab"), ("stride_frames", 3), ("fps", 5.0),
                                        ("frames", 8), ("last_clip", "frames"), ("resize", [10, 12]), ("size", 9),
-                                       ("resize_filter", "bilinear")])
+                                       ("resize_filter", "bilinear"), ("snap_duration_to_frames", True)])
 def test_a_complete_file_made_otherwise_is_refused_not_returned(tmp_path, key, other):
     from clap_bench.config import load_profile
     from clap_bench.features.extract import extract_features

@@ -39,9 +39,10 @@ _TMP_PREFIX = "__partial__"
 # Attributes a file must share with an extraction to be reused or resumed by it (those the
 # extraction states): which features, of which videos, on which clip grid, from which pixels.
 IDENTITY_ATTRS = ("format", "dataset", "checkpoint_hash", "encoder", "feature_dim", "stride", "stride_frames",
-                  "last_clip", "fps", "frames", "size", "resize", "resize_filter")
-# The value of an identity attribute in files written before the attribute existed.
-_LEGACY_ATTRS = {"resize_filter": "swscale", "last_clip": "span"}
+                  "last_clip", "snap_duration_to_frames", "fps", "frames", "size", "resize", "resize_filter")
+# The value of an identity attribute in files written before the attribute existed (or without it:
+# snap_duration_to_frames is written only when on).
+_LEGACY_ATTRS = {"resize_filter": "swscale", "last_clip": "span", "snap_duration_to_frames": False}
 
 
 def _attr_value(value: object) -> object:
@@ -421,6 +422,7 @@ def extract_features(
         "size": int(clips.crop),
         "resize": list(clips.resize),
         "resize_filter": str(clips.resize_filter),
+        "snap_duration_to_frames": bool(ex.snap_duration_to_frames),
     }
     if out_path.exists():
         found = _read_attrs(out_path)
@@ -436,7 +438,7 @@ def extract_features(
     encoder.load_weights(checkpoint)
     videos = dataset_videos(profile, dataset_key)[i::n]
     attrs = {
-        **grid,
+        **{k: v for k, v in grid.items() if k != "snap_duration_to_frames"},
         "method": str(meta.get("method", "")),
         "seed": int(ckpt.get("seed", -1)),
         "checkpoint": str(checkpoint),
