@@ -386,3 +386,29 @@ def test_log_every_logs_the_running_loss_and_changes_nothing_else(tmp_path, capl
         assert torch.equal(a, b), k
     with pytest.raises(ConfigError, match="log_every"):
         TrainConfig(log_every=-1)
+
+
+def test_global_video_features_are_cached_per_extraction_grid(tmp_path, monkeypatch):
+    # TSP's GVF max-pools the initial encoder's features over the extraction grid: a cache made on
+    # one grid (here the last clip rule) must not be served to another.
+    import clap_bench.encoders
+    import clap_bench.features.extract
+    from clap_bench.training.pretrain import global_video_features
+
+    grids = []
+
+    def fake_encode(encoder, videos, clips, stride, batch_size, workers, progress, desc, last_clip, snap_duration_to_frames):
+        grids.append(last_clip)
+        for v in videos:
+            yield v.id, np.full((3, 4), 1.0 if last_clip == "span" else 2.0, dtype=np.float32), None
+
+    monkeypatch.setattr(clap_bench.features.extract, "encode_videos", fake_encode)
+    monkeypatch.setattr(clap_bench.encoders, "build_video_encoder", lambda cfg, weights=None: None)
+    videos = [Video("v_a", 10.0, "training"), Video("v_b", 12.0, "training")]
+    gvf = {}
+    for rule in ("span", "frames", "span"):
+        profile = load_profile("smoke", overrides={"data": {"cache_dir": str(tmp_path)}, "extract": {"last_clip": rule}})
+        gvf[rule] = global_video_features(profile, None, videos, "activitynet", progress=False)
+    assert grids == ["span", "frames"]  # the third call is served from the span grid's cache
+    assert float(gvf["span"]["v_a"][0]) == 1.0 and float(gvf["frames"]["v_a"][0]) == 2.0
+    assert len(list((tmp_path / "gvf").glob("activitynet-*.pt"))) == 2

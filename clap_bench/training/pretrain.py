@@ -166,9 +166,12 @@ def global_video_features(
     from clap_bench.training.trainer import save_atomic
 
     info = info or DistInfo()
-    grid = {"clips": to_dict(profile.clips), "stride": profile.extract.stride_frames}
-    if profile.extract.snap_duration_to_frames:  # only when on: caches made without the key stay valid
+    # identity_dict: keys added later count only away from their default, so caches made before stay valid
+    grid = {"clips": identity_dict(profile.clips), "stride": profile.extract.stride_frames}
+    if profile.extract.snap_duration_to_frames:
         grid["snap_duration_to_frames"] = True
+    if profile.extract.last_clip != "span":  # the grid's last clip (span: the key's value before it counted)
+        grid["last_clip"] = profile.extract.last_clip
     key = config_hash({"w": _weights_key(init_weights), "arch": [profile.encoder.arch, profile.encoder.width], **grid,
                        "videos": hashlib.sha256(",".join(v.id for v in videos).encode()).hexdigest()})
     path = _cache_dir(profile) / "gvf" / f"{dataset_key}-{key}.pt"
