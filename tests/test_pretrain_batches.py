@@ -59,7 +59,7 @@ def test_evaluation_clip_level_starts_are_the_evenly_spaced_ones(monkeypatch):
 
     seen = []
 
-    def fake_decode(path, starts, frames, fps, size, threads=1):
+    def fake_decode(path, starts, frames, fps, size, threads=1, resize_filter="swscale"):
         seen.append(np.asarray(starts, dtype=float))
         return np.zeros((len(starts), frames, size[0], size[1], 3), np.uint8)
 
