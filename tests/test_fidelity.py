@@ -209,7 +209,9 @@ def test_paper_qat_and_2dtan_word_vectors(paper):
     from clap_bench.downstream.qat import QATConfig
     from clap_bench.downstream.tan2d.task import VLGConfig
 
-    assert from_dict(QATConfig, paper.task_config("fstal"), "tasks.fstal").adapt_steps == 49  # fewshotQAT adapt_iter 50
+    # fewshotQAT's ActivityNet run (test_fs.sh -> gtad_inference_fs_inductive.py -> classifier_v2.py):
+    # range(1, adapt_iter) with adapt_iter = 100
+    assert from_dict(QATConfig, paper.task_config("fstal"), "tasks.fstal").adapt_steps == 99
     assert from_dict(VLGConfig, paper.task_config("vlg"), "tasks.vlg").glove_path.endswith("glove.6B.300d.txt")
 
 
@@ -275,9 +277,24 @@ def test_paper_qat_stage_1_takes_qats_labels_and_batch_size(paper):
     cfg.validate()
     # fewshotQAT gtad_lib/dataset_fs.py: anchor_xmax = gap * (i + 0.5) for i in 1..T (BMN); opts.py --batch_size 5
     assert (cfg.gtad.boundary_anchors, cfg.gtad.batch_size) == ("bmn", 5)
+    assert cfg.gtad.map_kernel == 1  # fewshotQAT gtad_lib/opts.py --kern_2d 1, as G-TAD's ActivityNet code
     assert (cfg.gtad.temporal_scale, cfg.gtad.lr, cfg.gtad.epochs, cfg.gtad.lr_step_epochs) == (100, 4e-3, 10, 5)
     from clap_bench.config import to_dict
 
     notes = departures(to_dict(load_profile("default")), paper_profile_dict(), "2a")
     assert any("(tasks.fstal.gtad.boundary_anchors)" in n for n in notes)
     assert any("(tasks.fstal.gtad.batch_size)" in n for n in notes)
+    assert any("(tasks.fstal.gtad.map_kernel)" in n for n in notes)
+
+
+def test_paper_gtad_map_head_is_one_by_one_as_the_activitynet_code(paper):
+    # G-TAD's ActivityNet options (commit f9afd44, gtad_lib/opts.py): --kern_2d 1, --pad_2d 0
+    from clap_bench.config import ConfigError, from_dict, to_dict
+    from clap_bench.downstream.gtad.config import GTADConfig
+    from clap_bench.fidelity import departures, paper_profile_dict
+
+    assert from_dict(GTADConfig, paper.task_config("tal"), "tasks.tal").map_kernel == 1
+    assert any("(tasks.tal.map_kernel)" in n for n in departures(to_dict(load_profile("default")), paper_profile_dict(), "1"))
+    for bad in (0, 2):  # padding k // 2 keeps the map's size only for an odd kernel
+        with pytest.raises(ConfigError, match=f"tasks.tal: map_kernel: expected an odd kernel size >= 1, got {bad}"):
+            GTADConfig(map_kernel=bad).validate()

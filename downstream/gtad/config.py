@@ -89,5 +89,7 @@ class GTADConfig:
                 problems.append(f"{key}: expected one of {', '.join(allowed)}, got {getattr(self, key)!r}")
         if self.soft_nms_sigma <= 0:
             problems.append(f"soft_nms_sigma: expected > 0, got {self.soft_nms_sigma}")
+        if self.map_kernel < 1 or self.map_kernel % 2 == 0:  # padding k // 2 keeps the map's size only for odd k
+            problems.append(f"map_kernel: expected an odd kernel size >= 1, got {self.map_kernel}")
         if problems:
             raise ConfigError(f"{where}: " + "; ".join(problems))
