@@ -600,8 +600,10 @@ def project(profile: Profile, sizes: Dict[str, dict], measures: Dict[str, Measur
         shrunk = (f"measured at {measured_steps} adaptation steps per episode, the run takes {qat.adapt_steps}: "
                   "hours too low" if measured_steps != qat.adapt_steps else "")
         add("fstal: meta-training", None, qat.meta_episodes, "episodes", "QAT meta-training (fstal)", "task", shrunk)
+        from clap_bench.downstream.qat.task import selection_steps
+
         meta_steps = math.ceil(qat.meta_episodes / qat.meta_batch)
-        selections = (meta_steps // qat.select_every + 2) if qat.select_episodes else 0
+        selections = len(selection_steps(meta_steps, qat.select_every)) if qat.select_episodes else 0
         add("fstal: selection + test episodes", None, selections * qat.select_episodes + qat.runs * qat.episodes_per_run, "episodes",
             "QAT test episodes (fstal)", "task",
             f"{selections} selections x {qat.select_episodes} + {qat.runs} runs x {qat.episodes_per_run}" + (f"; {shrunk}" if shrunk else ""))

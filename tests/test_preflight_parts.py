@@ -73,3 +73,22 @@ def test_the_projection_counts_the_real_epochs_and_divides_pre_training_over_the
     assert p["disk"]["feature_files_one_seed"]["tacos"] == math.floor(3000 * 512 * 6.0)
     assert p["disk"]["checkpoints_one_seed"] == 2000
     assert p["disk"]["sweep_bytes"] == 3 * p["disk"]["one_seed_bytes"]
+
+
+def test_qat_selection_steps_are_before_training_every_select_every_steps_and_after_the_last():
+    from clap_bench.downstream.qat.task import selection_steps
+
+    assert selection_steps(250, 25) == [0] + list(range(25, 251, 25))
+    assert selection_steps(7, 3) == [0, 3, 6, 7]
+    assert selection_steps(1, 25) == [0, 1]
+
+
+def test_the_projection_counts_the_qat_selections_that_meta_training_scores():
+    profile = load_profile("paper")
+    p = project(profile, _sizes(), _measures(), ["clap"], seeds=1, cluster=None)
+    rows = {r["stage"]: r for r in p["stages"]}
+    # 2000 episodes / 8 per step = 250 steps, scored at 0, 25, ..., 250: 11 selections of 100 episodes
+    qat = profile.task_config("fstal")
+    assert (qat.get("meta_episodes", 2000), qat.get("meta_batch", 8), qat.get("select_every", 25)) == (2000, 8, 25)
+    assert rows["fstal: selection + test episodes"]["note"].startswith("11 selections x 100")
+    assert rows["fstal: selection + test episodes"]["work"] == 11 * 100 + 10 * 100

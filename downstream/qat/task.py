@@ -144,6 +144,12 @@ def snippet_features(model: GTAD, raw_features: Mapping[str, torch.Tensor], devi
 
 
 # --------------------------------------------------------------------------- stage 2
+def selection_steps(steps: int, select_every: int) -> List[int]:
+    """The meta-training steps after which :func:`meta_train` scores the transformer for selection:
+    0 (before the first step), every ``select_every`` steps, and the last step if not just scored."""
+    return [0] + [s for s in range(1, steps + 1) if s % select_every == 0 or s == steps]
+
+
 def meta_train(
     transformer: QueryAdaptiveTransformer,
     sampler: EpisodeSampler,
@@ -180,7 +186,8 @@ def meta_train(
         if progress:
             log.info("QAT selection at step %d: validation average mAP %.4f", step, score)
 
-    if select is not None:
+    scored_at = set(selection_steps(steps, cfg.select_every)) if select is not None else set()
+    if 0 in scored_at:
         checkpoint(0)
     for step in range(steps):
         count = min(cfg.meta_batch, cfg.meta_episodes - step * cfg.meta_batch)
@@ -198,7 +205,7 @@ def meta_train(
         history.append({"step": step + 1, "episodes": count, "loss": float(loss.detach())})
         if progress and (step + 1) % max(1, steps // 10) == 0:
             log.info("QAT meta-training step %d/%d: loss %.4f", step + 1, steps, history[-1]["loss"])
-        if select is not None and ((step + 1) % cfg.select_every == 0 or step + 1 == steps):
+        if step + 1 in scored_at:
             checkpoint(step + 1)
     if best is not None:
         transformer.load_state_dict(best[2])
