@@ -557,6 +557,7 @@ def project(profile: Profile, sizes: Dict[str, dict], measures: Dict[str, Measur
     from clap_bench.downstream.gtad.config import GTADConfig
     from clap_bench.downstream.qat.config import QATConfig
     from clap_bench.methods import method_from_profile
+    from clap_bench.runs.plan import method_trains
 
     rows: List[dict] = []
 
@@ -570,6 +571,8 @@ def project(profile: Profile, sizes: Dict[str, dict], measures: Dict[str, Measur
     p = profile
     anet = sizes[PRETRAIN_DATASET]
     for method in methods:
+        if not method_trains(method):
+            continue  # its pre-training stage writes the initial weights as they are: nothing to project
         mcfg = method_from_profile(method, p.methods)
         for variant, seg_key in (("pretrain", "train_segments"), ("pretrain-base", "base_train_segments")):
             if seg_key not in anet:
@@ -631,7 +634,8 @@ def project(profile: Profile, sizes: Dict[str, dict], measures: Dict[str, Measur
     if "base_train_segments" in anet:
         files[f"base-{PRETRAIN_DATASET}"] = files[PRETRAIN_DATASET]
     feature_bytes = {k: int(v * feature_bytes_per_value) for k, v in files.items()}
-    ckpt = [measures[f"pretrain {m}"].extra.get("checkpoint_bytes", 0) for m in methods]
+    # a method that does not train was not timed: the timed methods' mean checkpoint stands for its (0 if none was timed)
+    ckpt = [measures[f"pretrain {m}"].extra.get("checkpoint_bytes", 0) for m in methods if f"pretrain {m}" in measures] or [0]
     per_seed_bytes = sum(feature_bytes.values()) + (2 if "base_train_segments" in anet else 1) * int(np.mean(ckpt))
     return {
         "stages": rows,
@@ -686,7 +690,13 @@ def run_preflight(profile: Profile, methods: Sequence[str], videos: int = 2, ste
             notes.append(f"{made} stand-in videos ({profile.preflight.stand_in_fps:g} fps, "
                          f"{profile.preflight.stand_in_size[1]}x{profile.preflight.stand_in_size[0]})")
         measures: Dict[str, Measure] = {}
+        from clap_bench.runs.plan import method_trains
+
         for method in methods:
+            if not method_trains(method):
+                notes.append(f"method {method!r} does not train (its pre-training writes the initial weights): "
+                             "no pre-training to time or project for it")
+                continue
             say(f"pre-training {method}: {steps} steps")
             m = measure_pretrain(profile, data, method, steps, work)
             measures[m.stage] = m

@@ -92,3 +92,30 @@ def test_the_projection_counts_the_qat_selections_that_meta_training_scores():
     assert (qat.get("meta_episodes", 2000), qat.get("meta_batch", 8), qat.get("select_every", 25)) == (2000, 8, 25)
     assert rows["fstal: selection + test episodes"]["note"].startswith("11 selections x 100")
     assert rows["fstal: selection + test episodes"]["work"] == 11 * 100 + 10 * 100
+
+
+def test_a_method_that_does_not_train_is_neither_timed_nor_projected(monkeypatch, tmp_path):
+    import clap_bench.preflight as pf
+
+    measures = _measures()
+    timed = []
+    data = pf.PreflightData(full={}, picks={}, kinds={}, folders={})
+    monkeypatch.setattr(pf, "load_data", lambda *a, **k: data)
+    for name in ("_kinetics_available", "_text_model_available", "_glove_available"):
+        monkeypatch.setattr(pf, name, lambda *a, **k: True)
+    monkeypatch.setattr(pf, "measure_pretrain", lambda profile, data, method, *a: timed.append(method) or measures[f"pretrain {method}"])
+    monkeypatch.setattr(pf, "measure_extraction", lambda profile, data, key, work: measures[f"extract {key}"])
+    monkeypatch.setattr(pf, "measure_gtad", lambda *a: [measures["G-TAD training (tal)"], measures["G-TAD inference (tal)"]])
+    monkeypatch.setattr(pf, "measure_qat", lambda *a: [measures["QAT meta-training (fstal)"], measures["QAT test episodes (fstal)"]])
+    monkeypatch.setattr(pf, "measure_tan", lambda profile, data, key, *a: [measures[f"2D-TAN training ({key})"],
+                                                                         measures[f"2D-TAN inference ({key})"]])
+    monkeypatch.setattr(pf, "dataset_sizes", lambda *a: _sizes())
+    report = pf.run_preflight(load_profile("paper"), ["none", "clap"], work_dir=tmp_path, cluster_path=None)
+    assert timed == ["clap"]
+    assert any("'none' does not train" in n for n in report["notes"])
+    stages = report["projection"]["stages"]
+    assert not [r for r in stages if r["method"] == "none"]
+    assert [r["stage"] for r in stages if r["method"] == "clap"][:2] == ["pretrain", "pretrain-base"]
+    only_none = project(load_profile("paper"), _sizes(), {k: v for k, v in measures.items() if k != "pretrain clap"},
+                        ["none"], seeds=2, cluster=None)
+    assert not [r for r in only_none["stages"] if r["stage"].startswith("pretrain")]
