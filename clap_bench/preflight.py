@@ -561,15 +561,25 @@ def project(profile: Profile, sizes: Dict[str, dict], measures: Dict[str, Measur
 
     rows: List[dict] = []
 
-    def add(stage: str, method: Optional[str], work: float, unit: str, measure: str, kind: str, note: str = "") -> None:
+    def add(stage: str, method: Optional[str], work: float, unit: str, measure: str, kind: str, note: str = "",
+            methods_of: Optional[List[str]] = None, sweep_runs: Optional[int] = None) -> None:
+        """``methods_of``: the methods whose one seed runs it (default: ``method``'s, or every method's);
+        ``sweep_runs``: how many times the sweep runs it (default: once per seed of each of them)."""
         m = measures[measure]
         procs = _processes(cluster, kind) if kind == "pretrain" else 1
         seconds = work / m.rate / procs if m.rate > 0 else float("inf")
+        of = list(methods_of) if methods_of is not None else ([method] if method is not None else list(methods))
         rows.append({"stage": stage, "method": method, "work": work, "unit": unit, "rate_per_process": m.rate,
-                     "processes": procs, "hours": seconds / 3600.0, "process_hours": seconds * procs / 3600.0, "note": note})
+                     "processes": procs, "hours": seconds / 3600.0, "process_hours": seconds * procs / 3600.0, "note": note,
+                     "methods": of, "sweep_runs": sweep_runs if sweep_runs is not None else seeds * len(of)})
 
     p = profile
     anet = sizes[PRETRAIN_DATASET]
+    # Global video features are cached per initial weights (and video list): every method with
+    # region GVFs reads the same ones, once for the sweep, or once per seed where each seed has its
+    # own source model.
+    per_seed_weights = p.encoder.weights == "source" and p.source_pretrain.per_seed
+    gvf_methods: Dict[str, List[str]] = {}
     for method in methods:
         if not method_trains(method):
             continue  # its pre-training stage writes the initial weights as they are: nothing to project
@@ -583,8 +593,16 @@ def project(profile: Profile, sizes: Dict[str, dict], measures: Dict[str, Measur
             add(variant, method, p.pretrain.epochs * segments * p.clips.clips_per_segment, "clips",
                 f"pretrain {method}", "pretrain", f"{p.pretrain.epochs} epochs x {segments} segments x {p.clips.clips_per_segment} clips")
             if mcfg.region_gvf:
-                add(f"{variant} GVF", method, anet["extraction_clips"] * anet[seg_key]["videos"] / max(1, anet["videos"]),
-                    "clips", f"extract {PRETRAIN_DATASET}", "extract", "global video features of the training videos (cached per initial weights)")
+                gvf_methods.setdefault(variant, []).append(method)
+    for variant, seg_key in (("pretrain", "train_segments"), ("pretrain-base", "base_train_segments")):
+        if variant in gvf_methods:
+            of = gvf_methods[variant]
+            once = ("once per seed (each seed its own source model)" if per_seed_weights else
+                    f"once for the sweep (every method starts from {p.encoder.weights or 'random'} weights)")
+            add(f"{variant} GVF", ", ".join(of), anet["extraction_clips"] * anet[seg_key]["videos"] / max(1, anet["videos"]),
+                "clips", f"extract {PRETRAIN_DATASET}", "extract",
+                f"global video features of the training videos, cached per initial weights: {once}",
+                methods_of=of, sweep_runs=seeds if per_seed_weights else 1)
     for key in EXTRACT_DATASETS:
         add(f"extract-{key}", None, sizes[key]["extraction_clips"], "clips", f"extract {key}", "extract")
     if "base_train_segments" in anet:
@@ -621,10 +639,9 @@ def project(profile: Profile, sizes: Dict[str, dict], measures: Dict[str, Measur
             f"{epochs} epochs x {n_q} queries ({math.ceil(n_q / vlg.batch_size)} iterations of {vlg.batch_size})")
         add(f"vlg: 2D-TAN inference {key}", None, sizes[key]["test_queries"], "queries", f"2D-TAN inference ({key})", "task")
 
-    shared = [r for r in rows if r["method"] is None]
     per_method = {}
     for method in methods:
-        mine = [r for r in rows if r["method"] == method] + shared
+        mine = [r for r in rows if method in r["methods"]]
         per_method[method] = {"hours": sum(r["hours"] for r in mine), "process_hours": sum(r["process_hours"] for r in mine)}
     feature_bytes_per_value = np.mean([measures[f"extract {k}"].extra["file_bytes"] /
                                        (measures[f"extract {k}"].units * measures[f"extract {k}"].extra["feature_dim"])
@@ -641,8 +658,8 @@ def project(profile: Profile, sizes: Dict[str, dict], measures: Dict[str, Measur
         "stages": rows,
         "one_seed": per_method,
         "sweep": {"methods": list(methods), "seeds": seeds,
-                  "hours_if_serial": seeds * sum(v["hours"] for v in per_method.values()),
-                  "process_hours": seeds * sum(v["process_hours"] for v in per_method.values())},
+                  "hours_if_serial": sum(r["hours"] * r["sweep_runs"] for r in rows),
+                  "process_hours": sum(r["process_hours"] * r["sweep_runs"] for r in rows)},
         "disk": {"feature_files_one_seed": feature_bytes, "checkpoints_one_seed": (2 if "base_train_segments" in anet else 1) * int(np.mean(ckpt)),
                  "one_seed_bytes": per_seed_bytes, "sweep_bytes": per_seed_bytes * seeds * len(methods)},
         "cluster": getattr(cluster, "source", None),

@@ -119,3 +119,26 @@ def test_a_method_that_does_not_train_is_neither_timed_nor_projected(monkeypatch
     only_none = project(load_profile("paper"), _sizes(), {k: v for k, v in measures.items() if k != "pretrain clap"},
                         ["none"], seeds=2, cluster=None)
     assert not [r for r in only_none["stages"] if r["stage"].startswith("pretrain")]
+
+
+def test_global_video_features_count_once_per_initial_weights_not_per_method_and_seed():
+    profile = load_profile("paper")  # every method starts from the Kinetics-400 weights
+    measures = _measures()
+    measures["pretrain tsp"] = Measure("pretrain tsp", "clips", units=20, seconds=10.0, extra={"checkpoint_bytes": 1000})
+    p = project(profile, _sizes(), measures, ["tsp", "clap"], seeds=3, cluster=None)
+    gvf = [r for r in p["stages"] if "GVF" in r["stage"]]
+    gvf_hours = sum(r["hours"] for r in gvf)
+    others = [r for r in p["stages"] if r not in gvf]
+    tsp_seed = sum(r["hours"] for r in others if r["method"] in ("tsp", None))
+    clap_seed = sum(r["hours"] for r in others if r["method"] in ("clap", None))
+    assert p["sweep"]["hours_if_serial"] == pytest.approx(3 * (tsp_seed + clap_seed) + gvf_hours)
+    assert p["one_seed"]["tsp"]["hours"] == pytest.approx(tsp_seed + gvf_hours)
+    assert p["one_seed"]["clap"]["hours"] == pytest.approx(clap_seed)
+    # one row per training-video list (all, base): 10000 clips x 100 (or 80) of the 150 videos
+    assert [(r["stage"], r["work"], r["sweep_runs"]) for r in gvf] == [
+        ("pretrain GVF", 10000 * 100 / 150, 1), ("pretrain-base GVF", 10000 * 80 / 150, 1)]
+    assert "once for the sweep" in gvf[0]["note"]
+    # with a source model per seed, once per seed
+    profile.encoder.weights, profile.source_pretrain.per_seed = "source", True
+    p = project(profile, _sizes(), measures, ["tsp", "clap"], seeds=3, cluster=None)
+    assert [r["sweep_runs"] for r in p["stages"] if "GVF" in r["stage"]] == [3, 3]

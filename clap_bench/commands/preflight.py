@@ -89,7 +89,7 @@ def format_report(report: dict) -> str:
     if cluster and Path(cluster).resolve().is_relative_to(Path.cwd().resolve()):
         cluster = str(Path(cluster).resolve().relative_to(Path.cwd().resolve()))
     lines += ["", f"projection at the rates above (cluster profile: {cluster or 'none, one process per stage'}):", "",
-              tabulate(rows, headers=["stage (per method and seed)", "method", "work", "processes", "hours", ""], tablefmt="github")]
+              tabulate(rows, headers=["stage (per method and seed unless noted)", "method", "work", "processes", "hours", ""], tablefmt="github")]
     for method, t in proj["one_seed"].items():
         lines.append(f"one seed of {method}: {_hours(t['hours'])} h if the stages ran one after another, {_hours(t['process_hours'])} process-hours")
     sw = proj["sweep"]
