@@ -557,14 +557,20 @@ def project(profile: Profile, sizes: Dict[str, dict], measures: Dict[str, Measur
     from clap_bench.downstream.gtad.config import GTADConfig
     from clap_bench.downstream.qat.config import QATConfig
     from clap_bench.methods import method_from_profile
-    from clap_bench.runs.plan import method_trains
+    from clap_bench.runs.plan import head_plan, method_trains
 
     rows: List[dict] = []
 
     def add(stage: str, method: Optional[str], work: float, unit: str, measure: str, kind: str, note: str = "",
-            methods_of: Optional[List[str]] = None, sweep_runs: Optional[int] = None) -> None:
+            methods_of: Optional[List[str]] = None, sweep_runs: Optional[int] = None, heads: Optional[tuple] = None) -> None:
         """``methods_of``: the methods whose one seed runs it (default: ``method``'s, or every method's);
-        ``sweep_runs``: how many times the sweep runs it (default: once per seed of each of them)."""
+        ``sweep_runs``: how many times the sweep runs it (default: once per seed of each of them);
+        ``heads``: ``(task, dataset or None)`` of a task's head, whose work is done once per head."""
+        if heads is not None:
+            n = heads_of(*heads)
+            work *= n
+            if n != 1:
+                note = (f"{note}; " if note else "") + f"x {n} heads (tasks.{heads[0]}.head_seeds)"
         m = measures[measure]
         procs = _processes(cluster, kind) if kind == "pretrain" else 1
         seconds = work / m.rate / procs if m.rate > 0 else float("inf")
@@ -575,6 +581,12 @@ def project(profile: Profile, sizes: Dict[str, dict], measures: Dict[str, Measur
 
     p = profile
     anet = sizes[PRETRAIN_DATASET]
+    plans = {task: head_plan(p.tasks.get(task), task, f"tasks.{task}") for task in ("tal", "fstal", "vlg")}
+
+    def heads_of(task: str, dataset: Optional[str] = None) -> int:
+        """The heads a task stage trains (``tasks.<task>.head_seeds``), on ``dataset`` where given."""
+        return sum(1 for datasets in plans[task] if datasets is None or dataset is None or dataset in datasets)
+
     # Global video features are cached per initial weights (and video list): every method with
     # region GVFs reads the same ones, once for the sweep, or once per seed where each seed has its
     # own source model.
@@ -610,24 +622,28 @@ def project(profile: Profile, sizes: Dict[str, dict], measures: Dict[str, Measur
     gtad = from_dict(GTADConfig, p.task_config("tal"), "tasks.tal")
     n_train = anet["train_segments"]["videos_with_actions"]
     add("tal: G-TAD training", None, gtad.epochs * n_train, "videos", "G-TAD training (tal)", "task",
-        f"{gtad.epochs} epochs x {n_train} videos ({math.ceil(n_train / gtad.batch_size)} iterations of {gtad.batch_size})")
-    add("tal: G-TAD inference", None, anet["validation_videos"], "videos", "G-TAD inference (tal)", "task")
+        f"{gtad.epochs} epochs x {n_train} videos ({math.ceil(n_train / gtad.batch_size)} iterations of {gtad.batch_size})",
+        heads=("tal", None))
+    add("tal: G-TAD inference", None, anet["validation_videos"], "videos", "G-TAD inference (tal)", "task", heads=("tal", None))
     if "base_train_segments" in anet:
         qat = from_dict(QATConfig, p.task_config("fstal"), "tasks.fstal")
         n_base = anet["base_train_segments"]["videos_with_actions"]
         add("fstal: G-TAD on base classes", None, qat.gtad.epochs * n_base, "videos",
-            "G-TAD training (tal)", "task", f"{qat.gtad.epochs} epochs x {n_base} videos, at the tal task's G-TAD rate")
+            "G-TAD training (tal)", "task", f"{qat.gtad.epochs} epochs x {n_base} videos, at the tal task's G-TAD rate",
+            heads=("fstal", None))
         measured_steps = p.preflight.qat_adapt_steps if p.preflight.qat_adapt_steps is not None else qat.adapt_steps
         shrunk = (f"measured at {measured_steps} adaptation steps per episode, the run takes {qat.adapt_steps}: "
                   "hours too low" if measured_steps != qat.adapt_steps else "")
-        add("fstal: meta-training", None, qat.meta_episodes, "episodes", "QAT meta-training (fstal)", "task", shrunk)
+        add("fstal: meta-training", None, qat.meta_episodes, "episodes", "QAT meta-training (fstal)", "task", shrunk,
+            heads=("fstal", None))
         from clap_bench.downstream.qat.task import selection_steps
 
         meta_steps = math.ceil(qat.meta_episodes / qat.meta_batch)
         selections = len(selection_steps(meta_steps, qat.select_every)) if qat.select_episodes else 0
         add("fstal: selection + test episodes", None, selections * qat.select_episodes + qat.runs * qat.episodes_per_run, "episodes",
             "QAT test episodes (fstal)", "task",
-            f"{selections} selections x {qat.select_episodes} + {qat.runs} runs x {qat.episodes_per_run}" + (f"; {shrunk}" if shrunk else ""))
+            f"{selections} selections x {qat.select_episodes} + {qat.runs} runs x {qat.episodes_per_run}" + (f"; {shrunk}" if shrunk else ""),
+            heads=("fstal", None))
     vlg = from_dict(_vlg_config_cls(), p.task_config("vlg"), "tasks.vlg")
     for key in GROUNDING_DATASETS:
         d = vlg.for_dataset(key)
@@ -636,8 +652,10 @@ def project(profile: Profile, sizes: Dict[str, dict], measures: Dict[str, Measur
         if vlg.max_train_queries is not None:
             n_q = min(n_q, vlg.max_train_queries)
         add(f"vlg: 2D-TAN training {key}", None, epochs * n_q, "queries", f"2D-TAN training ({key})", "task",
-            f"{epochs} epochs x {n_q} queries ({math.ceil(n_q / vlg.batch_size)} iterations of {vlg.batch_size})")
-        add(f"vlg: 2D-TAN inference {key}", None, sizes[key]["test_queries"], "queries", f"2D-TAN inference ({key})", "task")
+            f"{epochs} epochs x {n_q} queries ({math.ceil(n_q / vlg.batch_size)} iterations of {vlg.batch_size})",
+            heads=("vlg", key))
+        add(f"vlg: 2D-TAN inference {key}", None, sizes[key]["test_queries"], "queries", f"2D-TAN inference ({key})", "task",
+            heads=("vlg", key))
 
     per_method = {}
     for method in methods:

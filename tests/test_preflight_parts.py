@@ -142,3 +142,21 @@ def test_global_video_features_count_once_per_initial_weights_not_per_method_and
     profile.encoder.weights, profile.source_pretrain.per_seed = "source", True
     p = project(profile, _sizes(), measures, ["tsp", "clap"], seeds=3, cluster=None)
     assert [r["sweep_runs"] for r in p["stages"] if "GVF" in r["stage"]] == [3, 3]
+
+
+def test_each_task_row_counts_every_head_of_tasks_head_seeds_per_dataset_where_given():
+    one = {r["stage"]: r for r in project(load_profile("paper"), _sizes(), _measures(), ["clap"], seeds=1, cluster=None)["stages"]}
+    profile = load_profile("paper")
+    profile.tasks["tal"] = {**profile.tasks.get("tal", {}), "head_seeds": 5}
+    profile.tasks["fstal"] = {**profile.tasks.get("fstal", {}), "head_seeds": 2}
+    profile.tasks["vlg"] = {**profile.tasks.get("vlg", {}), "head_seeds": {"charades-sta": 3}}
+    p = project(profile, _sizes(), _measures(), ["clap"], seeds=1, cluster=None)
+    rows = {r["stage"]: r for r in p["stages"]}
+    for stage, heads in (("tal: G-TAD training", 5), ("tal: G-TAD inference", 5), ("fstal: G-TAD on base classes", 2),
+                         ("fstal: meta-training", 2), ("fstal: selection + test episodes", 2),
+                         ("vlg: 2D-TAN training charades-sta", 3), ("vlg: 2D-TAN inference charades-sta", 3),
+                         ("vlg: 2D-TAN training tacos", 1), ("vlg: 2D-TAN inference tacos", 1), ("pretrain", 1)):
+        assert rows[stage]["work"] == heads * one[stage]["work"], stage
+        assert rows[stage]["hours"] == pytest.approx(heads * one[stage]["hours"]), stage
+        assert (f"x {heads} heads (tasks." in rows[stage]["note"]) == (heads > 1), stage
+    assert p["one_seed"]["clap"]["hours"] == pytest.approx(sum(r["hours"] for r in p["stages"]))
