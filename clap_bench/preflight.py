@@ -303,7 +303,8 @@ def measure_pretrain(profile: Profile, data: PreflightData, method: str, steps: 
     segments_per_step = max(1, batch // profile.clips.clips_per_segment)
     over = {
         "data": {"synthetic": False, "datasets": datasets},
-        # validation is left out: the preflight times optimizer steps (its videos may be training ones only)
+        # validation is left out: the preflight times optimizer steps (its videos may be training ones only);
+        # the projection counts its passes at the extraction rate
         "pretrain": {"epochs": 1, "batch_size": batch, "max_segments_per_epoch": steps * segments_per_step, "validate": False,
                      "num_workers": pcfg.num_workers if pcfg.num_workers is not None else profile.pretrain.num_workers},
         "check": {"problems_file": str(work / "no-problems.csv")},
@@ -501,6 +502,7 @@ def dataset_sizes(profile: Profile, data: PreflightData) -> Dict[str, dict]:
     """What the full run iterates over, counted from the annotation files."""
     from clap_bench.clips.segments import contiguous_segments
     from clap_bench.downstream.gtad.config import GTADConfig
+    from clap_bench.training.pretrain import VALIDATION_SUBSETS, validation_annotations
 
     clips, ex = profile.clips, profile.extract
     vlg = from_dict(_vlg_config_cls(), profile.task_config("vlg"), "tasks.vlg")
@@ -533,11 +535,21 @@ def dataset_sizes(profile: Profile, data: PreflightData) -> Dict[str, dict]:
     out[PRETRAIN_DATASET]["validation_videos"] = len([v for v in anet.videos.values() if v.subset == gtad.eval_subset])
     if data.fewshot_base is not None:
         out[PRETRAIN_DATASET]["base_train_segments"] = segment_counts(train.restrict_classes(data.fewshot_base))
+    if profile.pretrain.validate and any(s in anet.subsets for s in VALIDATION_SUBSETS):
+        # the held-out segments pre-training validates on (pretrain.validate), as it picks them
+        out[PRETRAIN_DATASET]["val_segments"] = segment_counts(validation_annotations(anet, train.classes))
+        if data.fewshot_base is not None:
+            try:
+                out[PRETRAIN_DATASET]["base_val_segments"] = segment_counts(validation_annotations(anet, data.fewshot_base))
+            except ValueError:  # no validation video of the base classes only: that pre-training fails, not projected here
+                pass
     for key in GROUNDING_DATASETS:
         d = vlg.for_dataset(key)
         counts = data.full[key].counts()["subsets"]
         out[key]["train_queries"] = counts.get(d.train_subset, {}).get("sentences", 0)
         out[key]["test_queries"] = counts.get(d.test_subset, {}).get("sentences", 0)
+        # 2D-TAN scores the validation subset after every epoch (val_subset: TACoS val)
+        out[key]["val_queries"] = counts.get(d.val_subset, {}).get("sentences", 0) if d.val_subset else 0
     if CAPTIONS_DATASET in data.full:
         out[CAPTIONS_DATASET] = {"videos": data.full[CAPTIONS_DATASET].counts()["videos"],
                                  "queries": data.full[CAPTIONS_DATASET].counts()["queries"]}
@@ -562,10 +574,12 @@ def project(profile: Profile, sizes: Dict[str, dict], measures: Dict[str, Measur
     rows: List[dict] = []
 
     def add(stage: str, method: Optional[str], work: float, unit: str, measure: str, kind: str, note: str = "",
-            methods_of: Optional[List[str]] = None, sweep_runs: Optional[int] = None, heads: Optional[tuple] = None) -> None:
+            methods_of: Optional[List[str]] = None, sweep_runs: Optional[int] = None, heads: Optional[tuple] = None,
+            held: Optional[int] = None) -> None:
         """``methods_of``: the methods whose one seed runs it (default: ``method``'s, or every method's);
         ``sweep_runs``: how many times the sweep runs it (default: once per seed of each of them);
-        ``heads``: ``(task, dataset or None)`` of a task's head, whose work is done once per head."""
+        ``heads``: ``(task, dataset or None)`` of a task's head, whose work is done once per head;
+        ``held``: the processes the stage holds while the work runs on one of them (process-hours)."""
         if heads is not None:
             n = heads_of(*heads)
             work *= n
@@ -576,7 +590,7 @@ def project(profile: Profile, sizes: Dict[str, dict], measures: Dict[str, Measur
         seconds = work / m.rate / procs if m.rate > 0 else float("inf")
         of = list(methods_of) if methods_of is not None else ([method] if method is not None else list(methods))
         rows.append({"stage": stage, "method": method, "work": work, "unit": unit, "rate_per_process": m.rate,
-                     "processes": procs, "hours": seconds / 3600.0, "process_hours": seconds * procs / 3600.0, "note": note,
+                     "processes": procs, "hours": seconds / 3600.0, "process_hours": seconds * (held or procs) / 3600.0, "note": note,
                      "methods": of, "sweep_runs": sweep_runs if sweep_runs is not None else seeds * len(of)})
 
     p = profile
@@ -604,6 +618,20 @@ def project(profile: Profile, sizes: Dict[str, dict], measures: Dict[str, Measur
                 segments = min(segments, p.pretrain.max_segments_per_epoch)
             add(variant, method, p.pretrain.epochs * segments * p.clips.clips_per_segment, "clips",
                 f"pretrain {method}", "pretrain", f"{p.pretrain.epochs} epochs x {segments} segments x {p.clips.clips_per_segment} clips")
+            val_key = seg_key.replace("train_segments", "val_segments")
+            if p.pretrain.validate and val_key in anet:
+                # before the first epoch and after each, on the main process (the others wait); the
+                # preflight does not time it: the extraction rate is the backbone's forward on clips
+                val = anet[val_key]["foreground" if mcfg.regions == "foreground" else "all"]
+                if p.pretrain.val_max_segments is not None:
+                    val = min(val, p.pretrain.val_max_segments)
+                per = p.pretrain.val_clips_per_segment or p.clips.clips_per_segment
+                passes = p.pretrain.epochs + 1
+                held = _processes(cluster, "pretrain")
+                add(f"{variant} validation", method, passes * val * per, "clips", f"extract {PRETRAIN_DATASET}", "extract",
+                    f"{passes} passes x {val} held-out segments x {per} clips, at the extraction rate (the backbone's forward; "
+                    f"the heads and per-segment decoding untimed)" + (f"; the other {held - 1} processes wait" if held > 1 else ""),
+                    held=held)
             if mcfg.region_gvf:
                 gvf_methods.setdefault(variant, []).append(method)
     for variant, seg_key in (("pretrain", "train_segments"), ("pretrain-base", "base_train_segments")):
@@ -611,9 +639,12 @@ def project(profile: Profile, sizes: Dict[str, dict], measures: Dict[str, Measur
             of = gvf_methods[variant]
             once = ("once per seed (each seed its own source model)" if per_seed_weights else
                     f"once for the sweep (every method starts from {p.encoder.weights or 'random'} weights)")
-            add(f"{variant} GVF", ", ".join(of), anet["extraction_clips"] * anet[seg_key]["videos"] / max(1, anet["videos"]),
+            val_key = seg_key.replace("train_segments", "val_segments")
+            videos = anet[seg_key]["videos"] + (anet[val_key]["videos"] if p.pretrain.validate and val_key in anet else 0)
+            add(f"{variant} GVF", ", ".join(of), anet["extraction_clips"] * videos / max(1, anet["videos"]),
                 "clips", f"extract {PRETRAIN_DATASET}", "extract",
-                f"global video features of the training videos, cached per initial weights: {once}",
+                f"global video features of the training{' and validation' if videos > anet[seg_key]['videos'] else ''} videos, "
+                f"cached per initial weights: {once}",
                 methods_of=of, sweep_runs=seeds if per_seed_weights else 1)
     for key in EXTRACT_DATASETS:
         add(f"extract-{key}", None, sizes[key]["extraction_clips"], "clips", f"extract {key}", "extract")
@@ -654,6 +685,10 @@ def project(profile: Profile, sizes: Dict[str, dict], measures: Dict[str, Measur
         add(f"vlg: 2D-TAN training {key}", None, epochs * n_q, "queries", f"2D-TAN training ({key})", "task",
             f"{epochs} epochs x {n_q} queries ({math.ceil(n_q / vlg.batch_size)} iterations of {vlg.batch_size})",
             heads=("vlg", key))
+        n_val = sizes[key].get("val_queries", 0)
+        if n_val:
+            add(f"vlg: 2D-TAN validation {key}", None, epochs * n_val, "queries", f"2D-TAN inference ({key})", "task",
+                f"{epochs} epochs x {n_val} {d.val_subset} queries, at the inference rate (the same forward)", heads=("vlg", key))
         add(f"vlg: 2D-TAN inference {key}", None, sizes[key]["test_queries"], "queries", f"2D-TAN inference ({key})", "task",
             heads=("vlg", key))
 

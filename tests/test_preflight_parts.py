@@ -160,3 +160,73 @@ def test_each_task_row_counts_every_head_of_tasks_head_seeds_per_dataset_where_g
         assert rows[stage]["hours"] == pytest.approx(heads * one[stage]["hours"]), stage
         assert (f"x {heads} heads (tasks." in rows[stage]["note"]) == (heads > 1), stage
     assert p["one_seed"]["clap"]["hours"] == pytest.approx(sum(r["hours"] for r in p["stages"]))
+
+
+def test_the_projection_adds_the_validation_passes_of_pre_training_and_of_2d_tan():
+    profile = load_profile("paper")
+    cluster = ClusterProfile(tasks_per_node=1, stages={"pretrain": {"nodes": 2, "tasks_per_node": 4}})
+    sizes = _sizes()
+    sizes["activitynet"]["val_segments"] = {"foreground": 60, "all": 110, "videos": 30, "videos_with_actions": 30}
+    sizes["activitynet"]["base_val_segments"] = {"foreground": 20, "all": 35, "videos": 10, "videos_with_actions": 10}
+    sizes["tacos"]["val_queries"] = 40
+    sizes["charades-sta"]["val_queries"] = 0
+    measures = _measures(rate=2.0)
+    measures["extract activitynet"].units = 40.0  # 4 clips/s
+    p = project(profile, sizes, measures, ["clap"], seeds=1, cluster=cluster)
+    rows = {r["stage"]: r for r in p["stages"]}
+    # 2D-TAN scores TACoS val after each of its 100 epochs, at the inference rate; Charades-STA has no val
+    assert rows["vlg: 2D-TAN validation tacos"]["work"] == 100 * 40
+    assert rows["vlg: 2D-TAN validation tacos"]["hours"] == pytest.approx(100 * 40 / 2.0 / 3600)
+    assert "vlg: 2D-TAN validation charades-sta" not in rows
+    # pre-training validates before the first of its 8 epochs and after each: 9 passes x 110 segments x 5
+    # clips (clap trains on all regions), on one process at the extraction rate, the other 7 holding on
+    val = rows["pretrain validation"]
+    assert (val["work"], val["processes"]) == (9 * 110 * 5, 1)
+    assert val["hours"] == pytest.approx(9 * 110 * 5 / 4.0 / 3600)
+    assert val["process_hours"] == pytest.approx(8 * val["hours"])
+    assert rows["pretrain-base validation"]["work"] == 9 * 35 * 5
+    assert p["one_seed"]["clap"]["hours"] == pytest.approx(sum(r["hours"] for r in p["stages"]))
+    # pretrain.val_max_segments and val_clips_per_segment shrink it; validate: false drops it
+    profile.pretrain.val_max_segments, profile.pretrain.val_clips_per_segment = 50, 1
+    rows = {r["stage"]: r for r in project(profile, sizes, measures, ["clap"], seeds=1, cluster=cluster)["stages"]}
+    assert rows["pretrain validation"]["work"] == 9 * 50 * 1
+    profile.pretrain.validate = False
+    rows = {r["stage"]: r for r in project(profile, sizes, measures, ["clap"], seeds=1, cluster=cluster)["stages"]}
+    assert "pretrain validation" not in rows and "vlg: 2D-TAN validation tacos" in rows
+
+
+def test_global_video_features_of_the_validation_videos_are_projected_with_the_training_ones():
+    profile = load_profile("paper")
+    measures = _measures()
+    measures["pretrain tsp"] = Measure("pretrain tsp", "clips", units=20, seconds=10.0, extra={"checkpoint_bytes": 1000})
+    sizes = _sizes()
+    sizes["activitynet"]["val_segments"] = {"foreground": 60, "all": 110, "videos": 30, "videos_with_actions": 30}
+    rows = {r["stage"]: r for r in project(profile, sizes, measures, ["tsp"], seeds=1, cluster=None)["stages"]}
+    assert rows["pretrain GVF"]["work"] == pytest.approx(10000 * (100 + 30) / 150)
+    assert rows["pretrain-base GVF"]["work"] == pytest.approx(10000 * 80 / 150)  # no base validation counted here
+
+
+def test_dataset_sizes_count_the_validation_segments_and_queries():
+    from clap_bench.data.schema import AnnotationSet
+    from clap_bench.preflight import PreflightData, dataset_sizes
+
+    def ann(videos, classes=()):
+        return AnnotationSet("test", "test", {v.id: v for v in videos}, list(classes), 0, [], False)
+
+    def anet_video(i, subset, label):  # one action in the middle: background, action, background
+        return Video(f"v{subset}{i}", 60.0, subset, segments=[Segment(20.0, 40.0, label)])
+
+    anet = ann([anet_video(i, "training", "a" if i % 2 else "b") for i in range(4)]
+               + [anet_video(0, "validation", "a"), anet_video(1, "validation", "b"), anet_video(2, "validation", "b")], ["a", "b"])
+
+    def grounding(subsets):
+        return ann([Video(f"g{s}{i}", 30.0, s, sentences=[Sentence(1.0, 5.0, "x")] * n) for s, n in subsets for i in range(2)])
+
+    data = PreflightData(full={"activitynet": anet, "charades-sta": grounding([("train", 2), ("test", 1)]),
+                               "tacos": grounding([("train", 3), ("val", 4), ("test", 1)])},
+                         picks={}, kinds={}, folders={}, fewshot_base=["a"])
+    sizes = dataset_sizes(load_profile("paper"), data)
+    assert sizes["tacos"]["val_queries"] == 2 * 4 and sizes["charades-sta"]["val_queries"] == 0
+    # three validation videos of three segments each (one action); base class "a": one video
+    assert {k: sizes["activitynet"]["val_segments"][k] for k in ("foreground", "all", "videos")} == {"foreground": 3, "all": 9, "videos": 3}
+    assert {k: sizes["activitynet"]["base_val_segments"][k] for k in ("foreground", "all", "videos")} == {"foreground": 1, "all": 3, "videos": 1}
