@@ -109,3 +109,54 @@ def test_cli_unknown_method_lists_the_known_methods(tmp_path):
     assert "'nope'" in out
     for known in ("clap", "clap-clip", "tac", "tsp"):
         assert known in out, known
+
+
+# --------------------------------------------------------------------------- run / sweep: executor and submission
+@pytest.mark.parametrize("command", ["run", "sweep"])
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_cli_unknown_executor_is_refused_before_planning(tmp_path, monkeypatch, command, dry_run):
+    import clap_bench.config
+
+    def no_datasets(*a, **k):
+        raise AssertionError("datasets prepared for a run that cannot start")
+
+    monkeypatch.setattr(clap_bench.config, "resolve_datasets", no_datasets)
+    args = [command, "--methods" if command == "sweep" else "--method", "clap", "--executor", "foo", "--seeds", "1",
+            "--tasks", "tal", "--profile", "smoke", "--runs-dir", str(tmp_path / "runs")] + (["--dry-run"] if dry_run else [])
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert "--executor" in result.output and "'foo'" in result.output and "local, debug, slurm" in result.output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_cli_rejected_slurm_submission_is_a_clear_failure(tmp_path, monkeypatch):
+    import clap_bench.config
+    import clap_bench.runs
+    from submitit.core.utils import FailedJobError
+
+    def rejected(*a, **k):
+        raise FailedJobError("sbatch: error: invalid partition specified: nosuch")
+
+    monkeypatch.setattr(clap_bench.config, "resolve_datasets", lambda *a, **k: {})
+    monkeypatch.setattr(clap_bench.runs, "run_plan", rejected)
+    cluster = tmp_path / "cluster.yaml"
+    cluster.write_text("partition: nosuch\n")
+    out = _fails_cleanly(["sweep", "--methods", "clap", "--seeds", "1", "--tasks", "tal", "--profile", "smoke",
+                          "--cluster", str(cluster), "--runs-dir", str(tmp_path / "runs")])
+    assert "invalid partition specified: nosuch" in out and "SLURM" in out
+    assert runner.invoke(app, ["sweep", "--methods", "clap", "--seeds", "1", "--tasks", "tal", "--profile", "smoke",
+                               "--cluster", str(cluster), "--runs-dir", str(tmp_path / "runs")]).exit_code == 1
+
+
+def test_cli_config_error_raised_while_running_exits_2(tmp_path, monkeypatch):
+    import clap_bench.config
+    import clap_bench.runs
+
+    def no_sbatch(*a, **k):
+        raise ConfigError("--executor slurm: sbatch/squeue not found")
+
+    monkeypatch.setattr(clap_bench.config, "resolve_datasets", lambda *a, **k: {})
+    monkeypatch.setattr(clap_bench.runs, "run_plan", no_sbatch)
+    out = _fails_cleanly(["run", "--method", "clap", "--seeds", "1", "--tasks", "tal", "--profile", "smoke",
+                          "--runs-dir", str(tmp_path / "runs"), "-q"])
+    assert "sbatch/squeue not found" in out

@@ -38,13 +38,15 @@ def _execute(methods: List[str], seeds: str, tasks: Optional[str], profile: Opti
              executor: str, cluster: Optional[Path], runs_dir: Optional[Path], dry_run: bool, wait: bool,
              quiet: bool, table_methods: Optional[List[str]], baseline: Optional[str], wait_for_claims: bool = True,
              imports: Optional[List[str]] = None, test: str = "welch") -> None:
-    from clap_bench.runs import RunStore, load_cluster, make_tables, parse_seeds, parse_tasks, render, run_plan, runs_root
+    from clap_bench.runs import EXECUTORS, RunStore, load_cluster, make_tables, parse_seeds, parse_tasks, render, run_plan, runs_root
     from clap_bench.runs.slurm import with_job_threads
     from clap_bench.plugins import with_imports
     from clap_bench.runs.plan import plan_factory
     from clap_bench.runs.tables import TESTS, tables_for_tasks
 
     try:
+        if executor not in EXECUTORS:  # before planning, and for --dry-run too
+            raise ConfigError(f"--executor: unknown {executor!r}; expected one of {', '.join(EXECUTORS)}")
         prof = with_imports(_profile(profile, config), imports)  # the profile carries them to every stage's process
         seed_list = parse_seeds(seeds)
         task_list = parse_tasks(tasks)
@@ -73,11 +75,20 @@ def _execute(methods: List[str], seeds: str, tasks: Optional[str], profile: Opti
 
         typer.echo("Preparing the synthetic datasets (cached after the first run) ...", err=True)
         resolve_datasets(prof, progress=not quiet)
+    from submitit.core.utils import FailedJobError
+
     from clap_bench.runs.slurm import SlurmQueryError
 
     try:
         report = run_plan(plan, store, executor=executor, cluster=cluster_profile, wait=wait, progress=not quiet,
                           echo=lambda s: typer.echo(s, err=True), wait_for_claims=wait_for_claims)
+    except ConfigError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2)
+    except FailedJobError as e:  # sbatch refused a job (bad partition, account, time limit, ...)
+        typer.echo(f"error: SLURM refused the submission: {e}".rstrip()
+                   + (f"\n(check the cluster profile {cluster})" if cluster else ""), err=True)
+        raise typer.Exit(1)
     except SlurmQueryError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1)
