@@ -66,12 +66,13 @@ def test_base_loop_names_the_files_in_the_loop(tmp_path):
 
 
 # --------------------------------------------------------------------------- CLI messages
-def _fails_cleanly(args: list) -> str:
-    """Run the CLI; it must exit non-zero through its own error path (no exception escapes, no traceback)."""
+def _fails_cleanly(args: list, code: int = None) -> str:
+    """Run the CLI; it must exit non-zero (``code`` where given) through its own error path (no
+    exception escapes, no traceback)."""
     result = runner.invoke(app, args)
     escaped = result.exception if not isinstance(result.exception, SystemExit) else None
     assert escaped is None, "".join(traceback.format_exception(escaped))
-    assert result.exit_code != 0, result.output
+    assert result.exit_code != 0 if code is None else result.exit_code == code, result.output
     assert "Traceback" not in result.output, result.output
     return result.output
 
@@ -142,10 +143,8 @@ def test_cli_rejected_slurm_submission_is_a_clear_failure(tmp_path, monkeypatch)
     cluster = tmp_path / "cluster.yaml"
     cluster.write_text("partition: nosuch\n")
     out = _fails_cleanly(["sweep", "--methods", "clap", "--seeds", "1", "--tasks", "tal", "--profile", "smoke",
-                          "--cluster", str(cluster), "--runs-dir", str(tmp_path / "runs")])
+                          "--cluster", str(cluster), "--runs-dir", str(tmp_path / "runs")], 1)
     assert "invalid partition specified: nosuch" in out and "SLURM" in out
-    assert runner.invoke(app, ["sweep", "--methods", "clap", "--seeds", "1", "--tasks", "tal", "--profile", "smoke",
-                               "--cluster", str(cluster), "--runs-dir", str(tmp_path / "runs")]).exit_code == 1
 
 
 def test_cli_config_error_raised_while_running_exits_2(tmp_path, monkeypatch):
@@ -158,5 +157,26 @@ def test_cli_config_error_raised_while_running_exits_2(tmp_path, monkeypatch):
     monkeypatch.setattr(clap_bench.config, "resolve_datasets", lambda *a, **k: {})
     monkeypatch.setattr(clap_bench.runs, "run_plan", no_sbatch)
     out = _fails_cleanly(["run", "--method", "clap", "--seeds", "1", "--tasks", "tal", "--profile", "smoke",
-                          "--runs-dir", str(tmp_path / "runs"), "-q"])
+                          "--runs-dir", str(tmp_path / "runs"), "-q"], 2)
     assert "sbatch/squeue not found" in out
+
+
+# --------------------------------------------------------------------------- status
+def test_cli_status_bad_seeds_names_the_option_and_the_value(tmp_path):
+    out = _fails_cleanly(["status", "--methods", "clap", "--seeds", "abc", "--profile", "smoke", "--runs-dir", str(tmp_path / "runs")], 2)
+    assert "--seeds" in out and "'abc'" in out
+
+
+def test_cli_status_damaged_stage_record_names_the_file(tmp_path):
+    stage = tmp_path / "runs" / "smoke" / "clap" / "seed0" / "pretrain"
+    stage.mkdir(parents=True)
+    (stage / "stage.json").write_text('{"status": "do')  # cut short
+    out = _fails_cleanly(["status", "--profile", "smoke", "--runs-dir", str(tmp_path / "runs")], 2)
+    assert str(stage / "stage.json") in out and "not valid JSON" in out
+
+
+def test_cli_status_damaged_profile_record_names_the_file(tmp_path):
+    (tmp_path / "runs" / "smoke").mkdir(parents=True)
+    (tmp_path / "runs" / "smoke" / "profile.json").write_text("{")
+    out = _fails_cleanly(["status", "--runs-dir", str(tmp_path / "runs")], 2)
+    assert str(tmp_path / "runs" / "smoke" / "profile.json") in out and "not valid JSON" in out

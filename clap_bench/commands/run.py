@@ -168,17 +168,24 @@ def register(app: typer.Typer) -> None:
         """Every (method, seed, stage): done, running (SLURM job and state), failed (log and error), missing."""
         from clap_bench.runs import RunStore, runs_root
 
+        from clap_bench.runs import parse_seeds
+
         store = RunStore(runs_root(runs_dir))
         try:
+            seed_list = parse_seeds(seeds) if seeds else None
             profiles = _status_profiles(store, profile, config)
-        except ConfigError as e:
+        except (ConfigError, ValueError) as e:  # ValueError: a damaged record, named by read_json
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2)
         if not profiles:
             typer.echo(f"No runs under {store.root}.")
             return
         for prof in profiles:
-            statuses = _print_status(store, prof, methods, seeds, tasks, lines)
+            try:
+                statuses = _print_status(store, prof, methods, seed_list, tasks, lines)
+            except (ConfigError, ValueError) as e:
+                typer.echo(f"error: {e}", err=True)
+                raise typer.Exit(2)
             if fingerprints:
                 _print_fingerprints(prof, statuses or [])
 
@@ -193,10 +200,10 @@ def _status_profiles(store, profile: Optional[str], config: Optional[Path]) -> L
     return [p for p in (store.recorded_profile(name) for name in store.profiles()) if p is not None]
 
 
-def _print_status(store, prof: Profile, methods: Optional[str], seeds: Optional[str], tasks: Optional[str], lines: int) -> None:
+def _print_status(store, prof: Profile, methods: Optional[str], seeds: Optional[List[int]], tasks: Optional[str], lines: int) -> None:
     from tabulate import tabulate
 
-    from clap_bench.runs import parse_seeds, parse_tasks, plan_status
+    from clap_bench.runs import parse_tasks, plan_status
     from clap_bench.runs.plan import plan_factory
     from clap_bench.runs.status import summarize
 
@@ -206,7 +213,7 @@ def _print_status(store, prof: Profile, methods: Optional[str], seeds: Optional[
         return
     statuses = []
     for method in method_list:
-        seed_list = parse_seeds(seeds) if seeds else store.seeds(prof.name, method)
+        seed_list = seeds or store.seeds(prof.name, method)
         if not seed_list:
             continue
         try:

@@ -103,7 +103,8 @@ class RunStore:
         from clap_bench.config import Profile, from_dict
 
         path = self.profile_file(profile)
-        return from_dict(Profile, json.loads(path.read_text()), str(path)) if path.is_file() else None
+        raw = read_json(path)
+        return None if raw is None else from_dict(Profile, raw, str(path))
 
     # ------------------------------------------------------------------ listing
     def profiles(self) -> List[str]:
