@@ -91,6 +91,10 @@ def _default(o: Any) -> Any:
     raise TypeError(f"cannot serialise {type(o).__name__}")
 
 
+class FeatureFileError(ValueError):
+    """A feature file that is not what a stage needs: not HDF5, or without the videos it reads."""
+
+
 class UnsafeCheckpointError(ValueError):
     """A torch file that can only be read by unpickling arbitrary objects (which can run code)."""
 

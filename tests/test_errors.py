@@ -180,3 +180,50 @@ def test_cli_status_damaged_profile_record_names_the_file(tmp_path):
     (tmp_path / "runs" / "smoke" / "profile.json").write_text("{")
     out = _fails_cleanly(["status", "--runs-dir", str(tmp_path / "runs")], 2)
     assert str(tmp_path / "runs" / "smoke" / "profile.json") in out and "not valid JSON" in out
+
+
+# --------------------------------------------------------------------------- downstream
+def _flat(out: str) -> str:
+    """The output with the error box's borders and line breaks taken out (it may wrap a path)."""
+    return "".join(out.split()).replace("│", "")
+
+
+@pytest.mark.parametrize("sets, expected", [
+    (["epochs=["], "'epochs=[':thevalueisnotvalidYAML"),
+    (["epochs=3", "epochs.x=1"], "'epochs.x=1':epochsisalreadysetto3,notamapping"),
+])
+def test_cli_downstream_bad_set_names_the_item(tmp_path, sets, expected):
+    features = tmp_path / "f.h5"
+    import h5py
+
+    with h5py.File(features, "w") as f:
+        f.create_dataset("v_a", data=[[0.0, 1.0]])
+    args = ["downstream", "tal", "--features", str(features), "--profile", "smoke", "--out", str(tmp_path / "out")]
+    out = _fails_cleanly(args + [a for s in sets for a in ("--set", s)], 2)
+    assert "--set" in out and expected in _flat(out)
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_downstream_non_hdf5_features_names_the_file(tmp_path):
+    fake = tmp_path / "features.h5"
+    fake.write_bytes(b"\x89PNG\r\n\x1a\n not features")
+    out = _fails_cleanly(["downstream", "tal", "--features", str(fake), "--profile", "smoke", "--out", str(tmp_path / "out")], 2)
+    assert f"{fake}:notanHDF5featurefile" in _flat(out)
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_downstream_features_of_other_videos_names_the_file(tmp_path):
+    import h5py
+
+    annotations = tmp_path / "anet.json"
+    annotations.write_text('{"version": "1.3", "taxonomy": [], "database": {'
+                           '"v_a": {"subset": "validation", "duration": 20.0, "annotations": [{"segment": [2.0, 8.0], "label": "jump"}]},'
+                           '"v_c": {"subset": "training", "duration": 20.0, "annotations": [{"segment": [5.0, 9.0], "label": "run"}]}}}')
+    dataset_config = tmp_path / "anet.yaml"
+    dataset_config.write_text(f"format: activitynet-json\nannotations: [{annotations}]\n")
+    features = tmp_path / "other.h5"
+    with h5py.File(features, "w") as f:
+        f.create_dataset("v_zz", data=[[0.0, 1.0]] * 4)
+    out = _fails_cleanly(["downstream", "tal", "--features", str(features), "--profile", "smoke", "--dataset-config",
+                          str(dataset_config), "--out", str(tmp_path / "out")], 2)
+    assert f"{features}: none of the 1 training videos" in out and "has features" in out

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from clap_bench.config import ConfigError
+from clap_bench.io import FeatureFileError
 from clap_bench.data.schema import AnnotationSet, Sentence, Video
 from clap_bench.downstream.tan2d.features import average_to_fixed_length, fixed_length_bins, load_video_features
 from clap_bench.downstream.tan2d.model import MapConv, TAN2D, sparse_map_mask, sparse_max_pool_map
@@ -110,7 +111,7 @@ def test_load_video_features_normalises_and_names_missing_videos(tmp_path):
         f.create_dataset("a", data=np.array([[3.0, 4.0], [0.0, 2.0]], dtype=np.float32))
     feats = load_video_features(path, ["a"], 2)
     assert torch.allclose(feats["a"], torch.tensor([[0.6, 0.8], [0.0, 1.0]]))
-    with pytest.raises(KeyError, match="no features for 1 of 2 videos: b"):
+    with pytest.raises(FeatureFileError, match="no features for 1 of 2 videos: b"):
         load_video_features(path, ["a", "b"], 2)
 
 

@@ -55,10 +55,28 @@ def parse_overrides(values: List[str], option: str = "--set") -> dict:
             raise typer.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint=option)
         node = out
         parts = key.split(".")
-        for part in parts[:-1]:
+        for i, part in enumerate(parts[:-1]):
             node = node.setdefault(part, {})
-        node[parts[-1]] = yaml.safe_load(value)
+            if not isinstance(node, dict):
+                raise typer.BadParameter(f"{item!r}: {'.'.join(parts[:i + 1])} is already set to {node!r}, not a mapping",
+                                         param_hint=option)
+        try:
+            node[parts[-1]] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise typer.BadParameter(f"{item!r}: the value is not valid YAML ({getattr(e, 'problem', None) or e})",
+                                     param_hint=option) from None
     return out
+
+
+def check_feature_file(path: Path, option: str = "--features") -> None:
+    """A feature file that exists and is HDF5, or a clear error naming it."""
+    import h5py
+
+    if not path.exists():
+        raise typer.BadParameter(f"{path}: feature file not found", param_hint=option)
+    if not path.is_file() or not h5py.is_hdf5(str(path)):
+        raise typer.BadParameter(f"{path}: not an HDF5 feature file (expected (T, D) datasets keyed by video id)",
+                                 param_hint=option)
 
 
 def run_task_command(
@@ -82,9 +100,10 @@ def run_task_command(
     from clap_bench.config import deep_merge, load_profile, resolve_datasets
     from clap_bench.downstream.base import TaskContext, get_task
 
+    from clap_bench.io import FeatureFileError
+
     for path in features.values():
-        if not path.exists():
-            raise typer.BadParameter(f"{path}: feature file not found", param_hint="--features")
+        check_feature_file(path)
     spec = get_task(task)
     try:
         prof = load_profile(profile)
@@ -108,7 +127,11 @@ def run_task_command(
         features=features, datasets=datasets, out_dir=out, seed=seed,
         overrides=task_overrides, device=device, progress=not as_json,
     )
-    metrics = spec.run(ctx)
+    try:
+        metrics = spec.run(ctx)
+    except FeatureFileError as e:  # e.g. a feature file made for another dataset
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2)
     if as_json:
         typer.echo(json.dumps(metrics))
         return

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from clap_bench.data.schema import AnnotationSet, Video
+from clap_bench.io import FeatureFileError
 from clap_bench.downstream.gtad.labels import boundary_labels, iou_map_labels, normalise_segments
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ def collect_videos(
         log.warning("%s: %d of %d %s videos have no features (e.g. %s); they are left out",
                     features_path, len(missing), len(videos), subset, ", ".join(missing[:3]))
     if not feats:
-        raise ValueError(f"{features_path}: none of the {len(videos)} {subset} videos of {annotations.source} has features")
+        raise FeatureFileError(f"{features_path}: none of the {len(videos)} {subset} videos of {annotations.source} has features")
     return [VideoItem(v, feats[v.id]) for v in videos if v.id in feats]
 
 

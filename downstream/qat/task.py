@@ -73,7 +73,7 @@ from clap_bench.downstream.qat.protocol import (
     base_class_videos,
     videos_by_class,
 )
-from clap_bench.io import atomic_write_bytes, atomic_write_json
+from clap_bench.io import FeatureFileError, atomic_write_bytes, atomic_write_json
 
 log = logging.getLogger(__name__)
 PathLike = Union[str, Path]
@@ -345,7 +345,7 @@ def run_fewshot_localization(
     raw.update(_read_features(features_path, test_ids, t, "test-class"))
     raw.update(_read_features(features_path, [v for vids in select_pool.values() for v in vids], t, "val-class"))
     if not any(v in raw for v in base.videos):
-        raise ValueError(f"{features_path}: none of the {len(base.videos)} base-class videos has features")
+        raise FeatureFileError(f"{features_path}: none of the {len(base.videos)} base-class videos has features")
 
     # Stage 1: G-TAD on base classes only.
     assert_no_leakage([base.videos[v] for v in base.videos if v in raw], split, "base training (G-TAD)")

@@ -24,6 +24,8 @@ from typing import Dict, Iterable
 import numpy as np
 import torch
 
+from clap_bench.io import FeatureFileError
+
 
 def fixed_length_bins(num_rows: int, num_samples: int) -> np.ndarray:
     """The ``num_samples + 1`` bin edges over ``num_rows`` input rows (see the module docstring)."""
@@ -80,15 +82,15 @@ def load_video_features(
         missing = [v for v in wanted if v not in f]
         if missing:
             shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
-            raise KeyError(f"{path}: no features for {len(missing)} of {len(wanted)} videos: {shown}")
+            raise FeatureFileError(f"{path}: no features for {len(missing)} of {len(wanted)} videos: {shown}")
         for vid in wanted:
             data = f[vid]
             if not hasattr(data, "shape") or len(data.shape) != 2 or data.shape[0] == 0:
-                raise ValueError(f"{path}: dataset {vid!r}: expected a non-empty (T, D) array, got shape {getattr(data, 'shape', None)}")
+                raise FeatureFileError(f"{path}: dataset {vid!r}: expected a non-empty (T, D) array, got shape {getattr(data, 'shape', None)}")
             if width is None:
                 width = data.shape[1]
             elif data.shape[1] != width:
-                raise ValueError(f"{path}: dataset {vid!r} has width {data.shape[1]}, other videos have {width}")
+                raise FeatureFileError(f"{path}: dataset {vid!r} has width {data.shape[1]}, other videos have {width}")
             x = torch.from_numpy(np.asarray(data[()], dtype=np.float32))
             if normalize:
                 x = l2_normalize_rows(x)
