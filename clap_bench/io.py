@@ -95,6 +95,10 @@ class FeatureFileError(ValueError):
     """A feature file that is not what a stage needs: not HDF5, or without the videos it reads."""
 
 
+class CheckpointError(ValueError):
+    """A file that is not a checkpoint of the kind asked for: unreadable, or of another format."""
+
+
 class UnsafeCheckpointError(ValueError):
     """A torch file that can only be read by unpickling arbitrary objects (which can run code)."""
 

@@ -227,3 +227,55 @@ def test_cli_downstream_features_of_other_videos_names_the_file(tmp_path):
     out = _fails_cleanly(["downstream", "tal", "--features", str(features), "--profile", "smoke", "--dataset-config",
                           str(dataset_config), "--out", str(tmp_path / "out")], 2)
     assert f"{features}: none of the 1 training videos" in out and "has features" in out
+
+
+# --------------------------------------------------------------------------- pretrain / extract
+def _real_data_profile(tmp_path):
+    """A profile on a tiny hand-written ActivityNet file: nothing is generated."""
+    annotations = tmp_path / "anet.json"
+    annotations.write_text('{"version": "1.3", "taxonomy": [], "database": {'
+                           '"v_a": {"subset": "training", "duration": 20.0, "annotations": [{"segment": [2.0, 8.0], "label": "jump"}]}}}')
+    profile = tmp_path / "prof.yaml"
+    profile.write_text("base: smoke\nname: tiny\nencoder: {weights: null}\ndata:\n  synthetic: false\n  datasets:\n"
+                       f"    activitynet: {{format: activitynet-json, annotations: [{annotations}], videos: {tmp_path / 'videos'}}}\n")
+    return profile
+
+
+def test_cli_extract_unknown_dataset_lists_the_known_ones(tmp_path):
+    import torch
+
+    from clap_bench.config import to_dict
+    from clap_bench.encoders.video import build_video_encoder
+    from clap_bench.training.trainer import CHECKPOINT_FORMAT
+
+    profile = _real_data_profile(tmp_path)
+    encoder_cfg = load_profile(str(profile)).encoder
+    checkpoint = tmp_path / "final.pt"
+    torch.save({"format": CHECKPOINT_FORMAT, "meta": {"encoder": to_dict(encoder_cfg)},
+                "model": build_video_encoder(encoder_cfg, weights=None).state_dict()}, checkpoint)
+    out = _fails_cleanly(["extract", "-c", str(checkpoint), "-d", "nosuch", "-o", str(tmp_path / "f.h5"), "-p", str(profile),
+                          "--no-progress"], 2)
+    assert "'nosuch'" in out and "known: activitynet" in out
+    assert not (tmp_path / "f.h5").exists()
+
+
+def test_cli_extract_foreign_checkpoint_names_the_file(tmp_path):
+    import torch
+
+    checkpoint = tmp_path / "other.pt"
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, checkpoint)
+    out = _fails_cleanly(["extract", "-c", str(checkpoint), "-d", "activitynet", "-o", str(tmp_path / "f.h5"),
+                          "-p", str(_real_data_profile(tmp_path)), "--no-progress"], 2)
+    assert f"{checkpoint}: not a pre-training checkpoint" in out
+
+
+def test_cli_pretrain_classes_file_not_found_names_it(tmp_path):
+    missing = tmp_path / "nosuch.txt"
+    args = ["pretrain", "-m", "clap", "-p", str(_real_data_profile(tmp_path)), "-o", str(tmp_path / "pt"), "--no-progress"]
+    out = _fails_cleanly(args + ["--classes", str(missing)], 2)
+    assert f"--classes {missing}: no such file" in out and "base, val, test" in out
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# no classes\n")
+    out = _fails_cleanly(args + ["--classes", str(empty)], 2)
+    assert f"--classes {empty}: no class names" in out
+    assert not (tmp_path / "pt").exists()

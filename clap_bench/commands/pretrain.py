@@ -46,12 +46,17 @@ def pretrain_command(
     if method not in list_methods():
         raise typer.BadParameter(f"unknown method {method!r}; known: {', '.join(list_methods())}", param_hint="--method")
     from clap_bench.encoders.video import WeightsNotFoundError
-    from clap_bench.io import UnsafeCheckpointError
+    from clap_bench.io import CheckpointError, UnsafeCheckpointError
 
     out_dir = out or Path("results") / "runs" / prof.name / method / f"seed{seed}" / "pretrain"
     try:
-        path = pretrain(prof, method, seed, out_dir, classes=resolve_classes(prof, classes), init=init, progress=progress)
-    except (UnsafeCheckpointError, WeightsNotFoundError) as e:  # a weights file refused or missing: no traceback
+        class_list = resolve_classes(prof, classes)
+    except ConfigError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2)
+    try:
+        path = pretrain(prof, method, seed, out_dir, classes=class_list, init=init, progress=progress)
+    except (UnsafeCheckpointError, CheckpointError, WeightsNotFoundError) as e:  # a weights file refused, foreign or missing
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2)
     typer.echo(str(path))
@@ -76,11 +81,12 @@ def extract_command(
         raise typer.BadParameter(f"expected 0 <= i < n, got {shard!r}", param_hint="--shard")
     if not checkpoint.exists():
         raise typer.BadParameter(f"{checkpoint}: no such file", param_hint="--checkpoint")
-    from clap_bench.io import UnsafeCheckpointError
+    from clap_bench.config import ConfigError
+    from clap_bench.io import CheckpointError, UnsafeCheckpointError
 
     try:
         path = extract_features(_profile(profile), checkpoint, dataset, out, shard=(i, n), progress=progress)
-    except UnsafeCheckpointError as e:
+    except (UnsafeCheckpointError, CheckpointError, ConfigError) as e:  # ConfigError: e.g. a dataset the profile lacks
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2)
     typer.echo(str(path))

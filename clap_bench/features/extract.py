@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from clap_bench.io import file_lock
-from clap_bench.config import ClipConfig, EncoderConfig, ExtractConfig, Profile, from_dict, resolve_datasets
+from clap_bench.config import ClipConfig, ConfigError, EncoderConfig, ExtractConfig, Profile, from_dict, resolve_datasets
 
 FEATURES_FORMAT = "clap_bench.features/1"
 _TMP_PREFIX = "__partial__"
@@ -367,7 +367,7 @@ def dataset_videos(profile: Profile, dataset_key: str, subsets: Optional[Sequenc
 
     datasets = resolve_datasets(profile)
     if dataset_key not in datasets:
-        raise KeyError(f"profile {profile.name!r} has no dataset {dataset_key!r}; known: {', '.join(sorted(datasets))}")
+        raise ConfigError(f"profile {profile.name!r} has no dataset {dataset_key!r}; known: {', '.join(sorted(datasets))}")
     cfg = datasets[dataset_key]
     video_dir = cfg.videos
     if video_dir is None and dataset_key == "activitynet-captions" and "activitynet" in datasets:

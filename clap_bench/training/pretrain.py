@@ -17,7 +17,7 @@ from typing import Dict, List, Optional
 import torch
 
 from clap_bench.config import (
-    SOURCE_SEED, Profile, TrainConfig, config_hash, data_identity, identity_dict, resolve_datasets, source_seed,
+    SOURCE_SEED, ConfigError, Profile, TrainConfig, config_hash, data_identity, identity_dict, resolve_datasets, source_seed,
     source_train_identity, to_dict,
 )
 from clap_bench.io import file_lock
@@ -58,14 +58,18 @@ def resolve_classes(profile: Profile, spec: Optional[str | List[str]]) -> Option
 
         datasets = resolve_datasets(profile)
         if "fewshot-split" not in datasets:
-            raise KeyError(f"--classes {spec}: profile {profile.name!r} has no 'fewshot-split' dataset")
+            raise ConfigError(f"--classes {spec}: profile {profile.name!r} has no 'fewshot-split' dataset")
         return sorted(getattr(load_fewshot_split(datasets["fewshot-split"]), spec))
     path = Path(spec).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(f"--classes {spec}: expected base, val, test or a file with one class per line")
-    names = [ln.strip() for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    if not path.is_file():
+        raise ConfigError(f"--classes {spec}: no such file; expected base, val, test or a file with one class per line")
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"--classes {path}: cannot read it as text ({e})") from None
+    names = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
     if not names:
-        raise ValueError(f"{path}: no class names")
+        raise ConfigError(f"--classes {path}: no class names; expected one class per line")
     return sorted(names)
 
 

@@ -53,7 +53,7 @@ import torch
 from torch import nn
 
 from clap_bench.config import TrainConfig
-from clap_bench.io import UnsafeCheckpointError, atomic_write_bytes, load_torch_file
+from clap_bench.io import CheckpointError, UnsafeCheckpointError, atomic_write_bytes, load_torch_file
 from clap_bench.methods.model import PretrainModel, compute_losses
 from clap_bench.training.distributed import (
     DistInfo,
@@ -155,9 +155,9 @@ def load_checkpoint(path: Path) -> Dict[str, Any]:
     except UnsafeCheckpointError:
         raise
     except Exception as e:
-        raise ValueError(f"{path}: unreadable checkpoint ({e})") from None
+        raise CheckpointError(f"{path}: unreadable checkpoint ({e})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a pre-training checkpoint of this package (format {CHECKPOINT_FORMAT})")
+        raise CheckpointError(f"{path}: not a pre-training checkpoint of this package (format {CHECKPOINT_FORMAT})")
     return ckpt
 
 
