@@ -106,6 +106,16 @@ class RunStore:
         raw = read_json(path)
         return None if raw is None else from_dict(Profile, raw, str(path))
 
+    def resolve_profile(self, arg: str):
+        """The profile a ``--profile`` argument means when reading this store: for a name the store
+        has runs of, the config those runs were made with (so a profile made from a YAML file is
+        found by its name); otherwise ``load_profile(arg)`` (a built-in name or a YAML file, whose
+        ``name`` is then the store's folder)."""
+        from clap_bench.config import load_profile
+
+        recorded = self.recorded_profile(arg) if not Path(arg).suffix else None
+        return recorded if recorded is not None else load_profile(arg)
+
     # ------------------------------------------------------------------ listing
     def profiles(self) -> List[str]:
         if not self.root.is_dir():

@@ -221,7 +221,7 @@ def run_variance(store, profile_arg: str, method: str, task: str, heads: int = 3
     metrics over the finished seeds of ``method`` (at least 2)."""
     import torch
 
-    from clap_bench.config import ConfigError, load_profile, resolve_datasets, resolve_threads
+    from clap_bench.config import ConfigError, resolve_datasets, resolve_threads
     from clap_bench.downstream.base import TaskContext, get_task
     from clap_bench.runs.store import METRICS_FILE, finished_metrics, read_json
 
@@ -229,10 +229,7 @@ def run_variance(store, profile_arg: str, method: str, task: str, heads: int = 3
         raise ConfigError(f"--task: expected one of {', '.join(TASK_METRICS)}, got {task!r}")
     if heads < 2:
         raise ConfigError(f"--heads: expected >= 2 (the head part needs two heads per seed), got {heads}")
-    # A profile name the store has runs of: the config those runs were made with (a profile made
-    # from a YAML file is filed under the file's stem); otherwise a built-in name or a YAML file.
-    recorded = store.recorded_profile(profile_arg) if not Path(profile_arg).suffix else None
-    profile = recorded if recorded is not None else load_profile(profile_arg)
+    profile = store.resolve_profile(profile_arg)  # the store's recorded config, or a built-in name / YAML file
     profile_name = profile.name
     finished = [s for s in store.seeds(profile_name, method)
                 if finished_metrics(store.stage_dir(profile_name, method, s, task)) is not None]
