@@ -279,3 +279,57 @@ def test_cli_pretrain_classes_file_not_found_names_it(tmp_path):
     out = _fails_cleanly(args + ["--classes", str(empty)], 2)
     assert f"--classes {empty}: no class names" in out
     assert not (tmp_path / "pt").exists()
+
+
+# --------------------------------------------------------------------------- table / analyze
+def _tiny_store(tmp_path):
+    """A profile YAML named 'tiny' (two validation videos, v_a and v_b) and a store where tsp and clap
+    predicted v_a only."""
+    import json
+
+    annotations = tmp_path / "anet.json"
+    annotations.write_text(json.dumps({"version": "1.3", "taxonomy": [], "database": {
+        "v_a": {"subset": "validation", "duration": 20.0, "annotations": [{"segment": [2.0, 8.0], "label": "jump"}]},
+        "v_b": {"subset": "validation", "duration": 20.0, "annotations": [{"segment": [5.0, 9.0], "label": "run"}]}}}))
+    profile = tmp_path / "tiny.yaml"
+    profile.write_text("base: smoke\nname: tiny\ndata:\n  synthetic: false\n  datasets:\n"
+                       f"    activitynet: {{format: activitynet-json, annotations: [{annotations}]}}\n")
+    for method in ("tsp", "clap"):
+        stage = tmp_path / "runs" / "tiny" / method / "seed0" / "tal"
+        stage.mkdir(parents=True)
+        (stage / "predictions.json").write_text(json.dumps({"results": {"v_a": [{"label": "jump", "score": 0.5, "segment": [1.0, 7.0]}]}}))
+    return profile, tmp_path / "runs"
+
+
+def test_cli_timelines_video_without_predictions_names_it_and_the_methods(tmp_path):
+    profile, runs = _tiny_store(tmp_path)
+    out = _fails_cleanly(["analyze", "timelines", "-m", "tsp", "-m", "clap", "--profile", str(profile), "--video", "v_b",
+                          "-o", str(tmp_path / "t.png"), "--runs-dir", str(runs)], 2)
+    assert "--video v_b" in out and "tsp, clap" in out
+    assert not (tmp_path / "t.png").exists()
+
+
+@pytest.mark.parametrize("count", ["0", "-1"])
+def test_cli_timelines_refuses_fewer_than_one_video(tmp_path, count):
+    profile, runs = _tiny_store(tmp_path)
+    out = _fails_cleanly(["analyze", "timelines", "-m", "tsp", "-m", "clap", "--profile", str(profile), "--videos", count,
+                          "-o", str(tmp_path / "t.png"), "--runs-dir", str(runs)], 2)
+    assert "--videos" in out
+    assert not (tmp_path / "t.png").exists()
+
+
+def test_cli_feature_quality_non_hdf5_file_names_it(tmp_path):
+    profile, _ = _tiny_store(tmp_path)
+    fake = tmp_path / "features.h5"
+    fake.write_text("not features\n")
+    out = _fails_cleanly(["analyze", "feature-quality", "-m", f"features:{fake}", "--profile", str(profile),
+                          "-o", str(tmp_path / "fq.png")], 2)
+    assert f"{fake}: not an HDF5 feature file" in out
+    assert not (tmp_path / "fq.png").exists()
+
+
+def test_cli_table_of_a_profile_without_runs_lists_the_stores_profiles(tmp_path):
+    _, runs = _tiny_store(tmp_path)
+    (runs / "smoke").mkdir()
+    out = _fails_cleanly(["table", "--profile", "nosuch", "--runs-dir", str(runs)], 2)
+    assert "no runs of profile 'nosuch'" in out and "it has runs of: smoke, tiny" in out

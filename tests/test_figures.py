@@ -152,7 +152,10 @@ def test_table_plot_draws_every_seed_and_the_mean_of_each_method(tmp_path, saved
     assert fig["yticks"] == [["CLAP (n=3)", "TSP (n=2)", "none (initial weights) (n=3)"]]
     assert sorted(fig["legend"]) == ["mean, 95% CI", "none (initial weights) mean", "one seed"]
     assert fig["titles"][0].startswith("Table 1: ")
-    # a store with no finished seed: a clear error, no file
+    # a profile with no finished seed: a clear error, no file
+    running = store.stage_dir("empty", "clap", 0, "tal")
+    running.mkdir(parents=True)
+    atomic_write_json(running / "stage.json", {"status": "running", "method": "clap", "hash": "x"})
     result = CliRunner().invoke(app, ["table", "--tables", "1", "--profile", "empty", "--runs-dir", str(tmp_path / "runs"),
                                       "--plot", str(tmp_path / "none.png")])
     assert result.exit_code == 2 and "no finished seed" in result.output and not (tmp_path / "none.png").exists()
@@ -187,3 +190,77 @@ def test_table_plot_paired_draws_the_seed_by_seed_differences_from_the_baseline(
     # Welch's table keeps the drawing of every seed's figure, the baseline's row included
     [welch_labels] = plot_tables(make_tables(store, "p", ["1"], baseline="tsp", include_paper=False), tmp_path / "w.png")
     assert welch_labels == ["CLAP (n=4)", "TSP (n=4)", "TAC (n=2)"]
+
+
+def _tiny_profile(tmp_path: Path) -> Path:
+    """A profile YAML named 'tiny' (not built in) on a hand-written ActivityNet file with two validation videos."""
+    annotations = tmp_path / "anet.json"
+    annotations.write_text(json.dumps({"version": "1.3", "taxonomy": [], "database": {
+        "v_a": {"subset": "validation", "duration": 20.0, "annotations": [{"segment": [2.0, 8.0], "label": "jump"}]},
+        "v_b": {"subset": "validation", "duration": 20.0, "annotations": [{"segment": [5.0, 9.0], "label": "run"}]}}}))
+    profile = tmp_path / "tiny.yaml"
+    profile.write_text("base: smoke\nname: tiny\ndata:\n  synthetic: false\n  datasets:\n"
+                       f"    activitynet: {{format: activitynet-json, annotations: [{annotations}]}}\n")
+    return profile
+
+
+def _tiny_predictions(runs: Path, methods=("tsp", "clap")) -> None:
+    for method in methods:
+        stage = runs / "tiny" / method / "seed0" / "tal"
+        stage.mkdir(parents=True)
+        (stage / "predictions.json").write_text(json.dumps({"results": {"v_a": [{"label": "jump", "score": 0.5, "segment": [1.0, 7.0]}]}}))
+
+
+def test_timelines_find_a_yaml_profiles_runs_under_its_name(tmp_path, saved_figures):
+    """--profile FILE.yaml reads the store folder of the profile's name; --profile NAME of a profile
+    that is not built in reads the config the store recorded for it."""
+    from typer.testing import CliRunner
+
+    from clap_bench.cli import app
+    from clap_bench.config import load_profile, to_dict
+    from clap_bench.io import atomic_write_json
+
+    profile, runs = _tiny_profile(tmp_path), tmp_path / "runs"
+    _tiny_predictions(runs)
+    for arg in (str(profile), "tiny"):
+        if arg == "tiny":
+            atomic_write_json(runs / "tiny" / "profile.json", to_dict(load_profile(str(profile))))
+        out = tmp_path / f"t-{arg[-4:]}.png"
+        result = CliRunner().invoke(app, ["analyze", "timelines", "-m", "tsp", "-m", "clap", "--profile", arg,
+                                          "-o", str(out), "--runs-dir", str(runs)])
+        assert result.exit_code == 0, result.output
+        assert _is_png(out) and "1 videos: v_a" in result.output
+
+
+def test_feature_quality_finds_a_yaml_profiles_runs_under_its_name(tmp_path):
+    from typer.testing import CliRunner
+
+    from clap_bench.cli import app
+    from clap_bench.config import load_profile, to_dict
+    from clap_bench.io import atomic_write_json
+
+    profile, runs = _tiny_profile(tmp_path), tmp_path / "runs"
+    atomic_write_json(runs / "tiny" / "profile.json", to_dict(load_profile(str(profile))))
+    expected = runs / "tiny" / "clap" / "seed0" / "extract-activitynet"
+    for arg in (str(profile), "tiny"):
+        result = CliRunner().invoke(app, ["analyze", "feature-quality", "-m", "clap", "--profile", arg, "--runs-dir", str(runs),
+                                          "-o", str(tmp_path / "fq.png")])
+        assert result.exit_code == 2 and f"{expected}: no finished feature extraction" in result.output, result.output
+
+
+def test_table_of_a_yaml_profile_reads_the_runs_of_its_name(tmp_path):
+    from typer.testing import CliRunner
+
+    from clap_bench.cli import app
+    from clap_bench.io import atomic_write_json
+    from clap_bench.runs import RunStore
+
+    store = RunStore(tmp_path / "runs")
+    d = store.stage_dir("tiny", "clap", 0, "tal")
+    d.mkdir(parents=True)
+    atomic_write_json(d / "stage.json", {"status": "done", "method": "clap", "hash": "x"})
+    atomic_write_json(d / "metrics.json", {"mAP@0.5": 0.3, "mAP@0.75": 0.2, "mAP@0.95": 0.05, "average_mAP": 0.2})
+    result = CliRunner().invoke(app, ["table", "--tables", "1", "--no-paper", "--profile", str(_tiny_profile(tmp_path)),
+                                      "--runs-dir", str(store.root)])
+    assert result.exit_code == 0, result.output
+    assert "20.00" in result.output

@@ -38,6 +38,8 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"No runs under {store.root}; start one with: clapbench run --method clap --seeds 5", err=True)
             raise typer.Exit(1)
         try:
+            if profile and profile not in store.profiles():
+                profiles = [_store_profile_name(store, profile)]
             ids = [t.strip() for t in tables.split(",") if t.strip()]
             out = []
             for name in profiles:
@@ -74,7 +76,9 @@ def register(app: typer.Typer) -> None:
         runs_dir: Optional[Path] = typer.Option(None, "--runs-dir"),
     ):
         """The paper's Fig. 2a: histogram of fg2bg − fg2fg feature distances over ActivityNet validation videos."""
-        from clap_bench.config import load_profile, resolve_datasets
+        import h5py
+
+        from clap_bench.config import resolve_datasets
         from clap_bench.data import load_dataset
         from clap_bench.runs import RunStore, runs_root
         from clap_bench.runs.feature_quality import feature_quality, plot_histogram, summary
@@ -83,6 +87,7 @@ def register(app: typer.Typer) -> None:
         store = RunStore(runs_root(runs_dir))
         files = {}
         try:
+            prof = store.resolve_profile(profile)  # its name is the store's folder
             for m in method:
                 if m.startswith("features:"):
                     path = Path(m.split(":", 1)[1]).expanduser()
@@ -92,7 +97,7 @@ def register(app: typer.Typer) -> None:
                     from clap_bench.runs.plan import method_trains
 
                     # a method that does not train (none) has one extraction, under seed 0
-                    stage = store.stage_dir(profile, m, seed if method_trains(m) else 0, "extract-activitynet")
+                    stage = store.stage_dir(prof.name, m, seed if method_trains(m) else 0, "extract-activitynet")
                     metrics = finished_metrics(stage)
                     if metrics is None:
                         raise ConfigError(f"{stage}: no finished feature extraction for {m} seed {seed} "
@@ -100,8 +105,9 @@ def register(app: typer.Typer) -> None:
                     path = stage / metrics["features"]
                 if not path.is_file():
                     raise ConfigError(f"{path}: feature file not found")
+                if not h5py.is_hdf5(str(path)):
+                    raise ConfigError(f"{path}: not an HDF5 feature file (expected (T, D) datasets keyed by video id)")
                 files[m] = path
-            prof = load_profile(profile)
             datasets = resolve_datasets(prof)
             ann = load_dataset(datasets["activitynet"], "activitynet")
             val = ann.subset(*[s for s in ("validation", "val") if s in {v.subset for v in ann.videos.values()}])
@@ -111,16 +117,27 @@ def register(app: typer.Typer) -> None:
         except (ConfigError, ValueError, KeyError) as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2)
-        plot_histogram(diffs, out, title=f"fg2bg − fg2fg, ActivityNet validation ({profile}, seed {seed})")
+        plot_histogram(diffs, out, title=f"fg2bg − fg2fg, ActivityNet validation ({prof.name}, seed {seed})")
         for label, d in diffs.items():
             typer.echo(f"{label}: " + json.dumps(summary(d)))
         typer.echo(f"wrote {out}")
 
 
+def _store_profile_name(store, profile: str) -> str:
+    """The store's folder for ``--profile``: the name itself, or the name of the profile a YAML file
+    defines; a profile the store has no runs of is refused with the ones it has."""
+    name = store.resolve_profile(profile).name if Path(profile).suffix in (".yaml", ".yml") else profile
+    if name not in store.profiles():
+        known = ", ".join(store.profiles()) or "none"
+        raise ConfigError(f"--profile {profile}: no runs of profile {name!r} under {store.root}; it has runs of: {known}")
+    return name
+
+
 def _recorded_profile(store, profile: str) -> Optional[dict]:
     """The resolved profile the runs of ``profile`` used (recorded by ``clapbench run``), or None."""
-    path = store.profile_file(profile)
-    return json.loads(path.read_text()) if path.is_file() else None
+    from clap_bench.runs.store import read_json
+
+    return read_json(store.profile_file(profile))
 
 
 def _register_timelines(analyze: typer.Typer) -> None:
@@ -130,41 +147,49 @@ def _register_timelines(analyze: typer.Typer) -> None:
         profile: str = typer.Option("default", "--profile", "-p"),
         seed: int = typer.Option(0, "--seed"),
         task: str = typer.Option("tal", "--task", help="tal (G-TAD) or fstal (QAT)"),
-        videos: int = typer.Option(4, "--videos", help="how many validation videos to draw"),
+        videos: int = typer.Option(4, "--videos", min=1, help="how many validation videos to draw"),
         video: Optional[List[str]] = typer.Option(None, "--video", help="draw these video ids instead"),
         top_k: int = typer.Option(3, "--top-k", help="predictions per method and video"),
         out: Path = typer.Option(Path("timelines.png"), "--out", "-o", help="PNG to write"),
         runs_dir: Optional[Path] = typer.Option(None, "--runs-dir"),
     ):
         """The paper's Fig. 2b: ground-truth intervals of validation videos against each method's top predictions."""
-        from clap_bench.config import load_profile, resolve_datasets
+        from clap_bench.config import resolve_datasets
         from clap_bench.data import load_dataset
         from clap_bench.runs import RunStore, runs_root
+        from clap_bench.runs.store import read_json
         from clap_bench.runs.timelines import pick_videos, plot_timelines
 
         store = RunStore(runs_root(runs_dir))
         try:
             if task not in ("tal", "fstal"):
                 raise ConfigError(f"--task: expected tal or fstal, got {task!r}")
+            prof = store.resolve_profile(profile)  # its name is the store's folder
             predictions = {}
             for m in method:
                 from clap_bench.runs.plan import head_dir
 
-                stage = store.stage_dir(profile, m, seed, task)
+                stage = store.stage_dir(prof.name, m, seed, task)
                 path = stage / "predictions.json"
                 if not path.is_file() and head_dir(stage, 0).is_dir():  # several head seeds: the first head's
                     path = head_dir(stage, 0) / "predictions.json"
                 if not path.is_file():
                     raise ConfigError(f"{path}: no {task} predictions for {m} seed {seed} "
                                       f"(run: clapbench run --method {m} --tasks {task} --profile {profile})")
-                predictions[m] = json.loads(path.read_text())
-            ann = load_dataset(resolve_datasets(load_profile(profile))["activitynet"], "activitynet")
+                predictions[m] = read_json(path)
+            ann = load_dataset(resolve_datasets(prof)["activitynet"], "activitynet")
             ids = list(video) if video else pick_videos(ann, predictions, videos)
             unknown = [v for v in ids if v not in ann.videos]
             if unknown:
                 raise ConfigError(f"--video: not in the activitynet annotations: {', '.join(unknown)}")
+            for v in ids:
+                lacking = [m for m, p in predictions.items() if v not in p.get("results", {})]
+                if len(lacking) == len(predictions):
+                    raise ConfigError(f"--video {v}: no {task} predictions for it from {', '.join(lacking)} (seed {seed})")
+                if lacking:
+                    typer.echo(f"note: {v}: no {task} predictions from {', '.join(lacking)}; their rows stay empty", err=True)
             plot_timelines(ann, predictions, ids, out, top_k=top_k,
-                           title=f"{task} predictions vs ground truth ({profile}, seed {seed})")
+                           title=f"{task} predictions vs ground truth ({prof.name}, seed {seed})")
         except (ConfigError, ValueError, KeyError) as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2)
@@ -201,9 +226,7 @@ def _register_variance(analyze: typer.Typer) -> None:
 
 
 def _recorded_backbone(store, profile: str) -> str:
-    path = store.profile_file(profile)
-    if path.is_file():
-        arch = json.loads(path.read_text()).get("encoder", {}).get("arch")
-        if arch == "r3d_18":
-            return "r3d_18"
-    return "r2plus1d_18"
+    from clap_bench.runs.store import read_json
+
+    arch = (read_json(store.profile_file(profile)) or {}).get("encoder", {}).get("arch")
+    return "r3d_18" if arch == "r3d_18" else "r2plus1d_18"
