@@ -264,3 +264,40 @@ def test_table_of_a_yaml_profile_reads_the_runs_of_its_name(tmp_path):
                                       "--runs-dir", str(store.root)])
     assert result.exit_code == 0, result.output
     assert "20.00" in result.output
+
+
+def test_curves_name_the_methods_and_seeds_without_records(tmp_path):
+    from typer.testing import CliRunner
+
+    from clap_bench.cli import app
+
+    stage = tmp_path / "default" / "clap" / "seed0" / "pretrain"
+    stage.mkdir(parents=True)
+    (stage / "metrics.jsonl").write_text(json.dumps({"epoch": 0, "val_loss": 4.0}) + "\n")
+    (tmp_path / "default" / "clap" / "seed1" / "pretrain").mkdir(parents=True)
+    result = CliRunner().invoke(app, ["curves", "-m", "clap", "-m", "tspp", "--profile", "default", "--runs-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "clap, seed 0" in result.output
+    assert "no pretrain stage with per-epoch records for clap seed 1; tspp in" in result.output
+    result = CliRunner().invoke(app, ["curves", "-m", "clap", "-m", "tspp", "--seeds", "0,2", "--profile", "default",
+                                      "--runs-dir", str(tmp_path)])
+    assert "records for clap seed 2; tspp (seeds 0, 2) in" in result.output
+
+
+def test_curves_skip_a_record_being_written_and_name_a_damaged_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from clap_bench.cli import app
+    from clap_bench.training.trainer import read_epoch_records
+
+    stage = tmp_path / "default" / "clap" / "seed0" / "pretrain"
+    stage.mkdir(parents=True)
+    log = stage / "metrics.jsonl"
+    log.write_text(json.dumps({"epoch": 0, "val_loss": 4.0}) + "\n" + '{"epoch": 1, "val_lo')  # epoch 1 being appended
+    assert read_epoch_records(stage) == [{"epoch": 0, "val_loss": 4.0}]
+    result = CliRunner().invoke(app, ["curves", "-m", "clap", "--profile", "default", "--runs-dir", str(tmp_path)])
+    assert result.exit_code == 0 and "clap, seed 0" in result.output, result.output
+    log.write_text(json.dumps({"epoch": 0, "val_loss": 4.0}) + "\n" + '{"epoch": 1, "val_lo\n' + json.dumps({"epoch": 2}) + "\n")
+    result = CliRunner().invoke(app, ["curves", "-m", "clap", "--profile", "default", "--runs-dir", str(tmp_path)])
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
+    assert f"{log}: line 2 is not a JSON record" in result.output

@@ -30,10 +30,26 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2)
         root = runs_root(runs_dir)
-        curves = stage_curves(RunStore(root), profile, method, wanted, stage)
+        store = RunStore(root)
+        try:
+            curves = stage_curves(store, profile, method, wanted, stage)
+        except ValueError as e:  # a damaged metrics.jsonl, named with its line
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2)
         if not curves:
             typer.echo(f"error: no {stage} stage with per-epoch records for {', '.join(method)} in {root}/{profile}", err=True)
             raise typer.Exit(2)
+        lacking = []
+        for m in dict.fromkeys(method):
+            asked = store.seeds(profile, m) if wanted is None else wanted
+            absent = [s for s in asked if (m, s) not in curves]
+            if not any(key[0] == m for key in curves):
+                lacking.append(m if wanted is None else f"{m} (seeds {', '.join(map(str, absent))})")
+            elif absent:
+                lacking.append(f"{m} seed{'s' if len(absent) > 1 else ''} {', '.join(map(str, absent))}")
+        if lacking:
+            typer.echo(f"note: no {stage} stage with per-epoch records for {'; '.join(lacking)} in {root}/{profile}; "
+                       "shown without them", err=True)
         typer.echo(format_curves(curves), nl=False)
         if out is not None:
             plot_curves(curves, out, title=f"{stage} validation, profile {profile}")

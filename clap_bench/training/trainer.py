@@ -226,11 +226,27 @@ def format_validation(record: Dict[str, Any]) -> str:
 
 
 def read_epoch_records(out_dir: Path) -> List[Dict[str, Any]]:
-    """The per-epoch records of ``<out_dir>/metrics.jsonl`` (epoch 0: validation before training)."""
+    """The per-epoch records of ``<out_dir>/metrics.jsonl`` (epoch 0: validation before training).
+
+    The file grows while the stage trains: a last line without its newline is a record still being
+    written and is left out. Any other line that is not JSON is an error naming the file and line.
+    """
     path = Path(out_dir) / METRICS_NAME
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    text = path.read_text(errors="replace")
+    lines = text.split("\n")  # a complete file ends with "\n": its last piece is empty
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if number == len(lines):  # not newline-terminated: being appended right now
+                break
+            raise ValueError(f"{path}: line {number} is not a JSON record ({e.msg}); expected one JSON object per epoch") from None
+    return records
 
 
 def _unwrap(model: nn.Module) -> PretrainModel:
