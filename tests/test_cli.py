@@ -1,5 +1,6 @@
 """The assembled ``clapbench`` command line: every area registers its commands."""
 
+import pytest
 from typer.testing import CliRunner
 
 from clap_bench.cli import app
@@ -30,3 +31,10 @@ def test_list_tasks_and_formats():
     assert tasks == ["fstal", "tal", "vlg"]
     formats = [line.split()[0] for line in runner.invoke(app, ["list", "formats"]).output.splitlines()]
     assert formats == sorted(["activitynet-json", "tsp-csv", "anet-captions", "charades-sta", "tacos", "class-split", "kinetics-csv"])
+
+
+@pytest.mark.parametrize("kind", ["methods", "tasks"])
+def test_list_with_no_match_says_so_and_exits_1(kind):
+    result = runner.invoke(app, ["list", kind, "zz*"])
+    assert result.exit_code == 1
+    assert f"no {kind[:-1]} matches 'zz*'" in result.output

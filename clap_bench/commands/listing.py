@@ -67,10 +67,19 @@ def tasks(
     profile: Optional[str] = typer.Option(None, "--profile", "-p", help="Also import the profile's plug-ins (imports:)."),
 ) -> None:
     """Downstream tasks, one line each: name, where it comes from, datasets it reads, what it is."""
+    from clap_bench.config import ConfigError
     from clap_bench.downstream.base import get_task, list_tasks, task_origin
 
     _load(imports, profile)
-    for name in list_tasks(pattern):
+    try:
+        names = list_tasks(pattern)
+    except ConfigError as e:  # an entry point that fails to load
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2)
+    if not names:
+        typer.echo(f"no task matches {pattern!r}", err=True)
+        raise typer.Exit(1)
+    for name in names:
         spec = get_task(name)
         typer.echo(f"{name:<6}  {task_origin(name):<10}  {','.join(spec.datasets):<28}  {spec.description}")
 
