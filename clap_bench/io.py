@@ -103,6 +103,18 @@ class UnsafeCheckpointError(ValueError):
     """A torch file that can only be read by unpickling arbitrary objects (which can run code)."""
 
 
+def _looks_like_torch_file(path: Path) -> bool:
+    """torch.save's zip format, or a legacy pickle (its first byte the PROTO opcode)."""
+    import zipfile
+
+    try:
+        with open(path, "rb") as f:
+            first = f.read(1)
+    except OSError:
+        return False
+    return zipfile.is_zipfile(path) or first == b"\x80"
+
+
 def load_torch_file(path: PathLike, what: str = "checkpoint") -> Any:
     """``torch.load(path, weights_only=True)`` on the CPU: tensors, numbers, strings, lists, tuples
     and dicts only. A file that needs anything else is refused, unread, with the globals it names.
@@ -115,6 +127,10 @@ def load_torch_file(path: PathLike, what: str = "checkpoint") -> Any:
     import torch
 
     path = Path(path)
+    if path.is_file() and not _looks_like_torch_file(path):
+        raise UnsafeCheckpointError(
+            f"{path}: cannot read this {what}: it is not a file torch.save writes (neither its zip format nor a pickle)"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:

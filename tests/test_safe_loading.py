@@ -118,3 +118,16 @@ def test_torchvision_kinetics_and_tsp_style_files_still_load(tmp_path, monkeypat
         encoder = build_video_encoder(EncoderConfig(arch="r2plus1d_18", weights=weights))
         loaded = encoder.body.net.state_dict()
         assert all(torch.equal(loaded[k], state[k]) for k in loaded), weights
+
+
+def test_a_file_that_is_no_torch_file_is_named_as_such_not_as_unsafe(tmp_path, evil):
+    from clap_bench.io import load_torch_file
+
+    garbage = tmp_path / "notes.pt"
+    garbage.write_bytes(b"these are not weights\n")
+    with pytest.raises(UnsafeCheckpointError) as info:
+        load_torch_file(garbage)
+    assert str(garbage) in str(info.value) and "not a file torch.save writes" in str(info.value)
+    assert "arbitrary" not in str(info.value)
+    with pytest.raises(UnsafeCheckpointError, match="arbitrary"):  # a real torch file that runs code: unsafe
+        load_torch_file(evil[0])
