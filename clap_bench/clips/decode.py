@@ -54,6 +54,7 @@ PathLike = Union[str, Path]
 Size = Optional[Tuple[int, int]]  # (height, width); None keeps the source size
 RESIZE_FILTERS = ("swscale", "bilinear")
 
+
 class VideoDecodeError(RuntimeError):
     """A video file that cannot be decoded. ``path`` names the file, ``reason`` says why."""
 
