@@ -166,9 +166,7 @@ def register(app: typer.Typer) -> None:
                                           help="also content hashes of the synthetic data and of each finished stage's outputs"),
     ):
         """Every (method, seed, stage): done, running (SLURM job and state), failed (log and error), missing."""
-        from clap_bench.runs import RunStore, runs_root
-
-        from clap_bench.runs import parse_seeds
+        from clap_bench.runs import RunStore, parse_seeds, runs_root
 
         store = RunStore(runs_root(runs_dir))
         try:
