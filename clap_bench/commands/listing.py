@@ -41,18 +41,10 @@ def methods(
     profile: Optional[str] = typer.Option(None, "--profile", "-p", help="Also import the profile's plug-ins (imports:)."),
 ) -> None:
     """Pre-training methods, one line each: name, where it comes from, what it trains."""
-    from clap_bench.config import ConfigError
     from clap_bench.methods import METHODS, list_methods, method_summary
 
     _load(imports, profile)
-    try:
-        names = list_methods(pattern)
-    except ConfigError as e:  # an entry point that fails to load
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2)
-    if not names:
-        typer.echo(f"no method matches {pattern!r}", err=True)
-        raise typer.Exit(1)
+    names = _matching(list_methods, pattern, "method")
     width = max(len(n) for n in names)
     origins = {n: METHODS.origin(n) for n in names}
     owidth = max(len(o) for o in origins.values())
@@ -67,18 +59,10 @@ def tasks(
     profile: Optional[str] = typer.Option(None, "--profile", "-p", help="Also import the profile's plug-ins (imports:)."),
 ) -> None:
     """Downstream tasks, one line each: name, where it comes from, datasets it reads, what it is."""
-    from clap_bench.config import ConfigError
     from clap_bench.downstream.base import get_task, list_tasks, task_origin
 
     _load(imports, profile)
-    try:
-        names = list_tasks(pattern)
-    except ConfigError as e:  # an entry point that fails to load
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2)
-    if not names:
-        typer.echo(f"no task matches {pattern!r}", err=True)
-        raise typer.Exit(1)
+    names = _matching(list_tasks, pattern, "task")
     for name in names:
         spec = get_task(name)
         typer.echo(f"{name:<6}  {task_origin(name):<10}  {','.join(spec.datasets):<28}  {spec.description}")
@@ -92,3 +76,18 @@ def formats() -> None:
     for name in READERS.list():
         doc = (READERS.get(name).__doc__ or "").strip().splitlines()
         typer.echo(f"{name:<16}  {doc[0] if doc else ''}")
+
+
+def _matching(lister, pattern: str, kind: str) -> List[str]:
+    """``lister(pattern)``'s names; an entry point that fails to load exits 2, no match exits 1."""
+    from clap_bench.config import ConfigError
+
+    try:
+        names = lister(pattern)
+    except ConfigError as e:  # an entry point that fails to load
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2)
+    if not names:
+        typer.echo(f"no {kind} matches {pattern!r}", err=True)
+        raise typer.Exit(1)
+    return names
