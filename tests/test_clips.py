@@ -46,23 +46,33 @@ from clap_bench.data.schema import AnnotationSet, Segment, Sentence, Video
 HEIGHT, WIDTH = 48, 64
 
 
+def _index_image(i: int) -> np.ndarray:
+    """Frame ``i`` drawn as its index in 8 black/white bars (bit b of i -> bar b)."""
+    img = np.zeros((HEIGHT, WIDTH, 3), np.uint8)
+    bar = WIDTH // 8
+    for b in range(8):
+        if (i >> b) & 1:
+            img[:, b * bar : (b + 1) * bar] = 255
+    return img
+
+
+def _mux(container, stream, frames) -> None:
+    """Encode ``frames`` (av.VideoFrame), flush the encoder, close the file."""
+    for frame in frames:
+        for packet in stream.encode(frame):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+    container.close()
+
+
 def write_indexed_video(path: Path, num_frames: int, fps: int, faststart: bool = False, gop: int = 24) -> Path:
     options = {"movflags": "faststart"} if faststart else {}
     container = av.open(str(path), "w", options=options)
     stream = container.add_stream("libx264", rate=fps)
     stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
     stream.options = {"g": str(gop)}  # several GOPs, with B-frames (x264's default)
-    bar = WIDTH // 8
-    for i in range(num_frames):
-        img = np.zeros((HEIGHT, WIDTH, 3), np.uint8)
-        for b in range(8):
-            if (i >> b) & 1:
-                img[:, b * bar : (b + 1) * bar] = 255
-        for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-            container.mux(packet)
-    for packet in stream.encode():
-        container.mux(packet)
-    container.close()
+    _mux(container, stream, (av.VideoFrame.from_ndarray(_index_image(i), format="rgb24") for i in range(num_frames)))
     return path
 
 
@@ -78,19 +88,14 @@ def write_indexed_vfr_video(path: Path, gaps: np.ndarray, gop: int = 12) -> np.n
     stream.codec_context.time_base = tick
     stream.options = {"g": str(gop), "keyint_min": str(gop), "bf": "3", "sc_threshold": "0", "crf": "4"}
     ticks = np.concatenate([[0], np.cumsum(gaps[1:])]).astype(int)
-    bar = WIDTH // 8
-    for i, pts in enumerate(ticks):
-        img = np.zeros((HEIGHT, WIDTH, 3), np.uint8)
-        for b in range(8):
-            if (i >> b) & 1:
-                img[:, b * bar : (b + 1) * bar] = 255
-        frame = av.VideoFrame.from_ndarray(img, format="rgb24")
-        frame.pts, frame.time_base = int(pts), tick
-        for packet in stream.encode(frame):
-            container.mux(packet)
-    for packet in stream.encode():
-        container.mux(packet)
-    container.close()
+
+    def frames():
+        for i, pts in enumerate(ticks):
+            frame = av.VideoFrame.from_ndarray(_index_image(i), format="rgb24")
+            frame.pts, frame.time_base = int(pts), tick
+            yield frame
+
+    _mux(container, stream, frames())
     return ticks / 15.0
 
 
@@ -184,14 +189,14 @@ def write_textured_video(path: Path, num_frames: int = 12, fps: int = 12, size=(
     stream.height, stream.width = size
     stream.pix_fmt = "yuv420p"
     y, x = np.mgrid[0 : size[0], 0 : size[1]]
-    for i in range(num_frames):
-        img = 127 + 60 * np.sin(x / 1.7 + i) + 40 * np.cos(y / 1.3) + rng.normal(0, 20, size)
-        img = np.clip(img[..., None] + np.array([0, 20, -20]), 0, 255).astype(np.uint8)
-        for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-            container.mux(packet)
-    for packet in stream.encode():
-        container.mux(packet)
-    container.close()
+
+    def frames():
+        for i in range(num_frames):
+            img = 127 + 60 * np.sin(x / 1.7 + i) + 40 * np.cos(y / 1.3) + rng.normal(0, 20, size)
+            img = np.clip(img[..., None] + np.array([0, 20, -20]), 0, 255).astype(np.uint8)
+            yield av.VideoFrame.from_ndarray(img, format="rgb24")
+
+    _mux(container, stream, frames())
     return path
 
 

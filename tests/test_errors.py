@@ -287,13 +287,9 @@ def _tiny_store(tmp_path):
     predicted v_a only."""
     import json
 
-    annotations = tmp_path / "anet.json"
-    annotations.write_text(json.dumps({"version": "1.3", "taxonomy": [], "database": {
-        "v_a": {"subset": "validation", "duration": 20.0, "annotations": [{"segment": [2.0, 8.0], "label": "jump"}]},
-        "v_b": {"subset": "validation", "duration": 20.0, "annotations": [{"segment": [5.0, 9.0], "label": "run"}]}}}))
-    profile = tmp_path / "tiny.yaml"
-    profile.write_text("base: smoke\nname: tiny\ndata:\n  synthetic: false\n  datasets:\n"
-                       f"    activitynet: {{format: activitynet-json, annotations: [{annotations}]}}\n")
+    from test_figures import _tiny_profile
+
+    profile = _tiny_profile(tmp_path)
     for method in ("tsp", "clap"):
         stage = tmp_path / "runs" / "tiny" / method / "seed0" / "tal"
         stage.mkdir(parents=True)
