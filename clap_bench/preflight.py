@@ -565,7 +565,10 @@ def _processes(cluster, kind: str) -> int:
 
 def project(profile: Profile, sizes: Dict[str, dict], measures: Dict[str, Measure], methods: Sequence[str],
             seeds: int, cluster) -> dict:
-    """Hours per stage of one (method, seed), the totals, the sweep, and the disk taken."""
+    """Hours per stage of one (method, seed), the totals, the sweep, and the disk taken.
+
+    Each row counts its runs in the sweep as the plan runs the stage (``sweep_runs``); the disk of
+    one (method, seed) is a training method's when any of ``methods`` trains."""
     from clap_bench.downstream.gtad.config import GTADConfig
     from clap_bench.downstream.qat.config import QATConfig
     from clap_bench.methods import method_from_profile
@@ -605,6 +608,13 @@ def project(profile: Profile, sizes: Dict[str, dict], measures: Dict[str, Measur
     # region GVFs reads the same ones, once for the sweep, or once per seed where each seed has its
     # own source model.
     per_seed_weights = p.encoder.weights == "source" and p.source_pretrain.per_seed
+    # A method that does not train (none) has one encoder whatever the seed: the plan keys its
+    # pre-training and extraction stages at seed 0 (build_plan), so they run once for the sweep, or
+    # once per seed where each seed has its own source model; that encoder's ActivityNet features
+    # serve fstal too (no base-class extraction).
+    trained = [m for m in methods if method_trains(m)]
+    untrained = [m for m in methods if not method_trains(m)]
+    untrained_runs = seeds if per_seed_weights else 1
     gvf_methods: Dict[str, List[str]] = {}
     for method in methods:
         if not method_trains(method):
@@ -646,10 +656,14 @@ def project(profile: Profile, sizes: Dict[str, dict], measures: Dict[str, Measur
                 f"global video features of the training{' and validation' if videos > anet[seg_key]['videos'] else ''} videos, "
                 f"cached per initial weights: {once}",
                 methods_of=of, sweep_runs=seeds if per_seed_weights else 1)
+    shared_note = (f"{', '.join(untrained)}: once for the sweep (no training: one encoder for every seed)"
+                   if untrained and not per_seed_weights else "")
     for key in EXTRACT_DATASETS:
-        add(f"extract-{key}", None, sizes[key]["extraction_clips"], "clips", f"extract {key}", "extract")
-    if "base_train_segments" in anet:
-        add(f"extract-base-{PRETRAIN_DATASET}", None, anet["extraction_clips"], "clips", f"extract {PRETRAIN_DATASET}", "extract")
+        add(f"extract-{key}", None, sizes[key]["extraction_clips"], "clips", f"extract {key}", "extract", shared_note,
+            sweep_runs=seeds * len(trained) + untrained_runs * len(untrained))
+    if "base_train_segments" in anet and trained:
+        add(f"extract-base-{PRETRAIN_DATASET}", None, anet["extraction_clips"], "clips", f"extract {PRETRAIN_DATASET}", "extract",
+            methods_of=trained)
     gtad = from_dict(GTADConfig, p.task_config("tal"), "tasks.tal")
     n_train = anet["train_segments"]["videos_with_actions"]
     add("tal: G-TAD training", None, gtad.epochs * n_train, "videos", "G-TAD training (tal)", "task",
@@ -705,16 +719,22 @@ def project(profile: Profile, sizes: Dict[str, dict], measures: Dict[str, Measur
         files[f"base-{PRETRAIN_DATASET}"] = files[PRETRAIN_DATASET]
     feature_bytes = {k: int(v * feature_bytes_per_value) for k, v in files.items()}
     # a method that does not train was not timed: the timed methods' mean checkpoint stands for its (0 if none was timed)
-    ckpt = [measures[f"pretrain {m}"].extra.get("checkpoint_bytes", 0) for m in methods if f"pretrain {m}" in measures] or [0]
-    per_seed_bytes = sum(feature_bytes.values()) + (2 if "base_train_segments" in anet else 1) * int(np.mean(ckpt))
+    ckpt = int(np.mean([measures[f"pretrain {m}"].extra.get("checkpoint_bytes", 0) for m in methods if f"pretrain {m}" in measures] or [0]))
+    # per (method, seed) of a method that trains: every feature file and a checkpoint per pre-training
+    # (all classes, base classes); of one that does not: its one encoder's files, without base-class features
+    trained_disk = (feature_bytes, (2 if "base_train_segments" in anet else 1) * ckpt)
+    untrained_disk = ({k: v for k, v in feature_bytes.items() if k != f"base-{PRETRAIN_DATASET}"}, ckpt)
+    shown_features, shown_ckpts = trained_disk if trained else untrained_disk
+    sweep_bytes = (seeds * len(trained) * (sum(trained_disk[0].values()) + trained_disk[1])
+                   + untrained_runs * len(untrained) * (sum(untrained_disk[0].values()) + untrained_disk[1]))
     return {
         "stages": rows,
         "one_seed": per_method,
         "sweep": {"methods": list(methods), "seeds": seeds,
                   "hours_if_serial": sum(r["hours"] * r["sweep_runs"] for r in rows),
                   "process_hours": sum(r["process_hours"] * r["sweep_runs"] for r in rows)},
-        "disk": {"feature_files_one_seed": feature_bytes, "checkpoints_one_seed": (2 if "base_train_segments" in anet else 1) * int(np.mean(ckpt)),
-                 "one_seed_bytes": per_seed_bytes, "sweep_bytes": per_seed_bytes * seeds * len(methods)},
+        "disk": {"feature_files_one_seed": shown_features, "checkpoints_one_seed": shown_ckpts,
+                 "one_seed_bytes": sum(shown_features.values()) + shown_ckpts, "sweep_bytes": sweep_bytes},
         "cluster": getattr(cluster, "source", None),
         "pretrain_processes": _processes(cluster, "pretrain"),
     }

@@ -230,3 +230,33 @@ def test_dataset_sizes_count_the_validation_segments_and_queries():
     # three validation videos of three segments each (one action); base class "a": one video
     assert {k: sizes["activitynet"]["val_segments"][k] for k in ("foreground", "all", "videos")} == {"foreground": 3, "all": 9, "videos": 3}
     assert {k: sizes["activitynet"]["base_val_segments"][k] for k in ("foreground", "all", "videos")} == {"foreground": 1, "all": 3, "videos": 1}
+
+
+def _plan_stage_counts(profile, methods, seeds: int) -> dict:
+    """How many stages of each name ``build_plan`` runs for ``methods`` x ``seeds``."""
+    from collections import Counter
+
+    from clap_bench.runs.plan import build_plan
+
+    return Counter(spec.name for spec in build_plan(profile, methods, list(range(seeds))))
+
+
+def test_the_extractions_of_a_method_that_does_not_train_are_projected_as_often_as_the_plan_runs_them():
+    measures = _measures()
+    for per_seed_source in (False, True):  # one source model for every seed, or one per seed
+        profile = load_profile("smoke")
+        profile.source_pretrain.per_seed = per_seed_source
+        plan_counts = _plan_stage_counts(profile, ["none", "clap"], seeds=3)
+        p = project(profile, _sizes(), measures, ["none", "clap"], seeds=3, cluster=None)
+        extract_rows = [r for r in p["stages"] if r["stage"].startswith("extract-")]
+        assert {r["stage"] for r in extract_rows} == {name for name in plan_counts if name.startswith("extract-")}
+        for row in extract_rows:
+            assert row["sweep_runs"] == plan_counts[row["stage"]], (per_seed_source, row["stage"])
+        # none reads one encoder's features for tal and fstal alike: no base-class extraction is its
+        assert "none" not in next(r for r in extract_rows if r["stage"] == "extract-base-activitynet")["methods"]
+        # the sweep's disk: a feature file per extraction stage of the plan, a checkpoint per pre-training stage
+        features = p["disk"]["feature_files_one_seed"]
+        checkpoint = measures["pretrain clap"].extra["checkpoint_bytes"]
+        expected = sum(features[name[len("extract-"):]] * n for name, n in plan_counts.items() if name.startswith("extract-"))
+        expected += checkpoint * (plan_counts["pretrain"] + plan_counts["pretrain-base"])
+        assert p["disk"]["sweep_bytes"] == expected, per_seed_source
