@@ -4,12 +4,12 @@ On ``videos`` videos per dataset it runs, with the profile's own settings:
 
 * ``steps`` optimizer steps of pre-training for each requested method (:func:`clap_bench.training.pretrain`,
   the full backbone, the batch per process, AMP on CUDA), on the videos' real segments;
-* extraction of the whole videos of ActivityNet, Charades-STA and TACoS (``encode_videos`` into an HDF5
-  file as the extraction stage writes it);
+* extraction of the whole videos of ActivityNet and of the grounding sets ``tasks.vlg.datasets`` names
+  (Charades-STA and TACoS by default; ``encode_videos`` into an HDF5 file as the extraction stage writes it);
 * ``steps`` training iterations of G-TAD at the ``tal`` task's temporal scale, and its inference;
 * QAT: ``steps`` meta-training steps of the ``fstal`` task's episode batch, and test episodes
   (support adaptation, localisation, scoring);
-* ``steps`` training iterations of 2D-TAN on each grounding set at its map size, and its inference.
+* ``steps`` training iterations of 2D-TAN on each of those grounding sets at its map size, and its inference.
 
 Each stage reports its rate (clips/s, iterations/s, episodes/s, videos/s, queries/s), the peak
 resident memory of this process while it ran, and on CUDA the peak device memory. The rates then
@@ -39,7 +39,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -50,8 +50,7 @@ from clap_bench.io import atomic_write_json
 
 PRETRAIN_DATASET = "activitynet"
 CAPTIONS_DATASET = "activitynet-captions"
-GROUNDING_DATASETS = ("charades-sta", "tacos")
-EXTRACT_DATASETS = (PRETRAIN_DATASET,) + GROUNDING_DATASETS
+GROUNDING_DATASETS = ("charades-sta", "tacos")  # those the vlg task knows; a profile's tasks.vlg.datasets picks some
 DEFAULT_CLUSTER = Path(__file__).resolve().parent.parent / "slurm" / "example-gpu.yaml"
 
 
@@ -227,10 +226,11 @@ def load_data(profile: Profile, work: Path, videos: int, stand_in: bool) -> Pref
 
     pcfg = profile.preflight
     datasets = resolve_datasets(profile)
-    missing = [k for k in EXTRACT_DATASETS if k not in datasets]
+    extracted = extract_datasets(profile)
+    missing = [k for k in extracted if k not in datasets]
     if missing:
         raise KeyError(f"profile {profile.name!r}: no dataset {missing[0]!r}; the preflight runs every stage of the main job")
-    full = {k: load_dataset(datasets[k], k) for k in EXTRACT_DATASETS}
+    full = {k: load_dataset(datasets[k], k) for k in extracted}
     if CAPTIONS_DATASET in datasets:
         full[CAPTIONS_DATASET] = load_dataset(datasets[CAPTIONS_DATASET], CAPTIONS_DATASET)
     base = None
@@ -243,7 +243,7 @@ def load_data(profile: Profile, work: Path, videos: int, stand_in: bool) -> Pref
     picks = {PRETRAIN_DATASET: pick_videos(full[PRETRAIN_DATASET], anet_train, videos, "actions", pcfg.max_video_seconds,
                                            prefer=set(captions.videos) if captions else None)}
     vlg = from_dict(_vlg_config_cls(), profile.task_config("vlg"), "tasks.vlg")
-    for key in GROUNDING_DATASETS:
+    for key in grounding_datasets(profile):
         picks[key] = pick_videos(full[key], vlg.for_dataset(key).train_subset, videos, "sentences", pcfg.max_video_seconds)
     kinds, folders = {}, {}
     for key, vids in picks.items():
@@ -256,6 +256,18 @@ def _vlg_config_cls():
     from clap_bench.downstream.tan2d.task import VLGConfig
 
     return VLGConfig
+
+
+def grounding_datasets(profile: Profile) -> Tuple[str, ...]:
+    """The grounding sets the ``vlg`` task trains on: ``tasks.vlg.datasets`` (all by default), checked as
+    the task checks them; the plan extracts those only (``clap_bench.runs.plan.task_features``)."""
+    vlg = from_dict(_vlg_config_cls(), profile.task_config("vlg"), "tasks.vlg").validate()
+    return tuple(key for key in GROUNDING_DATASETS if key in vlg.datasets)
+
+
+def extract_datasets(profile: Profile) -> Tuple[str, ...]:
+    """The datasets the run extracts with the encoder pre-trained on all classes: ActivityNet and the grounding sets."""
+    return (PRETRAIN_DATASET,) + grounding_datasets(profile)
 
 
 def _kinetics_available(profile: Profile) -> bool:
@@ -508,7 +520,7 @@ def dataset_sizes(profile: Profile, data: PreflightData) -> Dict[str, dict]:
     vlg = from_dict(_vlg_config_cls(), profile.task_config("vlg"), "tasks.vlg")
     gtad = from_dict(GTADConfig, profile.task_config("tal"), "tasks.tal")
     out: Dict[str, dict] = {}
-    for key in EXTRACT_DATASETS:
+    for key in extract_datasets(profile):
         ann = data.full[key]
         c = ann.counts()
         out[key] = {
@@ -543,7 +555,7 @@ def dataset_sizes(profile: Profile, data: PreflightData) -> Dict[str, dict]:
                 out[PRETRAIN_DATASET]["base_val_segments"] = segment_counts(validation_annotations(anet, data.fewshot_base))
             except ValueError:  # no validation video of the base classes only: that pre-training fails, not projected here
                 pass
-    for key in GROUNDING_DATASETS:
+    for key in grounding_datasets(profile):
         d = vlg.for_dataset(key)
         counts = data.full[key].counts()["subsets"]
         out[key]["train_queries"] = counts.get(d.train_subset, {}).get("sentences", 0)
@@ -598,6 +610,7 @@ def project(profile: Profile, sizes: Dict[str, dict], measures: Dict[str, Measur
 
     p = profile
     anet = sizes[PRETRAIN_DATASET]
+    extracted = extract_datasets(p)
     plans = {task: head_plan(p.tasks.get(task), task, f"tasks.{task}") for task in ("tal", "fstal", "vlg")}
 
     def heads_of(task: str, dataset: Optional[str] = None) -> int:
@@ -658,7 +671,7 @@ def project(profile: Profile, sizes: Dict[str, dict], measures: Dict[str, Measur
                 methods_of=of, sweep_runs=seeds if per_seed_weights else 1)
     shared_note = (f"{', '.join(untrained)}: once for the sweep (no training: one encoder for every seed)"
                    if untrained and not per_seed_weights else "")
-    for key in EXTRACT_DATASETS:
+    for key in extracted:
         add(f"extract-{key}", None, sizes[key]["extraction_clips"], "clips", f"extract {key}", "extract", shared_note,
             sweep_runs=seeds * len(trained) + untrained_runs * len(untrained))
     if "base_train_segments" in anet and trained:
@@ -690,7 +703,7 @@ def project(profile: Profile, sizes: Dict[str, dict], measures: Dict[str, Measur
             f"{selections} selections x {qat.select_episodes} + {qat.runs} runs x {qat.episodes_per_run}" + (f"; {shrunk}" if shrunk else ""),
             heads=("fstal", None))
     vlg = from_dict(_vlg_config_cls(), p.task_config("vlg"), "tasks.vlg")
-    for key in GROUNDING_DATASETS:
+    for key in grounding_datasets(p):
         d = vlg.for_dataset(key)
         epochs = d.epochs if d.epochs is not None else vlg.epochs
         n_q = sizes[key]["train_queries"]
@@ -712,9 +725,9 @@ def project(profile: Profile, sizes: Dict[str, dict], measures: Dict[str, Measur
         per_method[method] = {"hours": sum(r["hours"] for r in mine), "process_hours": sum(r["process_hours"] for r in mine)}
     feature_bytes_per_value = np.mean([measures[f"extract {k}"].extra["file_bytes"] /
                                        (measures[f"extract {k}"].units * measures[f"extract {k}"].extra["feature_dim"])
-                                       for k in EXTRACT_DATASETS])
+                                       for k in extracted])
     dim = measures[f"extract {PRETRAIN_DATASET}"].extra["feature_dim"]
-    files = {k: sizes[k]["extraction_clips"] * dim for k in EXTRACT_DATASETS}
+    files = {k: sizes[k]["extraction_clips"] * dim for k in extracted}
     if "base_train_segments" in anet:
         files[f"base-{PRETRAIN_DATASET}"] = files[PRETRAIN_DATASET]
     feature_bytes = {k: int(v * feature_bytes_per_value) for k, v in files.items()}
@@ -790,7 +803,7 @@ def run_preflight(profile: Profile, methods: Sequence[str], videos: int = 2, ste
             say(f"pre-training {method}: {steps} steps")
             m = measure_pretrain(profile, data, method, steps, work)
             measures[m.stage] = m
-        for key in EXTRACT_DATASETS:
+        for key in extract_datasets(profile):
             say(f"extracting {key}: {videos} videos")
             m = measure_extraction(profile, data, key, work)
             measures[m.stage] = m
@@ -800,7 +813,7 @@ def run_preflight(profile: Profile, methods: Sequence[str], videos: int = 2, ste
         say(f"QAT: {steps} meta-training steps and test episodes")
         for m in measure_qat(profile, data, steps, work):
             measures[m.stage] = m
-        for key in GROUNDING_DATASETS:
+        for key in grounding_datasets(profile):
             say(f"2D-TAN on {key}: {steps} iterations")
             for m in measure_tan(profile, data, key, steps, work):
                 measures[m.stage] = m

@@ -7,9 +7,9 @@ import math
 import pytest
 
 from clap_bench.clips.decode import probe_video
-from clap_bench.config import load_profile
-from clap_bench.data.schema import Segment, Sentence, Video
-from clap_bench.preflight import Measure, capped, project, write_stand_in
+from clap_bench.config import ConfigError, load_profile
+from clap_bench.data.schema import AnnotationSet, Segment, Sentence, Video
+from clap_bench.preflight import Measure, PreflightData, capped, dataset_sizes, project, write_stand_in
 from clap_bench.runs.slurm import ClusterProfile
 
 
@@ -94,24 +94,34 @@ def test_the_projection_counts_the_qat_selections_that_meta_training_scores():
     assert rows["fstal: selection + test episodes"]["work"] == 11 * 100 + 10 * 100
 
 
+def _fake_stages(monkeypatch, measures) -> list:
+    """``run_preflight`` with its data and timed stages replaced by ``measures``; returns the list
+    into which the pre-trainings, extractions and 2D-TAN trainings it asks for are recorded."""
+    import clap_bench.preflight as pf
+
+    asked = []
+    monkeypatch.setattr(pf, "load_data", lambda *a, **k: PreflightData(full={}, picks={}, kinds={}, folders={}))
+    for name in ("_kinetics_available", "_text_model_available", "_glove_available"):
+        monkeypatch.setattr(pf, name, lambda *a, **k: True)
+    monkeypatch.setattr(pf, "measure_pretrain", lambda profile, data, method, *a: asked.append(f"pretrain {method}")
+                        or measures[f"pretrain {method}"])
+    monkeypatch.setattr(pf, "measure_extraction", lambda profile, data, key, work: asked.append(f"extract {key}")
+                        or measures[f"extract {key}"])
+    monkeypatch.setattr(pf, "measure_gtad", lambda *a: [measures["G-TAD training (tal)"], measures["G-TAD inference (tal)"]])
+    monkeypatch.setattr(pf, "measure_qat", lambda *a: [measures["QAT meta-training (fstal)"], measures["QAT test episodes (fstal)"]])
+    monkeypatch.setattr(pf, "measure_tan", lambda profile, data, key, *a: asked.append(f"2D-TAN {key}")
+                        or [measures[f"2D-TAN training ({key})"], measures[f"2D-TAN inference ({key})"]])
+    monkeypatch.setattr(pf, "dataset_sizes", lambda *a: _sizes())
+    return asked
+
+
 def test_a_method_that_does_not_train_is_neither_timed_nor_projected(monkeypatch, tmp_path):
     import clap_bench.preflight as pf
 
     measures = _measures()
-    timed = []
-    data = pf.PreflightData(full={}, picks={}, kinds={}, folders={})
-    monkeypatch.setattr(pf, "load_data", lambda *a, **k: data)
-    for name in ("_kinetics_available", "_text_model_available", "_glove_available"):
-        monkeypatch.setattr(pf, name, lambda *a, **k: True)
-    monkeypatch.setattr(pf, "measure_pretrain", lambda profile, data, method, *a: timed.append(method) or measures[f"pretrain {method}"])
-    monkeypatch.setattr(pf, "measure_extraction", lambda profile, data, key, work: measures[f"extract {key}"])
-    monkeypatch.setattr(pf, "measure_gtad", lambda *a: [measures["G-TAD training (tal)"], measures["G-TAD inference (tal)"]])
-    monkeypatch.setattr(pf, "measure_qat", lambda *a: [measures["QAT meta-training (fstal)"], measures["QAT test episodes (fstal)"]])
-    monkeypatch.setattr(pf, "measure_tan", lambda profile, data, key, *a: [measures[f"2D-TAN training ({key})"],
-                                                                         measures[f"2D-TAN inference ({key})"]])
-    monkeypatch.setattr(pf, "dataset_sizes", lambda *a: _sizes())
+    asked = _fake_stages(monkeypatch, measures)
     report = pf.run_preflight(load_profile("paper"), ["none", "clap"], work_dir=tmp_path, cluster_path=None)
-    assert timed == ["clap"]
+    assert [a for a in asked if a.startswith("pretrain")] == ["pretrain clap"]
     assert any("'none' does not train" in n for n in report["notes"])
     stages = report["projection"]["stages"]
     assert not [r for r in stages if r["method"] == "none"]
@@ -206,24 +216,23 @@ def test_global_video_features_of_the_validation_videos_are_projected_with_the_t
     assert rows["pretrain-base GVF"]["work"] == pytest.approx(10000 * 80 / 150)  # no base validation counted here
 
 
+def _ann(videos, classes=()) -> AnnotationSet:
+    return AnnotationSet("test", "test", {v.id: v for v in videos}, list(classes), 0, [], False)
+
+
+def _grounding(subsets) -> AnnotationSet:
+    """Two videos per ``(subset, sentences per video)``."""
+    return _ann([Video(f"g{s}{i}", 30.0, s, sentences=[Sentence(1.0, 5.0, "x")] * n) for s, n in subsets for i in range(2)])
+
+
 def test_dataset_sizes_count_the_validation_segments_and_queries():
-    from clap_bench.data.schema import AnnotationSet
-    from clap_bench.preflight import PreflightData, dataset_sizes
-
-    def ann(videos, classes=()):
-        return AnnotationSet("test", "test", {v.id: v for v in videos}, list(classes), 0, [], False)
-
     def anet_video(i, subset, label):  # one action in the middle: background, action, background
         return Video(f"v{subset}{i}", 60.0, subset, segments=[Segment(20.0, 40.0, label)])
 
-    anet = ann([anet_video(i, "training", "a" if i % 2 else "b") for i in range(4)]
-               + [anet_video(0, "validation", "a"), anet_video(1, "validation", "b"), anet_video(2, "validation", "b")], ["a", "b"])
-
-    def grounding(subsets):
-        return ann([Video(f"g{s}{i}", 30.0, s, sentences=[Sentence(1.0, 5.0, "x")] * n) for s, n in subsets for i in range(2)])
-
-    data = PreflightData(full={"activitynet": anet, "charades-sta": grounding([("train", 2), ("test", 1)]),
-                               "tacos": grounding([("train", 3), ("val", 4), ("test", 1)])},
+    anet = _ann([anet_video(i, "training", "a" if i % 2 else "b") for i in range(4)]
+                + [anet_video(0, "validation", "a"), anet_video(1, "validation", "b"), anet_video(2, "validation", "b")], ["a", "b"])
+    data = PreflightData(full={"activitynet": anet, "charades-sta": _grounding([("train", 2), ("test", 1)]),
+                               "tacos": _grounding([("train", 3), ("val", 4), ("test", 1)])},
                          picks={}, kinds={}, folders={}, fewshot_base=["a"])
     sizes = dataset_sizes(load_profile("paper"), data)
     assert sizes["tacos"]["val_queries"] == 2 * 4 and sizes["charades-sta"]["val_queries"] == 0
@@ -260,3 +269,30 @@ def test_the_extractions_of_a_method_that_does_not_train_are_projected_as_often_
         expected = sum(features[name[len("extract-"):]] * n for name, n in plan_counts.items() if name.startswith("extract-"))
         expected += checkpoint * (plan_counts["pretrain"] + plan_counts["pretrain-base"])
         assert p["disk"]["sweep_bytes"] == expected, per_seed_source
+
+
+def test_only_the_grounding_sets_of_tasks_vlg_datasets_are_timed_and_projected(monkeypatch, tmp_path):
+    import clap_bench.preflight as pf
+
+    profile = load_profile("smoke")
+    profile.tasks["vlg"] = {**profile.tasks.get("vlg", {}), "datasets": ["charades-sta"]}
+    plan_counts = _plan_stage_counts(profile, ["clap"], seeds=1)
+    p = project(profile, _sizes(), _measures(), ["clap"], seeds=1, cluster=None)
+    rows = {r["stage"]: r for r in p["stages"]}
+    assert {s for s in rows if s.startswith("extract-")} == {s for s in plan_counts if s.startswith("extract-")}
+    assert [s for s in rows if s.startswith("vlg:")] == ["vlg: 2D-TAN training charades-sta", "vlg: 2D-TAN inference charades-sta"]
+    assert "tacos" not in p["disk"]["feature_files_one_seed"]
+    assert p["one_seed"]["clap"]["hours"] == pytest.approx(sum(r["hours"] for r in p["stages"]))
+    # the preflight counts and times only what the run does
+    anet = _ann([Video("v_a", 60.0, "training", segments=[Segment(20.0, 40.0, "a")])], ["a"])
+    data = PreflightData(full={"activitynet": anet, "charades-sta": _grounding([("train", 2), ("test", 1)])},
+                         picks={}, kinds={}, folders={})
+    assert set(dataset_sizes(profile, data)) == {"activitynet", "charades-sta"}
+    asked = _fake_stages(monkeypatch, _measures())
+    report = pf.run_preflight(profile, ["clap"], seeds=1, work_dir=tmp_path, cluster_path=None)
+    assert not [a for a in asked if "tacos" in a] and "2D-TAN charades-sta" in asked
+    assert not [r for r in report["projection"]["stages"] if "tacos" in r["stage"]]
+    # a grounding set the task does not know: the key and the known ones
+    profile.tasks["vlg"]["datasets"] = ["charades"]
+    with pytest.raises(ConfigError, match=r"tasks\.vlg\.datasets.*'charades'.*charades-sta, tacos"):
+        project(profile, _sizes(), _measures(), ["clap"], seeds=1, cluster=None)
