@@ -296,3 +296,30 @@ def test_only_the_grounding_sets_of_tasks_vlg_datasets_are_timed_and_projected(m
     profile.tasks["vlg"]["datasets"] = ["charades"]
     with pytest.raises(ConfigError, match=r"tasks\.vlg\.datasets.*'charades'.*charades-sta, tacos"):
         project(profile, _sizes(), _measures(), ["clap"], seeds=1, cluster=None)
+
+
+def test_segment_counts_are_those_pre_training_samples_with_pretrain_short_segments(tmp_path):
+    from clap_bench.clips import SegmentClipDataset
+    from clap_bench.training.pretrain import short_segment_limits, validation_annotations
+
+    def video(vid, subset):  # a 0.5 s action and a 0.5 s gap before a 10 s action: shorter than the smoke profile's 1 s clip
+        return Video(vid, 30.0, subset, segments=[Segment(5.0, 5.5, "a"), Segment(6.0, 16.0, "b")])
+
+    anet = _ann([video("v_t0", "training"), video("v_t1", "training"), video("v_v0", "validation")], ["a", "b"])
+    data = PreflightData(full={"activitynet": anet, "charades-sta": _grounding([("train", 1), ("test", 1)]),
+                               "tacos": _grounding([("train", 1), ("val", 1), ("test", 1)])}, picks={}, kinds={}, folders={})
+    train = anet.subset("training")
+    held_out = validation_annotations(anet, train.classes)
+    sampled = {}
+    for short_segments in ("keep", "drop"):
+        profile = load_profile("smoke")
+        profile.pretrain.short_segments = short_segments
+        sizes = dataset_sizes(profile, data)["activitynet"]
+        for key, ann, is_train in (("train_segments", train, True), ("val_segments", held_out, False)):
+            for regions in ("foreground", "all"):  # the segments a method of those regions samples, as pretrain() builds them
+                run = SegmentClipDataset(ann, tmp_path, profile.clips, train=is_train, regions=regions, classes=train.classes,
+                                         **short_segment_limits(profile.pretrain, profile.clips))
+                assert sizes[key][regions] == len(run), (short_segments, key, regions)
+                sampled[short_segments, key, regions] = len(run)
+    assert all(sampled["drop", key, regions] < sampled["keep", key, regions]
+               for key in ("train_segments", "val_segments") for regions in ("foreground", "all"))
