@@ -497,6 +497,21 @@ def test_side_files_beside_annotations_are_still_ignored(tmp_path):
     assert sorted(s.videos) == ["video_test_1", "video_validation_1"]
 
 
+
+@pytest.mark.parametrize("readme", ["README.txt", "readme.txt", "ReadMe.TXT"])
+def test_a_folders_readme_is_not_read(tmp_path, readme):
+    # Prose sniffs as a class split: beside Charades-STA or TSP files it made the folder "hold several
+    # formats", beside class splits it added its lines as classes.
+    _charades_folder(tmp_path / "charades", "BBB 1.0 2.0##y.")
+    _tsp_folder(tmp_path / "thumos14", TSP_HEADER)
+    write(tmp_path / "splits" / "base.txt", "Run, Jump")
+    write(tmp_path / "splits" / "test.txt", "Swim")
+    for folder in ("charades", "thumos14", "splits"):
+        write(tmp_path / folder / readme, "Annotation files as published.\nSee the source table.\n")
+    assert sorted(read_annotations(tmp_path / "charades").videos) == ["AAA", "BBB"]
+    assert sorted(read_annotations(tmp_path / "thumos14").videos) == ["video_test_1", "video_validation_1"]
+    assert read_annotations(tmp_path / "splits").classes == ["Jump", "Run", "Swim"]
+
 def test_load_dataset_charades_lengths_and_fewshot_split_from_extra(tmp_path):
     write(tmp_path / "sta" / "charades_sta_train.txt", "AAA 0.0 12.0##x.\n")
     write(tmp_path / "sta" / "charades_sta_test.txt", "BBB 1.0 2.0##y.\n")

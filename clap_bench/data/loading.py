@@ -75,14 +75,16 @@ def merge_sets(sets: Sequence[AnnotationSet]) -> AnnotationSet:
 
 
 def _expand(paths: Iterable[PathLike]) -> List[Path]:
-    """Files named directly, plus the files of named directories (their README and hidden files excepted)."""
+    """Files named directly, plus the .json/.csv/.txt files of named directories (their README and hidden files excepted)."""
     out: List[Path] = []
     for p in paths:
         p = Path(p).expanduser()
         if p.is_dir():
+            # A folder's README describes its files; read, its prose would sniff as a class split.
             out.extend(
                 f for f in sorted(p.iterdir())
-                if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in {".json", ".csv", ".txt"}
+                if f.is_file() and not f.name.startswith(".") and f.stem.lower() != "readme"
+                and f.suffix.lower() in {".json", ".csv", ".txt"}
             )
         else:
             out.append(p)
@@ -98,8 +100,8 @@ def read_annotation_files(
     """Read annotation files of one format (auto-detected when ``format`` is None), one set per file.
 
     Directories are expanded to the files in them whose format is recognised (label maps,
-    metadata and the like are ignored) and to damaged files of that format (named like them, or
-    carrying its marks), which its reader then rejects naming the line. For Charades-STA,
+    metadata and the like are ignored; README files are not read) and to damaged files of that
+    format (named like them, or carrying its marks), which its reader then rejects naming the line. For Charades-STA,
     ``Charades_v1_*.csv`` files among ``paths`` are the video lengths. ``subset`` selects: files whose name announces another
     subset are skipped, a file whose name announces none is read as that subset, and formats
     that store the subset per video keep only its videos.
