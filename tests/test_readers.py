@@ -488,6 +488,40 @@ def test_a_damaged_file_given_explicitly_is_read_and_its_line_named(tmp_path):
     assert "no known annotation format" not in str(err)
 
 
+
+def _charades_without_separator(folder: Path, lines: str, given: str) -> list:
+    """Charades-STA files whose ``charades_test_queries.txt`` holds ``lines`` (named unlike the train txt, so
+    only its content can tell it is one), and what ``given`` passes to the reader."""
+    damaged = write(folder / "charades_test_queries.txt", lines)
+    write(folder / "Charades_v1_test.csv", "id,length\nBBB,5\n")
+    if given != "folder-of-one":
+        write(folder / "charades_sta_train.txt", "AAA 0.0 5.0##x.\n")
+        write(folder / "Charades_v1_train.csv", "id,length\nAAA,10\n")
+    return [damaged] if given == "file" else [folder]
+
+
+@pytest.mark.parametrize("given", ["folder", "file", "folder-of-one"])
+@pytest.mark.parametrize("first_line", ["BBB 1.0 2.0 y.", "BBB 1 2 y."], ids=["decimal-times", "whole-second-times"])
+def test_a_charades_first_line_without_its_separator_is_named(tmp_path, first_line, given):
+    # Before, such a file matched no format (decimal times: ignored in a folder, "matches no known
+    # annotation format" given alone) or a class split (whole seconds: "several formats" beside the
+    # train txt, a class list given alone).
+    paths = _charades_without_separator(tmp_path, first_line + "\nBBB 2.0 3.0##z.\n", given)
+    err = expect_error(read_annotations, paths, where="line 1",
+                       says=("'##' between the times and the sentence", "'VIDEO start end##sentence'"))
+    assert Path(err.path).name == "charades_test_queries.txt"
+
+
+def test_a_charades_line_without_its_separator_further_down_is_named(tmp_path):
+    paths = _charades_without_separator(tmp_path, "BBB 1.0 2.0##y.\nBBB 2.0 3.0 z.\n", "folder")
+    err = expect_error(read_annotations, paths, where="line 2", says=("'##' between the times and the sentence",))
+    assert Path(err.path).name == "charades_test_queries.txt"
+
+
+def test_a_txt_of_no_format_still_gets_the_format_explanation(tmp_path):
+    expect_error(read_annotations, write(tmp_path / "m.txt", "measured in 1.5 2.5 s\n"), where="file",
+                 says=("matches no known annotation format", "Charades-STA txt"))
+
 def test_side_files_beside_annotations_are_still_ignored(tmp_path):
     _tsp_folder(tmp_path, TSP_HEADER)
     write(tmp_path / "thumos14_test_metadata.csv", "filename,video-duration,fps,video-frames\nvideo_test_1.mp4,9,30,270\n")

@@ -129,6 +129,12 @@ def read_annotation_files(
             kinds[f] = format
     length_files = [f for f, k in kinds.items() if k == "charades-lengths"]
     annotation_files = [f for f, k in kinds.items() if k not in (None, "charades-lengths") and (format is None or k == format)]
+    if not annotation_files:
+        # No file sniffs as a format (a folder holding one damaged file): files carrying a format's
+        # marks still go to its reader, which names the line, as in _damaged_in_folder.
+        marks = {f: marked_format(f) for f, k in kinds.items() if k is None}
+        annotation_files = [f for f, m in marks.items() if m is not None and (format is None or m == format)]
+        kinds.update((f, marks[f]) for f in annotation_files)
     if not annotation_files and length_files:
         raise AnnotationError(
             length_files[0], "file",

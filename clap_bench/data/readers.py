@@ -551,6 +551,8 @@ def read_tacos(path: PathLike, subset: Optional[str] = None) -> AnnotationSet:
 
 # --------------------------------------------------------------------------- Charades-STA
 _CHARADES_LINE = re.compile(r"^(\S+)\s+(\S+)\s+(\S+)\s*##(.*)$")
+# A Charades-STA line that lost its '##': a video id and two times, then the sentence.
+_CHARADES_LINE_WITHOUT_SEPARATOR = re.compile(r"^\S+\s+\d+(?:\.\d+)?\s+\d+(?:\.\d+)?(?![\d.])")
 
 
 def read_charades_lengths(paths: Union[PathLike, Sequence[PathLike]]) -> Dict[str, Tuple[float, str]]:
@@ -616,6 +618,11 @@ def read_charades_sta(
             continue
         m = _CHARADES_LINE.match(text_line.strip())
         if m is None:
+            if "##" not in text_line and _CHARADES_LINE_WITHOUT_SEPARATOR.match(text_line.strip()):
+                raise AnnotationError(
+                    path, _line(n),
+                    f"is {_short(text_line)}, without '##' between the times and the sentence; expected 'VIDEO start end##sentence'",
+                )
             raise AnnotationError(path, _line(n), f"is {_short(text_line)}; expected 'VIDEO start end##sentence'")
         vid, s, e, sentence = m.groups()
         start = _number(s, path, _line(n), "start")
@@ -804,7 +811,8 @@ def sniff_format(path: PathLike) -> Optional[str]:
         return "charades-lengths"
     if _CHARADES_LINE.match(first_line):
         return "charades-sta"
-    if path.suffix.lower() == ".txt" and "##" not in first_line and not re.search(r"\d+\.\d+\s+\d+\.\d+", first_line):
+    if (path.suffix.lower() == ".txt" and "##" not in first_line and not re.search(r"\d+\.\d+\s+\d+\.\d+", first_line)
+            and not _CHARADES_LINE_WITHOUT_SEPARATOR.match(first_line)):
         return "class-split"
     return None
 
@@ -838,7 +846,7 @@ def marked_format(path: PathLike) -> Optional[str]:
         return "tsp-csv"
     if header & _KINETICS_MARKS:
         return "kinetics-csv"
-    if "##" in first_line:
+    if "##" in first_line or (path.suffix.lower() == ".txt" and _CHARADES_LINE_WITHOUT_SEPARATOR.match(first_line)):
         return "charades-sta"
     return None
 
