@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from clap_bench.cli import app
-from clap_bench.config import DatasetConfig
+from clap_bench.config import DatasetConfig, load_profile
 from clap_bench.data import (
     READERS,
     AnnotationError,
@@ -28,6 +28,7 @@ from clap_bench.data import (
     read_tsp_csv,
     write_activitynet_json,
 )
+from clap_bench.data.check import drop_problem_videos
 
 TSP_HEADER = "video-name,t-start,t-end,action-label,video-duration,filename,fps,video-frames,temporal-region-label"
 
@@ -592,6 +593,45 @@ def test_attach_captions_counts_clipped_and_dropped_captions(tmp_path):
     assert any("1 captions dropped because start >= end" in n for n in joined.notes), joined.notes
     assert any("2 caption end times past the video's duration" in n for n in joined.notes), joined.notes
 
+
+
+# --------------------------------------------------------------------------- a subset's drops and notes
+def test_a_subset_keeps_only_its_own_drops_and_notes(tmp_path):
+    train = write(tmp_path / "charades_sta_train.txt", "AAA 0.0 4.5##kept.\nAAA 9.0 12.0##clipped.\nAAA 3.0 2.0##reversed.\n")
+    test = write(tmp_path / "charades_sta_test.txt", "BBB 0.0 4.0##kept.\n")
+    write(tmp_path / "Charades_v1_train.csv", "id,length\nAAA,10\n")
+    write(tmp_path / "Charades_v1_test.csv", "id,length\nBBB,5\n")
+    both, train_alone, test_alone = read_annotations(tmp_path), read_charades_sta(train), read_charades_sta(test)
+    assert train_alone.dropped and train_alone.notes  # the train file's drop and notes are what the test subset must not carry
+    for part, alone in ((both.subset("train"), train_alone), (both.subset("test"), test_alone)):
+        assert (part.dropped, part.notes) == (alone.dropped, alone.notes)
+    assert both.subset("train", "test").notes == both.notes
+
+    # ActivityNet JSON holds every subset in one file: each keeps the note on its own segments.
+    anet = read_activitynet_json(write_json(tmp_path / "anet.json", anet_database(
+        a={"subset": "training", "duration": 5.0, "annotations": [{"segment": [1.0, 6.0], "label": "Run"}]},
+        b={"subset": "validation", "duration": 5.0, "annotations": [{"segment": [1.0, 2.0], "label": "Run"}]},
+    )))
+    assert anet.notes and anet.subset("validation").notes == []
+    assert anet.subset("training").notes == anet.notes
+
+
+def test_class_restriction_and_joins_keep_the_notes_of_the_subsets_left(tmp_path):
+    write(tmp_path / "anet_train_tsp.csv", tsp_rows("a,0,6,Run,5,v_a.mp4,30,150,Action"))  # ends after the video
+    write(tmp_path / "anet_valid_tsp.csv", tsp_rows("b,0,1,Jump,3,v_b.mp4,30,90,Action"))
+    both = read_annotations(tmp_path)
+    assert both.notes
+    assert both.restrict_classes(["Jump"]).notes == []  # no training video left
+    assert both.restrict_classes(["Run"]).notes == both.notes
+    captions = read_anet_captions(write_json(tmp_path / "captions" / "train.json", {
+        "v_a": {"duration": 5, "timestamps": [[0, 1]], "sentences": ["one"]}}))
+    joined = attach_captions(both, captions)
+    caption_notes = [n for n in joined.notes if n not in both.notes]
+    assert caption_notes and joined.subset("validation").notes == caption_notes  # the join's notes are the whole set's
+    profile = load_profile("smoke", {"check": {"problems_file": str(write(
+        tmp_path / "problems.csv", "video,dataset,problem,detail\nv_b,activitynet,missing,x\n"))}})
+    checked = drop_problem_videos(profile, "activitynet", both, "test")
+    assert checked.subset("validation").notes == [n for n in checked.notes if n not in both.notes]
 
 # --------------------------------------------------------------------------- CLI
 def test_inspect_cli_prints_counts_and_reports_broken_files(tmp_path):

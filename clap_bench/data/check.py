@@ -322,7 +322,7 @@ def drop_problem_videos(profile: Profile, dataset: str, annotations: AnnotationS
     kept = {vid: v for vid, v in annotations.videos.items() if vid not in bad}
     return AnnotationSet(annotations.format, annotations.source, kept, list(annotations.classes), annotations.dropped,
                          list(annotations.notes) + [f"{len(bad)} videos left out by the data check's problem list"],
-                         annotations.lists_background)
+                         annotations.lists_background, dict(annotations.subset_notes))
 
 
 def report_dict(result: CheckResult) -> dict:

@@ -25,7 +25,7 @@ from clap_bench.data.readers import (
     sniff_format,
     subset_from_name,
 )
-from clap_bench.data.schema import AnnotationError, AnnotationSet, Video
+from clap_bench.data.schema import AnnotationError, AnnotationSet, Video, join_subset_notes
 from clap_bench.io import atomic_write_text
 
 PathLike = Union[str, Path]
@@ -71,7 +71,7 @@ def merge_sets(sets: Sequence[AnnotationSet]) -> AnnotationSet:
     classes = sorted({c for s in sets for c in s.classes})
     notes = [n for s in sets for n in s.notes]
     return AnnotationSet(formats[0], ", ".join(s.source for s in sets), videos, classes, sum(s.dropped for s in sets), notes,
-                         all(s.lists_background for s in sets))
+                         all(s.lists_background for s in sets), join_subset_notes(s.subset_notes for s in sets))
 
 
 def _expand(paths: Iterable[PathLike]) -> List[Path]:
@@ -341,11 +341,11 @@ def attach_captions(videos: AnnotationSet, captions: AnnotationSet) -> Annotatio
 
     Caption times are clipped to the action video's duration (the two sources round durations
     differently); a caption that ends up empty is dropped. As the readers do with queries, the
-    clipped ends are counted in a note and the dropped captions in ``dropped`` and a note.
-    Videos without captions keep theirs.
+    clipped ends are counted in a note and the dropped captions in ``dropped`` and a note, for the
+    whole set (not per subset, see ``AnnotationSet.subset_notes``). Videos without captions keep theirs.
     """
     out = AnnotationSet(videos.format, videos.source, {}, list(videos.classes), videos.dropped, list(videos.notes),
-                        videos.lists_background)
+                        videos.lists_background, dict(videos.subset_notes))
     matched = clipped = dropped = 0
     for vid, video in videos.videos.items():
         copy_video = copy.copy(video)

@@ -20,6 +20,8 @@ Policies shared by all readers (the published files need them, see the tests on 
 * Sentences (grounding queries) follow the published grounding loaders: the end is clipped
   to the video duration and a query whose start is not before its end (after clipping) is
   dropped and counted in ``dropped`` with a note saying why. Negative times are errors.
+* Each subset's part of ``dropped`` and of the notes is recorded in ``AnnotationSet.subset_notes``
+  (a file of one subset: all of it), so that ``AnnotationSet.subset`` keeps only its own.
 * Every malformed input raises ``AnnotationError(path, where, problem)`` with the csv/txt line
   (1-based, header included) or the JSON key path, and what was expected.
 * ``filename`` is the video file name relative to the dataset's video folder: the source's own
@@ -38,7 +40,7 @@ from difflib import get_close_matches
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
-from clap_bench.data.schema import AnnotationError, AnnotationSet, Segment, Sentence, Video
+from clap_bench.data.schema import AnnotationError, AnnotationSet, Segment, Sentence, SubsetNotes, Video
 from clap_bench.registry import Registry
 
 PathLike = Union[str, Path]
@@ -289,11 +291,17 @@ def _sentence_notes(path: Path, clipped: int, dropped: int, unit: str = "query")
     return notes
 
 
-def _segments_past_end_note(path: Path, videos: Dict[str, Video]) -> List[str]:
+def _segments_past_end_note(path: Path, videos: Dict[str, Video], subset: str = "") -> List[str]:
     n = sum(1 for v in videos.values() for s in v.segments if s.end > v.duration + DURATION_TOLERANCE)
     if not n:
         return []
-    return [f"{path.name}: {n} segments end after their video's duration (kept as given; clip sampling clamps them)"]
+    counted = f"{n} {subset} segments" if subset else f"{n} segments"
+    return [f"{path.name}: {counted} end after their video's duration (kept as given; clip sampling clamps them)"]
+
+
+def _one_subset_notes(subset: str, dropped: int, notes: List[str]) -> Dict[str, SubsetNotes]:
+    """``AnnotationSet.subset_notes`` of a file that holds one subset: its drops and notes are all that subset's."""
+    return {subset: SubsetNotes(dropped, tuple(notes))} if dropped or notes else {}
 
 
 def _classes(videos: Dict[str, Video]) -> List[str]:
@@ -381,7 +389,13 @@ def read_activitynet_json(path: PathLike, subset: Optional[str] = None) -> Annot
             raise AnnotationError(path, json_key(*where), f"is the same video as another key once the 'v_' prefix is added ({video_id}); expected unique ids")
         segments.sort(key=lambda s: (s.start, s.end))
         videos[video_id] = Video(video_id, duration, video_subset, filename=_default_filename(video_id), segments=segments)
-    return AnnotationSet(fmt, str(path), videos, _classes(videos), 0, _segments_past_end_note(path, videos))
+    # The file holds every subset: one note per subset, so that each subset keeps its own.
+    notes_of = {
+        name: _segments_past_end_note(path, {k: v for k, v in videos.items() if v.subset == name}, name)
+        for name in SUBSETS[fmt]
+    }
+    return AnnotationSet(fmt, str(path), videos, _classes(videos), 0, [n for notes in notes_of.values() for n in notes],
+                         subset_notes={name: SubsetNotes(0, tuple(notes)) for name, notes in notes_of.items() if notes})
 
 
 # --------------------------------------------------------------------------- TSP csv
@@ -456,7 +470,9 @@ def read_tsp_csv(path: PathLike, subset: Optional[str] = None) -> AnnotationSet:
         if video.id in out:
             raise AnnotationError(path, _line(first_line[video_id]), f"video {video.id} appears under two names; expected one name per video")
         out[video.id] = video
-    return AnnotationSet(fmt, str(path), out, _classes(out), 0, _segments_past_end_note(path, out), lists_background=True)
+    notes = _segments_past_end_note(path, out)
+    return AnnotationSet(fmt, str(path), out, _classes(out), 0, notes, lists_background=True,
+                         subset_notes=_one_subset_notes(video_subset, 0, notes))
 
 
 # --------------------------------------------------------------------------- ActivityNet Captions
@@ -487,7 +503,8 @@ def read_anet_captions(path: PathLike, subset: Optional[str] = None) -> Annotati
         if video_id in videos:
             raise AnnotationError(path, json_key(raw_id), f"is the same video as another key once the 'v_' prefix is added ({video_id}); expected unique ids")
         videos[video_id] = Video(video_id, duration, video_subset, filename=_default_filename(video_id), sentences=sentences)
-    return AnnotationSet(fmt, str(path), videos, [], dropped, _sentence_notes(path, clipped, dropped))
+    notes = _sentence_notes(path, clipped, dropped)
+    return AnnotationSet(fmt, str(path), videos, [], dropped, notes, subset_notes=_one_subset_notes(video_subset, dropped, notes))
 
 
 def _timed_sentences(path: Path, key: str, entry: dict, scale: float, unit: str) -> List[Tuple[float, float, str]]:
@@ -546,7 +563,8 @@ def read_tacos(path: PathLike, subset: Optional[str] = None) -> AnnotationSet:
         if video_id in videos:
             raise AnnotationError(path, json_key(key), f"is the same video as another key ({video_id}); expected unique videos")
         videos[video_id] = Video(video_id, duration, video_subset, fps=fps, num_frames=num_frames, filename=filename, sentences=sentences)
-    return AnnotationSet(fmt, str(path), videos, [], dropped, _sentence_notes(path, clipped, dropped))
+    notes = _sentence_notes(path, clipped, dropped)
+    return AnnotationSet(fmt, str(path), videos, [], dropped, notes, subset_notes=_one_subset_notes(video_subset, dropped, notes))
 
 
 # --------------------------------------------------------------------------- Charades-STA
@@ -640,7 +658,8 @@ def read_charades_sta(
         clipped += c
         dropped += d
         videos[vid] = Video(vid, duration, video_subset, filename=_default_filename(vid), sentences=sentences)
-    return AnnotationSet(fmt, str(path), videos, [], dropped, _sentence_notes(path, clipped, dropped))
+    notes = _sentence_notes(path, clipped, dropped)
+    return AnnotationSet(fmt, str(path), videos, [], dropped, notes, subset_notes=_one_subset_notes(video_subset, dropped, notes))
 
 
 # --------------------------------------------------------------------------- Kinetics-style csv

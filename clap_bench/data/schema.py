@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, Iterable, List, Optional, Tuple
 
 
 class AnnotationError(ValueError):
@@ -61,6 +61,24 @@ class Video:
         return [s for s in self.segments if s.is_foreground]
 
 
+@dataclass(frozen=True)
+class SubsetNotes:
+    """The part of an ``AnnotationSet``'s ``dropped`` and ``notes`` that one subset's videos caused."""
+
+    dropped: int = 0
+    notes: Tuple[str, ...] = ()
+
+
+def join_subset_notes(parts: Iterable[Dict[str, SubsetNotes]]) -> Dict[str, SubsetNotes]:
+    """``subset_notes`` of several sets as one (drops summed, notes in order)."""
+    out: Dict[str, SubsetNotes] = {}
+    for part in parts:
+        for name, own in part.items():
+            seen = out.get(name, SubsetNotes())
+            out[name] = SubsetNotes(seen.dropped + own.dropped, seen.notes + own.notes)
+    return out
+
+
 @dataclass
 class AnnotationSet:
     """Videos of one dataset as read from one or more files of one format."""
@@ -75,16 +93,23 @@ class AnnotationSet:
     # then has none (TSP's csv leaves short background out on purpose). False: background is the gaps
     # between actions. Decided per format, never per video.
     lists_background: bool = False
+    # Which subset's videos caused which part of ``dropped`` and ``notes`` (that part is counted in
+    # them too). The readers fill it, ``merge_sets`` joins it; ``subset()`` leaves out the other
+    # subsets' part. Drops and notes not listed here (a caption join's, the data check's) are about
+    # the whole set and stay with every part of it.
+    subset_notes: Dict[str, SubsetNotes] = field(default_factory=dict)
 
     def subset(self, *names: str) -> "AnnotationSet":
+        """The videos of the subsets ``names``, with their own drops and notes (not the other subsets')."""
         keep = {k: v for k, v in self.videos.items() if v.subset in names}
-        return AnnotationSet(self.format, self.source, keep, list(self.classes), self.dropped, list(self.notes),
-                             self.lists_background)
+        return self._part(keep, list(self.classes), kept_subsets=set(names))
 
     def restrict_classes(self, classes: Iterable[str]) -> "AnnotationSet":
         """Videos whose every action belongs to ``classes`` (a video with any other action is dropped).
 
-        Used for few-shot protocols, where no video of a held-out class may be seen.
+        Used for few-shot protocols, where no video of a held-out class may be seen. A subset with no
+        video left loses its drops and notes; a subset with some keeps all of its own (they are
+        counted per subset, not per video).
         """
         allowed = set(classes)
         keep = {
@@ -92,8 +117,18 @@ class AnnotationSet:
             for k, v in self.videos.items()
             if v.actions and all(s.label in allowed for s in v.actions)
         }
-        return AnnotationSet(self.format, self.source, keep, sorted(allowed & set(self.classes)), self.dropped, list(self.notes),
-                             self.lists_background)
+        return self._part(keep, sorted(allowed & set(self.classes)), kept_subsets={v.subset for v in keep.values()})
+
+    def _part(self, videos: Dict[str, Video], classes: List[str], kept_subsets: set) -> "AnnotationSet":
+        """A set of some of these videos, without the drops and notes of the subsets not in ``kept_subsets``."""
+        dropped, notes = self.dropped, list(self.notes)
+        for name, own in self.subset_notes.items():
+            if name not in kept_subsets:
+                dropped -= own.dropped
+                for note in own.notes:
+                    notes.remove(note)
+        kept_notes = {name: own for name, own in self.subset_notes.items() if name in kept_subsets}
+        return AnnotationSet(self.format, self.source, videos, classes, dropped, notes, self.lists_background, kept_notes)
 
     @property
     def subsets(self) -> List[str]:
