@@ -38,3 +38,12 @@ def test_list_with_no_match_says_so_and_exits_1(kind):
     result = runner.invoke(app, ["list", kind, "zz*"])
     assert result.exit_code == 1
     assert f"no {kind[:-1]} matches 'zz*'" in result.output
+
+
+def test_downstream_set_pairs_nest_dotted_keys_and_a_later_value_wins():
+    from clap_bench.commands.downstream import parse_overrides
+
+    assert parse_overrides(["a.x=1", "a.y=[2, 3]", "b=4", "b=5", "a.x=6"]) == {"a": {"x": 6, "y": [2, 3]}, "b": 5}
+    assert parse_overrides(["a={x: 1}", "a.y=2"]) == {"a": {"x": 1, "y": 2}}
+    # a mapping given as one value replaces the keys set under it; they can then become values again
+    assert parse_overrides(["a.y.z=1", "a={y: 2}", "a.y=3"]) == {"a": {"y": 3}}

@@ -190,7 +190,11 @@ def _flat(out: str) -> str:
 
 @pytest.mark.parametrize("sets, expected", [
     (["epochs=["], "'epochs=[':thevalueisnotvalidYAML"),
-    (["epochs=3", "epochs.x=1"], "'epochs.x=1':epochsisalreadysetto3,notamapping"),
+    (["epochs=3", "epochs.x=1"], "'epochs.x=1'conflictswith'epochs=3':epochsisalreadysetto3,notamapping"),
+    # the other order used to drop epochs.x=1 without a word
+    (["epochs.x=1", "epochs=3"], "'epochs=3'conflictswith'epochs.x=1':epochsisalreadyamapping{'x':1},notasinglevalue"),
+    (["a.b.c=1", "a.b.d=2", "a=3"], "'a=3'conflictswith'a.b.c=1':aisalreadyamapping"),
+    (["a={b: 1}", "a.b.c=2"], "'a.b.c=2'conflictswith'a={b:1}':a.bisalreadysetto1,notamapping"),
 ])
 def test_cli_downstream_bad_set_names_the_item(tmp_path, sets, expected):
     features = tmp_path / "f.h5"

@@ -47,24 +47,47 @@ def read_dataset_config(path: Path, key: str) -> Dict[str, DatasetConfig]:
 
 
 def parse_overrides(values: List[str], option: str = "--set") -> dict:
-    """``KEY=VALUE`` pairs (values parsed as YAML, dotted keys nest) -> a mapping."""
+    """``KEY=VALUE`` pairs (values parsed as YAML, dotted keys nest) -> a mapping.
+
+    A later pair replaces an earlier pair's value at the same key; a key that one pair makes a
+    mapping (``epochs.x=1``) and another a single value (``epochs=3``) is an error naming both,
+    in either order: whichever came last would otherwise silently drop the other."""
     out: dict = {}
+    set_by: Dict[str, str] = {}  # dotted key -> the pair that last gave it its value (or made it a mapping)
+
+    def origin(key: str) -> str:
+        """The pair that set ``key``, or the nearest mapping above it (a mapping given as one YAML value)."""
+        parts = key.split(".")
+        return next(set_by[k] for k in (".".join(parts[:n]) for n in range(len(parts), 0, -1)) if k in set_by)
+
     for item in values:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise typer.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint=option)
-        node = out
-        parts = key.split(".")
-        for i, part in enumerate(parts[:-1]):
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise typer.BadParameter(f"{item!r}: {'.'.join(parts[:i + 1])} is already set to {node!r}, not a mapping",
-                                         param_hint=option)
         try:
-            node[parts[-1]] = yaml.safe_load(value)
+            parsed = yaml.safe_load(value)
         except yaml.YAMLError as e:
             raise typer.BadParameter(f"{item!r}: the value is not valid YAML ({getattr(e, 'problem', None) or e})",
                                      param_hint=option) from None
+        node = out
+        parts = key.split(".")
+        for i, part in enumerate(parts[:-1]):
+            prefix = ".".join(parts[:i + 1])
+            if part not in node:
+                node[part] = {}
+                set_by[prefix] = item
+            node = node[part]
+            if not isinstance(node, dict):
+                raise typer.BadParameter(f"{item!r} conflicts with {origin(prefix)!r}: {prefix} is already set to "
+                                         f"{node!r}, not a mapping", param_hint=option)
+        earlier = node.get(parts[-1])
+        if isinstance(earlier, dict) and not isinstance(parsed, dict):
+            raise typer.BadParameter(f"{item!r} conflicts with {origin(key)!r}: {key} is already a mapping "
+                                     f"{earlier!r}, not a single value", param_hint=option)
+        node[parts[-1]] = parsed
+        for inner in [k for k in set_by if k.startswith(key + ".")]:  # replaced along with the old value
+            del set_by[inner]
+        set_by[key] = item
     return out
 
 
