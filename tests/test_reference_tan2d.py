@@ -14,6 +14,7 @@ from clap_bench.data.schema import AnnotationSet, Sentence, Video
 from clap_bench.downstream.tan2d.model import map_conv_output_size
 from clap_bench.downstream.tan2d.task import VLGConfig, grounding_queries
 from clap_bench.eval.grounding import evaluate_grounding, flatten_metrics
+from clap_bench.io import FeatureFileError
 from clap_bench.reference import ReferenceMissing
 from clap_bench.reference.tan2d import (
     METRIC_KEYS,
@@ -118,8 +119,16 @@ def test_feature_copy_keeps_the_listed_videos(tmp_path):
         assert sorted(d.keys()) == ["a", "b"]
         assert d["a"].dtype == np.float32 and d["a"].shape == (5, 6)
         np.testing.assert_allclose(d["b"][()], s["b"][()].astype(np.float32))
-    with pytest.raises(KeyError, match="no features for 1 of 2 videos"):
-        write_reference_features(src, ["a", "zz"], tmp_path / "y.hdf5")
+
+
+def test_feature_copy_without_an_annotated_video_names_the_file_and_the_videos(tmp_path):
+    src = tmp_path / "ours.h5"
+    with h5py.File(src, "w") as f:
+        f.create_dataset("a", data=np.ones((3, 4), np.float32))
+    with pytest.raises(FeatureFileError) as err:
+        write_reference_features(src, ["a", "zz", "yy"], tmp_path / "y.hdf5")
+    assert str(err.value).startswith(f"{src}: no features for 2 of the 3 videos of the annotations: yy, zz")
+    assert not (tmp_path / "y.hdf5").exists() and not (tmp_path / "y.hdf5.tmp").exists()
 
 
 def test_word_table_rows_follow_the_reference_split(tmp_path):

@@ -33,6 +33,7 @@ from typing import Callable, Dict, Iterable, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
+from clap_bench.io import FeatureFileError
 from clap_bench.reference import require_reference
 
 REFERENCE_NAME = "2D-TAN (the 2D-TAN folder of microsoft/VideoX)"
@@ -96,7 +97,10 @@ def write_charades_sta(split_queries: Mapping[str, Sequence], out_dir: Path | st
 
 
 def write_reference_features(source: Path | str, video_ids: Iterable[str], out_path: Path | str) -> Path:
-    """Copy the listed videos' ``(T, D)`` features from our HDF5 file into ``out_path`` (float32)."""
+    """Copy the listed videos' ``(T, D)`` features from our HDF5 file into ``out_path`` (float32).
+
+    A listed video the file has no dataset for, or a dataset that is not a non-empty ``(T, D)``
+    array, raises ``FeatureFileError`` naming the file and the video(s), before anything is written."""
     import h5py
 
     source, out_path = Path(source), Path(out_path)
@@ -105,12 +109,14 @@ def write_reference_features(source: Path | str, video_ids: Iterable[str], out_p
     with h5py.File(source, "r") as src:
         missing = [v for v in wanted if v not in src]
         if missing:
-            raise KeyError(f"{source}: no features for {len(missing)} of {len(wanted)} videos, e.g. {missing[:3]}")
+            shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+            raise FeatureFileError(f"{source}: no features for {len(missing)} of the {len(wanted)} videos of the "
+                                   f"annotations: {shown} (expected one (T, D) dataset per video id)")
         with h5py.File(tmp, "w") as dst:
             for vid in wanted:
                 data = np.asarray(src[vid][()], dtype=np.float32)
                 if data.ndim != 2 or data.shape[0] == 0:
-                    raise ValueError(f"{source}: dataset {vid!r}: expected a non-empty (T, D) array, got shape {data.shape}")
+                    raise FeatureFileError(f"{source}: dataset {vid!r}: expected a non-empty (T, D) array, got shape {data.shape}")
                 dst.create_dataset(vid, data=data)
     tmp.replace(out_path)
     return out_path
