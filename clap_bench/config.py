@@ -269,8 +269,9 @@ class ExtractConfig:
         num_frames: Optional[int] = None,
     ):
         """:meth:`clip_starts` of one video file: with ``snap_duration_to_frames`` and no ``source_fps``
-        from the annotation, the rate of the file's video stream (raises ``VideoDecodeError`` when the
-        file cannot be opened)."""
+        from the annotation, the rate of the file's video stream (``probe_video``: declared, or derived
+        from its frames' timestamps; raises ``VideoDecodeError`` when the file cannot be opened or
+        gives no rate)."""
         if self.snap_duration_to_frames and not source_fps and path is not None:
             from clap_bench.clips.decode import probe_video
 

@@ -241,6 +241,51 @@ def test_probe_reports_duration_and_rate(videos):
     assert (info.height, info.width) == (HEIGHT, WIDTH)
 
 
+def write_single_frame_video_without_rate(path: Path) -> Path:
+    """One H.264 frame in an mp4 that declares no frame rate. (With two frames or more FFmpeg
+    guesses a rate from their timestamps, so a file of several frames always declares one.)"""
+    from fractions import Fraction
+
+    tick = Fraction(1, 1000)
+    container = av.open(str(path), "w", options={"use_editlist": "0"})  # else the frame's zero-length edit hides it
+    stream = container.add_stream("libx264")
+    stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+    stream.codec_context.time_base = tick
+    stream.codec_context.framerate = Fraction(0, 1)
+    frame = av.VideoFrame.from_ndarray(_index_image(5), format="rgb24")
+    frame.pts, frame.time_base = 0, tick
+    _mux(container, stream, [frame])
+    return path
+
+
+def test_probe_of_a_stream_without_a_frame_rate_names_the_file_instead_of_assuming_one(tmp_path):
+    path = write_single_frame_video_without_rate(tmp_path / "v_no_rate.mp4")
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        assert not (stream.guessed_rate or stream.average_rate or stream.base_rate)  # what the test is about
+    np.testing.assert_array_equal(indices(decode_frames_at(path, [0.0, 2.0])), [5, 5])  # decoding needs no rate
+    with pytest.raises(VideoDecodeError) as info:
+        probe_video(path)
+    assert info.value.path == str(path) and "declares no frame rate" in info.value.reason
+
+
+@pytest.mark.parametrize("name", ["v12", "vfr"])
+def test_probe_of_a_stream_without_a_frame_rate_derives_it_from_the_frame_timestamps(videos, tmp_path, monkeypatch, name):
+    # No file of several frames declares no rate (FFmpeg guesses one), so the declared rate is hidden.
+    from clap_bench.clips import decode
+
+    if name == "vfr":
+        frame_times = write_indexed_vfr_video(tmp_path / "v_vfr.mp4", np.random.default_rng(4).integers(1, 7, size=40))
+        path, want = tmp_path / "v_vfr.mp4", (len(frame_times) - 1) / frame_times[-1]
+    else:
+        path, want = videos["v12"], 12.0
+    declared = probe_video(path)
+    monkeypatch.setattr(decode, "_declared_rate", lambda stream: 0.0)
+    derived = probe_video(path)
+    assert derived.fps == pytest.approx(want, rel=1e-9)
+    assert (derived.duration, derived.num_frames, derived.width) == (declared.duration, declared.num_frames, declared.width)
+
+
 @pytest.mark.parametrize(
     "file,reason",
     [("v_missing.mp4", "not found"), ("v_empty.mp4", "empty"), ("v_garbage.mp4", "not a readable"), ("v_truncated.mp4", "not a readable")],

@@ -34,7 +34,8 @@ How frames are resized (``resize_filter``, the profile's ``clips.resize_filter``
 
 A file that cannot be read (missing, empty, corrupt, truncated, without a video stream)
 raises :class:`VideoDecodeError` naming the file and the reason; datasets catch it and skip
-the item.
+the item. So does :func:`probe_video` on a stream that declares no frame rate and has too few
+timestamped frames to derive one from.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ class VideoInfo:
     """What the container says about the first video stream of a file."""
 
     duration: float  # seconds; 0.0 when the container does not say
-    fps: float  # nominal frame rate
+    fps: float  # nominal frame rate: the declared one, else the mean rate of the frames' timestamps
     num_frames: int  # 0 when the container does not say
     width: int
     height: int
@@ -113,14 +114,46 @@ def _open(path: PathLike, threads: int) -> Tuple["av.container.InputContainer", 
     return container, stream
 
 
+def _declared_rate(stream) -> float:
+    """The frame rate the stream declares (as FFmpeg reads it from the container and codec); 0.0 when none."""
+    rate = stream.guessed_rate or stream.average_rate or stream.base_rate
+    return float(rate) if rate else 0.0
+
+
 def _stream_timing(stream) -> Tuple[float, int, float]:
-    """(seconds per pts unit, pts of time zero, nominal frame duration in seconds)."""
+    """(seconds per pts unit, pts of time zero, nominal frame duration in seconds).
+
+    Decoding picks frames by their timestamps; the nominal frame duration only sizes its steps
+    (how far back a seek starts, when a buffered GOP is decoded early, the slack of the truncation
+    check) and dates a frame that carries no timestamp. A stream that declares no rate gets
+    1/30 s for these (a frame without a timestamp in such a stream cannot be dated any better);
+    :func:`probe_video`, which reports the rate, derives it from the timestamps instead.
+    """
     time_base = float(stream.time_base) if stream.time_base else 0.0
     zero_pts = int(stream.start_time) if stream.start_time is not None else 0
-    rate = stream.guessed_rate or stream.average_rate or stream.base_rate
-    fps = float(rate) if rate else 0.0
+    fps = _declared_rate(stream)
     frame_seconds = 1.0 / fps if fps > 0 else 1.0 / 30.0
     return time_base, zero_pts, frame_seconds
+
+
+def _timestamp_rate(path: PathLike, container, stream, time_base: float) -> float:
+    """The mean frame rate of the stream's timestamped packets, read without decoding: one less
+    than the number of distinct timestamps over the time from the first to the last (rounding
+    each timestamp to the time base would skew a rate taken from neighbouring frames). For a
+    stream that declares no rate; ``VideoDecodeError`` when fewer than two packets carry a timestamp."""
+    if time_base <= 0:
+        raise VideoDecodeError(path, "video stream has no time base")
+    stamps = set()
+    try:
+        for packet in container.demux(stream):
+            if packet.pts is not None and packet.size > 0:
+                stamps.add(int(packet.pts))
+    except av.error.FFmpegError as e:
+        raise VideoDecodeError(path, f"cannot read packets ({e})") from None
+    if len(stamps) < 2:
+        raise VideoDecodeError(path, "the video stream declares no frame rate, and none can be derived from "
+                                     f"{len(stamps)} timestamped frame(s)")
+    return (len(stamps) - 1) / ((max(stamps) - min(stamps)) * time_base)
 
 
 def _declared_duration(container, stream, time_base: float) -> float:
@@ -132,13 +165,18 @@ def _declared_duration(container, stream, time_base: float) -> float:
 
 
 def probe_video(path: PathLike) -> VideoInfo:
-    """Duration, nominal fps, frame count and size as declared by the container (no decoding)."""
+    """Duration, nominal fps, frame count and size as declared by the container (no decoding).
+
+    A stream that declares no frame rate gets the mean rate of its frames' timestamps (its packets
+    are read for it); one with fewer than two timestamped frames raises ``VideoDecodeError``.
+    """
     container, stream = _open(path, threads=1)
     try:
         time_base, _, frame_seconds = _stream_timing(stream)
+        declared = _declared_rate(stream) > 0
         return VideoInfo(
             duration=_declared_duration(container, stream, time_base),
-            fps=1.0 / frame_seconds,
+            fps=1.0 / frame_seconds if declared else _timestamp_rate(path, container, stream, time_base),
             num_frames=int(stream.frames or 0),
             width=int(stream.codec_context.width),
             height=int(stream.codec_context.height),
