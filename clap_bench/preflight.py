@@ -321,7 +321,8 @@ def measure_pretrain(profile: Profile, data: PreflightData, method: str, steps: 
                      "num_workers": pcfg.num_workers if pcfg.num_workers is not None else profile.pretrain.num_workers},
         "check": {"problems_file": str(work / "no-problems.csv")},
     }
-    if not _kinetics_available(profile):
+    if not _kinetics_available(profile) or profile.encoder.weights == "source":
+        # A step costs the same from any weights; the source model would need its own training set here.
         over["encoder"] = {"weights": None}
     if not _text_model_available(profile.encoder.text_model):
         over.setdefault("encoder", {})["text_model"] = None  # the bundled MiniLM stands in (noted in the report)
@@ -787,6 +788,10 @@ def run_preflight(profile: Profile, methods: Sequence[str], videos: int = 2, ste
         data = load_data(profile, work, videos, stand_in)
         if not _kinetics_available(profile):
             notes.append("Kinetics-400 weights not in the torch hub cache: the preflight starts from random weights (same cost)")
+        if profile.encoder.weights == "source":
+            notes.append("encoder.weights: source: the preflight pre-trains from random weights (same cost); the source "
+                         "model's own training (once per machine, or per seed with source_pretrain.per_seed) is neither "
+                         "timed nor projected")
         if not _text_model_available(profile.encoder.text_model):
             notes.append(f"text model {profile.encoder.text_model!r} not on this machine: the bundled all-MiniLM-L6-v2 "
                          "stands in (384-d instead of BERT's 768-d; the video encoder's cost is the same)")

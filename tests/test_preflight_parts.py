@@ -323,3 +323,32 @@ def test_segment_counts_are_those_pre_training_samples_with_pretrain_short_segme
                 sampled[short_segments, key, regions] = len(run)
     assert all(sampled["drop", key, regions] < sampled["keep", key, regions]
                for key in ("train_segments", "val_segments") for regions in ("foreground", "all"))
+
+
+def test_a_profile_starting_from_the_source_model_is_timed_from_random_weights_and_says_so(tmp_path):
+    # The synthetic profiles pre-train from `encoder.weights: source`, which the preflight's own
+    # annotation set cannot train; the step costs the same from any weights.
+    from clap_bench.commands.preflight import format_report
+    from clap_bench.preflight import run_preflight
+
+    profile = load_profile("smoke")
+    assert profile.encoder.weights == "source"
+    report = run_preflight(profile, ["clap"], videos=1, steps=1, seeds=1, work_dir=tmp_path, cluster_path=None)
+    assert "pretrain clap" in [m["stage"] for m in report["measures"]]
+    assert any(n.startswith("encoder.weights: source") for n in report["notes"])
+    assert {"pretrain", "pretrain-base"} <= {r["stage"] for r in report["projection"]["stages"] if r["method"] == "clap"}
+    # hours under 0.1 print as minutes, with no hour unit after them
+    text = format_report(report)
+    line = next(s for s in text.splitlines() if s.startswith("one seed of clap:"))
+    assert " min if the stages ran one after another" in line and "min h" not in text
+    assert line.endswith("process-minutes")
+
+
+def test_hours_print_with_their_unit_and_minutes_below_a_tenth_of_an_hour():
+    from clap_bench.commands.preflight import _hours
+
+    assert _hours(61010.64, "h") == "61,010.6 h"
+    assert _hours(2.0, "process-hours") == "2.0 process-hours"
+    assert _hours(0.05, "h") == "3.0 min"
+    assert _hours(0.05, "process-hours") == "3.0 process-minutes"
+    assert _hours(0.05) == "3.0 min" and _hours(1.25) == "1.2"

@@ -62,8 +62,11 @@ def _gib(n: Optional[float]) -> str:
     return "-" if n is None else f"{n / 2**30:.2f}"
 
 
-def _hours(h: float) -> str:
-    return f"{h:,.1f}" if h >= 0.1 else f"{h * 60:.1f} min"
+def _hours(h: float, unit: str = "") -> str:
+    """Hours to one decimal (followed by ``unit``), or minutes under 0.1 h (in minutes, whatever ``unit`` is)."""
+    if h < 0.1:
+        return f"{h * 60:.1f} {'process-minutes' if unit == 'process-hours' else 'min'}"
+    return f"{h:,.1f} {unit}" if unit else f"{h:,.1f}"
 
 
 def format_report(report: dict) -> str:
@@ -91,10 +94,11 @@ def format_report(report: dict) -> str:
     lines += ["", f"projection at the rates above (cluster profile: {cluster or 'none, one process per stage'}):", "",
               tabulate(rows, headers=["stage (per method and seed unless noted)", "method", "work", "processes", "hours", ""], tablefmt="github")]
     for method, t in proj["one_seed"].items():
-        lines.append(f"one seed of {method}: {_hours(t['hours'])} h if the stages ran one after another, {_hours(t['process_hours'])} process-hours")
+        lines.append(f"one seed of {method}: {_hours(t['hours'], 'h')} if the stages ran one after another, "
+                     f"{_hours(t['process_hours'], 'process-hours')}")
     sw = proj["sweep"]
-    lines.append(f"sweep {len(sw['methods'])} method(s) x {sw['seeds']} seeds: {_hours(sw['hours_if_serial'])} h serial, "
-                 f"{_hours(sw['process_hours'])} process-hours")
+    lines.append(f"sweep {len(sw['methods'])} method(s) x {sw['seeds']} seeds: {_hours(sw['hours_if_serial'], 'h')} serial, "
+                 f"{_hours(sw['process_hours'], 'process-hours')}")
     disk = proj["disk"]
     lines.append(f"disk per (method, seed): features {disk['one_seed_bytes'] / 1e9 - disk['checkpoints_one_seed'] / 1e9:.1f} GB "
                  f"({', '.join(f'{k} {v / 1e9:.1f} GB' for k, v in disk['feature_files_one_seed'].items())}), "
