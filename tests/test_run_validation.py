@@ -56,3 +56,17 @@ def test_unknown_task_profile_key_or_dataset_exits_2_before_anything_is_written(
     assert result.exception is None or isinstance(result.exception, SystemExit)
     assert expected in result.output
     assert not runs.exists()
+
+
+def test_a_grounding_set_that_tasks_vlg_datasets_leaves_out_need_not_be_configured(tmp_path):
+    # A real-data profile grounding Charades-STA only: TACoS is neither extracted nor read.
+    from clap_bench.config import ConfigError, load_profile
+    from clap_bench.runs.plan import validate_run
+
+    data = {"synthetic": False, "datasets": {"activitynet": {"format": "tsp-csv"}, "charades-sta": {"format": "charades-sta"}}}
+    kinetics = {"weights": "kinetics400"}
+    only_charades = load_profile(_profile_file(tmp_path, data=data, encoder=kinetics, tasks={"vlg": {"datasets": ["charades-sta"]}}))
+    validate_run(only_charades, ["clap"], ["vlg"])
+    both = load_profile(_profile_file(tmp_path, data=data, encoder=kinetics))
+    with pytest.raises(ConfigError, match="task vlg needs dataset 'tacos'"):
+        validate_run(both, ["clap"], ["vlg"])

@@ -306,8 +306,12 @@ def validate_run(profile: Profile, methods: Sequence[str], tasks: Sequence[str])
         from_dict(spec.config_cls, head_config(profile.tasks[name]), f"profile {profile.name!r}: tasks.{name}")
     needed: Dict[str, str] = {}  # dataset key -> who reads it
     for task in tasks:
+        # Feature datasets the profile's tasks.<task>.datasets leaves out are neither extracted nor read.
+        all_features = TASK_FEATURES[task][1] if task in TASK_FEATURES else get_task(task).datasets
+        left_out = set(all_features) - set(task_features(task, profile)[1])
         for key in get_task(task).datasets:
-            needed.setdefault(key, f"task {task}")
+            if key not in left_out:
+                needed.setdefault(key, f"task {task}")
     if any(not m.startswith(EXTERNAL_PREFIX) for m in methods):
         needed.setdefault(PRETRAIN_DATASET, "pre-training")
         if needs_source_stage(profile):
