@@ -267,3 +267,21 @@ def test_reference_parameter_names_cover_our_model():
     assert torch.equal(ours.fusion.text_proj.weight, state["fusion_layer.tex_linear.weight"])
     with pytest.raises(KeyError, match="attention"):
         our_state_from_reference({"attention.weight": torch.zeros(1)})
+
+
+def test_the_comparison_script_names_a_features_file_that_is_missing_or_not_hdf5(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    from clap_bench.io import FeatureFileError
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "reference" / "tan2d_vs_reference.py"
+    spec = importlib.util.spec_from_file_location("tan2d_vs_reference", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    text = tmp_path / "features.h5"
+    text.write_text("not hdf5\n")
+    with pytest.raises(FeatureFileError, match=r"features\.h5: not an HDF5 feature file"):
+        module._features(None, text, tmp_path)
+    with pytest.raises(FeatureFileError, match=r"nosuch\.h5: file not found"):
+        module._features(None, tmp_path / "nosuch.h5", tmp_path)

@@ -240,8 +240,12 @@ def _file_hash(path: Path) -> str:
 
 def _features(profile, given: Path | None, out: Path) -> Path:
     if given is not None:
+        import h5py
+
         if not given.exists():
-            raise FileNotFoundError(f"--features {given}: file not found")
+            raise FeatureFileError(f"--features {given}: file not found")
+        if not given.is_file() or not h5py.is_hdf5(str(given)):
+            raise FeatureFileError(f"--features {given}: not an HDF5 feature file (expected one (T, D) dataset per video id)")
         return given
     from clap_bench.features.extract import extract_features
     from clap_bench.training.pretrain import resolve_init_weights
