@@ -55,6 +55,8 @@ CHOICES: tuple = (
     Choice("pretrain.caption_choice", ALL_TABLES, "caption given to a clip"),
     Choice("methods.tsp.lr_heads", ALL_TABLES, "TSP's head learning rate", _method_lr_heads),
     Choice("methods.tac.lr_heads", ALL_TABLES, "TAC's head learning rate", _method_lr_heads),
+    Choice("methods.tac.regions", ALL_TABLES, "TAC's training clips",
+           lambda v: "foreground segments only" if v == "foreground" else "every segment (background without class loss)"),
     Choice("clips.resize_filter", ALL_TABLES, "filter that scales frames to clips.resize"),
     Choice("extract.last_clip", ALL_TABLES, "last clip of a video at extraction"),
     Choice("extract.snap_duration_to_frames", ALL_TABLES, "extraction grid over the source frames' duration (not the annotated one)"),

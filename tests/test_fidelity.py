@@ -298,3 +298,35 @@ def test_paper_gtad_map_head_is_one_by_one_as_the_activitynet_code(paper):
     for bad in (0, 2):  # padding k // 2 keeps the map's size only for an odd kernel
         with pytest.raises(ConfigError, match=f"tasks.tal: map_kernel: expected an odd kernel size >= 1, got {bad}"):
             GTADConfig(map_kernel=bad).validate()
+
+
+def test_paper_tac_trains_on_every_segment_as_tsps_tac_script(paper):
+    # TSP train_tac_on_activitynet.sh reads the whole ground-truth csv; background rows get label -1
+    # (untrimmed_video_dataset.py), ignored by the class loss (train.py: ignore_index=-1).
+    from clap_bench.config import to_dict
+    from clap_bench.fidelity import departures, paper_profile_dict, resolve
+    from clap_bench.methods import method_from_profile
+
+    assert method_from_profile("tac", paper.methods).regions == "all"
+    assert resolve(paper_profile_dict(), "methods.tac.regions") == "all"
+    assert method_from_profile("tac", load_profile("default").methods).regions == "foreground"
+    notes = departures(to_dict(load_profile("default")), paper_profile_dict(), "1")
+    assert "TAC's training clips: foreground segments only instead of every segment (background without class loss) (methods.tac.regions)" in notes
+
+
+
+def test_tac_on_every_segment_leaves_background_clips_out_of_its_loss():
+    import torch
+    import torch.nn.functional as F
+
+    from clap_bench.methods import create_method
+
+    tac = create_method("tac", regions="all")
+    torch.manual_seed(0)
+    logits = torch.randn(6, 4)
+    label = torch.tensor([2, -1, 0, -1, 3, -1])  # background clips: label -1, region 0
+    region = (label >= 0).long()
+    terms, stats = tac.head_terms({"class_logits": logits}, {"label": label, "region": region})
+    fg = region == 1
+    assert set(terms) == {"class_ce"}  # TAC has no region head
+    assert torch.allclose(terms["class_ce"], F.cross_entropy(logits[fg], label[fg]))
