@@ -153,6 +153,23 @@ def test_rank_moments_converts_cells_to_seconds():
     assert s[:2] == pytest.approx([0.9, 0.7])
 
 
+
+def test_rank_moments_decides_a_tie_at_the_nms_threshold_as_2d_tans_float32_times_do():
+    # Cells [0, 4] and [1, 9] of a 32-cell map overlap in 4 cells of a 10-cell union: IoU 2/5, the
+    # TACoS threshold exactly. 2D-TAN's times (test.py: sorted_indexs.float() / target_size * duration,
+    # float32) and its nms (lib/core/eval.py: union = the two lengths less the intersection) put this
+    # IoU above 0.4, so the second moment is suppressed; times in float64 and a hull union keep it.
+    n, duration = 32, 37.3
+    scores = torch.zeros(n, n)
+    scores[0, 4], scores[1, 9] = 0.9, 0.8
+    segs, s = rank_moments(scores, sparse_map_mask(n, [n]), duration=duration, nms_threshold=0.4, top_k=2)
+    first, second = (torch.tensor([[0.0, 5.0], [1.0, 10.0]]).float() / n * duration).tolist()
+    inter = min(first[1], second[1]) - max(first[0], second[0])
+    assert inter / ((first[1] - first[0]) + (second[1] - second[0]) - inter) > 0.4  # 2D-TAN: suppressed
+    assert segs[0] == first and s[0] == pytest.approx(0.9)
+    assert not [seg for seg in segs if seg == pytest.approx(second)]
+
+
 # --------------------------------------------------------------------------- configuration and text
 def test_dataset_defaults_and_overrides():
     from clap_bench.config import from_dict

@@ -52,6 +52,7 @@ def nms(segments: np.ndarray, threshold: float, top_k: int = -1) -> List[int]:
     (``-1``: no limit). Returns the kept indices, in rank order.
     """
     segs = np.asarray(segments, dtype=np.float64).reshape(-1, 2)
+    lengths = segs[:, 1] - segs[:, 0]
     order = np.arange(len(segs))
     keep: List[int] = []
     while order.size:
@@ -60,7 +61,12 @@ def nms(segments: np.ndarray, threshold: float, top_k: int = -1) -> List[int]:
         if len(keep) == top_k:
             break
         rest = order[1:]
-        ious = temporal_iou(segs[rest], segs[best])
+        # 2D-TAN's nms (lib/core/eval.py): the union as the two lengths less the intersection. It is
+        # the hull wherever they overlap, but rounds otherwise, and on the map's grid IoUs equal to
+        # the threshold are common (whole cells: 2/5 = 0.4 on TACoS), where the rounding decides.
+        inter = np.maximum(0.0, np.minimum(segs[rest, 1], segs[best, 1]) - np.maximum(segs[rest, 0], segs[best, 0]))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ious = inter / (lengths[best] + lengths[rest] - inter)
         order = rest[ious <= threshold]
     return keep
 
@@ -80,7 +86,10 @@ def rank_moments(
     cells = torch.nonzero(mask, as_tuple=False)
     cell_scores = scores[cells[:, 0], cells[:, 1]].detach().cpu().double().numpy()
     order = np.argsort(-cell_scores, kind="stable")
-    cells = cells.cpu().numpy()[order]
-    segs = np.stack([cells[:, 0] / n * duration, (cells[:, 1] + 1) / n * duration], axis=1)
+    cells = cells.cpu()[torch.from_numpy(order)]
+    # Times in float32, as 2D-TAN computes them (test.py: ``sorted_indexs.float() / target_size * duration``):
+    # NMS decides ties at its threshold on their rounding.
+    bounds = torch.stack([cells[:, 0], cells[:, 1] + 1], dim=1).float()
+    segs = (bounds / n * float(duration)).double().numpy()
     keep = nms(segs, nms_threshold, top_k)
     return segs[keep].tolist(), cell_scores[order][keep].tolist()
