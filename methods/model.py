@@ -9,6 +9,7 @@ for logging.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Dict, List, Optional
 
 import torch
@@ -74,12 +75,18 @@ class PretrainModel(nn.Module):
         return [p for m in self.head_modules() for p in m.parameters()] + list(self.parameters(recurse=False))
 
     def logit_scale(self) -> torch.Tensor:
-        scale = self.log_logit_scale.exp()
-        if isinstance(self.log_logit_scale, nn.Parameter):
-            # A learned temperature: upper bound 100 (temperature >= 0.01), as CLIP does, keeps it
-            # stable. A fixed temperature is used exactly as configured.
-            return scale.clamp(max=MAX_LOGIT_SCALE)
-        return scale
+        # A learned scale is kept at most MAX_LOGIT_SCALE by ``clamp_logit_scale_`` after each step; a
+        # fixed temperature is used exactly as configured.
+        return self.log_logit_scale.exp()
+
+    def clamp_logit_scale_(self) -> None:
+        """Bound a learned logit scale at 100 (temperature >= 0.01) after an optimiser step, as CLIP
+        clamps its parameter in place. A bound in the forward pass instead would pass no gradient
+        once the parameter is past it, and nothing but weight decay could bring it back."""
+        scale = getattr(self, "log_logit_scale", None)
+        if isinstance(scale, nn.Parameter):
+            with torch.no_grad():
+                scale.clamp_(max=math.log(MAX_LOGIT_SCALE))
 
     def forward(
         self,

@@ -152,7 +152,25 @@ def test_fixed_temperature_below_001_is_used_as_given_and_learned_one_is_bounded
         encoder, create_method("clap"), 2, text_dim=4, contrastive=ContrastiveConfig(temperature=0.01, learn_temperature=True)
     )
     with torch.no_grad():
-        learned.log_logit_scale.fill_(math.log(1000.0))  # where training could push it
+        learned.log_logit_scale.fill_(math.log(1000.0))  # where a step could push it
+    learned.clamp_logit_scale_()  # what the trainer does after each step
     assert learned.logit_scale().item() == pytest.approx(100.0)
+    paper.clamp_logit_scale_()  # a fixed temperature is left as it is
+    assert paper.logit_scale().item() == pytest.approx(1 / 0.07)
     with pytest.raises(ConfigError, match="learn_temperature: false"):
         ContrastiveConfig(temperature=0.005, learn_temperature=True)
+
+
+def test_a_learned_logit_scale_past_the_bound_still_gets_a_gradient():
+    # CLIP clamps the parameter after each step; a clamp in the forward pass would zero the gradient
+    # above the bound, so nothing could lower the scale again.
+    import math
+
+    encoder = build_video_encoder(EncoderConfig(arch="r2plus1d_tiny", width=0.125))
+    learned = PretrainModel(
+        encoder, create_method("clap"), 2, text_dim=4, contrastive=ContrastiveConfig(temperature=0.01, learn_temperature=True)
+    )
+    with torch.no_grad():
+        learned.log_logit_scale.fill_(math.log(100.0) + 0.01)
+    learned.logit_scale().backward()
+    assert learned.log_logit_scale.grad is not None and learned.log_logit_scale.grad.abs().item() > 0

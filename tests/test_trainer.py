@@ -250,3 +250,25 @@ def test_tsp_schedule_warms_up_from_factor_1e5_as_tsps_warmup_multistep_lr():
     assert lr_factor(cfg, 0.0) == pytest.approx(1e-5)
     assert lr_factor(cfg, 2.0) == 1.0 and lr_factor(cfg, 3.9) == 1.0
     assert lr_factor(cfg, 4.0) == pytest.approx(0.01) and lr_factor(cfg, 6.5) == pytest.approx(1e-4)
+
+
+def test_the_trainer_keeps_a_learned_logit_scale_within_its_bound_after_each_step(script, tmp_path):
+    import math
+
+    from clap_bench.clips import collate_segments
+    from clap_bench.config import ContrastiveConfig, EncoderConfig, TrainConfig
+    from clap_bench.encoders import build_video_encoder
+    from clap_bench.methods import PretrainModel, create_method
+    from clap_bench.training.trainer import Trainer, seed_everything
+
+    seed_everything(0)
+    method = create_method("clap-mask")
+    encoder = build_video_encoder(EncoderConfig(arch="r2plus1d_tiny", width=0.125))
+    model = PretrainModel(encoder, method, num_classes=3, text_dim=16, embed_dim=8,
+                          contrastive=ContrastiveConfig(temperature=0.01, learn_temperature=True))
+    with torch.no_grad():  # past the bound, e.g. a checkpoint of a trainer that did not clamp
+        model.log_logit_scale.fill_(math.log(1000.0))
+    cfg = TrainConfig(epochs=1, batch_size=4, lr_backbone=1e-2, lr_heads=2e-2)
+    Trainer(model, script.TinySegments(0), cfg, tmp_path, 0, collate_segments, script.K,
+            text_features=script.text_features, meta={"method": method.name}, progress=False, device="cpu").fit()
+    assert model.log_logit_scale.item() <= math.log(100.0) + 1e-6

@@ -531,6 +531,7 @@ class Trainer:
             self._check_cpu_bf16_gradients()
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        self._unwrapped.clamp_logit_scale_()
         self.scheduler.step()
         return {k: float(v.detach()) for k, v in losses.items() if v.dim() == 0}
 
