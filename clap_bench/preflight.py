@@ -440,7 +440,7 @@ def measure_qat(profile: Profile, data: PreflightData, steps: int, work: Path) -
     raw, _ = read_video_features(work / "features" / f"{PRETRAIN_DATASET}.h5", sorted(videos), cfg.gtad.temporal_scale)
     model = build_gtad(cfg.gtad, next(iter(raw.values())).shape[0])
     device = _device()
-    feats = snippet_features(model, raw, device=str(device))
+    feats = snippet_features(model, raw, device=str(device), snippet_norm=cfg.snippet_norm)
     query = sorted(videos)[0]
     label = videos[query].actions[0].label
     support = tuple(_repeat([v for v in sorted(videos) if any(s.label == label for s in videos[v].actions)], cfg.shots))

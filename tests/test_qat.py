@@ -55,6 +55,62 @@ def test_base_class_videos_drop_every_video_touching_a_held_out_class():
     assert sorted(base.videos) == ["v_j", "v_w"]
 
 
+
+def test_episode_pools_of_single_action_videos_and_long_enough_actions_as_fewshotqat():
+    # fewshotQAT: --multi_instance False keeps videos with one annotation (_getDatasetDictEpisode);
+    # meta-training lists a video under a class only through an action longer than 0.15 of it (_getAnntsCwise).
+    from clap_bench.downstream.qat.protocol import videos_by_class
+
+    twice = _video("v_twice", "walk", spans=((1.0, 3.0), (5.0, 8.0)))
+    short = _video("v_short", "walk", spans=((2.0, 3.0),))  # 1 s of 10: 0.1 of the video
+    long = _video("v_long", "walk", spans=((2.0, 4.0),))  # 0.2 of the video
+    both = _video("v_both", "walk", spans=((1.0, 2.0),))
+    both.segments.append(Segment(4.0, 8.0, "jump"))  # short walk, long jump
+    ann = AnnotationSet("activitynet-json", "t", {v.id: v for v in [twice, short, long, both]}, ["jump", "walk"])
+    every = videos_by_class(ann, ["walk", "jump"], ["training"])
+    assert every == {"jump": ["v_both"], "walk": ["v_both", "v_long", "v_short", "v_twice"]}
+    assert videos_by_class(ann, ["walk", "jump"], ["training"], single_instance=True) == {"walk": ["v_long", "v_short"]}
+    assert videos_by_class(ann, ["walk", "jump"], ["training"], min_action_fraction=0.15) == {
+        "jump": ["v_both"], "walk": ["v_long", "v_twice"]}
+    assert videos_by_class(ann, ["walk", "jump"], ["training"], single_instance=True, min_action_fraction=0.15) == {
+        "walk": ["v_long"]}
+
+
+def test_snippet_features_are_centred_over_channels_or_left_as_the_backbone_gives_them():
+    from clap_bench.downstream.gtad import build_gtad
+    from clap_bench.downstream.qat.task import snippet_features
+
+    torch.manual_seed(0)
+    cfg = GTADConfig(temporal_scale=16, hidden_dim_1d=8, hidden_dim_2d=8, hidden_dim_3d=8, cardinality=2, group_width=2)
+    model = build_gtad(cfg, 8)
+    raw = {"v_a": torch.randn(8, 16), "v_b": torch.randn(8, 16)}
+    plain = snippet_features(model, raw, snippet_norm="none")
+    centred = snippet_features(model, raw)
+    with torch.no_grad():
+        _, deep = model.backbone(torch.stack([raw["v_a"], raw["v_b"]]))
+    assert torch.equal(plain["v_a"], deep[0]) and torch.equal(plain["v_b"], deep[1])
+    assert torch.allclose(centred["v_a"], normalise_snippets(deep[0:1])[0])
+    assert centred["v_a"].mean(dim=0).abs().max() < 1e-5  # each snippet centred over its channels
+
+
+def test_paper_qat_episodes_and_snippets_are_fewshotqats():
+    from clap_bench.config import from_dict, load_profile, to_dict
+    from clap_bench.fidelity import departures, paper_profile_dict
+
+    paper = from_dict(QATConfig, load_profile("paper").task_config("fstal"), "tasks.fstal")
+    paper.validate()
+    assert (paper.single_instance, paper.meta_min_action_fraction, paper.snippet_norm) == (True, 0.15, "none")
+    default = from_dict(QATConfig, load_profile("default").task_config("fstal"), "tasks.fstal")
+    assert (default.single_instance, default.meta_min_action_fraction, default.snippet_norm) == (False, 0.0, "layernorm")
+    notes = departures(to_dict(load_profile("default")), paper_profile_dict(), "2a")
+    for key in ("single_instance", "meta_min_action_fraction", "snippet_norm"):
+        assert any(f"(tasks.fstal.{key})" in n for n in notes), key
+    with pytest.raises(Exception, match="snippet_norm: expected one of layernorm, none"):
+        QATConfig(snippet_norm="l2").validate()
+    with pytest.raises(Exception, match="meta_min_action_fraction"):
+        QATConfig(meta_min_action_fraction=1.0).validate()
+
+
 # --------------------------------------------------------------------------- episodes
 POOL = {"dive": [f"v_d{i}" for i in range(7)], "swim": [f"v_s{i}" for i in range(3)], "rare": ["v_r0", "v_r1"]}
 

@@ -17,6 +17,9 @@ from clap_bench.config import ConfigError
 from clap_bench.downstream.gtad.config import GTADConfig
 
 
+SNIPPET_NORMS = ("layernorm", "none")
+
+
 def _default_thresholds() -> List[float]:
     return [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 
@@ -27,12 +30,22 @@ class QATConfig:
     base_subsets: List[str] = field(default_factory=lambda: ["training"])  # stage 1 and 2 draw base-class videos from these
     episode_subsets: List[str] = field(default_factory=lambda: ["validation"])  # test episodes: test-class videos of these
     shots: int = 5
+    # Episodes (test, selection, meta-training) of videos with exactly one action only: fewshotQAT's
+    # ActivityNet run (--multi_instance False, gtad_lib/dataset_fs.py _getDatasetDictEpisode).
+    single_instance: bool = False
+    # A base-class video enters a meta-training episode of class c only through an action of c longer
+    # than this fraction of the video (fewshotQAT: 0.15, _getAnntsCwise); 0: any action.
+    meta_min_action_fraction: float = 0.0
     runs: int = 10
     episodes_per_run: int = 100
     # stage 1: the G-TAD backbone trained on base-class videos
     gtad: GTADConfig = field(default_factory=GTADConfig)
     # prototype classifier and its adaptation on the support set
     temperature: float = 20.0  # logits = temperature * cos(prototype, snippet) - bias
+    # The snippet features the cosine compares: "layernorm" (centred and scaled over channels, the
+    # space of the transformer's final LayerNorm) or "none" (the GCNeXt output as it is, as
+    # fewshotQAT's test episodes read it: norm_feat = False in gtad_inference_fs_inductive.py).
+    snippet_norm: str = "layernorm"
     adapt_steps: int = 100
     adapt_lr: float = 0.025
     # query-adaptive transformer and stage 2 (meta-training on base-class episodes)
@@ -74,6 +87,10 @@ class QATConfig:
             problems.append(f"max_gap: expected a fraction of the video in [0, 1), got {self.max_gap}")
         if not 0.0 <= self.min_length < 1.0:
             problems.append(f"min_length: expected a fraction of the video in [0, 1), got {self.min_length}")
+        if not 0.0 <= self.meta_min_action_fraction < 1.0:
+            problems.append(f"meta_min_action_fraction: expected a fraction of the video in [0, 1), got {self.meta_min_action_fraction}")
+        if self.snippet_norm not in SNIPPET_NORMS:
+            problems.append(f"snippet_norm: expected one of {', '.join(SNIPPET_NORMS)}, got {self.snippet_norm!r}")
         if not self.base_subsets:
             problems.append("base_subsets: expected at least one subset")
         if not self.episode_subsets:

@@ -76,16 +76,28 @@ def base_class_videos(annotations: AnnotationSet, split: FewShotSplit, subsets: 
     return chosen
 
 
-def videos_by_class(annotations: AnnotationSet, classes: Iterable[str], subsets: Sequence[str]) -> Dict[str, List[str]]:
+def videos_by_class(
+    annotations: AnnotationSet, classes: Iterable[str], subsets: Sequence[str], single_instance: bool = False,
+    min_action_fraction: float = 0.0,
+) -> Dict[str, List[str]]:
     """``class -> sorted video ids`` of the videos of ``subsets`` whose every action is of ``classes``.
 
     A video with actions of two of the classes is listed under both (its ground truth in an
-    episode is the episode class's actions only).
+    episode is the episode class's actions only). ``single_instance``: only videos with exactly
+    one action (fewshotQAT's episodes without ``--multi_instance``). ``min_action_fraction`` > 0:
+    a video is listed under a class only if one of its actions of that class is longer than this
+    fraction of the video (fewshotQAT's meta-training episodes: 0.15).
     """
     pool = annotations.subset(*subsets).restrict_classes(classes)
     out: Dict[str, List[str]] = {}
     for vid, video in pool.videos.items():
+        if single_instance and len(video.actions) != 1:
+            continue
         for label in sorted({s.label for s in video.actions}):
+            if min_action_fraction > 0 and not any(
+                s.label == label and s.end - s.start > min_action_fraction * video.duration for s in video.actions
+            ):
+                continue
             out.setdefault(label, []).append(vid)
     return {c: sorted(v) for c, v in sorted(out.items())}
 

@@ -130,15 +130,18 @@ def train_backbone(
 
 
 @torch.no_grad()
-def snippet_features(model: GTAD, raw_features: Mapping[str, torch.Tensor], device: str = "cpu", batch_size: int = 16) -> Dict[str, torch.Tensor]:
-    """The backbone's snippet features ``(H, T)`` of every video (GCNeXt output, as QAT reads them)."""
+def snippet_features(model: GTAD, raw_features: Mapping[str, torch.Tensor], device: str = "cpu", batch_size: int = 16,
+                     snippet_norm: str = "layernorm") -> Dict[str, torch.Tensor]:
+    """The backbone's snippet features ``(H, T)`` of every video (GCNeXt output, as QAT reads them),
+    centred and scaled over channels with ``snippet_norm: layernorm`` (``normalise_snippets``)."""
     model.to(device).eval()
     ids = sorted(raw_features)
     out: Dict[str, torch.Tensor] = {}
     for i in range(0, len(ids), batch_size):
         chunk = ids[i:i + batch_size]
         _, deep = model.backbone(torch.stack([raw_features[v] for v in chunk]).to(device))
-        deep = normalise_snippets(deep)
+        if snippet_norm == "layernorm":
+            deep = normalise_snippets(deep)
         out.update({v: deep[j].detach().cpu() for j, v in enumerate(chunk)})
     return out
 
@@ -333,14 +336,16 @@ def run_fewshot_localization(
     t = cfg.gtad.temporal_scale
 
     base = base_class_videos(annotations, split, cfg.base_subsets)
-    test_pool = videos_by_class(annotations, split.test, cfg.episode_subsets)
+    test_pool = videos_by_class(annotations, split.test, cfg.episode_subsets, single_instance=cfg.single_instance)
     if not test_pool:
         raise ValueError(
-            f"{annotations.source}: no video of subsets {cfg.episode_subsets} has only test-class actions "
+            f"{annotations.source}: no video of subsets {cfg.episode_subsets} has only test-class actions"
+            f"{' and exactly one action (tasks.fstal.single_instance)' if cfg.single_instance else ''} "
             f"({len(split.test)} test classes, e.g. {split.test[:3]})"
         )
     test_ids = [v for vids in test_pool.values() for v in vids]
-    select_pool = videos_by_class(annotations, split.val, cfg.episode_subsets) if cfg.select_episodes > 0 else {}
+    select_pool = (videos_by_class(annotations, split.val, cfg.episode_subsets, single_instance=cfg.single_instance)
+                   if cfg.select_episodes > 0 else {})
     raw = _read_features(features_path, list(base.videos), t, "base-class")
     raw.update(_read_features(features_path, test_ids, t, "test-class"))
     raw.update(_read_features(features_path, [v for vids in select_pool.values() for v in vids], t, "val-class"))
@@ -350,11 +355,12 @@ def run_fewshot_localization(
     # Stage 1: G-TAD on base classes only.
     assert_no_leakage([base.videos[v] for v in base.videos if v in raw], split, "base training (G-TAD)")
     model, gtad_history = train_backbone(base, raw, cfg, device=device, generator=generator, progress=progress)
-    feats = snippet_features(model, raw, device=device, batch_size=cfg.gtad.batch_size)
+    feats = snippet_features(model, raw, device=device, batch_size=cfg.gtad.batch_size, snippet_norm=cfg.snippet_norm)
     hidden = next(iter(feats.values())).shape[0]
 
     # Stage 2: meta-training on base-class episodes.
-    meta_pool = videos_by_class(base, split.base, cfg.base_subsets)
+    meta_pool = videos_by_class(base, split.base, cfg.base_subsets, single_instance=cfg.single_instance,
+                                min_action_fraction=cfg.meta_min_action_fraction)
     meta_pool = {c: [v for v in vids if v in feats] for c, vids in meta_pool.items()}
     meta_sampler = EpisodeSampler(meta_pool, cfg.shots, seed, stream=META_STREAM, what="meta-training episodes (base classes)")
     assert_no_leakage([annotations.videos[v] for vids in meta_sampler.videos.values() for v in vids], split, "meta-training")
