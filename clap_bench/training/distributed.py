@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import List
 
 import torch
@@ -28,6 +29,26 @@ class DistInfo:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
+
+
+# How long a collective waits for the other processes. The main process alone computes TSP's
+# global video features (every clip of every ActivityNet video, hours on the paper's data) and the
+# per-epoch validation while the others wait at a barrier; torch's default (10 min under NCCL,
+# 30 min under gloo) would abort them. CLAPBENCH_DIST_TIMEOUT_MINUTES overrides it.
+DIST_TIMEOUT_MINUTES = 24 * 60
+
+
+def dist_timeout() -> timedelta:
+    value = os.environ.get("CLAPBENCH_DIST_TIMEOUT_MINUTES")
+    if value is None:
+        return timedelta(minutes=DIST_TIMEOUT_MINUTES)
+    try:
+        minutes = float(value)
+    except ValueError:
+        minutes = -1.0
+    if not minutes > 0:
+        raise ValueError(f"CLAPBENCH_DIST_TIMEOUT_MINUTES: expected a positive number of minutes, got {value!r}")
+    return timedelta(minutes=minutes)
 
 
 def _under_submitit() -> bool:
@@ -57,7 +78,7 @@ def setup_distributed() -> DistInfo:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank % torch.cuda.device_count())
-    dist.init_process_group(backend=backend)
+    dist.init_process_group(backend=backend, timeout=dist_timeout())
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank)
 
 
