@@ -167,3 +167,34 @@ def test_extraction_lists_only_the_videos_without_problems_with_one_warning(brok
     assert [v.id for v in videos] == ["v_good"]
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1 and "extraction of activitynet: leaving out 4 of 5" in warnings[0]
+
+
+def test_pre_training_validation_leaves_out_the_problem_videos_too(tmp_path, monkeypatch):
+    # TSP computes global video features of every validation video: one the data check found
+    # missing must not reach it (it stopped pre-training with "video(s) unreadable").
+    import importlib
+
+    pretrain_module = importlib.import_module("clap_bench.training.pretrain")  # the module, not the function
+    from clap_bench.config import resolve_datasets
+    from clap_bench.data import load_dataset
+
+    problems = tmp_path / "problems.csv"
+    profile = load_profile("smoke", {"check": {"problems_file": str(problems)}, "encoder": {"weights": None}})
+    ann = load_dataset(resolve_datasets(profile)["activitynet"], "activitynet")
+    validation = sorted(v for v, video in ann.videos.items() if video.subset == "validation")
+    problems.write_text(f"video,dataset,problem,detail\n{validation[0]},activitynet,missing,gone\n")
+    asked = []
+
+    class Enough(Exception):
+        pass
+
+    def record(profile, weights, videos, *args, **kwargs):
+        asked.append([v.id for v in videos])
+        if len(asked) == 2:  # the training videos', then the validation videos' features
+            raise Enough
+        return {v.id: pretrain_module.torch.zeros(4) for v in videos}
+
+    monkeypatch.setattr(pretrain_module, "global_video_features", record)
+    with pytest.raises(Enough):
+        pretrain_module.pretrain(profile, "tsp", seed=0, out_dir=tmp_path / "out", progress=False)
+    assert asked[1] == validation[1:]

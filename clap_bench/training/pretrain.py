@@ -293,7 +293,10 @@ def pretrain(
                 assert_no_leakage(ann, split, stage=f"{method} pre-training on base classes")
     else:
         class_list = list(ann.classes)
-    val_ann = validation_annotations(full_ann, class_list) if cfg.validate else None
+    val_ann = None
+    if cfg.validate:  # the data check's problem videos are left out here too (TSP reads every file for its GVFs)
+        val_ann = drop_problem_videos(profile, PRETRAIN_DATASET, validation_annotations(full_ann, class_list),
+                                      f"{method} pre-training validation")
     if method_cfg.uses_captions:
         if CAPTIONS_DATASET not in datasets:
             raise KeyError(f"method {method}: uses captions but profile {profile.name!r} has no {CAPTIONS_DATASET!r} dataset")
