@@ -272,3 +272,38 @@ def test_the_trainer_keeps_a_learned_logit_scale_within_its_bound_after_each_ste
     Trainer(model, script.TinySegments(0), cfg, tmp_path, 0, collate_segments, script.K,
             text_features=script.text_features, meta={"method": method.name}, progress=False, device="cpu").fit()
     assert model.log_logit_scale.item() <= math.log(100.0) + 1e-6
+
+
+def test_resuming_at_an_epoch_boundary_with_another_world_size_takes_this_runs_rates_and_schedule(script, tmp_path):
+    # A checkpoint of 2 processes (rates x 2, the schedule counting their steps per epoch) resumed by
+    # one: the rates must be one process's at the start of epoch 3, not the old run's carried over.
+    from clap_bench.clips import collate_segments
+    from clap_bench.config import EncoderConfig, TrainConfig
+    from clap_bench.encoders import build_video_encoder
+    from clap_bench.methods import PretrainModel, create_method
+    from clap_bench.training.trainer import Trainer, load_checkpoint, lr_factor, save_atomic, seed_everything
+
+    def trainer(epochs):
+        seed_everything(0)
+        method = create_method("clap-mask")
+        encoder = build_video_encoder(EncoderConfig(arch="r2plus1d_tiny", width=0.125))
+        model = PretrainModel(encoder, method, num_classes=3, text_dim=16, embed_dim=8)
+        cfg = TrainConfig(epochs=epochs, batch_size=4, lr_backbone=1e-2, lr_heads=2e-2, lr_step_epochs=1, lr_gamma=0.5)
+        return Trainer(model, script.TinySegments(0), cfg, tmp_path, 0, collate_segments, script.K,
+                       text_features=script.text_features, meta={"method": method.name}, progress=False, device="cpu"), cfg
+
+    first, _ = trainer(2)
+    first.fit()
+    ckpt = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert ckpt["epoch"] == 2 and ckpt["batch_in_epoch"] == 0
+    two_steps = max(1, first.steps_per_epoch // 2)
+    ckpt["world_size"] = 2
+    ckpt["scheduler"]["base_lrs"] = [2 * b for b in ckpt["scheduler"]["base_lrs"]]
+    ckpt["scheduler"]["last_epoch"] = 2 * two_steps
+    save_atomic(ckpt, tmp_path / "checkpoint.pt")
+    resumed, cfg = trainer(4)
+    own = list(resumed.scheduler.base_lrs)  # one process's rates
+    assert resumed._resume() and resumed.epoch == 2
+    assert resumed.scheduler.base_lrs == pytest.approx(own)
+    assert [g["lr"] for g in resumed.optimizer.param_groups] == pytest.approx([b * lr_factor(cfg, 2.0) for b in own])
+    assert resumed.scheduler.last_epoch == 2 * resumed.steps_per_epoch

@@ -424,11 +424,22 @@ class Trainer:
                 f"{self.checkpoint_path}: saved mid-epoch with {ckpt.get('world_size')} processes; "
                 f"resume with the same number (now {self.dist.world_size})"
             )
+        base_lrs = list(self.scheduler.base_lrs)  # this run's: scaled by this run's world size
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
         self.epoch = int(ckpt["epoch"])
+        if ckpt.get("world_size", 1) != self.dist.world_size:
+            # At an epoch boundary with another number of processes: the saved schedule counted the
+            # old run's steps per epoch and its rates were scaled by its world size. Both are this
+            # run's now, at the start of epoch ``self.epoch``.
+            self.scheduler.base_lrs = base_lrs
+            self.scheduler.last_epoch = self.epoch * self.steps_per_epoch
+            lrs = [base * rule(self.scheduler.last_epoch) for base, rule in zip(base_lrs, self.scheduler.lr_lambdas)]
+            for group, base, lr in zip(self.optimizer.param_groups, base_lrs, lrs):
+                group["initial_lr"], group["lr"] = base, lr
+            self.scheduler._last_lr = lrs
         self.batch_in_epoch = int(ckpt["batch_in_epoch"])
         self.running = dict(ckpt.get("running") or {})
         set_rng_state(ckpt["rng"])
