@@ -330,3 +330,9 @@ def test_tac_on_every_segment_leaves_background_clips_out_of_its_loss():
     fg = region == 1
     assert set(terms) == {"class_ce"}  # TAC has no region head
     assert torch.allclose(terms["class_ce"], F.cross_entropy(logits[fg], label[fg]))
+
+
+def test_paper_pre_trains_in_fp32_as_tsps_train_py():
+    # TSP's train/train.py has no autocast and no gradient scaler.
+    assert load_profile("paper").pretrain.amp is False
+    assert load_profile("default").pretrain.amp is True  # read on CUDA only
