@@ -198,3 +198,18 @@ def test_pre_training_validation_leaves_out_the_problem_videos_too(tmp_path, mon
     with pytest.raises(Enough):
         pretrain_module.pretrain(profile, "tsp", seed=0, out_dir=tmp_path / "out", progress=False)
     assert asked[1] == validation[1:]
+
+
+def test_global_video_features_of_other_video_files_are_cached_apart(tmp_path):
+    # Same ids, weights and grid, but the dataset's videos now come from another folder (e.g. re-encoded).
+    from clap_bench.features.extract import VideoSource
+    from clap_bench.training.pretrain import gvf_cache_path
+
+    def profile(videos):
+        return load_profile("smoke", {"data": {"cache_dir": str(tmp_path), "datasets": {
+            "activitynet": {"format": "activitynet-json", "annotations": [str(tmp_path / "a.json")], "videos": str(videos)}}}})
+
+    videos = [VideoSource("v_a", tmp_path / "v_a.mp4", 10.0, None, None)]
+    first = gvf_cache_path(profile(tmp_path / "videos"), None, videos, "activitynet")
+    assert first == gvf_cache_path(profile(tmp_path / "videos"), None, videos, "activitynet")
+    assert first != gvf_cache_path(profile(tmp_path / "videos-30fps"), None, videos, "activitynet")

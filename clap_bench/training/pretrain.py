@@ -158,18 +158,10 @@ def _weights_key(weights: Optional[str]) -> str:
     return file_hash(weights)
 
 
-def global_video_features(
-    profile: Profile, init_weights: Optional[str], videos, dataset_key: str, progress: bool = True, info: Optional[DistInfo] = None
-) -> Dict[str, torch.Tensor]:
-    """TSP's GVF: max-pool over each video of the initial encoder's clip features (cached on disk).
-
-    Cached under ``<cache>/gvf/`` by (initial weights hash, dataset, clip settings, stride).
-    """
-    from clap_bench.encoders import build_video_encoder
-    from clap_bench.features.extract import encode_videos
-    from clap_bench.training.trainer import save_atomic
-
-    info = info or DistInfo()
+def gvf_cache_path(profile: Profile, init_weights: Optional[str], videos, dataset_key: str) -> Path:
+    """Where the GVFs of ``videos`` under ``init_weights`` are cached: keyed by the weights, the
+    encoder, the extraction grid, the video ids and the dataset's data identity (its files: a
+    dataset moved to other video files gets new GVFs)."""
     # identity_dict: keys added later count only away from their default, so caches made before stay valid
     grid = {"clips": identity_dict(profile.clips), "stride": profile.extract.stride_frames}
     if profile.extract.snap_duration_to_frames:
@@ -177,8 +169,24 @@ def global_video_features(
     if profile.extract.last_clip != "span":  # the grid's last clip (span: the key's value before it counted)
         grid["last_clip"] = profile.extract.last_clip
     key = config_hash({"w": _weights_key(init_weights), "arch": [profile.encoder.arch, profile.encoder.width], **grid,
-                       "videos": hashlib.sha256(",".join(v.id for v in videos).encode()).hexdigest()})
-    path = _cache_dir(profile) / "gvf" / f"{dataset_key}-{key}.pt"
+                       "videos": hashlib.sha256(",".join(v.id for v in videos).encode()).hexdigest(),
+                       "data": data_identity(profile, dataset_key)})
+    return _cache_dir(profile) / "gvf" / f"{dataset_key}-{key}.pt"
+
+
+def global_video_features(
+    profile: Profile, init_weights: Optional[str], videos, dataset_key: str, progress: bool = True, info: Optional[DistInfo] = None
+) -> Dict[str, torch.Tensor]:
+    """TSP's GVF: max-pool over each video of the initial encoder's clip features (cached on disk).
+
+    Cached under ``<cache>/gvf/`` (``gvf_cache_path``: initial weights, encoder, extraction grid, videos, data identity).
+    """
+    from clap_bench.encoders import build_video_encoder
+    from clap_bench.features.extract import encode_videos
+    from clap_bench.training.trainer import save_atomic
+
+    info = info or DistInfo()
+    path = gvf_cache_path(profile, init_weights, videos, dataset_key)
     if not path.exists() and info.is_main:
         with _exclusive(path.with_name(path.name + ".lock")):
             if not path.exists():
