@@ -105,9 +105,11 @@ def test_paper_qat_episodes_and_snippets_are_fewshotqats():
     notes = departures(to_dict(load_profile("default")), paper_profile_dict(), "2a")
     for key in ("single_instance", "meta_min_action_fraction", "snippet_norm"):
         assert any(f"(tasks.fstal.{key})" in n for n in notes), key
-    with pytest.raises(Exception, match="snippet_norm: expected one of layernorm, none"):
+    from clap_bench.config import ConfigError
+
+    with pytest.raises(ConfigError, match="snippet_norm: expected one of layernorm, none"):
         QATConfig(snippet_norm="l2").validate()
-    with pytest.raises(Exception, match="meta_min_action_fraction"):
+    with pytest.raises(ConfigError, match="meta_min_action_fraction"):
         QATConfig(meta_min_action_fraction=1.0).validate()
 
 

@@ -307,8 +307,7 @@ def validate_run(profile: Profile, methods: Sequence[str], tasks: Sequence[str])
     needed: Dict[str, str] = {}  # dataset key -> who reads it
     for task in tasks:
         # Feature datasets the profile's tasks.<task>.datasets leaves out are neither extracted nor read.
-        all_features = TASK_FEATURES[task][1] if task in TASK_FEATURES else get_task(task).datasets
-        left_out = set(all_features) - set(task_features(task, profile)[1])
+        left_out = set(task_features(task)[1]) - set(task_features(task, profile)[1])
         for key in get_task(task).datasets:
             if key not in left_out:
                 needed.setdefault(key, f"task {task}")
