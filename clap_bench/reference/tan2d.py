@@ -100,7 +100,7 @@ def write_reference_features(source: Path | str, video_ids: Iterable[str], out_p
     """Copy the listed videos' ``(T, D)`` features from our HDF5 file into ``out_path`` (float32).
 
     A listed video the file has no dataset for, or a dataset that is not a non-empty ``(T, D)``
-    array, raises ``FeatureFileError`` naming the file and the video(s), before anything is written."""
+    array, raises ``FeatureFileError`` naming the file and the video(s); ``out_path`` is then left as it was."""
     import h5py
 
     source, out_path = Path(source), Path(out_path)
