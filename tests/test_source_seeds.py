@@ -112,3 +112,60 @@ def test_smoke_run_with_per_seed_source_models_gives_none_a_different_encoder_pe
     assert table.exit_code == 0, table.output
     rows = [r for r in csv.DictReader(io.StringIO(table.output)) if r.get("method") == "none"]
     assert [r["n"] for r in rows] == ["2"]
+
+
+# --------------------------------------------------------------------------- the GVF grid in pre-training hashes
+GRID_CHANGES = {"stride_frames": 8, "last_clip": "frames", "snap_duration_to_frames": True}  # each away from smoke's
+
+
+def test_the_extraction_grid_of_tsps_global_video_features_is_in_its_pretraining_hash_only():
+    from clap_bench.training.pretrain import GVF_GRID_KEYS
+
+    assert set(GRID_CHANGES) == set(GVF_GRID_KEYS)
+    methods, tasks = ["none", "clap", "tsp"], ["tal", "fstal"]
+    base = build_plan(load_profile("smoke"), methods, [0], tasks)
+    for key, value in GRID_CHANGES.items():
+        other = build_plan(load_profile("smoke", {"extract": {key: value}}), methods, [0], tasks)
+        for stage in ("pretrain", "pretrain-base"):  # both variants read GVFs
+            assert other.hashes[f"tsp/seed0/{stage}"] != base.hashes[f"tsp/seed0/{stage}"], (key, stage)
+            assert other.stages[f"tsp/seed0/{stage}"].config["gvf_grid"][key] == value
+            assert other.hashes[f"clap/seed0/{stage}"] == base.hashes[f"clap/seed0/{stage}"], (key, stage)  # no GVFs
+        assert other.hashes["none/seed0/pretrain"] == base.hashes["none/seed0/pretrain"], key
+    # TSP with its region head reading no GVF: the grid does not enter its pre-training.
+    no_gvf = {"methods": {"tsp": {"region_gvf": False}}}
+    plain = build_plan(load_profile("smoke", no_gvf), ["tsp"], [0], ["tal"])
+    moved = build_plan(load_profile("smoke", {**no_gvf, "extract": {"stride_frames": 8}}), ["tsp"], [0], ["tal"])
+    assert plain.hashes["tsp/seed0/pretrain"] == moved.hashes["tsp/seed0/pretrain"]
+
+
+def test_smoke_and_default_leave_their_recorded_grid_out_so_their_stores_keep_tsps_stages():
+    from clap_bench.runs.plan import GVF_GRID_BASELINES, gvf_grid_config
+
+    for name in ("smoke", "default"):
+        profile = load_profile(name)
+        assert gvf_grid_config(profile, "tsp") == {}, f"{name}'s grid moved off GVF_GRID_BASELINES: its TSP pre-training reruns"
+        assert "gvf_grid" not in build_plan(profile, ["tsp"], [0], ["tal"]).stages["tsp/seed0/pretrain"].config
+    # The same grid under another profile name (a user's store: what it ran with is unknown) counts.
+    renamed = dataclasses.replace(load_profile("default"), name="mine")
+    assert gvf_grid_config(renamed, "tsp") == {"gvf_grid": GVF_GRID_BASELINES["default"]}
+    # paper's grid changed since TSP came in: it is carried.
+    paper = load_profile("paper")
+    assert gvf_grid_config(paper, "tsp") == {"gvf_grid": {
+        "stride_frames": paper.extract.stride_frames, "last_clip": paper.extract.last_clip,
+        "snap_duration_to_frames": paper.extract.snap_duration_to_frames}}
+
+
+def test_gvf_grid_keys_are_the_extract_keys_the_gvf_cache_follows(tmp_path):
+    # The GVF cache file is keyed by what the GVFs are computed from: the keys the stage hash must follow too.
+    from clap_bench.config import ExtractConfig
+    from clap_bench.features.extract import VideoSource
+    from clap_bench.training.pretrain import GVF_GRID_KEYS, gvf_cache_path
+
+    videos = [VideoSource("v_a", tmp_path / "v_a.mp4", 10.0, None, None)]
+    profile = load_profile("smoke", {"data": {"cache_dir": str(tmp_path)}})
+    changed = {**GRID_CHANGES, "batch_size": 7, "num_workers": 3}
+    assert set(changed) == {f.name for f in dataclasses.fields(ExtractConfig)}, "a new extract key: does it change GVFs?"
+    first = gvf_cache_path(profile, None, videos, "activitynet")
+    for key, value in changed.items():
+        other = dataclasses.replace(profile, extract=dataclasses.replace(profile.extract, **{key: value}))
+        assert (gvf_cache_path(other, None, videos, "activitynet") != first) == (key in GVF_GRID_KEYS), key

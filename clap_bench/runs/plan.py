@@ -390,6 +390,7 @@ def build_plan(profile: Profile, methods: Sequence[str], seeds: Sequence[int], t
                           "method_overrides": p.methods.get(method, {}), "runtime": runtimes["pretrain"]}
                 if trains:
                     config.update(train=identity_dict(p.pretrain), classes=variant)
+                    config.update(gvf_grid_config(p, method))
                 config.update(plugin)
                 source = source_key(encoder_seed)
                 encoders[variant] = plan.add(StageSpec(
@@ -433,6 +434,36 @@ def plan_factory() -> Callable[..., Plan]:
         return getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as e:
         raise ConfigError(f"${PLAN_FACTORY_ENV}={name!r}: cannot load it ({e}); expected module:function") from None
+
+
+# The extraction grid (``GVF_GRID_KEYS``) the ``smoke`` and ``default`` profiles have had since TSP's
+# GVFs came in, and so the grid every TSP pre-training in their run stores was trained with while
+# the pre-training stage's hash did not cover it. A profile of one of these names whose grid is the
+# recorded one leaves the grid out of the stage config, so those stores keep their finished stages
+# (as ``added_field`` keys at their default do); any other grid, and any other profile (``paper``,
+# whose grid changed twice since, or a user's: what it ran with is unknown), carries it, so its
+# GVF pre-training stages get new hashes once. Keyed by profile name as the run store's folders are.
+GVF_GRID_BASELINES: Dict[str, Dict[str, Any]] = {
+    "smoke": {"stride_frames": 4, "last_clip": "span", "snap_duration_to_frames": False},
+    "default": {"stride_frames": 8, "last_clip": "span", "snap_duration_to_frames": False},
+}
+
+
+def gvf_grid_config(profile: Profile, method: str) -> Dict[str, Any]:
+    """``{"gvf_grid": {...}}``: the ``extract.*`` keys the global video features of ``method``'s
+    pre-training are computed with (``GVF_GRID_KEYS``), for the stage config of a method that trains
+    with GVFs (TSP); ``{}`` for a method without them, or where the grid is the profile's recorded
+    baseline (``GVF_GRID_BASELINES``)."""
+    from clap_bench.methods import method_from_profile
+    from clap_bench.training.pretrain import GVF_GRID_KEYS
+
+    method_cfg = method_from_profile(method, profile.methods)
+    if not (method_cfg.trains and method_cfg.uses_gvf):
+        return {}
+    grid = {key: getattr(profile.extract, key) for key in GVF_GRID_KEYS}
+    if grid == GVF_GRID_BASELINES.get(profile.name):
+        return {}
+    return {"gvf_grid": grid}
 
 
 def method_plugin(method: str, overrides: Optional[dict]) -> Dict[str, Any]:

@@ -158,6 +158,13 @@ def _weights_key(weights: Optional[str]) -> str:
     return file_hash(weights)
 
 
+# The ``extract.*`` keys TSP's GVFs are computed with (``global_video_features``, besides ``clips``):
+# the pre-training stage of a method with GVFs carries them in its config, so its hash follows the
+# grid (``clap_bench.runs.plan.gvf_grid_config``). ``batch_size`` and ``num_workers`` only say how
+# the features are computed, not which.
+GVF_GRID_KEYS = ("stride_frames", "last_clip", "snap_duration_to_frames")
+
+
 def gvf_cache_path(profile: Profile, init_weights: Optional[str], videos, dataset_key: str) -> Path:
     """Where the GVFs of ``videos`` under ``init_weights`` are cached: keyed by the weights, the
     encoder, the extraction grid, the video ids and the dataset's data identity (its files: a
