@@ -633,6 +633,45 @@ def test_class_restriction_and_joins_keep_the_notes_of_the_subsets_left(tmp_path
     checked = drop_problem_videos(profile, "activitynet", both, "test")
     assert checked.subset("validation").notes == [n for n in checked.notes if n not in both.notes]
 
+def test_class_restriction_counts_the_notes_of_the_videos_it_keeps_only(tmp_path):
+    # Two training videos whose actions end after the video: a (Run, twice) and c (Jump, once).
+    both = read_annotations(write(tmp_path / "train" / "anet_train_tsp.csv", tsp_rows(
+        "a,0,6,Run,5,v_a.mp4,30,150,Action", "a,1,7,Run,5,v_a.mp4,30,150,Action",
+        "c,0,4,Jump,3,v_c.mp4,30,90,Action")).parent)
+    assert both.notes == ["anet_train_tsp.csv: 3 segments end after their video's duration "
+                          "(kept as given; clip sampling clamps them)"]
+    run = both.restrict_classes(["Run"])
+    assert run.notes == [both.notes[0].replace(": 3 ", ": 2 ")]
+    assert run.subset("training").notes == run.notes
+    assert both.restrict_classes(["Jump"]).notes == [both.notes[0].replace(": 3 ", ": 1 ")]
+    assert both.restrict_classes(["Run", "Jump"]).notes == both.notes
+
+    # ActivityNet JSON: one note per subset, each counted over the videos kept.
+    anet = read_activitynet_json(write_json(tmp_path / "anet.json", anet_database(
+        a={"subset": "training", "duration": 5.0, "annotations": [{"segment": [1.0, 6.0], "label": "Run"}]},
+        c={"subset": "training", "duration": 5.0, "annotations": [{"segment": [1.0, 6.0], "label": "Jump"},
+                                                                  {"segment": [2.0, 7.0], "label": "Jump"}]},
+        b={"subset": "validation", "duration": 5.0, "annotations": [{"segment": [1.0, 6.0], "label": "Run"}]},
+    )))
+    assert [n.split(": ")[1][:13] for n in anet.notes] == ["3 training se", "1 validation "]
+    assert [n.split(": ")[1][:13] for n in anet.restrict_classes(["Run"]).notes] == ["1 training se", "1 validation "]
+    assert [n.split(": ")[1][:13] for n in anet.restrict_classes(["Jump"]).notes] == ["2 training se"]
+
+
+def test_class_restriction_takes_a_dropping_notes_videos_out_of_the_drop_count():
+    from clap_bench.data import AnnotationSet, Segment, SubsetNotes, Video, VideoTally
+
+    videos = {v: Video(v, 10.0, "train", segments=[Segment(0.0, 1.0, label)]) for v, label in (("a", "Run"), ("b", "Jump"))}
+    tally = VideoTally("f.txt: ", " queries dropped", (("a", 2), ("b", 3)), dropped=True)
+    whole = AnnotationSet("x", "f.txt", videos, ["Jump", "Run"], 5 + 1, [tally.text, "a note of the whole set"],
+                          subset_notes={"train": SubsetNotes(5, (tally.text,), (tally,))})
+    run = whole.restrict_classes(["Run"])
+    assert (run.dropped, run.notes) == (3, ["f.txt: 2 queries dropped", "a note of the whole set"])
+    assert run.subset_notes["train"] == SubsetNotes(2, ("f.txt: 2 queries dropped",), (tally.of({"a"}),))
+    none_of_them = whole.restrict_classes([])
+    assert (none_of_them.dropped, none_of_them.notes) == (1, ["a note of the whole set"])
+
+
 # --------------------------------------------------------------------------- CLI
 def test_inspect_cli_prints_counts_and_reports_broken_files(tmp_path):
     good = write(tmp_path / "thumos14_valid_tsp.csv", tsp_rows(

@@ -1,6 +1,6 @@
 """Annotations: one internal schema and a reader per real dataset format."""
 
-from clap_bench.data.schema import AnnotationError, AnnotationSet, Segment, Sentence, SubsetNotes, Video
+from clap_bench.data.schema import AnnotationError, AnnotationSet, Segment, Sentence, SubsetNotes, Video, VideoTally
 from clap_bench.data.readers import (
     READERS,
     SUBSETS,
@@ -30,7 +30,7 @@ from clap_bench.data.loading import (
 )
 
 __all__ = [
-    "AnnotationError", "AnnotationSet", "Segment", "Sentence", "SubsetNotes", "Video",
+    "AnnotationError", "AnnotationSet", "Segment", "Sentence", "SubsetNotes", "Video", "VideoTally",
     "READERS", "SUBSETS", "FewShotSplit", "detect_format", "kinetics_clip_id", "with_v_prefix",
     "read_activitynet_json", "read_anet_captions", "read_charades_lengths", "read_charades_sta",
     "read_class_split", "read_fewshot_split", "read_kinetics_csv", "read_tacos", "read_tsp_csv",

@@ -21,7 +21,9 @@ Policies shared by all readers (the published files need them, see the tests on 
   to the video duration and a query whose start is not before its end (after clipping) is
   dropped and counted in ``dropped`` with a note saying why. Negative times are errors.
 * Each subset's part of ``dropped`` and of the notes is recorded in ``AnnotationSet.subset_notes``
-  (a file of one subset: all of it), so that ``AnnotationSet.subset`` keeps only its own.
+  (a file of one subset: all of it), so that ``AnnotationSet.subset`` keeps only its own; the
+  notes count per video (``VideoTally``), so that a set restricted to some videos
+  (``AnnotationSet.restrict_classes``) counts only those.
 * Every malformed input raises ``AnnotationError(path, where, problem)`` with the csv/txt line
   (1-based, header included) or the JSON key path, and what was expected.
 * ``filename`` is the video file name relative to the dataset's video folder: the source's own
@@ -40,7 +42,7 @@ from difflib import get_close_matches
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
-from clap_bench.data.schema import AnnotationError, AnnotationSet, Segment, Sentence, SubsetNotes, Video
+from clap_bench.data.schema import AnnotationError, AnnotationSet, Segment, Sentence, Video, VideoTally, subset_notes_of
 from clap_bench.registry import Registry
 
 PathLike = Union[str, Path]
@@ -282,26 +284,32 @@ def clip_sentences(
     return kept, clipped, dropped
 
 
-def _sentence_notes(path: Path, clipped: int, dropped: int, unit: str = "query") -> List[str]:
-    notes = []
-    if clipped:
-        notes.append(f"{path.name}: {clipped} {unit} end times past the video duration clipped to it")
-    if dropped:
-        notes.append(f"{path.name}: {dropped} queries dropped because start >= end after clipping")
-    return notes
+def _per_video(counts: Dict[str, int]) -> Tuple[Tuple[str, int], ...]:
+    return tuple((vid, n) for vid, n in counts.items() if n)
 
 
-def _segments_past_end_note(path: Path, videos: Dict[str, Video], subset: str = "") -> List[str]:
-    n = sum(1 for v in videos.values() for s in v.segments if s.end > v.duration + DURATION_TOLERANCE)
-    if not n:
-        return []
-    counted = f"{n} {subset} segments" if subset else f"{n} segments"
-    return [f"{path.name}: {counted} end after their video's duration (kept as given; clip sampling clamps them)"]
+def _sentence_tallies(path: Path, clipped: Dict[str, int], dropped: Dict[str, int], unit: str = "query") -> List[VideoTally]:
+    """The notes on the queries clipped and dropped (counts per video id)."""
+    tallies = [
+        VideoTally(f"{path.name}: ", f" {unit} end times past the video duration clipped to it", _per_video(clipped)),
+        VideoTally(f"{path.name}: ", " queries dropped because start >= end after clipping", _per_video(dropped), dropped=True),
+    ]
+    return [t for t in tallies if t.count]
 
 
-def _one_subset_notes(subset: str, dropped: int, notes: List[str]) -> Dict[str, SubsetNotes]:
-    """``AnnotationSet.subset_notes`` of a file that holds one subset: its drops and notes are all that subset's."""
-    return {subset: SubsetNotes(dropped, tuple(notes))} if dropped or notes else {}
+def _segments_past_end_tallies(path: Path, videos: Dict[str, Video], subset: str = "") -> List[VideoTally]:
+    """The note on the segments that end after their video's duration (counts per video id)."""
+    counts = {vid: sum(1 for s in v.segments if s.end > v.duration + DURATION_TOLERANCE) for vid, v in videos.items()}
+    tally = VideoTally(f"{path.name}: ", f" {subset + ' ' if subset else ''}segments end after their video's duration "
+                       "(kept as given; clip sampling clamps them)", _per_video(counts))
+    return [tally] if tally.count else []
+
+
+def _tallied_set(fmt: str, path: Path, videos: Dict[str, Video], classes: List[str], subset: str,
+                 tallies: List[VideoTally], lists_background: bool = False) -> AnnotationSet:
+    """The set of a file that holds one subset, whose drops and notes are all ``tallies`` (that subset's)."""
+    return AnnotationSet(fmt, str(path), videos, classes, sum(t.count for t in tallies if t.dropped), [t.text for t in tallies],
+                         lists_background=lists_background, subset_notes=subset_notes_of(subset, tallies))
 
 
 def _classes(videos: Dict[str, Video]) -> List[str]:
@@ -390,12 +398,12 @@ def read_activitynet_json(path: PathLike, subset: Optional[str] = None) -> Annot
         segments.sort(key=lambda s: (s.start, s.end))
         videos[video_id] = Video(video_id, duration, video_subset, filename=_default_filename(video_id), segments=segments)
     # The file holds every subset: one note per subset, so that each subset keeps its own.
-    notes_of = {
-        name: _segments_past_end_note(path, {k: v for k, v in videos.items() if v.subset == name}, name)
+    tallies_of = {
+        name: _segments_past_end_tallies(path, {k: v for k, v in videos.items() if v.subset == name}, name)
         for name in SUBSETS[fmt]
     }
-    return AnnotationSet(fmt, str(path), videos, _classes(videos), 0, [n for notes in notes_of.values() for n in notes],
-                         subset_notes={name: SubsetNotes(0, tuple(notes)) for name, notes in notes_of.items() if notes})
+    return AnnotationSet(fmt, str(path), videos, _classes(videos), 0, [t.text for ts in tallies_of.values() for t in ts],
+                         subset_notes={k: v for name, ts in tallies_of.items() for k, v in subset_notes_of(name, ts).items()})
 
 
 # --------------------------------------------------------------------------- TSP csv
@@ -470,9 +478,7 @@ def read_tsp_csv(path: PathLike, subset: Optional[str] = None) -> AnnotationSet:
         if video.id in out:
             raise AnnotationError(path, _line(first_line[video_id]), f"video {video.id} appears under two names; expected one name per video")
         out[video.id] = video
-    notes = _segments_past_end_note(path, out)
-    return AnnotationSet(fmt, str(path), out, _classes(out), 0, notes, lists_background=True,
-                         subset_notes=_one_subset_notes(video_subset, 0, notes))
+    return _tallied_set(fmt, path, out, _classes(out), video_subset, _segments_past_end_tallies(path, out), lists_background=True)
 
 
 # --------------------------------------------------------------------------- ActivityNet Captions
@@ -490,21 +496,20 @@ def read_anet_captions(path: PathLike, subset: Optional[str] = None) -> Annotati
     _expect_type(data, dict, path, "top level", expected)
     video_subset = _resolve_subset(path, fmt, subset)
     videos: Dict[str, Video] = {}
-    clipped = dropped = 0
+    clipped: Dict[str, int] = {}
+    dropped: Dict[str, int] = {}
     for raw_id, entry in data.items():
         _expect_type(entry, dict, path, json_key(raw_id), 'an object {"duration", "timestamps", "sentences"}')
         _expect_keys(entry, ("duration", "timestamps", "sentences"), path, (raw_id,))
         duration = _positive(entry["duration"], path, json_key(raw_id, "duration"), "duration")
         raw = _timed_sentences(path, raw_id, entry, scale=1.0, unit="seconds")
         sentences, c, d = clip_sentences(raw, duration)
-        clipped += c
-        dropped += d
         video_id = with_v_prefix(str(raw_id))
         if video_id in videos:
             raise AnnotationError(path, json_key(raw_id), f"is the same video as another key once the 'v_' prefix is added ({video_id}); expected unique ids")
+        clipped[video_id], dropped[video_id] = c, d
         videos[video_id] = Video(video_id, duration, video_subset, filename=_default_filename(video_id), sentences=sentences)
-    notes = _sentence_notes(path, clipped, dropped)
-    return AnnotationSet(fmt, str(path), videos, [], dropped, notes, subset_notes=_one_subset_notes(video_subset, dropped, notes))
+    return _tallied_set(fmt, path, videos, [], video_subset, _sentence_tallies(path, clipped, dropped))
 
 
 def _timed_sentences(path: Path, key: str, entry: dict, scale: float, unit: str) -> List[Tuple[float, float, str]]:
@@ -542,7 +547,8 @@ def read_tacos(path: PathLike, subset: Optional[str] = None) -> AnnotationSet:
     _expect_type(data, dict, path, "top level", expected)
     video_subset = _resolve_subset(path, fmt, subset)
     videos: Dict[str, Video] = {}
-    clipped = dropped = 0
+    clipped: Dict[str, int] = {}
+    dropped: Dict[str, int] = {}
     for key, entry in data.items():
         _expect_type(entry, dict, path, json_key(key), 'an object {"timestamps", "sentences", "fps", "num_frames"}')
         _expect_keys(entry, ("timestamps", "sentences", "fps", "num_frames"), path, (key,))
@@ -553,8 +559,6 @@ def read_tacos(path: PathLike, subset: Optional[str] = None) -> AnnotationSet:
         duration = num_frames / fps
         raw = _timed_sentences(path, key, entry, scale=1.0 / fps, unit="frames")
         sentences, c, d = clip_sentences(raw, duration)
-        clipped += c
-        dropped += d
         key_path = Path(key)
         if key_path.suffix.lower() in VIDEO_SUFFIXES:
             video_id, filename = key_path.stem, key
@@ -562,9 +566,9 @@ def read_tacos(path: PathLike, subset: Optional[str] = None) -> AnnotationSet:
             video_id, filename = key, _default_filename(key)
         if video_id in videos:
             raise AnnotationError(path, json_key(key), f"is the same video as another key ({video_id}); expected unique videos")
+        clipped[video_id], dropped[video_id] = c, d
         videos[video_id] = Video(video_id, duration, video_subset, fps=fps, num_frames=num_frames, filename=filename, sentences=sentences)
-    notes = _sentence_notes(path, clipped, dropped)
-    return AnnotationSet(fmt, str(path), videos, [], dropped, notes, subset_notes=_one_subset_notes(video_subset, dropped, notes))
+    return _tallied_set(fmt, path, videos, [], video_subset, _sentence_tallies(path, clipped, dropped))
 
 
 # --------------------------------------------------------------------------- Charades-STA
@@ -651,15 +655,13 @@ def read_charades_sta(
             raise AnnotationError(path, _line(n), f"video {vid} has no length in the Charades_v1 csv(s); expected every video listed there")
         raw.setdefault(vid, []).append((start, end, sentence.strip()))
     videos: Dict[str, Video] = {}
-    clipped = dropped = 0
+    clipped: Dict[str, int] = {}
+    dropped: Dict[str, int] = {}
     for vid, queries in raw.items():
         duration = length_map[vid][0]
-        sentences, c, d = clip_sentences(queries, duration)
-        clipped += c
-        dropped += d
+        sentences, clipped[vid], dropped[vid] = clip_sentences(queries, duration)
         videos[vid] = Video(vid, duration, video_subset, filename=_default_filename(vid), sentences=sentences)
-    notes = _sentence_notes(path, clipped, dropped)
-    return AnnotationSet(fmt, str(path), videos, [], dropped, notes, subset_notes=_one_subset_notes(video_subset, dropped, notes))
+    return _tallied_set(fmt, path, videos, [], video_subset, _sentence_tallies(path, clipped, dropped))
 
 
 # --------------------------------------------------------------------------- Kinetics-style csv

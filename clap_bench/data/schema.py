@@ -8,7 +8,7 @@ reads only this schema, never a source format.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Tuple
 
@@ -62,20 +62,57 @@ class Video:
 
 
 @dataclass(frozen=True)
+class VideoTally:
+    """A note that counts things of single videos (segments past a video's end, queries dropped):
+    its text is ``before`` + the count + ``after``, the count the sum of ``per_video``'s
+    ``(video id, count)`` pairs. ``dropped``: the things counted were dropped, so the count is in
+    the set's ``dropped`` too. Kept per video so that a part of a set counts only its own videos."""
+
+    before: str
+    after: str
+    per_video: Tuple[Tuple[str, int], ...]
+    dropped: bool = False
+
+    @property
+    def count(self) -> int:
+        return sum(n for _, n in self.per_video)
+
+    @property
+    def text(self) -> str:
+        return f"{self.before}{self.count}{self.after}"
+
+    def of(self, video_ids) -> "VideoTally":
+        """The tally of the videos ``video_ids`` only."""
+        return replace(self, per_video=tuple((v, n) for v, n in self.per_video if v in video_ids))
+
+
+@dataclass(frozen=True)
 class SubsetNotes:
-    """The part of an ``AnnotationSet``'s ``dropped`` and ``notes`` that one subset's videos caused."""
+    """The part of an ``AnnotationSet``'s ``dropped`` and ``notes`` that one subset's videos caused.
+
+    ``tallies``: those of ``notes`` that count per video (each one's ``text`` is one of ``notes``,
+    and a dropping tally's count is part of ``dropped``)."""
 
     dropped: int = 0
     notes: Tuple[str, ...] = ()
+    tallies: Tuple[VideoTally, ...] = ()
+
+
+def subset_notes_of(subset: str, tallies: Iterable[VideoTally]) -> Dict[str, SubsetNotes]:
+    """``AnnotationSet.subset_notes`` of one subset whose notes are all ``tallies`` (those counting something)."""
+    tallies = tuple(t for t in tallies if t.count)
+    if not tallies:
+        return {}
+    return {subset: SubsetNotes(sum(t.count for t in tallies if t.dropped), tuple(t.text for t in tallies), tallies)}
 
 
 def join_subset_notes(parts: Iterable[Dict[str, SubsetNotes]]) -> Dict[str, SubsetNotes]:
-    """``subset_notes`` of several sets as one (drops summed, notes in order)."""
+    """``subset_notes`` of several sets as one (drops summed, notes and tallies in order)."""
     out: Dict[str, SubsetNotes] = {}
     for part in parts:
         for name, own in part.items():
             seen = out.get(name, SubsetNotes())
-            out[name] = SubsetNotes(seen.dropped + own.dropped, seen.notes + own.notes)
+            out[name] = SubsetNotes(seen.dropped + own.dropped, seen.notes + own.notes, seen.tallies + own.tallies)
     return out
 
 
@@ -108,8 +145,8 @@ class AnnotationSet:
         """Videos whose every action belongs to ``classes`` (a video with any other action is dropped).
 
         Used for few-shot protocols, where no video of a held-out class may be seen. A subset with no
-        video left loses its drops and notes; a subset with some keeps all of its own (they are
-        counted per subset, not per video).
+        video left loses its drops and notes; a subset with some keeps its notes that count per video
+        (its ``tallies``) counted over the videos kept, and any other of its own notes whole.
         """
         allowed = set(classes)
         keep = {
@@ -120,14 +157,33 @@ class AnnotationSet:
         return self._part(keep, sorted(allowed & set(self.classes)), kept_subsets={v.subset for v in keep.values()})
 
     def _part(self, videos: Dict[str, Video], classes: List[str], kept_subsets: set) -> "AnnotationSet":
-        """A set of some of these videos, without the drops and notes of the subsets not in ``kept_subsets``."""
+        """A set of some of these videos, without the drops and notes of the subsets not in ``kept_subsets``,
+        and with the kept subsets' per-video notes (``SubsetNotes.tallies``) counting ``videos`` only."""
         dropped, notes = self.dropped, list(self.notes)
+        kept_notes: Dict[str, SubsetNotes] = {}
         for name, own in self.subset_notes.items():
             if name not in kept_subsets:
                 dropped -= own.dropped
                 for note in own.notes:
                     notes.remove(note)
-        kept_notes = {name: own for name, own in self.subset_notes.items() if name in kept_subsets}
+                continue
+            own_dropped, own_notes, tallies = own.dropped, list(own.notes), []
+            for tally in own.tallies:
+                part = tally.of(videos)
+                if part.count == tally.count:
+                    tallies.append(tally)
+                    continue
+                if tally.dropped:
+                    own_dropped -= tally.count - part.count
+                    dropped -= tally.count - part.count
+                i, j = notes.index(tally.text), own_notes.index(tally.text)
+                if part.count:
+                    notes[i] = own_notes[j] = part.text
+                    tallies.append(part)
+                else:
+                    del notes[i], own_notes[j]
+            if own_dropped or own_notes:
+                kept_notes[name] = SubsetNotes(own_dropped, tuple(own_notes), tuple(tallies))
         return AnnotationSet(self.format, self.source, videos, classes, dropped, notes, self.lists_background, kept_notes)
 
     @property
