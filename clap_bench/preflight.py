@@ -15,7 +15,10 @@ Each stage reports its rate (clips/s, iterations/s, episodes/s, videos/s, querie
 resident memory of this process while it ran, and on CUDA the peak device memory. The rates then
 project the full run from the sizes of the annotation files (:func:`project`): the hours of each
 stage on the GPUs the cluster profile gives it, for one seed and for a sweep of methods x seeds,
-and the disk taken by feature files and checkpoints.
+and the disk taken by feature files and checkpoints. With ``encoder.weights: source`` it adds the source
+model's own pre-training (:func:`source_models`): each source model the sweep starts from that is
+not cached on this machine, at a measured pre-training rate (nothing is trained for it); a cached
+one is listed as such.
 
 Videos that are not on disk are, with ``stand_in=True``, replaced by generated H.264 files of the
 annotated duration (``preflight.stand_in_fps`` / ``stand_in_size``). ``preflight.*`` keys shrink
@@ -50,6 +53,7 @@ from clap_bench.io import atomic_write_json
 
 PRETRAIN_DATASET = "activitynet"
 CAPTIONS_DATASET = "activitynet-captions"
+SOURCE_DATASET = "trimmed"  # clap_bench.training.pretrain.SOURCE_DATASET: what the source model trains on
 GROUNDING_DATASETS = ("charades-sta", "tacos")  # those the vlg task knows; a profile's tasks.vlg.datasets picks some
 DEFAULT_CLUSTER = Path(__file__).resolve().parent.parent / "slurm" / "example-gpu.yaml"
 
@@ -233,6 +237,11 @@ def load_data(profile: Profile, work: Path, videos: int, stand_in: bool) -> Pref
     full = {k: load_dataset(datasets[k], k) for k in extracted}
     if CAPTIONS_DATASET in datasets:
         full[CAPTIONS_DATASET] = load_dataset(datasets[CAPTIONS_DATASET], CAPTIONS_DATASET)
+    if profile.encoder.weights == "source":  # the source model's training set, counted for its projection
+        if SOURCE_DATASET not in datasets:
+            raise KeyError(f"profile {profile.name!r}: encoder.weights 'source' needs a {SOURCE_DATASET!r} dataset "
+                           "(the synthetic benchmark provides it)")
+        full[SOURCE_DATASET] = load_dataset(datasets[SOURCE_DATASET], SOURCE_DATASET)
     base = None
     if "fewshot-split" in datasets:
         base = sorted(load_fewshot_split(datasets["fewshot-split"]).base)
@@ -571,6 +580,32 @@ def dataset_sizes(profile: Profile, data: PreflightData) -> Dict[str, dict]:
     if CAPTIONS_DATASET in data.full:
         out[CAPTIONS_DATASET] = {"videos": data.full[CAPTIONS_DATASET].counts()["videos"],
                                  "queries": data.full[CAPTIONS_DATASET].counts()["queries"]}
+    if SOURCE_DATASET in data.full:
+        # the source model's training videos as source_pretrain reads them: its train subset (all, without
+        # one), a video with an action each (one clip per video and epoch)
+        trimmed = data.full[SOURCE_DATASET]
+        own = [s for s in ("train", "training") if s in trimmed.subsets]
+        train_set = trimmed.subset(*own) if own else trimmed
+        out[SOURCE_DATASET] = {"videos": len(trimmed.videos),
+                               "train_videos": sum(1 for v in train_set.videos.values() if v.actions)}
+    return out
+
+
+def source_models(profile: Profile, seeds: int) -> List[dict]:
+    """The source models a sweep of ``seeds`` seeds starts from with ``encoder.weights: source`` (none
+    otherwise): the shared one, or one per seed with ``source_pretrain.per_seed``; each with its cache
+    folder and whether its final checkpoint is already there (``cached``: the sweep does not train it).
+    Looks at the file system only: nothing is trained."""
+    if profile.encoder.weights != "source":
+        return []
+    from clap_bench.config import source_seed
+    from clap_bench.training.pretrain import default_source_dir
+    from clap_bench.training.trainer import FINAL_NAME
+
+    out = []
+    for k in sorted({source_seed(profile, s) for s in range(seeds)}):
+        folder = default_source_dir(profile, k)
+        out.append({"seed": k, "dir": str(folder), "cached": (folder / FINAL_NAME).is_file()})
     return out
 
 
@@ -582,11 +617,14 @@ def _processes(cluster, kind: str) -> int:
 
 
 def project(profile: Profile, sizes: Dict[str, dict], measures: Dict[str, Measure], methods: Sequence[str],
-            seeds: int, cluster) -> dict:
+            seeds: int, cluster, sources: Sequence[dict] = ()) -> dict:
     """Hours per stage of one (method, seed), the totals, the sweep, and the disk taken.
 
     Each row counts its runs in the sweep as the plan runs the stage (``sweep_runs``); the disk of
-    one (method, seed) is a training method's when any of ``methods`` trains."""
+    one (method, seed) is a training method's when any of ``methods`` trains. ``sources``
+    (:func:`source_models`): the source models the sweep starts from; those not cached are projected
+    at TAC's measured pre-training rate (another timed method's where TAC was not timed), their
+    checkpoints counted in the sweep's disk."""
     from clap_bench.downstream.gtad.config import GTADConfig
     from clap_bench.downstream.qat.config import QATConfig
     from clap_bench.methods import method_from_profile
@@ -594,7 +632,7 @@ def project(profile: Profile, sizes: Dict[str, dict], measures: Dict[str, Measur
 
     rows: List[dict] = []
 
-    def add(stage: str, method: Optional[str], work: float, unit: str, measure: str, kind: str, note: str = "",
+    def add(stage: str, method: Optional[str], work: float, unit: str, measure: Optional[str], kind: str, note: str = "",
             methods_of: Optional[List[str]] = None, sweep_runs: Optional[int] = None, heads: Optional[tuple] = None,
             held: Optional[int] = None) -> None:
         """``methods_of``: the methods whose one seed runs it (default: ``method``'s, or every method's);
@@ -606,11 +644,11 @@ def project(profile: Profile, sizes: Dict[str, dict], measures: Dict[str, Measur
             work *= n
             if n != 1:
                 note = (f"{note}; " if note else "") + f"x {n} heads (tasks.{heads[0]}.head_seeds)"
-        m = measures[measure]
-        procs = _processes(cluster, kind) if kind == "pretrain" else 1
-        seconds = work / m.rate / procs if m.rate > 0 else float("inf")
+        rate = measures[measure].rate if measure is not None else 0.0
+        procs = _processes(cluster, kind) if kind in ("pretrain", "source") else 1
+        seconds = 0.0 if work == 0 else (work / rate / procs if rate > 0 else float("inf"))
         of = list(methods_of) if methods_of is not None else ([method] if method is not None else list(methods))
-        rows.append({"stage": stage, "method": method, "work": work, "unit": unit, "rate_per_process": m.rate,
+        rows.append({"stage": stage, "method": method, "work": work, "unit": unit, "rate_per_process": rate,
                      "processes": procs, "hours": seconds / 3600.0, "process_hours": seconds * (held or procs) / 3600.0, "note": note,
                      "methods": of, "sweep_runs": sweep_runs if sweep_runs is not None else seeds * len(of)})
 
@@ -634,6 +672,36 @@ def project(profile: Profile, sizes: Dict[str, dict], measures: Dict[str, Measur
     trained = [m for m in methods if method_trains(m)]
     untrained = [m for m in methods if not method_trains(m)]
     untrained_runs = seeds if per_seed_weights else 1
+    # The source model(s) every method starts from (encoder.weights: source), trained once per machine
+    # (per seed with source_pretrain.per_seed) where not cached: TAC on the trimmed set, one clip per
+    # video and epoch. The rate is a measured pre-training's (the same backbone), not the source's own.
+    sources = list(sources)
+    missing_sources = [s for s in sources if not s["cached"]]
+    source_measure = None
+    if sources:
+        if SOURCE_DATASET not in sizes:
+            raise ValueError(f"the source models' projection needs the sizes of the {SOURCE_DATASET!r} dataset")
+        tcfg = p.source_pretrain
+        per_epoch = sizes[SOURCE_DATASET]["train_videos"]
+        if tcfg.max_segments_per_epoch is not None:
+            per_epoch = min(per_epoch, tcfg.max_segments_per_epoch)
+        cached = [s for s in sources if s["cached"]]
+        if missing_sources:
+            timed = [k for k in measures if k.startswith("pretrain ")]
+            source_measure = "pretrain tac" if "pretrain tac" in measures else (timed[0] if timed else None)
+            if source_measure is None:
+                raise ValueError("the source models' projection needs a timed pre-training (measure 'pretrain tac')")
+            how = ("at TAC's measured rate" if source_measure == "pretrain tac" else
+                   f"at {source_measure[len('pretrain '):]}'s measured rate (the same backbone; the source trains TAC)")
+            note = (f"{tcfg.epochs} epochs x {per_epoch} {SOURCE_DATASET} videos x 1 clip, {how}; "
+                    f"{len(missing_sources)} of {len(sources)} source model(s) not cached on this machine")
+            if cached:
+                note += f" ({len(cached)} cached)"
+            add("source", None, tcfg.epochs * per_epoch, "clips", source_measure, "source", note,
+                methods_of=list(methods), sweep_runs=len(missing_sources))
+        else:
+            add("source", None, 0, "clips", None, "source",
+                f"cached on this machine: {', '.join(s['dir'] for s in cached)}", methods_of=list(methods), sweep_runs=0)
     gvf_methods: Dict[str, List[str]] = {}
     for method in methods:
         if not method_trains(method):
@@ -744,8 +812,11 @@ def project(profile: Profile, sizes: Dict[str, dict], measures: Dict[str, Measur
     trained_disk = (feature_bytes, (2 if "base_train_segments" in anet else 1) * ckpt)
     untrained_disk = ({k: v for k, v in feature_bytes.items() if k != f"base-{PRETRAIN_DATASET}"}, ckpt)
     shown_features, shown_ckpts = trained_disk if trained else untrained_disk
+    # a source model's checkpoints: TAC's measured pre-training's where it was timed, else the stand-in above
+    source_ckpt = measures["pretrain tac"].extra.get("checkpoint_bytes", ckpt) if "pretrain tac" in measures else ckpt
+    source_bytes = len(missing_sources) * source_ckpt
     sweep_bytes = (seeds * len(trained) * (sum(trained_disk[0].values()) + trained_disk[1])
-                   + untrained_runs * len(untrained) * (sum(untrained_disk[0].values()) + untrained_disk[1]))
+                   + untrained_runs * len(untrained) * (sum(untrained_disk[0].values()) + untrained_disk[1]) + source_bytes)
     return {
         "stages": rows,
         "one_seed": per_method,
@@ -754,6 +825,7 @@ def project(profile: Profile, sizes: Dict[str, dict], measures: Dict[str, Measur
                   "process_hours": sum(r["process_hours"] * r["sweep_runs"] for r in rows)},
         "disk": {"feature_files_one_seed": shown_features, "checkpoints_one_seed": shown_ckpts,
                  "one_seed_bytes": sum(shown_features.values()) + shown_ckpts, "sweep_bytes": sweep_bytes},
+        "source": {"models": sources, "to_train": len(missing_sources), "bytes": source_bytes},
         "cluster": getattr(cluster, "source", None),
         "pretrain_processes": _processes(cluster, "pretrain"),
     }
@@ -788,10 +860,13 @@ def run_preflight(profile: Profile, methods: Sequence[str], videos: int = 2, ste
         data = load_data(profile, work, videos, stand_in)
         if not _kinetics_available(profile):
             notes.append("Kinetics-400 weights not in the torch hub cache: the preflight starts from random weights (same cost)")
-        if profile.encoder.weights == "source":
+        sources = source_models(profile, seeds)
+        missing_sources = [s for s in sources if not s["cached"]]
+        if sources:
+            status = (f"{len(missing_sources)} of {len(sources)} not cached on this machine: projected at a measured "
+                      "pre-training rate (not timed on the trimmed set)" if missing_sources else "cached on this machine")
             notes.append("encoder.weights: source: the preflight pre-trains from random weights (same cost); the source "
-                         "model's own training (once per machine, or per seed with source_pretrain.per_seed) is neither "
-                         "timed nor projected")
+                         "model's own training (once per machine, or per seed with source_pretrain.per_seed): " + status)
         if not _text_model_available(profile.encoder.text_model):
             notes.append(f"text model {profile.encoder.text_model!r} not on this machine: the bundled all-MiniLM-L6-v2 "
                          "stands in (384-d instead of BERT's 768-d; the video encoder's cost is the same)")
@@ -813,6 +888,11 @@ def run_preflight(profile: Profile, methods: Sequence[str], videos: int = 2, ste
             say(f"pre-training {method}: {steps} steps")
             m = measure_pretrain(profile, data, method, steps, work)
             measures[m.stage] = m
+        if missing_sources and not any(k.startswith("pretrain ") for k in measures):
+            # no method was timed (none only): time the source model's method, as any method's steps
+            say(f"pre-training tac (the source model's method): {steps} steps")
+            m = measure_pretrain(profile, data, "tac", steps, work)
+            measures[m.stage] = m
         for key in extract_datasets(profile):
             say(f"extracting {key}: {videos} videos")
             m = measure_extraction(profile, data, key, work)
@@ -828,7 +908,7 @@ def run_preflight(profile: Profile, methods: Sequence[str], videos: int = 2, ste
             for m in measure_tan(profile, data, key, steps, work):
                 measures[m.stage] = m
         sizes = dataset_sizes(profile, data)
-        projection = project(profile, sizes, measures, methods, seeds, cluster)
+        projection = project(profile, sizes, measures, methods, seeds, cluster, sources=sources)
     finally:
         if own:
             shutil.rmtree(work, ignore_errors=True)

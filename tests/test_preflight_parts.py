@@ -50,6 +50,7 @@ def _sizes():
                         "validation_videos": 50},
         "charades-sta": {"videos": 60, "extraction_clips": 2000, "train_queries": 400, "test_queries": 100},
         "tacos": {"videos": 10, "extraction_clips": 3000, "train_queries": 300, "test_queries": 50},
+        "trimmed": {"videos": 130, "train_videos": 120},  # the source model's (encoder.weights: source)
     }
 
 
@@ -352,3 +353,102 @@ def test_hours_print_with_their_unit_and_minutes_below_a_tenth_of_an_hour():
     assert _hours(0.05, "h") == "3.0 min"
     assert _hours(0.05, "process-hours") == "3.0 process-minutes"
     assert _hours(0.05) == "3.0 min" and _hours(1.25) == "1.2"
+
+
+# --------------------------------------------------------------------------- the source model (encoder.weights: source)
+def _source_profile(tmp_path, **source_pretrain):
+    return load_profile("default", {"data": {"cache_dir": str(tmp_path)}, "source_pretrain": source_pretrain})
+
+
+def test_source_models_are_found_in_this_machines_cache_without_training_anything(tmp_path):
+    from clap_bench.preflight import source_models
+    from clap_bench.training.pretrain import default_source_dir
+    from clap_bench.training.trainer import FINAL_NAME
+
+    profile = _source_profile(tmp_path)
+    [shared] = source_models(profile, seeds=3)
+    assert (shared["seed"], shared["dir"], shared["cached"]) == (0, str(default_source_dir(profile, 0)), False)
+    assert not (tmp_path / "source_pretrain").exists()  # looked for, not made
+    (default_source_dir(profile, 0)).mkdir(parents=True)
+    (default_source_dir(profile, 0) / FINAL_NAME).write_bytes(b"x")
+    assert source_models(profile, seeds=3) == [{**shared, "cached": True}]
+    per_seed = _source_profile(tmp_path, per_seed=True)
+    assert [(s["seed"], s["cached"]) for s in source_models(per_seed, seeds=3)] == [(0, True), (1, False), (2, False)]
+    assert source_models(load_profile("paper"), seeds=3) == []  # Kinetics-400 weights: no source model
+
+
+def test_the_source_stage_is_projected_where_its_model_is_not_cached_and_said_cached_where_it_is(tmp_path):
+    from clap_bench.commands.preflight import format_report
+
+    profile = _source_profile(tmp_path, epochs=10, max_segments_per_epoch=None)
+    measures = _measures(rate=2.0)  # 2 clips/s; checkpoint 1000 bytes
+    plain = project(profile, _sizes(), measures, ["clap"], seeds=2, cluster=None)
+    assert "source" not in {r["stage"] for r in plain["stages"]}  # no source models given: as before
+    missing = [{"seed": 0, "dir": str(tmp_path / "s0"), "cached": False}]
+    p = project(profile, _sizes(), measures, ["clap"], seeds=2, cluster=None, sources=missing)
+    row = next(r for r in p["stages"] if r["stage"] == "source")
+    # 10 epochs x 120 training videos x 1 clip, once for the sweep, at clap's measured rate
+    assert (row["work"], row["sweep_runs"], row["methods"]) == (10 * 120, 1, ["clap"])
+    assert row["hours"] == pytest.approx(10 * 120 / 2.0 / 3600)
+    assert "at clap's measured rate" in row["note"] and "not cached on this machine" in row["note"]
+    assert p["sweep"]["hours_if_serial"] == pytest.approx(plain["sweep"]["hours_if_serial"] + row["hours"])
+    assert p["one_seed"]["clap"]["hours"] == pytest.approx(plain["one_seed"]["clap"]["hours"] + row["hours"])
+    assert p["disk"]["sweep_bytes"] == plain["disk"]["sweep_bytes"] + 1000 and p["source"]["bytes"] == 1000
+    report = {"profile": "default", "device": "cpu", "videos_per_dataset": 1, "steps": 1, "seconds": 1.0, "shrinks": {},
+              "notes": [], "measures": [], "datasets": _sizes(), "projection": p}
+    assert "0 of 1 cached on this machine; 1 to train" in format_report(report)
+    # TAC's own rate and checkpoint where it was timed; max_segments_per_epoch caps the videos of an epoch
+    measures["pretrain tac"] = Measure("pretrain tac", "clips", units=40, seconds=10.0, extra={"checkpoint_bytes": 700})
+    profile.source_pretrain.max_segments_per_epoch = 50
+    p = project(profile, _sizes(), measures, ["clap"], seeds=2, cluster=None, sources=missing)
+    row = next(r for r in p["stages"] if r["stage"] == "source")
+    assert (row["work"], row["hours"]) == (10 * 50, pytest.approx(10 * 50 / 4.0 / 3600))
+    assert "at TAC's measured rate" in row["note"] and p["disk"]["sweep_bytes"] == plain["disk"]["sweep_bytes"] + 700
+    # a source stage job's processes share the work, as pre-training's do
+    cluster = ClusterProfile(tasks_per_node=1, stages={"source": {"nodes": 1, "tasks_per_node": 4}})
+    row = next(r for r in project(profile, _sizes(), measures, ["clap"], seeds=2, cluster=cluster, sources=missing)["stages"]
+               if r["stage"] == "source")
+    assert (row["processes"], row["hours"]) == (4, pytest.approx(10 * 50 / 4.0 / 4 / 3600))
+    # cached: said so, nothing to run or store
+    cached = [{**missing[0], "cached": True}]
+    p = project(profile, _sizes(), measures, ["clap"], seeds=2, cluster=None, sources=cached)
+    row = next(r for r in p["stages"] if r["stage"] == "source")
+    assert (row["work"], row["hours"], row["sweep_runs"]) == (0, 0.0, 0)
+    assert row["note"] == f"cached on this machine: {tmp_path / 's0'}"
+    assert p["disk"]["sweep_bytes"] == plain["disk"]["sweep_bytes"]
+    assert p["sweep"]["hours_if_serial"] == pytest.approx(plain["sweep"]["hours_if_serial"])
+    report["projection"] = p
+    assert "source model(s) (encoder.weights: source): 1 of 1 cached on this machine" in format_report(report).splitlines()
+    # one source model per seed, one of three cached: the other two are trained
+    per_seed = [{"seed": k, "dir": str(tmp_path / f"s{k}"), "cached": k == 0} for k in range(3)]
+    row = next(r for r in project(profile, _sizes(), measures, ["clap"], seeds=3, cluster=None, sources=per_seed)["stages"]
+               if r["stage"] == "source")
+    assert row["sweep_runs"] == 2 and "2 of 3 source model(s) not cached on this machine (1 cached)" in row["note"]
+
+
+def test_the_preflight_projects_the_source_model_it_does_not_find_and_times_tac_when_no_method_trains(monkeypatch, tmp_path):
+    import clap_bench.preflight as pf
+
+    measures = _measures()
+    measures["pretrain tac"] = Measure("pretrain tac", "clips", units=40, seconds=10.0, extra={"checkpoint_bytes": 700})
+    asked = _fake_stages(monkeypatch, measures)
+    profile = _source_profile(tmp_path / "cache")
+    report = pf.run_preflight(profile, ["clap"], seeds=2, work_dir=tmp_path / "work", cluster_path=None)
+    assert [a for a in asked if a.startswith("pretrain")] == ["pretrain clap"]  # clap's rate stands in: no extra timing
+    assert any(n.startswith("encoder.weights: source") and "1 of 1 not cached" in n for n in report["notes"])
+    assert [r["sweep_runs"] for r in report["projection"]["stages"] if r["stage"] == "source"] == [1]
+    assert not (tmp_path / "cache" / "source_pretrain").exists()  # nothing trained
+    asked.clear()
+    report = pf.run_preflight(profile, ["none"], seeds=2, work_dir=tmp_path / "work", cluster_path=None)
+    assert [a for a in asked if a.startswith("pretrain")] == ["pretrain tac"]  # none trains nothing: TAC's steps are timed
+    assert "at TAC's measured rate" in next(r for r in report["projection"]["stages"] if r["stage"] == "source")["note"]
+
+
+def test_dataset_sizes_count_the_source_models_training_videos():
+    trimmed = _ann([Video(f"t{i}", 10.0, "train", segments=[Segment(0.0, 10.0, "a")]) for i in range(3)]
+                   + [Video("t_empty", 10.0, "train")] + [Video("v0", 10.0, "val", segments=[Segment(0.0, 10.0, "a")])], ["a"])
+    anet = _ann([Video("v_a", 60.0, "training", segments=[Segment(20.0, 40.0, "a")])], ["a"])
+    data = PreflightData(full={"activitynet": anet, "charades-sta": _grounding([("train", 1), ("test", 1)]),
+                               "tacos": _grounding([("train", 1), ("val", 1), ("test", 1)]), "trimmed": trimmed},
+                         picks={}, kinds={}, folders={})
+    assert dataset_sizes(load_profile("smoke"), data)["trimmed"] == {"videos": 5, "train_videos": 3}

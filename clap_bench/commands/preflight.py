@@ -82,7 +82,8 @@ def format_report(report: dict) -> str:
     lines += ["", tabulate(rows, headers=["stage", "shapes", "done", "s", "rate", "peak host GiB", "peak device GiB"], tablefmt="github")]
     sizes = report["datasets"]
     rows = [[k, s["videos"], s.get("queries") or "-",
-             f"{s['extraction_clips']:,}" if "extraction_clips" in s else "(ActivityNet's videos)",
+             f"{s['extraction_clips']:,}" if "extraction_clips" in s else
+             ("(not extracted: the source model's)" if "train_videos" in s else "(ActivityNet's videos)"),
              f"{s['hours_of_video']:,.0f}" if "hours_of_video" in s else "-"] for k, s in sizes.items()]
     lines += ["", tabulate(rows, headers=["dataset", "videos", "queries", "clips to extract", "hours of video"], tablefmt="github")]
     proj = report["projection"]
@@ -103,4 +104,10 @@ def format_report(report: dict) -> str:
     lines.append(f"disk per (method, seed): features {disk['one_seed_bytes'] / 1e9 - disk['checkpoints_one_seed'] / 1e9:.1f} GB "
                  f"({', '.join(f'{k} {v / 1e9:.1f} GB' for k, v in disk['feature_files_one_seed'].items())}), "
                  f"checkpoints {disk['checkpoints_one_seed'] / 1e9:.2f} GB; sweep {disk['sweep_bytes'] / 1e9:.1f} GB")
+    source = proj.get("source") or {}
+    if source.get("models"):
+        n = len(source["models"])
+        lines.append(f"source model(s) (encoder.weights: source): {n - source['to_train']} of {n} cached on this machine"
+                     + (f"; {source['to_train']} to train, {source['bytes'] / 1e9:.2f} GB of checkpoints (in the sweep's disk)"
+                        if source["to_train"] else ""))
     return "\n".join(lines)
