@@ -1,6 +1,5 @@
 """The shared trainer: resume after kill -9 or SIGTERM, determinism, stop on a non-finite loss."""
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -9,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
