@@ -112,6 +112,7 @@ class EncoderConfig:
 
 
 BATCH_COMPOSITIONS = ("clips", "segments")
+KEEP_EPOCHS = ("last", "best")  # TrainConfig.keep_epoch
 DUPLICATE_TEXTS = ("exclude", "negatives")
 
 @dataclass
@@ -201,6 +202,11 @@ class TrainConfig:
     # (the segment's centre) on more segments costs the same and measures with less noise: the
     # clips of one segment are nearly the same sample (FIDELITY.md).
     val_clips_per_segment: Optional[int] = None
+    # The encoder the stage keeps (final.pt): "last", the weights after the last epoch; "best", those
+    # of the trained epoch (1..epochs, not epoch 0) whose validation figure is highest, the method's
+    # ``selection_value`` (TAC, TSP: the mean of its heads' accuracies, TSP's "Avg Accuracy"); on a
+    # tie the earlier epoch. Needs validate: true (FIDELITY.md).
+    keep_epoch: str = added_field("last")
 
     def __post_init__(self) -> None:
         for key, allowed in (("short_segments", ("keep", "drop")), ("gvf_scaling", ("mean_norm", "none")),
@@ -219,6 +225,13 @@ class TrainConfig:
             raise ConfigError(f"frozen_stages: expected 0-4 (backbone stages), got {self.frozen_stages}")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size: expected a positive number of clips, got {self.batch_size}")
+        if self.keep_epoch not in KEEP_EPOCHS:
+            raise ConfigError(f"keep_epoch: expected one of {', '.join(KEEP_EPOCHS)}, got {self.keep_epoch!r}")
+        if self.keep_epoch == "best" and not self.validate:
+            raise ConfigError(
+                "keep_epoch: best keeps the epoch with the best validation figure, but validate is false; "
+                "set validate: true or keep_epoch: last"
+            )
         if self.val_clips_per_segment is not None and self.val_clips_per_segment < 1:
             raise ConfigError(
                 f"val_clips_per_segment: expected a positive number of clips or null, got {self.val_clips_per_segment}"
@@ -343,6 +356,11 @@ class Profile:
             raise ConfigError(
                 "pretrain.per_seed: only the source stage has it (source_pretrain.per_seed: one source model "
                 "per seed); a method's pre-training already runs once per seed"
+            )
+        if self.source_pretrain.keep_epoch != "last":
+            raise ConfigError(
+                f"source_pretrain.keep_epoch: {self.source_pretrain.keep_epoch!r}: the source stage has no validation "
+                "to select an epoch on; only pretrain.keep_epoch can be best (source_pretrain.keep_epoch: last)"
             )
 
     def task_config(self, task: str) -> Dict[str, Any]:

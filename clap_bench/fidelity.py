@@ -43,6 +43,8 @@ def _method_lr_heads(value: Any) -> str:
 CHOICES: tuple = (
     Choice("encoder.text_model", ALL_TABLES, "text encoder", _text_model),
     Choice("pretrain.bn_reestimate", ALL_TABLES, "BatchNorm re-estimation after pre-training"),
+    Choice("pretrain.keep_epoch", ALL_TABLES, "pre-trained encoder kept",
+           lambda v: "the best validated epoch" if v == "best" else "the last epoch"),
     Choice("pretrain.contrastive.normalize", ALL_TABLES, "L2-normalised contrastive embeddings (cosine instead of Eq. 4's dot product)"),
     Choice("pretrain.contrastive.temperature", ALL_TABLES, "contrastive temperature"),
     Choice("pretrain.contrastive.learn_temperature", ALL_TABLES, "learned contrastive temperature"),

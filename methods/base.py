@@ -108,6 +108,11 @@ class MethodConfig:
     summary: ClassVar[str] = ""
     # False: the method does no post-pre-training; its features are the initial weights' ("none").
     trains: ClassVar[bool] = True
+    # The validation figures (``Trainer.validate``'s keys, without the ``val_`` prefix) whose mean
+    # ``pretrain.keep_epoch: best`` maximises (``selection_value``). None: the accuracies of the
+    # method's heads (class_acc, region_acc: TSP's "Avg Accuracy"), or for a method without heads
+    # its retrieval R@1 (v2t_r1, t2v_r1). A figure where lower is better needs ``selection_value``.
+    selection_metric: ClassVar[Optional[Tuple[str, ...]]] = None
 
     regions: str = "all"  # which clips are sampled: "all" (foreground + background) or "foreground"
     class_head: bool = False  # f_c: action class cross-entropy on foreground clips
@@ -159,7 +164,32 @@ class MethodConfig:
         """Validation's clip->text R@1 asks foreground clips only (the masked loss ignores background pairs)."""
         return self.contrastive == "mask"
 
+    @property
+    def selection_figures(self) -> Tuple[str, ...]:
+        """The validation figures ``selection_value`` averages (``selection_metric``, or from the flags)."""
+        if self.selection_metric is not None:
+            return tuple(self.selection_metric)
+        heads = tuple(name for name, on in (("class_acc", self.class_head), ("region_acc", self.region_head)) if on)
+        if heads:  # TSP's rule: the mean of the heads' accuracies (train.py, "Avg Accuracy")
+            return heads
+        return ("v2t_r1", "t2v_r1") if self.contrastive else ()
+
     # ------------------------------------------------------------------ hooks
+    def selection_value(self, figures: Dict[str, float]) -> float:
+        """The figure ``pretrain.keep_epoch: best`` maximises over the trained epochs, from one epoch's
+        validation figures (``Trainer.validate``: loss terms, ``class_acc``, ``region_acc``,
+        ``v2t_r1``, ``t2v_r1``, ...): the mean of ``selection_figures``. Higher is better."""
+        names = self.selection_figures
+        where = f"method {self.name} ({type(self).__module__}.{type(self).__qualname__})"
+        if not names:
+            raise ValueError(f"{where}: pretrain.keep_epoch: best needs a validation figure to select on; the method "
+                             "has no head or contrastive term to take it from: set its selection_metric or selection_value")
+        missing = [n for n in names if n not in figures]
+        if missing:
+            raise ValueError(f"{where}: pretrain.keep_epoch: best selects on the validation figures {list(names)}, but "
+                             f"validation gave no {missing} (it gave {sorted(figures)})")
+        return sum(float(figures[n]) for n in names) / len(names)
+
     def build_heads(
         self,
         feat_dim: int,

@@ -336,3 +336,18 @@ def test_paper_pre_trains_in_fp32_as_tsps_train_py():
     # TSP's train/train.py has no autocast and no gradient scaler.
     assert load_profile("paper").pretrain.amp is False
     assert load_profile("default").pretrain.amp is True  # read on CUDA only
+
+
+def test_paper_keeps_the_best_validated_epoch_as_tsps_reference_and_the_synthetic_profiles_the_last(paper):
+    from clap_bench.config import identity_dict, to_dict
+    from clap_bench.fidelity import departures, paper_profile_dict, resolve
+
+    # TSP train/README.md: "the epoch with the highest Avg Accuracy" (train.py: the mean of the heads' accuracies)
+    assert paper.pretrain.keep_epoch == "best" and paper.pretrain.validate
+    assert resolve(paper_profile_dict(), "pretrain.keep_epoch") == "best"
+    for name in ("default", "smoke"):
+        profile = load_profile(name)
+        assert profile.pretrain.keep_epoch == "last" and "keep_epoch" not in identity_dict(profile.pretrain)
+        notes = departures(to_dict(profile), paper_profile_dict(), "1")
+        assert "pre-trained encoder kept: the last epoch instead of the best validated epoch (pretrain.keep_epoch)" in notes
+    assert identity_dict(paper.pretrain)["keep_epoch"] == "best"

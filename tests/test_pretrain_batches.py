@@ -330,6 +330,170 @@ def test_two_process_gloo_run_scales_rates_by_world_size_and_keeps_the_stem(tmp_
         assert info["steps"] == 1  # 12 clips over 2 processes of 6
 
 
+# ---------------------------------------------------------------- keep_epoch: the encoder the stage keeps
+class _Stop(Exception):
+    pass
+
+
+def _scripted_validation(trainer, figures, snapshots, first_epoch=0, stop_at=None):
+    """Replace ``trainer.validate``: its n-th call (from ``first_epoch``: 0 is the one before training)
+    returns ``figures[epoch]`` and records the weights it saw; ``stop_at``: that epoch's call raises."""
+    calls = [first_epoch]
+
+    def validate():
+        epoch = calls[0]
+        calls[0] += 1
+        if epoch == stop_at:
+            raise _Stop(epoch)
+        snapshots[epoch] = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+        return {"class_acc": figures[epoch], "loss": 1.0}
+
+    trainer.validate = validate
+
+
+def _records(out_dir):
+    return [json.loads(x) for x in (Path(out_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def _same_weights(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# Epoch 0 (before training) scores highest but is not a trained epoch; epochs 2 and 3 tie: 2 is kept.
+SCRIPTED = {0: 0.95, 1: 0.2, 2: 0.7, 3: 0.7, 4: 0.4}
+
+
+def test_keep_epoch_best_writes_the_weights_of_the_best_trained_epoch_not_the_last(tmp_path):
+    from clap_bench.runs.plan import validation_summary
+
+    out = tmp_path / "best"
+    trainer = _trainer(out, method="tac", epochs=4, keep_epoch="best", bn_reestimate=False)
+    snapshots = {}
+    _scripted_validation(trainer, SCRIPTED, snapshots)
+    final = torch.load(trainer.fit(), map_location="cpu", weights_only=True)
+    assert final["kept_epoch"] == 2 and final["epoch"] == 4
+    assert final["selection"] == {"figures": ["class_acc"], "value": pytest.approx(0.7)}
+    assert _same_weights(final["model"], snapshots[2])
+    assert not _same_weights(snapshots[2], snapshots[4])  # the later epochs did train
+    records = _records(out)
+    assert [r.get("best_epoch") for r in records] == [None, 1, 2, 2, 2]
+    assert [r.get("val_selection") for r in records][1:] == pytest.approx([0.2, 0.7, 0.7, 0.4])
+    assert validation_summary(out)["kept_epoch"] == 2
+    # keep_epoch: last (the default) writes the last epoch's weights and names it.
+    last = _trainer(tmp_path / "last", method="tac", epochs=4, bn_reestimate=False)
+    last_snapshots = {}
+    _scripted_validation(last, SCRIPTED, last_snapshots)
+    last_final = torch.load(last.fit(), map_location="cpu", weights_only=True)
+    assert last_final["kept_epoch"] == 4 and _same_weights(last_final["model"], last_snapshots[4])
+    assert _same_weights(last_snapshots[2], snapshots[2])  # the same training: only the kept epoch differs
+    assert "best_epoch" not in _records(tmp_path / "last")[-1] and "kept_epoch" not in validation_summary(tmp_path / "last")
+
+
+def test_keep_epoch_best_survives_a_resume_after_the_best_epoch(tmp_path):
+    out = tmp_path / "run"
+    first = _trainer(out, method="tac", epochs=4, keep_epoch="best", bn_reestimate=False)
+    snapshots = {}
+    _scripted_validation(first, SCRIPTED, snapshots, stop_at=4)  # stops after epoch 4's training, before its checkpoint
+    with pytest.raises(_Stop):
+        first.fit()
+    ckpt = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
+    assert ckpt["epoch"] == 3 and ckpt["best"]["epoch"] == 2 and not (out / "final.pt").exists()
+    # A new trainer (a new process): epoch 2's weights exist only in the checkpoint now.
+    resumed = _trainer(out, method="tac", epochs=4, keep_epoch="best", bn_reestimate=False)
+    later = {}
+    _scripted_validation(resumed, SCRIPTED, later, first_epoch=4)
+    final = torch.load(resumed.fit(), map_location="cpu", weights_only=True)
+    assert set(later) == {4}  # only epoch 4 was validated again
+    assert final["kept_epoch"] == 2 and _same_weights(final["model"], snapshots[2])
+    assert [r.get("best_epoch") for r in _records(out)] == [None, 1, 2, 2, 2]
+
+
+def test_keep_epoch_best_with_real_validation_keeps_the_first_highest_epoch(tmp_path):
+    trainer = _trainer(tmp_path / "run", method="tac", epochs=3, keep_epoch="best")
+    final = torch.load(trainer.fit(), map_location="cpu", weights_only=True)
+    trained = _records(tmp_path / "run")[1:]
+    accs = [r["val_class_acc"] for r in trained]
+    assert [r["val_selection"] for r in trained] == accs  # TAC: its one head's accuracy
+    assert final["kept_epoch"] == 1 + accs.index(max(accs))
+
+
+def test_keep_epoch_best_is_refused_where_nothing_validates_and_a_checkpoint_without_its_best(tmp_path):
+    from clap_bench.io import CheckpointError
+
+    with pytest.raises(ConfigError, match="keep_epoch: best .* validate is false; set validate: true or keep_epoch: last"):
+        TrainConfig(keep_epoch="best", validate=False)
+    with pytest.raises(ConfigError, match=r"smoke\.yaml\.pretrain: keep_epoch: best .*validate is false"):
+        load_profile("smoke", overrides={"pretrain": {"keep_epoch": "best", "validate": False}})
+    with pytest.raises(ConfigError, match="keep_epoch: expected one of last, best, got 'first'"):
+        TrainConfig(keep_epoch="first")
+    with pytest.raises(ConfigError, match="source_pretrain.keep_epoch: 'best': the source stage has no validation"):
+        load_profile("smoke", overrides={"source_pretrain": {"keep_epoch": "best"}})
+    with pytest.raises(ValueError, match="keep_epoch: best selects the epoch on validation figures, but this training has no validation set"):
+        _trainer(tmp_path / "none", method="tac", epochs=1, keep_epoch="best", validation=False)
+    # A checkpoint of a keep_epoch: last run holds no earlier epoch's weights to choose from.
+    _trainer(tmp_path / "last", method="tac", epochs=1).fit()
+    (tmp_path / "last" / "final.pt").unlink()
+    with pytest.raises(CheckpointError, match="saved after epoch 1 without the weights of its best epoch"):
+        _trainer(tmp_path / "last", method="tac", epochs=2, keep_epoch="best").fit()
+
+
+def _ddp_keep_best_worker(rank, world, port, out_dir, result_dir):
+    import torch.distributed as dist
+
+    from clap_bench.training.distributed import DistInfo
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        trainer = _trainer(Path(out_dir), method="tac", epochs=3, dist_info=DistInfo(rank, world), keep_epoch="best",
+                           bn_reestimate=False)
+        trainer.fit()
+        Path(result_dir, f"rank{rank}.json").write_text(json.dumps({"best": None if trainer.best is None else trainer.best["epoch"]}))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow  # two processes
+def test_two_process_run_keeps_the_best_epoch_chosen_and_written_by_rank_0(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    mp.spawn(_ddp_keep_best_worker, args=(2, _free_port(), str(tmp_path / "ddp"), str(results)), nprocs=2, join=True)
+    trained = _records(tmp_path / "ddp")[1:]
+    accs = [r["val_class_acc"] for r in trained]
+    final = torch.load(tmp_path / "ddp" / "final.pt", map_location="cpu", weights_only=True)
+    assert final["kept_epoch"] == 1 + accs.index(max(accs)) == trained[-1]["best_epoch"]
+    # Rank 0 validates, chooses and writes; rank 1 holds no copy of the weights.
+    assert json.loads((results / "rank0.json").read_text())["best"] == final["kept_epoch"]
+    assert json.loads((results / "rank1.json").read_text())["best"] is None
+
+
+def test_each_method_declares_the_validation_figure_it_is_selected_on():
+    from dataclasses import dataclass
+
+    from clap_bench.methods import MethodConfig, create_method
+
+    figures = {"class_acc": 0.5, "region_acc": 0.9, "v2t_r1": 0.2, "t2v_r1": 0.4, "loss": 3.0}
+    expected = {"tac": ("class_acc",), "tsp": ("class_acc", "region_acc"), "clap": ("class_acc", "region_acc"),
+                "clap-mask": ("class_acc", "region_acc"), "clap-no-cls": ("v2t_r1", "t2v_r1")}
+    for name, names in expected.items():
+        method = create_method(name)
+        assert method.selection_figures == names, name
+        assert method.selection_value(figures) == pytest.approx(sum(figures[n] for n in names) / len(names)), name
+    with pytest.raises(ValueError, match=r"method tsp .*selects on the validation figures \['class_acc', 'region_acc'\], but validation gave no \['region_acc'\]"):
+        create_method("tsp").selection_value({"class_acc": 0.5})
+
+    @dataclass
+    class OnLoss(MethodConfig):  # a plug-in selecting on its own figure: the lowest validation loss
+        name = "on-loss"
+        class_head: bool = True
+        selection_metric = ("loss",)
+
+        def selection_value(self, figures):
+            return -figures["loss"]
+
+    assert OnLoss().selection_figures == ("loss",) and OnLoss().selection_value(figures) == -3.0
+
+
 # ---------------------------------------------------------------- the none method
 def test_none_method_features_equal_the_initial_encoders_on_a_smoke_video(tmp_path):
     from clap_bench.config import resolve_datasets

@@ -533,7 +533,8 @@ def run_pretrain_stage(ctx: StageContext) -> Dict[str, Any]:
 
 
 def validation_summary(out_dir: Path) -> Dict[str, Any]:
-    """Epoch-0 and last-epoch validation figures of a pre-training (``val0_*`` and ``val_*``)."""
+    """Epoch-0 and last-epoch validation figures of a pre-training (``val0_*`` and ``val_*``), and with
+    ``pretrain.keep_epoch: best`` the epoch whose weights the stage kept (``kept_epoch``)."""
     from clap_bench.training.trainer import read_epoch_records
 
     records = [r for r in read_epoch_records(out_dir) if any(k.startswith("val_") for k in r)]
@@ -543,6 +544,8 @@ def validation_summary(out_dir: Path) -> Dict[str, Any]:
     out: Dict[str, Any] = {f"val0_{k[4:]}": v for k, v in first.items() if k.startswith("val_")}
     out.update({k: v for k, v in last.items() if k.startswith("val_")})
     out["val_epoch"] = last.get("epoch")
+    if "best_epoch" in last:
+        out["kept_epoch"] = last["best_epoch"]
     return out
 
 

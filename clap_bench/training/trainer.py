@@ -33,6 +33,15 @@ epoch exactly because the order depends only on (seed, epoch) and clip sampling 
 (seed, epoch, item). When all epochs are done ``<out>/final.pt`` (weights and metadata, no
 optimiser) is written and returned; a finished run is not trained again.
 
+The weights ``final.pt`` holds (``keep_epoch``): ``last``, those after the last epoch; ``best``,
+those of the trained epoch (1..epochs; epoch 0, before training, is never chosen, as TSP compares
+its trained epochs only) whose validation figure, the method's ``selection_value`` (TSP: the mean
+of its heads' accuracies), is highest; on a tie the earlier epoch. The main process keeps the best
+epoch's weights so far in memory and in every checkpoint (one atomic file: a resumed run still
+chooses among all epochs), each epoch's record notes ``val_selection`` and ``best_epoch``, and
+``final.pt`` names its ``kept_epoch``. BatchNorm re-estimation (``bn_reestimate``) runs on the
+kept weights.
+
 Per-epoch metrics go to ``<out>/metrics.jsonl``: every loss term, head accuracies, clips/s.
 """
 
@@ -329,6 +338,15 @@ class Trainer:
         self.dist = dist_info or DistInfo()
         self.bn_recalibration_batches = int(bn_recalibration_batches)
         self.validation = validation if cfg.validate else None
+        # keep_epoch: best: the main process keeps the weights of the best trained epoch so far (in memory
+        # and in every checkpoint) and writes them as final.pt.
+        self.keep_best = cfg.keep_epoch == "best"
+        if self.keep_best and self.validation is None:
+            raise ValueError(
+                "keep_epoch: best selects the epoch on validation figures, but this training has no validation "
+                "set (pretrain.validate: true and a validation subset of the pre-training dataset); set keep_epoch: last"
+            )
+        self.best: Optional[Dict[str, Any]] = None  # {"epoch", "value", "model"} (main process)
         self.val_gvf = val_gvf
         self.clips_per_item = max(1, int(clips_per_item))
         if device is None:
@@ -406,6 +424,7 @@ class Trainer:
             "running": dict(self.running),
             "rng": rng_state(),
             "world_size": self.dist.world_size,
+            **({"best": self.best} if self.best is not None else {}),
         }
 
     def save_checkpoint(self) -> None:
@@ -442,6 +461,14 @@ class Trainer:
             self.scheduler._last_lr = lrs
         self.batch_in_epoch = int(ckpt["batch_in_epoch"])
         self.running = dict(ckpt.get("running") or {})
+        if self.keep_best and self.dist.is_main:
+            self.best = ckpt.get("best")
+            if self.best is None and self.epoch >= 1:
+                raise CheckpointError(
+                    f"{self.checkpoint_path}: saved after epoch {self.epoch} without the weights of its best epoch "
+                    "(it was trained with keep_epoch: last), so keep_epoch: best cannot choose among its epochs; "
+                    "use another --out or keep_epoch: last"
+                )
         set_rng_state(ckpt["rng"])
         self._trim_metrics()
         return True
@@ -456,7 +483,7 @@ class Trainer:
         if len(keep) != len(lines):
             atomic_write_bytes(path, ("\n".join(keep) + "\n" if keep else "").encode())
 
-    def _write_final(self) -> Path:
+    def _write_final(self, kept_epoch: int) -> Path:
         if self.dist.is_main:
             state = {
                 "format": CHECKPOINT_FORMAT,
@@ -465,8 +492,11 @@ class Trainer:
                 "seed": self.seed,
                 "model": self.model.state_dict(),
                 "epoch": self.epoch,
+                "kept_epoch": kept_epoch,  # whose weights "model" holds (keep_epoch)
                 "finished": True,
             }
+            if self.best is not None:
+                state["selection"] = {"figures": list(self._unwrapped.method.selection_figures), "value": self.best["value"]}
             save_atomic(state, self.final_path)
         barrier()
         return self.final_path
@@ -741,6 +771,20 @@ class Trainer:
         if self.progress and any(k.startswith("val_") for k in record):
             print(format_validation(record), flush=True)
 
+    def _consider_epoch(self, figures: Dict[str, float]) -> Dict[str, Any]:
+        """keep_epoch: best, on the main process, after the validation of epoch ``self.epoch + 1``: keep
+        this epoch's weights when its figure (the method's ``selection_value``) beats every earlier
+        trained epoch's; a tie keeps the earlier epoch, a NaN figure never wins. Returns what the
+        epoch's record notes: its figure and the best epoch so far."""
+        if not (self.keep_best and self.dist.is_main):
+            return {}
+        value = float(self._unwrapped.method.selection_value(figures))
+        rank = value if value == value else float("-inf")
+        if self.best is None or rank > self.best["value"]:
+            state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+            self.best = {"epoch": self.epoch + 1, "value": rank, "model": state}
+        return {"val_selection": value, "best_epoch": self.best["epoch"]}
+
     # ------------------------------------------------------------------ loop
     def fit(self) -> Path:
         if self.final_path.exists():
@@ -792,7 +836,9 @@ class Trainer:
                 if bar is not None:
                     bar.close()
                 record = self._epoch_record()
-                record.update({f"val_{k}": v for k, v in self.validate().items()})
+                figures = self.validate()
+                record.update({f"val_{k}": v for k, v in figures.items()})
+                record.update(self._consider_epoch(figures))
                 self._write_record(record)
                 if self.on_epoch_end is not None:
                     self.on_epoch_end()
@@ -800,6 +846,12 @@ class Trainer:
                 self.batch_in_epoch = 0
                 self.running = {}
                 self.save_checkpoint()
+        kept = self.epoch
+        if self.best is not None:  # keep_epoch: best (main process): the best epoch's weights, then BN re-estimation
+            self.model.load_state_dict(self.best["model"])
+            kept = self.best["epoch"]
+            if self.progress:
+                print(f"keep_epoch: best: epoch {kept} of {self.epoch} (validation figure {self.best['value']:.4f})", flush=True)
         if self.cfg.bn_reestimate:
             self.recalibrate_batch_norm()
-        return self._write_final()
+        return self._write_final(kept)
