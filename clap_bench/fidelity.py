@@ -40,6 +40,9 @@ def _method_lr_heads(value: Any) -> str:
     return "pretrain.lr_heads (every method's)" if value is None else f"{value:g}"
 
 
+# The built-in methods with a contrastive term (methods.<name>.contrastive_reduction).
+CONTRASTIVE_METHODS = ("clap-clip", "clap-mask", "clap", "clap-no-cls", "clap-dagger")
+
 CHOICES: tuple = (
     Choice("encoder.text_model", ALL_TABLES, "text encoder", _text_model),
     Choice("pretrain.bn_reestimate", ALL_TABLES, "BatchNorm re-estimation after pre-training"),
@@ -59,6 +62,9 @@ CHOICES: tuple = (
     Choice("methods.tac.lr_heads", ALL_TABLES, "TAC's head learning rate", _method_lr_heads),
     Choice("methods.tac.regions", ALL_TABLES, "TAC's training clips",
            lambda v: "foreground segments only" if v == "foreground" else "every segment (background without class loss)"),
+    *(Choice(f"methods.{m}.contrastive_reduction", ALL_TABLES, f"{m}'s contrastive loss over the batch's pairs",
+             lambda v: "summed (Eq. 3/5 as written)" if v == "sum" else "averaged")
+      for m in CONTRASTIVE_METHODS),
     Choice("clips.resize_filter", ALL_TABLES, "filter that scales frames to clips.resize"),
     Choice("extract.last_clip", ALL_TABLES, "last clip of a video at extraction"),
     Choice("extract.snap_duration_to_frames", ALL_TABLES, "extraction grid over the source frames' duration (not the annotated one)"),

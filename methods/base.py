@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from clap_bench.config import ContrastiveConfig, added_field, from_dict, identity_dict
-from clap_bench.methods.losses import contrastive_loss, masked_cross_entropy, text_ids
+from clap_bench.methods.losses import REDUCTIONS, contrastive_loss, masked_cross_entropy, text_ids
 from clap_bench.registry import Registry
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -127,6 +127,10 @@ class MethodConfig:
     # This method's learning rate for its heads in the pre-training stage; None: pretrain.lr_heads.
     # The paper states 2e-2 for CLAP's heads (§4.1); TSP's reference trains TSP and TAC at 0.002.
     lr_heads: Optional[float] = added_field(None)
+    # How the contrastive term reduces its per-pair terms (methods.losses): "mean" over each
+    # direction's terms, or "sum", the paper's literal sums over the batch's pairs (Eq. 3, Eq. 5),
+    # whose weight against the averaged L_ce then grows with the batch's (foreground) pair count.
+    contrastive_reduction: str = added_field("mean")
 
     def __post_init__(self) -> None:
         where = f"methods.{self.name}"
@@ -136,6 +140,11 @@ class MethodConfig:
             raise ValueError(f"{where}.regions: expected one of {REGIONS}, got {self.regions!r}")
         if self.contrastive not in CONTRASTIVE:
             raise ValueError(f"{where}.contrastive: expected one of {CONTRASTIVE}, got {self.contrastive!r}")
+        if self.contrastive_reduction not in REDUCTIONS:
+            raise ValueError(f"{where}.contrastive_reduction: expected one of {REDUCTIONS}, got {self.contrastive_reduction!r}")
+        if self.contrastive_reduction != "mean" and not self.contrastive:
+            raise ValueError(f"{where}.contrastive_reduction: {self.contrastive_reduction!r} needs a contrastive term "
+                             "(contrastive: clip or mask); the method has none")
         if self.trains and not (self.class_head or self.region_head or self.contrastive):
             raise ValueError(f"{where}: a method needs at least one head or a contrastive loss")
         if self.region_head and self.regions == "foreground":
@@ -335,7 +344,8 @@ def gathered_contrastive_loss(
 
     Every process gathers the embeddings, text ids and foreground flags of all processes and
     computes the terms of its own pairs (see ``methods.losses``). ``form`` overrides keyword
-    arguments of ``contrastive_loss`` (default: ``pretrain.contrastive`` of the profile).
+    arguments of ``contrastive_loss`` (default: ``pretrain.contrastive`` of the profile, and the
+    reduction of the model's method, ``methods.<name>.contrastive_reduction``).
     """
     z_v, z_t = out["z_v"], out["z_t"]
     fg = batch["region"] == 1
@@ -349,6 +359,7 @@ def gathered_contrastive_loss(
         world_size=dist.loss_world_size,
         normalize=model.contrastive.normalize,
         duplicate_texts=model.contrastive.duplicate_texts,
+        reduction=getattr(getattr(model, "method", None), "contrastive_reduction", "mean"),
     )
     kwargs.update(form)
     return contrastive_loss(z_v, z_t, ids, model.logit_scale(), **kwargs)

@@ -19,14 +19,17 @@ The form of Eq. 4 is configurable (``pretrain.contrastive``, see FIDELITY.md):
 Text embeddings are computed per pair either way, so the BatchNorm of ``g_t`` sees the batch's
 text distribution as ``g_v`` sees its clips.
 
-Reductions: the sum over pairs of Eq. 3/5 is divided by the number of terms kept in each
-direction (pairs for Eq. 3; foreground pairs for Eq. 5), so the loss scale does not depend on the
-batch size or the foreground ratio. Both directions are added.
+Reductions (``reduction``, ``methods.<name>.contrastive_reduction``): ``"mean"`` divides the sum
+over pairs of Eq. 3/5 by the number of terms kept in each direction (pairs for Eq. 3; foreground
+pairs for Eq. 5), so the loss scale does not depend on the batch size or the foreground ratio;
+``"sum"`` is the paper's literal sum over the batch's pairs (Eq. 3, Eq. 5), whose weight against
+the averaged cross-entropies grows with the number of pairs. Both directions are added.
 
 Distributed: ``local`` rows index the pairs of this process inside the gathered (global) batch.
-Each process computes the terms of its own pairs against every global column and normalises by
-the *global* number of terms times ``1/world_size``; data-parallel gradient averaging then yields
-exactly the gradient of the single-process loss on the concatenated batch.
+Each process computes the terms of its own pairs against every global column and multiplies their
+sum by ``world_size`` over the *global* number of terms (``"mean"``) or by ``world_size`` alone
+(``"sum"``: the sum over the global batch, every process's pairs once); data-parallel gradient
+averaging then yields exactly the gradient of the single-process loss on the concatenated batch.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ import torch
 import torch.nn.functional as F
 
 from clap_bench.config import DUPLICATE_TEXTS
+
+REDUCTIONS = ("mean", "sum")  # contrastive_loss's reduction (methods.<name>.contrastive_reduction)
 
 
 def text_ids(texts: List[str]) -> torch.Tensor:
@@ -97,6 +102,7 @@ def contrastive_loss(
     world_size: int = 1,
     normalize: bool = True,
     duplicate_texts: str = "exclude",
+    reduction: str = "mean",
 ) -> Dict[str, torch.Tensor]:
     """Eq. 3 (``foreground=None``) or the masked Eq. 5 (``foreground``: (N,) bool of the pairs).
 
@@ -104,9 +110,11 @@ def contrastive_loss(
     clips, text->video for foreground texts; a pair's text is foreground iff its clip is), while
     background clips and texts remain in every denominator.
     Returns ``{"loss", "v2t", "t2v"}`` (``loss = v2t + t2v``); see the module docstring for the
-    form (``normalize``, ``duplicate_texts``), the normalisation and ``rows``/``world_size``
-    (distributed use).
+    form (``normalize``, ``duplicate_texts``), the ``reduction`` (``"mean"`` over each direction's
+    terms, or the paper's ``"sum"``) and ``rows``/``world_size`` (distributed use).
     """
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction: expected one of {REDUCTIONS}, got {reduction!r}")
     n = z_v.shape[0]
     if rows is None:
         rows = torch.arange(n, device=z_v.device)
@@ -114,7 +122,7 @@ def contrastive_loss(
     count = keep.sum().clamp(min=1).float()  # global number of terms per direction
     local_keep = keep[rows].float()
     v2t, t2v = contrastive_terms(z_v, z_t, text_ids, logit_scale, rows, normalize, duplicate_texts)
-    scale = float(world_size) / count
+    scale = float(world_size) / count if reduction == "mean" else float(world_size)
     v2t = (v2t * local_keep).sum() * scale
     t2v = (t2v * local_keep).sum() * scale
     return {"loss": v2t + t2v, "v2t": v2t, "t2v": t2v}

@@ -115,6 +115,64 @@ def test_masked_cross_entropy_uses_kept_rows_only():
     assert none.item() == 0.0
 
 
+# ---------------------------------------------------------------- reduction: mean (ours) or sum (Eq. 3/5 as written)
+# Three pairs, tau = 1, plain dot products, distinct texts. v2t logits z_v @ z_t.T: [1, 0, 0], [0, 2, 1], [1, 2, 1];
+# t2v logits z_t @ z_v.T: [1, 0, 1], [0, 2, 2], [0, 1, 1]. Each term: log(sum exp(row)) - row[own].
+HAND_Z_V = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+HAND_Z_T = torch.tensor([[1.0, 0.0], [0.0, 2.0], [0.0, 1.0]])
+E = math.e
+HAND_V2T = [math.log(E + 2) - 1, math.log(1 + E**2 + E) - 2, math.log(2 * E + E**2) - 1]
+HAND_T2V = [math.log(2 * E + 1) - 1, math.log(1 + 2 * E**2) - 2, math.log(1 + 2 * E) - 1]
+
+
+@pytest.mark.parametrize("foreground", [None, [True, False, True]], ids=["eq3", "eq5"])
+def test_sum_reduction_is_the_papers_sum_and_mean_times_the_number_of_terms(foreground):
+    keep = [True] * 3 if foreground is None else foreground
+    v2t_sum = sum(t for t, k in zip(HAND_V2T, keep) if k)
+    t2v_sum = sum(t for t, k in zip(HAND_T2V, keep) if k)
+    terms = sum(keep)  # per direction: 3 pairs (Eq. 3), 2 foreground pairs (Eq. 5)
+    fg = None if foreground is None else torch.tensor(foreground)
+    form = dict(foreground=fg, normalize=False, duplicate_texts="negatives")
+    ids = _ids(["a", "b", "c"])
+    mean = contrastive_loss(HAND_Z_V, HAND_Z_T, ids, 1.0, **form)
+    summed = contrastive_loss(HAND_Z_V, HAND_Z_T, ids, 1.0, reduction="sum", **form)
+    assert summed["v2t"].item() == pytest.approx(v2t_sum, rel=1e-6)
+    assert summed["t2v"].item() == pytest.approx(t2v_sum, rel=1e-6)
+    assert mean["loss"].item() == pytest.approx((v2t_sum + t2v_sum) / terms, rel=1e-6)
+    assert summed["loss"].item() == pytest.approx(mean["loss"].item() * terms, rel=1e-6)
+    with pytest.raises(ValueError, match="reduction: expected one of"):
+        contrastive_loss(HAND_Z_V, HAND_Z_T, ids, 1.0, reduction="total")
+
+
+def test_contrastive_reduction_reaches_the_loss_through_the_methods_config():
+    from clap_bench.config import ContrastiveConfig, EncoderConfig, load_profile
+    from clap_bench.encoders import build_video_encoder
+    from clap_bench.methods import PretrainModel, compute_losses, create_method, method_from_profile
+
+    profile = load_profile("smoke", overrides={"methods": {"clap": {"contrastive_reduction": "sum"}}})
+    summed = method_from_profile("clap", profile.methods)
+    averaged = method_from_profile("clap", load_profile("smoke").methods)
+    assert (summed.contrastive_reduction, averaged.contrastive_reduction) == ("sum", "mean")
+    assert "contrastive_reduction" not in averaged.to_dict()  # at its default the key stays out of identities
+    encoder = build_video_encoder(EncoderConfig(arch="r2plus1d_tiny", width=0.125))
+    form = ContrastiveConfig(normalize=False, temperature=1.0, duplicate_texts="negatives")
+    batch = {"label": torch.tensor([0, -1, 1]), "region": torch.tensor([1, 0, 1]), "texts": ["a", "b", "c"],
+             "video_ids": ["v0", "v0", "v1"]}
+    out = {"z_v": HAND_Z_V, "z_t": HAND_Z_T, "class_logits": torch.zeros(3, 2), "region_logits": torch.zeros(3, 2)}
+    losses = {}
+    for method in (summed, averaged):
+        model = PretrainModel(encoder, method, num_classes=2, text_dim=4, embed_dim=2, contrastive=form)
+        losses[method.contrastive_reduction] = compute_losses(model, out, batch)
+    # clap's masked Eq. 5 on foreground pairs 0 and 2
+    assert losses["sum"]["contrastive"].item() == pytest.approx(HAND_V2T[0] + HAND_V2T[2] + HAND_T2V[0] + HAND_T2V[2], rel=1e-6)
+    assert losses["sum"]["contrastive"].item() == pytest.approx(2 * losses["mean"]["contrastive"].item(), rel=1e-6)
+    assert losses["sum"]["class_ce"].item() == losses["mean"]["class_ce"].item()  # L_ce stays averaged
+    with pytest.raises(ValueError, match="methods.tac.contrastive_reduction: 'sum' needs a contrastive term"):
+        create_method("tac", contrastive_reduction="sum")
+    with pytest.raises(ValueError, match=r"methods.clap.contrastive_reduction: expected one of \('mean', 'sum'\)"):
+        create_method("clap", contrastive_reduction="total")
+
+
 # ---------------------------------------------------------------- distributed (2 CPU processes, gloo)
 def _free_port() -> int:
     with socket.socket() as s:
@@ -122,7 +180,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank, world, port, data, masked, result_dir):
+def _worker(rank, world, port, data, masked, result_dir, reduction="mean"):
     import torch.distributed as dist
 
     from clap_bench.methods.losses import contrastive_loss as loss_fn
@@ -139,7 +197,7 @@ def _worker(rank, world, port, data, masked, result_dir):
     ids = gather_no_grad(ids_all[lo:hi])
     fg = gather_no_grad(fg_all[lo:hi].to(torch.uint8)).bool()
     rows = torch.arange(lo, hi)
-    out = loss_fn(gv, gt, ids, 1 / 0.1, foreground=fg if masked else None, rows=rows, world_size=world)
+    out = loss_fn(gv, gt, ids, 1 / 0.1, foreground=fg if masked else None, rows=rows, world_size=world, reduction=reduction)
     out["loss"].backward()
     # Data-parallel training averages gradients over processes; so do we.
     grads = torch.cat([z_v.grad, z_t.grad], dim=1)
@@ -149,8 +207,9 @@ def _worker(rank, world, port, data, masked, result_dir):
     dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("masked", [False, pytest.param(True, marks=pytest.mark.slow)])
-def test_gathered_loss_and_gradients_equal_single_process(tmp_path, masked):
+@pytest.mark.parametrize("masked, reduction", [(False, "mean"), pytest.param(True, "mean", marks=pytest.mark.slow),
+                                               (True, "sum")])
+def test_gathered_loss_and_gradients_equal_single_process(tmp_path, masked, reduction):
     g = torch.Generator().manual_seed(7)
     n = 9  # uneven split: 5 + 4 rows
     z_v, z_t = torch.randn(n, 6, generator=g), torch.randn(n, 6, generator=g)
@@ -158,10 +217,10 @@ def test_gathered_loss_and_gradients_equal_single_process(tmp_path, masked):
     ids = _ids(texts)
     fg = torch.tensor([1, 1, 0, 1, 0, 1, 0, 1, 1], dtype=torch.bool)
     split = [0, 5, 9]
-    mp.spawn(_worker, args=(2, _free_port(), (z_v, z_t, ids, fg, split), masked, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, _free_port(), (z_v, z_t, ids, fg, split), masked, str(tmp_path), reduction), nprocs=2, join=True)
 
     zv, zt = z_v.clone().requires_grad_(True), z_t.clone().requires_grad_(True)
-    single = contrastive_loss(zv, zt, ids, 1 / 0.1, foreground=fg if masked else None)
+    single = contrastive_loss(zv, zt, ids, 1 / 0.1, foreground=fg if masked else None, reduction=reduction)
     single["loss"].backward()
     expected_grad = torch.cat([zv.grad, zt.grad], dim=1)
     results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]

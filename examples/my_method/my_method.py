@@ -45,6 +45,7 @@ class CLAPSameVideoNegatives(MethodConfig):
         loss, v2t, t2v = same_video_contrastive(
             out["z_v"], out["z_t"], batch, dist, model.logit_scale(), self.hard_negative_weight,
             normalize=model.contrastive.normalize, exclude_same_text=model.contrastive.duplicate_texts == "exclude",
+            reduction=self.contrastive_reduction,
         )
         terms["contrastive"] = loss
         stats.update(v2t=v2t, t2v=t2v, temperature=1.0 / model.logit_scale())
@@ -52,12 +53,13 @@ class CLAPSameVideoNegatives(MethodConfig):
 
 
 def same_video_contrastive(z_v, z_t, batch, dist: DistContext, logit_scale, weight: float,
-                           normalize: bool = True, exclude_same_text: bool = True):
+                           normalize: bool = True, exclude_same_text: bool = True, reduction: str = "mean"):
     """Masked Eq. 5 over the global batch with same-video negatives weighted by ``weight``.
 
     Each process computes the terms of its own pairs (``rows``) against every gathered column and
-    divides by the global number of foreground pairs times ``1 / world_size``, so that averaging
-    the gradients over processes gives the gradient of the one-process loss on the whole batch.
+    divides by the global number of foreground pairs times ``1 / world_size`` (``reduction: sum``, the
+    paper's sum: by ``1 / world_size`` only), so that averaging the gradients over processes gives
+    the gradient of the one-process loss on the whole batch.
     """
     device = z_v.device
     rows = dist.local_rows(z_v.shape[0], device)
@@ -80,7 +82,9 @@ def same_video_contrastive(z_v, z_t, batch, dist: DistContext, logit_scale, weig
         v2t_logits = v2t_logits.masked_fill(same_text, neg_inf)
         t2v_logits = t2v_logits.masked_fill(same_text, neg_inf)
     keep = fg[rows].float()
-    scale = float(dist.loss_world_size) / fg.sum().clamp(min=1).float()
+    scale = float(dist.loss_world_size)
+    if reduction == "mean":  # methods.<name>.contrastive_reduction
+        scale = scale / fg.sum().clamp(min=1).float()
     v2t = (F.cross_entropy(v2t_logits, rows, reduction="none") * keep).sum() * scale
     t2v = (F.cross_entropy(t2v_logits, rows, reduction="none") * keep).sum() * scale
     return v2t + t2v, v2t.detach(), t2v.detach()
