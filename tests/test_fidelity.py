@@ -91,7 +91,7 @@ DEFAULT_SWITCHES = {
 PAPER_SWITCHES = {
     "contrastive": {"normalize": False, "duplicate_texts": "negatives", "learn_temperature": True},
     "bn_reestimate": False, "head_init_std": 0.01, "short_segments": "drop", "gvf_scaling": "none",
-    "caption_choice": "nearest_centre",
+    "caption_choice": "nearest_centre", "keep_epoch": "best",
 }
 
 
@@ -111,6 +111,7 @@ def test_pretraining_switches_run_on_the_smoke_profile(switches, method, tmp_pat
             assert state["train"][key] == {**state["train"][key], **value}
         else:
             assert state["train"][key] == value, key
+    assert state["kept_epoch"] == 1  # one epoch: keep_epoch best and last agree (a run of several: test_pretrain_batches)
     model = state["model"]
     if method == "clap":
         assert ("log_logit_scale" in model) is True  # a buffer when fixed, a parameter when learned
