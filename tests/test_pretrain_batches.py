@@ -430,6 +430,12 @@ def test_keep_epoch_best_is_refused_where_nothing_validates_and_a_checkpoint_wit
         load_profile("smoke", overrides={"source_pretrain": {"keep_epoch": "best"}})
     with pytest.raises(ValueError, match="keep_epoch: best selects the epoch on validation figures, but this training has no validation set"):
         _trainer(tmp_path / "none", method="tac", epochs=1, keep_epoch="best", validation=False)
+    # A method selected on a figure validation does not give stops before its first epoch.
+    early = _trainer(tmp_path / "early", method="tac", epochs=1, keep_epoch="best")
+    early.validate = lambda: {"loss": 1.0}
+    with pytest.raises(ValueError, match=r"method tac .*selects on the validation figures \['class_acc'\], but validation gave no"):
+        early.fit()
+    assert early.running == {} and early.batch_in_epoch == 0  # no training step was taken
     # A checkpoint of a keep_epoch: last run holds no earlier epoch's weights to choose from.
     _trainer(tmp_path / "last", method="tac", epochs=1).fit()
     (tmp_path / "last" / "final.pt").unlink()

@@ -793,7 +793,10 @@ class Trainer:
         if not self._resume() and self.dist.is_main:
             (self.out_dir / METRICS_NAME).unlink(missing_ok=True)  # records of a start that never checkpointed
         if self.validation is not None and self.epoch == 0 and self.batch_in_epoch == 0:
-            self._write_record({"epoch": 0, **{f"val_{k}": v for k, v in self.validate().items()}})
+            figures = self.validate()
+            if self.keep_best and self.dist.is_main:
+                self._unwrapped.method.selection_value(figures)  # a figure validation lacks fails before training, not after
+            self._write_record({"epoch": 0, **{f"val_{k}": v for k, v in figures.items()}})
         with _SignalFlag() as flag:
             while self.epoch < self.cfg.epochs:
                 self._train_mode()
