@@ -88,9 +88,9 @@ def test_the_projection_counts_the_qat_selections_that_meta_training_scores():
     profile = load_profile("paper")
     p = project(profile, _sizes(), _measures(), ["clap"], seeds=1, cluster=None)
     rows = {r["stage"]: r for r in p["stages"]}
-    # 2000 episodes / 8 per step = 250 steps, scored at 0, 25, ..., 250: 11 selections of 100 episodes
+    # 1000 episodes / 1 per step (fewshotQAT's) = 1000 steps, scored at 0, 100, ..., 1000: 11 selections of 100 episodes
     qat = profile.task_config("fstal")
-    assert (qat.get("meta_episodes", 2000), qat.get("meta_batch", 8), qat.get("select_every", 25)) == (2000, 8, 25)
+    assert (qat.get("meta_episodes", 2000), qat.get("meta_batch", 8), qat.get("select_every", 25)) == (1000, 1, 100)
     assert rows["fstal: selection + test episodes"]["note"].startswith("11 selections x 100")
     assert rows["fstal: selection + test episodes"]["work"] == 11 * 100 + 10 * 100
 

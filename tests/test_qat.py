@@ -11,6 +11,7 @@ from clap_bench.data.readers import FewShotSplit
 from clap_bench.data.schema import AnnotationSet, Segment, Video
 from clap_bench.downstream.gtad.config import GTADConfig
 from clap_bench.downstream.qat import (
+    Episode,
     EpisodeSampler,
     LeakageError,
     QATConfig,
@@ -113,6 +114,26 @@ def test_paper_qat_episodes_and_snippets_are_fewshotqats():
         QATConfig(meta_min_action_fraction=1.0).validate()
 
 
+def test_paper_qat_meta_training_and_support_draw_are_fewshotqats():
+    # gtad_lib/dataset_fs.py load_episodic_data (supports drawn independently); classifier_v2.py
+    # TransformerRePRI (torch.optim.SGD at self.lr = 0.025, get_ce on the query's foreground);
+    # gtad_inference_fs_inductive.py (batch_size_val = 1, n_runs = 10 x --episode 100)
+    from clap_bench.config import from_dict, load_profile, to_dict
+    from clap_bench.fidelity import departures, paper_profile_dict
+
+    keys = ("support_sampling", "meta_loss", "meta_optimizer", "meta_lr", "meta_weight_decay", "meta_batch", "meta_episodes")
+    paper = from_dict(QATConfig, load_profile("paper").task_config("fstal"), "tasks.fstal")
+    paper.validate()
+    assert tuple(getattr(paper, k) for k in keys) == ("reference", "foreground_ce", "sgd", 0.025, 0.0, 1, 1000)
+    for name in ("default", "smoke"):
+        ours = from_dict(QATConfig, load_profile(name).task_config("fstal"), "tasks.fstal")
+        assert (ours.support_sampling, ours.meta_loss, ours.meta_optimizer) == ("distinct", "balanced_bce", "adam")
+    assert QATConfig().meta_weight_decay == 1e-4 and QATConfig().meta_lr == 1e-3
+    notes = departures(to_dict(load_profile("default")), paper_profile_dict(), "2a")
+    for key in keys:
+        assert any(f"(tasks.fstal.{key})" in n for n in notes), key
+
+
 # --------------------------------------------------------------------------- episodes
 POOL = {"dive": [f"v_d{i}" for i in range(7)], "swim": [f"v_s{i}" for i in range(3)], "rare": ["v_r0", "v_r1"]}
 
@@ -145,6 +166,33 @@ def test_episodes_are_deterministic_per_seed_run_and_index_and_differ_across_see
 def test_sampler_without_any_usable_class_says_so():
     with pytest.raises(ValueError, match=r"6 videos a 5-shot episode needs.*'swim': 3"):
         EpisodeSampler({"swim": POOL["swim"]}, shots=5, seed=0)
+
+
+def test_reference_support_sampling_draws_each_support_from_every_video_of_the_class_the_query_included():
+    # fewshotQAT's load_episodic_data: random.choice of the class and the query, then each of the
+    # shots supports cwise_anno[class][random.randint(1, num_file) - 1], independently.
+    sampler = EpisodeSampler(POOL, shots=5, seed=4, support_sampling="reference")
+    assert sampler.classes == ["dive", "rare", "swim"] and sampler.skipped == {}  # one video makes an episode
+    for index in (0, 7):  # the draw, written out
+        rng = np.random.default_rng([4, 0, 2, index])
+        label = sampler.classes[int(rng.integers(3))]
+        pool = sorted(POOL[label])
+        query = pool[int(rng.integers(len(pool)))]
+        support = tuple(pool[int(i)] for i in rng.integers(len(pool), size=5))
+        assert sampler.episode(2, index) == Episode(2, index, label, query, support)
+    episodes = sampler.episodes(run=0, count=600)
+    assert all(set(ep.support) <= set(POOL[ep.label]) and len(ep.support) == 5 for ep in episodes)
+    assert any(len(set(ep.support)) < 5 for ep in episodes if ep.label == "dive")  # a video twice, with 7 to draw from
+    assert any(ep.query in ep.support for ep in episodes if ep.label == "dive")  # the query among its own supports
+    dive = [ep for ep in episodes if ep.label == "dive"]
+    share = sum(s == ep.query for ep in dive for s in ep.support) / (5 * len(dive))
+    assert 0.09 < share < 0.2  # 1/7: the query is as likely a support as any other video
+    solo = EpisodeSampler({"solo": ["v_x"]}, shots=2, seed=0, support_sampling="reference").episode(0, 0)
+    assert (solo.query, solo.support) == ("v_x", ("v_x", "v_x"))
+    with pytest.raises(ValueError, match="3 videos a 2-shot episode needs"):
+        EpisodeSampler({"solo": ["v_x"]}, shots=2, seed=0)
+    with pytest.raises(ValueError, match="support_sampling: expected one of distinct, reference"):
+        EpisodeSampler(POOL, shots=2, seed=0, support_sampling="replace")
 
 
 # --------------------------------------------------------------------------- localisation
@@ -222,6 +270,78 @@ def test_support_without_foreground_is_an_error():
         masked_prototype(torch.ones(2, 1, 4, 5), torch.tensor([[[True, False, False, False, False]], [[False] * 5]]))
 
 
+def test_foreground_ce_is_the_references_cross_entropy_on_the_query_foreground_snippets_only():
+    import math
+
+    from clap_bench.downstream.qat.model import foreground_ce_loss, foreground_loss
+
+    logits = torch.tensor([[2.0, -1.0, 0.5, 3.0], [1.0, -2.0, 0.0, 4.0]])
+    masks = torch.tensor([[True, False, True, False], [False, False, False, False]])
+    sig = lambda z: 1.0 / (1.0 + math.exp(-z))  # noqa: E731
+    first = -(math.log(sig(2.0) + 1e-10) + math.log(sig(0.5) + 1e-10)) / 2  # get_ce: mean over valid_pixels_q = (gt != 0)
+    torch.testing.assert_close(foreground_ce_loss(logits, masks), torch.tensor([first, 0.0]))  # no foreground: 0
+    # background snippets add nothing, unlike the class-balanced loss
+    moved = logits.clone()
+    moved[0, 1], moved[0, 3] = 5.0, 5.0
+    assert foreground_ce_loss(moved, masks)[0] == foreground_ce_loss(logits, masks)[0]
+    assert foreground_loss(moved, masks)[0] > foreground_loss(logits, masks)[0]
+    # the reference's 1e-10 under the log: a saturated foreground snippet costs at most -log(1e-10)
+    assert foreground_ce_loss(torch.tensor([[-200.0]]), torch.tensor([[True]]))[0] == pytest.approx(-math.log(1e-10), rel=1e-5)
+
+
+@pytest.mark.parametrize("meta_loss", ["balanced_bce", "foreground_ce"])
+@pytest.mark.parametrize("meta_optimizer", ["sgd", "adam"])
+def test_one_meta_training_step_takes_the_configured_loss_and_optimiser(tmp_path, meta_loss, meta_optimizer):
+    """One step on one episode: the logged loss is the chosen loss of the query, and ``sgd`` moves
+    every weight by ``-lr * (grad + weight_decay * weight)`` (fewshotQAT's plain SGD), Adam not."""
+    import copy
+
+    from clap_bench.downstream.qat.model import cosine_logits, foreground_ce_loss, foreground_loss
+    from clap_bench.downstream.qat.task import episode_batch, meta_optimizer as make_optimizer, meta_train
+
+    torch.manual_seed(0)
+    annotations, feats, sampler = _meta_setup(tmp_path)
+    cfg = _small_config(meta_episodes=1, meta_batch=1, adapt_steps=5, meta_lr=0.025, meta_weight_decay=0.01,
+                        meta_loss=meta_loss, meta_optimizer=meta_optimizer, select_episodes=0)
+    transformer = QueryAdaptiveTransformer(16, 2, 0.0, 0.0)
+    torch.nn.init.normal_(transformer.attention.out_proj.weight, std=0.1)  # every weight gets a gradient
+    before = copy.deepcopy(transformer).train()
+    batch = episode_batch(sampler.episodes(0, 1), feats, annotations.videos)
+    proto, bias = support_prototype(batch.support, batch.support_masks, batch.query, cfg.temperature, 5, cfg.adapt_lr)
+    refined, bias = refine_prototype(before, proto, bias, batch.support, batch.support_masks, batch.query, cfg.temperature, 5, cfg.adapt_lr)
+    logits = cosine_logits(refined, batch.query, bias, cfg.temperature)
+    chosen = (foreground_ce_loss if meta_loss == "foreground_ce" else foreground_loss)(logits, batch.query_masks).mean()
+    other = (foreground_loss if meta_loss == "foreground_ce" else foreground_ce_loss)(logits, batch.query_masks).mean()
+    chosen.backward()
+    chosen, other = chosen.detach(), other.detach()
+    history = meta_train(transformer, sampler, feats, annotations.videos, cfg)
+    assert history[0]["loss"] == pytest.approx(chosen.item(), rel=1e-5) and abs(other.item() - chosen.item()) > 1e-3
+    opt = make_optimizer(before, cfg)
+    assert type(opt) is (torch.optim.SGD if meta_optimizer == "sgd" else torch.optim.Adam)
+    assert opt.defaults["lr"] == 0.025 and opt.defaults["weight_decay"] == 0.01
+    sgd_step = {k: p.detach() - 0.025 * (p.grad + 0.01 * p.detach()) for k, p in before.named_parameters()}
+    after = dict(transformer.named_parameters())
+    matches = [torch.allclose(after[k].detach(), sgd_step[k], atol=1e-6, rtol=1e-5) for k in sgd_step]
+    assert all(matches) if meta_optimizer == "sgd" else not all(matches)
+    if meta_optimizer == "sgd":
+        assert opt.defaults["momentum"] == 0.0
+
+
+def test_meta_training_switches_are_checked_and_a_wrong_value_names_its_key():
+    from clap_bench.config import ConfigError, from_dict
+
+    for key, bad, allowed in (("support_sampling", "replace", "distinct, reference"),
+                              ("meta_loss", "ce", "balanced_bce, foreground_ce"),
+                              ("meta_optimizer", "adamw", "adam, sgd")):
+        with pytest.raises(ConfigError, match=rf"tasks.fstal: {key}: expected one of {allowed}, got '{bad}'"):
+            QATConfig(**{key: bad}).validate()
+        with pytest.raises(ConfigError, match=rf"{key}: expected one of"):
+            from_dict(QATConfig, {key: bad}, "tasks.fstal").validate()
+    with pytest.raises(ConfigError, match="meta_weight_decay: expected >= 0"):
+        QATConfig(meta_weight_decay=-1e-4).validate()
+    QATConfig(support_sampling="reference", meta_loss="foreground_ce", meta_optimizer="sgd", meta_weight_decay=0.0).validate()
+
+
 # --------------------------------------------------------------------------- end to end
 def _handmade(root, seed: int = 0, dim: int = 16, t0: int = 24):
     """Videos whose action snippets carry their class direction plus a per-video variation of it."""
@@ -281,6 +401,32 @@ def test_end_to_end_on_hand_made_features_writes_every_output_and_finds_the_clas
     assert len(episodes) == 120 and {e["label"] for e in episodes} <= set(split.test)
     used = json.loads((out / "train_log.json").read_text())
     assert set(used["meta_classes"]) <= set(split.base)
+
+
+def test_reference_episodes_and_meta_training_run_end_to_end_where_distinct_supports_cannot(tmp_path):
+    """5-shot episodes on test classes of 4 validation videos: the reference's draw makes them (with
+    repeated supports and the query among them), the distinct draw refuses; SGD on one episode a step."""
+    import json
+
+    from dataclasses import replace
+
+    from clap_bench.downstream.qat.task import run_fewshot_localization
+
+    torch.set_num_threads(1)
+    annotations, split, path = _handmade(tmp_path)
+    cfg = _small_config(shots=5, runs=1, episodes_per_run=8, adapt_steps=5, meta_episodes=4, meta_batch=1, select_episodes=4,
+                        select_every=2, support_sampling="reference", meta_loss="foreground_ce", meta_optimizer="sgd",
+                        meta_lr=0.025, meta_weight_decay=0.0)
+    cfg.gtad.epochs = 1
+    metrics = run_fewshot_localization(annotations, split, path, cfg, tmp_path / "out", seed=0)
+    assert 0.0 <= metrics["average_mAP"] <= 1.0
+    episodes = json.loads((tmp_path / "out" / "episodes.json").read_text())
+    assert len(episodes) == 8 and all(len(e["support"]) == 5 for e in episodes)
+    assert any(len(set(e["support"])) < 5 for e in episodes) and any(e["query"] in e["support"] for e in episodes)
+    log = json.loads((tmp_path / "out" / "train_log.json").read_text())
+    assert [h["episodes"] for h in log["meta_steps"] if "loss" in h] == [1, 1, 1, 1]
+    with pytest.raises(ValueError, match="6 videos a 5-shot episode needs"):
+        run_fewshot_localization(annotations, split, path, replace(cfg, support_sampling="distinct"), tmp_path / "out2", seed=0)
 
 
 def _query_informative_snippets(seed: int, dim: int = 32, t: int = 24, spread: float = 3.0):

@@ -13,6 +13,7 @@ from clap_bench.downstream.qat.model import (
     QueryAdaptiveTransformer,
     adapt_on_support,
     cosine_logits,
+    foreground_ce_loss,
     foreground_loss,
     foreground_probability,
     masked_prototype,
@@ -29,7 +30,7 @@ from clap_bench.downstream.qat.protocol import (
 
 __all__ = [
     "QATConfig", "fill_gaps", "foreground_mask", "localise", "runs", "threshold_proposals",
-    "QueryAdaptiveTransformer", "adapt_on_support", "cosine_logits", "foreground_loss", "foreground_probability",
+    "QueryAdaptiveTransformer", "adapt_on_support", "cosine_logits", "foreground_ce_loss", "foreground_loss", "foreground_probability",
     "masked_prototype", "support_prototype",
     "Episode", "EpisodeSampler", "LeakageError", "assert_no_leakage", "base_class_videos", "videos_by_class",
 ]

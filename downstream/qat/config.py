@@ -15,9 +15,12 @@ from typing import List
 
 from clap_bench.config import ConfigError
 from clap_bench.downstream.gtad.config import GTADConfig
+from clap_bench.downstream.qat.protocol import SUPPORT_SAMPLINGS
 
 
 SNIPPET_NORMS = ("layernorm", "none")
+META_LOSSES = ("balanced_bce", "foreground_ce")
+META_OPTIMIZERS = ("adam", "sgd")
 
 
 def _default_thresholds() -> List[float]:
@@ -36,6 +39,11 @@ class QATConfig:
     # A base-class video enters a meta-training episode of class c only through an action of c longer
     # than this fraction of the video (fewshotQAT: 0.15, _getAnntsCwise); 0: any action.
     meta_min_action_fraction: float = 0.0
+    # How an episode's support videos are drawn (protocol.py, EpisodeSampler): "distinct" (without
+    # replacement, never the query; a class needs shots + 1 videos) or "reference" (fewshotQAT's
+    # load_episodic_data in gtad_lib/dataset_fs.py: each support drawn independently from the
+    # class's videos, so a video can recur and the query can be one of them; a class needs 1 video).
+    support_sampling: str = "distinct"
     runs: int = 10
     episodes_per_run: int = 100
     # stage 1: the G-TAD backbone trained on base-class videos
@@ -54,8 +62,15 @@ class QATConfig:
     attention_dropout: float = 0.1
     meta_episodes: int = 2000
     meta_batch: int = 8  # episodes per optimiser step
+    # "adam" or "sgd" (plain, no momentum: fewshotQAT's TransformerRePRI, torch.optim.SGD at 0.025);
+    # either with meta_weight_decay
+    meta_optimizer: str = "adam"
     meta_lr: float = 1e-3
     meta_weight_decay: float = 1e-4
+    # The query's loss meta-training minimises: "balanced_bce" (class-balanced binary cross-entropy
+    # over all of its snippets, as the support adaptation) or "foreground_ce" (fewshotQAT's get_ce
+    # with valid_pixels_q = (gt != 0): -log(p + 1e-10) averaged over its foreground snippets only).
+    meta_loss: str = "balanced_bce"
     # model selection on episodes of the validation classes (the split's val classes exist for
     # this): the transformer is scored (average mAP) before meta-training and every
     # ``select_every`` steps, and the best state is kept; 0 episodes turns selection off
@@ -91,6 +106,12 @@ class QATConfig:
             problems.append(f"meta_min_action_fraction: expected a fraction of the video in [0, 1), got {self.meta_min_action_fraction}")
         if self.snippet_norm not in SNIPPET_NORMS:
             problems.append(f"snippet_norm: expected one of {', '.join(SNIPPET_NORMS)}, got {self.snippet_norm!r}")
+        for key, allowed in (("support_sampling", SUPPORT_SAMPLINGS), ("meta_loss", META_LOSSES),
+                             ("meta_optimizer", META_OPTIMIZERS)):
+            if getattr(self, key) not in allowed:
+                problems.append(f"{key}: expected one of {', '.join(allowed)}, got {getattr(self, key)!r}")
+        if self.meta_weight_decay < 0:
+            problems.append(f"meta_weight_decay: expected >= 0, got {self.meta_weight_decay}")
         if not self.base_subsets:
             problems.append("base_subsets: expected at least one subset")
         if not self.episode_subsets:

@@ -96,6 +96,21 @@ def foreground_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     return -loss.sum(1) / n
 
 
+def foreground_ce_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """fewshotQAT's meta-training loss of the query (``get_ce`` with ``valid_pixels_q = (gt != 0)``,
+    ``gtad_lib/classifier_v2.py``), per episode ``(E,)``.
+
+    The cross-entropy on the foreground snippets only: ``-log(sigmoid(logit) + 1e-10)`` averaged over
+    the snippets the mask marks; background snippets add nothing. Written as the reference writes it
+    (the probability plus 1e-10 under the log, so a saturated snippet loses its gradient there). An
+    episode without a foreground snippet scores 0 (the reference divides by zero).
+    """
+    z = logits.reshape(logits.shape[0], -1)
+    pos = masks.reshape(masks.shape[0], -1).to(z.dtype)
+    ce = -(torch.log(torch.sigmoid(z) + 1e-10) * pos).sum(1)
+    return ce / pos.sum(1).clamp(min=1.0)
+
+
 def initial_bias(prototype: torch.Tensor, query: torch.Tensor, temperature: float) -> torch.Tensor:
     """The bias that centres the query's logits on zero (the mean scaled cosine over its snippets), ``(E,)``.
 

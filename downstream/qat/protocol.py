@@ -11,10 +11,13 @@ class, the query and the support are drawn with ``numpy.random.default_rng([seed
 run, episode])``, so episode ``(run, episode)`` is the same whatever else was drawn before
 it, and test episodes (stream 0) never share draws with meta-training episodes (stream 1).
 
-The support set is drawn **without replacement** and **never contains the query**. (QAT's
-released episode loader draws the support videos independently, so a support set can hold
-the same video twice and can hold the query itself, which then leaks the query's ground truth
-into its own prototype. We do neither.)
+With ``support_sampling="distinct"`` (the default) the support set is drawn **without
+replacement** and **never contains the query**, and a class needs ``shots + 1`` videos. With
+``"reference"`` the supports are drawn as fewshotQAT's episode loader draws them
+(``load_episodic_data`` in ``gtad_lib/dataset_fs.py``): the class uniformly, the query uniformly
+among the class's videos, then each of the ``shots`` supports independently and uniformly among
+the same videos, so a support set can hold a video twice and can hold the query itself (which
+then leaks the query's ground truth into its own prototype); a class needs one video.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from clap_bench.data.schema import AnnotationSet, Video
 TEST_STREAM = 0
 META_STREAM = 1
 SELECT_STREAM = 2
+SUPPORT_SAMPLINGS = ("distinct", "reference")
 
 
 class LeakageError(AssertionError):
@@ -116,27 +120,43 @@ class Episode:
         return f"{self.query}@run{self.run}-ep{self.index}"
 
 
+def videos_needed(shots: int, support_sampling: str = "distinct") -> int:
+    """Videos a class needs for a ``shots``-shot episode: ``shots + 1`` distinct ones, or 1 with
+    ``support_sampling="reference"`` (the query and every support may be the same video)."""
+    return shots + 1 if support_sampling == "distinct" else 1
+
+
 class EpisodeSampler:
     """Deterministic episodes of ``shots`` support videos and one query from ``class -> video ids``.
 
-    Classes with fewer than ``shots + 1`` videos cannot form an episode and are left out; if
-    none is left the constructor raises, naming the counts.
+    ``support_sampling``: ``"distinct"`` (supports without replacement, never the query) or
+    ``"reference"`` (each support drawn independently from all of the class's videos, the query
+    among them: fewshotQAT's ``load_episodic_data``); see the module docstring. Classes with
+    fewer videos than an episode needs (``shots + 1`` distinct, 1 with ``"reference"``) are left
+    out; if none is left the constructor raises, naming the counts.
     """
 
-    def __init__(self, videos: Mapping[str, Sequence[str]], shots: int, seed: int, stream: int = TEST_STREAM, what: str = "episodes"):
+    def __init__(self, videos: Mapping[str, Sequence[str]], shots: int, seed: int, stream: int = TEST_STREAM,
+                 what: str = "episodes", support_sampling: str = "distinct"):
         if shots < 1:
             raise ValueError(f"shots: expected >= 1, got {shots}")
+        if support_sampling not in SUPPORT_SAMPLINGS:
+            raise ValueError(f"support_sampling: expected one of {', '.join(SUPPORT_SAMPLINGS)}, got {support_sampling!r}")
         self.shots = shots
         self.seed = int(seed)
         self.stream = int(stream)
-        self.videos = {c: sorted(set(v)) for c, v in sorted(videos.items()) if len(set(v)) >= shots + 1}
-        self.skipped = {c: len(set(v)) for c, v in sorted(videos.items()) if len(set(v)) < shots + 1}
+        self.support_sampling = support_sampling
+        need = videos_needed(shots, support_sampling)
+        self.videos = {c: sorted(set(v)) for c, v in sorted(videos.items()) if len(set(v)) >= need}
+        self.skipped = {c: len(set(v)) for c, v in sorted(videos.items()) if len(set(v)) < need}
         if not self.videos:
             counts = ", ".join(f"{c!r}: {n}" for c, n in self.skipped.items()) or "no classes"
-            raise ValueError(
-                f"{what}: no class has the {shots + 1} videos a {shots}-shot episode needs (videos per class: {counts}); "
-                "lower 'shots' or widen the subsets the episodes are drawn from"
-            )
+            if support_sampling == "distinct":
+                raise ValueError(
+                    f"{what}: no class has the {shots + 1} videos a {shots}-shot episode needs (videos per class: {counts}); "
+                    "lower 'shots' or widen the subsets the episodes are drawn from"
+                )
+            raise ValueError(f"{what}: no class has a video (videos per class: {counts}); widen the subsets the episodes are drawn from")
         self.classes = list(self.videos)
 
     def episode(self, run: int, index: int) -> Episode:
@@ -146,6 +166,9 @@ class EpisodeSampler:
         label = self.classes[int(rng.integers(len(self.classes)))]
         pool = self.videos[label]
         q = int(rng.integers(len(pool)))
+        if self.support_sampling == "reference":  # independent draws from every video of the class, the query's too
+            picks = rng.integers(len(pool), size=self.shots)
+            return Episode(run, index, label, pool[q], tuple(pool[int(i)] for i in picks))
         others = pool[:q] + pool[q + 1:]
         picks = rng.choice(len(others), size=self.shots, replace=False)
         return Episode(run, index, label, pool[q], tuple(others[int(i)] for i in picks))

@@ -8,7 +8,9 @@ Stages, all on one feature file (an encoder pre-trained on base classes only):
 2. **Meta-training.** The query-adaptive transformer is trained on base-class episodes from
    the same videos: for each episode the support prototype and bias are adapted on the support
    (as at test time), the transformer refines the prototype with the query's snippets, and the
-   class-balanced cross-entropy of the query's foreground probabilities is minimised. The
+   class-balanced cross-entropy of the query's foreground probabilities is minimised (``meta_loss``;
+   ``foreground_ce``: fewshotQAT's, on the query's foreground snippets only) by Adam or plain SGD
+   (``meta_optimizer``) on batches of ``meta_batch`` episodes. The
    transformer is scored (average mAP) on ``select_episodes`` episodes of the validation
    classes before the first step and every ``select_every`` steps, and its best state is kept.
    The untrained transformer adds nothing to the prototype (a LayerNorm of it), but the bias is
@@ -57,6 +59,7 @@ from clap_bench.downstream.qat.localize import detections, foreground_mask, loca
 from clap_bench.downstream.qat.model import (
     QueryAdaptiveTransformer,
     cosine_logits,
+    foreground_ce_loss,
     foreground_loss,
     foreground_probability,
     normalise_snippets,
@@ -72,6 +75,7 @@ from clap_bench.downstream.qat.protocol import (
     assert_no_leakage,
     base_class_videos,
     videos_by_class,
+    videos_needed,
 )
 from clap_bench.io import FeatureFileError, atomic_write_bytes, atomic_write_json
 
@@ -153,6 +157,16 @@ def selection_steps(steps: int, select_every: int) -> List[int]:
     return [0] + [s for s in range(1, steps + 1) if s % select_every == 0 or s == steps]
 
 
+def meta_optimizer(transformer: QueryAdaptiveTransformer, cfg: QATConfig) -> torch.optim.Optimizer:
+    """The optimiser of meta-training (``cfg.meta_optimizer``): Adam, or plain SGD without momentum
+    (fewshotQAT's ``TransformerRePRI``: ``torch.optim.SGD`` at 0.025), at ``meta_lr`` with ``meta_weight_decay``."""
+    if cfg.meta_optimizer == "sgd":
+        return torch.optim.SGD(transformer.parameters(), lr=cfg.meta_lr, momentum=0.0, weight_decay=cfg.meta_weight_decay)
+    if cfg.meta_optimizer == "adam":
+        return torch.optim.Adam(transformer.parameters(), lr=cfg.meta_lr, weight_decay=cfg.meta_weight_decay)
+    raise ValueError(f"tasks.fstal.meta_optimizer: expected one of adam, sgd, got {cfg.meta_optimizer!r}")
+
+
 def meta_train(
     transformer: QueryAdaptiveTransformer,
     sampler: EpisodeSampler,
@@ -174,7 +188,8 @@ def meta_train(
     ``refine_prototype`` re-fits the bias on the support for ``adapt_steps`` more steps.
     """
     transformer.to(device).train()
-    opt = torch.optim.Adam(transformer.parameters(), lr=cfg.meta_lr, weight_decay=cfg.meta_weight_decay)
+    opt = meta_optimizer(transformer, cfg)
+    query_loss = foreground_ce_loss if cfg.meta_loss == "foreground_ce" else foreground_loss
     history: List[dict] = []
     steps = math.ceil(cfg.meta_episodes / cfg.meta_batch)
     best: Optional[Tuple[float, int, dict]] = None
@@ -199,7 +214,7 @@ def meta_train(
         refined, bias = refine_prototype(
             transformer, proto, bias, batch.support, batch.support_masks, batch.query, cfg.temperature, cfg.adapt_steps, cfg.adapt_lr
         )
-        loss = foreground_loss(cosine_logits(refined, batch.query, bias, cfg.temperature), batch.query_masks).mean()
+        loss = query_loss(cosine_logits(refined, batch.query, bias, cfg.temperature), batch.query_masks).mean()
         if not torch.isfinite(loss):
             raise FloatingPointError(f"meta-training loss became {loss.item()} at step {step + 1}")
         opt.zero_grad(set_to_none=True)
@@ -362,26 +377,29 @@ def run_fewshot_localization(
     meta_pool = videos_by_class(base, split.base, cfg.base_subsets, single_instance=cfg.single_instance,
                                 min_action_fraction=cfg.meta_min_action_fraction)
     meta_pool = {c: [v for v in vids if v in feats] for c, vids in meta_pool.items()}
-    meta_sampler = EpisodeSampler(meta_pool, cfg.shots, seed, stream=META_STREAM, what="meta-training episodes (base classes)")
+    meta_sampler = EpisodeSampler(meta_pool, cfg.shots, seed, stream=META_STREAM, what="meta-training episodes (base classes)",
+                                  support_sampling=cfg.support_sampling)
     assert_no_leakage([annotations.videos[v] for vids in meta_sampler.videos.values() for v in vids], split, "meta-training")
     transformer = QueryAdaptiveTransformer(hidden, cfg.heads, cfg.dropout, cfg.attention_dropout)
     select, select_sampler = None, None
     if cfg.select_episodes > 0:
         select_pool = {c: [v for v in vids if v in feats] for c, vids in select_pool.items()}
-        if any(len(v) > cfg.shots for v in select_pool.values()):
-            select_sampler = EpisodeSampler(select_pool, cfg.shots, seed, stream=SELECT_STREAM, what="selection episodes (val classes)")
+        if any(len(v) >= videos_needed(cfg.shots, cfg.support_sampling) for v in select_pool.values()):
+            select_sampler = EpisodeSampler(select_pool, cfg.shots, seed, stream=SELECT_STREAM, what="selection episodes (val classes)",
+                                            support_sampling=cfg.support_sampling)
             select_cfg = replace(cfg, runs=1, episodes_per_run=cfg.select_episodes)
 
             def select(t: QueryAdaptiveTransformer) -> float:
                 return evaluate_episodes(t, select_sampler, feats, annotations.videos, select_cfg, device=device)["average_mAP"]
         else:
             log.warning("QAT: no validation class has %d videos in %s; the last meta-training step is kept",
-                        cfg.shots + 1, cfg.episode_subsets)
+                        videos_needed(cfg.shots, cfg.support_sampling), cfg.episode_subsets)
     meta_history = meta_train(transformer, meta_sampler, feats, annotations.videos, cfg, device=device, progress=progress, select=select)
 
     # Test: episodes of the test classes.
     test_pool = {c: [v for v in vids if v in feats] for c, vids in test_pool.items()}
-    test_sampler = EpisodeSampler(test_pool, cfg.shots, seed, stream=TEST_STREAM, what="test episodes (test classes)")
+    test_sampler = EpisodeSampler(test_pool, cfg.shots, seed, stream=TEST_STREAM, what="test episodes (test classes)",
+                                  support_sampling=cfg.support_sampling)
     metrics = evaluate_episodes(transformer, test_sampler, feats, annotations.videos, cfg, out_dir, device=device, progress=progress)
 
     buffer = io.BytesIO()
