@@ -14,6 +14,9 @@ from clap_bench.config import DatasetConfig, load_profile
 from clap_bench.data import (
     READERS,
     AnnotationError,
+    AnnotationSet,
+    Segment,
+    Video,
     attach_captions,
     detect_format,
     load_dataset,
@@ -70,7 +73,7 @@ def test_activitynet_json_adds_v_prefix_and_keeps_subsets(tmp_path):
     path = write_json(tmp_path / "anet.json", anet_database(
         abc={"subset": "training", "duration": 20.0, "url": "x", "resolution": "640x360",
              "annotations": [{"segment": [8.0, 12.0], "label": "Run"}, {"segment": [1.0, 3.0], "label": "Jump"}]},
-        v_def={"subset": "validation", "duration": 10.0, "annotations": [{"segment": [2.0, 2.0], "label": "Run"}]},
+        **{"def": {"subset": "validation", "duration": 10.0, "annotations": [{"segment": [2.0, 2.0], "label": "Run"}]}},
         ghi={"subset": "testing", "duration": 5.0, "annotations": []},
     ))
     s = read_activitynet_json(path)
@@ -117,9 +120,8 @@ def test_activitynet_json_adds_v_prefix_and_keeps_subsets(tmp_path):
         ('{"database": {"a": {"subset": "training", "duration": 9, "annotations": '
          '[{"segment": [1, 2], "label": "R"}, {"segment": [1, 2], "label": "R", "label": "S"}]}}}',
          'key ["database"]["a"]["annotations"][1]["label"]', ("twice",)),
-        (json.dumps(anet_database(a={"subset": "training", "duration": 1, "annotations": []},
-                                  v_a={"subset": "training", "duration": 1, "annotations": []})),
-         'key ["database"]["v_a"]', ("v_a", "unique")),
+        (json.dumps({**anet_database(a={"subset": "training", "duration": 1, "annotations": []}), "video_ids": "v_"}),
+         'key ["video_ids"]', ("'v_'", "'bare', 'project'")),
         ("  \n", "file", ("empty",)),
     ],
 )
@@ -143,7 +145,7 @@ def test_write_activitynet_json_round_trips(tmp_path):
     out = tmp_path / "out" / "gt.json"
     write_activitynet_json(original, out)
     raw = json.loads(out.read_text())
-    assert set(raw) == {"version", "taxonomy", "database"}
+    assert set(raw) == {"version", "taxonomy", "database", "video_ids"} and raw["video_ids"] == "project"
     assert set(raw["database"]) == {"v_abc", "v_de"}  # the project's ids, as predictions carry them
     write_activitynet_json(original, tmp_path / "bare.json", strip_v_prefix=True)
     assert set(json.loads((tmp_path / "bare.json").read_text())["database"]) == {"abc", "de"}  # ActivityNet's spelling
@@ -155,6 +157,67 @@ def test_write_activitynet_json_round_trips(tmp_path):
         assert (other.subset, other.duration, other.segments) == (video.subset, video.duration, video.segments)
     write_activitynet_json(original, out, subset="validation")
     assert list(read_activitynet_json(out).videos) == ["v_de"]
+
+
+def test_activitynet_json_ids_are_prefixed_all_or_none_per_file(tmp_path):
+    # ActivityNet's own file: bare YouTube ids, one of which starts with "v_" itself (v_Vg4a8igc0,
+    # whose file TSP names v_v_Vg4a8igc0.mp4, as ActivityNet Captions and G-TAD name the video).
+    video = {"subset": "training", "duration": 36.5, "annotations": [{"segment": [0.0, 36.7], "label": "Bathing dog"}]}
+    official = write_json(tmp_path / "official.json", anet_database(v_Vg4a8igc0=video, sJFgo9H6zNo=dict(video, annotations=[])))
+    assert list(read_activitynet_json(official).videos) == ["v_v_Vg4a8igc0", "v_sJFgo9H6zNo"]
+    assert read_activitynet_json(official).videos["v_v_Vg4a8igc0"].filename == "v_v_Vg4a8igc0.mp4"
+    # A YouTube id "a" and another "v_a" are two videos.
+    both = write_json(tmp_path / "both.json", anet_database(a=video, v_a=video))
+    assert list(read_activitynet_json(both).videos) == ["v_a", "v_v_a"]
+    # Every key prefixed: a file written with the project's ids, kept as they are.
+    own = write_json(tmp_path / "own.json", anet_database(v_v_Vg4a8igc0=video, v_sJFgo9H6zNo=video))
+    assert list(read_activitynet_json(own).videos) == ["v_v_Vg4a8igc0", "v_sJFgo9H6zNo"]
+    # The decision covers the whole file, not the subset read.
+    mixed = write_json(tmp_path / "mixed.json", anet_database(v_Vg4a8igc0=video, abc=dict(video, subset="validation")))
+    assert list(read_activitynet_json(mixed, subset="training").videos) == ["v_v_Vg4a8igc0"]
+    # The file may say how its ids are spelled.
+    said = write_json(tmp_path / "said.json", {**anet_database(v_Vg4a8igc0=video), "video_ids": "bare"})
+    assert list(read_activitynet_json(said).videos) == ["v_v_Vg4a8igc0"]
+
+
+@pytest.mark.parametrize("strip", [False, True])
+@pytest.mark.parametrize("ids", [["v_v_Vg4a8igc0", "v_v_UmAH95xls", "v_sJFgo9H6zNo"], ["v_v_Vg4a8igc0"], ["v_sJFgo9H6zNo"]])
+def test_write_activitynet_json_reads_back_with_the_ids_written(tmp_path, ids, strip):
+    videos = {vid: Video(vid, 40.0, "training", segments=[Segment(1.0, 2.0, "Jump")]) for vid in ids}
+    out = tmp_path / "gt.json"
+    write_activitynet_json(AnnotationSet("tsp-csv", "hand-made", videos, ["Jump"]), out, strip_v_prefix=strip)
+    written = json.loads(out.read_text())
+    assert list(written["database"]) == ([vid[2:] for vid in ids] if strip else ids)
+    assert list(read_activitynet_json(out).videos) == ids
+
+
+def test_write_activitynet_json_will_not_strip_a_prefix_an_id_lacks(tmp_path):
+    videos = {"video_test_0000004": Video("video_test_0000004", 40.0, "testing", segments=[Segment(1.0, 2.0, "Jump")])}
+    annotations = AnnotationSet("tsp-csv", "hand-made", videos, ["Jump"])
+    with pytest.raises(ValueError, match="video_test_0000004.*no 'v_' prefix"):
+        write_activitynet_json(annotations, tmp_path / "gt.json", strip_v_prefix=True)
+    write_activitynet_json(annotations, tmp_path / "gt.json")
+    assert list(read_activitynet_json(tmp_path / "gt.json").videos) == ["video_test_0000004"]  # as written
+
+
+def test_anet_captions_ids_are_prefixed_all_or_none_per_file(tmp_path):
+    entry = {"duration": 36.5, "timestamps": [[0.0, 5.0]], "sentences": [" A dog is bathed."]}
+    own = write_json(tmp_path / "train.json", {"v_v_Vg4a8igc0": entry, "v_sJFgo9H6zNo": entry})
+    assert list(read_anet_captions(own).videos) == ["v_v_Vg4a8igc0", "v_sJFgo9H6zNo"]
+    bare = write_json(tmp_path / "bare" / "train.json", {"v_Vg4a8igc0": entry, "sJFgo9H6zNo": entry})
+    assert list(read_anet_captions(bare).videos) == ["v_v_Vg4a8igc0", "v_sJFgo9H6zNo"]
+
+
+def test_tsp_row_without_filename_gets_v_before_its_bare_video_name(tmp_path):
+    path = write(tmp_path / "anet_train_tsp.csv", "\n".join([
+        TSP_HEADER,
+        "sJFgo9H6zNo,0.01,123.4,Fun sliding down,138.97,v_sJFgo9H6zNo.mp4,30.0,4169,Action",
+        "v_Vg4a8igc0,0.0,36.7,Bathing dog,36.53,,30.0,1096,Action",
+        "UmAH95xls,0.01,117.0,Shaving legs,117.0,,30.0,3510,Action",
+    ]) + "\n")
+    s = read_tsp_csv(path)
+    assert list(s.videos) == ["v_sJFgo9H6zNo", "v_v_Vg4a8igc0", "v_UmAH95xls"]
+    assert s.videos["v_v_Vg4a8igc0"].filename == "v_v_Vg4a8igc0.mp4"
 
 
 def test_write_activitynet_json_keeps_only_actions_of_tsp_rows(tmp_path):
@@ -234,7 +297,7 @@ def test_tsp_csv_errors_name_the_line_and_expectation(tmp_path, text, where, say
 # --------------------------------------------------------------------------- ActivityNet Captions
 def test_captions_strip_sentences_clip_ends_and_drop_empty_queries(tmp_path):
     path = write_json(tmp_path / "train.json", {
-        "v_a": {"duration": 10.0, "timestamps": [[0, 4], [3, 10.5], [6, 6], [8, 7]],
+        "a": {"duration": 10.0, "timestamps": [[0, 4], [3, 10.5], [6, 6], [8, 7]],
                 "sentences": ["A man runs.", " He jumps.  ", " Nothing.", " Backwards."]},
         "b": {"duration": 5.0, "timestamps": [[1, 2]], "sentences": ["x"]},
     })
@@ -700,5 +763,6 @@ def test_write_activitynet_json_spells_subsets_as_activitynet(tmp_path):
     out = tmp_path / "gt.json"
     write_activitynet_json(trimmed, out)
     back = read_activitynet_json(out)
-    assert back.videos["v_a_000000_000005"].subset == "validation"
-    assert back.videos["v_a_000000_000005"].segments == trimmed.videos["a_000000_000005"].segments
+    assert list(back.videos) == ["a_000000_000005"]  # the ids written
+    assert back.videos["a_000000_000005"].subset == "validation"
+    assert back.videos["a_000000_000005"].segments == trimmed.videos["a_000000_000005"].segments

@@ -144,6 +144,28 @@ def test_official_json_round_trip_of_real_actions(tmp_path, anet_train):
     assert back.videos["v_sJFgo9H6zNo"].segments == anet_train.videos["v_sJFgo9H6zNo"].actions
 
 
+# Two ActivityNet training videos have YouTube ids that start with "v_" themselves.
+V_V_IDS = ["v_v_Vg4a8igc0", "v_v_UmAH95xls"]
+
+
+def test_youtube_ids_starting_with_v_keep_the_prefix_the_sources_give_them(real_annotations, anet_train, tmp_path):
+    assert all(vid in anet_train.videos and vid[2:] not in anet_train.videos for vid in V_V_IDS)
+    captions = read_anet_captions(real_annotations / "activitynet-captions" / "train.json")
+    assert all(vid in captions.videos for vid in V_V_IDS)
+    # ActivityNet's own spelling (bare ids, v_Vg4a8igc0 among them) reads back as the same ids.
+    bare = tmp_path / "bare.json"
+    write_activitynet_json(anet_train, bare, strip_v_prefix=True)
+    assert {"v_Vg4a8igc0", "v_UmAH95xls"} <= set(json.loads(bare.read_text())["database"])
+    assert set(read_activitynet_json(bare).videos) == set(anet_train.videos)
+    # A row without a file name: the id is "v_" + its video-name (the bare id).
+    csv_path = real_annotations / "activitynet" / "activitynet_v1-3_train_tsp_groundtruth.csv"
+    lines = csv_path.read_text().splitlines()
+    blank = [lines[0]] + [re.sub(r",v_v_\w+\.mp4,", ",,", line) for line in lines[1:] if line.startswith(("v_Vg4a8igc0,", "v_UmAH95xls,"))]
+    assert len(blank) == 3 and all(",," in line for line in blank[1:])
+    (tmp_path / "anet_train_tsp.csv").write_text("\n".join(blank + lines[1:3]) + "\n")
+    assert set(V_V_IDS) <= set(read_tsp_csv(tmp_path / "anet_train_tsp.csv").videos)
+
+
 def test_inspect_cli_on_a_real_file_and_a_broken_one(real_annotations, tmp_path):
     runner = CliRunner()
     result = runner.invoke(app, ["data", "inspect", str(real_annotations / "charades-sta" / "charades_sta_test.txt"), "--json"])

@@ -11,6 +11,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Union
 from clap_bench.config import DatasetConfig
 from clap_bench.data.readers import (
     DURATION_TOLERANCE,
+    ID_SPELLING_KEY,
     READERS,
     SUBSET_WORDS,
     SUBSETS,
@@ -385,7 +386,10 @@ def write_activitynet_json(
     Only actions are written (background is implied by the gaps). Ids are written as the
     project spells them (``v_`` prefixed), so predictions keyed by the same ids score against
     the file; ``strip_v_prefix=True`` writes the bare ids of ActivityNet's own file instead
-    (the reader adds the prefix back either way). ``subset`` writes only that subset (named as
+    (``v_v_Vg4a8igc0`` as ``v_Vg4a8igc0``). A top-level ``"video_ids"`` (``"project"`` or
+    ``"bare"``; ActivityNet's evaluation ignores other keys) says which, so that the reader keeps
+    the keys or adds the prefix back to every one, even when all of them start with ``v_``: either
+    way the file reads back with the ids written. ``subset`` writes only that subset (named as
     in ``annotations``); subset names are written in ActivityNet's spelling (train -> training,
     val -> validation, test -> testing).
     """
@@ -393,9 +397,9 @@ def write_activitynet_json(
     for vid, video in annotations.videos.items():
         if subset is not None and video.subset != subset:
             continue
-        key = vid[2:] if strip_v_prefix and vid.startswith("v_") else vid
-        if key in database:
-            raise ValueError(f"videos {vid!r} and another share the bare id {key!r}")
+        if strip_v_prefix and not vid.startswith("v_"):
+            raise ValueError(f"video {vid!r} has no 'v_' prefix to strip; expected ActivityNet ids (v_ + YouTube id) with strip_v_prefix")
+        key = vid[2:] if strip_v_prefix else vid
         database[key] = {
             "subset": _ACTIVITYNET_SUBSET_NAMES.get(video.subset, video.subset),
             "duration": video.duration,
@@ -404,4 +408,5 @@ def write_activitynet_json(
     classes = sorted(set(annotations.classes) | {s.label for v in annotations.videos.values() for s in v.actions})
     taxonomy = [{"nodeId": 0, "nodeName": "Root", "parentId": None, "parentName": None}]
     taxonomy += [{"nodeId": i + 1, "nodeName": c, "parentId": 0, "parentName": "Root"} for i, c in enumerate(classes)]
-    atomic_write_text(path, json.dumps({"version": version, "taxonomy": taxonomy, "database": database}) + "\n")
+    data = {"version": version, "taxonomy": taxonomy, "database": database, ID_SPELLING_KEY: "bare" if strip_v_prefix else "project"}
+    atomic_write_text(path, json.dumps(data) + "\n")

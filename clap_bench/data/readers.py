@@ -5,7 +5,10 @@ Every reader is registered in ``READERS`` under its format name and is called as
 
 Policies shared by all readers (the published files need them, see the tests on real files):
 
-* Ids. ActivityNet-family ids carry the ``v_`` prefix: readers of sources without it add it.
+* Ids. ActivityNet-family ids are ``v_`` + the YouTube id: readers of sources whose ids are bare
+  add the prefix to every id, even one that starts with ``v_`` itself (``v_Vg4a8igc0`` becomes
+  ``v_v_Vg4a8igc0``, as TSP's file names, ActivityNet Captions and G-TAD spell it). Whether a JSON
+  file's keys are bare is decided once per file (``v_prefixed_ids``), never per key.
   TSP csv files name the video file in ``filename`` (``v_<id>.mp4`` for ActivityNet,
   ``video_test_0000004.mp4`` for THUMOS14): the id is that file name without its extension,
   so THUMOS14 ids are left alone without a dataset hint.
@@ -191,9 +194,26 @@ def _expect_keys(obj: dict, keys: Sequence[str], path: Path, where_parts: tuple)
         )
 
 
-def with_v_prefix(video_id: str) -> str:
-    """ActivityNet-family ids carry ``v_`` everywhere (TSP files, Captions, G-TAD, released features)."""
-    return video_id if video_id.startswith("v_") else "v_" + video_id
+# A top-level key of an ActivityNet JSON that says how its video ids are spelled (``write_activitynet_json``
+# writes it): "bare" (YouTube ids: add ``v_`` to every key) or "project" (the project's ids: keep the keys).
+ID_SPELLING_KEY = "video_ids"
+ID_SPELLINGS = ("bare", "project")
+
+
+def v_prefixed_ids(raw_ids: Iterable[str], spelling: Optional[str] = None) -> Dict[str, str]:
+    """The project's ids (``v_`` + YouTube id, as TSP's file names, ActivityNet Captions and G-TAD spell them)
+    of one file's keys, decided once for the whole file.
+
+    A YouTube id may itself start with ``v_`` (two ActivityNet training videos: ``v_Vg4a8igc0`` and
+    ``v_UmAH95xls``, whose project ids are ``v_v_Vg4a8igc0`` and ``v_v_UmAH95xls``), so a key that starts
+    with ``v_`` is not proof that the prefix is there. ``spelling`` "bare" adds ``v_`` to every key and
+    "project" keeps them; without it, keys are kept when every key starts with ``v_`` (a file written
+    with the project's ids) and prefixed all otherwise (ActivityNet's own file, whose ids are bare).
+    """
+    raw_ids = [str(k) for k in raw_ids]
+    if spelling is None:
+        spelling = "project" if raw_ids and all(k.startswith("v_") for k in raw_ids) else "bare"
+    return {k: ("v_" + k if spelling == "bare" else k) for k in raw_ids}
 
 
 def _default_filename(video_id: str) -> str:
@@ -350,7 +370,9 @@ def read_activitynet_json(path: PathLike, subset: Optional[str] = None) -> Annot
     """The official ActivityNet-1.3 ground truth: ``{"version", "taxonomy", "database": {id: ...}}``.
 
     Only actions are listed (background comes from the gaps, derived by the clip stage). Ids get
-    the ``v_`` prefix. ``subset`` keeps only the videos of that subset.
+    the ``v_`` prefix unless every key has it already (a file written with the project's ids, see
+    ``v_prefixed_ids``; a top-level ``"video_ids": "bare"`` or ``"project"`` says so outright).
+    ``subset`` keeps only the videos of that subset.
     """
     fmt = "activitynet-json"
     path = Path(path)
@@ -361,6 +383,10 @@ def read_activitynet_json(path: PathLike, subset: Optional[str] = None) -> Annot
     database = _expect_type(data["database"], dict, path, json_key("database"), "an object mapping video ids to videos")
     if subset is not None:
         _check_subset(path, fmt, subset, "subset argument")
+    spelling = data.get(ID_SPELLING_KEY)
+    if spelling is not None and spelling not in ID_SPELLINGS:
+        raise AnnotationError(path, json_key(ID_SPELLING_KEY), f"is {_short(spelling)}; expected one of {', '.join(repr(s) for s in ID_SPELLINGS)}")
+    ids = v_prefixed_ids(database, spelling)  # decided over the whole file, whatever subset is kept
     videos: Dict[str, Video] = {}
     for raw_id, entry in database.items():
         where = ("database", raw_id)
@@ -392,9 +418,7 @@ def read_activitynet_json(path: PathLike, subset: Optional[str] = None) -> Annot
             if not isinstance(label, str) or not label.strip():
                 raise AnnotationError(path, json_key(*a_where, "label"), f"is {_short(label)}; expected a class name")
             segments.append(Segment(start, end, label.strip()))
-        video_id = with_v_prefix(str(raw_id))
-        if video_id in videos:
-            raise AnnotationError(path, json_key(*where), f"is the same video as another key once the 'v_' prefix is added ({video_id}); expected unique ids")
+        video_id = ids[str(raw_id)]  # distinct keys, distinct ids: the prefix is added to all or none
         segments.sort(key=lambda s: (s.start, s.end))
         videos[video_id] = Video(video_id, duration, video_subset, filename=_default_filename(video_id), segments=segments)
     # The file holds every subset: one note per subset, so that each subset keeps its own.
@@ -414,7 +438,7 @@ def read_tsp_csv(path: PathLike, subset: Optional[str] = None) -> AnnotationSet:
     Background rows have an empty ``action-label`` (``temporal-region-label`` "No action") and
     become segments with label None. The id is ``filename`` without its extension, which
     carries the ``v_`` prefix for ActivityNet and none for THUMOS14; a row without a file name
-    falls back to ``video-name`` (with ``v_`` added only when the other rows' files have it).
+    falls back to ``video-name``, the bare id (``v_`` + it when the other rows' files carry the prefix).
     The subset comes from ``subset`` or the file name (``*_train_*``, ``*_valid_*``, ``*_test_*``).
     """
     fmt = "tsp-csv"
@@ -472,7 +496,8 @@ def read_tsp_csv(path: PathLike, subset: Optional[str] = None) -> AnnotationSet:
     out: Dict[str, Video] = {}
     for video_id, video in videos.items():
         if video.filename is None:
-            video.id = with_v_prefix(video_id) if prefixed else video_id
+            # video-name is the bare YouTube id, which may itself start with "v_" (v_Vg4a8igc0's file is v_v_Vg4a8igc0.mp4).
+            video.id = "v_" + video_id if prefixed else video_id
             video.filename = _default_filename(video.id)
         video.segments = sorted(pending[video_id], key=lambda s: (s.start, s.end))
         if video.id in out:
@@ -495,6 +520,7 @@ def read_anet_captions(path: PathLike, subset: Optional[str] = None) -> Annotati
     data = _load_json(path, expected)
     _expect_type(data, dict, path, "top level", expected)
     video_subset = _resolve_subset(path, fmt, subset)
+    ids = v_prefixed_ids(data)  # the published files' keys all carry the prefix (v_v_Vg4a8igc0 included)
     videos: Dict[str, Video] = {}
     clipped: Dict[str, int] = {}
     dropped: Dict[str, int] = {}
@@ -504,9 +530,7 @@ def read_anet_captions(path: PathLike, subset: Optional[str] = None) -> Annotati
         duration = _positive(entry["duration"], path, json_key(raw_id, "duration"), "duration")
         raw = _timed_sentences(path, raw_id, entry, scale=1.0, unit="seconds")
         sentences, c, d = clip_sentences(raw, duration)
-        video_id = with_v_prefix(str(raw_id))
-        if video_id in videos:
-            raise AnnotationError(path, json_key(raw_id), f"is the same video as another key once the 'v_' prefix is added ({video_id}); expected unique ids")
+        video_id = ids[str(raw_id)]  # distinct keys, distinct ids: the prefix is added to all or none
         clipped[video_id], dropped[video_id] = c, d
         videos[video_id] = Video(video_id, duration, video_subset, filename=_default_filename(video_id), sentences=sentences)
     return _tallied_set(fmt, path, videos, [], video_subset, _sentence_tallies(path, clipped, dropped))
