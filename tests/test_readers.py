@@ -238,6 +238,28 @@ def tsp_rows(*rows: str) -> str:
     return "\n".join((TSP_HEADER,) + rows) + "\n"
 
 
+def test_tsp_segments_past_the_end_are_counted_as_clip_sampling_treats_them(tmp_path):
+    # A 10 s video: one action cut at the end, one zero-length past it (as v_e6J_ygZ779A's 142.281 s in a
+    # 142.267 s video), one wholly past it, one overrunning by under 1 ms, one ending exactly at the end.
+    path = write(tmp_path / "anet_valid_tsp.csv", tsp_rows(
+        "a,8.0,12.0,Run,10.0,v_a.mp4,30,300,Action",
+        "a,10.014,10.014,Run,10.0,v_a.mp4,30,300,Action",
+        "a,10.5,11.0,Jump,10.0,v_a.mp4,30,300,Action",
+        "a,2.0,10.0004,Jump,10.0,v_a.mp4,30,300,Action",
+        "a,0.0,10.0,,10.0,v_a.mp4,30,300,No action",
+    ))
+    s = read_tsp_csv(path)
+    assert s.notes == [
+        "anet_valid_tsp.csv: 2 segments end after their video's duration (kept as given; clip sampling cuts them at it)",
+        "anet_valid_tsp.csv: 2 segments lie wholly at or past their video's end (kept as given; dropped by clip sampling, as TSP does)",
+    ]
+    assert len(s.videos["v_a"].segments) == 5 and s.dropped == 0  # the reader keeps them all
+    # What the notes say is what clip sampling does.
+    from clap_bench.clips.segments import contiguous_segments
+    sampled = contiguous_segments(s.videos["v_a"], lists_background=True)
+    assert [(g.start, g.end, g.label) for g in sampled] == [(0.0, 10.0, None), (2.0, 10.0, "Jump"), (8.0, 10.0, "Run")]
+
+
 def test_tsp_csv_reads_background_rows_and_uses_file_names_as_ids(tmp_path):
     anet = write(tmp_path / "activitynet_v1-3_valid_tsp_groundtruth.csv", tsp_rows(
         "abc,5.0,9.0,Jump,12.0,v_abc.mp4,30.0,360,Action",
@@ -702,7 +724,7 @@ def test_class_restriction_counts_the_notes_of_the_videos_it_keeps_only(tmp_path
         "a,0,6,Run,5,v_a.mp4,30,150,Action", "a,1,7,Run,5,v_a.mp4,30,150,Action",
         "c,0,4,Jump,3,v_c.mp4,30,90,Action")).parent)
     assert both.notes == ["anet_train_tsp.csv: 3 segments end after their video's duration "
-                          "(kept as given; clip sampling clamps them)"]
+                          "(kept as given; clip sampling cuts them at it)"]
     run = both.restrict_classes(["Run"])
     assert run.notes == [both.notes[0].replace(": 3 ", ": 2 ")]
     assert run.subset("training").notes == run.notes

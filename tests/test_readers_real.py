@@ -76,6 +76,9 @@ def test_thumos14_tsp_counts(real_annotations):
     mapping = json.loads((folder / "thumos14_action_label_mapping.json").read_text())
     assert valid.classes == test.classes == sorted(mapping) and len(mapping) == 20
     assert all(v.startswith(("video_validation_", "video_test_")) for v in list(valid.videos) + list(test.videos))
+    # Of the 52 test segments that run past their video, 49 lie wholly past it: clip sampling drops them, as TSP does.
+    assert note_count(test.notes, r"(\d+) segments end after") == 3
+    assert note_count(test.notes, r"(\d+) segments lie wholly at or past") == 49
 
 
 def test_charades_sta_counts(real_annotations):
