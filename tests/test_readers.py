@@ -680,6 +680,37 @@ def test_attach_captions_counts_clipped_and_dropped_captions(tmp_path):
 
 
 
+def test_attach_captions_carries_the_caption_readers_drops_and_notes_of_its_videos_only(tmp_path):
+    # a (Run) and b (Jump) in training, v in validation; the caption file also has c, not in the set.
+    videos = read_annotations([
+        write(tmp_path / "anet_train.csv", tsp_rows("a,0,9,Run,10,v_a.mp4,30,300,Action", "b,0,9,Jump,10,v_b.mp4,30,300,Action")),
+        write(tmp_path / "anet_valid.csv", tsp_rows("v,0,9,Run,10,v_v.mp4,30,300,Action")),
+    ])
+    assert videos.dropped == 0 and videos.notes == []
+    captions = read_anet_captions(write_json(tmp_path / "train.json", {
+        "v_a": {"duration": 10, "timestamps": [[0, 1], [3, 2], [4, 3]], "sentences": ["kept", "reversed", "reversed too"]},
+        "v_b": {"duration": 10, "timestamps": [[0, 1], [2, 11]], "sentences": ["kept", "clipped by the reader"]},
+        "v_v": {"duration": 10, "timestamps": [[5, 5]], "sentences": ["empty"]},
+        "v_c": {"duration": 10, "timestamps": [[2, 1], [3, 1]], "sentences": ["reversed", "reversed"]},
+    }))
+    assert captions.dropped == 5
+    joined = attach_captions(videos, captions)
+    assert joined.dropped == 3  # a's two and v's one; c's two concern no video of the set
+    own = [n for n in joined.notes if n.startswith("captions of ")]
+    assert own == [
+        "captions of training videos from train.json: 1 query end times past the video duration clipped to it",
+        "captions of training videos from train.json: 2 queries dropped because start >= end after clipping",
+        "captions of validation videos from train.json: 1 queries dropped because start >= end after clipping",
+    ]
+    # Each subset, and each class restriction, counts the caption reader's notes of its own videos.
+    training = joined.subset("training")
+    assert training.dropped == 2 and [n for n in training.notes if n.startswith("captions of ")] == own[:2]
+    validation = joined.subset("validation")
+    assert validation.dropped == 1 and [n for n in validation.notes if n.startswith("captions of ")] == own[2:]
+    jump = joined.restrict_classes(["Jump"])
+    assert jump.dropped == 0 and [n for n in jump.notes if n.startswith("captions of ")] == own[:1]
+
+
 # --------------------------------------------------------------------------- a subset's drops and notes
 def test_a_subset_keeps_only_its_own_drops_and_notes(tmp_path):
     train = write(tmp_path / "charades_sta_train.txt", "AAA 0.0 4.5##kept.\nAAA 9.0 12.0##clipped.\nAAA 3.0 2.0##reversed.\n")

@@ -126,9 +126,12 @@ def test_captions_attach_to_activitynet_training_videos(real_annotations, anet_t
     captioned = [v for v in joined.videos.values() if v.sentences]
     assert len(captioned) == 10_009  # every Captions train video is an ActivityNet training video
     # Clipped to the TSP csv's durations (another source than Captions' own): counted, never silent.
-    assert (captions.counts()["queries"], joined.counts()["queries"], joined.dropped) == (37_417, 37_416, 1)
+    # The drops are the reader's 4 (start >= end in train.json) and the join's 1, all of these videos.
+    assert (captions.counts()["queries"], joined.counts()["queries"], joined.dropped) == (37_417, 37_416, 5)
     assert note_count(joined.notes, r"(\d+) caption end times past") == 8_089
     assert note_count(joined.notes, r"(\d+) captions dropped") == 1
+    assert note_count(joined.notes, r"captions of training videos from train.json: (\d+) queries dropped") == 4
+    assert note_count(joined.notes, r"captions of training videos from train.json: (\d+) query end times past") == 261
 
 
 def test_fewshot_split_is_disjoint_and_known(real_annotations, anet_train):

@@ -26,7 +26,7 @@ from clap_bench.data.readers import (
     sniff_format,
     subset_from_name,
 )
-from clap_bench.data.schema import AnnotationError, AnnotationSet, Video, join_subset_notes
+from clap_bench.data.schema import AnnotationError, AnnotationSet, SubsetNotes, Video, VideoTally, join_subset_notes
 from clap_bench.io import atomic_write_text
 
 PathLike = Union[str, Path]
@@ -344,9 +344,17 @@ def attach_captions(videos: AnnotationSet, captions: AnnotationSet) -> Annotatio
     differently); a caption that ends up empty is dropped. As the readers do with queries, the
     clipped ends are counted in a note and the dropped captions in ``dropped`` and a note, for the
     whole set (not per subset, see ``AnnotationSet.subset_notes``). Videos without captions keep theirs.
+
+    The caption reader's own drops and notes come along for the videos of ``videos`` that ``captions``
+    has (its queries dropped never reach these videos either): its per-video notes
+    (``SubsetNotes.tallies``) counted over those videos only, each filed under the subset of the
+    videos it counts, so that ``subset`` and ``restrict_classes`` count them as they do the
+    readers'; any other note of ``captions`` (and a drop count no such note explains) comes whole,
+    as a note of the whole set.
     """
     out = AnnotationSet(videos.format, videos.source, {}, list(videos.classes), videos.dropped, list(videos.notes),
                         videos.lists_background, dict(videos.subset_notes))
+    _carry_caption_notes(out, videos, captions)
     matched = clipped = dropped = 0
     for vid, video in videos.videos.items():
         copy_video = copy.copy(video)
@@ -368,6 +376,35 @@ def attach_captions(videos: AnnotationSet, captions: AnnotationSet) -> Annotatio
         out.dropped += dropped
         out.notes.append(f"captions from {captions.source}: {dropped} captions dropped because start >= end after clipping to the video's duration in this set")
     return out
+
+
+def _carry_caption_notes(out: AnnotationSet, videos: AnnotationSet, captions: AnnotationSet) -> None:
+    """Add to ``out`` the caption reader's drops and notes about the videos of ``videos`` (see ``attach_captions``)."""
+    shared_by_subset: Dict[str, set] = {}
+    for vid, video in videos.videos.items():
+        if vid in captions.videos:
+            shared_by_subset.setdefault(video.subset, set()).add(vid)
+    tallies = [t for own in captions.subset_notes.values() for t in own.tallies]
+    subset_notes = dict(out.subset_notes)
+    for name, ids in shared_by_subset.items():
+        parts = [t.of(ids) for t in tallies]
+        parts = [VideoTally(f"captions of {name} videos from {t.before}", t.after, t.per_video, t.dropped) for t in parts if t.count]
+        if not parts:
+            continue
+        own_dropped = sum(t.count for t in parts if t.dropped)
+        out.dropped += own_dropped
+        out.notes.extend(t.text for t in parts)
+        seen = subset_notes.get(name, SubsetNotes())
+        subset_notes[name] = SubsetNotes(seen.dropped + own_dropped, seen.notes + tuple(t.text for t in parts), seen.tallies + tuple(parts))
+    out.subset_notes = subset_notes
+    tallied = {t.text for t in tallies}
+    untallied = [n for n in captions.notes if n not in tallied]
+    out.notes.extend(f"captions from {captions.source}: {n}" for n in untallied)
+    rest = captions.dropped - sum(t.count for t in tallies if t.dropped)
+    if rest:
+        out.dropped += rest
+        if not untallied:
+            out.notes.append(f"captions from {captions.source}: {rest} captions dropped by its reader")
 
 
 # Subset names of the other formats in ActivityNet's spelling, so the file reads back.
