@@ -582,3 +582,32 @@ def test_global_video_features_are_cached_per_extraction_grid(tmp_path, monkeypa
     assert grids == ["span", "frames"]  # the third call is served from the span grid's cache
     assert float(gvf["span"]["v_a"][0]) == 1.0 and float(gvf["frames"]["v_a"][0]) == 2.0
     assert len(list((tmp_path / "gvf").glob("activitynet-*.pt"))) == 2
+
+
+def test_pretraining_logs_its_datas_drop_counts_and_notes_once_at_the_start(tmp_path, monkeypatch, caplog):
+    import importlib
+    import logging
+
+    pretrain_module = importlib.import_module("clap_bench.training.pretrain")  # the package exports the function under that name
+    seen = {}
+
+    class Recorder:  # stands in for the trainer: what pre-training would train and validate on
+        def __init__(self, model, dataset, cfg, out_dir, *args, validation=None, **kwargs):
+            seen["train"], seen["val"], self.out_dir = dataset.annotations, validation.annotations, Path(out_dir)
+
+        def fit(self):
+            return self.out_dir / "final.pt"
+
+    monkeypatch.setattr(pretrain_module, "Trainer", Recorder)
+    profile = load_profile("smoke", {"pretrain": {"epochs": 1}})
+    with caplog.at_level(logging.INFO, logger="clap_bench.training.pretrain"):
+        pretrain_module.pretrain(profile, "clap", 0, tmp_path / "clap", progress=False)
+    lines = [r.getMessage() for r in caplog.records if r.name == "clap_bench.training.pretrain"]
+    train, val = seen["train"], seen["val"]
+    assert any(n.startswith("captions from ") for n in train.notes)  # clap reads captions: the join's notes at least
+    assert lines == (
+        [f"clap pre-training: activitynet training: {len(train.videos)} videos; {train.dropped} annotations dropped (why: the notes)"]
+        + [f"clap pre-training: activitynet training: note: {n}" for n in train.notes]
+        + [f"clap pre-training: activitynet validation: {len(val.videos)} videos; {val.dropped} annotations dropped (why: the notes)"]
+        + [f"clap pre-training: activitynet validation: note: {n}" for n in val.notes]
+    )

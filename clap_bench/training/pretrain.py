@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -27,6 +28,15 @@ from clap_bench.training.trainer import CHECKPOINT_FORMAT, FINAL_NAME, Trainer, 
 PRETRAIN_DATASET = "activitynet"
 CAPTIONS_DATASET = "activitynet-captions"
 SOURCE_DATASET = "trimmed"
+
+log = logging.getLogger(__name__)
+
+
+def log_data_notes(stage: str, part: str, ann) -> None:
+    """One log line with the drop count of the annotations ``ann`` a stage reads, then one per note."""
+    log.info("%s: %s: %d videos; %d annotations dropped (why: the notes)", stage, part, len(ann.videos), ann.dropped)
+    for note in ann.notes:
+        log.info("%s: %s: note: %s", stage, part, note)
 
 
 def _cache_dir(profile: Profile) -> Path:
@@ -326,6 +336,10 @@ def pretrain(
     encoder = build_video_encoder(enc_cfg, weights=init_weights)
     if not method_cfg.trains:
         return write_initial_weights(encoder, out_dir, _meta(profile, method_cfg, enc_cfg, class_list, init_weights, PRETRAIN_DATASET), seed, info)
+    if info.is_main:  # what the readers dropped and noted about the videos trained and validated on, once
+        log_data_notes(f"{method} pre-training", f"{PRETRAIN_DATASET} training", ann)
+        if val_ann is not None:
+            log_data_notes(f"{method} pre-training", f"{PRETRAIN_DATASET} validation", val_ann)
     device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
 
     text = None
