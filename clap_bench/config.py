@@ -207,9 +207,14 @@ class TrainConfig:
     # ``selection_value`` (TAC, TSP: the mean of its heads' accuracies, TSP's "Avg Accuracy"); on a
     # tie the earlier epoch. Needs validate: true (FIDELITY.md).
     keep_epoch: str = added_field("last")
+    # Segments with the same video, times and label (repeated csv rows: 30 training and 19 validation
+    # action rows of TSP's ActivityNet csvs): "drop" samples one of them, "keep" each (TSP: every
+    # csv row is a segment). FIDELITY.md.
+    duplicate_segments: str = added_field("drop")
 
     def __post_init__(self) -> None:
         for key, allowed in (("short_segments", ("keep", "drop")), ("gvf_scaling", ("mean_norm", "none")),
+                             ("duplicate_segments", ("drop", "keep")),
                              ("caption_choice", ("largest_overlap", "nearest_centre"))):
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"{key}: expected one of {', '.join(allowed)}, got {getattr(self, key)!r}")

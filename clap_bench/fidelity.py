@@ -56,6 +56,8 @@ CHOICES: tuple = (
     Choice("pretrain.max_segments_per_epoch", ALL_TABLES, "segments drawn per pre-training epoch",
            lambda v: "every segment" if v is None else f"{v} segments"),
     Choice("pretrain.short_segments", ALL_TABLES, "segments shorter than one clip"),
+    Choice("pretrain.duplicate_segments", ALL_TABLES, "repeated csv rows (same video, times and label)",
+           lambda v: "each sampled as listed" if v == "keep" else "sampled once"),
     Choice("pretrain.gvf_scaling", ALL_TABLES, "scaling of the global video feature"),
     Choice("pretrain.caption_choice", ALL_TABLES, "caption given to a clip"),
     Choice("methods.tsp.lr_heads", ALL_TABLES, "TSP's head learning rate", _method_lr_heads),

@@ -525,7 +525,7 @@ def dataset_sizes(profile: Profile, data: PreflightData) -> Dict[str, dict]:
     ``pretrain.short_segments`` leaves them)."""
     from clap_bench.clips.segments import contiguous_segments
     from clap_bench.downstream.gtad.config import GTADConfig
-    from clap_bench.training.pretrain import VALIDATION_SUBSETS, short_segment_limits, validation_annotations
+    from clap_bench.training.pretrain import VALIDATION_SUBSETS, segment_rules, validation_annotations
 
     clips, ex = profile.clips, profile.extract
     vlg = from_dict(_vlg_config_cls(), profile.task_config("vlg"), "tasks.vlg")
@@ -545,14 +545,16 @@ def dataset_sizes(profile: Profile, data: PreflightData) -> Dict[str, dict]:
     anet = data.full[PRETRAIN_DATASET]
     train = anet.subset(*[s for s in ("training", "train") if s in anet.subsets])
 
-    # the segments pre-training samples: with pretrain.short_segments: drop, none shorter than one clip
-    limits = short_segment_limits(profile.pretrain, clips)
+    # the segments pre-training samples: with pretrain.short_segments: drop, none shorter than one clip;
+    # with pretrain.duplicate_segments: keep, a repeated csv row as often as it is listed
+    limits = segment_rules(profile.pretrain, clips)
 
     def segment_counts(a: AnnotationSet) -> Dict[str, int]:
         fg = bg = 0
         for v in a.videos.values():
             for s in contiguous_segments(v, min_length=limits.get("min_background", 0.0),
-                                         min_action_length=limits.get("min_action", 0.0), lists_background=a.lists_background):
+                                         min_action_length=limits.get("min_action", 0.0), lists_background=a.lists_background,
+                                         duplicates=limits["duplicate_segments"]):
                 fg += s.label is not None
                 bg += s.label is None
         return {"foreground": fg, "all": fg + bg, "videos": len(a.videos),

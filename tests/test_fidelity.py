@@ -152,6 +152,39 @@ def test_short_segments_switch_drops_segments_shorter_than_a_clip():
     assert [(s.start, s.end, s.label) for s in dropped] == [(0.0, 2.0, None), (2.5, 5.0, None), (5.0, 12.0, "run"), (12.8, 20.0, None)]
 
 
+def test_duplicate_segments_switch_samples_a_repeated_csv_row_once_or_as_often_as_listed(tmp_path):
+    from clap_bench.clips import SegmentClipDataset
+    from clap_bench.config import ClipConfig, ConfigError, TrainConfig, identity_dict
+    from clap_bench.data import read_tsp_csv
+    from clap_bench.training.pretrain import segment_rules
+
+    header = "video-name,t-start,t-end,action-label,video-duration,filename,fps,video-frames,temporal-region-label"
+    path = tmp_path / "anet_train_tsp.csv"
+    path.write_text("\n".join([
+        header,
+        "abc,2.0,6.0,Run,10.0,v_abc.mp4,30,300,Action",
+        "abc,2.0,6.0,Run,10.0,v_abc.mp4,30,300,Action",  # TSP's csvs repeat some rows
+        "abc,6.0,10.0,,10.0,v_abc.mp4,30,300,No action",
+    ]) + "\n")
+    ann = read_tsp_csv(path)
+    clips = ClipConfig(frames=4, fps=4.0, resize=[32, 43], crop=28, clips_per_segment=5)
+
+    def runs(duplicate_segments: str) -> list:
+        rules = segment_rules(TrainConfig(duplicate_segments=duplicate_segments, short_segments="drop"), clips)
+        dataset = SegmentClipDataset(ann, tmp_path, clips, train=True, clip_level=True, **rules)
+        return [(it.start, it.end, it.label) for it in dataset.items if it.label == "Run"]
+
+    assert runs("drop") == [(2.0, 6.0, "Run")]
+    assert runs("keep") == [(2.0, 6.0, "Run")] * 2  # TSP: len(df) * clips_per_segment clips
+    with pytest.raises(ConfigError, match="duplicate_segments.*drop, keep"):
+        TrainConfig(duplicate_segments="once")
+    for name in ("default", "smoke"):  # the default is left out of the stage hashes
+        profile = load_profile(name)
+        assert profile.pretrain.duplicate_segments == "drop" and "duplicate_segments" not in identity_dict(profile.pretrain)
+    paper = load_profile("paper")
+    assert paper.pretrain.duplicate_segments == "keep" and identity_dict(paper.pretrain)["duplicate_segments"] == "keep"
+
+
 def test_caption_choice_switch():
     from clap_bench.clips import assign_caption
     from clap_bench.data.schema import Sentence

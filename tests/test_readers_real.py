@@ -208,3 +208,14 @@ def test_tsp_background_is_the_csv_rows_even_in_videos_without_any(anet_train):
     background = [s for v in anet_train.videos.values()
                   for s in contiguous_segments(v, lists_background=anet_train.lists_background) if s.label is None]
     assert len(background) == 15_956  # the csv's background rows
+
+
+def test_repeated_tsp_rows_are_sampled_once_or_as_listed(anet_train):
+    from clap_bench.clips import contiguous_segments
+
+    def count(duplicates: str) -> int:
+        return sum(len(contiguous_segments(v, lists_background=True, duplicates=duplicates)) for v in anet_train.videos.values())
+
+    # 30 training rows repeat an earlier one (all actions): TSP samples every row (pretrain.duplicate_segments: keep).
+    assert count("keep") - count("drop") == 30
+    assert count("keep") == 31_366 - 9  # every csv row but the 9 of zero length

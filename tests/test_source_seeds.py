@@ -21,7 +21,7 @@ from clap_bench.runs.plan import build_plan
 from clap_bench.training import default_source_dir
 
 runner = CliRunner()
-ADDED = ("cpu_bf16", "per_seed", "keep_epoch")  # the TrainConfig keys added after run stores existed
+ADDED = ("cpu_bf16", "per_seed", "keep_epoch", "duplicate_segments")  # the TrainConfig keys added after run stores existed
 
 
 def _per_seed(profile):

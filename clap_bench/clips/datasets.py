@@ -283,6 +283,8 @@ class SegmentClipDataset(_ClipItemDataset):
     item is ONE clip, ``len == segments x clips_per_segment``, item ``i`` being clip slot
     ``i // n`` of segment ``i % n`` (see :meth:`locate`); a shuffled sampler then mixes clips of
     every segment and video in each batch. ``hflip=False`` turns off the training flip.
+    ``min_background``, ``min_action`` and ``duplicate_segments`` are ``contiguous_segments``'
+    ``min_length``, ``min_action_length`` and ``duplicates`` (pre-training: ``segment_rules``).
 
     An item: ``clips`` float ``(K, 3, T, crop, crop)``, ``label`` long ``(K,)`` (class index,
     -1 for background), ``region`` long ``(K,)`` (1 foreground, 0 background), ``texts`` (K
@@ -306,6 +308,7 @@ class SegmentClipDataset(_ClipItemDataset):
         hflip: bool = True,
         frame_cache=None,
         min_action: float = 0.0,
+        duplicate_segments: str = "drop",
     ):
         if regions not in REGIONS:
             raise ValueError(f"regions must be one of {REGIONS}, got {regions!r}")
@@ -319,6 +322,7 @@ class SegmentClipDataset(_ClipItemDataset):
             video = annotations.videos[video_id]
             segments = contiguous_segments(
                 video, min_length=min_background, min_action_length=min_action, lists_background=annotations.lists_background,
+                duplicates=duplicate_segments,
             )
             for segment in segments:
                 if segment.label is None:

@@ -13,7 +13,9 @@ Two kinds of sources, told apart per format (``AnnotationSet.lists_background``)
 Overlapping actions stay separate foreground segments, each with its own label, as TSP's
 segment lists keep them: each is a real annotated instance, and a clip in the overlap shows
 both. Only the background depends on the overlap (it is the complement of their union).
-Exact duplicates (same label, same times) are kept once.
+Exact duplicates (same label, same times: the published TSP csvs repeat 30 training and 19
+validation action rows) are kept once with ``duplicates="drop"``, or each as listed with
+``"keep"``, as TSP's dataset keeps every csv row (``pretrain.duplicate_segments``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from __future__ import annotations
 from typing import List
 
 from clap_bench.data.schema import Segment, Video
+
+DUPLICATE_SEGMENTS = ("drop", "keep")  # TrainConfig.duplicate_segments
 
 
 def _clamped(segment: Segment, duration: float) -> Segment:
@@ -42,6 +46,7 @@ def background_gaps(actions: List[Segment], duration: float) -> List[Segment]:
 
 def contiguous_segments(
     video: Video, min_length: float = 0.0, min_action_length: float = 0.0, lists_background: bool = False,
+    duplicates: str = "drop",
 ) -> List[Segment]:
     """Foreground and background segments of the video, sorted by (start, end).
 
@@ -54,15 +59,20 @@ def contiguous_segments(
     actions). Actions are dropped only when shorter than ``min_action_length`` (default 0: never,
     however short: clip sampling centres a clip on them); the time they cover does not become
     background. TSP drops every segment shorter than one clip (``pretrain.short_segments: drop``).
+    ``duplicates``: "drop" keeps one of segments with the same times and label, "keep" every one
+    (TSP: each csv row is a segment; ``pretrain.duplicate_segments``).
     """
+    if duplicates not in DUPLICATE_SEGMENTS:
+        raise ValueError(f"duplicates: expected one of {', '.join(DUPLICATE_SEGMENTS)}, got {duplicates!r}")
     if video.duration <= 0:
         return []
     duration = float(video.duration)
     clamped = [_clamped(s, duration) for s in video.segments]
     clamped = [s for s in clamped if s.end > s.start]
-    actions = list(dict.fromkeys(s for s in clamped if s.is_foreground))  # de-duplicate, keep order
+    once = (lambda segments: list(dict.fromkeys(segments))) if duplicates == "drop" else list  # de-duplicate, keep order
+    actions = once(s for s in clamped if s.is_foreground)
     if lists_background:
-        background = list(dict.fromkeys(s for s in clamped if not s.is_foreground))
+        background = once(s for s in clamped if not s.is_foreground)
     elif any(not s.is_foreground for s in video.segments):
         raise ValueError(
             f"video {video.id} has background segments but its source is read as listing none "

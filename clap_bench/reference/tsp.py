@@ -181,7 +181,7 @@ def our_protocol(profile, short_segments: Optional[str] = None, last_clip: Optio
     from clap_bench.clips import SegmentClipDataset
     from clap_bench.config import resolve_datasets
     from clap_bench.data import load_dataset
-    from clap_bench.training.pretrain import PRETRAIN_DATASET, short_segment_limits, validation_annotations
+    from clap_bench.training.pretrain import PRETRAIN_DATASET, segment_rules, validation_annotations
 
     cfg = profile.pretrain if short_segments is None else dataclasses.replace(profile.pretrain, short_segments=short_segments)
     datasets = resolve_datasets(profile)
@@ -194,7 +194,7 @@ def our_protocol(profile, short_segments: Optional[str] = None, last_clip: Optio
     train_ann = full.subset(*[s for s in ("training", "train") if s in full.subsets])
     classes = list(train_ann.classes)
     val_ann = validation_annotations(full, classes)
-    limits = short_segment_limits(cfg, profile.clips)
+    limits = segment_rules(cfg, profile.clips)
     common = dict(regions="all", classes=classes, max_segments=None, clip_level=True, **limits)
     train = SegmentClipDataset(train_ann, ds_cfg.videos, profile.clips, train=True, seed=seed, **common)
     validation = SegmentClipDataset(val_ann, ds_cfg.videos, profile.clips, train=False, seed=0, **common)

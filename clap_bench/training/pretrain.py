@@ -235,6 +235,12 @@ def short_segment_limits(cfg: TrainConfig, clips) -> dict:
     return {"min_background": clip_seconds, "min_action": clip_seconds}
 
 
+def segment_rules(cfg: TrainConfig, clips) -> dict:
+    """What of ``cfg`` decides which segments pre-training samples, as ``SegmentClipDataset`` arguments:
+    ``short_segment_limits`` and ``duplicate_segments``."""
+    return {**short_segment_limits(cfg, clips), "duplicate_segments": cfg.duplicate_segments}
+
+
 def method_train_config(cfg: TrainConfig, method) -> TrainConfig:
     """``pretrain`` as ``method`` trains with it: its own head rate (``methods.<name>.lr_heads``) when it sets one."""
     if getattr(method, "lr_heads", None) is None:
@@ -380,7 +386,7 @@ def pretrain(
     dataset = SegmentClipDataset(
         ann, ds_cfg.videos, profile.clips, train=True, regions=method_cfg.regions, text_policy=policy,
         classes=class_list, seed=seed, max_segments=cfg.max_segments_per_epoch, clip_level=clip_level, hflip=cfg.hflip,
-        frame_cache=frame_cache_for(profile), **short_segment_limits(cfg, profile.clips),
+        frame_cache=frame_cache_for(profile), **segment_rules(cfg, profile.clips),
     )
     validation = None
     if val_ann is not None:
@@ -391,7 +397,7 @@ def pretrain(
         validation = SegmentClipDataset(
             val_ann, ds_cfg.videos, val_clips, train=False, regions=method_cfg.regions, text_policy=policy,
             classes=class_list, seed=0, max_segments=cfg.val_max_segments, clip_level=clip_level,
-            frame_cache=frame_cache_for(profile), **short_segment_limits(cfg, profile.clips),
+            frame_cache=frame_cache_for(profile), **segment_rules(cfg, profile.clips),
         )
         if len(validation) == 0:
             raise ValueError(
