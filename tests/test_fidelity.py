@@ -385,3 +385,14 @@ def test_paper_keeps_the_best_validated_epoch_as_tsps_reference_and_the_syntheti
         notes = departures(to_dict(profile), paper_profile_dict(), "1")
         assert "pre-trained encoder kept: the last epoch instead of the best validated epoch (pretrain.keep_epoch)" in notes
     assert identity_dict(paper.pretrain)["keep_epoch"] == "best"
+
+
+def test_fidelity_names_only_charades_stas_reader_as_dropping_the_final_period():
+    # 2D-TAN's lib/datasets/charades.py drops it (sent.split('.\n')[0]); tacos.py and activitynet.py keep it,
+    # and so does the VLG task (drop_final_period for charades-sta only).
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "FIDELITY.md").read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| 2D-TAN sentence split |"))
+    dropping = row.split("drops a sentence's final period first", 1)[1].split(";", 1)[0]
+    assert "charades.py" in dropping and "tacos.py" not in dropping and "activitynet.py" not in dropping
