@@ -74,6 +74,32 @@ def test_metrics_written_last_and_only_on_success(tmp_path):
     assert json.loads((train_dir / "stage.json").read_text())["status"] == "done"
 
 
+@pytest.mark.parametrize("stop", [KeyboardInterrupt(), SystemExit(143)])
+def test_a_stage_stopped_by_ctrl_c_or_a_stop_signal_is_recorded_interrupted_not_failed(tmp_path, stop):
+    # Ctrl-C (KeyboardInterrupt) or a stop signal (the trainer's TrainingInterrupted is a SystemExit):
+    # the stage did not fail, it was stopped; the record says so, the stop goes on up, and the next run resumes it.
+    store = RunStore(tmp_path)
+    plan = build_toy_plan(toy_profile(), ["a"], [0])
+    tal = plan.stages["a/seed0/tal"]
+
+    def stopped(ctx):
+        raise stop
+
+    plan.stages["a/seed0/tal"] = dataclasses.replace(tal, fn=stopped)
+    with pytest.raises(type(stop)):
+        _run(plan, store)
+    tal_dir = plan.stage_dir(store, plan.stages["a/seed0/tal"])
+    record = json.loads((tal_dir / "stage.json").read_text())
+    assert record["status"] == "interrupted" and record["interrupted_by"] == (
+        "KeyboardInterrupt" if isinstance(stop, KeyboardInterrupt) else "SystemExit(143)")
+    assert not (tal_dir / "error.log").exists()
+    assert {s.key: s.state for s in plan_status(plan, store)}["a/seed0/tal"] != "failed"
+    [table] = make_tables(store, "toy", ["1"], baseline=None, include_paper=False)
+    assert table.incomplete == ["a: seed 0 (interrupted)"]
+    plan.stages["a/seed0/tal"] = tal
+    assert _run(plan, store).ran == ["a/seed0/tal"]
+
+
 def test_more_seeds_run_only_the_missing_seeds(tmp_path):
     store, profile = RunStore(tmp_path), toy_profile()
     first = _run(build_toy_plan(profile, ["a"], parse_seeds(2)), store)

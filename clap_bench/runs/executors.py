@@ -203,6 +203,10 @@ def _run_claimed(store: RunStore, profile: Profile, spec: StageSpec, config_hash
         metrics = spec.fn(ctx)
         if not isinstance(metrics, dict):
             raise TypeError(f"stage {spec.key}: {spec.fn.__module__}.{spec.fn.__name__} returned {type(metrics).__name__}, expected a dict")
+    except (KeyboardInterrupt, SystemExit) as e:  # Ctrl-C, or a stop signal (TrainingInterrupted): not a failure
+        if record:
+            store.update_record(stage_dir, {"status": "interrupted", "interrupted_by": _stop_reason(e)})
+        raise
     except BaseException:
         if record:
             store.mark_failed(stage_dir, traceback.format_exc())
@@ -214,6 +218,12 @@ def _run_claimed(store: RunStore, profile: Profile, spec: StageSpec, config_hash
         write_stage_fingerprints(stage_dir, metrics)
         store.finish(stage_dir, metrics)
     return metrics
+
+
+def _stop_reason(e: BaseException) -> str:
+    """What stopped a stage: ``KeyboardInterrupt``, or ``SystemExit(<code>)`` (a subclass by its name)."""
+    code = getattr(e, "code", None)
+    return type(e).__name__ + (f"({code})" if code is not None else "")
 
 
 def _set_threads(spec: StageSpec) -> None:
