@@ -713,6 +713,31 @@ def test_sweep_prints_its_table_with_the_test_asked_for_and_rejects_an_unknown_o
     assert "p vs a, paired" in result.output and "paired by seed, 3 seeds" in result.output
 
 
+def test_a_damaged_record_fails_its_stage_and_the_rest_of_the_sweep_goes_on(tmp_path, monkeypatch):
+    # A truncated metrics.json: that stage fails with read_json's message (naming the file), every
+    # independent stage runs (the one after it, finished under the same hash, is reused), and the sweep ends with exit 1 and a summary
+    # naming the file; no traceback. --dry-run marks the stage and exits 1 the same way.
+    monkeypatch.setenv("CLAPBENCH_PLAN_FACTORY", "test_runs_toy_plan:build_toy_plan")
+    base = ["--seeds", "2", "--profile", "smoke", "--runs-dir", str(tmp_path), "-q"]
+    assert CliRunner().invoke(app, ["run", "--method", "a", *base]).exit_code == 0
+    damaged = RunStore(tmp_path).stage_dir("smoke", "a", 1, "pretrain") / "metrics.json"
+    damaged.write_text('{"steps": 3, "sta')
+    args = ["sweep", "--methods", "a,b", "--executor", "local", "--baseline", "a", *base[:-1]]
+    dry = CliRunner().invoke(app, args + ["--dry-run"])
+    assert dry.exit_code == 1 and "Traceback" not in dry.output, dry.output
+    assert "  FAIL a/seed1/pretrain" in dry.output and "  todo b/seed0/pretrain" in dry.output
+    assert f"a/seed1/pretrain: {damaged}: not valid JSON" in dry.output
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert "1 stage(s) failed, 0 not run because of them: a/seed1/pretrain" in result.output
+    assert f"a/seed1/pretrain: {damaged}: not valid JSON" in result.output and "delete it to rerun the stage" in result.output
+    assert result.output.count(" done in ") == 4  # b's four stages ran
+    assert "| b " in result.output  # the tables still come, of what finished
+    damaged.unlink()  # as the message says: the stage reruns, and the stage after it
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0, again.output
+
+
 # --------------------------------------------------------------------------- Fig. 2a
 def test_feature_quality_separates_foreground_from_background_features(tmp_path):
     from clap_bench.data.schema import AnnotationSet, Segment, Video

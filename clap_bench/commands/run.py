@@ -63,10 +63,21 @@ def _execute(methods: List[str], seeds: str, tasks: Optional[str], profile: Opti
         raise typer.Exit(2)
     store = RunStore(runs_root(runs_dir))
     if dry_run:
+        from clap_bench.runs.executors import damaged_record
+
         typer.echo(f"Plan ({len(plan)} stages, executor {executor}, runs under {store.root}):")
+        damaged = {}
         for line in plan.describe(store, seed_major=executor != "slurm"):
-            done = "done " if store.is_done(plan.stage_dir(store, plan.stages[line.split()[0]]), plan.hashes[line.split()[0]]) else "todo "
-            typer.echo(f"  {done}{line}")
+            key = line.split()[0]
+            stage_dir = plan.stage_dir(store, plan.stages[key])
+            damaged[key] = damaged_record(stage_dir)
+            state = "FAIL " if damaged[key] else "done " if store.is_done(stage_dir, plan.hashes[key]) else "todo "
+            typer.echo(f"  {state}{line}")
+        damaged = {k: why for k, why in damaged.items() if why}
+        if damaged:
+            typer.echo(f"{len(damaged)} stage(s) have a damaged record; a run fails them (the stages after them are "
+                       "not run, the others are):\n" + "\n".join(f"  {k}: {why}" for k, why in damaged.items()), err=True)
+            raise typer.Exit(1)
         return
     if prof.data.synthetic and any(not m.startswith("features:") for m in methods) and any(
         s.fn.__module__ == "clap_bench.runs.plan" for s in plan
@@ -95,18 +106,32 @@ def _execute(methods: List[str], seeds: str, tasks: Optional[str], profile: Opti
     if executor == "slurm" and not wait:
         typer.echo(f"Submitted {len(report.submitted)} job(s), {len(report.kept)} already queued, {len(report.reused)} stage(s) done. "
                    f"Follow with: clapbench status --profile {prof.name}" + (f" --runs-dir {runs_dir}" if runs_dir else ""))
+        _report_failures(report)
         return
-    tables = make_tables(store, prof.name, tables_for_tasks(task_list), baseline=baseline, methods=table_methods,
-                         backbone=_backbone(prof), seeds=seed_list, test=test)
-    typer.echo(render(tables, "markdown"))
+    try:
+        tables = make_tables(store, prof.name, tables_for_tasks(task_list), baseline=baseline, methods=table_methods,
+                             backbone=_backbone(prof), seeds=seed_list, test=test)
+        typer.echo(render(tables, "markdown"))
+    except (ConfigError, ValueError) as e:  # ValueError: a damaged record, named by read_json
+        typer.echo(f"error: the tables: {e}", err=True)
+        if report.ok:
+            raise typer.Exit(2)
     if report.held:
         typer.echo(f"{len(report.held)} stage(s) skipped (--no-wait) because another process holds them or a stage "
                    "above them: " + ", ".join(report.held) + ". Rerun later (or without --no-wait) to complete the tables.",
                    err=True)
-    if not report.ok:
-        typer.echo(f"{len(report.failed)} stage(s) failed, {len(report.blocked)} not run because of them: "
-                   + ", ".join(report.failed) + ". See clapbench status.", err=True)
-        raise typer.Exit(1)
+    _report_failures(report)
+
+
+def _report_failures(report) -> None:
+    """Each failed stage with its reason, then exit 1; nothing when every stage ran or was reused."""
+    if report.ok:
+        return
+    typer.echo(f"{len(report.failed)} stage(s) failed, {len(report.blocked)} not run because of them: "
+               + ", ".join(report.failed) + ". See clapbench status.", err=True)
+    for key, why in report.failed.items():
+        typer.echo(f"  {key}: {why}", err=True)
+    raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:

@@ -306,6 +306,21 @@ def _prepare_args(plan: Plan, spec: StageSpec) -> tuple:
             plan.resolved_config(spec))
 
 
+RECORD_FILES = (STAGE_FILE, METRICS_FILE, SLURM_FILE)  # the JSON records a run reads in a stage's folder
+
+
+def damaged_record(stage_dir: Path) -> Optional[str]:
+    """The error of the first of the stage's records that is not valid JSON (``read_json``'s message names
+    the file and says to delete it), or None. A run fails such a stage and goes on with the stages that do
+    not read it, instead of stopping at its first look at the folder."""
+    for name in RECORD_FILES:
+        try:
+            read_json(Path(stage_dir) / name)
+        except ValueError as e:
+            return str(e)
+    return None
+
+
 def _run_in_process(plan: Plan, store: RunStore, executor: str, progress: bool, echo, wait_for_claims: bool = True) -> RunReport:
     report = RunReport()
     bad: set = set()
@@ -318,6 +333,12 @@ def _run_in_process(plan: Plan, store: RunStore, executor: str, progress: bool, 
         h = plan.hashes[spec.key]
         stage_dir = plan.stage_dir(store, spec)
         where = f"[{i}/{total}] {spec.method or 'shared'}" + (f" seed {spec.seed}" if spec.seed is not None else "") + f": {spec.name}"
+        damaged = damaged_record(stage_dir)
+        if damaged is not None:
+            bad.add(spec.key)
+            report.failed[spec.key] = damaged
+            echo(f"{where} FAILED: {damaged}")
+            continue
         if store.is_done(stage_dir, h):
             report.reused.append(spec.key)
             echo(f"{where} (done, reused)")
@@ -388,17 +409,31 @@ def _submit(plan: Plan, store: RunStore, cluster: ClusterProfile, echo, poll_s: 
     report = RunReport()
     folder = store.submitit_dir(plan.profile.name) / "%j"
     executor = submitit.AutoExecutor(folder=str(folder), cluster="slurm")
-    previous = {key: read_json(plan.stage_dir(store, spec) / SLURM_FILE) for key, spec in plan.stages.items()}
+    damaged = {key: damaged_record(plan.stage_dir(store, spec)) for key, spec in plan.stages.items()}
+    damaged = {key: why for key, why in damaged.items() if why is not None}
+    previous = {key: read_json(plan.stage_dir(store, spec) / SLURM_FILE) if key not in damaged else None
+                for key, spec in plan.stages.items()}
     holders = {key: claim_holder(plan.stage_dir(store, spec)) for key, spec in plan.stages.items()}
     live = _ask_job_states([p["job_id"] for p in previous.values() if p]
                            + [h["slurm_job_id"] for h in holders.values() if h and h.get("slurm_job_id")], echo, poll_s)
     job_of: Dict[str, str] = {}  # stage key -> id of the job that will produce it
     fresh: set = set()  # stages (re)submitted now
+    bad: set = set()  # stages with a damaged record, and the stages after them: not submitted
     for spec in plan:
         h = plan.hashes[spec.key]
         stage_dir = plan.stage_dir(store, spec)
+        if spec.key in damaged:
+            bad.add(spec.key)
+            report.failed[spec.key] = damaged[spec.key]
+            echo(f"{spec.key}: FAILED, not submitted: {damaged[spec.key]}")
+            continue
         if store.is_done(stage_dir, h):
             report.reused.append(spec.key)
+            continue
+        if any(d in bad for d in spec.deps):
+            bad.add(spec.key)
+            report.blocked.append(spec.key)
+            echo(f"{spec.key}: not submitted: an upstream stage failed")
             continue
         prev = previous.get(spec.key)
         holder = holders.get(spec.key) or {}
