@@ -738,6 +738,19 @@ def test_a_damaged_record_fails_its_stage_and_the_rest_of_the_sweep_goes_on(tmp_
     assert again.exit_code == 0, again.output
 
 
+def test_table_refuses_a_method_the_store_has_no_runs_of_and_lists_those_it_has(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLAPBENCH_PLAN_FACTORY", "test_runs_toy_plan:build_toy_plan")
+    run = CliRunner().invoke(app, ["sweep", "--methods", "a,b", "--seeds", "2", "--profile", "smoke", "--executor", "local",
+                                   "--runs-dir", str(tmp_path), "--baseline", "a"])
+    assert run.exit_code == 0, run.output
+    table = ["table", "--tables", "1", "--no-paper", "--runs-dir", str(tmp_path)]
+    bad = CliRunner().invoke(app, table + ["--methods", "a,nosuch,clap"])
+    assert bad.exit_code == 2 and "Traceback" not in bad.output, bad.output
+    assert "--methods: no runs of nosuch, clap in profile smoke" in bad.output and "it has runs of: a, b" in bad.output
+    ok = CliRunner().invoke(app, table + ["--methods", "b", "--profile", "smoke"])
+    assert ok.exit_code == 0 and "| b " in ok.output and "| a " not in ok.output, ok.output
+
+
 # --------------------------------------------------------------------------- Fig. 2a
 def test_feature_quality_separates_foreground_from_background_features(tmp_path):
     from clap_bench.data.schema import AnnotationSet, Segment, Video

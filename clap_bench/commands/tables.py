@@ -41,10 +41,13 @@ def register(app: typer.Typer) -> None:
             if profile and profile not in store.profiles():
                 profiles = [_store_profile_name(store, profile)]
             ids = [t.strip() for t in tables.split(",") if t.strip()]
+            method_list = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
+            if method_list:
+                _check_methods(store, profiles, method_list)
             out = []
             for name in profiles:
                 out.extend(make_tables(store, name, ids, baseline=baseline or None,
-                                       methods=[m for m in methods.split(",") if m] if methods else None,
+                                       methods=method_list,
                                        include_paper=not no_paper, backbone=_recorded_backbone(store, name),
                                        profile_config=_recorded_profile(store, name),
                                        seeds=parse_seeds(seeds) if seeds is not None else None,
@@ -121,6 +124,19 @@ def register(app: typer.Typer) -> None:
         for label, d in diffs.items():
             typer.echo(f"{label}: " + json.dumps(summary(d)))
         typer.echo(f"wrote {out}")
+
+
+def _check_methods(store, profiles: List[str], methods: List[str]) -> None:
+    """``--methods``: each must have runs in one of the profiles tabulated; else the error names
+    those without and lists the methods the store has."""
+    from clap_bench.runs.store import method_dir_name
+
+    have = {d: store.method_label(name, d) for name in profiles for d in store.methods(name)}
+    unknown = [m for m in methods if method_dir_name(m) not in have]
+    if unknown:
+        where = f"profile {profiles[0]}" if len(profiles) == 1 else f"profiles {', '.join(profiles)}"
+        raise ConfigError(f"--methods: no runs of {', '.join(unknown)} in {where} under {store.root}; "
+                          f"it has runs of: {', '.join(sorted(set(have.values()))) or 'none'}")
 
 
 def _store_profile_name(store, profile: str) -> str:
