@@ -941,6 +941,28 @@ def test_paired_test_by_seed_against_hand_worked_numbers(tmp_path):
     assert "p vs tsp, paired" not in render([welch_table], "markdown")
 
 
+def test_csv_carries_the_seeds_asked_the_incomplete_seeds_and_the_notes(tmp_path):
+    # What the markdown table says around its rows: "n 2/3 (!)", "Incomplete (not aggregated): ..." and
+    # its notes; in the CSV as the columns expected, fewer_than_expected, incomplete and notes. tac has no
+    # finished seed: no figures, but a row that carries its incomplete seed.
+    store = RunStore(tmp_path)
+    _fake_results(store, "p", {"tsp": [0.09, 0.10, 0.10], "clap": [0.10, 0.12]}, incomplete={"clap": [2], "tac": [0]})
+    [table] = make_tables(store, "p", ["1"], baseline="tsp", seeds=[0, 1, 2, 3])
+    md = render([table], "markdown")
+    assert "2/4 (!)" in md and "Incomplete (not aggregated): tac: seed 0 (interrupted); clap: seed 2 (interrupted)" in md
+    table.notes.append("a note")
+    rows = {r["method"]: r for r in csv.DictReader(io.StringIO(render([table], "csv")))}
+    assert set(rows) == {"tsp", "clap", "tac"}
+    assert (rows["clap"]["n"], rows["clap"]["expected"], rows["clap"]["fewer_than_expected"]) == ("2", "4", "1")
+    assert rows["clap"]["incomplete"] == "seed 2 (interrupted)" and rows["tsp"]["incomplete"] == ""
+    assert rows["tsp"]["fewer_than_expected"] == "1" and rows["tsp"]["n"] == "3"
+    assert rows["tac"]["n"] == "0" and rows["tac"]["incomplete"] == "seed 0 (interrupted)" and rows["tac"]["average_mAP mean"] == ""
+    assert all(r["notes"] == "a note" for r in rows.values())
+    [all_seeds] = make_tables(store, "p", ["1"], baseline="tsp")
+    rows = {r["method"]: r for r in csv.DictReader(io.StringIO(render([all_seeds], "csv")))}
+    assert rows["clap"]["expected"] == "" and rows["clap"]["fewer_than_expected"] == "0"
+
+
 def test_paired_test_uses_the_seeds_both_finished_and_says_so(tmp_path):
     # tac has seeds 0-2 and 5, tsp 0-3: the pairs are seeds 0, 1, 2, differences 1, 1, 4
     # (mean 2, std sqrt(3)); tac's seed 5 and tsp's seed 3 take no part in the test.

@@ -264,6 +264,9 @@ class Table:
     ordering: Optional[Dict[str, Any]] = None
     per_seed: bool = False  # markdown / LaTeX: a column with each seed's key metric
     test: str = "welch"  # "welch" | "paired" (by seed)
+    # method folder -> (label, {seed: why}) of the seeds not aggregated (``incomplete``, one entry per method)
+    incomplete_seeds: Dict[str, tuple] = field(default_factory=dict)
+    expected: Optional[int] = None  # seeds asked for (--seeds)
 
     @property
     def paired_rows(self) -> bool:
@@ -373,6 +376,7 @@ def build_table(spec: PaperTable, results: Dict[str, MethodResults], profile: st
             paper_for[row["method"]] = row
     rows: List[Row] = []
     incomplete: List[str] = []
+    incomplete_seeds: Dict[str, tuple] = {}
     key_by_seed: Dict[str, Dict[int, float]] = {}  # method -> seed -> key metric (percent)
     unmeasured: List[str] = []  # methods whose finished seeds hold none of this table's metrics
     left_out = []
@@ -382,6 +386,7 @@ def build_table(spec: PaperTable, results: Dict[str, MethodResults], profile: st
             left_out.append(f"{res.method} {', '.join(map(str, res.left_out))}")
         if res.incomplete:
             incomplete.append(f"{res.method}: " + ", ".join(f"seed {s} ({why})" for s, why in sorted(res.incomplete.items())))
+            incomplete_seeds[method_dir] = (res.method, dict(sorted(res.incomplete.items())))
         # Tables 2b and 3 read the same task stage; a run that grounded one dataset only
         # (tasks.vlg.datasets) has finished seeds with nothing for the other table.
         seeds = {s: m for s, m in res.seeds.items() if any(m.get(k) is not None for k in spec.metrics)}
@@ -461,7 +466,8 @@ def build_table(spec: PaperTable, results: Dict[str, MethodResults], profile: st
             variant = ", ".join(x for x in (row.get("pretrain"), _backbone_label(row.get("backbone"))) if x and x != "-")
             rows.append(Row(f"{row['name']} ({variant})" if variant else row["name"], "paper", method,
                             row.get("seeds"), mean=dict(row["values"]), std=dict(row.get("std") or {})))
-    table = Table(spec, profile, baseline, rows, incomplete, notes, test=test)
+    table = Table(spec, profile, baseline, rows, incomplete, notes, test=test, incomplete_seeds=incomplete_seeds,
+                  expected=expected_seeds)
     if spread:
         table.mdd, table.mdd_n, table.mdd_fewer = mdd, mdd_n, mdd_fewer
     table.ordering = ordering_agreement(rows, spec.key_metric)
@@ -706,7 +712,11 @@ def _bold_latex(cell: str, marker: str) -> str:
 
 
 def render_csv(tables: Sequence[Table]) -> str:
-    """One row per (table, method) of ours: n, seeds, then mean / std / paper per metric (percent)."""
+    """One row per (table, method) of ours: n, seeds, then mean / std / paper per metric (percent);
+    last what the markdown table says around its rows: ``expected`` (seeds asked for),
+    ``fewer_than_expected`` (1: the row's (!) mark), ``incomplete`` (the method's seeds not aggregated,
+    and why) and ``notes`` (the table's notes, `` | ``-separated). A method with no finished seed in a
+    table gets a row too (n 0, no figures), carrying its incomplete seeds."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     all_metrics: List[str] = []
@@ -718,12 +728,16 @@ def render_csv(tables: Sequence[Table]) -> str:
     for m in all_metrics:
         header += [f"{m} mean", f"{m} std", f"{m} paper", f"{m} best"]
     header += ["key_metric", "key_metric per seed", "baseline", "diff", "ci_low", "ci_high", "p_value", "p_holm", "test",
-               "n_paired"]
+               "n_paired", "expected", "fewer_than_expected", "incomplete", "notes"]
     writer.writerow(header)
     for t in tables:
-        for r in t.rows:
-            if r.source != "ours":
-                continue
+        notes = " | ".join(t.notes)
+        ours = [r for r in t.rows if r.source == "ours"]
+        # methods with nothing finished in this table: no row of figures, but their seeds are not lost
+        ours += [Row(label, "ours", method_dir, 0, expected=t.expected) for method_dir, (label, _) in t.incomplete_seeds.items()
+                 if method_dir not in {r.method for r in ours}]
+        for r in ours:
+            why = (t.incomplete_seeds.get(r.method) or (None, {}))[1]
             line = [t.spec.table, t.profile, r.method, r.n, " ".join(map(str, r.seeds))]
             for m in all_metrics:
                 if m in t.spec.metrics:
@@ -735,6 +749,8 @@ def render_csv(tables: Sequence[Table]) -> str:
             line += [t.spec.key_metric, per_seed, t.baseline or "", _num(r.diff), _num(ci[0]), _num(ci[1]),
                      "" if r.p_value is None else f"{r.p_value:.6g}", "" if r.p_holm is None else f"{r.p_holm:.6g}",
                      t.test if r.p_value is not None else "", "" if r.n_paired is None else r.n_paired]
+            line += ["" if r.expected is None else r.expected, int(_fewer_seeds_than_asked(r)),
+                     "; ".join(f"seed {s} ({w})" for s, w in why.items()), notes]
             writer.writerow(line)
     return buf.getvalue()
 
