@@ -253,3 +253,57 @@ def test_locate_head_takes_a_stage_head_only_when_it_holds_every_figure(tmp_path
     assert locate_head(store, "p", "clap", 0, "vlg", 1, both) == (variance_dir(store, "p", "clap", 0, "vlg", 1), None)
     assert locate_head(store, "p", "clap", 0, "vlg", 2, charades) == (variance_dir(store, "p", "clap", 0, "vlg", 2), None)
     assert stage_head(store, "p", "clap", 0, "vlg", 2) == (None, None)
+
+
+def _toy_variance_store(tmp_path, monkeypatch):
+    """Toy-plan seeds 0-2 of method ``a`` (3 steps), then seeds 1 and 2 rerun under 5 steps (the
+    profile's last run): seed 0 is stale, as ``clapbench table`` and ``status`` call it."""
+    from clap_bench.runs import RunStore, run_plan
+    from test_runs_toy_plan import build_toy_plan, toy_profile
+
+    monkeypatch.setenv("CLAPBENCH_PLAN_FACTORY", "test_runs_toy_plan:build_toy_plan")
+    store, profile = RunStore(tmp_path), toy_profile()
+    for steps, seeds in (("3", [0, 1, 2]), ("5", [1, 2])):
+        monkeypatch.setenv("CLAPBENCH_TOY_STEPS", steps)
+        assert run_plan(build_toy_plan(profile, ["a"], seeds), store, executor="local", progress=False,
+                        echo=lambda s: None).ok
+    return store
+
+
+def _extra_head(store, seed: int, value: float, head: int = 1):
+    """What analyze variance leaves after training head ``head`` of seed ``seed``'s tal stage."""
+    import json
+
+    from clap_bench.runs.variance import variance_dir
+
+    out = variance_dir(store, "toy", "a", seed, "tal", head)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps({"mAP@0.5": value, "average_mAP": value}))
+    return out
+
+
+def test_variance_leaves_out_the_seeds_the_table_calls_stale_and_names_them(tmp_path, monkeypatch):
+    from clap_bench.runs import make_tables
+
+    store = _toy_variance_store(tmp_path, monkeypatch)
+    for seed in (0, 1, 2):
+        _extra_head(store, seed, 0.3 + 0.01 * seed)
+    [table] = make_tables(store, "toy", ["1"], baseline=None, include_paper=False)
+    assert [r.seeds for r in table.rows] == [[1, 2]] and "a: seed 0 (stale: " in table.incomplete[0]
+    args = ["analyze", "variance", "-m", "a", "--task", "tal", "--heads", "2", "--bootstrap", "0", "--profile", "toy",
+            "--runs-dir", str(tmp_path), "-q"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "a, tal: 2 pre-training seeds x 2 head seeds" in result.output
+    assert "note: a: left out, as in clapbench table: seed 0 (stale: its tal stage was made under another config" in result.output
+    chosen = CliRunner().invoke(app, args + ["--seeds", "0,1"])
+    assert chosen.exit_code == 2 and "a: seed(s) [0] of --seeds are stale" in chosen.output, chosen.output
+    # seed 2 alone under 7 steps: seeds 0 and 1 are stale, one seed is left, and the error says so
+    from clap_bench.runs import run_plan
+    from test_runs_toy_plan import build_toy_plan, toy_profile
+
+    monkeypatch.setenv("CLAPBENCH_TOY_STEPS", "7")
+    assert run_plan(build_toy_plan(toy_profile(), ["a"], [2]), store, executor="local", progress=False, echo=lambda s: None).ok
+    few = CliRunner().invoke(app, args)
+    assert few.exit_code == 2 and "1 seed(s) with a finished tal stage" in few.output, few.output
+    assert "(2 more stale: seed(s) [0, 1])" in few.output

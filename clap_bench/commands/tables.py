@@ -234,7 +234,8 @@ def _register_variance(analyze: typer.Typer) -> None:
             # name one seed, which the decomposition, needing two or more, always refused).
             chosen = parse_seeds(seeds) if seeds else None
             parts = run_variance(store, profile, method, task, heads=heads, bootstrap=bootstrap, seeds=chosen,
-                                 progress=not quiet, log=(lambda m: None) if quiet else (lambda m: typer.echo(m, err=True)))
+                                 progress=not quiet, log=(lambda m: None) if quiet else (lambda m: typer.echo(m, err=True)),
+                                 warn=lambda m: typer.echo(f"note: {m}", err=True))
         except (ConfigError, ValueError, KeyError) as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2)

@@ -16,6 +16,10 @@ run scores the same test set) but bounds what the figures say about the task: it
 deviation is estimated by resampling the test videos (TAL) or queries (grounding) with replacement
 (bootstrap) for each run's predictions, averaged over the runs.
 
+The seeds are those ``clapbench table`` aggregates: a finished task stage that is stale (it, or a
+stage it read, was made under another config than the profile's last run: ``tables.ConfigCheck``)
+is left out and named.
+
 The extra head runs (head seed ``seed + 1000 * h`` for ``h >= 1``; ``h = 0`` is the task stage's own
 run, or the stage's own heads where it ran ``tasks.<task>.head_seeds``) are written under
 ``<profile>/<method>/_variance/seed<k>/<task>/head<h>/`` of the run store
@@ -214,17 +218,36 @@ def task_feature_files(store, profile: str, method: str, seed: int, task: str, c
     return files
 
 
+def stale_seeds(store, profile_name: str, method: str, task: str, seeds: Sequence[int]) -> Dict[int, str]:
+    """Of ``seeds`` (finished ``task`` stages of ``method``), those ``clapbench table`` leaves out as
+    stale, with why: the stage, or a stage it read, was made under another config than the profile's
+    last run (``tables.ConfigCheck``)."""
+    from clap_bench.runs.tables import ConfigCheck
+
+    check = ConfigCheck(store, profile_name)
+    in_store = store.seeds(profile_name, method)
+    out = {}
+    for seed in seeds:
+        why = check.why_stale(method, in_store, seed, task)
+        if why is not None:
+            out[seed] = why
+    return out
+
+
 def run_variance(store, profile_arg: str, method: str, task: str, heads: int = 3, bootstrap: int = 200,
-                 seeds: Optional[Sequence[int]] = None, progress: bool = True, log: Callable[[str], None] = print
-                 ) -> Dict[str, Decomposition]:
+                 seeds: Optional[Sequence[int]] = None, progress: bool = True, log: Callable[[str], None] = print,
+                 warn: Optional[Callable[[str], None]] = None) -> Dict[str, Decomposition]:
     """Train the missing heads, bootstrap every run's test set, and decompose each of the task's
-    metrics over the finished seeds of ``method`` (at least 2)."""
+    metrics over the finished seeds of ``method`` (at least 2). A seed counts as ``clapbench table``
+    counts it: its stage finished, and it and every stage it read were made under the profile's last
+    run's config; the stale ones are left out and named (``warn``, default ``log``)."""
     import torch
 
     from clap_bench.config import ConfigError, resolve_datasets, resolve_threads
     from clap_bench.downstream.base import TaskContext, get_task
     from clap_bench.runs.store import METRICS_FILE, finished_metrics, read_json
 
+    warn = warn or log
     if task not in TASK_METRICS:
         raise ConfigError(f"--task: expected one of {', '.join(TASK_METRICS)}, got {task!r}")
     if heads < 2:
@@ -233,14 +256,22 @@ def run_variance(store, profile_arg: str, method: str, task: str, heads: int = 3
     profile_name = profile.name
     finished = [s for s in store.seeds(profile_name, method)
                 if finished_metrics(store.stage_dir(profile_name, method, s, task)) is not None]
+    stale = stale_seeds(store, profile_name, method, task, finished if seeds is None else sorted(set(seeds) & set(finished)))
     if seeds is not None:
         missing = sorted(set(seeds) - set(finished))
         if missing:
             raise ConfigError(f"{method}: no finished {task} stage for seed(s) {missing} in {store.profile_dir(profile_name)}")
+        if stale:
+            raise ConfigError(f"{method}: seed(s) {sorted(stale)} of --seeds are stale, as clapbench table and status "
+                              "call them: " + "; ".join(f"seed {s} ({why})" for s, why in sorted(stale.items())))
         finished = sorted(seeds)
+    elif stale:
+        warn(f"{method}: left out, as in clapbench table: " + "; ".join(f"seed {s} ({why})" for s, why in sorted(stale.items())))
+        finished = [s for s in finished if s not in stale]
     if len(finished) < 2:
         raise ConfigError(f"{method}: {len(finished)} seed(s) with a finished {task} stage in "
-                          f"{store.profile_dir(profile_name)}; the decomposition needs 2 or more "
+                          f"{store.profile_dir(profile_name)}" + (f" ({len(stale)} more stale: seed(s) {sorted(stale)})" if stale else "")
+                          + "; the decomposition needs 2 or more "
                           f"(run: clapbench run --method {method} --tasks {task} --seeds 3 --profile {profile_arg})")
     datasets = resolve_datasets(profile)
     overrides = profile.task_config(task)
