@@ -133,6 +133,7 @@ def test_heads_trained_beside_a_stage_move_aside_with_it_when_its_config_changes
     _run(plan3, store)
     extra = store.variance_dir("toy", "a", 0, "tal", 1)
     extra.mkdir(parents=True)
+    atomic_write_json(extra / "head.json", {"stage_hash": plan3.hashes["a/seed0/tal"]})  # trained for that stage
     atomic_write_json(extra / "metrics.json", {"mAP@0.5": 0.1, "mAP@0.75": 0.1, "mAP@0.95": 0.1, "average_mAP": 0.1})
     [table] = make_tables(store, "toy", ["1"], baseline=None, include_paper=False, heads=2)
     assert [r.seeds for r in table.rows if r.source == "ours"] == [[0]]
@@ -547,10 +548,12 @@ def test_table_with_heads_averages_the_stage_and_variance_heads_and_leaves_out_s
     for seed, extra in ((0, 2), (1, 1)):
         d = store.stage_dir("p", "tsp", seed, "vlg")
         d.mkdir(parents=True)
+        atomic_write_json(d / "stage.json", {"status": "done", "hash": f"tsp{seed}"})
         atomic_write_json(d / "metrics.json", figures(0.30))
         for h in range(1, extra + 1):
             v = variance_dir(store, "p", "tsp", seed, "vlg", h)
             v.mkdir(parents=True)
+            atomic_write_json(v / "head.json", {"stage_hash": f"tsp{seed}"})
             atomic_write_json(v / "metrics.json", figures(0.30 + 0.03 * h))
     tacos = {f"tacos/R@1@{iou}": 0.1 for iou in ("0.1", "0.3", "0.5", "0.7")} | {"tacos/mIoU": 0.1}
     stage = store.stage_dir("p", "clap", 0, "vlg")
@@ -560,10 +563,12 @@ def test_table_with_heads_averages_the_stage_and_variance_heads_and_leaves_out_s
         head_dir(stage, h).mkdir(parents=True)
         atomic_write_json(head_dir(stage, h) / "metrics.json", m)
     atomic_write_json(stage / HEADS_FILE, {"seeds": [0, 1000, 2000], "metrics": per_head})
+    atomic_write_json(stage / "stage.json", {"status": "done", "hash": "clap0"})
     atomic_write_json(stage / "metrics.json", figures(0.43) | tacos)
     for h in (1, 2):  # analyze variance's whole heads (both datasets)
         v = variance_dir(store, "p", "clap", 0, "vlg", h)
         v.mkdir(parents=True)
+        atomic_write_json(v / "head.json", {"stage_hash": "clap0"})
         atomic_write_json(v / "metrics.json", figures(0.0) | {k: 0.1 + 0.3 * h for k in tacos})
 
     t2b, t3 = make_tables(store, "p", ["2b", "3"], baseline=None, include_paper=False, heads=3)

@@ -97,6 +97,11 @@ def test_head_seeds_and_the_variance_command_on_a_smoke_run_store(tmp_path):
     assert "2 pre-training seeds x 3 head seeds" in first.output and "average_mAP" in first.output
     extra = sorted(runs.glob("heads2/*/_variance/seed*/tal/head*/metrics.json"))
     assert [p.parent.name for p in extra] == ["head2", "head2"]  # heads 0 and 1 came from the stages
+    for p in extra:  # each names the stage it was trained for, and how
+        record = json.loads((p.parent / "head.json").read_text())
+        seed_stage = p.parents[4] / p.parents[2].name / "tal"
+        assert record["stage_hash"] == json.loads((seed_stage / "stage.json").read_text())["hash"]
+        assert record["head_seed"] == int(p.parents[2].name[4:]) + 2000 and "head_seeds" not in record["task_config"]
     stamps = [p.stat().st_mtime_ns for p in extra]
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0 and again.output == first.output  # reused, not retrained
@@ -274,10 +279,11 @@ def _extra_head(store, seed: int, value: float, head: int = 1):
     """What analyze variance leaves after training head ``head`` of seed ``seed``'s tal stage."""
     import json
 
-    from clap_bench.runs.variance import variance_dir
+    from clap_bench.runs.variance import stage_hash, variance_dir
 
     out = variance_dir(store, "toy", "a", seed, "tal", head)
     out.mkdir(parents=True, exist_ok=True)
+    (out / "head.json").write_text(json.dumps({"stage_hash": stage_hash(store, "toy", "a", seed, "tal")}))
     (out / "metrics.json").write_text(json.dumps({"mAP@0.5": value, "average_mAP": value}))
     return out
 
@@ -307,3 +313,76 @@ def test_variance_leaves_out_the_seeds_the_table_calls_stale_and_names_them(tmp_
     few = CliRunner().invoke(app, args)
     assert few.exit_code == 2 and "1 seed(s) with a finished tal stage" in few.output, few.output
     assert "(2 more stale: seed(s) [0, 1])" in few.output
+
+
+def test_extra_heads_are_recorded_for_their_stage_and_only_heads_of_the_stage_in_place_are_averaged(tmp_path, monkeypatch):
+    """Two hand-made tal stages of external features made with ``tasks.tal.epochs: 2``. Their head 1
+    under ``_variance/`` was trained by an older analyze variance (no head.json: unknown config) for
+    seed 0, and for another stage (hash ``old``) for seed 1: ``table --heads 2`` names both and averages
+    neither. analyze variance with a profile whose tasks.tal says ``epochs: 1`` is refused; with the
+    stages' config it moves both heads aside and trains them again with the stage's recorded task
+    config, recording the stage hash; the table then averages them."""
+    import json
+
+    import yaml
+
+    import clap_bench.downstream.base as base
+    from clap_bench.config import ConfigError
+    from clap_bench.runs import RunStore, make_tables
+    from clap_bench.runs.variance import run_variance, variance_dir
+
+    from clap_bench.config import head_config, load_profile
+
+    same = tmp_path / "ext_a.yaml"
+    same.write_text("base: smoke\nname: ext\ntasks:\n  tal:\n    epochs: 2\n")
+    made_with = load_profile(str(same)).tasks["tal"]  # what a stage of that profile records in its config.yaml
+    assert made_with["epochs"] == 2
+    feats = tmp_path / "ext.h5"
+    with h5py.File(feats, "w") as f:
+        f["v"] = np.zeros((3, 4), np.float32)
+    method = f"features:{feats}"
+    store = RunStore(tmp_path / "runs")
+    for seed in (0, 1):
+        stage = store.stage_dir("ext", method, seed, "tal")
+        stage.mkdir(parents=True)
+        (stage / "stage.json").write_text(json.dumps({"status": "done", "hash": f"h{seed}", "method": method}))
+        (stage / "config.yaml").write_text(yaml.safe_dump({"hash": f"h{seed}", "config": {"task": "tal", "overrides": made_with}}))
+        (stage / "metrics.json").write_text(json.dumps({"mAP@0.5": 0.5 + 0.1 * seed, "average_mAP": 0.3 + 0.1 * seed}))
+        old = variance_dir(store, "ext", method, seed, "tal", 1)
+        old.mkdir(parents=True)
+        (old / "metrics.json").write_text(json.dumps({"mAP@0.5": 0.9, "average_mAP": 0.9}))
+    (variance_dir(store, "ext", method, 1, "tal", 1) / "head.json").write_text(json.dumps({"stage_hash": "old"}))
+
+    [table] = make_tables(store, "ext", ["1"], baseline=None, include_paper=False, heads=2)
+    assert not [r for r in table.rows if r.source == "ours"]
+    retrain = f"clapbench analyze variance -m {method} --task tal --heads 2 --profile ext trains it again"
+    assert f"seed 0 (head 1 under {variance_dir(store, 'ext', method, 0, 'tal', 1)} has no head.json" in table.incomplete[0]
+    assert "seed 1 (head 1 under" in table.incomplete[0] and "trained for the tal stage of config hash old, not the one in place (h1)" in table.incomplete[0]
+    assert table.incomplete[0].count(retrain) == 2
+
+    other = tmp_path / "ext_b.yaml"
+    other.write_text("base: smoke\nname: ext\ntasks:\n  tal:\n    epochs: 1\n")
+    with pytest.raises(ConfigError, match=r"--profile .*ext_b.yaml: tasks.tal differs from the config the tal stage of "
+                                          r"seed\(s\) \[0, 1\].*epochs: 1 here, 2 in the stage"):
+        run_variance(store, str(other), method, "tal", heads=2, bootstrap=0, log=lambda m: None)
+
+    trained = []
+
+    class FakeTal:
+        def run(self, ctx):
+            trained.append((ctx.seed, dict(ctx.overrides)))
+            (ctx.out_dir / "metrics.json").write_text(json.dumps({"mAP@0.5": 0.4, "average_mAP": 0.2 + ctx.seed / 1e4}))
+
+    monkeypatch.setattr(base, "get_task", lambda name: FakeTal())
+    notes = []
+    parts = run_variance(store, str(same), method, "tal", heads=2, bootstrap=0, log=lambda m: None, warn=notes.append)
+    assert parts["average_mAP"].seeds == 2 and trained == [(1000, head_config(made_with)), (1001, head_config(made_with))]
+    assert any("head 1 has no head.json" in n and "head1@unrecorded" in n for n in notes)
+    assert any("config hash old" in n and "head1@old" in n for n in notes)
+    for seed in (0, 1):
+        record = json.loads((variance_dir(store, "ext", method, seed, "tal", 1) / "head.json").read_text())
+        assert record == {"stage_hash": f"h{seed}", "head_seed": 1000 + seed, "task_config": head_config(made_with)}
+    [table] = make_tables(store, "ext", ["1"], baseline=None, include_paper=False, heads=2)
+    [row] = [r for r in table.rows if r.source == "ours"]
+    assert row.seeds == [0, 1] and not table.incomplete
+    assert row.by_seed["average_mAP"][1] == pytest.approx(100 * (0.4 + 0.2 + 1001 / 1e4) / 2)

@@ -25,7 +25,7 @@ import yaml
 from clap_bench.config import ConfigError
 from clap_bench.io import save_figure
 from clap_bench.runs.claims import claim_holder
-from clap_bench.runs.store import CONFIG_FILE, METRICS_FILE, STAGE_FILE, RunStore, finished_metrics, method_dir_name, read_json
+from clap_bench.runs.store import CONFIG_FILE, STAGE_FILE, RunStore, finished_metrics, method_dir_name, read_json
 
 TABLE_IDS = ("1", "2a", "2b", "3")
 FORMATS = ("markdown", "latex", "csv")
@@ -205,19 +205,29 @@ def _mean_of_heads(store: RunStore, profile: str, method_dir: str, seed: int, ta
                    stage_metrics: Dict[str, Any]) -> tuple:
     """``(metrics, None)``: each of the stage's figures averaged over the first ``heads`` heads, a
     head's value taken from the stage's own head where it has it, else from the head analyze variance
-    trained; ``(None, why)`` when some head has no value for some figure."""
-    from clap_bench.runs.variance import stage_head, variance_dir
+    trained for this stage (its ``head.json`` names the stage's config hash); ``(None, why)`` when
+    some head has no value for some figure, or the head that would give it was trained for another
+    stage or does not say for which (``variance.extra_head``): then it is named, not averaged."""
+    from clap_bench.runs.variance import extra_head, stage_head
 
+    command = (f"clapbench analyze variance -m {store.method_label(profile, method_dir)} --task {task} --heads {heads} "
+               f"--profile {profile}")
     needed = [k for k, v in stage_metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
     values: Dict[str, List[float]] = {k: [] for k in needed}
     for h in range(heads):
         own = stage_head(store, profile, method_dir, seed, task, h)[1] or {}
-        extra = read_json(variance_dir(store, profile, method_dir, seed, task, h) / METRICS_FILE) or {}
+        extra = None
         for k in needed:
-            value = own.get(k, extra.get(k))
+            value = own.get(k)
             if value is None:
-                return None, (f"{h} of {heads} heads; clapbench analyze variance -m {method_dir} --task {task} "
-                              f"--heads {heads} --profile {profile} trains the rest")
+                if extra is None:
+                    folder, extra, problem = extra_head(store, profile, method_dir, seed, task, h)
+                    if problem is not None:
+                        return None, f"head {h} under {folder} {problem}: not averaged; {command} trains it again"
+                    extra = extra or {}
+                value = extra.get(k)
+            if value is None:
+                return None, f"{h} of {heads} heads; {command} trains the rest"
             values[k].append(float(value))
     return {k: float(np.mean(v)) for k, v in values.items()}, None
 

@@ -24,7 +24,13 @@ The extra head runs (head seed ``seed + 1000 * h`` for ``h >= 1``; ``h = 0`` is 
 run, or the stage's own heads where it ran ``tasks.<task>.head_seeds``) are written under
 ``<profile>/<method>/_variance/seed<k>/<task>/head<h>/`` of the run store
 (outside the stage folders, so status and tables do not see them) and reused when the command runs
-again: a head run is finished when its ``metrics.json`` exists, which the tasks write last.
+again: a head run is finished when its ``metrics.json`` exists, which the tasks write last. Each is
+trained with the ``tasks.<task>`` section the task stage recorded in its ``config.yaml`` (a profile
+that says otherwise is refused: it describes other stages), and its ``head.json`` records the stage's
+config hash, the head seed and that task config. A head counts (here and in ``clapbench table
+--heads``) only while that hash is the stage's in place; a head without ``head.json`` (trained before
+heads recorded their stage) is of unknown config and counts as not matching: the table lists it, and
+this command moves such a head aside (``head<h>@<hash>``, ``head<h>@unrecorded``) and trains it again.
 """
 
 from __future__ import annotations
@@ -44,6 +50,9 @@ TASK_METRICS = {
     "vlg": ("charades-sta/R@1@0.5", "charades-sta/mIoU", "tacos/R@1@0.5", "tacos/mIoU"),
 }
 HEAD_SEED_STRIDE = 1000
+# In each head folder under ``_variance/``: the task stage (config hash) the head was trained for, and
+# the task config it was trained with (the stage's own)
+HEAD_RECORD = "head.json"
 
 
 def head_seed(seed: int, head: int) -> int:
@@ -181,20 +190,67 @@ def stage_head(store, profile: str, method: str, seed: int, task: str, head: int
     return out, read_json(out / METRICS_FILE)
 
 
+def stage_hash(store, profile: str, method: str, seed: int, task: str) -> Optional[str]:
+    """The config hash the ``task`` stage of (method, seed) recorded (``stage.json``), or None."""
+    from clap_bench.runs.store import STAGE_FILE, read_json
+
+    return (read_json(store.stage_dir(profile, method, seed, task) / STAGE_FILE) or {}).get("hash")
+
+
+def extra_head(store, profile: str, method: str, seed: int, task: str, head: int) -> tuple:
+    """``(folder, metrics or None, problem or None)`` of head ``head`` under ``_variance/``. ``metrics``:
+    None while the head is not finished; ``problem``: why a finished head does not count (its
+    ``head.json`` names another stage hash than the task stage's now, or it has none: trained before
+    heads recorded their stage, so what it was trained under is unknown)."""
+    from clap_bench.runs.store import METRICS_FILE, read_json
+
+    out = variance_dir(store, profile, method, seed, task, head)
+    metrics = read_json(out / METRICS_FILE)
+    if metrics is None:
+        return out, None, None
+    record = read_json(out / HEAD_RECORD)
+    current = stage_hash(store, profile, method, seed, task)
+    if record is None:
+        return out, metrics, (f"has no {HEAD_RECORD} naming the {task} stage it was trained for "
+                              "(trained before heads recorded it: its config is unknown)")
+    if current is None or record.get("stage_hash") != current:
+        return out, metrics, (f"was trained for the {task} stage of config hash {record.get('stage_hash')}, "
+                              f"not the one in place ({current})")
+    return out, metrics, None
+
+
 def locate_head(store, profile: str, method: str, seed: int, task: str, head: int,
                 needed: Sequence[str] = ()) -> tuple:
     """``(folder, metrics or None)`` of head ``head`` of (method, seed)'s ``task`` stage for the
     decomposition: the stage's own head when it holds every metric of ``needed`` (a head of
     per-dataset head seeds may lack a dataset's figures), else the head under ``_variance/``
     (trained there on every dataset). ``metrics`` is ``None`` while that head is not finished (its
-    ``metrics.json`` is written last)."""
-    from clap_bench.runs.store import METRICS_FILE, read_json
-
+    ``metrics.json`` is written last), or when it was not trained for the stage in place (``extra_head``)."""
     out, result = stage_head(store, profile, method, seed, task, head)
     if out is not None and (result is None or all(m in result for m in needed)):
         return out, result
-    out = variance_dir(store, profile, method, seed, task, head)
-    return out, read_json(out / METRICS_FILE)
+    out, result, problem = extra_head(store, profile, method, seed, task, head)
+    return out, None if problem else result
+
+
+def stage_task_config(store, profile: str, method: str, seed: int, task: str) -> Optional[Dict]:
+    """``tasks.<task>`` as the ``task`` stage of (method, seed) recorded it in its ``config.yaml``
+    (``overrides``), or None where it recorded none (a plug-in plan's stage)."""
+    import yaml
+
+    from clap_bench.runs.store import CONFIG_FILE
+
+    path = store.stage_dir(profile, method, seed, task) / CONFIG_FILE
+    recorded = yaml.safe_load(path.read_text()) if path.is_file() else None
+    config = (recorded or {}).get("config") if isinstance(recorded, dict) else None
+    if not isinstance(config, dict) or "overrides" not in config:
+        return None
+    return _plain(config["overrides"] or {})
+
+
+def _plain(value):
+    """As JSON gives it back (tuples as lists, keys as strings), to compare a YAML record with a profile."""
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
 def task_feature_files(store, profile: str, method: str, seed: int, task: str, config=None) -> Dict[str, Path]:
@@ -245,6 +301,7 @@ def run_variance(store, profile_arg: str, method: str, task: str, heads: int = 3
 
     from clap_bench.config import ConfigError, resolve_datasets, resolve_threads
     from clap_bench.downstream.base import TaskContext, get_task
+    from clap_bench.io import atomic_write_json
     from clap_bench.runs.store import METRICS_FILE, finished_metrics, read_json
 
     warn = warn or log
@@ -273,6 +330,23 @@ def run_variance(store, profile_arg: str, method: str, task: str, heads: int = 3
                           f"{store.profile_dir(profile_name)}" + (f" ({len(stale)} more stale: seed(s) {sorted(stale)})" if stale else "")
                           + "; the decomposition needs 2 or more "
                           f"(run: clapbench run --method {method} --tasks {task} --seeds 3 --profile {profile_arg})")
+    # The extra heads train as the stage's own head did: with the tasks.<task> its config.yaml recorded.
+    # A profile (a YAML file) that says otherwise describes other stages than these: refused.
+    from clap_bench.config import head_config
+
+    given = _plain(profile.tasks.get(task) or {})
+    recorded = {s: stage_task_config(store, profile_name, method, s, task) for s in finished}
+    differ = {s: r for s, r in recorded.items() if r is not None and r != given}
+    if differ:
+        first = next(iter(differ.values()))
+        keys = sorted(k for k in set(first) | set(given) if first.get(k) != given.get(k))
+        shown = "; ".join(f"{k}: {given.get(k, '(not set)')!r} here, {first.get(k, '(not set)')!r} in the stage" for k in keys)
+        raise ConfigError(
+            f"--profile {profile_arg}: tasks.{task} differs from the config the {task} stage of seed(s) "
+            f"{sorted(differ)} of {method} was made with "
+            f"({store.stage_dir(profile_name, method, next(iter(differ)), task) / 'config.yaml'}): {shown}. The extra "
+            f"heads must train as the stage's own head did: give --profile {profile_name} (the config the store "
+            f"recorded), or rerun those stages under this profile first")
     datasets = resolve_datasets(profile)
     overrides = profile.task_config(task)
     spec = get_task(task)
@@ -300,11 +374,21 @@ def run_variance(store, profile_arg: str, method: str, task: str, heads: int = 3
         for h in range(heads):
             out, result = locate_head(store, profile_name, method, seed, task, h, metrics)
             if result is None:
+                _, _, problem = extra_head(store, profile_name, method, seed, task, h)
+                if problem is not None and out.is_dir():  # kept aside, never read again; trained anew below
+                    from clap_bench.runs.store import archive_stage
+
+                    old = (read_json(out / HEAD_RECORD) or {}).get("stage_hash") or "unrecorded"
+                    warn(f"{method} seed {seed}: {task} head {h} {problem}; moved to {archive_stage(out, old)}, trained again")
                 features = features or task_feature_files(store, profile_name, method, seed, task, profile)
                 log(f"{method} seed {seed}: {task} head {h} (head seed {head_seed(seed, h)}) -> {out}")
                 out.mkdir(parents=True, exist_ok=True)
+                head_overrides = head_config(recorded[seed]) if recorded[seed] is not None else overrides
+                atomic_write_json(out / HEAD_RECORD, {
+                    "stage_hash": stage_hash(store, profile_name, method, seed, task), "head_seed": head_seed(seed, h),
+                    "task_config": head_overrides})
                 spec.run(TaskContext(features=features, datasets=datasets, out_dir=out, seed=head_seed(seed, h),
-                                     overrides=overrides, progress=progress))
+                                     overrides=head_overrides, progress=progress))
                 result = read_json(out / METRICS_FILE)
             for m in metrics:
                 if m not in result:
