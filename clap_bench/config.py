@@ -556,20 +556,30 @@ def _read_yaml(path: Path) -> dict:
     return data
 
 
-def _resolve_raw(name_or_path: str, seen: tuple = ()) -> tuple[dict, str]:
+def _profile_path(name_or_path: str, where: str = "") -> Path:
+    """The YAML file of a built-in profile name or a path. ``where`` (``"<file>: base: "``) prefixes
+    the error of a profile named by another file's ``base`` key, so that the message names that file."""
     path = Path(name_or_path)
     if not path.suffix:
         path = PROFILES_DIR / f"{name_or_path}.yaml"
         if not path.exists():
-            raise ConfigError(f"unknown profile {name_or_path!r}; known: {', '.join(PROFILE_NAMES)} or a YAML file path")
+            raise ConfigError(f"{where}unknown profile {name_or_path!r}; known: {', '.join(PROFILE_NAMES)} or a YAML file path")
     elif not path.exists():
-        raise ConfigError(f"{path}: profile file not found")
+        raise ConfigError(f"{where}{path}: profile file not found")
+    return path
+
+
+def _resolve_raw(name_or_path: str, seen: tuple = (), where: str = "") -> tuple[dict, str]:
+    path = _profile_path(name_or_path, where)
     if str(path) in seen:
         raise ConfigError(f"{path}: 'base' chain loops ({' -> '.join(seen)})")
     raw = _read_yaml(path)
     base = raw.pop("base", None)
     if base:
-        base_raw, _ = _resolve_raw(str(base), seen + (str(path),))
+        if not isinstance(base, str):
+            raise ConfigError(f"{path}: base: expected a profile name ({', '.join(PROFILE_NAMES)}) or a YAML file path, "
+                              f"got {base!r}")
+        base_raw, _ = _resolve_raw(base, seen + (str(path),), where=f"{path}: base: ")
         raw = deep_merge(base_raw, raw)
     return raw, str(path)
 

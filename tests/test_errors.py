@@ -65,6 +65,25 @@ def test_base_loop_names_the_files_in_the_loop(tmp_path):
     assert str(tmp_path / "a.yaml") in str(info.value) and str(tmp_path / "b.yaml") in str(info.value)
 
 
+
+def test_unknown_base_names_the_file_and_its_base_key(tmp_path):
+    bad = tmp_path / "badbase.yaml"
+    bad.write_text("name: bad\nbase: nosuch\n")
+    with pytest.raises(ConfigError, match=rf"^{bad}: base: unknown profile 'nosuch'; known: smoke, default, paper"):
+        load_profile(str(bad))
+    bad.write_text(f"base: {tmp_path / 'gone.yaml'}\n")
+    with pytest.raises(ConfigError, match=rf"^{bad}: base: {tmp_path / 'gone.yaml'}: profile file not found"):
+        load_profile(str(bad))
+    # one level down: the file whose base key is wrong is named, not the one loaded
+    top = tmp_path / "top.yaml"
+    top.write_text(f"base: {bad}\n")
+    with pytest.raises(ConfigError, match=rf"^{bad}: base: {tmp_path / 'gone.yaml'}"):
+        load_profile(str(top))
+    bad.write_text("base: [smoke]\n")
+    with pytest.raises(ConfigError, match=rf"^{bad}: base: expected a profile name"):
+        load_profile(str(bad))
+
+
 # --------------------------------------------------------------------------- CLI messages
 def _fails_cleanly(args: list, code: int = None) -> str:
     """Run the CLI; it must exit non-zero (``code`` where given) through its own error path (no
