@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -588,8 +589,22 @@ def load_profile(name_or_path: str = "default", overrides: Optional[dict] = None
     raw, where = _resolve_raw(name_or_path)
     if overrides:
         raw = deep_merge(raw, overrides)
+    from_file = "name" not in raw
     raw.setdefault("name", Path(name_or_path).stem)
-    return from_dict(Profile, raw, where)
+    profile = from_dict(Profile, raw, where)
+    check_profile_name(profile.name, f"{where}: name" + (" (the file's name, as it has no name key)" if from_file else ""))
+    return profile
+
+
+# A profile's name is a folder of the run store (``<runs>/<name>/``) and part of cache paths: one
+# plain path component, not one of the store's own folders (``_shared``, ``_submitit``) nor hidden.
+PROFILE_NAME_RE = re.compile(r"[A-Za-z0-9+-][A-Za-z0-9._+-]*")
+
+
+def check_profile_name(name: str, where: str = "name") -> None:
+    if not PROFILE_NAME_RE.fullmatch(name):
+        raise ConfigError(f"{where}: expected letters, digits, '.', '_', '+' and '-', not starting with '_' or '.' "
+                          f"(the name is the profile's folder in the run store), got {name!r}")
 
 
 def resolve_datasets(profile: Profile, progress: bool = False) -> Dict[str, DatasetConfig]:

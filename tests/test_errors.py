@@ -84,6 +84,25 @@ def test_unknown_base_names_the_file_and_its_base_key(tmp_path):
         load_profile(str(bad))
 
 
+
+@pytest.mark.parametrize("name", ["ablation/lr0.1", "../../evil", "..", "_shared", ".hidden", "a b", ""])
+def test_a_profile_name_that_is_not_one_plain_folder_name_is_refused_naming_the_file_and_key(tmp_path, name):
+    bad = tmp_path / "named.yaml"
+    bad.write_text(f"base: smoke\nname: {name!r}\n")
+    with pytest.raises(ConfigError, match=rf"^{bad}: name: expected letters, digits") as info:
+        load_profile(str(bad))
+    assert repr(name) in str(info.value)
+
+
+def test_a_profile_named_after_its_file_is_checked_too_and_plain_names_pass(tmp_path):
+    for name in ("abl-lr0.1", "v2+aug", "Run_3", "smoke"):
+        assert load_profile("smoke", overrides={"name": name}).name == name
+    plain = tmp_path / "_scratch2.yaml"
+    plain.write_text("encoder: {}\n")
+    with pytest.raises(ConfigError, match=rf"^{plain}: name \(the file's name, as it has no name key\): .*'_scratch2'"):
+        load_profile(str(plain))
+
+
 # --------------------------------------------------------------------------- CLI messages
 def _fails_cleanly(args: list, code: int = None) -> str:
     """Run the CLI; it must exit non-zero (``code`` where given) through its own error path (no
@@ -102,6 +121,15 @@ def test_cli_bad_profile_file_names_the_file_and_the_key(tmp_path):
     out = _fails_cleanly(["run", "--method", "clap", "--config", str(bad), "--dry-run", "--runs-dir", str(tmp_path / "runs")])
     assert str(bad) in out and "tasks_typo" in out
     assert not (tmp_path / "runs").exists()
+
+
+def test_cli_refuses_a_profile_name_outside_the_store_before_writing(tmp_path):
+    bad = tmp_path / "evil.yaml"
+    bad.write_text("base: smoke\nname: ../../evil\n")
+    out = _fails_cleanly(["run", "--method", "clap", "--seeds", "1", "--tasks", "tal", "--config", str(bad),
+                          "--runs-dir", str(tmp_path / "a" / "b" / "runs"), "--dry-run"], 2)
+    assert str(bad) in out and "name" in out and "../../evil" in out
+    assert not (tmp_path / "a").exists() and not (tmp_path / "evil").exists()
 
 
 @pytest.mark.parametrize("seeds", ["abc", "0"])
