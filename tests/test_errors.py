@@ -159,6 +159,37 @@ def test_cli_unknown_method_lists_the_known_methods(tmp_path):
         assert known in out, known
 
 
+
+@pytest.mark.parametrize("methods", [",", " , ", ""])
+def test_cli_sweep_of_no_method_is_refused_and_writes_nothing(tmp_path, methods):
+    runs = tmp_path / "runs"
+    out = _fails_cleanly(["sweep", "--methods", methods, "--seeds", "1", "--tasks", "tal", "--profile", "smoke",
+                          "--executor", "local", "--runs-dir", str(runs)], 2)
+    assert "--methods" in out and repr(methods) in out
+    assert not runs.exists()  # no profile.json overwritten by a run of nothing
+
+
+@pytest.mark.parametrize("command", [["run", "--method", "clap", "-q"], ["sweep", "--methods", "clap,tsp", "--executor", "local"]])
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_cli_run_of_no_task_is_refused_and_writes_nothing(tmp_path, monkeypatch, command, dry_run):
+    import clap_bench.config
+
+    def no_datasets(*a, **k):
+        raise AssertionError("datasets prepared for a run of no task")
+
+    monkeypatch.setattr(clap_bench.config, "resolve_datasets", no_datasets)
+    runs = tmp_path / "runs"
+    out = _fails_cleanly(command + ["--tasks", ",", "--seeds", "1", "--profile", "smoke", "--runs-dir", str(runs)]
+                         + (["--dry-run"] if dry_run else []), 2)
+    assert "--tasks" in out and "','" in out
+    assert not runs.exists()
+
+
+@pytest.mark.parametrize("option", ["--methods", "--tasks"])
+def test_cli_status_of_no_method_or_task_is_refused_once(tmp_path, option):
+    out = _fails_cleanly(["status", option, ",", "--profile", "smoke", "--runs-dir", str(tmp_path / "runs")], 2)
+    assert f"{option}: expected comma-separated" in out and out.count("error:") == 1
+
 # --------------------------------------------------------------------------- run / sweep: executor and submission
 @pytest.mark.parametrize("command", ["run", "sweep"])
 @pytest.mark.parametrize("dry_run", [True, False])

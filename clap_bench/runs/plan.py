@@ -186,8 +186,11 @@ def parse_tasks(tasks: Optional[Iterable[str] | str]) -> List[str]:
     plug-in tasks (registered by an entry point or an imported module, see ``clap_bench.plugins``)."""
     if tasks is None or tasks == "" or tasks == "all":
         return list(TASK_NAMES)
+    given = tasks
     if isinstance(tasks, str):
         tasks = [t for t in tasks.split(",") if t.strip()]
+    if not tasks:  # "," or an empty list: a plan of no task would run nothing but the shared stages
+        raise ConfigError(f"--tasks: expected comma-separated task names (or all), got {given!r}")
     from clap_bench.downstream.base import list_tasks
 
     known = list(TASK_NAMES) + [t for t in list_tasks() if t not in TASK_NAMES]
