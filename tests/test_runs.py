@@ -687,6 +687,75 @@ def test_external_features_skip_pretraining(tmp_path):
         build_plan(load_profile("smoke"), [f"features:{folder}"], [0], ["tal"])
 
 
+
+def _small_features(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as f:
+        f["v_x"] = np.zeros((3, 4), np.float32)
+    return path
+
+
+def test_two_feature_files_of_one_name_are_refused_in_one_plan_naming_both_and_the_folder(tmp_path):
+    # The folder of features:PATH is named after the file (features-features for both): the second
+    # method's stages would move the first's aside and the table would show one row.
+    a, b = _small_features(tmp_path / "r1" / "features.h5"), _small_features(tmp_path / "r2" / "features.h5")
+    with pytest.raises(ConfigError) as info:
+        build_plan(load_profile("smoke"), [f"features:{a}", f"features:{b}"], [0, 1], ["tal"])
+    message = str(info.value)
+    assert f"'features:{a}'" in message and f"'features:{b}'" in message and "'features-features'" in message
+    assert "ln -s" in message  # says what to do
+    # the same for any plan factory: the plan itself refuses a second method in a method's folder
+    with pytest.raises(ConfigError, match="share the run store folder 'features-features'"):
+        build_toy_plan(toy_profile(), ["features:/x/features.h5", "features:/y/features.h5"], [0])
+    # names that do not collide keep their folders (existing stores stay valid)
+    plan = build_plan(load_profile("smoke"), [f"features:{a}", f"features:{_small_features(tmp_path / 'videoclip.h5')}"], [0], ["tal"])
+    assert {method_dir_name(s.method) for s in plan} == {"features-features", "features-videoclip"}
+
+
+def test_a_run_into_a_folder_holding_another_methods_stages_is_refused_and_moves_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLAPBENCH_PLAN_FACTORY", "test_runs_toy_plan:build_toy_plan")
+    monkeypatch.chdir(tmp_path)
+    first, second = "features:/data/r1/features.h5", "features:/data/r2/features.h5"
+    args = ["--seeds", "2", "--profile", "smoke", "--runs-dir", str(tmp_path / "runs"), "-q"]
+    assert CliRunner().invoke(app, ["run", "--method", first] + args).exit_code == 0
+    folder = tmp_path / "runs" / "smoke" / "features-features"
+    before = sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+    for extra in ([], ["--dry-run"]):
+        result = CliRunner().invoke(app, ["run", "--method", second] + args + extra)
+        assert result.exit_code == 2, result.output
+        assert f"'{first}'" in result.output and f"'{second}'" in result.output and "'features-features'" in result.output
+        assert str(folder) in result.output.replace("\n", "")
+    assert sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) == before  # nothing moved aside
+    sweep = CliRunner().invoke(app, ["sweep", "--methods", f"{first},{second}", "--executor", "local"] + args[:-1])
+    assert sweep.exit_code == 2 and "share the run store folder 'features-features'" in sweep.output, sweep.output
+    store = RunStore(tmp_path / "runs")
+    store.check_method_folder("smoke", first)  # the folder's own method goes on
+    # the store itself refuses to prepare another method's stage folder
+    stage = store.stage_dir("smoke", second, 0, "tal")
+    with pytest.raises(ConfigError, match=f"records '{first}'"):
+        store.prepare(stage, "other-hash", {"stage": "tal", "method": second, "seed": 0, "profile": "smoke"}, {})
+    assert not list(stage.parent.glob("tal@*"))
+    result = CliRunner().invoke(app, ["table", "--runs-dir", str(tmp_path / "runs"), "--profile", "smoke", "--tables", "1"])
+    assert result.exit_code == 0 and first in result.output, result.output
+
+
+def test_a_feature_file_named_by_a_relative_or_absolute_path_is_one_method(tmp_path, monkeypatch):
+    from clap_bench.runs.store import same_method
+
+    monkeypatch.chdir(tmp_path)
+    _small_features(tmp_path / "r1" / "features.h5")
+    assert same_method("features:r1/features.h5", f"features:{tmp_path}/r1/features.h5")
+    assert same_method("features:./r1/../r1/features.h5", "features:r1/features.h5")
+    assert not same_method("features:r1/features.h5", "features:r2/features.h5")
+    assert not same_method("clap", "features:clap")
+    store = RunStore(tmp_path / "runs")
+    store.prepare(store.stage_dir("p", "features:r1/features.h5", 0, "tal"), "h1",
+                  {"stage": "tal", "method": "features:r1/features.h5", "seed": 0, "profile": "p"}, {})
+    store.check_method_folder("p", f"features:{tmp_path}/r1/features.h5")  # no error
+    with pytest.raises(ConfigError, match="share the run store folder"):
+        store.check_method_folder("p", "features:r2/features.h5")
+
+
 def test_run_dry_run_prints_the_plan(tmp_path):
     result = CliRunner().invoke(app, ["run", "--method", "clap", "--seeds", "2", "--profile", "smoke", "--tasks", "tal",
                                       "--runs-dir", str(tmp_path), "--dry-run"])

@@ -58,10 +58,12 @@ def _execute(methods: List[str], seeds: str, tasks: Optional[str], profile: Opti
         if executor == "slurm":
             prof = with_job_threads(prof, cluster_profile)
         plan = plan_factory()(prof, methods, seed_list, task_list)
+        store = RunStore(runs_root(runs_dir))
+        for method in dict.fromkeys(s.method for s in plan if s.method is not None):
+            store.check_method_folder(prof.name, method)  # its folder holds another method's stages
     except (ConfigError, KeyError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2)
-    store = RunStore(runs_root(runs_dir))
     if dry_run:
         from clap_bench.runs.executors import damaged_record
 

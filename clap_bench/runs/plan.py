@@ -39,7 +39,7 @@ from clap_bench.config import (
     resolve_threads, source_seed, source_train_identity,
 )
 from clap_bench.runs.slurm import STAGE_KINDS
-from clap_bench.runs.store import METRICS_FILE, RunStore, read_json
+from clap_bench.runs.store import METRICS_FILE, RunStore, method_dir_name, method_folder_clash, read_json
 
 log = logging.getLogger(__name__)
 
@@ -117,10 +117,16 @@ class Plan:
     profile: Profile
     stages: Dict[str, StageSpec] = field(default_factory=dict)
     hashes: Dict[str, str] = field(default_factory=dict)
+    _folders: Dict[str, str] = field(default_factory=dict, repr=False)  # method folder name -> its method
 
     def add(self, spec: StageSpec) -> StageSpec:
         if spec.key in self.stages:
             return self.stages[spec.key]
+        if spec.method is not None:  # two methods in one folder would move each other's stages aside
+            folder = method_dir_name(spec.method)
+            other = self._folders.setdefault(folder, spec.method)
+            if other != spec.method:
+                raise ConfigError(method_folder_clash(self.profile.name, folder, spec.method, other, "both in this plan"))
         for dep in spec.deps:
             if dep not in self.stages:
                 raise ValueError(f"stage {spec.key}: upstream {dep} must be added first")

@@ -71,6 +71,40 @@ def method_dir_name(method: str) -> str:
     return _SAFE.sub("_", method)
 
 
+def same_method(a: str, b: str) -> bool:
+    """Whether two method names mean one method: equal, or external features naming the same file
+    or folder (``features:feats.h5`` and ``features:/abs/feats.h5`` typed from its folder)."""
+    if a == b:
+        return True
+    prefix = "features:"
+    if not (a.startswith(prefix) and b.startswith(prefix)):
+        return False
+
+    def target(m: str) -> Path:
+        return Path(os.path.expanduser(m[len(prefix):])).resolve()
+
+    return target(a) == target(b)
+
+
+def folder_clash_advice(method: str) -> str:
+    """What to do when ``method`` shares its folder with another method."""
+    if method.startswith("features:"):
+        target = Path(os.path.expanduser(method.split(":", 1)[1])).resolve()
+        if not target.name:
+            return "The folder of features:PATH is named after the file or folder name; name one of them differently"
+        other = target.with_name(target.stem + "-2" + target.suffix) if target.suffix == ".h5" else target.with_name(target.name + "-2")
+        return (f"The folder of features:PATH is named after the file or folder name; to keep both, name one "
+                f"of them differently, e.g. through a link: ln -s {target} {other}, then features:{other} "
+                f"(or run it with another --runs-dir)")
+    return "The folder of a method is named after it; run one of them with another --runs-dir"
+
+
+def method_folder_clash(profile: str, folder: str, method: str, other: str, where: str) -> str:
+    return (f"methods {other!r} and {method!r} share the run store folder {folder!r} of profile {profile!r} "
+            f"({where}): each run of one would move the other's stages aside, and the tables would show only one. "
+            + folder_clash_advice(method))
+
+
 class RunStore:
     def __init__(self, root: os.PathLike | str):
         self.root = Path(root)
@@ -140,6 +174,35 @@ class RunStore:
                 out.append(int(m.group(1)))
         return sorted(out)
 
+    def recorded_methods(self, profile: str, method_dir: str) -> Dict[str, Path]:
+        """The methods the current stage records of a method folder name (``stage.json``'s ``method``),
+        each with one of its stage folders; damaged records are left out (``status`` names them)."""
+        found: Dict[str, Path] = {}
+        for seed in self.seeds(profile, method_dir):
+            for stage in sorted(self.seed_dir(profile, method_dir, seed).iterdir()):
+                if not stage.is_dir() or "@" in stage.name:
+                    continue
+                try:
+                    record = read_json(stage / STAGE_FILE)
+                except ValueError:
+                    continue
+                if record and record.get("method"):
+                    found.setdefault(record["method"], stage)
+        return found
+
+    def check_method_folder(self, profile: str, method: str) -> None:
+        """Raise ``ConfigError`` when ``method``'s folder holds the stages of another method that maps
+        to the same folder name (``features:/a/feats.h5`` and ``features:/b/feats.h5``): running it
+        would move that method's stages aside, and rerunning either would flip them forever."""
+        from clap_bench.config import ConfigError
+
+        folder = method_dir_name(method)
+        for other, stage in self.recorded_methods(profile, folder).items():
+            if not same_method(other, method):
+                raise ConfigError(method_folder_clash(profile, folder, method, other,
+                                                      f"{self.profile_dir(profile) / folder} holds {other!r}'s stages, "
+                                                      f"e.g. {stage / STAGE_FILE}"))
+
     def method_label(self, profile: str, method_dir: str) -> str:
         """The method as the user named it (``features:PATH`` keeps its path), read from a stage record."""
         for seed in self.seeds(profile, method_dir):
@@ -156,6 +219,13 @@ class RunStore:
         """Make ``stage_dir`` hold the stage of ``config_hash``: archive a folder of another hash,
         then write the resolved config and a ``stage.json`` with status ``pending`` if none is there."""
         current = read_json(stage_dir / STAGE_FILE)
+        asked, recorded = record.get("method"), (current or {}).get("method")
+        if asked and recorded and not same_method(asked, recorded):  # never move another method's stage aside
+            from clap_bench.config import ConfigError
+
+            folder = stage_dir.parent.parent.name
+            raise ConfigError(method_folder_clash(record.get("profile") or stage_dir.parent.parent.parent.name, folder,
+                                                  asked, recorded, f"{stage_dir / STAGE_FILE} records {recorded!r}"))
         if current is not None and current.get("hash") != config_hash:
             _archive_with_variance_heads(stage_dir, current.get("hash") or "unknown")
             current = None
