@@ -930,6 +930,107 @@ def test_stages_submitted_to_slurm_run_as_many_threads_as_their_job_has_cpus(tmp
         build_plan(load_profile("smoke", {"runtime": {"job_threads": {"gpu": 2}}}), ["clap"], [0], None)
 
 
+
+def _cores(monkeypatch, n: int) -> None:
+    """This process may run on ``n`` cores (as under ``taskset``), outside SLURM."""
+    import os
+
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(n)))
+
+
+def _finished_store(root: Path, profile, methods=("clap",), seeds=(0, 1), recorded=None) -> RunStore:
+    """Stages of ``build_plan(profile)`` recorded done (no training), and ``profile.json`` as a run
+    records it (``recorded``: another profile to record, e.g. one written before the thread counts were)."""
+    from clap_bench.config import to_dict
+
+    store = RunStore(root)
+    plan = build_plan(profile, list(methods), list(seeds), ["tal"])
+    atomic_write_json(store.profile_file(profile.name), to_dict(recorded or profile))
+    for spec in plan:
+        d = plan.stage_dir(store, spec)
+        store.prepare(d, plan.hashes[spec.key], {"stage": spec.name, "method": spec.method, "seed": spec.seed,
+                                                 "profile": profile.name}, plan.resolved_config(spec))
+        metrics = {"average_mAP": 0.3 + 0.01 * spec.seed, "mAP@0.5": 0.5} if spec.name == "tal" else {"ok": 1}
+        store.finish(d, metrics)
+    return store
+
+
+def test_a_fresh_store_plans_with_this_machines_thread_count_as_before(tmp_path, monkeypatch):
+    from clap_bench.runs.slurm import STAGE_KINDS
+    from clap_bench.runs.store import with_store_threads
+
+    for name in ("smoke", "default", "paper"):
+        prof = load_profile(name)
+        pinned = with_store_threads(prof, RunStore(tmp_path / "fresh"))
+        assert pinned.runtime.job_threads == {kind: len(__import__("os").sched_getaffinity(0)) for kind in STAGE_KINDS}
+        assert build_plan(pinned, ["clap", "tsp"], [0, 1], None).hashes == build_plan(prof, ["clap", "tsp"], [0, 1], None).hashes
+    explicit = load_profile("smoke", {"runtime": {"threads": 1}})
+    assert with_store_threads(explicit, RunStore(tmp_path / "fresh")) is explicit
+
+
+@pytest.mark.parametrize("recorded_counts", [True, False], ids=["recorded", "store-before-counts"])
+def test_a_store_keeps_its_thread_count_on_a_machine_with_other_cores(tmp_path, monkeypatch, recorded_counts):
+    """A store made on 4 cores: status, run and table on 1 core (taskset -c 0) see its stages done, as the
+    store's thread count (profile.json, or for a store recorded before the counts were, its stages'
+    configs) is reused while runtime.threads is unset; runtime.threads set to another count gives new stages."""
+    from clap_bench.runs.slurm import STAGE_KINDS
+
+    _cores(monkeypatch, 4)
+    made = load_profile("smoke", {"runtime": {"job_threads": {kind: 4 for kind in STAGE_KINDS}}}) if recorded_counts \
+        else load_profile("smoke")  # a local run before the counts were recorded: runtime left empty
+    _finished_store(tmp_path / "runs", made)
+    runs = ["--runs-dir", str(tmp_path / "runs")]
+    _cores(monkeypatch, 1)
+    status = CliRunner().invoke(app, ["status", "--profile", "smoke", "--tasks", "tal"] + runs)
+    assert status.exit_code == 0 and "stale" not in status.output and "  7 done\n" in status.output, status.output
+    dry = CliRunner().invoke(app, ["run", "--method", "clap", "--seeds", "2", "--tasks", "tal", "--profile", "smoke",
+                                   "--dry-run"] + runs)
+    assert dry.exit_code == 0 and "  todo " not in dry.output and dry.output.count("  done ") == 7, dry.output
+    table = CliRunner().invoke(app, ["table", "--tables", "1", "--profile", "smoke"] + runs)
+    assert table.exit_code == 0 and "Incomplete" not in table.output and "stale" not in table.output, table.output
+    assert "| CLAP " in table.output and "30.50 ± 0.71" in table.output, table.output  # both seeds aggregated
+    # an explicit count other than the stages' gives new stages, for run and status alike
+    two = tmp_path / "two.yaml"
+    two.write_text("base: smoke\nruntime:\n  threads: 2\n")
+    dry = CliRunner().invoke(app, ["run", "--method", "clap", "--seeds", "2", "--tasks", "tal", "--config", str(two),
+                                   "--dry-run"] + runs)
+    assert dry.exit_code == 0 and "  done " not in dry.output, dry.output
+    status = CliRunner().invoke(app, ["status", "--config", str(two), "--tasks", "tal"] + runs)
+    assert status.exit_code == 0 and "  7 stale\n" in status.output, status.output
+
+
+
+def test_table_and_status_agree_on_a_seed_made_under_another_thread_count(tmp_path, monkeypatch):
+    """Seed 1 rerun with runtime.threads: 2 after both seeds ran with 1 thread: status calls seed 0
+    stale, and the table, whose recorded profile now pins the count, leaves it out as well."""
+    _cores(monkeypatch, 4)
+    method = f"features:{_small_features(tmp_path / 'videoclip.h5')}"
+    root = tmp_path / "runs"
+    _finished_store(root, load_profile("smoke", {"runtime": {"threads": 1}}), methods=(method,))
+    _finished_store(root, load_profile("smoke", {"runtime": {"threads": 2}}), methods=(method,), seeds=(1,))
+    status = CliRunner().invoke(app, ["status", "--profile", "smoke", "--tasks", "tal", "--runs-dir", str(root)])
+    assert status.exit_code == 0 and "1 done, 1 stale" in status.output, status.output
+    [table] = make_tables(RunStore(root), "smoke", ["1"], baseline=None, include_paper=False)
+    assert [r.seeds for r in table.rows] == [[1]]
+    assert len(table.incomplete) == 1 and "seed 0 (stale: " in table.incomplete[0], table.incomplete
+
+
+def test_a_run_records_the_thread_counts_it_planned_with_and_the_next_run_keeps_them(tmp_path, monkeypatch):
+    from clap_bench.runs.slurm import STAGE_KINDS
+
+    monkeypatch.setenv("CLAPBENCH_PLAN_FACTORY", "test_runs_toy_plan:build_toy_plan")
+    args = ["run", "--method", "a", "--seeds", "1", "--profile", "smoke", "--runs-dir", str(tmp_path), "-q"]
+    _cores(monkeypatch, 3)
+    assert CliRunner().invoke(app, args).exit_code == 0
+    recorded = json.loads((tmp_path / "smoke" / "profile.json").read_text())["runtime"]
+    assert recorded == {"threads": None, "job_threads": {kind: 3 for kind in STAGE_KINDS}}
+    _cores(monkeypatch, 1)
+    assert CliRunner().invoke(app, args).exit_code == 0
+    assert json.loads((tmp_path / "smoke" / "profile.json").read_text())["runtime"] == recorded
+    assert RunStore(tmp_path).recorded_profile("smoke").runtime.job_threads == {kind: 3 for kind in STAGE_KINDS}
+
+
 @pytest.mark.slow
 def test_smoke_run_with_the_same_seed_and_thread_count_gives_identical_results(tmp_path):
     """Pre-training, extraction and G-TAD twice from scratch (the shared source model is cached):

@@ -40,6 +40,7 @@ def _execute(methods: List[str], seeds: str, tasks: Optional[str], profile: Opti
              imports: Optional[List[str]] = None, test: str = "welch") -> None:
     from clap_bench.runs import EXECUTORS, RunStore, load_cluster, make_tables, parse_seeds, parse_tasks, render, run_plan, runs_root
     from clap_bench.runs.slurm import with_job_threads
+    from clap_bench.runs.store import with_store_threads
     from clap_bench.plugins import with_imports
     from clap_bench.runs.plan import plan_factory
     from clap_bench.runs.tables import TESTS, tables_for_tasks
@@ -57,8 +58,9 @@ def _execute(methods: List[str], seeds: str, tasks: Optional[str], profile: Opti
             raise ConfigError("--executor slurm needs --cluster slurm/<profile>.yaml (e.g. slurm/local.yaml)")
         if executor == "slurm":
             prof = with_job_threads(prof, cluster_profile)
-        plan = plan_factory()(prof, methods, seed_list, task_list)
         store = RunStore(runs_root(runs_dir))
+        prof = with_store_threads(prof, store)  # the store's thread counts, not this machine's cores
+        plan = plan_factory()(prof, methods, seed_list, task_list)
         for method in dict.fromkeys(s.method for s in plan if s.method is not None):
             store.check_method_folder(prof.name, method)  # its folder holds another method's stages
     except (ConfigError, KeyError) as e:
@@ -223,13 +225,17 @@ def register(app: typer.Typer) -> None:
 
 
 def _status_profiles(store, profile: Optional[str], config: Optional[Path]) -> List[Profile]:
+    """The profiles to show, each with the thread counts its store's stages were planned with (as a run
+    plans them: ``with_store_threads``), so that status does not depend on the cores it runs on."""
+    from clap_bench.runs.store import with_store_threads
+
     if profile and not config:
         recorded = store.recorded_profile(profile)
         if recorded is not None:  # the config the runs were made with
-            return [recorded]
+            return [with_store_threads(recorded, store)]
     if config or profile:
-        return [load_profile(str(config) if config else profile)]
-    return [p for p in (store.recorded_profile(name) for name in store.profiles()) if p is not None]
+        return [with_store_threads(load_profile(str(config) if config else profile), store)]
+    return [with_store_threads(p, store) for p in (store.recorded_profile(name) for name in store.profiles()) if p is not None]
 
 
 def _print_status(store, prof: Profile, methods: Optional[str], seeds: Optional[List[int]], tasks: Optional[str], lines: int) -> None:

@@ -150,6 +150,42 @@ class RunStore:
         recorded = self.recorded_profile(arg) if not Path(arg).suffix else None
         return recorded if recorded is not None else load_profile(arg)
 
+    def thread_counts(self, profile: str) -> Dict[str, int]:
+        """The thread count per stage kind (source, pretrain, extract, task) the store's stages of
+        ``profile`` were planned with: from ``profile.json`` (its ``runtime.job_threads``, else its
+        ``runtime.threads``), or for a store recorded before the counts were (a local run leaves
+        ``runtime`` empty), the one count its current stages' configs hold per kind. ``{}`` for a
+        fresh store, or where the stages disagree."""
+        from clap_bench.runs.slurm import STAGE_KINDS
+
+        path = self.profile_file(profile)
+        try:
+            raw = read_json(path) or {}
+        except ValueError as e:
+            from clap_bench.config import ConfigError
+
+            raise ConfigError(f"{e} (it records the profile's thread counts, and is written again by the next run)") from None
+        runtime = raw.get("runtime") if isinstance(raw.get("runtime"), dict) else {}
+        job_threads = runtime.get("job_threads") if isinstance(runtime.get("job_threads"), dict) else {}
+        counts = {kind: job_threads.get(kind, runtime.get("threads")) for kind in STAGE_KINDS}
+        counts = {kind: n for kind, n in counts.items() if isinstance(n, int) and not isinstance(n, bool) and n >= 1}
+        if counts:
+            return counts
+        seen: Dict[str, set] = {}
+        profile_dir = self.profile_dir(profile)
+        for config_file in profile_dir.glob("**/" + CONFIG_FILE) if profile_dir.is_dir() else ():
+            rel = config_file.relative_to(profile_dir).parts
+            if any("@" in part for part in rel) or rel[0] in (SUBMITIT, VARIANCE) or VARIANCE in rel:
+                continue
+            try:
+                resolved = yaml.safe_load(config_file.read_text())
+                threads = resolved["config"]["runtime"]["threads"]
+            except (OSError, yaml.YAMLError, KeyError, TypeError):
+                continue
+            if isinstance(threads, int) and threads >= 1:
+                seen.setdefault(_stage_kind(str(resolved.get("stage") or rel[-2])), set()).add(threads)
+        return {kind: next(iter(values)) for kind, values in seen.items() if len(values) == 1}
+
     # ------------------------------------------------------------------ listing
     def profiles(self) -> List[str]:
         if not self.root.is_dir():
@@ -277,6 +313,42 @@ class RunStore:
                 for stage in sorted(self.seed_dir(profile, method, seed).iterdir()):
                     if stage.is_dir() and "@" not in stage.name:
                         yield stage
+
+
+def _stage_kind(stage: str) -> str:
+    """The stage kind (``runtime.job_threads`` key) of a product stage name."""
+    if stage == "source":
+        return "source"
+    if stage.startswith("pretrain"):
+        return "pretrain"
+    if stage.startswith("extract"):
+        return "extract"
+    return "task"
+
+
+def with_store_threads(profile, store: "RunStore", machine: bool = True):
+    """``profile`` with the thread count of every stage kind pinned in ``runtime.job_threads``, so
+    that a store keeps its thread count (a stage's hash covers it) whichever machine plans the run:
+
+    ``runtime.threads`` set: the profile unchanged (that count, for every stage; another count than
+    the stages' gives new stages). Else per kind: the profile's own ``job_threads`` (a SLURM cluster
+    profile's ``cpus_per_task``, ``with_job_threads``), else the count the store recorded
+    (``RunStore.thread_counts``), else this machine's (``resolve_threads``: what a fresh store gets,
+    as before; with ``machine=False`` that kind is left unpinned). The run records the pinned counts
+    in ``profile.json``, where ``status``, ``table`` and the next run find them."""
+    import dataclasses
+
+    from clap_bench.config import resolve_threads
+    from clap_bench.runs.slurm import STAGE_KINDS
+
+    if profile.runtime.threads is not None:
+        return profile
+    kept = store.thread_counts(profile.name)
+    job_threads = {kind: profile.runtime.job_threads.get(kind) or kept.get(kind) or (resolve_threads(profile, kind) if machine else None)
+                   for kind in STAGE_KINDS}
+    job_threads = {kind: n for kind, n in job_threads.items() if n is not None}
+    job_threads.update(profile.runtime.job_threads)  # keep any other entry for validate_run to name
+    return dataclasses.replace(profile, runtime=dataclasses.replace(profile.runtime, job_threads=job_threads))
 
 
 def _archive_with_variance_heads(stage_dir: Path, old_hash: str) -> None:

@@ -84,13 +84,19 @@ class ConfigCheck:
     leaves the other seeds' stages of the old config in place (``clapbench status`` calls them
     stale), and a table must not average the two configs.
 
-    Configs are compared without their ``runtime`` section (the thread count resolves where a plan
-    is built: a table made on another machine than the runs would otherwise call every stage
-    stale), and each upstream stage's hash with the one the stage after it recorded reading."""
+    Configs are compared with their ``runtime`` section (the thread count) where the store says which
+    count a stage kind has (``with_store_threads``: recorded in profile.json, or the one count of a
+    store recorded before the counts were), as ``clapbench status`` compares them; else without it
+    (the count would resolve on the machine making the table and call every stage stale). Each upstream
+    stage's hash is compared with the one the stage after it recorded reading."""
 
     def __init__(self, store: RunStore, profile: str):
         self.store, self.profile = store, profile
         self.recorded = store.recorded_profile(profile)
+        if self.recorded is not None:  # the thread counts the store keeps, where it says which
+            from clap_bench.runs.store import with_store_threads
+
+            self.recorded = with_store_threads(self.recorded, store, machine=False)
         self._plans: Dict[tuple, Any] = {}
         self.unchecked: List[str] = []
 
@@ -122,7 +128,8 @@ class ConfigCheck:
                 return f"stale: {path} missing"
             if read_hash is not None and recorded.get("hash") != read_hash:
                 return f"stale: {spec.name} was rerun (hash {recorded.get('hash')}) after the {task} stage read it ({read_hash})"
-            ours, theirs = _without_runtime(recorded.get("config")), _without_runtime(spec.config)
+            keep = self._pinned(spec)
+            ours, theirs = _without_runtime(recorded.get("config"), keep), _without_runtime(spec.config, keep)
             if not isinstance(ours, dict) or set(ours) != set(theirs):  # planned by another plan factory
                 note = f"{method} (its stages were not planned as this plan plans them: another plan factory?)"
                 if note not in self.unchecked:
@@ -135,13 +142,19 @@ class ConfigCheck:
             todo.extend((plan.stages[d], upstream.get(plan.stages[d].name)) for d in spec.deps)
         return None
 
+    def _pinned(self, spec) -> bool:
+        """Whether the store says which thread count ``spec``'s stage kind has; then the ``runtime``
+        section is compared too, as ``clapbench status`` does."""
+        runtime = self.recorded.runtime
+        return runtime.threads is not None or spec.resources in runtime.job_threads
 
-def _without_runtime(config: Any) -> Any:
-    """A stage config as JSON would give it back, less its ``runtime`` section."""
+
+def _without_runtime(config: Any, keep: bool = False) -> Any:
+    """A stage config as JSON would give it back, less its ``runtime`` section (unless ``keep``)."""
     import json
 
     config = json.loads(json.dumps(config, sort_keys=True, default=str)) if config is not None else None
-    if isinstance(config, dict):
+    if isinstance(config, dict) and not keep:
         config.pop("runtime", None)
     return config
 
