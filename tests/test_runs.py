@@ -93,7 +93,7 @@ def test_a_stage_stopped_by_ctrl_c_or_a_stop_signal_is_recorded_interrupted_not_
     assert record["status"] == "interrupted" and record["interrupted_by"] == (
         "KeyboardInterrupt" if isinstance(stop, KeyboardInterrupt) else "SystemExit(143)")
     assert not (tal_dir / "error.log").exists()
-    assert {s.key: s.state for s in plan_status(plan, store)}["a/seed0/tal"] != "failed"
+    assert {s.key: s.state for s in plan_status(plan, store)}["a/seed0/tal"] == "interrupted"
     [table] = make_tables(store, "toy", ["1"], baseline=None, include_paper=False)
     assert table.incomplete == ["a: seed 0 (interrupted)"]
     plan.stages["a/seed0/tal"] = tal
@@ -215,7 +215,7 @@ def test_a_stage_killed_after_its_task_wrote_metrics_but_before_the_store_record
     assert json.loads((tal_dir / "stage.json").read_text())["status"] == "running"
     assert not store.is_done(tal_dir) and not store.is_done(tal_dir, plan.hashes["a/seed0/tal"])
     states = {s.key: s.state for s in plan_status(plan, store)}
-    assert states["a/seed0/pretrain"] == "done" and states["a/seed0/tal"] != "done"
+    assert states["a/seed0/pretrain"] == "done" and states["a/seed0/tal"] == "interrupted"  # as the table names it
     [table] = make_tables(store, "toy", ["1"], baseline=None, include_paper=False)
     assert not [r for r in table.rows if r.source == "ours"]
     assert any("a: seed 0 (interrupted)" in n for n in table.incomplete)
@@ -252,6 +252,26 @@ def test_status_command_lists_every_stage(tmp_path, monkeypatch):
     assert "2 done, 2 missing" in result.output
     rows = [line.split() for line in result.output.splitlines()]
     assert ["a", "1", "tal", "missing"] in rows and ["a", "0", "pretrain", "done"] in rows
+
+
+def test_status_command_says_interrupted_for_a_stage_recorded_interrupted(tmp_path, monkeypatch):
+    # A stage stopped by Ctrl-C records interrupted: status says so (and counts it), as the table does, not missing.
+    store = RunStore(tmp_path)
+    plan = build_toy_plan(toy_profile(), ["a"], [0])
+    tal = plan.stages["a/seed0/tal"]
+
+    def stopped(ctx):
+        raise KeyboardInterrupt()
+
+    plan.stages["a/seed0/tal"] = dataclasses.replace(tal, fn=stopped)
+    with pytest.raises(KeyboardInterrupt):
+        _run(plan, store)
+    monkeypatch.setenv("CLAPBENCH_PLAN_FACTORY", "test_runs_toy_plan:build_toy_plan")
+    result = CliRunner().invoke(app, ["status", "--runs-dir", str(tmp_path), "--seeds", "1"])
+    assert result.exit_code == 0, result.output
+    rows = [line.split() for line in result.output.splitlines()]
+    assert ["a", "0", "tal", "interrupted"] in rows and ["a", "0", "pretrain", "done"] in rows
+    assert "1 done, 1 interrupted" in result.output
 
 
 # --------------------------------------------------------------------------- tables

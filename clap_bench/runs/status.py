@@ -5,7 +5,10 @@ stale    metrics.json present, but for another config (the next run redoes it)
 running  a process holds its claim (the job or process is shown: SLURM job id, host and pid), or a
          SLURM job was submitted for it and is queued or running (job id and state from squeue/sacct)
 failed   the stage raised (error.log), or its SLURM job ended without metrics (cancelled, timed out, ...)
-missing  nothing yet (or an interrupted local run: the next run resumes it)
+interrupted  stopped before it finished: Ctrl-C or a stop signal (its record says interrupted), or a
+         process that died (its record says running, but no process holds the stage); the next run
+         resumes it (``clapbench table`` names such a seed the same way)
+missing  nothing yet
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from clap_bench.runs.plan import Plan
 from clap_bench.runs.slurm import ACTIVE_STATES, SlurmQueryError, job_states
 from clap_bench.runs.store import ERROR_FILE, SLURM_FILE, STAGE_FILE, RunStore, finished_metrics, read_json, tail_lines
 
-STATES = ("done", "stale", "running", "failed", "missing")
+STATES = ("done", "stale", "running", "failed", "interrupted", "missing")
 log = logging.getLogger(__name__)
 
 
@@ -100,6 +103,8 @@ def plan_status(plan: Plan, store: RunStore) -> List[StageStatus]:
             status.state = "running"
         elif status.job_id and status.job_state in (None, "UNKNOWN") and record.get("status") == "submitted":
             status.state = "running"  # just submitted (not yet visible to squeue/sacct), or squeue failed
+        elif record.get("status") in ("interrupted", "running"):
+            status.state = "interrupted"  # stopped (Ctrl-C, a stop signal), or its process died while it ran
         out.append(status)
     return out
 
