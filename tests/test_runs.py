@@ -497,6 +497,23 @@ def test_a_damaged_metrics_file_leaves_its_seed_out_and_names_the_file(tmp_path)
     assert {r.method: r.seeds for r in table.rows} == {"clap": [0, 2], "tac": [0, 1]}
 
 
+def test_a_damaged_stage_record_leaves_its_seed_out_and_names_the_file(tmp_path):
+    # The method's label is read from its stage records: a damaged one (here the first the label
+    # would read) must not stop the table; that seed is listed unreadable, the rest is printed.
+    store = RunStore(tmp_path)
+    _fake_results(store, "smoke", {"clap": [0.30, 0.32, 0.31], "tac": [0.25, 0.26]})
+    damaged = store.stage_dir("smoke", "clap", 0, "tal") / "stage.json"
+    damaged.write_text('{"status": "do')  # cut short
+    for args in (["--baseline", "tac"], ["--methods", "clap,tac"], ["--format", "csv"]):
+        result = CliRunner().invoke(app, ["table", "--tables", "1", "--runs-dir", str(tmp_path), *args])
+        assert result.exit_code == 0, result.output
+        assert "clap: seed 0 (unreadable: " in result.output or "seed 0 (unreadable: " in result.output
+        assert str(damaged) in result.output
+    [table] = make_tables(store, "smoke", ["1"], baseline=None, include_paper=False)
+    assert {r.method: r.seeds for r in table.rows} == {"clap": [1, 2], "tac": [0, 1]}
+    assert table.incomplete[0].startswith("clap: seed 0 (unreadable: ") and str(damaged) in table.incomplete[0]
+
+
 def test_a_baseline_named_as_a_feature_file_is_the_row_of_that_file(tmp_path):
     # Rows of external features are filed under their folder name (features-videoclip); --baseline
     # may name them as --methods does, by the file.

@@ -240,12 +240,16 @@ class RunStore:
                                                       f"e.g. {stage / STAGE_FILE}"))
 
     def method_label(self, profile: str, method_dir: str) -> str:
-        """The method as the user named it (``features:PATH`` keeps its path), read from a stage record."""
+        """The method as the user named it (``features:PATH`` keeps its path), read from a stage record;
+        a damaged record is passed over (the table and status name it where they read that stage)."""
         for seed in self.seeds(profile, method_dir):
             for stage in sorted(self.seed_dir(profile, method_dir, seed).iterdir()):
                 if not stage.is_dir():  # the stages' claim lock files sit beside their folders
                     continue
-                record = read_json(stage / STAGE_FILE)
+                try:
+                    record = read_json(stage / STAGE_FILE)
+                except ValueError:
+                    continue
                 if record and record.get("method"):
                     return record["method"]
         return method_dir
