@@ -386,3 +386,49 @@ def test_extra_heads_are_recorded_for_their_stage_and_only_heads_of_the_stage_in
     [row] = [r for r in table.rows if r.source == "ours"]
     assert row.seeds == [0, 1] and not table.incomplete
     assert row.by_seed["average_mAP"][1] == pytest.approx(100 * (0.4 + 0.2 + 1001 / 1e4) / 2)
+
+
+def test_extra_heads_train_with_the_thread_count_the_store_recorded_not_this_machines(tmp_path, monkeypatch):
+    """The store's task stages ran with 3 threads (their config.yaml, as a run on another machine or
+    under ``taskset`` leaves it): the extra heads train with 3 threads, as a rerun of the stage would
+    (``with_store_threads``), not with this machine's core count."""
+    import json
+
+    import torch
+    import yaml
+
+    import clap_bench.downstream.base as base
+    from clap_bench.config import load_profile
+    from clap_bench.runs import RunStore
+    from clap_bench.runs.variance import run_variance
+
+    yaml_file = tmp_path / "ext.yaml"
+    yaml_file.write_text("base: smoke\nname: ext\n")
+    prof = load_profile(str(yaml_file))
+    feats = tmp_path / "ext.h5"
+    with h5py.File(feats, "w") as f:
+        f["v"] = np.zeros((3, 4), np.float32)
+    method = f"features:{feats}"
+    store = RunStore(tmp_path / "runs")
+    for seed in (0, 1):
+        stage = store.stage_dir("ext", method, seed, "tal")
+        stage.mkdir(parents=True)
+        (stage / "stage.json").write_text(json.dumps({"status": "done", "hash": f"h{seed}", "method": method}))
+        config = {"task": "tal", "overrides": prof.tasks["tal"], "runtime": {"threads": 3}}
+        (stage / "config.yaml").write_text(yaml.safe_dump({"hash": f"h{seed}", "stage": "tal", "config": config}))
+        (stage / "metrics.json").write_text(json.dumps({"mAP@0.5": 0.5 + 0.1 * seed, "average_mAP": 0.3 + 0.1 * seed}))
+    assert store.thread_counts("ext") == {"task": 3}
+    threads = []
+
+    class FakeTal:
+        def run(self, ctx):
+            threads.append(torch.get_num_threads())
+            (ctx.out_dir / "metrics.json").write_text(json.dumps({"mAP@0.5": 0.4, "average_mAP": 0.2 + ctx.seed / 1e4}))
+
+    monkeypatch.setattr(base, "get_task", lambda name: FakeTal())
+    before = torch.get_num_threads()
+    try:
+        run_variance(store, str(yaml_file), method, "tal", heads=2, bootstrap=0, log=lambda m: None)
+    finally:
+        torch.set_num_threads(before)
+    assert threads == [3, 3]  # head 1 of each seed (head 0 is the stage's own)

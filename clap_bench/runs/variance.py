@@ -302,7 +302,7 @@ def run_variance(store, profile_arg: str, method: str, task: str, heads: int = 3
     from clap_bench.config import ConfigError, resolve_datasets, resolve_threads
     from clap_bench.downstream.base import TaskContext, get_task
     from clap_bench.io import atomic_write_json
-    from clap_bench.runs.store import METRICS_FILE, finished_metrics, read_json
+    from clap_bench.runs.store import METRICS_FILE, finished_metrics, read_json, with_store_threads
 
     warn = warn or log
     if task not in TASK_METRICS:
@@ -350,7 +350,8 @@ def run_variance(store, profile_arg: str, method: str, task: str, heads: int = 3
     datasets = resolve_datasets(profile)
     overrides = profile.task_config(task)
     spec = get_task(task)
-    torch.set_num_threads(resolve_threads(profile))
+    # the thread count the store's task stages ran with (a stage's hash covers it), as a rerun of them would take
+    torch.set_num_threads(resolve_threads(with_store_threads(profile, store), "task"))
 
     ground_truth, subset = None, "validation"
     if task == "tal":
