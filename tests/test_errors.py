@@ -190,6 +190,29 @@ def test_cli_status_of_no_method_or_task_is_refused_once(tmp_path, option):
     out = _fails_cleanly(["status", option, ",", "--profile", "smoke", "--runs-dir", str(tmp_path / "runs")], 2)
     assert f"{option}: expected comma-separated" in out and out.count("error:") == 1
 
+@pytest.mark.parametrize("option", ["--methods", "--tables"])
+@pytest.mark.parametrize("value", [",", " , ", ""])
+def test_cli_table_of_no_method_or_table_is_refused(tmp_path, option, value):
+    # not read as every method (--methods ",") or as no table at all (--tables ","), whether or not the store has runs
+    from clap_bench.io import atomic_write_json
+    from clap_bench.runs import RunStore
+
+    runs = tmp_path / "runs"
+    out = _fails_cleanly(["table", option, value, "--runs-dir", str(runs)], 2)
+    assert f"{option}: expected comma-separated" in out and repr(value) in out and out.count("error:") == 1
+    stage = RunStore(runs).stage_dir("smoke", "clap", 0, "tal")
+    stage.mkdir(parents=True)
+    atomic_write_json(stage / "stage.json", {"status": "done", "method": "clap", "hash": "x"})
+    atomic_write_json(stage / "metrics.json", {"mAP@0.5": 0.4, "mAP@0.75": 0.3, "mAP@0.95": 0.1, "average_mAP": 0.3})
+    out = _fails_cleanly(["table", option, value, "--runs-dir", str(runs)], 2)
+    assert f"{option}: expected comma-separated" in out and "Table 1" not in out
+
+
+def test_cli_preflight_of_no_method_says_so(tmp_path):
+    out = _fails_cleanly(["preflight", "--methods", ",", "--profile", "smoke"], 2)
+    assert "expected comma-separated method names, got ','" in out
+
+
 # --------------------------------------------------------------------------- run / sweep: executor and submission
 @pytest.mark.parametrize("command", ["run", "sweep"])
 @pytest.mark.parametrize("dry_run", [True, False])

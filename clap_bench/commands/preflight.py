@@ -39,8 +39,10 @@ def preflight(
     names = [m.strip() for m in methods.split(",") if m.strip()]
     from clap_bench.methods import list_methods
 
+    if not names:
+        raise typer.BadParameter(f"expected comma-separated method names, got {methods!r}", param_hint="--methods")
     unknown = [m for m in names if m not in list_methods()]
-    if not names or unknown:
+    if unknown:
         raise typer.BadParameter(f"unknown method(s) {unknown}; known: {', '.join(list_methods())}", param_hint="--methods")
     say = (lambda msg: None) if as_json else (lambda msg: typer.echo(f"preflight: {msg}", err=True))
     try:
