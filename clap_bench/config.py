@@ -570,9 +570,31 @@ def _profile_path(name_or_path: str, where: str = "") -> Path:
     return path
 
 
+def _base_path(base: str, path: Path, where: str) -> str:
+    """The profile a file's ``base`` key names: a built-in name, an absolute path, or a path
+    relative to the folder of that file. A relative path not found there but found relative to the
+    current directory (how bases were resolved before) is still taken, with a warning."""
+    given = Path(base)
+    if not given.suffix or given.is_absolute():
+        return base
+    beside = path.parent / given
+    if beside.exists():
+        return str(beside)
+    if given.exists():
+        import logging
+
+        logging.getLogger(__name__).warning(
+            "%s%s: not found beside %s, taken from the current directory (%s); a relative base is read from "
+            "the folder of the file that names it: write it as %s", where, base, path, os.getcwd(),
+            os.path.relpath(given.resolve(), path.parent.resolve()))
+        return base
+    raise ConfigError(f"{where}{base}: profile file not found (a relative base is read from the folder of the file "
+                      f"that names it: {beside})")
+
+
 def _resolve_raw(name_or_path: str, seen: tuple = (), where: str = "") -> tuple[dict, str]:
     path = _profile_path(name_or_path, where)
-    if str(path) in seen:
+    if str(path.resolve()) in {str(Path(s).resolve()) for s in seen}:
         raise ConfigError(f"{path}: 'base' chain loops ({' -> '.join(seen)})")
     raw = _read_yaml(path)
     base = raw.pop("base", None)
@@ -580,7 +602,8 @@ def _resolve_raw(name_or_path: str, seen: tuple = (), where: str = "") -> tuple[
         if not isinstance(base, str):
             raise ConfigError(f"{path}: base: expected a profile name ({', '.join(PROFILE_NAMES)}) or a YAML file path, "
                               f"got {base!r}")
-        base_raw, _ = _resolve_raw(base, seen + (str(path),), where=f"{path}: base: ")
+        where_base = f"{path}: base: "
+        base_raw, _ = _resolve_raw(_base_path(base, path, where_base), seen + (str(path),), where=where_base)
         raw = deep_merge(base_raw, raw)
     return raw, str(path)
 

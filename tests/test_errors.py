@@ -66,6 +66,39 @@ def test_base_loop_names_the_files_in_the_loop(tmp_path):
 
 
 
+def test_a_relative_base_is_read_from_the_folder_of_the_file_that_names_it(tmp_path, monkeypatch, caplog):
+    import logging
+
+    cfg = tmp_path / "cfg"
+    cfg.mkdir()
+    (cfg / "parent.yaml").write_text("base: smoke\nname: parent\npretrain:\n  epochs: 3\n")
+    child = cfg / "child.yaml"
+    child.write_text("base: parent.yaml\nname: child\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # not the file's folder
+    assert load_profile(str(child)).pretrain.epochs == 3
+    # a file of the same name in the current directory does not take its place
+    (elsewhere / "parent.yaml").write_text("base: smoke\nname: other\npretrain:\n  epochs: 5\n")
+    assert load_profile(str(child)).pretrain.epochs == 3
+    # a base written relative to the current directory (as before) is still found, with a warning saying how to write it
+    monkeypatch.chdir(tmp_path)
+    child.write_text("base: cfg/parent.yaml\nname: child\n")
+    with caplog.at_level(logging.WARNING, logger="clap_bench.config"):
+        assert load_profile(str(child)).pretrain.epochs == 3
+    assert f"{child}: base: cfg/parent.yaml: not found beside {child}, taken from the current directory" in caplog.text
+    assert "write it as parent.yaml" in caplog.text
+    # found in neither: the error names the file, its base key and where it looked
+    child.write_text("base: nosuch.yaml\n")
+    with pytest.raises(ConfigError, match=rf"^{child}: base: nosuch.yaml: profile file not found .*{cfg / 'nosuch.yaml'}"):
+        load_profile(str(child))
+    # a loop through relative bases is still a loop
+    (cfg / "a.yaml").write_text("base: b.yaml\n")
+    (cfg / "b.yaml").write_text("base: ./a.yaml\n")
+    with pytest.raises(ConfigError, match=r"'base' chain loops"):
+        load_profile(str(cfg / "a.yaml"))
+
+
 def test_unknown_base_names_the_file_and_its_base_key(tmp_path):
     bad = tmp_path / "badbase.yaml"
     bad.write_text("name: bad\nbase: nosuch\n")
