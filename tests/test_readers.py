@@ -260,6 +260,30 @@ def test_tsp_segments_past_the_end_are_counted_as_clip_sampling_treats_them(tmp_
     assert [(g.start, g.end, g.label) for g in sampled] == [(0.0, 10.0, None), (2.0, 10.0, "Jump"), (8.0, 10.0, "Run")]
 
 
+def test_tsp_zero_length_segments_within_the_video_are_counted(tmp_path):
+    # TSP's ActivityNet train csv has 9 rows with t-start = t-end inside their video (most at 0.0):
+    # clip sampling drops them, as TSP's length check does; one at or past the end is counted with those past it.
+    path = write(tmp_path / "anet_train_tsp.csv", tsp_rows(
+        "a,0.0,0.0,Run,10.0,v_a.mp4,30,300,Action",
+        "a,4.5,4.5,Jump,10.0,v_a.mp4,30,300,Action",
+        "a,1.0,6.0,Jump,10.0,v_a.mp4,30,300,Action",
+        "a,10.0,10.0,Run,10.0,v_a.mp4,30,300,Action",
+        "b,2.0,2.0,Run,5.0,v_b.mp4,30,150,Action",
+    ))
+    s = read_tsp_csv(path)
+    assert s.notes == [
+        "anet_train_tsp.csv: 1 segments lie wholly at or past their video's end (kept as given; dropped by clip sampling, as TSP does)",
+        "anet_train_tsp.csv: 3 zero-length segments (start = end) within their video (kept as given; dropped by clip "
+        "sampling, as TSP's length check does)",
+    ]
+    assert len(s.videos["v_a"].segments) == 4 and s.dropped == 0  # the reader keeps them all
+    assert s.restrict_classes(["Run"]).notes == [s.notes[1].replace(": 3 ", ": 1 ")]  # counted per video: v_b's
+    # What the note says is what clip sampling does.
+    from clap_bench.clips.segments import contiguous_segments
+    assert [(g.start, g.end) for g in contiguous_segments(s.videos["v_a"], lists_background=True)] == [(1.0, 6.0)]
+    assert contiguous_segments(s.videos["v_b"], lists_background=True) == []
+
+
 def test_tsp_csv_reads_background_rows_and_uses_file_names_as_ids(tmp_path):
     anet = write(tmp_path / "activitynet_v1-3_valid_tsp_groundtruth.csv", tsp_rows(
         "abc,5.0,9.0,Jump,12.0,v_abc.mp4,30.0,360,Action",

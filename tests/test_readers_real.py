@@ -52,6 +52,8 @@ def test_tsp_activitynet_train_counts(anet_train):
     assert c["videos"] == 10_024 and anet_train.subsets == ["training"]
     assert all(v.startswith("v_") and anet_train.videos[v].filename == v + ".mp4" for v in anet_train.videos)
     assert all(v.fps == 30.0 for v in anet_train.videos.values())
+    # 9 rows with t-start = t-end inside their video: clip sampling drops them, and a note counts them
+    assert note_count(anet_train.notes, r"(\d+) zero-length segments \(start = end\) within their video") == 9
 
 
 def test_tsp_activitynet_train_and_valid_merge(real_annotations):

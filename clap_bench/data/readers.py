@@ -21,7 +21,9 @@ Policies shared by all readers (the published files need them, see the tests on 
   before the start is an error. Segments that run past the video's duration are kept and
   counted in ``notes``, in two counts as clip sampling treats them: one that starts before the
   end is cut at it, one that lies wholly at or past the end is dropped (as TSP's dataset does;
-  49 of the 52 THUMOS14 test segments that overrun). Scorers compare against source times.
+  49 of the 52 THUMOS14 test segments that overrun). Zero-length segments within the video, which
+  clip sampling drops too, are counted in a third note (9 rows of TSP's ActivityNet train csv, 2
+  of its validation csv). Scorers compare against source times.
 * Sentences (grounding queries) follow the published grounding loaders: the end is clipped
   to the video duration and a query whose start is not before its end (after clipping) is
   dropped and counted in ``dropped`` with a note saying why. Negative times are errors.
@@ -326,12 +328,16 @@ def _segments_past_end_tallies(path: Path, videos: Dict[str, Video], subset: str
     end to the duration too, and its length check then drops it)."""
     cut = {vid: sum(1 for s in v.segments if s.start < v.duration < s.end) for vid, v in videos.items()}
     beyond = {vid: sum(1 for s in v.segments if s.start >= v.duration) for vid, v in videos.items()}
+    # zero-length ones within the video (those at or past its end are counted with ``beyond``)
+    empty = {vid: sum(1 for s in v.segments if s.start == s.end < v.duration) for vid, v in videos.items()}
     words = f" {subset + ' ' if subset else ''}segments"
     tallies = [
         VideoTally(f"{path.name}: ", f"{words} end after their video's duration (kept as given; clip sampling cuts them at it)",
                    _per_video(cut)),
         VideoTally(f"{path.name}: ", f"{words} lie wholly at or past their video's end (kept as given; dropped by clip sampling, "
                    "as TSP does)", _per_video(beyond)),
+        VideoTally(f"{path.name}: ", f" zero-length{words} (start = end) within their video (kept as given; dropped by clip "
+                   "sampling, as TSP's length check does)", _per_video(empty)),
     ]
     return [t for t in tallies if t.count]
 
