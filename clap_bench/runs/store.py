@@ -7,7 +7,12 @@ Layout (the one place these paths are built)::
     <root>/<profile>/<method>/seed<k>/<stage>/         everything else
     <root>/<profile>/<method>/seed<k>/.<stage>.lock    the stage's claim (``claims.py``), beside its folder
     <root>/<profile>/<method>/_variance/seed<k>/<task>/head<h>/   heads ``analyze variance`` trained on
-                                                       that task stage's inputs (``variance_dir``)
+                                                       that task stage's inputs (``variance_dir``): the
+                                                       task's outputs with its metrics.json, and head.json
+                                                       {"stage_hash", "head_seed", "task_config"}: the
+                                                       task stage it was trained for (a table averages
+                                                       it only while that stage is in place), its head
+                                                       seed and the tasks.<task> config it trained with
         config.yaml   the stage's resolved config (what its hash covers)
         stage.json    {"hash", "status", "stage", "method", "seed", times, host/pid, error tail}
         slurm.json    job id(s) when submitted to SLURM
