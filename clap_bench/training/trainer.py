@@ -61,7 +61,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from clap_bench.config import TrainConfig
+from clap_bench.config import ConfigError, TrainConfig
 from clap_bench.io import CheckpointError, UnsafeCheckpointError, atomic_write_bytes, load_torch_file
 from clap_bench.methods.model import PretrainModel, compute_losses
 from clap_bench.training.distributed import (
@@ -115,6 +115,36 @@ def rng_state() -> Dict[str, Any]:
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
+
+
+def cpu_bf16_conv3d_is_reliable(tries: int = 16) -> bool:
+    """Whether this CPU's bfloat16 Conv3d weight gradient is finite and the same on every call.
+
+    With torch 2.14.1 on an AVX-512-BF16 CPU without AMX (an AMD EPYC here), the weight gradient of
+    a Conv3d of temporal kernel 3 over 2 frames under CPU bfloat16 autocast differed from the first
+    call's in 184 of 200 calls on the same input and was NaN in 16: the per-step NaN check
+    (``_check_cpu_bf16_gradients``) catches only the second kind. The probe runs that convolution
+    ``tries`` times (milliseconds) and leaves the global random state as it was."""
+    with torch.random.fork_rng(devices=[]):
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(4, 16, 2, 7, 7, generator=g)
+        weight = torch.randn(16, 16, 3, 1, 1, generator=g) * 0.1
+        first = None
+        for _ in range(tries):
+            conv = nn.Conv3d(16, 16, (3, 1, 1), padding=(1, 0, 0), bias=False)
+            with torch.no_grad():
+                conv.weight.copy_(weight)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                y = conv(x)
+            y.float().sum().backward()
+            grad = conv.weight.grad
+            if not bool(torch.isfinite(grad).all()):
+                return False
+            if first is None:
+                first = grad.clone()
+            elif not torch.equal(grad, first):
+                return False
+    return True
 
 
 def head_batch_norm(model: nn.Module) -> bool:
@@ -388,6 +418,14 @@ class Trainer:
         )
         cuda = self.device.type == "cuda"
         self.use_amp = bool(cfg.amp and cuda) or bool(cfg.cpu_bf16 and self.device.type == "cpu")
+        if cfg.cpu_bf16 and self.device.type == "cpu" and not cpu_bf16_conv3d_is_reliable():
+            raise ConfigError(
+                "cpu_bf16: this CPU's bfloat16 Conv3d kernels give weight gradients that change from one call to the "
+                "next, some of them NaN (a Conv3d of temporal kernel 3 over 2 frames, the shape R(2+1)D's third stage "
+                "sees on an 8-frame clip, run 16 times on the same input; seen with torch 2.14.1 on an AVX-512-BF16 "
+                "CPU without AMX), so bf16 training here would not be repeatable; set pretrain.cpu_bf16 / "
+                "source_pretrain.cpu_bf16: false"
+            )
         self.amp_dtype = torch.bfloat16 if (not cuda or torch.cuda.is_bf16_supported()) else torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
         self.ddp_model: nn.Module = self.model
