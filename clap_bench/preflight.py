@@ -325,8 +325,10 @@ def measure_pretrain(profile: Profile, data: PreflightData, method: str, steps: 
     over = {
         "data": {"synthetic": False, "datasets": datasets},
         # validation is left out: the preflight times optimizer steps (its videos may be training ones only);
-        # the projection counts its passes at the extraction rate
+        # the projection counts its passes at the extraction rate. Without validation no epoch can be
+        # selected, so the timed run keeps its last (keep_epoch: best costs a copy of the weights per epoch).
         "pretrain": {"epochs": 1, "batch_size": batch, "max_segments_per_epoch": steps * segments_per_step, "validate": False,
+                     "keep_epoch": "last",
                      "num_workers": pcfg.num_workers if pcfg.num_workers is not None else profile.pretrain.num_workers},
         "check": {"problems_file": str(work / "no-problems.csv")},
     }
