@@ -402,7 +402,8 @@ def pretrain(
         if len(validation) == 0:
             raise ValueError(
                 f"dataset {PRETRAIN_DATASET!r}: validation subset {val_ann.subsets} has no segments of the "
-                f"{len(class_list)} pre-training classes to validate on; set pretrain.validate: false to train without"
+                f"{len(class_list)} pre-training classes to validate on; set pretrain.validate: false to train without "
+                "(with pretrain.keep_epoch: last: no epoch can be selected then)"
             )
     meta = _meta(profile, method_cfg, enc_cfg, class_list, init_weights, PRETRAIN_DATASET)
     trainer = Trainer(
@@ -445,7 +446,8 @@ def validation_annotations(ann, classes: List[str]):
     if not subsets:
         raise ValueError(
             f"dataset {PRETRAIN_DATASET!r}: no validation subset (expected one of {VALIDATION_SUBSETS}, found "
-            f"{sorted(ann.subsets)}); set pretrain.validate: false to train without validation"
+            f"{sorted(ann.subsets)}); set pretrain.validate: false to train without validation "
+            "(with pretrain.keep_epoch: last: no epoch can be selected then)"
         )
     val = ann.subset(*subsets)
     if set(classes) != set(val.classes):
