@@ -257,3 +257,34 @@ def test_status_during_a_failed_squeue_still_shows_a_submitted_stage_as_running(
     FlakySlurm(monkeypatch, fail=1)
     states = {s.key: (s.state, s.job_id, s.job_state) for s in plan_status(plan, store)}
     assert states == {"a/seed0/pretrain": ("running", "100", None), "a/seed0/tal": ("running", "101", None)}
+
+
+# --------------------------------------------------------------------------- each job's own resources
+def test_a_task_job_submitted_after_a_gpu_pretrain_job_asks_for_none_of_its_gpus_memory_or_partition(tmp_path, monkeypatch):
+    """The real submitit executor, up to its sbatch call: the ``#SBATCH`` lines each job would get."""
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    sbatch = {}
+
+    class Recording(executors.submitit.AutoExecutor):
+        def submit(self, job):
+            params = dict(self._executor.parameters)
+            text = _make_sbatch_string(command="python x", folder=str(tmp_path / "sub"), **params)
+            job_id = str(100 + len(sbatch))
+            sbatch[job.spec.key] = [line for line in text.splitlines() if line.startswith("#SBATCH")]
+            return types.SimpleNamespace(job_id=job_id, paths=types.SimpleNamespace(stdout="out", stderr="err"))
+
+    monkeypatch.setattr(executors.submitit, "AutoExecutor", Recording)
+    monkeypatch.setattr(executors, "job_states", lambda ids: {j: "UNKNOWN" for j in ids if j})
+    (tmp_path / "c.yaml").write_text(
+        "cpus_per_task: 2\nstages:\n  pretrain: {gpus_per_node: 4, tasks_per_node: 4, mem_gb: 64, partition: gpu-long,"
+        " account: lab, qos: high}\n")
+    store, plan = RunStore(tmp_path / "runs"), build_toy_plan(toy_profile(), ["a"], [0], steps=2)
+    executors._submit(plan, store, load_cluster(tmp_path / "c.yaml"), lambda s: None, poll_s=0.01)
+    pretrain, task = sbatch["a/seed0/pretrain"], sbatch["a/seed0/tal"]
+    for line in ("--gpus-per-node=4", "--ntasks-per-node=4", "--mem=64GB", "--partition=gpu-long", "--account=lab",
+                 "--qos=high"):
+        assert f"#SBATCH {line}" in pretrain
+    assert "#SBATCH --ntasks-per-node=1" in task
+    leaked = [line for line in task if any(k in line for k in ("gpus", "--mem", "partition", "account", "qos"))]
+    assert not leaked

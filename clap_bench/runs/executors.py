@@ -408,7 +408,6 @@ def _submit(plan: Plan, store: RunStore, cluster: ClusterProfile, echo, poll_s: 
     """
     report = RunReport()
     folder = store.submitit_dir(plan.profile.name) / "%j"
-    executor = submitit.AutoExecutor(folder=str(folder), cluster="slurm")
     damaged = {key: damaged_record(plan.stage_dir(store, spec)) for key, spec in plan.stages.items()}
     damaged = {key: why for key, why in damaged.items() if why is not None}
     previous = {key: read_json(plan.stage_dir(store, spec) / SLURM_FILE) if key not in damaged else None
@@ -481,7 +480,7 @@ def _submit(plan: Plan, store: RunStore, cluster: ClusterProfile, echo, poll_s: 
             else:
                 echo(f"{spec.key}: claimed by {describe_owner(claim_holder(stage_dir))}; its job will wait for the claim "
                      "and reuse the result")
-            job, deps = _submit_stage(plan, store, cluster, executor, spec, job_of)
+            job, deps = _submit_stage(plan, store, cluster, folder, spec, job_of)
             history = ((prev or {}).get("history") or []) + ([prev["job_id"]] if prev else [])
             stage_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_json(stage_dir / SLURM_FILE, {
@@ -499,14 +498,19 @@ def _submit(plan: Plan, store: RunStore, cluster: ClusterProfile, echo, poll_s: 
     return report, job_of
 
 
-def _submit_stage(plan: Plan, store: RunStore, cluster: ClusterProfile, executor, spec: StageSpec,
+def _submit_stage(plan: Plan, store: RunStore, cluster: ClusterProfile, folder: Path, spec: StageSpec,
                   job_of: Dict[str, str]) -> tuple:
-    """Submit one stage's job, after the jobs of its upstream stages (``afterok``); returns (job, their ids)."""
+    """Submit one stage's job, after the jobs of its upstream stages (``afterok``); returns (job, their ids).
+
+    Each job gets an executor of its own: ``update_parameters`` merges into the executor's earlier
+    settings and ``submitit_parameters`` leaves out the keys at 0/null, so a shared executor would
+    pass one stage's GPUs, memory, partition, account or QOS on to the next stage's job."""
     deps = [job_of[d] for d in spec.deps if d in job_of]
     params = cluster.for_stage(spec.resources).submitit_parameters(
         name=f"{(spec.method or 'shared').replace('/', '_')}-s{spec.seed if spec.seed is not None else 'x'}-{spec.name}",
         dependency="afterok:" + ":".join(deps) if deps else None,
     )
+    executor = submitit.AutoExecutor(folder=str(folder), cluster="slurm")
     executor.update_parameters(**params)
     job = executor.submit(StageJob(str(store.root), plan.profile, spec, plan.hashes[spec.key], _inputs(plan, store, spec),
                                    prepare=_prepare_args(plan, spec), input_hashes=_input_hashes(plan, spec)))
