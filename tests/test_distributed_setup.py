@@ -37,3 +37,69 @@ def test_a_timeout_that_is_not_a_positive_number_of_minutes_is_named(monkeypatch
     monkeypatch.setenv("CLAPBENCH_DIST_TIMEOUT_MINUTES", value)
     with pytest.raises(ValueError, match=f"CLAPBENCH_DIST_TIMEOUT_MINUTES: expected a positive number of minutes, got '{value}'"):
         _join(monkeypatch)
+
+
+# --------------------------------------------------------------------------- inside a submitit job of 2 tasks
+def _submitit_task(monkeypatch, rank: int, inherited: dict) -> None:
+    """The environment SLURM and submitit give task ``rank`` of a 2-task job; ``inherited``: variables
+    the job took over from the shell that submitted it (all of torch's set first, so the test restores them)."""
+    for name, value in dict(SUBMITIT_EXECUTOR="slurm", SLURM_JOB_ID="4242", SLURM_NTASKS="2", SLURM_PROCID=str(rank),
+                            SLURM_LOCALID=str(rank), SLURM_NODEID="0", SLURM_JOB_NODELIST="localhost",
+                            SLURM_JOB_NUM_NODES="1", SLURM_STEP_NUM_TASKS="2", SLURM_NTASKS_PER_NODE="2").items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("SUBMITIT_FOLDER", "/nonexistent")
+    for name in distributed.WORLD_VARS + ("CUDA_VISIBLE_DEVICES",):
+        monkeypatch.setenv(name, "x")  # so that monkeypatch restores what the export writes
+        monkeypatch.delenv(name)
+    for name, value in inherited.items():
+        monkeypatch.setenv(name, value)
+
+
+INHERITED = [{}, {"MASTER_PORT": "29500"}, {"MASTER_ADDR": "elsewhere"}, {"RANK": "0"}, {"WORLD_SIZE": "1"},
+             {"LOCAL_RANK": "0"}]
+
+
+@pytest.mark.parametrize("inherited", INHERITED, ids=lambda d: ",".join(d) or "none")
+def test_a_stage_job_task_joins_its_jobs_world_even_with_torch_variables_inherited_from_the_shell(monkeypatch, inherited):
+    from clap_bench.runs import executors
+
+    _submitit_task(monkeypatch, 1, inherited)
+    seen = {}
+    monkeypatch.setattr(executors, "run_stage", lambda *a, record=True, **k: seen.update(record=record) or {})
+    executors.StageJob("/nonexistent", None, None, "h", {})()
+    assert seen["record"] is False  # task 1 does not write the stage's record
+    assert (distributed.os.environ["RANK"], distributed.os.environ["WORLD_SIZE"]) == ("1", "2")
+    assert distributed.os.environ["MASTER_ADDR"] == "localhost"
+
+
+@pytest.mark.parametrize("inherited", INHERITED, ids=lambda d: ",".join(d) or "none")
+def test_the_trainer_joins_a_2_task_submitit_jobs_process_group_even_with_inherited_torch_variables(monkeypatch, inherited):
+    _submitit_task(monkeypatch, 0, inherited)
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+
+    class Joined(Exception):
+        pass
+
+    def init_process_group(**kw):
+        raise Joined(distributed.os.environ["WORLD_SIZE"])
+
+    monkeypatch.setattr(dist, "init_process_group", init_process_group)
+    with pytest.raises(Joined, match="^2$"):
+        distributed.setup_distributed()
+
+
+def test_a_2_task_job_whose_world_cannot_be_exported_fails_instead_of_running_each_task_alone(monkeypatch):
+    import submitit
+
+    _submitit_task(monkeypatch, 1, {})
+    monkeypatch.setattr(submitit.helpers.TorchDistributedEnvironment, "export", lambda self, **kw: self)
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    with pytest.raises(RuntimeError, match="submitit job 4242 has 2 tasks but its process group was not set up"):
+        distributed.setup_distributed()
+
+
+def test_outside_a_submitit_job_the_rank_is_0_and_nothing_is_exported(monkeypatch):
+    for name in ("SUBMITIT_EXECUTOR", "SUBMITIT_FOLDER", "RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    assert distributed.export_submitit_world() == 0
+    assert "WORLD_SIZE" not in distributed.os.environ

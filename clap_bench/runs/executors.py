@@ -255,14 +255,9 @@ class StageJob(Checkpointable):
         self.input_hashes = input_hashes  # upstream stage name -> the config hash this stage reads it under
 
     def __call__(self) -> Dict[str, Any]:
-        rank = 0
-        try:
-            env = submitit.JobEnvironment()
-            if env.num_tasks > 1:
-                submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=True)
-                rank = env.global_rank
-        except RuntimeError:  # not inside a submitit job (called directly)
-            pass
+        from clap_bench.training.distributed import export_submitit_world
+
+        rank = export_submitit_world()  # 0 when called directly, not inside a submitit job
         return run_stage(self.store_root, self.profile, self.spec, self.config_hash, self.inputs,
                          progress=self.progress, record=rank == 0, prepare=getattr(self, "prepare", None),
                          input_hashes=getattr(self, "input_hashes", None))  # getattr: jobs pickled before these existed

@@ -55,6 +55,35 @@ def _under_submitit() -> bool:
     return "SUBMITIT_FOLDER" in os.environ or "SUBMITIT_EXECUTOR" in os.environ
 
 
+WORLD_VARS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
+
+
+def export_submitit_world() -> int:
+    """Inside a submitit job of several tasks, export this task's MASTER_ADDR/PORT, RANK, WORLD_SIZE,
+    LOCAL_RANK and LOCAL_WORLD_SIZE (and one GPU per task), replacing any values the job inherited
+    from the shell that submitted it or from an outer job; returns the task's global rank.
+
+    Outside a submitit job, or in a job of one task, nothing is exported and the rank is 0. A job of
+    several tasks whose world could not be exported raises instead of running each task alone.
+    """
+    import submitit
+
+    try:
+        env = submitit.JobEnvironment()
+    except RuntimeError:  # submitit recognises no job environment: not inside a submitit job
+        return 0
+    if env.num_tasks <= 1:
+        return 0
+    # overwrite: without it submitit refuses (RuntimeError) when any of these is already set
+    submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=True, overwrite=True)
+    if os.environ.get("WORLD_SIZE") != str(env.num_tasks) or os.environ.get("RANK") != str(env.global_rank):
+        raise RuntimeError(
+            f"submitit job {env.job_id} has {env.num_tasks} tasks but its process group was not set up "
+            f"(task {env.global_rank}: RANK={os.environ.get('RANK')!r}, WORLD_SIZE={os.environ.get('WORLD_SIZE')!r}); "
+            "running each task alone would repeat the stage in every task")
+    return env.global_rank
+
+
 def setup_distributed() -> DistInfo:
     """Join the process group when launched by torchrun or by a submitit job of several tasks.
 
@@ -62,15 +91,8 @@ def setup_distributed() -> DistInfo:
     """
     if dist.is_available() and dist.is_initialized():
         return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
-    if "WORLD_SIZE" not in os.environ and _under_submitit():
-        try:
-            import submitit
-
-            if submitit.JobEnvironment().num_tasks > 1:
-                # Exports MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK (and one GPU per task).
-                submitit.helpers.TorchDistributedEnvironment().export()
-        except RuntimeError:
-            pass  # not inside a submitit job after all
+    if _under_submitit():
+        export_submitit_world()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo()
