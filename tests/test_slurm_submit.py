@@ -288,3 +288,20 @@ def test_a_task_job_submitted_after_a_gpu_pretrain_job_asks_for_none_of_its_gpus
     assert "#SBATCH --ntasks-per-node=1" in task
     leaked = [line for line in task if any(k in line for k in ("gpus", "--mem", "partition", "account", "qos"))]
     assert not leaked
+
+
+def test_a_slurm_sweep_without_sbatch_stops_before_preparing_data_or_writing_anything(tmp_path, monkeypatch):
+    import clap_bench.config
+    from typer.testing import CliRunner
+
+    from clap_bench.cli import app
+
+    which = slurm.shutil.which
+    monkeypatch.setattr(slurm.shutil, "which", lambda name, *a, **k: None if name in ("sbatch", "squeue") else which(name, *a, **k))
+    prepared = []
+    monkeypatch.setattr(clap_bench.config, "resolve_datasets", lambda *a, **k: prepared.append(a))
+    result = CliRunner().invoke(app, ["run", "--method", "clap", "--seeds", "1", "--profile", "smoke", "--executor", "slurm",
+                                      "--cluster", str(REPO / "slurm" / "local.yaml"), "--runs-dir", str(tmp_path / "runs")])
+    assert result.exit_code == 2, result.output
+    assert "--executor slurm: sbatch/squeue not found" in result.output
+    assert not prepared and not list(tmp_path.rglob("*"))

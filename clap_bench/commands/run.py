@@ -39,7 +39,7 @@ def _execute(methods: List[str], seeds: str, tasks: Optional[str], profile: Opti
              quiet: bool, table_methods: Optional[List[str]], baseline: Optional[str], wait_for_claims: bool = True,
              imports: Optional[List[str]] = None, test: str = "welch") -> None:
     from clap_bench.runs import EXECUTORS, RunStore, load_cluster, make_tables, parse_seeds, parse_tasks, render, run_plan, runs_root
-    from clap_bench.runs.slurm import with_job_threads
+    from clap_bench.runs.slurm import slurm_available, with_job_threads
     from clap_bench.runs.store import with_store_threads
     from clap_bench.plugins import with_imports
     from clap_bench.runs.plan import plan_factory
@@ -56,6 +56,9 @@ def _execute(methods: List[str], seeds: str, tasks: Optional[str], profile: Opti
         cluster_profile = load_cluster(cluster) if cluster else None
         if executor == "slurm" and cluster_profile is None:
             raise ConfigError("--executor slurm needs --cluster slurm/<profile>.yaml (e.g. slurm/local.yaml)")
+        if executor == "slurm" and not dry_run and not slurm_available():
+            # before the datasets are prepared and profile.json is written
+            raise ConfigError("--executor slurm: sbatch/squeue not found (start a local cluster with slurm/start_cluster.sh)")
         if executor == "slurm":
             prof = with_job_threads(prof, cluster_profile)
         store = RunStore(runs_root(runs_dir))
