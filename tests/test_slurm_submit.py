@@ -305,3 +305,28 @@ def test_a_slurm_sweep_without_sbatch_stops_before_preparing_data_or_writing_any
     assert result.exit_code == 2, result.output
     assert "--executor slurm: sbatch/squeue not found" in result.output
     assert not prepared and not list(tmp_path.rglob("*"))
+
+
+# --------------------------------------------------------------------------- cluster profiles
+@pytest.mark.parametrize("text, where", [
+    ("tasks_per_node: 2\n", r"tasks_per_node \(used by the extract stages\): 2; expected 1"),
+    ("nodes: 2\nstages:\n  extract: {nodes: 1}\n", r"nodes \(used by the task stages\): 2; expected 1"),
+    ("stages:\n  extract: {tasks_per_node: 4}\n", r"stages\.extract\.tasks_per_node: 4; expected 1"),
+    ("stages:\n  task: {nodes: 2}\n", r"stages\.task\.nodes: 2; expected 1"),
+])
+def test_a_cluster_profile_giving_extract_or_task_stages_several_tasks_is_refused_naming_file_and_key(tmp_path, text, where):
+    from clap_bench.config import ConfigError
+
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=f"^{path}: {where}: .*would run the whole stage and write the same files"):
+        load_cluster(path)
+
+
+def test_several_tasks_for_pretrain_and_source_stages_only_are_accepted(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("stages:\n  pretrain: {nodes: 2, tasks_per_node: 4}\n  source: {tasks_per_node: 2}\n")
+    cluster = load_cluster(path)
+    assert cluster.for_stage("pretrain").tasks_per_node == 4 and cluster.for_stage("extract").tasks_per_node == 1
+    for name in ("local.yaml", "example-gpu.yaml"):
+        load_cluster(REPO / "slurm" / name)

@@ -34,6 +34,8 @@ from clap_bench.config import ConfigError, deep_merge, from_dict
 log = logging.getLogger(__name__)
 
 STAGE_KINDS = ("source", "pretrain", "extract", "task")
+DDP_KINDS = ("source", "pretrain")  # trained with DDP over a job's tasks; the others run in one process
+SINGLE_PROCESS_KINDS = ("extract", "task")
 # States in which a job still holds its stage (it may yet finish).
 ACTIVE_STATES = {
     "PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING",
@@ -120,6 +122,16 @@ def load_cluster(path: str | Path) -> ClusterProfile:
         raise ConfigError(f"{path}: stages: unknown stage kind(s) {unknown}; expected some of {list(STAGE_KINDS)}")
     for kind in profile.stages:
         profile.for_stage(kind)  # validate the override keys now, not at submission time
+    for kind in SINGLE_PROCESS_KINDS:
+        stage = profile.for_stage(kind)
+        for key in ("nodes", "tasks_per_node"):
+            value = getattr(stage, key)
+            if value > 1:
+                where = f"stages.{kind}.{key}" if key in (profile.stages.get(kind) or {}) else f"{key} (used by the {kind} stages)"
+                raise ConfigError(
+                    f"{path}: {where}: {value}; expected 1: {kind} stages run in one process, and each of several tasks "
+                    f"would run the whole stage and write the same files (only {' and '.join(DDP_KINDS)} stages run DDP "
+                    f"over several tasks; set stages.{kind}.{key}: 1)")
     return profile
 
 
