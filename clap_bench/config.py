@@ -309,6 +309,11 @@ class RuntimeConfig:
     # that each job runs as many threads as it was allocated CPUs (the plan is built, and the thread
     # count hashed, on the submitting machine, whose own core count says nothing about the jobs').
     job_threads: Dict[str, int] = field(default_factory=dict)
+    # DDP processes (a job's nodes x tasks_per_node) per trained stage kind (source, pretrain) of
+    # stages run as SLURM jobs, set from the cluster profile when a sweep is submitted: batch_size is
+    # per process, so another count is another experiment. Only counts > 1 are kept, and only they
+    # enter the stage's config (and hash), so single-process stages keep their hashes.
+    job_processes: Dict[str, int] = field(default_factory=dict)
 
 
 @dataclass

@@ -968,6 +968,42 @@ def test_stages_submitted_to_slurm_run_as_many_threads_as_their_job_has_cpus(tmp
 
 
 
+def test_the_ddp_process_count_of_submitted_source_and_pretrain_stages_is_in_their_hash_when_above_1(tmp_path):
+    """batch_size is per process: 4 processes train another model than 1, so they must not share a hash;
+    a count of 1 adds nothing, so single-process stages keep the hashes they had."""
+    from clap_bench.config import Profile, from_dict, to_dict
+    from clap_bench.runs import load_cluster
+    from clap_bench.runs.slurm import with_job_threads
+
+    plans = {}
+    for n in (1, 4):
+        cluster = tmp_path / f"c{n}.yaml"
+        cluster.write_text(f"cpus_per_task: 2\nstages:\n  pretrain: {{tasks_per_node: {n}}}\n"
+                           f"  source: {{nodes: {n}}}\n")
+        prof = with_job_threads(load_profile("smoke"), load_cluster(cluster))
+        plans[n] = build_plan(prof, ["clap"], [0], None)
+    one, four = plans[1], plans[4]
+    pinned = load_profile("smoke", {"runtime": {"job_threads": {k: 2 for k in ("source", "pretrain", "extract", "task")}}})
+    assert build_plan(pinned, ["clap"], [0], None).hashes == one.hashes  # 1 process: as without a cluster profile
+    for key, spec in four.stages.items():
+        runtime = spec.config["runtime"]
+        if spec.resources in ("source", "pretrain"):
+            assert runtime == {"threads": 2, "processes": 4}, key
+            assert four.hashes[key] != one.hashes[key], key
+        else:
+            assert runtime == {"threads": 2}, key
+        assert one.stages[key].config["runtime"] == {"threads": 2}, key
+    # the recorded profile carries the counts, so `status` rebuilds the same hashes
+    again = build_plan(from_dict(Profile, json.loads(json.dumps(to_dict(four.profile))), "recorded"), ["clap"], [0], None)
+    assert again.hashes == four.hashes
+    # a pinned runtime.threads still records the process count
+    threads = with_job_threads(load_profile("smoke", {"runtime": {"threads": 2}}), load_cluster(tmp_path / "c4.yaml"))
+    assert threads.runtime.job_processes == {"source": 4, "pretrain": 4}
+    with pytest.raises(ConfigError, match=r"runtime\.job_processes\.task: expected an integer >= 1 for one of"):
+        build_plan(load_profile("smoke", {"runtime": {"job_processes": {"task": 2}}}), ["clap"], [0], None)
+
+
+
 def _cores(monkeypatch, n: int) -> None:
     """This process may run on ``n`` cores (as under ``taskset``), outside SLURM."""
     import os
@@ -1061,7 +1097,7 @@ def test_a_run_records_the_thread_counts_it_planned_with_and_the_next_run_keeps_
     _cores(monkeypatch, 3)
     assert CliRunner().invoke(app, args).exit_code == 0
     recorded = json.loads((tmp_path / "smoke" / "profile.json").read_text())["runtime"]
-    assert recorded == {"threads": None, "job_threads": {kind: 3 for kind in STAGE_KINDS}}
+    assert recorded == {"threads": None, "job_threads": {kind: 3 for kind in STAGE_KINDS}, "job_processes": {}}
     _cores(monkeypatch, 1)
     assert CliRunner().invoke(app, args).exit_code == 0
     assert json.loads((tmp_path / "smoke" / "profile.json").read_text())["runtime"] == recorded

@@ -38,7 +38,7 @@ from clap_bench.config import (
     SOURCE_SEED, TASK_STAGE_KEYS, ConfigError, Profile, config_hash, data_identity, from_dict, head_config, identity_dict,
     resolve_threads, source_seed, source_train_identity,
 )
-from clap_bench.runs.slurm import STAGE_KINDS
+from clap_bench.runs.slurm import DDP_KINDS, STAGE_KINDS
 from clap_bench.runs.store import METRICS_FILE, RunStore, method_dir_name, method_folder_clash, read_json
 
 log = logging.getLogger(__name__)
@@ -352,6 +352,14 @@ def build_plan(profile: Profile, methods: Sequence[str], seeds: Sequence[int], t
     # the stage process sets it (``executors.run_stage``). The default resolves where the plan is
     # built, per stage kind when the stages are to run as SLURM jobs (``runtime.job_threads``).
     runtimes = {kind: {"threads": resolve_threads(p, kind)} for kind in STAGE_KINDS}
+    # So does the number of DDP processes a trained stage runs as (batch_size is per process): only
+    # counts > 1 enter, so every single-process stage keeps its hash (``runtime.job_processes``).
+    for kind, processes in p.runtime.job_processes.items():
+        if kind not in DDP_KINDS or not isinstance(processes, int) or isinstance(processes, bool) or processes < 1:
+            raise ConfigError(f"runtime.job_processes.{kind}: expected an integer >= 1 for one of {list(DDP_KINDS)}, "
+                              f"got {processes!r}")
+        if processes > 1:
+            runtimes[kind] = {**runtimes[kind], "processes": processes}
     wants_source = needs_source_stage(p) and any(not m.startswith(EXTERNAL_PREFIX) for m in methods)
     per_seed_source = wants_source and p.source_pretrain.per_seed
 

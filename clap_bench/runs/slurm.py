@@ -204,8 +204,11 @@ def _run(cmd: List[str], timeout_s: float = 30) -> str:
 
 def with_job_threads(profile, cluster: "ClusterProfile"):
     """``profile`` with ``runtime.job_threads`` set from ``cluster``'s ``cpus_per_task`` per stage
-    kind, unless ``runtime.threads`` pins one count (then jobs with fewer CPUs log a warning)."""
-    if profile.runtime.threads is not None:
-        return profile
-    job_threads = {kind: cluster.for_stage(kind).cpus_per_task for kind in STAGE_KINDS}
-    return dataclasses.replace(profile, runtime=dataclasses.replace(profile.runtime, job_threads=job_threads))
+    kind, unless ``runtime.threads`` pins one count (then jobs with fewer CPUs log a warning), and
+    with ``runtime.job_processes`` set to the DDP process count (nodes x tasks_per_node) of the
+    source and pretrain kinds where it is above 1 (it enters those stages' hashes)."""
+    processes = {kind: cluster.for_stage(kind).nodes * cluster.for_stage(kind).tasks_per_node for kind in DDP_KINDS}
+    runtime = dataclasses.replace(profile.runtime, job_processes={kind: n for kind, n in processes.items() if n > 1})
+    if profile.runtime.threads is None:
+        runtime = dataclasses.replace(runtime, job_threads={kind: cluster.for_stage(kind).cpus_per_task for kind in STAGE_KINDS})
+    return dataclasses.replace(profile, runtime=runtime)
