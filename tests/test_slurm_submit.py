@@ -330,3 +330,25 @@ def test_several_tasks_for_pretrain_and_source_stages_only_are_accepted(tmp_path
     assert cluster.for_stage("pretrain").tasks_per_node == 4 and cluster.for_stage("extract").tasks_per_node == 1
     for name in ("local.yaml", "example-gpu.yaml"):
         load_cluster(REPO / "slurm" / name)
+
+
+def test_max_num_timeout_of_the_cluster_profile_sets_how_often_each_stages_job_is_requeued_on_its_time_limit(tmp_path, monkeypatch):
+    requeues = {}
+
+    class Recording(executors.submitit.AutoExecutor):
+        def submit(self, job):
+            requeues[job.spec.key] = self._executor.max_num_timeout
+            return types.SimpleNamespace(job_id=str(100 + len(requeues)), paths=types.SimpleNamespace(stdout="o", stderr="e"))
+
+    monkeypatch.setattr(executors.submitit, "AutoExecutor", Recording)
+    monkeypatch.setattr(executors, "job_states", lambda ids: {j: "UNKNOWN" for j in ids if j})
+    (tmp_path / "c.yaml").write_text("max_num_timeout: 1\nstages:\n  pretrain: {max_num_timeout: 20}\n")
+    store, plan = RunStore(tmp_path / "runs"), build_toy_plan(toy_profile(), ["a"], [0], steps=2)
+    executors._submit(plan, store, load_cluster(tmp_path / "c.yaml"), lambda s: None, poll_s=0.01)
+    assert requeues == {"a/seed0/pretrain": 20, "a/seed0/tal": 1}
+    assert load_cluster(REPO / "slurm" / "local.yaml").max_num_timeout == 3  # submitit's default
+    (tmp_path / "bad.yaml").write_text("stages:\n  task: {max_num_timeout: -1}\n")
+    from clap_bench.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"bad\.yaml: stages\.task\.max_num_timeout: expected an integer >= 0, got -1"):
+        load_cluster(tmp_path / "bad.yaml")

@@ -501,11 +501,12 @@ def _submit_stage(plan: Plan, store: RunStore, cluster: ClusterProfile, folder: 
     settings and ``submitit_parameters`` leaves out the keys at 0/null, so a shared executor would
     pass one stage's GPUs, memory, partition, account or QOS on to the next stage's job."""
     deps = [job_of[d] for d in spec.deps if d in job_of]
-    params = cluster.for_stage(spec.resources).submitit_parameters(
+    stage_cluster = cluster.for_stage(spec.resources)
+    params = stage_cluster.submitit_parameters(
         name=f"{(spec.method or 'shared').replace('/', '_')}-s{spec.seed if spec.seed is not None else 'x'}-{spec.name}",
         dependency="afterok:" + ":".join(deps) if deps else None,
     )
-    executor = submitit.AutoExecutor(folder=str(folder), cluster="slurm")
+    executor = submitit.AutoExecutor(folder=str(folder), cluster="slurm", slurm_max_num_timeout=stage_cluster.max_num_timeout)
     executor.update_parameters(**params)
     job = executor.submit(StageJob(str(store.root), plan.profile, spec, plan.hashes[spec.key], _inputs(plan, store, spec),
                                    prepare=_prepare_args(plan, spec), input_hashes=_input_hashes(plan, spec)))

@@ -10,6 +10,7 @@ parameters. ``stages`` overrides them per kind of stage (``source``, ``pretrain`
     mem_gb: 32
     timeout_min: 240
     signal_delay_s: 90     # USR2 this long before the limit: checkpoint, requeue, resume
+    max_num_timeout: 3     # requeues on reaching the time limit (then the job ends TIMEOUT)
     account: null
     qos: null
     setup: ["module load cuda/12.1", "source ~/venvs/clap/bin/activate"]
@@ -59,6 +60,10 @@ class ClusterProfile:
     # SLURM sends USR2 this long before the time limit; submitit then checkpoints and requeues the
     # job (the trainer first writes its checkpoint). Leave at least one training step's time.
     signal_delay_s: int = 90
+    # How many times a job that reaches its time limit is requeued to resume from its checkpoint
+    # (submitit's max_num_timeout; preemptions do not count). A pre-training longer than
+    # (max_num_timeout + 1) x timeout_min needs more.
+    max_num_timeout: int = 3
     account: Optional[str] = None
     qos: Optional[str] = None
     setup: List[str] = field(default_factory=list)  # shell lines run before the job (modules, venv)
@@ -122,6 +127,10 @@ def load_cluster(path: str | Path) -> ClusterProfile:
         raise ConfigError(f"{path}: stages: unknown stage kind(s) {unknown}; expected some of {list(STAGE_KINDS)}")
     for kind in profile.stages:
         profile.for_stage(kind)  # validate the override keys now, not at submission time
+    for kind in STAGE_KINDS:
+        if profile.for_stage(kind).max_num_timeout < 0:
+            where = f"stages.{kind}.max_num_timeout" if "max_num_timeout" in (profile.stages.get(kind) or {}) else "max_num_timeout"
+            raise ConfigError(f"{path}: {where}: expected an integer >= 0, got {profile.for_stage(kind).max_num_timeout}")
     for kind in SINGLE_PROCESS_KINDS:
         stage = profile.for_stage(kind)
         for key in ("nodes", "tasks_per_node"):
