@@ -36,7 +36,7 @@ import re
 import socket
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import json
 import yaml
@@ -219,17 +219,24 @@ class RunStore:
         """The methods the current stage records of a method folder name (``stage.json``'s ``method``),
         each with one of its stage folders; damaged records are left out (``status`` names them)."""
         found: Dict[str, Path] = {}
+        for stage, method in self._stage_methods(profile, method_dir, archived=False):
+            found.setdefault(method, stage)
+        return found
+
+    def _stage_methods(self, profile: str, method_dir: str, archived: bool = True) -> Iterator[Tuple[Path, str]]:
+        """``(stage folder, method)`` of every stage record of a method folder that names its method, seed
+        by seed; damaged records are passed over; ``archived=False`` leaves out stages moved aside (``@``)."""
         for seed in self.seeds(profile, method_dir):
             for stage in sorted(self.seed_dir(profile, method_dir, seed).iterdir()):
-                if not stage.is_dir() or "@" in stage.name:
+                # the stages' claim lock files sit beside their folders
+                if not stage.is_dir() or (not archived and "@" in stage.name):
                     continue
                 try:
                     record = read_json(stage / STAGE_FILE)
                 except ValueError:
                     continue
                 if record and record.get("method"):
-                    found.setdefault(record["method"], stage)
-        return found
+                    yield stage, record["method"]
 
     def check_method_folder(self, profile: str, method: str) -> None:
         """Raise ``ConfigError`` when ``method``'s folder holds the stages of another method that maps
@@ -247,17 +254,7 @@ class RunStore:
     def method_label(self, profile: str, method_dir: str) -> str:
         """The method as the user named it (``features:PATH`` keeps its path), read from a stage record;
         a damaged record is passed over (the table and status name it where they read that stage)."""
-        for seed in self.seeds(profile, method_dir):
-            for stage in sorted(self.seed_dir(profile, method_dir, seed).iterdir()):
-                if not stage.is_dir():  # the stages' claim lock files sit beside their folders
-                    continue
-                try:
-                    record = read_json(stage / STAGE_FILE)
-                except ValueError:
-                    continue
-                if record and record.get("method"):
-                    return record["method"]
-        return method_dir
+        return next((method for _, method in self._stage_methods(profile, method_dir)), method_dir)
 
     # ------------------------------------------------------------------ stage records
     def prepare(self, stage_dir: Path, config_hash: str, record: Dict[str, Any], config: Dict[str, Any]) -> None:
