@@ -315,28 +315,15 @@ def test_variance_leaves_out_the_seeds_the_table_calls_stale_and_names_them(tmp_
     assert "(2 more stale: seed(s) [0, 1])" in few.output
 
 
-def test_extra_heads_are_recorded_for_their_stage_and_only_heads_of_the_stage_in_place_are_averaged(tmp_path, monkeypatch):
-    """Two hand-made tal stages of external features made with ``tasks.tal.epochs: 2``. Their head 1
-    under ``_variance/`` was trained by an older analyze variance (no head.json: unknown config) for
-    seed 0, and for another stage (hash ``old``) for seed 1: ``table --heads 2`` names both and averages
-    neither. analyze variance with a profile whose tasks.tal says ``epochs: 1`` is refused; with the
-    stages' config it moves both heads aside and trains them again with the stage's recorded task
-    config, recording the stage hash; the table then averages them."""
+def _external_tal_stages(tmp_path, config):
+    """A store ``tmp_path/runs`` with finished tal stages of seeds 0 and 1 of external features (profile
+    ``ext``), each recording ``config`` in its config.yaml (hash ``h<seed>``): ``(store, method)``."""
     import json
 
     import yaml
 
-    import clap_bench.downstream.base as base
-    from clap_bench.config import ConfigError
-    from clap_bench.runs import RunStore, make_tables
-    from clap_bench.runs.variance import run_variance, variance_dir
+    from clap_bench.runs import RunStore
 
-    from clap_bench.config import head_config, load_profile
-
-    same = tmp_path / "ext_a.yaml"
-    same.write_text("base: smoke\nname: ext\ntasks:\n  tal:\n    epochs: 2\n")
-    made_with = load_profile(str(same)).tasks["tal"]  # what a stage of that profile records in its config.yaml
-    assert made_with["epochs"] == 2
     feats = tmp_path / "ext.h5"
     with h5py.File(feats, "w") as f:
         f["v"] = np.zeros((3, 4), np.float32)
@@ -346,8 +333,32 @@ def test_extra_heads_are_recorded_for_their_stage_and_only_heads_of_the_stage_in
         stage = store.stage_dir("ext", method, seed, "tal")
         stage.mkdir(parents=True)
         (stage / "stage.json").write_text(json.dumps({"status": "done", "hash": f"h{seed}", "method": method}))
-        (stage / "config.yaml").write_text(yaml.safe_dump({"hash": f"h{seed}", "config": {"task": "tal", "overrides": made_with}}))
+        (stage / "config.yaml").write_text(yaml.safe_dump({"hash": f"h{seed}", "stage": "tal", "config": config}))
         (stage / "metrics.json").write_text(json.dumps({"mAP@0.5": 0.5 + 0.1 * seed, "average_mAP": 0.3 + 0.1 * seed}))
+    return store, method
+
+
+def test_extra_heads_are_recorded_for_their_stage_and_only_heads_of_the_stage_in_place_are_averaged(tmp_path, monkeypatch):
+    """Two hand-made tal stages of external features made with ``tasks.tal.epochs: 2``. Their head 1
+    under ``_variance/`` was trained by an older analyze variance (no head.json: unknown config) for
+    seed 0, and for another stage (hash ``old``) for seed 1: ``table --heads 2`` names both and averages
+    neither. analyze variance with a profile whose tasks.tal says ``epochs: 1`` is refused; with the
+    stages' config it moves both heads aside and trains them again with the stage's recorded task
+    config, recording the stage hash; the table then averages them."""
+    import json
+
+
+    import clap_bench.downstream.base as base
+    from clap_bench.config import ConfigError, head_config, load_profile
+    from clap_bench.runs import make_tables
+    from clap_bench.runs.variance import run_variance, variance_dir
+
+    same = tmp_path / "ext_a.yaml"
+    same.write_text("base: smoke\nname: ext\ntasks:\n  tal:\n    epochs: 2\n")
+    made_with = load_profile(str(same)).tasks["tal"]  # what a stage of that profile records in its config.yaml
+    assert made_with["epochs"] == 2
+    store, method = _external_tal_stages(tmp_path, {"task": "tal", "overrides": made_with})
+    for seed in (0, 1):
         old = variance_dir(store, "ext", method, seed, "tal", 1)
         old.mkdir(parents=True)
         (old / "metrics.json").write_text(json.dumps({"mAP@0.5": 0.9, "average_mAP": 0.9}))
@@ -395,28 +406,15 @@ def test_extra_heads_train_with_the_thread_count_the_store_recorded_not_this_mac
     import json
 
     import torch
-    import yaml
 
     import clap_bench.downstream.base as base
     from clap_bench.config import load_profile
-    from clap_bench.runs import RunStore
     from clap_bench.runs.variance import run_variance
 
     yaml_file = tmp_path / "ext.yaml"
     yaml_file.write_text("base: smoke\nname: ext\n")
     prof = load_profile(str(yaml_file))
-    feats = tmp_path / "ext.h5"
-    with h5py.File(feats, "w") as f:
-        f["v"] = np.zeros((3, 4), np.float32)
-    method = f"features:{feats}"
-    store = RunStore(tmp_path / "runs")
-    for seed in (0, 1):
-        stage = store.stage_dir("ext", method, seed, "tal")
-        stage.mkdir(parents=True)
-        (stage / "stage.json").write_text(json.dumps({"status": "done", "hash": f"h{seed}", "method": method}))
-        config = {"task": "tal", "overrides": prof.tasks["tal"], "runtime": {"threads": 3}}
-        (stage / "config.yaml").write_text(yaml.safe_dump({"hash": f"h{seed}", "stage": "tal", "config": config}))
-        (stage / "metrics.json").write_text(json.dumps({"mAP@0.5": 0.5 + 0.1 * seed, "average_mAP": 0.3 + 0.1 * seed}))
+    store, method = _external_tal_stages(tmp_path, {"task": "tal", "overrides": prof.tasks["tal"], "runtime": {"threads": 3}})
     assert store.thread_counts("ext") == {"task": 3}
     threads = []
 
