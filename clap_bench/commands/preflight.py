@@ -36,11 +36,13 @@ def preflight(
         prof = load_profile(str(profile))
     except ConfigError as e:
         raise typer.BadParameter(str(e), param_hint="--profile")
-    names = [m.strip() for m in methods.split(",") if m.strip()]
     from clap_bench.methods import list_methods
+    from clap_bench.runs import parse_methods
 
-    if not names:
-        raise typer.BadParameter(f"expected comma-separated method names, got {methods!r}", param_hint="--methods")
+    try:
+        names = parse_methods(methods)
+    except ConfigError as e:
+        raise typer.BadParameter(str(e).removeprefix("--methods: "), param_hint="--methods")
     unknown = [m for m in names if m not in list_methods()]
     if unknown:
         raise typer.BadParameter(f"unknown method(s) {unknown}; known: {', '.join(list_methods())}", param_hint="--methods")

@@ -181,9 +181,12 @@ def register(app: typer.Typer) -> None:
         imports: Optional[List[str]] = typer.Option(None, "--import", help=IMPORT_HELP),
     ):
         """Run several methods x seeds (as SLURM jobs chained by afterok dependencies, or locally)."""
-        method_list = [m.strip() for m in methods.split(",") if m.strip()]
-        if not method_list:  # before anything is planned or written (profile.json included)
-            typer.echo(f"error: --methods: expected comma-separated method names, got {methods!r}", err=True)
+        from clap_bench.runs import parse_methods
+
+        try:
+            method_list = parse_methods(methods)  # before anything is planned or written (profile.json included)
+        except ConfigError as e:
+            typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2)
         _execute(method_list, seeds, tasks, profile, config, executor, cluster, runs_dir, dry_run, wait=wait or executor != "slurm",
                  quiet=quiet, table_methods=method_list, baseline=baseline, imports=imports, test=test)
@@ -201,12 +204,12 @@ def register(app: typer.Typer) -> None:
                                           help="also content hashes of the synthetic data and of each finished stage's outputs"),
     ):
         """Every (method, seed, stage): done, running (SLURM job and state), failed (log and error), missing."""
-        from clap_bench.runs import RunStore, parse_seeds, parse_tasks, runs_root
+        from clap_bench.runs import RunStore, parse_methods, parse_seeds, parse_tasks, runs_root
 
         store = RunStore(runs_root(runs_dir))
         try:
-            if methods and not [m for m in methods.split(",") if m.strip()]:
-                raise ConfigError(f"--methods: expected comma-separated method names, got {methods!r}")
+            if methods:
+                parse_methods(methods)
             if tasks is not None:
                 parse_tasks(tasks)  # "," names no task: said once, not once per method
             seed_list = parse_seeds(seeds) if seeds else None

@@ -30,17 +30,18 @@ def register(app: typer.Typer) -> None:
         """Print Tables 1, 2a, 2b, 3: mean ± std over finished seeds, difference to --baseline with its
         95% CI and t-test p-value (Welch's, or --test paired), Holm's adjustment, the smallest detectable
         difference, the paper's numbers beside them."""
-        from clap_bench.runs import RunStore, make_tables, parse_seeds, render, runs_root
+        from clap_bench.runs import RunStore, make_tables, parse_methods, parse_seeds, render, runs_root
         from clap_bench.runs.tables import TABLE_IDS
 
         ids = [t.strip() for t in tables.split(",") if t.strip()]
-        method_list = [m.strip() for m in methods.split(",") if m.strip()] if methods is not None else None
         # a list that names nothing ("," or "") is refused, as run, sweep and status refuse it: not read as every method
         if not ids:
             typer.echo(f"error: --tables: expected comma-separated table ids ({', '.join(TABLE_IDS)}), got {tables!r}", err=True)
             raise typer.Exit(2)
-        if method_list == []:
-            typer.echo(f"error: --methods: expected comma-separated method names, got {methods!r}", err=True)
+        try:
+            method_list = parse_methods(methods) if methods is not None else None
+        except ConfigError as e:
+            typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2)
         store = RunStore(runs_root(runs_dir))
         profiles = [profile] if profile else store.profiles()

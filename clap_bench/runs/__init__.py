@@ -8,6 +8,7 @@ from clap_bench.runs.plan import (
     StageSpec,
     build_plan,
     parse_seeds,
+    parse_methods,
     parse_tasks,
 )
 from clap_bench.runs.slurm import ClusterProfile, job_states, load_cluster
@@ -17,7 +18,7 @@ from clap_bench.runs.tables import load_paper_tables, make_tables, render
 
 __all__ = [
     "EXECUTORS", "RunReport", "StageJob", "run_plan", "run_stage",
-    "TASK_NAMES", "Plan", "StageContext", "StageSpec", "build_plan", "parse_seeds", "parse_tasks",
+    "TASK_NAMES", "Plan", "StageContext", "StageSpec", "build_plan", "parse_methods", "parse_seeds", "parse_tasks",
     "ClusterProfile", "job_states", "load_cluster", "StageStatus", "plan_status",
     "RunStore", "method_dir_name", "runs_root", "load_paper_tables", "make_tables", "render",
 ]

@@ -187,6 +187,15 @@ class Plan:
 
 
 # --------------------------------------------------------------------------- plan building
+def parse_methods(methods: str) -> List[str]:
+    """The methods of a comma-separated ``--methods`` list; one that names nothing ("," or "") is an
+    error, not every method (a plan of no method would still rewrite the store's profile.json)."""
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    if not names:
+        raise ConfigError(f"--methods: expected comma-separated method names, got {methods!r}")
+    return names
+
+
 def parse_tasks(tasks: Optional[Iterable[str] | str]) -> List[str]:
     """The tasks to run: the paper's three by default (``all``), or the listed ones, which may be
     plug-in tasks (registered by an entry point or an imported module, see ``clap_bench.plugins``)."""
