@@ -27,7 +27,12 @@ variance): how much of the head seed's spread is the size of the test set.
 reads the test subset once, after training) and prints, per arm and epoch, mean ± std over the head
 seeds of R@1 IoU 0.5 and mIoU. Without a schedule (no validation subset, as on the Charades-like
 set) the first E epochs of a longer run are an E-epoch run, so one run shows what every shorter
-budget would give. ``--arms source`` trains the source arm only.
+budget would give. ``--arms source`` trains the source arm only. With ``--curves`` and ``--test-parts 2`` it also asks
+whether keeping each head's best epoch on held-out videos would narrow the head seeds' spread (the
+Charades-like set has no validation subset): each half of the test videos in turn picks a head's epoch
+(best R@1 IoU 0.5 there, the earlier on a tie) and the other half scores it, beside the last epoch
+scored on that same half. ``--curves-out FILE.json`` writes every head's per-epoch figures (whole test
+subset and each part).
 The Gaussian features are drawn anew for each head seed (the draw's own seed is the head seed;
 ``--one-draw``: draw 0 for all, as the figures of the README's TACoS table were made).
 The source model must be cached (any ``clapbench run`` on the profile makes it); features and
@@ -83,6 +88,7 @@ def main() -> None:
     ap.add_argument("--one-draw", action="store_true",
                     help="one draw of Gaussian features (seed 0) for every head seed, instead of a draw per head seed")
     ap.add_argument("--curves", action="store_true", help="score the test subset after every epoch (a diagnosis)")
+    ap.add_argument("--curves-out", default=None, help="with --curves: write every head's per-epoch figures to this JSON file")
     ap.add_argument("--arms", default="source,random", help="source, random or both (default)")
     ap.add_argument("--work", default=None, help="folder for features and generated data (default: temporary)")
     args = ap.parse_args()
@@ -162,6 +168,7 @@ def main() -> None:
     if not wanted or set(wanted) - {"source", "random"}:
         raise SystemExit(f"--arms {args.arms}: expected source, random or source,random")
     curves = {"source": [], "random": []}  # per arm, per head seed: [(mIoU, R@1 IoU 0.5) per epoch]
+    part_curves = {}  # id(a head's curve list) -> per epoch [whole, part 0, part 1, ...] as (mIoU, R@1 IoU 0.5)
     if args.curves:
         test_q = grounding_queries(annotations, d.test_subset)
         test_truth = ground_truth_entries(test_q)
@@ -178,7 +185,14 @@ def main() -> None:
         def hook(epoch, model):
             preds = predict(model, test_q, feats, test_words, d.nms_threshold, cfg.top_k, cfg.batch_size, "cpu")
             m = evaluate_grounding(test_truth, preds)
-            into.append((100 * m["mIoU"], 100 * m["R@1"]["0.5"]))
+            row = [(100 * m["mIoU"], 100 * m["R@1"]["0.5"])]
+            for k in range(args.test_parts if args.test_parts > 1 else 0):  # then each part of the test videos
+                by_id = {p["id"]: p for p in preds}
+                gt = [g for g in test_truth if part_of.get(g["video"]) == k]
+                mk = evaluate_grounding(gt, [by_id[g["id"]] for g in gt])
+                row.append((100 * mk["mIoU"], 100 * mk["R@1"]["0.5"]))
+            into.append(row[0])
+            part_curves.setdefault(id(into), []).append(row)
         return hook
 
     figures = {"source": [], "random": []}
@@ -213,6 +227,14 @@ def main() -> None:
                     v = np.array([c[e][i] for c in curves[name]])
                     cells.append(f"{v.mean():.2f} ± {v.std(ddof=1):.2f}" if len(v) > 1 else f"{v.mean():.2f}")
             print(f"| {e + 1} | " + " | ".join(cells) + " |")
+        if args.curves_out:
+            out = {name: [part_curves.get(id(c), [[p] for p in c]) for c in curves[name]] for name in wanted}
+            Path(args.curves_out).write_text(json.dumps({"dataset": args.dataset, "seeds": args.seeds,
+                                                         "rows": "per arm, head, epoch: [whole, part 0, ...] as [mIoU, R@1 IoU 0.5]",
+                                                         "curves": out}, indent=1))
+            print(f"per-head curves: {args.curves_out}")
+        if args.test_parts == 2:
+            print_heldout_selection(wanted, curves, part_curves)
     if wanted != ["source", "random"]:
         for name in wanted:  # one arm: its mean ± std over the head seeds
             for i, metric in enumerate(("mIoU", "R@1 IoU 0.5")):
@@ -240,6 +262,33 @@ def main() -> None:
                 one_part = float(np.sqrt(per_part.var(axis=1, ddof=1).mean()))
                 print(f"  {name:<6} {metric:<12} whole {whole.std(ddof=1):.2f}, one part {one_part:.2f} "
                       f"(part means {', '.join(f'{x:.2f}' for x in per_part.mean(axis=1))})")
+
+
+def print_heldout_selection(wanted, curves, part_curves) -> None:
+    """Each half of the test videos picks a head's epoch (best R@1 IoU 0.5), the other half scores it.
+
+    Printed per arm: the heads' mean and std (over head seeds, the two folds' variances averaged)
+    on the scoring half at the last epoch and at the epoch the other half picked, and the same
+    with the scoring half picking its own epoch (an optimistic bound: selection on the data scored).
+    """
+    print("held-out epoch selection (halves of the test videos; R@1 IoU 0.5, percent; std over head seeds):")
+    for name in wanted:
+        rows = [np.array([[p[1] for p in epoch[1:3]] for epoch in part_curves[id(c)]]) for c in curves[name]]  # (epochs, 2)
+        kinds = {"last epoch": [], "epoch picked on the other half": [], "epoch picked on the same half (bound)": []}
+        for score_on in (0, 1):
+            pick_on = 1 - score_on
+            last = [r[-1, score_on] for r in rows]
+            picked = [r[int(np.argmax(r[:, pick_on])), score_on] for r in rows]
+            bound = [r[:, score_on].max() for r in rows]
+            for key, v in zip(kinds, (last, picked, bound)):
+                kinds[key].append(np.array(v))
+        for key, folds in kinds.items():
+            mean = np.mean([f.mean() for f in folds])
+            std = np.sqrt(np.mean([f.var(ddof=1) for f in folds])) if len(folds[0]) > 1 else 0.0
+            epochs = ""
+            if key == "epoch picked on the other half":
+                epochs = " (epochs " + ", ".join("/".join(str(int(np.argmax(r[:, 1 - s])) + 1) for s in (0, 1)) for r in rows) + ")"
+            print(f"  {name:<6} {key:<38} {mean:6.2f} ± {std:.2f}{epochs}")
 
 
 if __name__ == "__main__":
