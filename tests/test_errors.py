@@ -301,12 +301,14 @@ def test_cli_status_bad_seeds_names_the_option_and_the_value(tmp_path):
     assert "--seeds" in out and "'abc'" in out
 
 
-def test_cli_status_damaged_stage_record_names_the_file(tmp_path):
+def test_cli_status_damaged_stage_record_is_shown_damaged_and_names_the_file(tmp_path):
     stage = tmp_path / "runs" / "smoke" / "clap" / "seed0" / "pretrain"
     stage.mkdir(parents=True)
     (stage / "stage.json").write_text('{"status": "do')  # cut short
-    out = _fails_cleanly(["status", "--profile", "smoke", "--runs-dir", str(tmp_path / "runs")], 2)
-    assert str(stage / "stage.json") in out and "not valid JSON" in out
+    result = runner.invoke(app, ["status", "--profile", "smoke", "--runs-dir", str(tmp_path / "runs")])
+    assert result.exit_code == 0 and result.exception is None, result.output
+    assert ["clap", "0", "pretrain", "damaged"] in [line.split()[:4] for line in result.output.splitlines()]
+    assert f"clap/seed0/pretrain damaged: {stage / 'stage.json'}: not valid JSON" in result.output
 
 
 def test_cli_status_damaged_profile_record_names_the_file(tmp_path):

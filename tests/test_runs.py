@@ -274,6 +274,29 @@ def test_status_command_says_interrupted_for_a_stage_recorded_interrupted(tmp_pa
     assert "1 done, 1 interrupted" in result.output
 
 
+def test_status_lists_every_stage_and_marks_one_with_a_damaged_record(tmp_path, monkeypatch):
+    # A truncated stage.json (or metrics.json) is that stage's state, as a run fails that stage and a
+    # table leaves its seed out: status lists every other stage, marks it damaged, names the file and
+    # what is wrong, and exits 0 as it does for a failed stage.
+    store = RunStore(tmp_path)
+    _run(build_toy_plan(toy_profile(), ["a"], [0, 1]), store)
+    record = store.stage_dir("toy", "a", 0, "pretrain") / "stage.json"
+    record.write_text('{"status": "do')  # cut short
+    metrics = store.stage_dir("toy", "a", 1, "tal") / "metrics.json"
+    metrics.write_text('{"average_mAP": 0.3')
+    monkeypatch.setenv("CLAPBENCH_PLAN_FACTORY", "test_runs_toy_plan:build_toy_plan")
+    result = CliRunner().invoke(app, ["status", "--runs-dir", str(tmp_path), "--seeds", "2"])
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    rows = [line.split()[:4] for line in result.output.splitlines()]
+    assert ["a", "0", "pretrain", "damaged"] in rows and ["a", "1", "tal", "damaged"] in rows
+    assert ["a", "0", "tal", "done"] in rows and ["a", "1", "pretrain", "done"] in rows
+    assert "2 done, 2 damaged" in result.output
+    assert f"a/seed0/pretrain damaged: {record}: not valid JSON" in result.output
+    assert f"a/seed1/tal damaged: {metrics}: not valid JSON" in result.output and "delete it to rerun the stage" in result.output
+    states = {s.key: s.state for s in plan_status(build_toy_plan(toy_profile(), ["a"], [0, 1]), store)}
+    assert states == {"a/seed0/pretrain": "damaged", "a/seed0/tal": "done", "a/seed1/pretrain": "done", "a/seed1/tal": "damaged"}
+
+
 # --------------------------------------------------------------------------- tables
 def _fake_results(store: RunStore, profile: str, values: dict, task: str = "tal", incomplete: dict = None):
     """Hand-made finished task stages: {method: [average_mAP per seed]}."""

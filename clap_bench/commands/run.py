@@ -70,7 +70,7 @@ def _execute(methods: List[str], seeds: str, tasks: Optional[str], profile: Opti
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2)
     if dry_run:
-        from clap_bench.runs.executors import damaged_record
+        from clap_bench.runs.store import damaged_record
 
         typer.echo(f"Plan ({len(plan)} stages, executor {executor}, runs under {store.root}):")
         damaged = {}
@@ -272,6 +272,8 @@ def _print_status(store, prof: Profile, methods: Optional[str], seeds: Optional[
     counts = summarize(statuses)
     typer.echo("  " + ", ".join(f"{n} {k}" for k, n in counts.items() if n))
     for s in statuses:
+        if s.state == "damaged":
+            typer.echo(f"\n{s.key} damaged: {s.damaged}")
         if s.state == "failed" and s.error_tail:
             typer.echo(f"\n{s.key} failed ({s.log_path}):")
             for line in s.error_tail[-lines:]:

@@ -39,7 +39,8 @@ from clap_bench.runs.fingerprints import write_stage_fingerprints
 from clap_bench.runs.plan import Plan, StageContext, StageSpec
 from clap_bench.runs.slurm import ACTIVE_STATES, ClusterProfile, SlurmQueryError, cancel, job_states, slurm_available
 from clap_bench.runs.claims import StageClaim, claim_holder, describe_owner, held_by_this_job, owner_record, slurm_job_id
-from clap_bench.runs.store import LOG_FILE, METRICS_FILE, SLURM_FILE, STAGE_FILE, RunStore, finished_metrics, read_json
+from clap_bench.runs.store import (LOG_FILE, METRICS_FILE, SLURM_FILE, STAGE_FILE, RunStore, damaged_record, finished_metrics,
+                                   read_json)
 
 EXECUTORS = ("local", "debug", "slurm")
 START_LINE = "stage started:"  # the first line a stage writes to its stage.log, once per start
@@ -299,21 +300,6 @@ def _input_hashes(plan: Plan, spec: StageSpec) -> Dict[str, str]:
 def _prepare_args(plan: Plan, spec: StageSpec) -> tuple:
     return ({"stage": spec.name, "method": spec.method, "seed": spec.seed, "profile": plan.profile.name},
             plan.resolved_config(spec))
-
-
-RECORD_FILES = (STAGE_FILE, METRICS_FILE, SLURM_FILE)  # the JSON records a run reads in a stage's folder
-
-
-def damaged_record(stage_dir: Path) -> Optional[str]:
-    """The error of the first of the stage's records that is not valid JSON (``read_json``'s message names
-    the file and says to delete it), or None. A run fails such a stage and goes on with the stages that do
-    not read it, instead of stopping at its first look at the folder."""
-    for name in RECORD_FILES:
-        try:
-            read_json(Path(stage_dir) / name)
-        except ValueError as e:
-            return str(e)
-    return None
 
 
 def _run_in_process(plan: Plan, store: RunStore, executor: str, progress: bool, echo, wait_for_claims: bool = True) -> RunReport:

@@ -8,6 +8,9 @@ failed   the stage raised (error.log), or its SLURM job ended without metrics (c
 interrupted  stopped before it finished: Ctrl-C or a stop signal (its record says interrupted), or a
          process that died (its record says running, but no process holds the stage); the next run
          resumes it (``clapbench table`` names such a seed the same way)
+damaged  one of its records (stage.json, metrics.json, slurm.json) is not valid JSON: the file and the
+         error are shown; a run fails the stage until the file is deleted (``clapbench table`` leaves
+         that seed out as unreadable)
 missing  nothing yet
 """
 
@@ -23,9 +26,10 @@ from typing import List, Optional
 from clap_bench.runs.claims import claim_holder, describe_owner
 from clap_bench.runs.plan import Plan
 from clap_bench.runs.slurm import ACTIVE_STATES, SlurmQueryError, job_states
-from clap_bench.runs.store import ERROR_FILE, SLURM_FILE, STAGE_FILE, RunStore, finished_metrics, read_json, tail_lines
+from clap_bench.runs.store import (ERROR_FILE, SLURM_FILE, STAGE_FILE, RunStore, damaged_record_file, finished_metrics, read_json,
+                                   tail_lines)
 
-STATES = ("done", "stale", "running", "failed", "interrupted", "missing")
+STATES = ("done", "stale", "running", "failed", "interrupted", "damaged", "missing")
 log = logging.getLogger(__name__)
 
 
@@ -42,6 +46,7 @@ class StageStatus:
     log_path: Optional[Path] = None
     error_tail: List[str] = field(default_factory=list)
     holder: Optional[dict] = None  # claim.json of the process running the stage now
+    damaged: Optional[str] = None  # read_json's error for a record that is not valid JSON (it names the file)
 
     @property
     def detail(self) -> str:
@@ -56,7 +61,9 @@ class StageStatus:
 
 
 def plan_status(plan: Plan, store: RunStore) -> List[StageStatus]:
-    slurm = {key: read_json(plan.stage_dir(store, spec) / SLURM_FILE) for key, spec in plan.stages.items()}
+    damaged = {key: damaged_record_file(plan.stage_dir(store, spec)) for key, spec in plan.stages.items()}
+    slurm = {key: read_json(plan.stage_dir(store, spec) / SLURM_FILE) if not damaged[key] else None
+             for key, spec in plan.stages.items()}
     holders = {key: claim_holder(plan.stage_dir(store, spec)) for key, spec in plan.stages.items()}
     try:
         states = job_states([s["job_id"] for s in slurm.values() if s and s.get("job_id")]
@@ -68,8 +75,13 @@ def plan_status(plan: Plan, store: RunStore) -> List[StageStatus]:
     for key, spec in plan.stages.items():
         h = plan.hashes[key]
         stage_dir = plan.stage_dir(store, spec)
-        record = read_json(stage_dir / STAGE_FILE) or {}
         status = StageStatus(key, spec.method, spec.seed, spec.name, "missing", stage_dir)
+        if damaged[key]:  # its state cannot be read; a run fails it until the file is deleted
+            status.state = "damaged"
+            status.log_path, status.damaged = damaged[key]
+            out.append(status)
+            continue
+        record = read_json(stage_dir / STAGE_FILE) or {}
         info = slurm.get(key)
         if info and info.get("hash") == h:
             status.job_id = info.get("job_id")

@@ -389,6 +389,27 @@ def finished_metrics(stage_dir: Path) -> Optional[Dict[str, Any]]:
     return metrics if record is None or record.get("status") == "done" else None
 
 
+RECORD_FILES = (STAGE_FILE, METRICS_FILE, SLURM_FILE)  # the JSON records a run reads in a stage's folder
+
+
+def damaged_record(stage_dir: Path) -> Optional[str]:
+    """The error of the first of the stage's records that is not valid JSON (``read_json``'s message names
+    the file and says to delete it), or None. A run fails such a stage and goes on with the stages that do
+    not read it, instead of stopping at its first look at the folder; ``status`` shows it damaged."""
+    found = damaged_record_file(stage_dir)
+    return None if found is None else found[1]
+
+
+def damaged_record_file(stage_dir: Path) -> Optional[Tuple[Path, str]]:
+    """``(file, error)`` of the first of the stage's records that is not valid JSON, or None."""
+    for name in RECORD_FILES:
+        try:
+            read_json(Path(stage_dir) / name)
+        except ValueError as e:
+            return Path(stage_dir) / name, str(e)
+    return None
+
+
 def read_json(path: Path) -> Optional[Dict[str, Any]]:
     try:
         return json.loads(Path(path).read_text())
