@@ -244,6 +244,10 @@ class TrainConfig:
             )
 
 
+# TrainConfig keys that choose which segments of the untrimmed videos pre-training samples
+# (training.pretrain.segment_rules): ``pretrain`` only.
+SEGMENT_KEYS = ("short_segments", "duplicate_segments")
+
 LAST_CLIP_RULES = ("span", "frames")
 
 
@@ -373,6 +377,17 @@ class Profile:
                 f"source_pretrain.keep_epoch: {self.source_pretrain.keep_epoch!r}: the source stage has no validation "
                 "to select an epoch on; only pretrain.keep_epoch can be best (source_pretrain.keep_epoch: last)"
             )
+        # The source stage trains on one clip of each trimmed video (TrimmedClipDataset): there is no
+        # list of untrimmed segments for these keys to choose from, so another value would only give
+        # the source model another cache key and hash.
+        for key in SEGMENT_KEYS:
+            value, default = getattr(self.source_pretrain, key), getattr(TrainConfig, key)
+            if value != default:
+                raise ConfigError(
+                    f"source_pretrain.{key}: {value!r}: it chooses the segments of the untrimmed videos and applies to "
+                    f"pretrain only (pretrain.{key}); the source stage trains on one clip of each trimmed video. "
+                    f"Remove it from source_pretrain (or set source_pretrain.{key}: {default})"
+                )
 
     def task_config(self, task: str) -> Dict[str, Any]:
         """``tasks.<task>`` as the head reads it (``head_config``)."""

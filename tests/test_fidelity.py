@@ -185,6 +185,25 @@ def test_duplicate_segments_switch_samples_a_repeated_csv_row_once_or_as_often_a
     assert paper.pretrain.duplicate_segments == "keep" and identity_dict(paper.pretrain)["duplicate_segments"] == "keep"
 
 
+@pytest.mark.parametrize("key, value", [("short_segments", "drop"), ("duplicate_segments", "keep")])
+def test_segment_switches_under_source_pretrain_are_refused_as_pretrain_only(tmp_path, key, value):
+    # The source stage trains on one clip of each trimmed video: no segment list for these keys to
+    # act on, so a value other than the default would do nothing but change the source model's key.
+    from clap_bench.config import PROFILE_NAMES, ConfigError
+
+    path = tmp_path / "mine.yaml"
+    path.write_text(f"base: smoke\nsource_pretrain:\n  {key}: {value}\n")
+    with pytest.raises(ConfigError) as err:
+        load_profile(str(path))
+    message = str(err.value)
+    assert message.startswith(f"{path}: source_pretrain.{key}: {value!r}") and "pretrain only" in message
+    default = "keep" if key == "short_segments" else "drop"
+    path.write_text(f"base: smoke\nsource_pretrain:\n  {key}: {default}\npretrain:\n  {key}: {value}\n")
+    assert getattr(load_profile(str(path)).pretrain, key) == value  # where they apply
+    for name in PROFILE_NAMES:
+        load_profile(name)
+
+
 def test_caption_choice_switch():
     from clap_bench.clips import assign_caption
     from clap_bench.data.schema import Sentence
