@@ -704,6 +704,36 @@ def test_attach_captions_counts_clipped_and_dropped_captions(tmp_path):
 
 
 
+def test_attach_captions_counts_the_captions_it_clips_and_drops_per_video_and_subset(tmp_path):
+    # a and b in training, v in validation, all 4 s long; Captions gives them longer durations.
+    videos = read_annotations([
+        write(tmp_path / "anet_train.csv", tsp_rows("a,0,4,Run,4,v_a.mp4,30,120,Action", "b,0,4,Jump,4,v_b.mp4,30,120,Action")),
+        write(tmp_path / "anet_valid.csv", tsp_rows("v,0,4,Run,4,v_v.mp4,30,120,Action")),
+    ])
+    captions = read_anet_captions(write_json(tmp_path / "train.json", {
+        "v_a": {"duration": 6, "timestamps": [[0, 1], [2, 4.5], [4.2, 5], [4.5, 6]], "sentences": ["kept", "clipped", "gone", "gone too"]},
+        "v_b": {"duration": 6, "timestamps": [[0, 1]], "sentences": ["kept"]},
+        "v_v": {"duration": 6, "timestamps": [[1, 5]], "sentences": ["clipped"]},
+    }))
+    assert captions.dropped == 0 and captions.notes == []
+    joined = attach_captions(videos, captions)
+    assert joined.dropped == 2
+    source = str(tmp_path / "train.json")
+    clipped = f"captions of training videos from {source}: 3 caption end times past the video's duration in this set clipped to it"
+    gone = f"captions of training videos from {source}: 2 captions dropped because start >= end after clipping to the video's duration in this set"
+    clipped_v = f"captions of validation videos from {source}: 1 caption end times past the video's duration in this set clipped to it"
+    assert [n for n in joined.notes if n.startswith("captions of ")] == [clipped, gone, clipped_v]
+    # Which videos lost captions, and how many, as the readers' notes keep them.
+    tallies = {t.text: t.per_video for own in joined.subset_notes.values() for t in own.tallies}
+    assert tallies == {clipped: (("v_a", 3),), gone: (("v_a", 2),), clipped_v: (("v_v", 1),)}
+    # Each subset and each class restriction counts the captions of its own videos only.
+    training, validation = joined.subset("training"), joined.subset("validation")
+    assert training.dropped == 2 and [n for n in training.notes if n.startswith("captions of ")] == [clipped, gone]
+    assert validation.dropped == 0 and [n for n in validation.notes if n.startswith("captions of ")] == [clipped_v]
+    jump = joined.restrict_classes(["Jump"])
+    assert jump.dropped == 0 and not [n for n in jump.notes if n.startswith("captions of ")]
+
+
 def test_attach_captions_carries_the_caption_readers_drops_and_notes_of_its_videos_only(tmp_path):
     # a (Run) and b (Jump) in training, v in validation; the caption file also has c, not in the set.
     videos = read_annotations([

@@ -134,6 +134,21 @@ def test_captions_attach_to_activitynet_training_videos(real_annotations, anet_t
     assert note_count(joined.notes, r"(\d+) captions dropped") == 1
     assert note_count(joined.notes, r"captions of training videos from train.json: (\d+) queries dropped") == 4
     assert note_count(joined.notes, r"captions of training videos from train.json: (\d+) query end times past") == 261
+    # The join's counts say which videos lost captions, as the readers' notes do: here counted again
+    # from the two files' times (a caption ending past the csv's duration, or starting at or after it).
+    tallies = {t.after: dict(t.per_video) for t in joined.subset_notes["training"].tallies if t.before.startswith(
+        f"captions of training videos from {captions.source}")}
+    past_end, starts_after = {}, {}
+    for vid, video in anet_train.videos.items():
+        cap = captions.videos.get(vid)
+        for q in cap.sentences if cap is not None else ():
+            if q.end > video.duration:
+                past_end[vid] = past_end.get(vid, 0) + 1
+            if q.start >= min(q.end, video.duration):
+                starts_after[vid] = starts_after.get(vid, 0) + 1
+    clipped, dropped = (next(v for after, v in tallies.items() if word in after) for word in ("clipped to it", "dropped"))
+    assert clipped == past_end and sum(clipped.values()) == 8_089
+    assert dropped == starts_after and list(dropped) == ["v_vdYFwqfqgJA"]
 
 
 def test_fewshot_split_is_disjoint_and_known(real_annotations, anet_train):

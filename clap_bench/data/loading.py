@@ -26,7 +26,8 @@ from clap_bench.data.readers import (
     sniff_format,
     subset_from_name,
 )
-from clap_bench.data.schema import AnnotationError, AnnotationSet, SubsetNotes, Video, VideoTally, join_subset_notes
+from clap_bench.data.schema import (AnnotationError, AnnotationSet, SubsetNotes, Video, VideoTally, join_subset_notes,
+                                    subset_notes_of)
 from clap_bench.io import atomic_write_text
 
 PathLike = Union[str, Path]
@@ -342,8 +343,10 @@ def attach_captions(videos: AnnotationSet, captions: AnnotationSet) -> Annotatio
 
     Caption times are clipped to the action video's duration (the two sources round durations
     differently); a caption that ends up empty is dropped. As the readers do with queries, the
-    clipped ends are counted in a note and the dropped captions in ``dropped`` and a note, for the
-    whole set (not per subset, see ``AnnotationSet.subset_notes``). Videos without captions keep theirs.
+    clipped ends are counted in a note and the dropped captions in ``dropped`` and a note, per video
+    (``VideoTally``: which videos, how many each) and filed under the subset of the videos they
+    count, so that ``subset`` and ``restrict_classes`` count those of their own videos only. Videos
+    without captions keep theirs; the note on how many videos were captioned is the whole set's.
 
     The caption reader's own drops and notes come along for the videos of ``videos`` that ``captions``
     has (its queries dropped never reach these videos either): its per-video notes
@@ -355,7 +358,9 @@ def attach_captions(videos: AnnotationSet, captions: AnnotationSet) -> Annotatio
     out = AnnotationSet(videos.format, videos.source, {}, list(videos.classes), videos.dropped, list(videos.notes),
                         videos.lists_background, dict(videos.subset_notes))
     _carry_caption_notes(out, videos, captions)
-    matched = clipped = dropped = 0
+    matched = 0
+    clipped: Dict[str, Dict[str, int]] = {}  # subset -> video id -> captions whose end was clipped
+    dropped: Dict[str, Dict[str, int]] = {}  # subset -> video id -> captions dropped (empty once clipped)
     for vid, video in videos.videos.items():
         copy_video = copy.copy(video)
         copy_video.segments = list(video.segments)
@@ -363,18 +368,29 @@ def attach_captions(videos: AnnotationSet, captions: AnnotationSet) -> Annotatio
         if cap is not None and cap.sentences:
             matched += 1
             copy_video.sentences, c, d = clip_sentences(((s.start, s.end, s.text) for s in cap.sentences), video.duration)
-            clipped += c
-            dropped += d
+            if c:
+                clipped.setdefault(video.subset, {})[vid] = c
+            if d:
+                dropped.setdefault(video.subset, {})[vid] = d
         else:
             copy_video.sentences = list(video.sentences)
         out.videos[vid] = copy_video
     unmatched = sum(1 for vid in captions.videos if vid not in videos.videos)
     out.notes.append(f"captions from {captions.source}: {matched} of {len(videos.videos)} videos captioned; {unmatched} caption videos not in this set")
-    if clipped:
-        out.notes.append(f"captions from {captions.source}: {clipped} caption end times past the video's duration in this set clipped to it")
-    if dropped:
-        out.dropped += dropped
-        out.notes.append(f"captions from {captions.source}: {dropped} captions dropped because start >= end after clipping to the video's duration in this set")
+    parts = []
+    for name in sorted(set(clipped) | set(dropped)):
+        before = f"captions of {name} videos from {captions.source}: "
+        tallies = [
+            VideoTally(before, " caption end times past the video's duration in this set clipped to it",
+                       tuple(clipped.get(name, {}).items())),
+            VideoTally(before, " captions dropped because start >= end after clipping to the video's duration in this set",
+                       tuple(dropped.get(name, {}).items()), dropped=True),
+        ]
+        part = subset_notes_of(name, tallies)
+        out.dropped += part[name].dropped
+        out.notes.extend(part[name].notes)
+        parts.append(part)
+    out.subset_notes = join_subset_notes([out.subset_notes, *parts])
     return out
 
 
