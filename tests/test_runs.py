@@ -1097,6 +1097,28 @@ def test_a_store_keeps_its_thread_count_on_a_machine_with_other_cores(tmp_path, 
 
 
 
+def test_a_store_before_counts_takes_a_task_stage_s_kind_from_its_config_not_its_name(tmp_path):
+    # A store recorded before profile.json held the thread counts, made by a SLURM sweep whose kinds ran
+    # with their own counts, with two plug-in tasks whose names begin as pre-training's and extraction's
+    # stage names do: they are task stages (their config names the task), so each kind keeps its count.
+    store = RunStore(tmp_path)
+    atomic_write_json(store.profile_file("p"), {"name": "p", "runtime": {}})
+    stages = {  # folder: (stage config, threads)
+        "_shared/source": ({"seed": 0, "train": {}}, 8),
+        "m/seed0/pretrain": ({"method_overrides": {}}, 8),
+        "m/seed0/extract-activitynet": ({"dataset": "activitynet", "extract": {}}, 4),
+        "m/seed0/extract-base-activitynet": ({"dataset": "activitynet", "extract": {}}, 4),
+        "m/seed0/tal": ({"task": "tal"}, 2),
+        "m/seed0/extractive-qa": ({"task": "extractive-qa"}, 2),
+        "m/seed0/pretrain-probe": ({"task": "pretrain-probe"}, 2),
+    }
+    for folder, (config, threads) in stages.items():
+        stage = folder.split("/")[-1]
+        store.prepare(store.profile_dir("p") / folder, "h", {"stage": stage, "method": None if stage == "source" else "m"},
+                      {"profile": "p", "stage": stage, "config": {**config, "runtime": {"threads": threads}}})
+    assert store.thread_counts("p") == {"source": 8, "pretrain": 8, "extract": 4, "task": 2}
+
+
 def test_table_and_status_agree_on_a_seed_made_under_another_thread_count(tmp_path, monkeypatch):
     """Seed 1 rerun with runtime.threads: 2 after both seeds ran with 1 thread: status calls seed 0
     stale, and the table, whose recorded profile now pins the count, leaves it out as well."""
