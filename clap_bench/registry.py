@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import re
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
 _ORIGIN_STACK: List[str] = []
@@ -35,9 +36,28 @@ def default_origin(module: Optional[str]) -> str:
     return f"module {module}" if module else "unknown"
 
 
+# A name that is also a folder of the run store (methods, tasks): one path component, no hidden or
+# private folder (the store's own folders begin with "_"), nothing the CLI reads as a list or a
+# feature file ("," and ":").
+FOLDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+
+
+def check_folder_name(kind: str, name: str, reserved: Callable[[str], Optional[str]] = lambda name: None) -> None:
+    """Refuse a ``kind`` name that cannot be a run-store folder of its own, or that ``reserved`` says
+    is taken (it returns what takes it)."""
+    if not isinstance(name, str) or not FOLDER_NAME.fullmatch(name):
+        raise ValueError(f"{kind} name {name!r}: expected letters, digits, '.', '_', '+' or '-', beginning with a letter "
+                         "or digit (it names a folder of the run store)")
+    taken = reserved(name)
+    if taken:
+        raise ValueError(f"{kind} name {name!r} is taken: {taken}")
+
+
 class Registry:
-    def __init__(self, kind: str, discover: Optional[Callable[[], None]] = None):
+    def __init__(self, kind: str, discover: Optional[Callable[[], None]] = None,
+                 check_name: Optional[Callable[[str], None]] = None):
         self.kind = kind
+        self._check_name = check_name
         self._entries: Dict[str, Callable[..., Any]] = {}
         self._origins: Dict[str, str] = {}
         self._discover = discover
@@ -53,6 +73,9 @@ class Registry:
                 raise
 
     def register(self, name: str, origin: Optional[str] = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        if self._check_name is not None:
+            self._check_name(name)
+
         def decorator(factory: Callable[..., Any]) -> Callable[..., Any]:
             where = origin or (_ORIGIN_STACK[-1] if _ORIGIN_STACK else default_origin(getattr(factory, "__module__", None)))
             if name in self._entries:

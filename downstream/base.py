@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
 from clap_bench.config import DatasetConfig, from_dict
-from clap_bench.registry import Registry
+from clap_bench.registry import Registry, check_folder_name
 
 
 
@@ -30,7 +30,17 @@ def _discover_tasks() -> None:
     load_entry_points(TASK_GROUP)
 
 
-TASKS = Registry("downstream task", discover=_discover_tasks)
+def _stage_taking(name: str):
+    """The product stage whose folder a task named ``name`` would share (a task stage is seed<k>/<task>)."""
+    if name in ("source", "pretrain", "pretrain-base"):
+        return f"the {name} stage's folder"
+    if name.startswith("extract-"):
+        return "the extract-<dataset> stages' folders"
+    return None
+
+
+TASKS = Registry("downstream task", discover=_discover_tasks,
+                 check_name=lambda name: check_folder_name("downstream task", name, _stage_taking))
 
 
 @dataclass

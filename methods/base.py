@@ -32,7 +32,7 @@ from torch import nn
 
 from clap_bench.config import ContrastiveConfig, added_field, from_dict, identity_dict
 from clap_bench.methods.losses import REDUCTIONS, contrastive_loss, masked_cross_entropy, text_ids
-from clap_bench.registry import Registry
+from clap_bench.registry import Registry, check_folder_name
 
 if TYPE_CHECKING:  # pragma: no cover
     from clap_bench.clips.language import TextPolicy
@@ -47,7 +47,8 @@ def _discover_methods() -> None:
     load_entry_points(METHOD_GROUP)
 
 
-METHODS = Registry("pre-training method", discover=_discover_methods)
+METHODS = Registry("pre-training method", discover=_discover_methods,
+                   check_name=lambda name: check_folder_name("pre-training method", name))
 
 Gather = Callable[[torch.Tensor], torch.Tensor]
 

@@ -7,6 +7,7 @@ import csv
 import importlib
 import io
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -163,6 +164,47 @@ def test_duplicate_name_is_an_error_naming_both_sources(plugin_dir):
     with pytest.raises(PluginImportError, match=r"'tsp' is registered twice: by built-in \(clap_bench.methods.zoo.TSP\) "
                                                 r"and by module dupe_plugin \(--import\) \(dupe_plugin.MyTSP\)"):
         import_modules(["dupe_plugin"])
+
+
+@pytest.mark.parametrize("kind, name, message", [
+    ("method", "_shared", "expected letters, digits"),  # the store's folder of the source model
+    ("method", "my/method", "expected letters, digits"),
+    ("method", "features:x", "expected letters, digits"),  # what --method reads as a feature file
+    ("task", "pretrain", "the pretrain stage's folder"),
+    ("task", "pretrain-base", "the pretrain-base stage's folder"),
+    ("task", "extract-activitynet", "extract-<dataset>"),
+    ("task", "source", "the source stage's folder"),
+    ("task", "a,b", "expected letters, digits"),  # what --tasks splits
+])
+def test_a_plugin_name_that_cannot_be_its_own_run_store_folder_is_an_error_naming_it(plugin_dir, kind, name, message):
+    """A method is the folder <profile>/<method>/ and a task the stage folder seed<k>/<task>/: a name
+    that is another stage's folder or no folder at all would mix their records."""
+    if kind == "method":
+        source = f"""
+            from dataclasses import dataclass
+            from clap_bench.methods import MethodConfig, register_method
+
+            @register_method({name!r})
+            @dataclass
+            class Odd(MethodConfig):
+                class_head: bool = True
+        """
+    else:
+        source = f"""
+            from dataclasses import dataclass
+            from clap_bench.downstream.base import register_task
+
+            @dataclass
+            class OddConfig:
+                minimum: int = 0
+
+            @register_task({name!r}, OddConfig, ("activitynet",))
+            def odd(ctx):
+                return {{}}
+        """
+    _write(plugin_dir, "odd_name", source)
+    with pytest.raises(PluginImportError, match=rf"'odd_name'.*{re.escape(repr(name))}.*{re.escape(message)}"):
+        import_modules(["odd_name"])
 
 
 def test_loss_returning_a_non_scalar_is_an_error_naming_the_plugin(plugin_dir):
