@@ -103,3 +103,27 @@ def test_outside_a_submitit_job_the_rank_is_0_and_nothing_is_exported(monkeypatc
         monkeypatch.delenv(name, raising=False)
     assert distributed.export_submitit_world() == 0
     assert "WORLD_SIZE" not in distributed.os.environ
+
+
+@pytest.mark.parametrize("visible", ["2,3", None], ids=["gpus-2-3", "unset"])
+def test_a_task_keeps_the_jobs_gpus_as_slurm_set_them_and_takes_its_local_ranks_one_of_them(monkeypatch, visible):
+    # Without device cgroups SLURM gives the job physical GPUs 2 and 3; CUDA_VISIBLE_DEVICES=<local rank>
+    # would put the tasks on GPUs 0 and 1, another job's.
+    _submitit_task(monkeypatch, 1, {})
+    if visible is not None:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    assert distributed.export_submitit_world() == 1
+    assert distributed.os.environ.get("CUDA_VISIBLE_DEVICES") == visible
+    assert distributed.os.environ["LOCAL_RANK"] == "1"
+
+    chosen = []
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda **kw: None)
+    monkeypatch.setattr(dist, "get_rank", lambda: 1)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(distributed.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(distributed.torch.cuda, "device_count", lambda: 2)  # the two GPUs CUDA_VISIBLE_DEVICES shows
+    monkeypatch.setattr(distributed.torch.cuda, "set_device", chosen.append)
+    assert distributed.setup_distributed().local_rank == 1
+    assert chosen == [1]  # the second visible GPU: physical GPU 3 under "2,3"
+    assert distributed.os.environ.get("CUDA_VISIBLE_DEVICES") == visible

@@ -60,8 +60,13 @@ WORLD_VARS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", 
 
 def export_submitit_world() -> int:
     """Inside a submitit job of several tasks, export this task's MASTER_ADDR/PORT, RANK, WORLD_SIZE,
-    LOCAL_RANK and LOCAL_WORLD_SIZE (and one GPU per task), replacing any values the job inherited
-    from the shell that submitted it or from an outer job; returns the task's global rank.
+    LOCAL_RANK and LOCAL_WORLD_SIZE, replacing any values the job inherited from the shell that
+    submitted it or from an outer job; returns the task's global rank.
+
+    ``CUDA_VISIBLE_DEVICES`` stays as SLURM set it: on a cluster without device cgroups it holds the
+    job's physical GPUs (e.g. "2,3"), and submitit's replacement by the local rank ("0", "1") would
+    put the tasks on GPUs 0 and 1, another job's. ``setup_distributed`` picks the task's GPU by its
+    local rank among the visible ones.
 
     Outside a submitit job, or in a job of one task, nothing is exported and the rank is 0. A job of
     several tasks whose world could not be exported raises instead of running each task alone.
@@ -75,7 +80,7 @@ def export_submitit_world() -> int:
     if env.num_tasks <= 1:
         return 0
     # overwrite: without it submitit refuses (RuntimeError) when any of these is already set
-    submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=True, overwrite=True)
+    submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
     if os.environ.get("WORLD_SIZE") != str(env.num_tasks) or os.environ.get("RANK") != str(env.global_rank):
         raise RuntimeError(
             f"submitit job {env.job_id} has {env.num_tasks} tasks but its process group was not set up "
@@ -98,7 +103,7 @@ def setup_distributed() -> DistInfo:
         return DistInfo()
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available():
+    if torch.cuda.is_available():  # the local rank's GPU among those the job sees (CUDA_VISIBLE_DEVICES as SLURM set it)
         torch.cuda.set_device(local_rank % torch.cuda.device_count())
     dist.init_process_group(backend=backend, timeout=dist_timeout())
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank)
