@@ -352,3 +352,27 @@ def test_max_num_timeout_of_the_cluster_profile_sets_how_often_each_stages_job_i
 
     with pytest.raises(ConfigError, match=r"bad\.yaml: stages\.task\.max_num_timeout: expected an integer >= 0, got -1"):
         load_cluster(tmp_path / "bad.yaml")
+
+
+@pytest.mark.parametrize("text, kind, where", [
+    ("gpus_per_node: 1\nstages:\n  pretrain: {tasks_per_node: 4}\n", "pretrain", r"stages\.pretrain\.tasks_per_node and gpus_per_node"),
+    ("stages:\n  source: {gpus_per_node: 2, tasks_per_node: 4}\n", "source",
+     r"stages\.source\.tasks_per_node and stages\.source\.gpus_per_node"),
+], ids=["pretrain-4-on-1", "source-4-on-2"])
+def test_more_ddp_tasks_than_gpus_per_node_is_refused_naming_file_stage_kind_and_both_values(tmp_path, text, kind, where):
+    from clap_bench.config import ConfigError
+
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    gpus = 1 if kind == "pretrain" else 2
+    with pytest.raises(ConfigError, match=(f"^{path}: {where}: the {kind} stages get tasks_per_node 4 with gpus_per_node {gpus}; "
+                                           "expected tasks_per_node <= gpus_per_node: .*several processes would share a GPU")):
+        load_cluster(path)
+
+
+def test_ddp_tasks_up_to_the_gpu_count_or_on_cpus_only_are_accepted(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("gpus_per_node: 1\nstages:\n  pretrain: {gpus_per_node: 4, tasks_per_node: 4}\n"
+                    "  source: {gpus_per_node: 0, tasks_per_node: 2}\n")
+    cluster = load_cluster(path)
+    assert (cluster.for_stage("pretrain").tasks_per_node, cluster.for_stage("source").tasks_per_node) == (4, 2)

@@ -131,6 +131,16 @@ def load_cluster(path: str | Path) -> ClusterProfile:
         if profile.for_stage(kind).max_num_timeout < 0:
             where = f"stages.{kind}.max_num_timeout" if "max_num_timeout" in (profile.stages.get(kind) or {}) else "max_num_timeout"
             raise ConfigError(f"{path}: {where}: expected an integer >= 0, got {profile.for_stage(kind).max_num_timeout}")
+    for kind in DDP_KINDS:
+        stage = profile.for_stage(kind)
+        if 0 < stage.gpus_per_node < stage.tasks_per_node:
+            over = profile.stages.get(kind) or {}
+            where = " and ".join(f"stages.{kind}.{key}" if key in over else key for key in ("tasks_per_node", "gpus_per_node"))
+            raise ConfigError(
+                f"{path}: {where}: the {kind} stages get tasks_per_node {stage.tasks_per_node} with gpus_per_node "
+                f"{stage.gpus_per_node}; expected tasks_per_node <= gpus_per_node: each task runs one DDP process on "
+                f"one GPU, and several processes would share a GPU (set stages.{kind}.tasks_per_node: {stage.gpus_per_node}, "
+                "or gpus_per_node: 0 for DDP on CPUs)")
     for kind in SINGLE_PROCESS_KINDS:
         stage = profile.for_stage(kind)
         for key in ("nodes", "tasks_per_node"):
