@@ -103,6 +103,40 @@ def test_requeued_job_resumes_from_its_checkpoint(tmp_path, cluster):
     assert read_json(stage_dir / "slurm.json")["job_id"] == job_id  # the same job, requeued
 
 
+def _task_1_fails_while_task_0_waits():
+    """A DDP job whose rank 1 dies: rank 0 would wait in its next collective (here: a long sleep)."""
+    import os
+    import time
+
+    if os.environ.get("SLURM_PROCID") == "1":
+        raise SystemExit(3)
+    time.sleep(600)
+
+
+@pytest.mark.slow  # about 15 s against the cluster once the job starts (it takes both of the node's CPUs)
+def test_a_task_that_fails_ends_its_jobs_other_tasks_instead_of_leaving_them_waiting(tmp_path, cluster):
+    import dataclasses
+    import time
+
+    import submitit
+
+    from clap_bench.runs.slurm import ACTIVE_STATES, job_states
+
+    two = dataclasses.replace(cluster, tasks_per_node=2)  # the parameters a 2-task pretrain job gets
+    executor = submitit.AutoExecutor(folder=str(tmp_path / "%j"), cluster="slurm")
+    executor.update_parameters(**two.submitit_parameters("rank-dies"))
+    job = executor.submit(_task_1_fails_while_task_0_waits)
+    try:
+        state = lambda: job_states([job.job_id])[job.job_id]  # noqa: E731
+        wait_until(lambda: state() not in ("PENDING", "UNKNOWN"), 180, "the job to start (the node may be busy)", poll_s=1.0)
+        started = time.time()
+        ended = wait_until(lambda: (lambda s: s if s not in ACTIVE_STATES and s != "UNKNOWN" else None)(state()), 90,
+                           "the job to end once its task 1 failed (task 0 sleeps 600 s)", poll_s=1.0)
+        assert ended == "FAILED" and time.time() - started < 90
+    finally:
+        subprocess.run(["scancel", str(job.job_id)], capture_output=True)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_real_smoke_sweep_of_two_methods_on_slurm_ends_with_a_table(tmp_path, slurm_cluster):

@@ -260,8 +260,9 @@ def test_status_during_a_failed_squeue_still_shows_a_submitted_stage_as_running(
 
 
 # --------------------------------------------------------------------------- each job's own resources
-def test_a_task_job_submitted_after_a_gpu_pretrain_job_asks_for_none_of_its_gpus_memory_or_partition(tmp_path, monkeypatch):
-    """The real submitit executor, up to its sbatch call: the ``#SBATCH`` lines each job would get."""
+def _sbatch_scripts(tmp_path, monkeypatch, cluster_text: str) -> dict:
+    """The real submitit executor, up to its sbatch call: the sbatch script each job of the toy plan
+    would get under the cluster profile ``cluster_text`` (stage key -> its lines)."""
     from submitit.slurm.slurm import _make_sbatch_string
 
     sbatch = {}
@@ -271,23 +272,43 @@ def test_a_task_job_submitted_after_a_gpu_pretrain_job_asks_for_none_of_its_gpus
             params = dict(self._executor.parameters)
             text = _make_sbatch_string(command="python x", folder=str(tmp_path / "sub"), **params)
             job_id = str(100 + len(sbatch))
-            sbatch[job.spec.key] = [line for line in text.splitlines() if line.startswith("#SBATCH")]
+            sbatch[job.spec.key] = text.splitlines()
             return types.SimpleNamespace(job_id=job_id, paths=types.SimpleNamespace(stdout="out", stderr="err"))
 
     monkeypatch.setattr(executors.submitit, "AutoExecutor", Recording)
     monkeypatch.setattr(executors, "job_states", lambda ids: {j: "UNKNOWN" for j in ids if j})
-    (tmp_path / "c.yaml").write_text(
-        "cpus_per_task: 2\nstages:\n  pretrain: {gpus_per_node: 4, tasks_per_node: 4, mem_gb: 64, partition: gpu-long,"
-        " account: lab, qos: high}\n")
+    (tmp_path / "c.yaml").write_text(cluster_text)
     store, plan = RunStore(tmp_path / "runs"), build_toy_plan(toy_profile(), ["a"], [0], steps=2)
     executors._submit(plan, store, load_cluster(tmp_path / "c.yaml"), lambda s: None, poll_s=0.01)
-    pretrain, task = sbatch["a/seed0/pretrain"], sbatch["a/seed0/tal"]
+    return sbatch
+
+
+def _sbatch_lines(script: list) -> list:
+    return [line for line in script if line.startswith("#SBATCH")]
+
+
+def test_a_task_job_submitted_after_a_gpu_pretrain_job_asks_for_none_of_its_gpus_memory_or_partition(tmp_path, monkeypatch):
+    sbatch = _sbatch_scripts(tmp_path, monkeypatch, (
+        "cpus_per_task: 2\nstages:\n  pretrain: {gpus_per_node: 4, tasks_per_node: 4, mem_gb: 64, partition: gpu-long,"
+        " account: lab, qos: high}\n"))
+    pretrain, task = _sbatch_lines(sbatch["a/seed0/pretrain"]), _sbatch_lines(sbatch["a/seed0/tal"])
     for line in ("--gpus-per-node=4", "--ntasks-per-node=4", "--mem=64GB", "--partition=gpu-long", "--account=lab",
                  "--qos=high"):
         assert f"#SBATCH {line}" in pretrain
     assert "#SBATCH --ntasks-per-node=1" in task
     leaked = [line for line in task if any(k in line for k in ("gpus", "--mem", "partition", "account", "qos"))]
     assert not leaked
+
+
+@pytest.mark.parametrize("pretrain", ["{tasks_per_node: 2}", "{nodes: 2}"])
+def test_a_job_of_several_tasks_ends_its_whole_step_when_one_task_fails_and_a_one_task_job_is_left_as_it_was(
+        tmp_path, monkeypatch, pretrain):
+    # A DDP rank that dies would leave the other ranks in their collectives until the 24 h timeout.
+    sbatch = _sbatch_scripts(tmp_path, monkeypatch, f"stages:\n  pretrain: {pretrain}\n")
+    [srun] = [line for line in sbatch["a/seed0/pretrain"] if line.startswith("srun ")]
+    assert " --kill-on-bad-exit=1 " in srun
+    [srun] = [line for line in sbatch["a/seed0/tal"] if line.startswith("srun ")]
+    assert "kill-on-bad-exit" not in srun
 
 
 def test_a_slurm_sweep_without_sbatch_stops_before_preparing_data_or_writing_anything(tmp_path, monkeypatch):

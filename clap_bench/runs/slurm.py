@@ -92,6 +92,10 @@ class ClusterProfile:
             "slurm_signal_delay_s": self.signal_delay_s,
             "slurm_setup": list(self.setup),
         }
+        if self.nodes * self.tasks_per_node > 1:
+            # A task that exits non-zero (a DDP rank that died) ends the whole step: the other ranks
+            # would otherwise wait in their collectives until the process group's timeout (24 h).
+            params["slurm_srun_args"] = ["--kill-on-bad-exit=1"]
         if self.gpus_per_node:
             params["gpus_per_node"] = self.gpus_per_node
         if self.mem_gb:
