@@ -3,6 +3,9 @@ scancel are replaced by fakes, and a "job" is its ``StageJob`` called in this pr
 
 from __future__ import annotations
 
+import getpass
+import os
+import re
 import subprocess
 import time
 import types
@@ -18,6 +21,8 @@ from clap_bench.runs.store import read_json
 from test_runs_toy_plan import build_toy_plan, toy_profile
 
 REPO = Path(__file__).resolve().parent.parent
+SQUEUE = f"squeue -h -u {getpass.getuser()} -o %A %T"  # this user's jobs only, as errors name the command
+SQUEUE_RE = re.escape(SQUEUE)
 
 
 class FakeSlurm:
@@ -178,14 +183,14 @@ class FlakySlurm:
 
 def test_a_failed_squeue_says_nothing_about_the_jobs_instead_of_calling_them_unknown(monkeypatch):
     FlakySlurm(monkeypatch, fail=1)
-    with pytest.raises(SlurmQueryError, match="`squeue -h -o %A %T` timed out after 30 s"):
+    with pytest.raises(SlurmQueryError, match=f"`{SQUEUE_RE}` timed out after 30 s"):
         slurm.job_states(["4242"])
 
     def down(cmd, **kw):
         return subprocess.CompletedProcess(cmd, 1, "", "slurm_load_jobs error: Unable to contact slurm controller")
 
     monkeypatch.setattr(slurm.subprocess, "run", down)
-    with pytest.raises(SlurmQueryError, match="`squeue -h -o %A %T` failed \\(exit 1\\): slurm_load_jobs error: Unable to contact"):
+    with pytest.raises(SlurmQueryError, match=f"`{SQUEUE_RE}` failed \\(exit 1\\): slurm_load_jobs error: Unable to contact"):
         slurm.job_states(["4242"])
     assert not slurm.cancel(["4242"])  # scancel failing too: a warning, not an exception
 
@@ -196,6 +201,64 @@ def test_a_failed_squeue_says_nothing_about_the_jobs_instead_of_calling_them_unk
 
     monkeypatch.setattr(slurm.subprocess, "run", no_accounting)
     assert slurm.job_states(["4242", "4243"]) == {"4242": "RUNNING", "4243": "UNKNOWN"}
+
+
+class FakeSlurmCommands:
+    """``squeue`` and ``sacct`` as programs on PATH (the real ``subprocess.run`` calls them) that record their
+    arguments. ``queue``: job id -> (user, state[, reason]); squeue lists the user's jobs under ``-u``, every
+    user's without. ``accounting``: job id -> (state, reason), what sacct knows of the jobs it is asked about."""
+
+    def __init__(self, tmp_path, monkeypatch, queue=None, accounting=None):
+        import json
+        import sys
+
+        self.dir = tmp_path / "fake-slurm"
+        self.dir.mkdir()
+        (self.dir / "queue.json").write_text(json.dumps(queue or {}))
+        (self.dir / "accounting.json").write_text(json.dumps(accounting or {}))
+        for name in ("squeue", "sacct"):
+            (self.dir / name).write_text(f"#!{sys.executable}\n" + FAKE_SLURM_COMMAND.format(dir=str(self.dir), name=name))
+            (self.dir / name).chmod(0o755)
+        monkeypatch.setenv("PATH", f"{self.dir}:{os.environ['PATH']}")
+
+    def calls(self, name):
+        import json
+
+        path = self.dir / f"{name}.calls"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+FAKE_SLURM_COMMAND = """
+import json, sys
+args = sys.argv[1:]
+with open("{dir}/{name}.calls", "a") as f:
+    f.write(json.dumps(args) + "\\n")
+fmt = args[args.index("-o") + 1]
+if "{name}" == "squeue":
+    user = args[args.index("-u") + 1] if "-u" in args else None
+    for job, (owner, state, *reason) in json.load(open("{dir}/queue.json")).items():
+        if user in (None, owner):
+            print(fmt.replace("%A", job).replace("%T", state).replace("%r", (reason or ["None"])[0]))
+else:
+    asked = args[args.index("-j") + 1].split(",")
+    for job, (state, reason) in json.load(open("{dir}/accounting.json")).items():
+        if job in asked:
+            row = {{"JobIDRaw": job, "State": state, "Reason": reason}}
+            print("|".join(row[field] for field in fmt.split(",")))
+"""
+
+
+def test_squeue_is_asked_for_this_users_jobs_only_and_another_users_job_is_read_from_sacct(tmp_path, monkeypatch):
+    me = getpass.getuser()
+    fake = FakeSlurmCommands(tmp_path, monkeypatch, queue={"4242": (me, "RUNNING"), "4243": (me, "PENDING"),
+                                                           "9000": ("someone", "RUNNING"), "5555": ("colleague", "RUNNING")},
+                             accounting={"5555": ("RUNNING", "None"), "4100": ("COMPLETED", "None")})
+    assert slurm.job_states(["4242", "4243", "5555", "4100", "4999"]) == {
+        "4242": "RUNNING", "4243": "PENDING", "5555": "RUNNING", "4100": "COMPLETED", "4999": "UNKNOWN"}
+    [squeue] = fake.calls("squeue")
+    assert squeue[squeue.index("-u") + 1] == me and "-j" not in squeue  # -j fails on some versions for a job that left
+    [sacct] = fake.calls("sacct")
+    assert sorted(sacct[sacct.index("-j") + 1].split(",")) == ["4100", "4999", "5555"]
 
 
 def _submitted_long_ago(plan, store, key, job_id):
@@ -221,7 +284,7 @@ def test_waiting_for_jobs_goes_on_through_failed_squeue_calls(tmp_path, monkeypa
     executors._wait_for_jobs(plan, store, {key: "4242"}, report, lines.append, poll_s=0.01)
     assert report.ok and report.ran == [key], report.failed
     assert flaky.calls[:4] == ["squeue"] * 4
-    assert any(line.startswith("cannot read the job states: `squeue -h -o %A %T` timed out") for line in lines), lines
+    assert any(line.startswith(f"cannot read the job states: `{SQUEUE}` timed out") for line in lines), lines
     assert "job states read again after 3 failed tries" in lines
 
 
@@ -232,7 +295,7 @@ def test_waiting_for_jobs_gives_up_naming_the_command_when_squeue_keeps_failing(
     FlakySlurm(monkeypatch, fail=10 ** 6)
     monkeypatch.setattr(executors, "QUERY_PATIENCE_S", 0.2)
     report = executors.RunReport()
-    with pytest.raises(SlurmQueryError, match=r"`squeue -h -o %A %T` timed out after 30 s; still failing after \d+ tries"):
+    with pytest.raises(SlurmQueryError, match=rf"`{SQUEUE_RE}` timed out after 30 s; still failing after \d+ tries"):
         executors._wait_for_jobs(plan, store, {key: "4242"}, report, lambda s: None, poll_s=0.01)
     assert not report.failed  # nothing decided about the job
 

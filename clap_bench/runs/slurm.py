@@ -21,6 +21,7 @@ parameters. ``stages`` overrides them per kind of stage (``source``, ``pretrain`
 from __future__ import annotations
 
 import dataclasses
+import getpass
 import logging
 import shutil
 import subprocess
@@ -179,7 +180,7 @@ def job_states(job_ids: Iterable[str]) -> Dict[str, str]:
     if not ids:
         return {}
     states: Dict[str, str] = {}
-    out = _run(["squeue", "-h", "-o", "%A %T"])
+    out = _run(["squeue", "-h", *_own_jobs(), "-o", "%A %T"])
     for line in out.splitlines():
         parts = line.split()
         if len(parts) == 2 and parts[0] in ids:
@@ -196,6 +197,16 @@ def job_states(job_ids: Iterable[str]) -> Dict[str, str]:
             if len(parts) >= 2 and parts[0] in rest:
                 states[parts[0]] = parts[1].split()[0]  # "CANCELLED by 0" -> CANCELLED
     return {j: states.get(j, "UNKNOWN") for j in ids}
+
+
+def _own_jobs() -> List[str]:
+    """``-u <user>``: squeue lists only this user's jobs, not the whole cluster's (slow on a big one).
+    Not ``-j <ids>``: some SLURM versions fail the whole call for an id that has left the queue. A job
+    of another user (a shared run store) is then read from sacct, as a job that has left the queue."""
+    try:
+        return ["-u", getpass.getuser()]
+    except (KeyError, OSError):  # no user name for this uid (a bare container): every user's jobs
+        return []
 
 
 def cancel(job_ids: Iterable[str]) -> bool:
