@@ -363,6 +363,32 @@ def test_a_task_job_submitted_after_a_gpu_pretrain_job_asks_for_none_of_its_gpus
     assert not leaked
 
 
+def test_additional_sbatch_options_take_flags_without_value_integers_and_strings(tmp_path, monkeypatch):
+    sbatch = _sbatch_scripts(tmp_path, monkeypatch, (
+        "additional: {exclusive: true, requeue: false, constraint: a100, gpus-per-task: 1}\n"
+        "stages:\n  task: {additional: {exclusive: false, nice: 10}}\n"))
+    pretrain, task = _sbatch_lines(sbatch["a/seed0/pretrain"]), _sbatch_lines(sbatch["a/seed0/tal"])
+    for line in ("--exclusive", "--constraint=a100", "--gpus-per-task=1"):
+        assert f"#SBATCH {line}" in pretrain
+    assert "#SBATCH --nice=10" in task and "#SBATCH --constraint=a100" in task
+    assert not [line for line in pretrain + task if "requeue" in line]  # false leaves the option out
+    assert not [line for line in task if "exclusive" in line]
+
+
+@pytest.mark.parametrize("text, where", [
+    ("additional: {constraint: [a100, h100]}\n", r"additional\.constraint"),
+    ("stages:\n  pretrain: {additional: {mem-per-cpu: 1.5}}\n", r"stages\.pretrain\.additional\.mem-per-cpu"),
+    ("additional: {nodelist: null}\n", r"additional\.nodelist"),
+], ids=["list", "float-in-stage", "null"])
+def test_an_additional_sbatch_option_of_another_type_is_refused_naming_its_key(tmp_path, text, where):
+    from clap_bench.config import ConfigError
+
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=f"^{path}: {where}: expected a string, an integer, or true for an sbatch flag"):
+        load_cluster(path)
+
+
 @pytest.mark.parametrize("pretrain", ["{tasks_per_node: 2}", "{nodes: 2}"])
 def test_a_job_of_several_tasks_ends_its_whole_step_when_one_task_fails_and_a_one_task_job_is_left_as_it_was(
         tmp_path, monkeypatch, pretrain):

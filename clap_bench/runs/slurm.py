@@ -68,7 +68,9 @@ class ClusterProfile:
     account: Optional[str] = None
     qos: Optional[str] = None
     setup: List[str] = field(default_factory=list)  # shell lines run before the job (modules, venv)
-    additional: Dict[str, str] = field(default_factory=dict)  # further sbatch options, e.g. {constraint: a100}
+    # further sbatch options, e.g. {constraint: a100, exclusive: true}: a string or an integer gives
+    # --key=value, true a flag without value (--exclusive), false leaves the option out
+    additional: Dict[str, Any] = field(default_factory=dict)
     stages: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # per stage kind overrides
     source: str = ""  # the file it was read from
 
@@ -107,7 +109,7 @@ class ClusterProfile:
             params["slurm_account"] = self.account
         if self.qos:
             params["slurm_qos"] = self.qos
-        extra = dict(self.additional)
+        extra = {key: value for key, value in self.additional.items() if value is not False}  # True: submitit writes a bare flag
         if dependency:
             # a job whose upstream failed or was cancelled is removed instead of pending forever
             extra.update({"dependency": dependency, "kill-on-invalid-dep": "yes"})
@@ -136,6 +138,13 @@ def load_cluster(path: str | Path) -> ClusterProfile:
         if profile.for_stage(kind).max_num_timeout < 0:
             where = f"stages.{kind}.max_num_timeout" if "max_num_timeout" in (profile.stages.get(kind) or {}) else "max_num_timeout"
             raise ConfigError(f"{path}: {where}: expected an integer >= 0, got {profile.for_stage(kind).max_num_timeout}")
+    for kind in STAGE_KINDS:
+        over = (profile.stages.get(kind) or {}).get("additional") or {}
+        for key, value in profile.for_stage(kind).additional.items():
+            if not isinstance(value, (str, int)):  # bool is an int
+                where = f"stages.{kind}.additional.{key}" if key in over else f"additional.{key}"
+                raise ConfigError(f"{path}: {where}: expected a string, an integer, or true for an sbatch flag without "
+                                  f"value (false leaves it out), got {value!r}")
     for kind in DDP_KINDS:
         stage = profile.for_stage(kind)
         if 0 < stage.gpus_per_node < stage.tasks_per_node:
