@@ -78,6 +78,27 @@ def test_cancelled_job_shows_failed_and_a_rerun_resubmits_it(tmp_path, cluster, 
     assert metrics["starts"] == 2 and metrics["resumed_from"] >= 2 and metrics["steps"] == 40
 
 
+@pytest.mark.slow  # about 15 s against the cluster
+def test_a_stage_whose_job_slurm_cancelled_after_its_upstream_failed_shows_cancelled_naming_that_stage(tmp_path, cluster,
+                                                                                                      monkeypatch):
+    control = tmp_path / "control.json"
+    control.write_text(json.dumps({"fail_at": 0}))
+    monkeypatch.setenv(TOY_CONTROL_ENV, str(control))
+    monkeypatch.setenv("CLAPBENCH_PLAN_FACTORY", "test_runs_toy_plan:build_toy_plan")
+    store, profile = RunStore(tmp_path / "runs"), toy_profile()
+    plan = build_toy_plan(profile, ["clap"], [0])
+    report = run_plan(plan, store, executor="slurm", cluster=cluster, wait=True, echo=lambda s: None, poll_s=1.0)
+    assert set(report.failed) == {"clap/seed0/pretrain", "clap/seed0/tal"}
+    states = {s.key: s for s in plan_status(plan, store)}
+    assert states["clap/seed0/pretrain"].state == "failed"
+    tal = states["clap/seed0/tal"]
+    assert (tal.state, tal.upstream, tal.log_path) == ("cancelled", ["clap/seed0/pretrain failed"], None)
+    result = CliRunner().invoke(app, ["status", "--runs-dir", str(store.root), "--profile", "toy"])
+    assert result.exit_code == 0, result.output
+    line = next(line for line in result.output.splitlines() if " tal " in f" {line} ")
+    assert "cancelled" in line and "upstream clap/seed0/pretrain failed" in line and "_log.err" not in line, result.output
+
+
 @pytest.mark.slow  # 10-15 s against the cluster or two processes; the fast subset keeps the module's other tests
 def test_requeued_job_resumes_from_its_checkpoint(tmp_path, cluster):
     control = tmp_path / "control.json"

@@ -21,7 +21,7 @@ from clap_bench.runs.store import read_json
 from test_runs_toy_plan import build_toy_plan, toy_profile
 
 REPO = Path(__file__).resolve().parent.parent
-SQUEUE = f"squeue -h -u {getpass.getuser()} -o %A %T"  # this user's jobs only, as errors name the command
+SQUEUE = f"squeue -h -u {getpass.getuser()} -o %A %T %r"  # this user's jobs only, as errors name the command
 SQUEUE_RE = re.escape(SQUEUE)
 
 
@@ -259,6 +259,55 @@ def test_squeue_is_asked_for_this_users_jobs_only_and_another_users_job_is_read_
     assert squeue[squeue.index("-u") + 1] == me and "-j" not in squeue  # -j fails on some versions for a job that left
     [sacct] = fake.calls("sacct")
     assert sorted(sacct[sacct.index("-j") + 1].split(",")) == ["4100", "4999", "5555"]
+
+
+def _chain_plan():
+    """The toy plan's pretrain -> tal, and a third stage after tal (a chain of cancellations)."""
+    from clap_bench.runs.plan import StageSpec
+    from test_runs_toy_plan import toy_task
+
+    plan = build_toy_plan(toy_profile(), ["a"], [0], steps=2)
+    plan.add(StageSpec("vlg", "a", 0, toy_task, {"steps": 2}, deps=("a/seed0/tal",)))
+    return plan
+
+
+@pytest.mark.parametrize("how", ["cancelled", "never-starts"])
+def test_status_shows_a_stage_whose_job_slurm_cancelled_for_its_failed_upstream_as_cancelled_naming_it(
+        tmp_path, monkeypatch, how):
+    from clap_bench.runs import plan_status
+
+    store, plan = RunStore(tmp_path / "runs"), _chain_plan()
+    report, _, _ = FakeSlurm(monkeypatch).submit(plan, store)
+    pre, tal, vlg = (report.submitted[f"a/seed0/{name}"] for name in ("pretrain", "tal", "vlg"))
+    me = getpass.getuser()
+    if how == "cancelled":  # kill-on-invalid-dep: SLURM removed the jobs after the failed one (sacct)
+        FakeSlurmCommands(tmp_path, monkeypatch, accounting={pre: ("FAILED", "None"), tal: ("CANCELLED", "Dependency"),
+                                                             vlg: ("CANCELLED", "Dependency")})
+    else:  # a cluster that keeps them: pending forever (squeue)
+        FakeSlurmCommands(tmp_path, monkeypatch, queue={tal: (me, "PENDING", "DependencyNeverSatisfied"),
+                                                        vlg: (me, "PENDING", "Dependency")},
+                          accounting={pre: ("FAILED", "None")})
+    statuses = {s.key: s for s in plan_status(plan, store)}
+    assert statuses["a/seed0/pretrain"].state == "failed"
+    for key in ("a/seed0/tal",) + (("a/seed0/vlg",) if how == "cancelled" else ()):
+        status = statuses[key]
+        assert status.state == "cancelled" and status.log_path is None and not status.error_tail
+        assert status.upstream == ["a/seed0/pretrain failed"]  # the root of the chain, also for vlg
+        assert status.detail.endswith("; upstream a/seed0/pretrain failed") and "err" not in status.detail
+    if how == "never-starts":  # its upstream (tal) never starts: it waits, as SLURM says
+        assert statuses["a/seed0/vlg"].state == "running"
+    assert statuses["a/seed0/tal"].job_state == ("CANCELLED (Dependency)" if how == "cancelled"
+                                                 else "PENDING (DependencyNeverSatisfied)")
+
+
+def test_a_job_cancelled_by_a_user_while_it_waited_for_its_upstream_is_still_failed(tmp_path, monkeypatch):
+    from clap_bench.runs import plan_status
+
+    store, plan = RunStore(tmp_path / "runs"), build_toy_plan(toy_profile(), ["a"], [0], steps=2)
+    report, _, _ = FakeSlurm(monkeypatch).submit(plan, store)
+    # scancel of a pending job: sacct says "CANCELLED by <uid>" and no reason
+    FakeSlurmCommands(tmp_path, monkeypatch, accounting={job: ("CANCELLED by 0", "None") for job in report.submitted.values()})
+    assert {s.key: s.state for s in plan_status(plan, store)} == {"a/seed0/pretrain": "failed", "a/seed0/tal": "failed"}
 
 
 def _submitted_long_ago(plan, store, key, job_id):

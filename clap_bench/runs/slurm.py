@@ -47,6 +47,8 @@ FAILED_STATES = {
     "CANCELLED", "FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL",
     "DEADLINE", "REVOKED",
 }
+# Why SLURM cancelled a job (sacct's Reason), or keeps it pending, when a job it depends on (afterok) did not succeed.
+DEPENDENCY_REASONS = ("Dependency", "DependencyNeverSatisfied")
 
 
 @dataclass
@@ -178,8 +180,26 @@ class SlurmQueryError(RuntimeError):
     about the jobs, which is not the same as jobs SLURM does not know."""
 
 
+@dataclass(frozen=True)
+class JobState:
+    state: str  # PENDING, RUNNING, COMPLETED, CANCELLED, ... or UNKNOWN
+    reason: str = ""  # squeue's / sacct's reason: why it waits or ended ("None" or "" when there is none)
+
+    @property
+    def upstream_failed(self) -> bool:
+        """SLURM cancelled the job (``kill-on-invalid-dep``), or will never start it, because a job it
+        waits for (``afterok``) failed or was cancelled. A job a user cancels has reason None."""
+        return ((self.state == "CANCELLED" and self.reason in DEPENDENCY_REASONS)
+                or (self.state == "PENDING" and self.reason == "DependencyNeverSatisfied"))
+
+
 def job_states(job_ids: Iterable[str]) -> Dict[str, str]:
-    """Current state of each job id: ``squeue`` for live jobs, ``sacct`` for finished ones.
+    """Current state of each job id (``job_details``' states)."""
+    return {j: info.state for j, info in job_details(job_ids).items()}
+
+
+def job_details(job_ids: Iterable[str]) -> Dict[str, JobState]:
+    """State and reason of each job id: ``squeue`` for live jobs, ``sacct`` for finished ones.
 
     A job the controller and the accounting database both ignore is ``UNKNOWN``. When ``squeue``
     fails, nothing is known and ``SlurmQueryError`` is raised. When only ``sacct`` fails (no
@@ -188,24 +208,25 @@ def job_states(job_ids: Iterable[str]) -> Dict[str, str]:
     ids = [str(j) for j in job_ids if j]
     if not ids:
         return {}
-    states: Dict[str, str] = {}
-    out = _run(["squeue", "-h", *_own_jobs(), "-o", "%A %T"])
+    found: Dict[str, JobState] = {}
+    out = _run(["squeue", "-h", *_own_jobs(), "-o", "%A %T %r"])
     for line in out.splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[0] in ids:
-            states[parts[0]] = parts[1]
-    rest = [j for j in ids if j not in states]
+        parts = line.split(maxsplit=2)  # a reason may hold spaces
+        if len(parts) >= 2 and parts[0] in ids:
+            found[parts[0]] = JobState(parts[1], parts[2].strip() if len(parts) > 2 else "")
+    rest = [j for j in ids if j not in found]
     if rest:
         try:
-            out = _run(["sacct", "-X", "-n", "-P", "-o", "JobIDRaw,State", "-j", ",".join(rest)])
+            out = _run(["sacct", "-X", "-n", "-P", "-o", "JobIDRaw,State,Reason", "-j", ",".join(rest)])
         except SlurmQueryError as e:
             log.warning("%s; jobs squeue does not list count as UNKNOWN", e)
             out = ""
         for line in out.splitlines():
             parts = line.split("|")
             if len(parts) >= 2 and parts[0] in rest:
-                states[parts[0]] = parts[1].split()[0]  # "CANCELLED by 0" -> CANCELLED
-    return {j: states.get(j, "UNKNOWN") for j in ids}
+                # "CANCELLED by 0" -> CANCELLED
+                found[parts[0]] = JobState((parts[1].split() or ["UNKNOWN"])[0], parts[2].strip() if len(parts) > 2 else "")
+    return {j: found.get(j, JobState("UNKNOWN")) for j in ids}
 
 
 def _own_jobs() -> List[str]:

@@ -5,6 +5,8 @@ stale    metrics.json present, but for another config (the next run redoes it)
 running  a process holds its claim (the job or process is shown: SLURM job id, host and pid), or a
          SLURM job was submitted for it and is queued or running (job id and state from squeue/sacct)
 failed   the stage raised (error.log), or its SLURM job ended without metrics (cancelled, timed out, ...)
+cancelled  SLURM cancelled its job, or will never start it, because an upstream stage's job failed
+         (the upstream stage that failed is named; the job never ran, so there is no log)
 interrupted  stopped before it finished: Ctrl-C or a stop signal (its record says interrupted), or a
          process that died (its record says running, but no process holds the stage); the next run
          resumes it (``clapbench table`` names such a seed the same way)
@@ -25,11 +27,11 @@ from typing import List, Optional
 
 from clap_bench.runs.claims import claim_holder, describe_owner
 from clap_bench.runs.plan import Plan
-from clap_bench.runs.slurm import ACTIVE_STATES, SlurmQueryError, job_states
+from clap_bench.runs.slurm import ACTIVE_STATES, JobState, SlurmQueryError, job_details
 from clap_bench.runs.store import (ERROR_FILE, SLURM_FILE, STAGE_FILE, RunStore, damaged_record_file, finished_metrics, read_json,
                                    tail_lines)
 
-STATES = ("done", "stale", "running", "failed", "interrupted", "damaged", "missing")
+STATES = ("done", "stale", "running", "failed", "cancelled", "interrupted", "damaged", "missing")
 log = logging.getLogger(__name__)
 
 
@@ -47,6 +49,7 @@ class StageStatus:
     error_tail: List[str] = field(default_factory=list)
     holder: Optional[dict] = None  # claim.json of the process running the stage now
     damaged: Optional[str] = None  # read_json's error for a record that is not valid JSON (it names the file)
+    upstream: List[str] = field(default_factory=list)  # cancelled: the upstream stages (or jobs) that failed
 
     @property
     def detail(self) -> str:
@@ -55,6 +58,8 @@ class StageStatus:
             parts.append(f"held by {describe_owner(self.holder)}")
         if self.job_id and not (self.holder and self.holder.get("slurm_job_id") == self.job_id):
             parts.append(f"job {self.job_id} {self.job_state or ''}".strip())
+        if self.state == "cancelled":
+            parts.append(f"upstream {', '.join(self.upstream)}" if self.upstream else "an upstream job failed")
         if self.log_path:
             parts.append(str(self.log_path))
         return "; ".join(parts)
@@ -66,12 +71,14 @@ def plan_status(plan: Plan, store: RunStore) -> List[StageStatus]:
              for key, spec in plan.stages.items()}
     holders = {key: claim_holder(plan.stage_dir(store, spec)) for key, spec in plan.stages.items()}
     try:
-        states = job_states([s["job_id"] for s in slurm.values() if s and s.get("job_id")]
-                            + [h["slurm_job_id"] for h in holders.values() if h and h.get("slurm_job_id")])
+        jobs = job_details([s["job_id"] for s in slurm.values() if s and s.get("job_id")]
+                           + [h["slurm_job_id"] for h in holders.values() if h and h.get("slurm_job_id")])
     except SlurmQueryError as e:
         log.warning("%s; the jobs' states are not shown", e)
-        states = {}  # no information: a job is then neither running nor ended by its state
+        jobs = {}  # no information: a job is then neither running nor ended by its state
+    states = {j: info.state for j, info in jobs.items()}
     out = []
+    by_key = {}
     for key, spec in plan.stages.items():
         h = plan.hashes[key]
         stage_dir = plan.stage_dir(store, spec)
@@ -80,6 +87,7 @@ def plan_status(plan: Plan, store: RunStore) -> List[StageStatus]:
             status.state = "damaged"
             status.log_path, status.damaged = damaged[key]
             out.append(status)
+            by_key[key] = status
             continue
         record = read_json(stage_dir / STAGE_FILE) or {}
         info = slurm.get(key)
@@ -97,6 +105,11 @@ def plan_status(plan: Plan, store: RunStore) -> List[StageStatus]:
                 status.job_state = states.get(status.job_id)
         elif record.get("hash") != h:
             status.state = "missing" if not record else "stale"
+        elif status.job_id and jobs.get(status.job_id, JobState("UNKNOWN")).upstream_failed:
+            # before "running": a job pending with DependencyNeverSatisfied never starts
+            status.state = "cancelled"
+            status.job_state = f"{status.job_state} ({jobs[status.job_id].reason})"
+            status.upstream = _failed_upstream(spec, by_key) or [f"job {j}" for j in info.get("after") or []]
         elif status.job_id and status.job_state in ACTIVE_STATES:
             status.state = "running"
         elif status.job_id and status.job_state not in (None, "UNKNOWN"):
@@ -118,7 +131,22 @@ def plan_status(plan: Plan, store: RunStore) -> List[StageStatus]:
         elif record.get("status") in ("interrupted", "running"):
             status.state = "interrupted"  # stopped (Ctrl-C, a stop signal), or its process died while it ran
         out.append(status)
+        by_key[key] = status
     return out
+
+
+def _failed_upstream(spec, by_key: dict) -> List[str]:
+    """The upstream stages at the root of a cancellation ("<key> <state>"): a cancelled upstream stage
+    passes on the stages that cancelled it, so a chain names the stage that failed, not its neighbour."""
+    names: List[str] = []
+    for dep in spec.deps:
+        up = by_key.get(dep)
+        if up is None or up.state == "done":
+            continue
+        for name in (up.upstream if up.state == "cancelled" and up.upstream else [f"{dep} {up.state}"]):
+            if name not in names:
+                names.append(name)
+    return names
 
 
 def _local_process_alive(record: dict) -> bool:
