@@ -466,6 +466,29 @@ def test_a_slurm_sweep_without_sbatch_stops_before_preparing_data_or_writing_any
     assert not prepared and not list(tmp_path.rglob("*"))
 
 
+@pytest.mark.parametrize("command", [["run", "--method", "clap", "--seeds", "1"], ["sweep", "--methods", "tac,clap", "--seeds", "1"]])
+@pytest.mark.parametrize("executor", ["local", "debug"])
+def test_a_local_run_under_torchrun_stops_before_preparing_data_or_running_a_stage(tmp_path, monkeypatch, command, executor):
+    # Each torchrun process would run the plan: rank 0 holds a DDP stage's claim and waits in
+    # init_process_group for rank 1, which waits for that claim (seen: until the process group's timeout).
+    import clap_bench.config
+    from typer.testing import CliRunner
+
+    from clap_bench.cli import app
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    prepared, ran = [], []
+    monkeypatch.setattr(clap_bench.config, "resolve_datasets", lambda *a, **k: prepared.append(a))
+    import clap_bench.runs
+
+    monkeypatch.setattr(clap_bench.runs, "run_plan", lambda *a, **k: ran.append(a))  # what the command calls
+    result = CliRunner().invoke(app, [*command, "--profile", "smoke", "--executor", executor, "--runs-dir", str(tmp_path / "runs")])
+    assert result.exit_code == 2, result.output
+    assert f"--executor {executor} under torchrun (WORLD_SIZE=2): a run is one process" in result.output
+    assert not prepared and not ran and not list(tmp_path.rglob("*"))
+
+
 # --------------------------------------------------------------------------- cluster profiles
 @pytest.mark.parametrize("text, where", [
     ("tasks_per_node: 2\n", r"tasks_per_node \(used by the extract stages\): 2; expected 1"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import List, Optional
 
@@ -56,6 +57,15 @@ def _execute(methods: List[str], seeds: str, tasks: Optional[str], profile: Opti
         cluster_profile = load_cluster(cluster) if cluster else None
         if executor == "slurm" and cluster_profile is None:
             raise ConfigError("--executor slurm needs --cluster slurm/<profile>.yaml (e.g. slurm/local.yaml)")
+        world = os.environ.get("WORLD_SIZE", "1").strip()
+        if executor != "slurm" and world.isdigit() and int(world) > 1:
+            # Every process would run the plan: rank 0 claims a DDP stage and waits in init_process_group
+            # for the others, which wait for its claim (until the 24 h process-group timeout).
+            raise ConfigError(
+                f"--executor {executor} under torchrun (WORLD_SIZE={world}): a run is one process; each of "
+                f"{world} processes would run the whole plan and wait for the others' stage claims. Run it as one "
+                "process, give source/pretrain stages several processes through SLURM (--executor slurm, "
+                "tasks_per_node in the cluster profile), or pre-train under torchrun with `clapbench pretrain`")
         if executor == "slurm" and not dry_run and not slurm_available():
             # before the datasets are prepared and profile.json is written
             raise ConfigError("--executor slurm: sbatch/squeue not found (start a local cluster with slurm/start_cluster.sh)")
