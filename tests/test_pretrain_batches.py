@@ -340,7 +340,7 @@ def _scripted_validation(trainer, figures, snapshots, first_epoch=0, stop_at=Non
     returns ``figures[epoch]`` and records the weights it saw; ``stop_at``: that epoch's call raises."""
     calls = [first_epoch]
 
-    def validate():
+    def validate(stop=None):  # stop: the trainer asks it before each batch (a stop signal)
         epoch = calls[0]
         calls[0] += 1
         if epoch == stop_at:
@@ -432,7 +432,7 @@ def test_keep_epoch_best_is_refused_where_nothing_validates_and_a_checkpoint_wit
         _trainer(tmp_path / "none", method="tac", epochs=1, keep_epoch="best", validation=False)
     # A method selected on a figure validation does not give stops before its first epoch.
     early = _trainer(tmp_path / "early", method="tac", epochs=1, keep_epoch="best")
-    early.validate = lambda: {"loss": 1.0}
+    early.validate = lambda stop=None: {"loss": 1.0}
     with pytest.raises(ValueError, match=r"method tac .*selects on the validation figures \['class_acc'\], but validation gave no"):
         early.fit()
     assert early.running == {} and early.batch_in_epoch == 0  # no training step was taken

@@ -68,15 +68,17 @@ def text_features(texts):
     return torch.stack(rows)
 
 
-def train(out_dir, epochs=2, seed=0, nan_at=None, hook=None, **train_kw):
+def train(out_dir, epochs=2, seed=0, nan_at=None, hook=None, validation_hook=None, validate=False, **train_kw):
     seed_everything(seed)
     torch.set_num_threads(1)
     method = create_method("clap-mask")
     encoder = build_video_encoder(EncoderConfig(arch="r2plus1d_tiny", width=0.125))
     model = PretrainModel(encoder, method, num_classes=3, text_dim=16, embed_dim=8)
     cfg = TrainConfig(epochs=epochs, batch_size=4, lr_backbone=1e-2, lr_heads=2e-2, lr_step_epochs=1, lr_gamma=0.5, **train_kw)
+    validation = TinySegments(seed + 1, hook=validation_hook) if validate else None
     trainer = Trainer(model, TinySegments(seed, nan_at, hook), cfg, Path(out_dir), seed, collate_segments, K,
-                      text_features=text_features, meta={"method": method.name}, progress=False, device="cpu")
+                      text_features=text_features, meta={"method": method.name}, progress=False, device="cpu",
+                      validation=validation)
     return trainer.fit()
 
 
@@ -210,6 +212,35 @@ def test_sigterm_mid_epoch_checkpoints_position_and_resume_is_exact(script, stra
     assert (ckpt["epoch"], ckpt["batch_in_epoch"]) == (1, 2)
     resumed = script.train(out)
     _assert_same(_weights(straight), _weights(resumed))
+
+
+def _records(out):
+    """metrics.jsonl without the timing figures (clips/s differ from run to run)."""
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k != "clips_per_s"} for r in records]
+
+
+def test_usr2_during_an_epochs_validation_stops_it_and_resume_redoes_that_validation_exactly(script, tmp_path):
+    straight = script.train(tmp_path / "straight", validate=True)
+    out = tmp_path / "usr2"
+    fetched = []  # validation items read: 6 per pass (epoch 0 before training, then after each epoch)
+
+    def usr2_in_the_validation_after_epoch_1(epoch, i):
+        fetched.append(i)
+        if len(fetched) == 7:  # the first item of the second pass
+            os.kill(os.getpid(), signal.SIGUSR2)
+
+    with pytest.raises(SystemExit) as stop:
+        script.train(out, validate=True, validation_hook=usr2_in_the_validation_after_epoch_1)
+    assert stop.value.code == 128 + signal.SIGUSR2
+    assert len(fetched) < 12  # the second pass stopped at its next batch, not after the whole set
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert (ckpt["epoch"], ckpt["batch_in_epoch"]) == (0, 3)  # every batch of epoch 1 done, its validation pending
+    assert [r["epoch"] for r in _records(out)] == [0]  # no record of epoch 1 from part of its validation
+    resumed = script.train(out, validate=True)
+    _assert_same(_weights(straight), _weights(resumed))
+    assert _records(out) == _records(tmp_path / "straight")  # epoch 1's validation redone: the same figures
+    assert [r["epoch"] for r in _records(out)] == [0, 1, 2]
 
 
 def test_nan_loss_stops_with_clear_message_and_keeps_last_good_checkpoint(script, tmp_path):

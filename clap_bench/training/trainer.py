@@ -26,7 +26,10 @@ heads have their own learning rates.
 
 Checkpoints (``<out>/checkpoint.pt``, written atomically) after every epoch and when SIGTERM or
 SIGUSR2 arrives (then mid-epoch, with the number of batches done; the previous handler, e.g.
-submitit's requeue, runs afterwards). A checkpoint holds the model, optimiser, schedule, AMP
+submitit's requeue, runs afterwards). A signal during an epoch's validation stops the validation
+at its next batch and checkpoints with every batch of the epoch done and the epoch not closed (no
+record, schedule and best epoch as before validation): a resume finds no batch left and redoes that
+epoch's validation from its start. A checkpoint holds the model, optimiser, schedule, AMP
 scaler, the RNG states (python, numpy, torch, CUDA), the position in the epoch and the running
 sums of the epoch's metrics. Resuming skips the batches already done, which reproduces the
 epoch exactly because the order depends only on (seed, epoch) and clip sampling only on
@@ -679,22 +682,24 @@ class Trainer:
 
     # ------------------------------------------------------------------ validation
     @torch.no_grad()
-    def validate(self) -> Dict[str, float]:
+    def validate(self, stop: Optional[Callable[[], bool]] = None) -> Optional[Dict[str, float]]:
         """The method's loss terms, head accuracies and retrieval R@1 on the validation segments.
 
         Runs on the main process (others wait), in eval mode, in batches of ``batch_size`` clips
         in a fixed order, so that the figures of two epochs are comparable. Loss terms are
         averaged over batches weighted by their clips; accuracies and R@1 are over all clips.
+        ``stop()`` is asked before each batch: when it says true, the pass ends there and None is
+        returned (on the main process) instead of figures of part of the set.
         """
         if self.validation is None:
             return {}
-        result: Dict[str, float] = {}
+        result: Optional[Dict[str, float]] = {}
         if self.dist.is_main:
-            result = self._validate_here()
+            result = self._validate_here(stop)
         barrier()
         return result
 
-    def _validate_here(self) -> Dict[str, float]:
+    def _validate_here(self, stop: Optional[Callable[[], bool]] = None) -> Optional[Dict[str, float]]:
         model = self.model
         was_training = model.training
         model.eval()
@@ -714,6 +719,9 @@ class Trainer:
         z_v_all, texts_all, fg_all = [], [], []
         text_cache: Dict[str, torch.Tensor] = {}
         for batch in loader:
+            if stop is not None and stop():
+                model.train(was_training)
+                return None
             if batch.get("clips") is None:
                 continue
             clips = batch["clips"].to(self.device)
@@ -823,6 +831,12 @@ class Trainer:
             self.best = {"epoch": self.epoch + 1, "value": rank, "model": state}
         return {"val_selection": value, "best_epoch": self.best["epoch"]}
 
+    def _stop_on_signal(self, flag: "_SignalFlag") -> None:
+        """Every process: checkpoint the position, then hand the stop signal on (raises TrainingInterrupted)."""
+        self.save_checkpoint()
+        flag.received = flag.received or signal.SIGTERM  # another process received it
+        flag.chain()
+
     # ------------------------------------------------------------------ loop
     def fit(self) -> Path:
         if self.final_path.exists():
@@ -871,13 +885,16 @@ class Trainer:
                     if any_process(flag.received is not None, self.device):
                         if bar is not None:
                             bar.close()
-                        self.save_checkpoint()
-                        flag.received = flag.received or signal.SIGTERM
-                        flag.chain()
+                        self._stop_on_signal(flag)
                 if bar is not None:
                     bar.close()
                 record = self._epoch_record()
-                figures = self.validate()
+                figures = self.validate(stop=lambda: flag.received is not None)
+                if any_process(figures is None, self.device):
+                    # Stopped during validation: every batch is done and the epoch is not closed, so the
+                    # checkpoint's position (batch_in_epoch = the epoch's batch count) makes a resume skip
+                    # the training batches and redo this validation (the figures of part of the set are dropped).
+                    self._stop_on_signal(flag)
                 record.update({f"val_{k}": v for k, v in figures.items()})
                 record.update(self._consider_epoch(figures))
                 self._write_record(record)
