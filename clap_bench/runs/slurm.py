@@ -61,7 +61,8 @@ class ClusterProfile:
     mem_gb: Optional[float] = None
     timeout_min: int = 60
     # SLURM sends USR2 this long before the time limit; submitit then checkpoints and requeues the
-    # job (the trainer first writes its checkpoint). Leave at least one training step's time.
+    # job (the trainer first writes its checkpoint at its next training or validation batch): leave at
+    # least one such batch's time.
     signal_delay_s: int = 90
     # How many times a job that reaches its time limit is requeued to resume from its checkpoint
     # (submitit's max_num_timeout; preemptions do not count). A pre-training longer than
