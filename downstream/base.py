@@ -30,7 +30,7 @@ def _discover_tasks() -> None:
     load_entry_points(TASK_GROUP)
 
 
-def _stage_taking(name: str):
+def _stage_taking(name: str) -> Optional[str]:
     """The product stage whose folder a task named ``name`` would share (a task stage is seed<k>/<task>)."""
     if name in ("source", "pretrain", "pretrain-base"):
         return f"the {name} stage's folder"
