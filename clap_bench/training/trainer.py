@@ -439,6 +439,7 @@ class Trainer:
         self.epoch = 0
         self.batch_in_epoch = 0
         self.running: Dict[str, float] = {}
+        self._resumed_rng: Optional[Dict[str, Any]] = None  # a mid-epoch checkpoint's RNG states, set again after its loader starts
 
     # ------------------------------------------------------------------ paths
     @property
@@ -511,6 +512,8 @@ class Trainer:
                     "use another --out or keep_epoch: last"
                 )
         set_rng_state(ckpt["rng"])
+        if self.batch_in_epoch:
+            self._resumed_rng = ckpt["rng"]
         self._trim_metrics()
         return True
 
@@ -860,7 +863,14 @@ class Trainer:
 
                     bar = tqdm(total=total + self.batch_in_epoch, initial=self.batch_in_epoch, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}", leave=False)
                 t_prev = time.perf_counter()
-                for batch in loader:
+                batches = iter(loader)
+                if self._resumed_rng is not None:
+                    # Starting a loader draws its base seed from the global RNG. The uninterrupted run drew it
+                    # at the start of the epoch, before the states a mid-epoch checkpoint holds; the resumed
+                    # epoch's loader draws once more, so the states are set back for the rest to follow the same stream.
+                    set_rng_state(self._resumed_rng)
+                    self._resumed_rng = None
+                for batch in batches:
                     self.running["skipped_segments"] = self.running.get("skipped_segments", 0.0) + float(batch.get("num_skipped", 0))
                     # A batch whose every segment was unreadable (or, with BatchNorm in the heads, all
                     # but one clip) is skipped by all processes together.
