@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import List
+from typing import Any, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -160,6 +160,16 @@ def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
     values = values.clone()
     dist.all_reduce(values, op=dist.ReduceOp.SUM)
     return values / dist.get_world_size()
+
+
+def gather_to_main(obj: Any) -> Optional[List[Any]]:
+    """Every process's ``obj`` (picklable), in rank order, on the main process; None on the others.
+    One process: ``[obj]``. A collective: every process must call it."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [obj]
+    out: Optional[List[Any]] = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(obj, out, dst=0)
+    return out
 
 
 def any_process(flag: bool, device: torch.device | str = "cpu") -> bool:

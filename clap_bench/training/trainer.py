@@ -30,8 +30,10 @@ submitit's requeue, runs afterwards). A signal during an epoch's validation stop
 at its next batch and checkpoints with every batch of the epoch done and the epoch not closed (no
 record, schedule and best epoch as before validation): a resume finds no batch left and redoes that
 epoch's validation from its start. A checkpoint holds the model, optimiser, schedule, AMP
-scaler, the RNG states (python, numpy, torch, CUDA), the position in the epoch and the running
-sums of the epoch's metrics. Resuming skips the batches already done, which reproduces the
+scaler, the position in the epoch and, for each process (``ranks``, gathered to the main process),
+its RNG states (python, numpy, torch, CUDA) and its running sums of the epoch's metrics; each process
+resumes its own (a checkpoint of another number of processes, only resumable at an epoch boundary,
+gives every process rank 0's RNG states). Resuming skips the batches already done, which reproduces the
 epoch exactly because the order depends only on (seed, epoch) and clip sampling only on
 (seed, epoch, item). When all epochs are done ``<out>/final.pt`` (weights and metadata, no
 optimiser) is written and returned; a finished run is not trained again.
@@ -73,6 +75,7 @@ from clap_bench.training.distributed import (
     any_process,
     barrier,
     gather_no_grad,
+    gather_to_main,
     gather_with_grad,
     shard_order,
 )
@@ -451,7 +454,14 @@ class Trainer:
         return self.out_dir / FINAL_NAME
 
     # ------------------------------------------------------------------ state
-    def _state(self) -> Dict[str, Any]:
+    def _own_state(self) -> Dict[str, Any]:
+        """What differs from process to process: the running sums of the epoch's metrics (each
+        process's own batches; the epoch record averages them over processes) and the RNG states."""
+        return {"running": dict(self.running), "rng": rng_state()}
+
+    def _state(self, ranks: List[Dict[str, Any]]) -> Dict[str, Any]:
+        """The checkpoint: ``ranks`` holds every process's ``_own_state`` in rank order; ``running`` and
+        ``rng`` (rank 0's) stay for checkpoints read by a trainer that predates ``ranks``."""
         return {
             "format": CHECKPOINT_FORMAT,
             "meta": self.meta,
@@ -463,15 +473,17 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
-            "running": dict(self.running),
-            "rng": rng_state(),
+            "running": ranks[0]["running"],
+            "rng": ranks[0]["rng"],
+            "ranks": ranks,
             "world_size": self.dist.world_size,
             **({"best": self.best} if self.best is not None else {}),
         }
 
     def save_checkpoint(self) -> None:
+        ranks = gather_to_main(self._own_state())  # every process takes part; rank 0 writes
         if self.dist.is_main:
-            save_atomic(self._state(), self.checkpoint_path)
+            save_atomic(self._state(ranks), self.checkpoint_path)
         barrier()
 
     def _resume(self) -> bool:
@@ -502,7 +514,8 @@ class Trainer:
                 group["initial_lr"], group["lr"] = base, lr
             self.scheduler._last_lr = lrs
         self.batch_in_epoch = int(ckpt["batch_in_epoch"])
-        self.running = dict(ckpt.get("running") or {})
+        own = self._own_saved_state(ckpt)
+        self.running = dict(own.get("running") or {})
         if self.keep_best and self.dist.is_main:
             self.best = ckpt.get("best")
             if self.best is None and self.epoch >= 1:
@@ -511,11 +524,30 @@ class Trainer:
                     "(it was trained with keep_epoch: last), so keep_epoch: best cannot choose among its epochs; "
                     "use another --out or keep_epoch: last"
                 )
-        set_rng_state(ckpt["rng"])
+        set_rng_state(own["rng"])
         if self.batch_in_epoch:
-            self._resumed_rng = ckpt["rng"]
+            self._resumed_rng = own["rng"]
         self._trim_metrics()
         return True
+
+    def _own_saved_state(self, ckpt: Dict[str, Any]) -> Dict[str, Any]:
+        """This process's running sums and RNG states in ``ckpt``: its own entry of ``ranks`` when the
+        checkpoint was written by as many processes. Otherwise rank 0's, the only ones a checkpoint
+        without ``ranks`` holds: a checkpoint of another number of processes (at an epoch boundary
+        only, where the sums are empty) gives every process rank 0's RNG states, as a fresh start gives
+        every process the same seed. A mid-epoch checkpoint of several processes without ``ranks`` (an
+        older trainer's) resumes as that trainer did: the epoch's training figures then count rank 0's
+        sums for every process (logged)."""
+        ranks = ckpt.get("ranks")
+        saved_world = ckpt.get("world_size", 1)
+        if isinstance(ranks, list) and len(ranks) == saved_world == self.dist.world_size:
+            return ranks[self.dist.rank]
+        if ranks is None and saved_world > 1 and ckpt["batch_in_epoch"] and self.dist.is_main:
+            log.warning("%s: saved mid-epoch by %d processes without each process's running sums and RNG states; "
+                        "every process resumes with rank 0's, so the training figures of epoch %d count rank 0's "
+                        "batches for every process up to batch %d", self.checkpoint_path, saved_world,
+                        int(ckpt["epoch"]) + 1, int(ckpt["batch_in_epoch"]))
+        return {"running": ckpt.get("running"), "rng": ckpt["rng"]}
 
     def _trim_metrics(self) -> None:
         """Drop epoch records the checkpoint does not cover (written just before a crash)."""
