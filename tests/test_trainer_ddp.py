@@ -17,6 +17,7 @@ import torch.multiprocessing as mp
 from test_pretrain_batches import TinyClips, _free_port, _trainer
 
 WORLD = 2
+UNREADABLE = (0, 5, 13, 22)  # items read by one process or the other, depending on the epoch
 
 
 class RandomNoiseClips(TinyClips):
@@ -25,13 +26,15 @@ class RandomNoiseClips(TinyClips):
     a process resumed with another's states reads other clips. ``hook(epoch, index)`` runs before each
     item. Validation sets take no noise: the trainer's validation reads no training random stream."""
 
-    def __init__(self, n, seed=0, train=True, hook=None, noise=True):
+    def __init__(self, n, seed=0, train=True, hook=None, noise=True, unreadable=()):
         super().__init__(n, seed=seed, train=train)
-        self.hook, self.noise = hook, noise
+        self.hook, self.noise, self.unreadable = hook, noise, set(unreadable)
 
     def __getitem__(self, i):
         if self.hook is not None:
             self.hook(self.epoch, i)
+        if i in self.unreadable:  # an undecodable video: the collate function leaves it out and counts it
+            return {"skipped": True, "video_id": f"v{i % 4}", "reason": "unreadable"}
         item = super().__getitem__(i)
         if self.noise:
             item["clips"] = item["clips"] + 0.1 * torch.rand(1 + i % 3)[-1]
@@ -63,7 +66,7 @@ def _worker(rank, world, port, out_dir, stop):
 
     try:
         trainer = _trainer(Path(out_dir), epochs=3, dist_info=DistInfo(rank, world), batch_size=4, validation=False,
-                           data=RandomNoiseClips(24, hook=train_hook))
+                           data=RandomNoiseClips(24, hook=train_hook, unreadable=UNREADABLE))
         trainer.validation = RandomNoiseClips(8, seed=7, train=False, hook=validation_hook, noise=False)
         try:
             trainer.fit()
@@ -92,6 +95,18 @@ def uninterrupted(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp") / "straight"
     _run(out)
     return out
+
+
+@pytest.mark.slow  # two processes (the uninterrupted run the next test compares with)
+def test_a_two_process_epoch_record_counts_every_process_s_clips_and_skipped_segments(uninterrupted):
+    from clap_bench.training.distributed import shard_order
+
+    trained = _records(uninterrupted)[1:]
+    assert [r["epoch"] for r in trained] == [1, 2, 3]
+    assert [r["clips"] for r in trained] == [24 - len(UNREADABLE)] * 3
+    assert [r["skipped_segments"] for r in trained] == [len(UNREADABLE)] * 3
+    # rank 1 read some of the unreadable items: rank 0's count alone is not the epoch's
+    assert any(set(shard_order(24, 0, epoch, 1, WORLD)) & set(UNREADABLE) for epoch in range(3))
 
 
 @pytest.mark.slow  # per case two runs of two processes, after one uninterrupted run (40-90 s on 2 cores)

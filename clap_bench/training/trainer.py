@@ -695,14 +695,16 @@ class Trainer:
     def _epoch_record(self) -> Dict[str, Any]:
         r = self.running
         keys = sorted(k[4:] for k in r if k.startswith("sum_"))
-        vals = torch.tensor([r[f"sum_{k}"] / max(1.0, r[f"n_{k}"]) for k in keys] + [r.get("clips", 0.0), r.get("seconds", 0.0)], dtype=torch.float64)
+        # Loss terms: the mean over processes of each one's mean; clips and skipped segments: the sum.
+        vals = torch.tensor([r[f"sum_{k}"] / max(1.0, r[f"n_{k}"]) for k in keys]
+                            + [r.get("clips", 0.0), r.get("seconds", 0.0), r.get("skipped_segments", 0.0)], dtype=torch.float64)
         vals = all_reduce_mean(vals.to(self.device)).cpu()
         rec: Dict[str, Any] = {"epoch": self.epoch + 1}
         rec.update({k: float(v) for k, v in zip(keys, vals[: len(keys)])})
         clips = float(vals[len(keys)]) * self.dist.world_size
         secs = float(vals[len(keys) + 1])
         rec["clips"] = int(round(clips))
-        rec["skipped_segments"] = int(r.get("skipped_segments", 0.0))
+        rec["skipped_segments"] = int(round(float(vals[len(keys) + 2]) * self.dist.world_size))
         rec["clips_per_s"] = clips / secs if secs > 0 else None
         # The rates in force at the start of the epoch (the schedule moves them per step).
         start = lr_factor(self.cfg, float(self.epoch))
