@@ -87,8 +87,11 @@ def test_a_stage_whose_job_slurm_cancelled_after_its_upstream_failed_shows_cance
     monkeypatch.setenv("CLAPBENCH_PLAN_FACTORY", "test_runs_toy_plan:build_toy_plan")
     store, profile = RunStore(tmp_path / "runs"), toy_profile()
     plan = build_toy_plan(profile, ["clap"], [0])
-    report = run_plan(plan, store, executor="slurm", cluster=cluster, wait=True, echo=lambda s: None, poll_s=1.0)
-    assert set(report.failed) == {"clap/seed0/pretrain", "clap/seed0/tal"}
+    lines = []
+    report = run_plan(plan, store, executor="slurm", cluster=cluster, wait=True, echo=lines.append, poll_s=1.0)
+    assert set(report.failed) == {"clap/seed0/pretrain"} and report.blocked == ["clap/seed0/tal"]
+    assert any(line.startswith("clap/seed0/tal: cancelled (job ") and line.endswith(": upstream clap/seed0/pretrain failed")
+               for line in lines), lines
     states = {s.key: s for s in plan_status(plan, store)}
     assert states["clap/seed0/pretrain"].state == "failed"
     tal = states["clap/seed0/tal"]

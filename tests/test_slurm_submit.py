@@ -300,6 +300,41 @@ def test_status_shows_a_stage_whose_job_slurm_cancelled_for_its_failed_upstream_
                                                  else "PENDING (DependencyNeverSatisfied)")
 
 
+@pytest.mark.parametrize("how", ["cancelled", "never-starts"])
+def test_a_sweep_waiting_for_its_jobs_reports_a_stage_slurm_cancelled_for_its_failed_upstream_as_cancelled_naming_it(
+        tmp_path, monkeypatch, how):
+    store, plan = RunStore(tmp_path / "runs"), _chain_plan()
+    report, job_of, _ = FakeSlurm(monkeypatch).submit(plan, store)
+    pre, tal, vlg = (job_of[f"a/seed0/{name}"] for name in ("pretrain", "tal", "vlg"))
+    monkeypatch.setattr(executors, "job_states", slurm.job_states)  # from here on, squeue and sacct say
+    me = getpass.getuser()
+    if how == "cancelled":  # kill-on-invalid-dep: SLURM removed the jobs after the failed one (sacct)
+        FakeSlurmCommands(tmp_path, monkeypatch, accounting={pre: ("FAILED", "None"), tal: ("CANCELLED", "Dependency"),
+                                                             vlg: ("CANCELLED", "Dependency")})
+    else:  # a cluster that keeps them: tal pending for ever, and vlg after it
+        FakeSlurmCommands(tmp_path, monkeypatch, queue={tal: (me, "PENDING", "DependencyNeverSatisfied"),
+                                                        vlg: (me, "PENDING", "Dependency")},
+                          accounting={pre: ("FAILED", "None")})
+    polls, real_sleep, poll_s = [], time.sleep, 0.0123
+
+    def sleep(seconds):  # waiting on is an error here, not a hung test (subprocess sleeps too: other durations)
+        if seconds == poll_s:
+            polls.append(seconds)
+            assert len(polls) < 20, "still waiting for jobs that will never run"
+        real_sleep(seconds)
+
+    monkeypatch.setattr(executors.time, "sleep", sleep)
+    lines = []
+    executors._wait_for_jobs(plan, store, job_of, report, lines.append, poll_s=poll_s)
+    assert report.failed == {"a/seed0/pretrain": f"job {pre} ended FAILED"}
+    assert report.blocked == ["a/seed0/tal", "a/seed0/vlg"] and not report.ok
+    tal_state = "CANCELLED (Dependency)" if how == "cancelled" else "PENDING (DependencyNeverSatisfied)"
+    vlg_state = "CANCELLED (Dependency)" if how == "cancelled" else "PENDING (Dependency)"
+    assert lines == [f"a/seed0/pretrain: job {pre} ended FAILED without metrics",
+                     f"a/seed0/tal: cancelled (job {tal} {tal_state}): upstream a/seed0/pretrain failed",
+                     f"a/seed0/vlg: cancelled (job {vlg} {vlg_state}): upstream a/seed0/pretrain failed"]
+
+
 def test_a_job_cancelled_by_a_user_while_it_waited_for_its_upstream_is_still_failed(tmp_path, monkeypatch):
     from clap_bench.runs import plan_status
 

@@ -9,7 +9,8 @@ a stage another process is running is waited for and reused, never run twice, an
 holder died is taken over.
 
 On SLURM each stage is one job; a stage waits for its upstream jobs with ``afterok``
-dependencies (``kill-on-invalid-dep``: a job whose upstream failed is removed, not left pending).
+dependencies (``kill-on-invalid-dep``: a job whose upstream failed is removed, not left pending; a
+sweep waiting for its jobs reports its stage as cancelled, naming the upstream stage that failed).
 Jobs are ``Checkpointable``: on timeout or preemption submitit requeues the same call, and the
 stage resumes from its last checkpoint; a job requeued by the scheduler (``scontrol requeue``)
 restarts the same call and resumes the same way. A job with several tasks (``tasks_per_node``
@@ -37,7 +38,8 @@ from clap_bench.config import ConfigError, Profile
 from clap_bench.io import atomic_write_json, file_lock
 from clap_bench.runs.fingerprints import write_stage_fingerprints
 from clap_bench.runs.plan import Plan, StageContext, StageSpec
-from clap_bench.runs.slurm import ACTIVE_STATES, ClusterProfile, SlurmQueryError, cancel, job_states, slurm_available
+from clap_bench.runs.slurm import (ACTIVE_STATES, ClusterProfile, JobState, SlurmQueryError, cancel, job_details, job_states,
+                                   slurm_available)
 from clap_bench.runs.claims import StageClaim, claim_holder, describe_owner, held_by_this_job, owner_record, slurm_job_id
 from clap_bench.runs.store import (LOG_FILE, METRICS_FILE, SLURM_FILE, STAGE_FILE, RunStore, damaged_record, finished_metrics,
                                    read_json)
@@ -500,21 +502,32 @@ def _submit_stage(plan: Plan, store: RunStore, cluster: ClusterProfile, folder: 
 
 
 def _wait_for_jobs(plan: Plan, store: RunStore, job_of: Dict[str, str], report: RunReport, echo, poll_s: float) -> None:
-    pending = dict(job_of)
-    last: Dict[str, str] = {}
+    """Wait until every job in ``job_of`` (stage key -> job id) has ended, and report each stage: done,
+    failed (its job ended without metrics), or, as ``clapbench status`` shows it, cancelled because an
+    upstream stage failed (SLURM cancelled its job, ``kill-on-invalid-dep``, or will never start it):
+    such a stage is not run because of another's failure (``report.blocked``), and the stage at the
+    root of the chain is named. A job still pending after a stage that will never start is not waited
+    for either: it would wait for ever."""
+    pending = dict(job_of)  # in plan order: a stage's upstream stages come first, so are decided first
+    roots: Dict[str, List[str]] = {}  # cancelled stage -> the upstream stages that failed
     while pending:
-        states = _ask_job_states(pending.values(), echo, poll_s)
+        jobs = _ask_job_states(pending.values(), echo, poll_s, query=job_details)
         for key, job_id in list(pending.items()):
-            state = states.get(job_id, "UNKNOWN")
+            info = jobs.get(job_id, JobState("UNKNOWN"))
+            state = info.state
             spec = plan.stages[key]
-            if state != last.get(key):
-                last[key] = state
-            if state in ACTIVE_STATES or state == "UNKNOWN" and not _grace_over(store, plan, spec):
+            cancelled = info.upstream_failed or (state == "PENDING" and any(d in roots for d in spec.deps))
+            if not cancelled and (state in ACTIVE_STATES or state == "UNKNOWN" and not _grace_over(store, plan, spec)):
                 continue
             del pending[key]
             if store.is_done(plan.stage_dir(store, spec), plan.hashes[key]):
                 report.ran.append(key)
                 echo(f"{key}: done (job {job_id})")
+            elif cancelled:
+                roots[key] = _failed_upstream(spec, report, roots, pending, jobs)
+                report.blocked.append(key)
+                upstream = f"upstream {', '.join(roots[key])}" if roots[key] else "an upstream job failed"
+                echo(f"{key}: cancelled (job {job_id} {state} ({info.reason})): {upstream}")
             else:
                 report.failed[key] = f"job {job_id} ended {state}"
                 echo(f"{key}: job {job_id} ended {state} without metrics")
@@ -522,18 +535,37 @@ def _wait_for_jobs(plan: Plan, store: RunStore, job_of: Dict[str, str], report: 
             time.sleep(poll_s)
 
 
+def _failed_upstream(spec: StageSpec, report: RunReport, roots: Dict[str, List[str]], pending: Dict[str, str],
+                     jobs: Dict[str, JobState]) -> List[str]:
+    """The upstream stages at the root of a cancellation, as ``clapbench status`` names them ("<key>
+    failed"): a cancelled upstream stage passes on its own roots. An upstream stage still undecided
+    (its job not yet known to squeue nor sacct) is named with its job's state."""
+    names: List[str] = []
+    for dep in spec.deps:
+        if dep in roots:
+            found = roots[dep] or [f"{dep} cancelled"]
+        elif dep in report.failed:
+            found = [f"{dep} failed"]
+        elif dep in pending:
+            found = [f"{dep} (job {pending[dep]} {jobs.get(pending[dep], JobState('UNKNOWN')).state})"]
+        else:  # done, reused, or not waited for here
+            found = []
+        names.extend(name for name in found if name not in names)
+    return names
+
+
 QUERY_PATIENCE_S = 600.0  # how long squeue may keep failing before a submission or a wait gives up
 
 
-def _ask_job_states(job_ids, echo, poll_s: float) -> Dict[str, str]:
-    """``job_states``, asked again while squeue cannot be reached (a busy or restarting controller):
-    a failed query says nothing about the jobs, so nothing is decided on it. After ``QUERY_PATIENCE_S``
-    of failures in a row, ``SlurmQueryError`` names the command and its last error."""
+def _ask_job_states(job_ids, echo, poll_s: float, query: Optional[Callable] = None) -> Dict[str, Any]:
+    """``job_states`` (or ``query``, e.g. ``job_details``), asked again while squeue cannot be reached (a
+    busy or restarting controller): a failed query says nothing about the jobs, so nothing is decided on
+    it. After ``QUERY_PATIENCE_S`` of failures in a row, ``SlurmQueryError`` names the command and its last error."""
     job_ids = list(job_ids)
     tries, since = 0, time.monotonic()
     while True:
         try:
-            states = job_states(job_ids)
+            states = (query or job_states)(job_ids)
         except SlurmQueryError as e:
             tries += 1
             waited = time.monotonic() - since
