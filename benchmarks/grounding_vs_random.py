@@ -154,9 +154,8 @@ def main() -> None:
     part_of = {v: i // size for i, v in enumerate(test_videos[:size * args.test_parts])}
     parts = {"source": [], "random": []}  # per arm, per head seed: [(mIoU, R@1 IoU 0.5) per part]
 
-    def score_parts(head_dir: Path):
-        truth = json.loads((head_dir / "ground_truth.json").read_text())
-        predictions = {p["id"]: p for p in json.loads((head_dir / "predictions.json").read_text())}
+    def part_figures(truth: list, predictions: dict) -> list:
+        """(mIoU, R@1 IoU 0.5) of each part of the test videos; ``predictions`` by query id."""
         out = []
         for k in range(args.test_parts):
             gt = [g for g in truth if part_of.get(g["video"]) == k]
@@ -164,11 +163,15 @@ def main() -> None:
             out.append((100 * m["mIoU"], 100 * m["R@1"]["0.5"]))
         return out
 
+    def score_parts(head_dir: Path):
+        truth = json.loads((head_dir / "ground_truth.json").read_text())
+        return part_figures(truth, {p["id"]: p for p in json.loads((head_dir / "predictions.json").read_text())})
+
     wanted = [a.strip() for a in args.arms.split(",")]
     if not wanted or set(wanted) - {"source", "random"}:
         raise SystemExit(f"--arms {args.arms}: expected source, random or source,random")
-    curves = {"source": [], "random": []}  # per arm, per head seed: [(mIoU, R@1 IoU 0.5) per epoch]
-    part_curves = {}  # id(a head's curve list) -> per epoch [whole, part 0, part 1, ...] as (mIoU, R@1 IoU 0.5)
+    # per arm, per head seed, per epoch: [whole test subset, part 0, part 1, ...] as (mIoU, R@1 IoU 0.5)
+    curves = {"source": [], "random": []}
     if args.curves:
         test_q = grounding_queries(annotations, d.test_subset)
         test_truth = ground_truth_entries(test_q)
@@ -185,14 +188,8 @@ def main() -> None:
         def hook(epoch, model):
             preds = predict(model, test_q, feats, test_words, d.nms_threshold, cfg.top_k, cfg.batch_size, "cpu")
             m = evaluate_grounding(test_truth, preds)
-            row = [(100 * m["mIoU"], 100 * m["R@1"]["0.5"])]
-            for k in range(args.test_parts if args.test_parts > 1 else 0):  # then each part of the test videos
-                by_id = {p["id"]: p for p in preds}
-                gt = [g for g in test_truth if part_of.get(g["video"]) == k]
-                mk = evaluate_grounding(gt, [by_id[g["id"]] for g in gt])
-                row.append((100 * mk["mIoU"], 100 * mk["R@1"]["0.5"]))
-            into.append(row[0])
-            part_curves.setdefault(id(into), []).append(row)
+            parts_now = part_figures(test_truth, {p["id"]: p for p in preds}) if args.test_parts > 1 else []
+            into.append([(100 * m["mIoU"], 100 * m["R@1"]["0.5"]), *parts_now])
         return hook
 
     figures = {"source": [], "random": []}
@@ -224,17 +221,16 @@ def main() -> None:
             cells = []
             for name in wanted:
                 for i in (1, 0):
-                    v = np.array([c[e][i] for c in curves[name]])
+                    v = np.array([c[e][0][i] for c in curves[name]])
                     cells.append(f"{v.mean():.2f} ± {v.std(ddof=1):.2f}" if len(v) > 1 else f"{v.mean():.2f}")
             print(f"| {e + 1} | " + " | ".join(cells) + " |")
         if args.curves_out:
-            out = {name: [part_curves.get(id(c), [[p] for p in c]) for c in curves[name]] for name in wanted}
             Path(args.curves_out).write_text(json.dumps({"dataset": args.dataset, "seeds": args.seeds,
                                                          "rows": "per arm, head, epoch: [whole, part 0, ...] as [mIoU, R@1 IoU 0.5]",
-                                                         "curves": out}, indent=1))
+                                                         "curves": {name: curves[name] for name in wanted}}, indent=1))
             print(f"per-head curves: {args.curves_out}")
         if args.test_parts == 2:
-            print_heldout_selection(wanted, curves, part_curves)
+            print_heldout_selection(wanted, curves)
     if wanted != ["source", "random"]:
         for name in wanted:  # one arm: its mean ± std over the head seeds
             for i, metric in enumerate(("mIoU", "R@1 IoU 0.5")):
@@ -264,7 +260,7 @@ def main() -> None:
                       f"(part means {', '.join(f'{x:.2f}' for x in per_part.mean(axis=1))})")
 
 
-def print_heldout_selection(wanted, curves, part_curves) -> None:
+def print_heldout_selection(wanted, curves) -> None:
     """Each half of the test videos picks a head's epoch (best R@1 IoU 0.5), the other half scores it.
 
     Printed per arm: the heads' mean and std (over head seeds, the two folds' variances averaged)
@@ -273,7 +269,7 @@ def print_heldout_selection(wanted, curves, part_curves) -> None:
     """
     print("held-out epoch selection (halves of the test videos; R@1 IoU 0.5, percent; std over head seeds):")
     for name in wanted:
-        rows = [np.array([[p[1] for p in epoch[1:3]] for epoch in part_curves[id(c)]]) for c in curves[name]]  # (epochs, 2)
+        rows = [np.array([[p[1] for p in epoch[1:3]] for epoch in c]) for c in curves[name]]  # (epochs, 2): R@1 per half
         kinds = {"last epoch": [], "epoch picked on the other half": [], "epoch picked on the same half (bound)": []}
         for score_on in (0, 1):
             pick_on = 1 - score_on
