@@ -639,13 +639,15 @@ def load_profile(name_or_path: str = "default", overrides: Optional[dict] = None
     return profile
 
 
-# A profile's name is a folder of the run store (``<runs>/<name>/``) and part of cache paths: one
-# plain path component, not one of the store's own folders (``_shared``, ``_submitit``) nor hidden.
-PROFILE_NAME_RE = re.compile(r"[A-Za-z0-9+-][A-Za-z0-9._+-]*")
+# A name that is a folder of the run store (a profile's ``<runs>/<name>/``, also part of cache paths;
+# a method's ``<profile>/<method>/``; a task's stage folder): one plain path component, not one of the
+# store's own folders (``_shared``, ``_submitit``) nor hidden, and nothing the CLI reads as a list (",")
+# or a feature file (":").
+STORE_FOLDER_NAME_RE = re.compile(r"[A-Za-z0-9+-][A-Za-z0-9._+-]*")
 
 
 def check_profile_name(name: str, where: str = "name") -> None:
-    if not PROFILE_NAME_RE.fullmatch(name):
+    if not STORE_FOLDER_NAME_RE.fullmatch(name):
         raise ConfigError(f"{where}: expected letters, digits, '.', '_', '+' and '-', not starting with '_' or '.' "
                           f"(the name is the profile's folder in the run store), got {name!r}")
 

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
-import re
 from typing import Any, Callable, Dict, Iterator, List, Optional
+
+from clap_bench.config import STORE_FOLDER_NAME_RE
 
 _ORIGIN_STACK: List[str] = []
 
@@ -36,18 +37,12 @@ def default_origin(module: Optional[str]) -> str:
     return f"module {module}" if module else "unknown"
 
 
-# A name that is also a folder of the run store (methods, tasks): one path component, no hidden or
-# private folder (the store's own folders begin with "_"), nothing the CLI reads as a list or a
-# feature file ("," and ":").
-FOLDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
-
-
 def check_folder_name(kind: str, name: str, reserved: Callable[[str], Optional[str]] = lambda name: None) -> None:
-    """Refuse a ``kind`` name that cannot be a run-store folder of its own, or that ``reserved`` says
-    is taken (it returns what takes it)."""
-    if not isinstance(name, str) or not FOLDER_NAME.fullmatch(name):
-        raise ValueError(f"{kind} name {name!r}: expected letters, digits, '.', '_', '+' or '-', beginning with a letter "
-                         "or digit (it names a folder of the run store)")
+    """Refuse a ``kind`` name that cannot be a run-store folder of its own (the rule profile names
+    follow, ``STORE_FOLDER_NAME_RE``), or that ``reserved`` says is taken (it returns what takes it)."""
+    if not isinstance(name, str) or not STORE_FOLDER_NAME_RE.fullmatch(name):
+        raise ValueError(f"{kind} name {name!r}: expected letters, digits, '.', '_', '+' and '-', not starting with '_' or '.' "
+                         "(it names a folder of the run store)")
     taken = reserved(name)
     if taken:
         raise ValueError(f"{kind} name {name!r} is taken: {taken}")
