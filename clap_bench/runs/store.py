@@ -188,7 +188,7 @@ class RunStore:
             except (OSError, yaml.YAMLError, KeyError, TypeError):
                 continue
             if isinstance(threads, int) and threads >= 1:
-                seen.setdefault(_stage_kind(str(resolved.get("stage") or rel[-2]), resolved.get("config")), set()).add(threads)
+                seen.setdefault(_stage_kind(str(resolved.get("stage") or rel[-2])), set()).add(threads)
         return {kind: next(iter(values)) for kind, values in seen.items() if len(values) == 1}
 
     # ------------------------------------------------------------------ listing
@@ -321,13 +321,11 @@ class RunStore:
                         yield stage
 
 
-def _stage_kind(stage: str, config: Any = None) -> str:
-    """The stage kind (``runtime.job_threads`` key) of a stage of the store, from its name and its
-    resolved config (``config.yaml``'s ``config``). A task stage's config names its task: a plug-in
-    task may be named as the other kinds' stages begin (``extractive-qa``, ``pretrain-probe``), so
-    the config decides; otherwise the name, matched whole, as ``plan.py`` builds them."""
-    if isinstance(config, dict) and config.get("task") == stage:
-        return "task"
+def _stage_kind(stage: str) -> str:
+    """The stage kind (``runtime.job_threads`` key) of a stage of the store, from its name matched
+    whole, as ``plan.py`` builds them: a plug-in task may begin as the other kinds' names do
+    (``extractive-qa``, ``pretrain-probe``), and a task may not take one of their names (the task
+    registry refuses ``source``, ``pretrain``, ``pretrain-base`` and ``extract-...``)."""
     if stage == "source":
         return "source"
     if stage in ("pretrain", "pretrain-base"):
