@@ -1316,3 +1316,15 @@ def test_seeds_are_a_count_a_list_or_a_range():
     for bad in ("9-5", "-3", "1-2-3", "a-b", ",", "0"):
         with pytest.raises(ConfigError, match="--seeds: expected a count"):
             parse_seeds(bad)
+
+
+def test_status_reads_a_methods_list_as_run_and_table_do(tmp_path):
+    """`--methods "clap, tac"` names clap and tac (spaces stripped, as parse_methods does), and `--methods ""`
+    names nothing: exit 2, as table and sweep say, not every method of the store."""
+    root = tmp_path / "runs"
+    _finished_store(root, load_profile("smoke"), methods=("clap", "tac"), seeds=(0,))
+    ok = CliRunner().invoke(app, ["status", "--profile", "smoke", "--tasks", "tal", "--methods", "clap, tac", "--runs-dir", str(root)])
+    assert ok.exit_code == 0, ok.output
+    assert "tac" in ok.output and "clap" in ok.output and "missing" not in ok.output, ok.output
+    empty = CliRunner().invoke(app, ["status", "--profile", "smoke", "--methods", "", "--runs-dir", str(root)])
+    assert empty.exit_code == 2 and "--methods" in empty.output, empty.output

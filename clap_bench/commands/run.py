@@ -218,10 +218,8 @@ def register(app: typer.Typer) -> None:
 
         store = RunStore(runs_root(runs_dir))
         try:
-            if methods:
-                parse_methods(methods)
-            if tasks is not None:
-                parse_tasks(tasks)  # "," names no task: said once, not once per method
+            method_list = parse_methods(methods) if methods is not None else None  # None: those in the store
+            task_list = parse_tasks(tasks)  # "," names no task: said once, not once per method
             seed_list = parse_seeds(seeds) if seeds else None
             profiles = _status_profiles(store, profile, config)
         except (ConfigError, ValueError) as e:  # ValueError: a damaged record, named by read_json
@@ -232,7 +230,7 @@ def register(app: typer.Typer) -> None:
             return
         for prof in profiles:
             try:
-                statuses = _print_status(store, prof, methods, seed_list, tasks, lines)
+                statuses = _print_status(store, prof, method_list, seed_list, task_list, lines)
             except (ConfigError, ValueError) as e:
                 typer.echo(f"error: {e}", err=True)
                 raise typer.Exit(2)
@@ -254,14 +252,14 @@ def _status_profiles(store, profile: Optional[str], config: Optional[Path]) -> L
     return [with_store_threads(p, store) for p in (store.recorded_profile(name) for name in store.profiles()) if p is not None]
 
 
-def _print_status(store, prof: Profile, methods: Optional[str], seeds: Optional[List[int]], tasks: Optional[str], lines: int) -> None:
+def _print_status(store, prof: Profile, methods: Optional[List[str]], seeds: Optional[List[int]], tasks: List[str], lines: int) -> None:
     from tabulate import tabulate
 
-    from clap_bench.runs import parse_tasks, plan_status
+    from clap_bench.runs import plan_status
     from clap_bench.runs.plan import plan_factory
     from clap_bench.runs.status import summarize
 
-    method_list = [m for m in (methods or "").split(",") if m] or [store.method_label(prof.name, m) for m in store.methods(prof.name)]
+    method_list = methods or [store.method_label(prof.name, m) for m in store.methods(prof.name)]
     if not method_list:
         typer.echo(f"profile {prof.name}: no runs under {store.profile_dir(prof.name)}")
         return
@@ -271,7 +269,7 @@ def _print_status(store, prof: Profile, methods: Optional[str], seeds: Optional[
         if not seed_list:
             continue
         try:
-            plan = plan_factory()(prof, [method], seed_list, parse_tasks(tasks))
+            plan = plan_factory()(prof, [method], seed_list, tasks)
         except ConfigError as e:
             typer.echo(f"{method}: {e}", err=True)
             continue
