@@ -16,7 +16,7 @@ import pytest
 from clap_bench.runs import RunStore, load_cluster
 from clap_bench.io import atomic_write_json
 from clap_bench.runs import executors, slurm
-from clap_bench.runs.slurm import SlurmQueryError
+from clap_bench.runs.slurm import JobState, SlurmQueryError
 from clap_bench.runs.store import read_json
 from test_runs_toy_plan import build_toy_plan, toy_profile
 
@@ -26,7 +26,7 @@ SQUEUE_RE = re.escape(SQUEUE)
 
 
 class FakeSlurm:
-    """submitit's AutoExecutor (jobs 100, 101, ... kept in ``jobs``), ``job_states`` (from ``states``,
+    """submitit's AutoExecutor (jobs 100, 101, ... kept in ``jobs``), ``job_details`` (from ``states``,
     unless ``squeue=False``: then the real one, on whatever ``subprocess.run`` the test gives it) and ``cancel``."""
 
     def __init__(self, monkeypatch, states=None, squeue=True):
@@ -50,7 +50,7 @@ class FakeSlurm:
 
         monkeypatch.setattr(executors.submitit, "AutoExecutor", Executor)
         if squeue:
-            monkeypatch.setattr(executors, "job_states", lambda ids: {j: self.states.get(j, "UNKNOWN") for j in ids if j})
+            monkeypatch.setattr(executors, "job_details", lambda ids: {j: JobState(self.states.get(j, "UNKNOWN")) for j in ids if j})
         monkeypatch.setattr(executors, "cancel", lambda ids: self.cancelled.extend(ids) or True)
 
     def submit(self, plan, store, echo=None):
@@ -306,7 +306,7 @@ def test_a_sweep_waiting_for_its_jobs_reports_a_stage_slurm_cancelled_for_its_fa
     store, plan = RunStore(tmp_path / "runs"), _chain_plan()
     report, job_of, _ = FakeSlurm(monkeypatch).submit(plan, store)
     pre, tal, vlg = (job_of[f"a/seed0/{name}"] for name in ("pretrain", "tal", "vlg"))
-    monkeypatch.setattr(executors, "job_states", slurm.job_states)  # from here on, squeue and sacct say
+    monkeypatch.setattr(executors, "job_details", slurm.job_details)  # from here on, squeue and sacct say
     me = getpass.getuser()
     if how == "cancelled":  # kill-on-invalid-dep: SLURM removed the jobs after the failed one (sacct)
         FakeSlurmCommands(tmp_path, monkeypatch, accounting={pre: ("FAILED", "None"), tal: ("CANCELLED", "Dependency"),
@@ -423,7 +423,7 @@ def _sbatch_scripts(tmp_path, monkeypatch, cluster_text: str) -> dict:
             return types.SimpleNamespace(job_id=job_id, paths=types.SimpleNamespace(stdout="out", stderr="err"))
 
     monkeypatch.setattr(executors.submitit, "AutoExecutor", Recording)
-    monkeypatch.setattr(executors, "job_states", lambda ids: {j: "UNKNOWN" for j in ids if j})
+    monkeypatch.setattr(executors, "job_details", lambda ids: {j: JobState("UNKNOWN") for j in ids if j})
     (tmp_path / "c.yaml").write_text(cluster_text)
     store, plan = RunStore(tmp_path / "runs"), build_toy_plan(toy_profile(), ["a"], [0], steps=2)
     executors._submit(plan, store, load_cluster(tmp_path / "c.yaml"), lambda s: None, poll_s=0.01)
@@ -558,7 +558,7 @@ def test_max_num_timeout_of_the_cluster_profile_sets_how_often_each_stages_job_i
             return types.SimpleNamespace(job_id=str(100 + len(requeues)), paths=types.SimpleNamespace(stdout="o", stderr="e"))
 
     monkeypatch.setattr(executors.submitit, "AutoExecutor", Recording)
-    monkeypatch.setattr(executors, "job_states", lambda ids: {j: "UNKNOWN" for j in ids if j})
+    monkeypatch.setattr(executors, "job_details", lambda ids: {j: JobState("UNKNOWN") for j in ids if j})
     (tmp_path / "c.yaml").write_text("max_num_timeout: 1\nstages:\n  pretrain: {max_num_timeout: 20}\n")
     store, plan = RunStore(tmp_path / "runs"), build_toy_plan(toy_profile(), ["a"], [0], steps=2)
     executors._submit(plan, store, load_cluster(tmp_path / "c.yaml"), lambda s: None, poll_s=0.01)

@@ -38,8 +38,7 @@ from clap_bench.config import ConfigError, Profile
 from clap_bench.io import atomic_write_json, file_lock
 from clap_bench.runs.fingerprints import write_stage_fingerprints
 from clap_bench.runs.plan import Plan, StageContext, StageSpec
-from clap_bench.runs.slurm import (ACTIVE_STATES, ClusterProfile, JobState, SlurmQueryError, cancel, job_details, job_states,
-                                   slurm_available)
+from clap_bench.runs.slurm import ACTIVE_STATES, ClusterProfile, JobState, SlurmQueryError, cancel, job_details, slurm_available
 from clap_bench.runs.claims import StageClaim, claim_holder, describe_owner, held_by_this_job, owner_record, slurm_job_id
 from clap_bench.runs.store import (LOG_FILE, METRICS_FILE, SLURM_FILE, STAGE_FILE, RunStore, damaged_record, finished_metrics,
                                    read_json)
@@ -396,8 +395,9 @@ def _submit(plan: Plan, store: RunStore, cluster: ClusterProfile, echo, poll_s: 
     previous = {key: read_json(plan.stage_dir(store, spec) / SLURM_FILE) if key not in damaged else None
                 for key, spec in plan.stages.items()}
     holders = {key: claim_holder(plan.stage_dir(store, spec)) for key, spec in plan.stages.items()}
-    live = _ask_job_states([p["job_id"] for p in previous.values() if p]
-                           + [h["slurm_job_id"] for h in holders.values() if h and h.get("slurm_job_id")], echo, poll_s)
+    live = {job: info.state for job, info in _ask_job_states(
+        [p["job_id"] for p in previous.values() if p]
+        + [h["slurm_job_id"] for h in holders.values() if h and h.get("slurm_job_id")], echo, poll_s).items()}
     job_of: Dict[str, str] = {}  # stage key -> id of the job that will produce it
     fresh: set = set()  # stages (re)submitted now
     bad: set = set()  # stages with a damaged record, and the stages after them: not submitted
@@ -511,9 +511,9 @@ def _wait_for_jobs(plan: Plan, store: RunStore, job_of: Dict[str, str], report: 
     pending = dict(job_of)  # in plan order: a stage's upstream stages come first, so are decided first
     roots: Dict[str, List[str]] = {}  # cancelled stage -> the upstream stages that failed
     while pending:
-        jobs = _ask_job_states(pending.values(), echo, poll_s, query=job_details)
+        jobs = _ask_job_states(pending.values(), echo, poll_s)
         for key, job_id in list(pending.items()):
-            info = jobs.get(job_id, JobState("UNKNOWN"))
+            info = jobs[job_id]
             state = info.state
             spec = plan.stages[key]
             cancelled = info.upstream_failed or (state == "PENDING" and any(d in roots for d in spec.deps))
@@ -557,15 +557,15 @@ def _failed_upstream(spec: StageSpec, report: RunReport, roots: Dict[str, List[s
 QUERY_PATIENCE_S = 600.0  # how long squeue may keep failing before a submission or a wait gives up
 
 
-def _ask_job_states(job_ids, echo, poll_s: float, query: Optional[Callable] = None) -> Dict[str, Any]:
-    """``job_states`` (or ``query``, e.g. ``job_details``), asked again while squeue cannot be reached (a
+def _ask_job_states(job_ids, echo, poll_s: float) -> Dict[str, JobState]:
+    """``job_details`` (state and reason of each job), asked again while squeue cannot be reached (a
     busy or restarting controller): a failed query says nothing about the jobs, so nothing is decided on
     it. After ``QUERY_PATIENCE_S`` of failures in a row, ``SlurmQueryError`` names the command and its last error."""
     job_ids = list(job_ids)
     tries, since = 0, time.monotonic()
     while True:
         try:
-            states = (query or job_states)(job_ids)
+            states = job_details(job_ids)
         except SlurmQueryError as e:
             tries += 1
             waited = time.monotonic() - since
