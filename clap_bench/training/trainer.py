@@ -52,6 +52,7 @@ Per-epoch metrics go to ``<out>/metrics.jsonl``: every loss term, head accuracie
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
@@ -65,6 +66,7 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from clap_bench.config import ConfigError, TrainConfig
 from clap_bench.io import CheckpointError, UnsafeCheckpointError, atomic_write_bytes, load_torch_file
@@ -123,6 +125,7 @@ def rng_state() -> Dict[str, Any]:
     return state
 
 
+@functools.lru_cache(maxsize=None)  # once per process: a flaky kernel could answer a second call otherwise
 def cpu_bf16_conv3d_is_reliable(tries: int = 16) -> bool:
     """Whether this CPU's bfloat16 Conv3d weight gradient is finite and the same on every call.
 
@@ -130,26 +133,24 @@ def cpu_bf16_conv3d_is_reliable(tries: int = 16) -> bool:
     a Conv3d of temporal kernel 3 over 2 frames under CPU bfloat16 autocast differed from the first
     call's in 184 of 200 calls on the same input and was NaN in 16: the per-step NaN check
     (``_check_cpu_bf16_gradients``) catches only the second kind. The probe runs that convolution
-    ``tries`` times (milliseconds) and leaves the global random state as it was."""
-    with torch.random.fork_rng(devices=[]):
-        g = torch.Generator().manual_seed(0)
-        x = torch.randn(4, 16, 2, 7, 7, generator=g)
-        weight = torch.randn(16, 16, 3, 1, 1, generator=g) * 0.1
-        first = None
-        for _ in range(tries):
-            conv = nn.Conv3d(16, 16, (3, 1, 1), padding=(1, 0, 0), bias=False)
-            with torch.no_grad():
-                conv.weight.copy_(weight)
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                y = conv(x)
-            y.float().sum().backward()
-            grad = conv.weight.grad
-            if not bool(torch.isfinite(grad).all()):
-                return False
-            if first is None:
-                first = grad.clone()
-            elif not torch.equal(grad, first):
-                return False
+    ``tries`` times (milliseconds) on one input and one weight of its own generator, so the global
+    random state is not touched."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 16, 2, 7, 7, generator=g)
+    weight = (torch.randn(16, 16, 3, 1, 1, generator=g) * 0.1).requires_grad_()
+    first = None
+    for _ in range(tries):
+        weight.grad = None
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = F.conv3d(x, weight, padding=(1, 0, 0))
+        y.float().sum().backward()
+        grad = weight.grad
+        if not bool(torch.isfinite(grad).all()):
+            return False
+        if first is None:
+            first = grad.clone()
+        elif not torch.equal(grad, first):
+            return False
     return True
 
 
@@ -424,7 +425,8 @@ class Trainer:
         )
         cuda = self.device.type == "cuda"
         self.use_amp = bool(cfg.amp and cuda) or bool(cfg.cpu_bf16 and self.device.type == "cpu")
-        if cfg.cpu_bf16 and self.device.type == "cpu" and not cpu_bf16_conv3d_is_reliable():
+        # every process decides alike: one refusing alone would leave the others in their first collective
+        if cfg.cpu_bf16 and self.device.type == "cpu" and any_process(not cpu_bf16_conv3d_is_reliable(), self.device):
             raise ConfigError(
                 "cpu_bf16: this CPU's bfloat16 Conv3d kernels give weight gradients that change from one call to the "
                 "next, some of them NaN (a Conv3d of temporal kernel 3 over 2 frames, the shape R(2+1)D's third stage "
