@@ -91,6 +91,7 @@ CHOICES: tuple = (
     Choice("tasks.fstal.meta_weight_decay", ("2a",), "QAT meta-training weight decay"),
     Choice("tasks.fstal.meta_batch", ("2a",), "QAT meta-training episodes per step"),
     Choice("tasks.fstal.meta_episodes", ("2a",), "QAT meta-training episodes"),
+    Choice("tasks.fstal.select_episodes", ("2a",), "QAT transformer kept at its best on validation-class episodes (0: the last state)"),
     Choice("tasks.fstal.gtad.boundary_anchors", ("2a",), "QAT stage-1 G-TAD start/end label intervals"),
     Choice("tasks.fstal.gtad.batch_size", ("2a",), "QAT stage-1 G-TAD videos per batch"),
     Choice("tasks.fstal.gtad.map_kernel", ("2a",), "QAT stage-1 G-TAD map head's 2-D kernel"),
